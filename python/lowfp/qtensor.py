@@ -1,0 +1,242 @@
+"""Blockwise quantized tensors: packed codes + per-block scales + shape + codec.
+
+Scales are stored in their own format: float32 for "absmax", one E8M0 byte per block for
+"e8m0" (OCP MX), one E4M3 byte per block plus one float32 tensor scale for "e4m3" (NVFP4).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Dict, Optional, Union
+
+import numpy as np
+
+from . import _core
+from .codec import (ROUNDINGS, Dynamic, Linear, Log, _check_choice, _float_input,
+                    decode, encode)
+from .formats import Format, format
+
+SCALES = ("absmax", "e8m0", "e4m3")
+
+#: Named presets: element codec, block size, scale rule.
+PRESETS: Dict[str, tuple] = {
+    "mxfp8": ("float8_e4m3fn", 32, "e8m0"),
+    "mxfp8_e5m2": ("float8_e5m2", 32, "e8m0"),
+    "mxfp6": ("float6_e2m3fn", 32, "e8m0"),
+    "mxfp6_e3m2": ("float6_e3m2fn", 32, "e8m0"),
+    "mxfp4": ("float4_e2m1fn", 32, "e8m0"),
+    "nvfp4": ("float4_e2m1fn", 16, "e4m3"),
+}
+
+_SCALE_FMT = {"e8m0": "float8_e8m0fnu", "e4m3": "float8_e4m3fn"}
+
+Codec = Union[str, Format, Linear, Dynamic, Log]
+
+
+def _codec_spec(codec: Codec) -> dict:
+    if isinstance(codec, (Linear, Dynamic, Log)):
+        return codec.spec()
+    f = format(codec)
+    return {"codec": "exmy", "fields": f._fields, "format": f.name}
+
+
+def _codec_from_spec(spec: dict) -> Codec:
+    kind = spec["codec"]
+    if kind == "exmy":
+        return format(spec["format"])
+    if kind == "linear":
+        return Linear(spec["bits"], spec["signed"], spec["zero"])
+    if kind == "dynamic":
+        return Dynamic(spec["bits"], spec["signed"])
+    if kind == "log":
+        return Log(spec["bits"], spec["signed"], spec["zero"], spec["alpha"],
+                   spec["quantile"] or None)
+    raise ValueError(f"codec: unknown codec kind {kind!r}")
+
+
+@dataclass
+class QTensor:
+    """A blockwise quantized tensor.
+
+    Attributes:
+        codes: uint8 packed codes (layout in the README).
+        scales: per-block scales: float32 ("absmax") or uint8 scale codes ("e8m0", "e4m3").
+        alphas: float32 per-block log bases (quantile log codec) or None.
+        global_scale: float32 tensor scale ("e4m3"), else 1.0.
+        shape: logical shape.
+        codec: the element codec.
+        block_size: elements per block.
+        scale: "absmax", "e8m0" or "e4m3".
+    """
+
+    codes: np.ndarray
+    scales: np.ndarray
+    alphas: Optional[np.ndarray]
+    global_scale: float
+    shape: tuple
+    codec: Codec
+    block_size: int
+    scale: str
+    rounding: str = "nearest"
+
+    def _spec(self) -> dict:
+        d = _codec_spec(self.codec)
+        d.update(block=self.block_size, scale=self.scale, rounding=self.rounding)
+        d.setdefault("bits", 0)
+        d.setdefault("signed", True)
+        d.setdefault("zero", True)
+        d.setdefault("alpha", 0.5)
+        d.setdefault("quantile", 0.0)
+        return d
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    @property
+    def nbytes(self) -> int:
+        """Exact bytes held: packed codes + scales + bases (+4 for the e4m3 tensor scale)."""
+        n = self.codes.nbytes + self.scales.nbytes
+        if self.alphas is not None:
+            n += self.alphas.nbytes
+        return n + (4 if self.scale == "e4m3" else 0)
+
+    def _scales_f32(self) -> np.ndarray:
+        if self.scale == "absmax":
+            return np.ascontiguousarray(self.scales, np.float32)
+        return decode(self.scales, _SCALE_FMT[self.scale])
+
+    def dequantize(self) -> np.ndarray:
+        """float32 array of the logical shape."""
+        out = np.empty(self.size, np.float32)
+        alphas = self.alphas if self.alphas is not None else np.empty(0, np.float32)
+        _core.blockwise_dequantize(self.codes, self._spec(), self._scales_f32(), alphas,
+                                   np.float32(self.global_scale), out)
+        return out.reshape(self.shape)
+
+    def metadata(self) -> dict:
+        """JSON-able description (everything but the arrays)."""
+        return {"codec": {k: v for k, v in _codec_spec(self.codec).items() if k != "fields"},
+                "shape": list(self.shape), "block_size": self.block_size, "scale": self.scale,
+                "global_scale": float(self.global_scale), "rounding": self.rounding}
+
+    def save(self, path: str, name: str = "tensor") -> None:
+        """Write this tensor to a safetensors file (see :func:`save_qtensors`)."""
+        save_qtensors({name: self}, path)
+
+    def __repr__(self) -> str:
+        return (f"QTensor(shape={self.shape}, codec={self.codec!r}, block_size={self.block_size}, "
+                f"scale={self.scale!r}, nbytes={self.nbytes})")
+
+
+def quantize_blockwise(
+    x: Any,
+    codec: Codec,
+    *,
+    block_size: Optional[int] = None,
+    scale: Optional[str] = None,
+    rounding: str = "nearest",
+    seed: int = 0,
+    stream: int = 0,
+) -> QTensor:
+    """Quantize a tensor blockwise.
+
+    Args:
+        x: float array or CPU torch tensor (any shape, flattened in C order; float64 is
+            rounded to float32 first: blockwise arithmetic is float32).
+        codec: a format (name or Format, ≤ 8 bits), a Linear/Dynamic/Log codec, or a preset:
+            "mxfp8", "mxfp8_e5m2", "mxfp6", "mxfp6_e3m2", "mxfp4" (block 32, E8M0 scales),
+            "nvfp4" (E2M1, block 16, E4M3 scales and a float32 tensor scale).
+        block_size: a multiple of 8 in 16..4096 (default: the preset's, else 256).
+        scale: "absmax" (float32 amax/max), "e8m0" (power of two, OCP MX floor rule) or
+            "e4m3" (NVFP4). Default: the preset's, else "absmax".
+        rounding: "nearest" or "stochastic" (any mode for float formats).
+        seed, stream: stochastic rounding key.
+
+    Returns:
+        A :class:`QTensor`.
+
+    Raises:
+        ValueError: block size or scale out of range, non-finite values, unknown codec.
+    """
+    if isinstance(codec, str) and codec.lower() in PRESETS:
+        fmt_name, b, s = PRESETS[codec.lower()]
+        codec = format(fmt_name)
+        block_size = b if block_size is None else block_size
+        scale = s if scale is None else scale
+    block_size = 256 if block_size is None else block_size
+    scale = "absmax" if scale is None else scale
+    _check_choice("scale", scale, SCALES)
+    _check_choice("rounding", rounding, ROUNDINGS)
+    if not isinstance(block_size, (int, np.integer)) or isinstance(block_size, bool):
+        raise ValueError(f"block_size: expected an int, got {block_size!r}")
+    a, kind, _ = _float_input(x)
+    shape = tuple(a.shape)
+    if kind == "bfloat16":
+        a = decode(a.reshape(-1), "bfloat16")
+    flat = np.ascontiguousarray(a.reshape(-1), np.float32)
+    q = QTensor(np.empty(0, np.uint8), np.empty(0, np.float32), None, 1.0, shape, codec,
+                int(block_size), scale, rounding)
+    spec = q._spec()
+    packed_len, nblocks, nalphas, _ = _core.blockwise_layout(spec, flat.size)
+    packed = np.empty(packed_len, np.uint8)
+    scales = np.empty(nblocks, np.float32)
+    alphas = np.empty(nalphas, np.float32)
+    g = _core.blockwise_quantize(flat, spec, packed, scales, alphas, int(seed), int(stream))
+    q.codes, q.global_scale = packed, float(g)
+    q.scales = scales if scale == "absmax" else encode(scales, _SCALE_FMT[scale])
+    q.alphas = alphas if nalphas else None
+    return q
+
+
+# ---------------------------------------------------------------- safetensors
+
+
+def save_qtensors(tensors: Dict[str, QTensor], path: str) -> None:
+    """Save QTensors to a safetensors file.
+
+    Each tensor ``name`` is stored as ``name.codes`` (uint8), ``name.scales`` and, when
+    present, ``name.alphas``; the file metadata ``lowfp`` holds a JSON dict
+    name → :meth:`QTensor.metadata`. No pickles: any safetensors reader can load the arrays.
+    """
+    from safetensors.numpy import save_file
+
+    arrays, meta = {}, {}
+    for name, q in tensors.items():
+        arrays[f"{name}.codes"] = q.codes
+        arrays[f"{name}.scales"] = q.scales
+        if q.alphas is not None:
+            arrays[f"{name}.alphas"] = q.alphas
+        meta[name] = q.metadata()
+    save_file(arrays, path, metadata={"lowfp": json.dumps(meta), "format": "lowfp.qtensor.v1"})
+
+
+def load_qtensors(path: str) -> Dict[str, QTensor]:
+    """Load QTensors written by :func:`save_qtensors`.
+
+    Raises:
+        ValueError: the file has no lowfp metadata.
+    """
+    from safetensors import safe_open
+
+    with safe_open(path, framework="numpy") as f:
+        md = f.metadata() or {}
+        if "lowfp" not in md:
+            raise ValueError(f"path: {path} has no lowfp metadata (not written by lowfp)")
+        meta = json.loads(md["lowfp"])
+        out = {}
+        for name, m in meta.items():
+            keys = set(f.keys())
+            out[name] = QTensor(
+                codes=f.get_tensor(f"{name}.codes"),
+                scales=f.get_tensor(f"{name}.scales"),
+                alphas=f.get_tensor(f"{name}.alphas") if f"{name}.alphas" in keys else None,
+                global_scale=float(m["global_scale"]),
+                shape=tuple(m["shape"]),
+                codec=_codec_from_spec(m["codec"]),
+                block_size=int(m["block_size"]),
+                scale=m["scale"],
+                rounding=m.get("rounding", "nearest"),
+            )
+    return out

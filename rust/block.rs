@@ -1,0 +1,514 @@
+//! Blockwise quantization: per-block scales + an element codec + packed codes.
+//!
+//! Design notes
+//! - A tensor (flattened) is cut into blocks of `block` elements (the last may be
+//!   shorter). Every block but the last is a multiple of 8 elements, so each block's
+//!   packed codes start on a byte boundary and blocks are independent (parallel).
+//! - Scale rules, per block with `amax = max |x|`:
+//!   ```text
+//!   absmax  s = amax / M                      (fp32; M = the element codec's max, 1 for tables)
+//!   e8m0    s = 2^(floor(log2 amax) − emax)   (OCP MX floor rule; ExMy elements, saturating)
+//!           s = 2^ceil(log2 amax)             (table codecs, so |x/s| ≤ 1)
+//!   e4m3    s = e4m3(amax / M / g) · g        (NVFP4: e4m3 block scale, fp32 tensor scale
+//!                                              g = amax_tensor / (M · 448))
+//!   ```
+//!   Elements are encoded from `x / s` (IEEE division, so a GPU mirror gets the same bits)
+//!   and decoded as `value · s`. A block of zeros has `s = 0` (absmax) and decodes to 0.
+//! - ExMy elements saturate (MX rule: `x/s` may exceed the format's max under the floor rule).
+//! - Non-finite inputs are rejected: a packed state has no place for them.
+//! - Stochastic rounding draws bits keyed by the element's index in the whole tensor.
+
+use crate::error::{Error, Result};
+use crate::exmy::{EncodeOptions, Encoder, Overflow, Rounding};
+use crate::format::Format;
+use crate::par::{self, CHUNK};
+use crate::table::Table;
+use crate::{dynamic, linear, logfmt, pack, rng};
+use rayon::prelude::*;
+
+/// The element codec of a blockwise tensor.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Elem {
+    /// A float format of at most 8 bits.
+    ExMy(Format),
+    /// Linear levels (see `linear.rs`).
+    Linear { bits: u32, signed: bool, zero: bool },
+    /// The dynamic-exponent map (see `dynamic.rs`).
+    Dynamic { bits: u32, signed: bool },
+    /// Logarithmic levels; `quantile > 0` picks the base per block from that quantile
+    /// of |x|/amax, otherwise `alpha` is the fixed base.
+    Log {
+        bits: u32,
+        signed: bool,
+        zero: bool,
+        alpha: f32,
+        quantile: f32,
+    },
+}
+
+/// How block scales are chosen (module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScaleKind {
+    Absmax,
+    E8m0,
+    E4m3,
+}
+
+impl ScaleKind {
+    /// Parse a scale rule name.
+    pub fn parse(s: &str) -> Result<ScaleKind> {
+        match s {
+            "absmax" => Ok(ScaleKind::Absmax),
+            "e8m0" => Ok(ScaleKind::E8m0),
+            "e4m3" => Ok(ScaleKind::E4m3),
+            _ => Err(Error::value(
+                "scale",
+                format!("expected 'absmax', 'e8m0' or 'e4m3', got {s:?}"),
+            )),
+        }
+    }
+}
+
+/// A validated blockwise configuration with its fixed tables.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    elem: Elem,
+    block: usize,
+    scale: ScaleKind,
+    rounding: Rounding,
+    table: Option<Table>,
+    encoder: Option<Encoder>,
+    exmy_lut: Vec<f32>,
+    elem_max: f32,
+}
+
+/// Smallest and largest block size.
+pub const BLOCK_MIN: usize = 16;
+/// Largest block size.
+pub const BLOCK_MAX: usize = 4096;
+
+impl Spec {
+    /// Validate and prepare.
+    pub fn new(elem: Elem, block: usize, scale: ScaleKind, rounding: Rounding) -> Result<Spec> {
+        if !(BLOCK_MIN..=BLOCK_MAX).contains(&block) || !block.is_multiple_of(8) {
+            return Err(Error::value(
+                "block_size",
+                format!("expected a multiple of 8 in {BLOCK_MIN}..={BLOCK_MAX}, got {block}"),
+            ));
+        }
+        let mut spec = Spec {
+            elem,
+            block,
+            scale,
+            rounding,
+            table: None,
+            encoder: None,
+            exmy_lut: vec![],
+            elem_max: 1.0,
+        };
+        match elem {
+            Elem::ExMy(f) => {
+                if f.bits() > 8 {
+                    return Err(Error::value(
+                        "codec",
+                        format!(
+                            "blockwise ExMy needs a format of at most 8 bits, got {}",
+                            f.bits()
+                        ),
+                    ));
+                }
+                if !f.has_zero() {
+                    return Err(Error::value(
+                        "codec",
+                        "blockwise ExMy needs a format with zero",
+                    ));
+                }
+                let opts = EncodeOptions {
+                    rounding,
+                    overflow: Overflow::Saturate,
+                    nan_to_zero: false,
+                    clamp_negative: true,
+                };
+                spec.encoder = Some(Encoder::new(f, opts));
+                spec.exmy_lut = (0..f.num_codes() as u32)
+                    .map(|c| f.decode_f64(c) as f32)
+                    .collect();
+                spec.elem_max = f.max() as f32;
+            }
+            Elem::Linear { bits, signed, zero } => {
+                spec.table = Some(Table::new(linear::linear_levels(bits, signed, zero)?)?)
+            }
+            Elem::Dynamic { bits, signed } => {
+                spec.table = Some(Table::new(dynamic::dynamic_levels(bits, signed)?)?)
+            }
+            Elem::Log {
+                bits,
+                signed,
+                zero,
+                alpha,
+                quantile,
+            } => {
+                if !(0.0..1.0).contains(&quantile) || quantile.is_nan() {
+                    return Err(Error::value(
+                        "quantile",
+                        format!("expected 0 <= quantile < 1 (0 = fixed base), got {quantile}"),
+                    ));
+                }
+                // validates bits/alpha/zero once; per-block tables come later
+                logfmt::log_levels(bits, signed, alpha, zero)?;
+            }
+        }
+        if !matches!(rounding, Rounding::Nearest | Rounding::Stochastic) && spec.encoder.is_none() {
+            return Err(Error::value(
+                "rounding",
+                "table codecs support 'nearest' and 'stochastic'",
+            ));
+        }
+        if scale == ScaleKind::E4m3 && spec.encoder.is_none() {
+            return Err(Error::value(
+                "scale",
+                "'e4m3' scales are for ExMy elements (NVFP4)",
+            ));
+        }
+        Ok(spec)
+    }
+
+    /// Bits per element code.
+    pub fn code_bits(&self) -> u32 {
+        match self.elem {
+            Elem::ExMy(f) => f.bits(),
+            Elem::Linear { bits, .. } | Elem::Dynamic { bits, .. } | Elem::Log { bits, .. } => bits,
+        }
+    }
+    /// Number of blocks for `count` elements.
+    pub fn num_blocks(&self, count: usize) -> usize {
+        count.div_ceil(self.block)
+    }
+    /// Bytes of packed codes for `count` elements.
+    pub fn packed_len(&self, count: usize) -> usize {
+        pack::packed_len(count, self.code_bits())
+    }
+    /// Number of per-block bases stored (log codec with a quantile rule), else 0.
+    pub fn num_alphas(&self, count: usize) -> usize {
+        match self.elem {
+            Elem::Log { quantile, .. } if quantile > 0.0 => self.num_blocks(count),
+            _ => 0,
+        }
+    }
+
+    fn log_table(&self, xs: &[f32], amax: f32, scratch: &mut Vec<f32>) -> Result<(Table, f32)> {
+        let Elem::Log {
+            bits,
+            signed,
+            zero,
+            alpha,
+            quantile,
+        } = self.elem
+        else {
+            unreachable!()
+        };
+        let a = if quantile > 0.0 {
+            let n_nonzero = if signed {
+                (1u32 << (bits - 1)) - 1
+            } else {
+                (1u32 << bits) - zero as u32
+            };
+            let v = if amax > 0.0 {
+                logfmt::quantile_abs(xs, quantile, scratch) / amax
+            } else {
+                1.0
+            };
+            logfmt::alpha_from_quantile(v, n_nonzero)
+        } else {
+            alpha
+        };
+        Ok((Table::new(logfmt::log_levels(bits, signed, a, zero)?)?, a))
+    }
+
+    /// The block scale from the block's amax.
+    fn block_scale(&self, amax: f32, global: f32) -> f32 {
+        match self.scale {
+            ScaleKind::Absmax => amax / self.elem_max,
+            ScaleKind::E8m0 => {
+                if amax == 0.0 {
+                    return f32::from_bits(1 << 22); // 2^-127, the smallest E8M0 value
+                }
+                let e = floor_log2(amax);
+                let k = if self.encoder.is_some() {
+                    e - floor_log2(self.elem_max)
+                } else if amax == pow2f(e) {
+                    e
+                } else {
+                    e + 1
+                };
+                pow2f(k.clamp(-127, 127))
+            }
+            ScaleKind::E4m3 => {
+                let e4m3 = crate::formats::parse("float8_e4m3fn").expect("named");
+                let enc = Encoder::new(
+                    e4m3,
+                    EncodeOptions {
+                        overflow: Overflow::Saturate,
+                        ..Default::default()
+                    },
+                );
+                let c = enc
+                    .encode_one(amax / self.elem_max / global, Rounding::Nearest, 0)
+                    .0;
+                e4m3.decode_f64(c) as f32
+            }
+        }
+    }
+}
+
+/// floor(log2 |x|) of a finite non-zero f32, from its bits.
+fn floor_log2(x: f32) -> i32 {
+    let b = x.to_bits() & 0x7fff_ffff;
+    let ef = (b >> 23) as i32;
+    if ef == 0 {
+        (31 - b.leading_zeros() as i32) - 149
+    } else {
+        ef - 127
+    }
+}
+
+/// 2^k as f32 for -149 ≤ k ≤ 127.
+fn pow2f(k: i32) -> f32 {
+    if k >= -126 {
+        f32::from_bits(((k + 127) as u32) << 23)
+    } else {
+        f32::from_bits(1 << (k + 149))
+    }
+}
+
+/// The tensor scale `g` of the e4m3 rule (1 for the others).
+fn global_scale(spec: &Spec, x: &[f32]) -> f32 {
+    if spec.scale != ScaleKind::E4m3 {
+        return 1.0;
+    }
+    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let g = amax / (spec.elem_max * 448.0);
+    if g > 0.0 && g.is_finite() {
+        g
+    } else {
+        1.0
+    }
+}
+
+/// Quantize `x` blockwise into `packed` codes, `scales` (one per block) and `alphas`
+/// (one per block for the quantile log rule, else empty). Returns the tensor scale
+/// (1 except for the e4m3 rule), by which `scales` must be multiplied on decode.
+pub fn quantize(
+    spec: &Spec,
+    x: &[f32],
+    packed: &mut [u8],
+    scales: &mut [f32],
+    alphas: &mut [f32],
+    seed: u64,
+    stream: u64,
+) -> Result<f32> {
+    let n = x.len();
+    check("packed", packed.len(), spec.packed_len(n))?;
+    check("scales", scales.len(), spec.num_blocks(n))?;
+    check("alphas", alphas.len(), spec.num_alphas(n))?;
+    if let Some(i) = x.iter().position(|v| !v.is_finite()) {
+        return Err(Error::value(
+            "x",
+            format!(
+                "element {i} is {}; blockwise quantization needs finite values",
+                x[i]
+            ),
+        ));
+    }
+    let global = global_scale(spec, x);
+    let bits = spec.code_bits() as usize;
+    let per = (CHUNK / spec.block).max(1); // blocks per work item
+    let group_elems = per * spec.block;
+    let group_bytes = group_elems * bits / 8;
+    let has_alpha = !alphas.is_empty();
+    let mut alpha_dummy: Vec<f32> = vec![0.0; if has_alpha { 0 } else { spec.num_blocks(n) }];
+    let alphas: &mut [f32] = if has_alpha { alphas } else { &mut alpha_dummy };
+    par::install(|| {
+        x.par_chunks(group_elems)
+            .zip(packed.par_chunks_mut(group_bytes))
+            .zip(scales.par_chunks_mut(per))
+            .zip(alphas.par_chunks_mut(per))
+            .enumerate()
+            .try_for_each(|(g, (((xs, ps), ss), als))| {
+                let mut codes = vec![0u8; xs.len()];
+                let mut rand = vec![
+                    0u32;
+                    if spec.rounding == Rounding::Stochastic {
+                        xs.len()
+                    } else {
+                        0
+                    }
+                ];
+                if !rand.is_empty() {
+                    rng::fill_random_u32(seed, stream, (g * group_elems) as u64, &mut rand);
+                }
+                let mut scratch = Vec::new();
+                for (b, (xb, cb)) in xs
+                    .chunks(spec.block)
+                    .zip(codes.chunks_mut(spec.block))
+                    .enumerate()
+                {
+                    let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
+                    let s = spec.block_scale(amax, global);
+                    ss[b] = s;
+                    let sd = s * global; // the scale actually applied
+                    let rb = if rand.is_empty() {
+                        &rand[..]
+                    } else {
+                        &rand[b * spec.block..b * spec.block + xb.len()]
+                    };
+                    let r = |i: usize| rb.get(i).copied().unwrap_or(0);
+                    let y = |v: f32| if sd > 0.0 { v / sd } else { 0.0 };
+                    if let Some(enc) = &spec.encoder {
+                        for (i, (c, &v)) in cb.iter_mut().zip(xb).enumerate() {
+                            *c = enc.encode_one(y(v), spec.rounding, r(i)).0 as u8;
+                        }
+                    } else {
+                        let local;
+                        let table = match &spec.table {
+                            Some(t) => t,
+                            None => {
+                                let (t, a) = spec.log_table(xb, amax, &mut scratch)?;
+                                als[b] = a;
+                                local = t;
+                                &local
+                            }
+                        };
+                        for (i, (c, &v)) in cb.iter_mut().zip(xb).enumerate() {
+                            *c = if spec.rounding == Rounding::Stochastic {
+                                table.stochastic(y(v), r(i))
+                            } else {
+                                table.nearest(y(v))
+                            };
+                        }
+                    }
+                }
+                pack::pack(&codes, bits as u32, ps)
+            })
+    })?;
+    Ok(global)
+}
+
+/// Decode a blockwise tensor: `out[i] = value(code_i) · scales[block] · global`.
+pub fn dequantize(
+    spec: &Spec,
+    packed: &[u8],
+    scales: &[f32],
+    alphas: &[f32],
+    global: f32,
+    out: &mut [f32],
+) -> Result<()> {
+    let n = out.len();
+    check("packed", packed.len(), spec.packed_len(n))?;
+    check("scales", scales.len(), spec.num_blocks(n))?;
+    check("alphas", alphas.len(), spec.num_alphas(n))?;
+    let bits = spec.code_bits() as usize;
+    let per = (CHUNK / spec.block).max(1);
+    let group_elems = per * spec.block;
+    let group_bytes = group_elems * bits / 8;
+    par::install(|| {
+        out.par_chunks_mut(group_elems)
+            .zip(packed.par_chunks(group_bytes))
+            .zip(scales.par_chunks(per))
+            .enumerate()
+            .try_for_each(|(g, ((os, ps), ss))| {
+                let mut codes = vec![0u8; os.len()];
+                pack::unpack(ps, bits as u32, os.len(), &mut codes)?;
+                for (b, (ob, cb)) in os
+                    .chunks_mut(spec.block)
+                    .zip(codes.chunks(spec.block))
+                    .enumerate()
+                {
+                    let sd = ss[b] * global;
+                    let local;
+                    let levels: &[f32] = match (&spec.table, spec.encoder.is_some()) {
+                        (_, true) => &spec.exmy_lut,
+                        (Some(t), _) => t.levels(),
+                        (None, _) => {
+                            let Elem::Log {
+                                bits,
+                                signed,
+                                zero,
+                                alpha,
+                                quantile,
+                            } = spec.elem
+                            else {
+                                unreachable!()
+                            };
+                            let a = if quantile > 0.0 {
+                                alphas[g * per + b]
+                            } else {
+                                alpha
+                            };
+                            local = logfmt::log_levels(bits, signed, a, zero)?;
+                            &local
+                        }
+                    };
+                    for (o, &c) in ob.iter_mut().zip(cb) {
+                        let v = levels.get(c as usize).copied().ok_or_else(|| {
+                            Error::value(
+                                "packed",
+                                format!("code {c} is outside the codec's {} levels", levels.len()),
+                            )
+                        })?;
+                        *o = v * sd;
+                    }
+                }
+                Ok(())
+            })
+    })
+}
+
+/// Encode normalized values with a table codec (nearest or stochastic), in parallel.
+pub fn table_encode(
+    t: &Table,
+    x: &[f32],
+    out: &mut [u8],
+    mode: Rounding,
+    seed: u64,
+    stream: u64,
+    offset: u64,
+) -> Result<()> {
+    check("out", out.len(), x.len())?;
+    if let Some(i) = x.iter().position(|v| v.is_nan()) {
+        return Err(Error::value("x", format!("element {i} is NaN")));
+    }
+    let stochastic = match mode {
+        Rounding::Nearest => false,
+        Rounding::Stochastic => true,
+        _ => {
+            return Err(Error::value(
+                "rounding",
+                "table codecs support 'nearest' and 'stochastic'",
+            ))
+        }
+    };
+    par::install(|| {
+        x.par_chunks(CHUNK)
+            .zip(out.par_chunks_mut(CHUNK))
+            .enumerate()
+            .for_each(|(k, (xs, os))| {
+                if stochastic {
+                    let mut r = vec![0u32; xs.len()];
+                    rng::fill_random_u32(seed, stream, offset + (k * CHUNK) as u64, &mut r);
+                    for ((o, &v), &ri) in os.iter_mut().zip(xs).zip(&r) {
+                        *o = t.stochastic(v, ri);
+                    }
+                } else {
+                    for (o, &v) in os.iter_mut().zip(xs) {
+                        *o = t.nearest(v);
+                    }
+                }
+            })
+    });
+    Ok(())
+}
+
+fn check(arg: &str, got: usize, want: usize) -> Result<()> {
+    crate::exmy::check_len(arg, got, want)
+}

@@ -1,0 +1,932 @@
+//! The ExMy element codec: float32/float64/float16/bfloat16 → codes of any `Format`,
+//! and codes → float32/float64, on integer bit patterns only.
+//!
+//! Design notes
+//! - Every input is decomposed exactly into `(sign, e, sig, lsb)` with
+//!   `|x| = sig · 2^lsb` and `2^e ≤ |x| < 2^(e+1)`; rounding then works on `sig` alone.
+//!   A float64 input is rounded once, directly (no staging through float32: ml_dtypes
+//!   does stage, and so rounds twice on some inputs; we document that difference).
+//! - The target's ulp at `x` is `2^q` with `q = max(e, emin) − M`. We keep
+//!   `kept = sig >> (q − lsb)` and decide from the discarded bits `rem`:
+//!   ```text
+//!   sig:   1 m m m | r r r r r r      kept = 1mmm, rem = rrrrrr, half = 100000
+//!                  ^ ulp of the target
+//!   ```
+//!   The magnitude code is then `((max(e, emin) − emin) << M) + kept'`: for subnormals
+//!   the exponent part is 0 and `kept'` is the mantissa; for normals `kept'` carries the
+//!   hidden bit, which lands in the exponent field, and a carry out of the mantissa
+//!   moves to the next binade by itself. (Without subnormals, subtract the hidden bit.)
+//! - Overflow is "magnitude code > the largest finite code" after rounding; then a
+//!   rounding that shrinks the magnitude (toward_zero, up on negatives, down on
+//!   positives) gives the largest finite value as in IEEE 754, and the others follow
+//!   the overflow policy. This makes e4m3fn's 464 → 448 (ties to even) and 480 → NaN.
+//! - Stochastic rounding rounds away from zero iff `r < floor(rem · 2^32 / 2^shift)`
+//!   with `r` 32 random bits: P(away) is the discarded fraction truncated to 2^-32, and
+//!   exact inputs (`rem = 0`) never move.
+
+use crate::error::{Error, Result};
+use crate::format::{Format, NanKind};
+use crate::par::{self, CHUNK};
+use crate::rng;
+use rayon::prelude::*;
+
+/// Rounding modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rounding {
+    /// To nearest, ties to even.
+    Nearest,
+    /// To nearest, ties away from zero.
+    NearestAway,
+    /// Truncation.
+    TowardZero,
+    /// Toward +inf.
+    Up,
+    /// Toward −inf.
+    Down,
+    /// Stochastic: away from zero with probability equal to the discarded fraction.
+    Stochastic,
+}
+
+impl Rounding {
+    /// All modes with their names.
+    pub const ALL: [(&'static str, Rounding); 6] = [
+        ("nearest", Rounding::Nearest),
+        ("nearest_away", Rounding::NearestAway),
+        ("toward_zero", Rounding::TowardZero),
+        ("up", Rounding::Up),
+        ("down", Rounding::Down),
+        ("stochastic", Rounding::Stochastic),
+    ];
+
+    /// Parse a mode name.
+    pub fn parse(s: &str) -> Result<Rounding> {
+        Rounding::ALL.iter().find(|(n, _)| *n == s).map(|(_, r)| *r).ok_or_else(|| {
+            Error::value(
+                "rounding",
+                format!("expected one of 'nearest', 'nearest_away', 'toward_zero', 'up', 'down', 'stochastic', got {s:?}"),
+            )
+        })
+    }
+}
+
+/// What happens to finite values beyond the largest finite value (and to ±inf).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overflow {
+    /// inf if the format has it, else NaN if it has NaN, else the largest value
+    /// (what ml_dtypes does); ±inf inputs stay ±inf (or become NaN / max likewise).
+    NonFinite,
+    /// The largest finite value, for overflowing values and ±inf alike.
+    Saturate,
+}
+
+impl Overflow {
+    /// Parse a policy name.
+    pub fn parse(s: &str) -> Result<Overflow> {
+        match s {
+            "nonfinite" => Ok(Overflow::NonFinite),
+            "saturate" => Ok(Overflow::Saturate),
+            _ => Err(Error::value(
+                "overflow",
+                format!("expected 'nonfinite' or 'saturate', got {s:?}"),
+            )),
+        }
+    }
+}
+
+/// Options of an encode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EncodeOptions {
+    pub rounding: Rounding,
+    pub overflow: Overflow,
+    /// NaN into a format without NaN: `false` = error, `true` = encode as +0.
+    pub nan_to_zero: bool,
+    /// Negative values into an unsigned format: `false` = error, `true` = clamp to 0.
+    pub clamp_negative: bool,
+}
+
+impl Default for EncodeOptions {
+    fn default() -> Self {
+        EncodeOptions {
+            rounding: Rounding::Nearest,
+            overflow: Overflow::NonFinite,
+            nan_to_zero: false,
+            clamp_negative: false,
+        }
+    }
+}
+
+// ---------------------------------------------------------------- input decomposition
+
+/// Class of an input value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    Finite,
+    Zero,
+    Inf,
+    NaN,
+}
+
+/// `|x| = sig · 2^lsb`, `2^e ≤ |x| < 2^(e+1)`.
+#[derive(Debug, Clone, Copy)]
+struct Parts {
+    neg: bool,
+    class: Class,
+    e: i32,
+    sig: u64,
+    lsb: i32,
+}
+
+/// Decompose an IEEE binary value with `EB` exponent and `MB` mantissa bits, given
+/// as sign, biased exponent field and mantissa field.
+#[inline(always)]
+fn parts_ieee(neg: bool, ef: u32, mf: u64, eb: u32, mb: u32) -> Parts {
+    let emax_field = (1u32 << eb) - 1;
+    let bias = (emax_field >> 1) as i32;
+    let mut p = Parts {
+        neg,
+        class: Class::Finite,
+        e: 0,
+        sig: mf,
+        lsb: 1 - bias - mb as i32,
+    };
+    if ef == emax_field {
+        p.class = if mf == 0 { Class::Inf } else { Class::NaN };
+    } else if ef == 0 {
+        if mf == 0 {
+            p.class = Class::Zero;
+        } else {
+            p.e = (63 - mf.leading_zeros() as i32) + p.lsb;
+        }
+    } else {
+        p.sig = mf | (1u64 << mb);
+        p.lsb = ef as i32 - bias - mb as i32;
+        p.e = ef as i32 - bias;
+    }
+    p
+}
+
+/// An input element type.
+pub trait Input: Copy + Send + Sync {
+    #[doc(hidden)]
+    fn parts(self) -> PartsOpaque;
+}
+
+/// Opaque wrapper so `Parts` stays private.
+#[doc(hidden)]
+#[derive(Clone, Copy)]
+pub struct PartsOpaque(Parts);
+
+impl Input for f32 {
+    #[inline(always)]
+    fn parts(self) -> PartsOpaque {
+        let b = self.to_bits();
+        PartsOpaque(parts_ieee(
+            b >> 31 != 0,
+            (b >> 23) & 0xff,
+            (b & 0x7f_ffff) as u64,
+            8,
+            23,
+        ))
+    }
+}
+
+impl Input for f64 {
+    #[inline(always)]
+    fn parts(self) -> PartsOpaque {
+        let b = self.to_bits();
+        PartsOpaque(parts_ieee(
+            b >> 63 != 0,
+            ((b >> 52) & 0x7ff) as u32,
+            b & ((1u64 << 52) - 1),
+            11,
+            52,
+        ))
+    }
+}
+
+/// float16 given as its bit pattern.
+#[derive(Debug, Clone, Copy)]
+#[repr(transparent)]
+pub struct F16Bits(pub u16);
+
+/// bfloat16 given as its bit pattern.
+#[derive(Debug, Clone, Copy)]
+#[repr(transparent)]
+pub struct Bf16Bits(pub u16);
+
+impl Input for F16Bits {
+    #[inline(always)]
+    fn parts(self) -> PartsOpaque {
+        let b = self.0 as u32;
+        PartsOpaque(parts_ieee(
+            b >> 15 != 0,
+            (b >> 10) & 0x1f,
+            (b & 0x3ff) as u64,
+            5,
+            10,
+        ))
+    }
+}
+
+impl Input for Bf16Bits {
+    #[inline(always)]
+    fn parts(self) -> PartsOpaque {
+        f32::from_bits((self.0 as u32) << 16).parts()
+    }
+}
+
+/// An output code type (u8, u16 or u32).
+pub trait Code: Copy + Send + Sync + Default {
+    /// Bits of the type.
+    const BITS: u32;
+    /// From a code known to fit.
+    fn from_u32(v: u32) -> Self;
+    /// To u32.
+    fn to_u32(self) -> u32;
+}
+
+macro_rules! impl_code {
+    ($t:ty) => {
+        impl Code for $t {
+            const BITS: u32 = <$t>::BITS;
+            #[inline(always)]
+            fn from_u32(v: u32) -> Self {
+                v as $t
+            }
+            #[inline(always)]
+            fn to_u32(self) -> u32 {
+                self as u32
+            }
+        }
+    };
+}
+impl_code!(u8);
+impl_code!(u16);
+impl_code!(u32);
+
+// ---------------------------------------------------------------- the encoder
+
+/// A format with everything the per-element encoder needs precomputed.
+#[derive(Debug, Clone, Copy)]
+pub struct Encoder {
+    fmt: Format,
+    opts: EncodeOptions,
+    man: u32,
+    emin: i32,
+    emax: i32,
+    subnormals: bool,
+    max_code: u32,
+    sign_mask: u32,
+    overflow_code: u32,
+    inf_code: u32,
+    negzero: bool,
+}
+
+/// Result flags of one element: 0 ok, 1 NaN into a NaN-less format, 2 negative into
+/// an unsigned format.
+const BAD_NAN: u32 = 1;
+const BAD_NEG: u32 = 2;
+
+impl Encoder {
+    /// Prepare an encoder.
+    pub fn new(fmt: Format, opts: EncodeOptions) -> Encoder {
+        let max_code = fmt.max_code_mag();
+        let overflow_code = match opts.overflow {
+            Overflow::Saturate => max_code,
+            Overflow::NonFinite if fmt.inf() => fmt.inf_code_mag(),
+            Overflow::NonFinite if fmt.has_nan() => u32::MAX, // marker: NaN with sign
+            Overflow::NonFinite => max_code,
+        };
+        Encoder {
+            fmt,
+            opts,
+            man: fmt.man_bits(),
+            emin: fmt.emin(),
+            emax: fmt.emax(),
+            subnormals: fmt.subnormals(),
+            max_code,
+            sign_mask: fmt.sign_mask(),
+            overflow_code,
+            inf_code: fmt.inf_code_mag(),
+            negzero: fmt.nan() == NanKind::NegZero,
+        }
+    }
+
+    /// The format.
+    pub fn format(&self) -> Format {
+        self.fmt
+    }
+
+    /// Attach the sign to a magnitude code.
+    #[inline(always)]
+    fn signed_code(&self, neg: bool, mag: u32) -> u32 {
+        if neg && !(self.negzero && mag == 0) {
+            mag | self.sign_mask
+        } else {
+            mag
+        }
+    }
+
+    /// The code for an overflowing value, by rounding direction and policy.
+    #[inline(always)]
+    fn overflow(&self, neg: bool, mode: Rounding) -> u32 {
+        let shrinks = match mode {
+            Rounding::TowardZero => true,
+            Rounding::Up => neg,
+            Rounding::Down => !neg,
+            _ => false,
+        };
+        if shrinks {
+            self.signed_code(neg, self.max_code)
+        } else if self.overflow_code == u32::MAX {
+            self.fmt.nan_code(neg)
+        } else {
+            self.signed_code(neg, self.overflow_code)
+        }
+    }
+
+    /// Round a finite non-zero magnitude; returns the magnitude code, or None on overflow.
+    #[inline(always)]
+    fn round_mag(&self, p: &Parts, mode: Rounding, r: u32) -> Option<u32> {
+        if p.e > self.emax {
+            return None;
+        }
+        let ee = if p.e < self.emin {
+            if !self.subnormals {
+                return Some(0); // below the smallest value of a zero-less format
+            }
+            self.emin
+        } else {
+            p.e
+        };
+        let q = ee - self.man as i32;
+        // q >= lsb for every input type (formats are exact in float32, module docs)
+        let shift = (q - p.lsb).max(0) as u32;
+        let sh = shift.min(63);
+        let kept = p.sig >> sh;
+        let rem = p.sig & ((1u64 << sh) - 1);
+        let half = (1u64 << sh) >> 1;
+        let up = rem != 0
+            && match mode {
+                Rounding::Nearest => rem > half || (rem == half && kept & 1 == 1),
+                Rounding::NearestAway => rem >= half,
+                Rounding::TowardZero => false,
+                Rounding::Up => !p.neg,
+                Rounding::Down => p.neg,
+                Rounding::Stochastic => {
+                    let frac = if shift <= 32 {
+                        rem << (32 - shift)
+                    } else if shift - 32 < 64 {
+                        rem >> (shift - 32)
+                    } else {
+                        0
+                    };
+                    (r as u64) < frac
+                }
+            };
+        let m = kept + up as u64;
+        let base = ((ee - self.emin) as u64) << self.man;
+        let code = if self.subnormals {
+            base + m
+        } else {
+            base + m - (1u64 << self.man)
+        };
+        if code > self.max_code as u64 {
+            None
+        } else {
+            Some(code as u32)
+        }
+    }
+
+    /// Encode one element; returns (code, bad flags). `r` is used only by stochastic rounding.
+    #[inline(always)]
+    pub(crate) fn encode_one<I: Input>(&self, x: I, mode: Rounding, r: u32) -> (u32, u32) {
+        let p = x.parts().0;
+        let neg_unsigned = p.neg && self.sign_mask == 0 && p.class != Class::Zero;
+        if neg_unsigned && p.class != Class::NaN {
+            let bad = if self.opts.clamp_negative { 0 } else { BAD_NEG };
+            return (0, bad);
+        }
+        match p.class {
+            Class::Finite => match self.round_mag(&p, mode, r) {
+                Some(mag) => (self.signed_code(p.neg, mag), 0),
+                None => (self.overflow(p.neg, mode), 0),
+            },
+            Class::Zero => (self.signed_code(p.neg && self.sign_mask != 0, 0), 0),
+            Class::Inf => {
+                let code = if self.fmt.inf() && self.opts.overflow == Overflow::NonFinite {
+                    self.signed_code(p.neg, self.inf_code)
+                } else {
+                    self.overflow(p.neg, Rounding::Nearest)
+                };
+                (code, 0)
+            }
+            Class::NaN => {
+                if self.fmt.has_nan() {
+                    (self.fmt.nan_code(p.neg), 0)
+                } else if self.opts.nan_to_zero {
+                    (0, 0)
+                } else {
+                    (0, BAD_NAN)
+                }
+            }
+        }
+    }
+}
+
+/// Error for the first bad element of `x`.
+fn first_bad<I: Input>(enc: &Encoder, x: &[I], offset: usize) -> Error {
+    for (i, &v) in x.iter().enumerate() {
+        let (_, bad) = enc.encode_one(v, Rounding::Nearest, 0);
+        if bad & BAD_NAN != 0 {
+            return Error::value(
+                "x",
+                format!(
+                    "element {} is NaN and format {} has no NaN; pass nan='zero' to map NaN to 0",
+                    offset + i,
+                    crate::formats::name(&enc.fmt)
+                ),
+            );
+        }
+        if bad & BAD_NEG != 0 {
+            return Error::value(
+                "x",
+                format!(
+                    "element {} is negative and format {} is unsigned; pass negative='clamp' to clamp to 0",
+                    offset + i,
+                    crate::formats::name(&enc.fmt)
+                ),
+            );
+        }
+    }
+    Error::value("x", "invalid element")
+}
+
+/// Where the random bits of stochastic rounding come from.
+#[derive(Debug, Clone, Copy)]
+pub enum Random<'a> {
+    /// Philox bits keyed by (seed, stream, global index); `offset` is the global index of
+    /// element 0 of this call.
+    Philox { seed: u64, stream: u64, offset: u64 },
+    /// Caller-supplied bits, one u32 per element.
+    Bits(&'a [u32]),
+}
+
+/// Encode one chunk (sequential). `start` is the chunk's index within the call.
+fn encode_chunk<I: Input, C: Code>(
+    enc: &Encoder,
+    mode: Rounding,
+    x: &[I],
+    out: &mut [C],
+    start: usize,
+    random: Random,
+) -> Result<()> {
+    let mut bad = 0u32;
+    if mode == Rounding::Stochastic {
+        let mut buf = [0u32; 1024];
+        for (k, (xs, os)) in x.chunks(1024).zip(out.chunks_mut(1024)).enumerate() {
+            let at = start + k * 1024;
+            let bits: &[u32] = match random {
+                Random::Philox {
+                    seed,
+                    stream,
+                    offset,
+                } => {
+                    rng::fill_random_u32(seed, stream, offset + at as u64, &mut buf[..xs.len()]);
+                    &buf[..xs.len()]
+                }
+                Random::Bits(b) => &b[at..at + xs.len()],
+            };
+            for ((o, &v), &r) in os.iter_mut().zip(xs).zip(bits) {
+                let (c, b) = enc.encode_one(v, Rounding::Stochastic, r);
+                *o = C::from_u32(c);
+                bad |= b;
+            }
+        }
+    } else {
+        for (o, &v) in out.iter_mut().zip(x) {
+            let (c, b) = enc.encode_one(v, mode, 0);
+            *o = C::from_u32(c);
+            bad |= b;
+        }
+    }
+    if bad != 0 {
+        return Err(first_bad(enc, x, start));
+    }
+    Ok(())
+}
+
+macro_rules! dispatch_mode {
+    ($mode:expr, $m:ident => $body:expr) => {
+        match $mode {
+            Rounding::Nearest => {
+                const $m: Rounding = Rounding::Nearest;
+                $body
+            }
+            Rounding::NearestAway => {
+                const $m: Rounding = Rounding::NearestAway;
+                $body
+            }
+            Rounding::TowardZero => {
+                const $m: Rounding = Rounding::TowardZero;
+                $body
+            }
+            Rounding::Up => {
+                const $m: Rounding = Rounding::Up;
+                $body
+            }
+            Rounding::Down => {
+                const $m: Rounding = Rounding::Down;
+                $body
+            }
+            Rounding::Stochastic => {
+                const $m: Rounding = Rounding::Stochastic;
+                $body
+            }
+        }
+    };
+}
+
+/// Encode `x` into `out` (same length) in parallel; the first failing element is reported.
+pub fn encode<I: Input, C: Code>(
+    enc: &Encoder,
+    x: &[I],
+    out: &mut [C],
+    random: Random,
+) -> Result<()> {
+    check_len("out", out.len(), x.len())?;
+    if C::BITS < enc.fmt.bits() {
+        return Err(Error::value(
+            "out",
+            format!(
+                "a {}-bit format needs {}-bit or wider codes",
+                enc.fmt.bits(),
+                enc.fmt.bits().next_power_of_two().max(8)
+            ),
+        ));
+    }
+    if let Random::Bits(b) = random {
+        check_len("random_bits", b.len(), x.len())?;
+    }
+    dispatch_mode!(enc.opts.rounding, MODE => {
+        par::install(|| {
+            x.par_chunks(CHUNK)
+                .zip(out.par_chunks_mut(CHUNK))
+                .enumerate()
+                .try_for_each(|(k, (xs, os))| encode_chunk(enc, MODE, xs, os, k * CHUNK, random))
+        })
+    })
+}
+
+pub(crate) fn check_len(arg: &str, got: usize, want: usize) -> Result<()> {
+    if got != want {
+        return Err(Error::value(
+            arg,
+            format!("expected {want} elements, got {got}"),
+        ));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- decoding
+
+/// A float output type of decode.
+pub trait Float: Copy + Send + Sync {
+    /// From an exact f64 value.
+    fn from_f64(v: f64) -> Self;
+}
+impl Float for f32 {
+    #[inline(always)]
+    fn from_f64(v: f64) -> Self {
+        v as f32
+    }
+}
+impl Float for f64 {
+    #[inline(always)]
+    fn from_f64(v: f64) -> Self {
+        v
+    }
+}
+
+/// Value of every code of `fmt` as f32 (formats up to 16 bits), in code order.
+pub fn table_f32(fmt: &Format) -> Result<Vec<f32>> {
+    if fmt.bits() > 16 {
+        return Err(Error::value(
+            "fmt",
+            format!(
+                "a value table needs a format of at most 16 bits, got {}",
+                fmt.bits()
+            ),
+        ));
+    }
+    Ok((0..fmt.num_codes() as u32)
+        .map(|c| fmt.decode_f64(c) as f32)
+        .collect())
+}
+
+fn bad_code(fmt: &Format, i: usize, c: u32) -> Error {
+    Error::value(
+        "codes",
+        format!(
+            "element {i} is {c}, but a {}-bit format has codes 0..{}",
+            fmt.bits(),
+            fmt.num_codes() - 1
+        ),
+    )
+}
+
+/// Decode codes to floats in parallel. Codes ≥ 2^bits are an error.
+pub fn decode<C: Code, F: Float>(fmt: &Format, codes: &[C], out: &mut [F]) -> Result<()> {
+    check_len("out", out.len(), codes.len())?;
+    let limit = fmt.num_codes();
+    if fmt.bits() <= 16 {
+        let lut: Vec<F> = (0..limit as u32)
+            .map(|c| F::from_f64(fmt.decode_f64(c)))
+            .collect();
+        let full = (C::BITS as u64) <= fmt.bits() as u64;
+        par::install(|| {
+            codes
+                .par_chunks(CHUNK)
+                .zip(out.par_chunks_mut(CHUNK))
+                .enumerate()
+                .try_for_each(|(k, (cs, os))| {
+                    if full {
+                        for (o, &c) in os.iter_mut().zip(cs) {
+                            *o = lut[c.to_u32() as usize];
+                        }
+                        return Ok(());
+                    }
+                    for (i, (o, &c)) in os.iter_mut().zip(cs).enumerate() {
+                        match lut.get(c.to_u32() as usize) {
+                            Some(&v) => *o = v,
+                            None => return Err(bad_code(fmt, k * CHUNK + i, c.to_u32())),
+                        }
+                    }
+                    Ok(())
+                })
+        })
+    } else {
+        par::install(|| {
+            codes
+                .par_chunks(CHUNK)
+                .zip(out.par_chunks_mut(CHUNK))
+                .enumerate()
+                .try_for_each(|(k, (cs, os))| {
+                    for (i, (o, &c)) in os.iter_mut().zip(cs).enumerate() {
+                        if c.to_u32() as u64 >= limit {
+                            return Err(bad_code(fmt, k * CHUNK + i, c.to_u32()));
+                        }
+                        *o = F::from_f64(fmt.decode_f64(c.to_u32()));
+                    }
+                    Ok(())
+                })
+        })
+    }
+}
+
+// ---------------------------------------------------------------- quantize (fused)
+
+/// Round `x` to `fmt` and write the rounded values (as `O`) in one pass:
+/// `lut_out[code]` is the output value of each code (formats up to 16 bits), or
+/// `None` for wider formats, where the value is computed (f32/f64 outputs only via `O::from_f64`).
+pub fn quantize<I: Input, O: Copy + Send + Sync>(
+    enc: &Encoder,
+    x: &[I],
+    out: &mut [O],
+    random: Random,
+    lut_out: Option<&[O]>,
+    from_f64: fn(f64) -> O,
+) -> Result<()> {
+    check_len("out", out.len(), x.len())?;
+    if let Random::Bits(b) = random {
+        check_len("random_bits", b.len(), x.len())?;
+    }
+    let fmt = enc.fmt;
+    dispatch_mode!(enc.opts.rounding, MODE => {
+        par::install(|| {
+            x.par_chunks(CHUNK).zip(out.par_chunks_mut(CHUNK)).enumerate().try_for_each(|(k, (xs, os))| {
+                let mut codes = vec![0u32; xs.len()];
+                encode_chunk(enc, MODE, xs, &mut codes, k * CHUNK, random)?;
+                match lut_out {
+                    Some(lut) => os.iter_mut().zip(&codes).for_each(|(o, &c)| *o = lut[c as usize]),
+                    None => os.iter_mut().zip(&codes).for_each(|(o, &c)| *o = from_f64(fmt.decode_f64(c))),
+                }
+                Ok(())
+            })
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::formats::parse;
+
+    fn enc(name: &str, rounding: Rounding) -> Encoder {
+        Encoder::new(
+            parse(name).unwrap(),
+            EncodeOptions {
+                rounding,
+                ..Default::default()
+            },
+        )
+    }
+
+    fn one(e: &Encoder, x: f64) -> u32 {
+        let mut out = [0u32];
+        encode(
+            e,
+            &[x],
+            &mut out,
+            Random::Philox {
+                seed: 0,
+                stream: 0,
+                offset: 0,
+            },
+        )
+        .unwrap();
+        out[0]
+    }
+
+    #[test]
+    fn every_code_round_trips_every_small_format() {
+        for (name, f) in crate::formats::all()
+            .into_iter()
+            .filter(|(_, f)| f.bits() <= 16)
+        {
+            for mode in Rounding::ALL.map(|m| m.1) {
+                let e = Encoder::new(
+                    f,
+                    EncodeOptions {
+                        rounding: mode,
+                        ..Default::default()
+                    },
+                );
+                for c in 0..f.num_codes() as u32 {
+                    let v = f.decode_f64(c);
+                    let got = one(&e, v);
+                    if v.is_nan() {
+                        assert!(f.is_nan_code(got), "{name} {c:#x}");
+                    } else if v == 0.0 && f.nan() == NanKind::NegZero {
+                        assert_eq!(got, 0);
+                    } else {
+                        assert_eq!(got, c, "{name} code {c:#x} value {v} mode {mode:?}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn e4m3fn_edges() {
+        let e = enc("float8_e4m3fn", Rounding::Nearest);
+        assert_eq!(one(&e, 464.0), 0x7e); // tie to even stays at 448
+        assert_eq!(one(&e, 480.0), 0x7f); // overflow → NaN
+        assert_eq!(one(&e, -1e9), 0xff);
+        assert_eq!(one(&e, f64::INFINITY), 0x7f);
+        assert_eq!(one(&e, 2f64.powi(-10)), 0x00); // half of min subnormal, tie → even (0)
+        assert_eq!(one(&e, 2f64.powi(-10) * 3.0), 0x02); // 1.5 ulp → tie → even (2)
+        let z = enc("float8_e4m3fn", Rounding::TowardZero);
+        assert_eq!(one(&z, 1e9), 0x7e);
+        let s = Encoder::new(
+            parse("e4m3").unwrap(),
+            EncodeOptions {
+                overflow: Overflow::Saturate,
+                ..Default::default()
+            },
+        );
+        assert_eq!(one(&s, 1e9), 0x7e);
+        assert_eq!(one(&s, f64::NEG_INFINITY), 0xfe);
+    }
+
+    #[test]
+    fn no_double_rounding_from_f64() {
+        // 1 + 2^-4 + 2^-30: above the midpoint of 1 and 1.125, so e4m3 rounds up; staging
+        // through float32 would make it an exact tie and round to 1.0.
+        let e = enc("float8_e4m3fn", Rounding::Nearest);
+        assert_eq!(one(&e, 1.0 + 2f64.powi(-4) + 2f64.powi(-30)), 0x39);
+    }
+
+    #[test]
+    fn directed_modes() {
+        let x = 1.0 + 2f64.powi(-5); // between 1.0 (0x38) and 1.125 (0x39)
+        for (mode, pos, neg) in [
+            (Rounding::TowardZero, 0x38, 0xb8),
+            (Rounding::Up, 0x39, 0xb8),
+            (Rounding::Down, 0x38, 0xb9),
+            (Rounding::NearestAway, 0x38, 0xb8),
+        ] {
+            let e = enc("float8_e4m3fn", mode);
+            assert_eq!(one(&e, x), pos, "{mode:?}");
+            assert_eq!(one(&e, -x), neg, "{mode:?}");
+        }
+        let e = enc("float8_e4m3fn", Rounding::NearestAway);
+        assert_eq!(one(&e, 1.0 + 2f64.powi(-4)), 0x39);
+    }
+
+    #[test]
+    fn unsigned_and_nan_errors() {
+        let e = enc("e8m0", Rounding::Nearest);
+        let mut out = [0u8; 3];
+        let err = encode(&e, &[1.0f32, 2.0, -1.0], &mut out, Random::Bits(&[0; 3])).unwrap_err();
+        assert_eq!(err.arg, "x");
+        assert!(err.msg.contains("element 2"), "{}", err.msg);
+        let e = enc("e2m1", Rounding::Nearest);
+        let err = encode(&e, &[f32::NAN], &mut out[..1], Random::Bits(&[0])).unwrap_err();
+        assert!(err.msg.contains("NaN"));
+        let e = Encoder::new(
+            parse("e2m1").unwrap(),
+            EncodeOptions {
+                nan_to_zero: true,
+                ..Default::default()
+            },
+        );
+        encode(&e, &[f32::NAN], &mut out[..1], Random::Bits(&[0])).unwrap();
+        assert_eq!(out[0], 0);
+    }
+
+    #[test]
+    fn e8m0_values() {
+        let e = enc("e8m0", Rounding::Nearest);
+        assert_eq!(one(&e, 3.0), 129);
+        assert_eq!(one(&e, 1e-45), 0);
+        assert_eq!(one(&e, 0.0), 0); // no zero: the smallest value (ml_dtypes gives NaN)
+        assert_eq!(one(&e, 2f64.powi(127) * 1.5), 0xff);
+    }
+
+    #[test]
+    fn stochastic_exact_inputs_never_move_and_thread_independent() {
+        let e = enc("float8_e5m2", Rounding::Stochastic);
+        let x: Vec<f32> = (0..200_000)
+            .map(|i| ((i as f32) * 0.37).sin() * 100.0)
+            .collect();
+        let mut a = vec![0u8; x.len()];
+        let mut b = vec![0u8; x.len()];
+        encode(
+            &e,
+            &x,
+            &mut a,
+            Random::Philox {
+                seed: 7,
+                stream: 1,
+                offset: 0,
+            },
+        )
+        .unwrap();
+        // the same elements encoded in two pieces with offsets give the same codes
+        let (x1, x2) = x.split_at(12345);
+        let (b1, b2) = b.split_at_mut(12345);
+        encode(
+            &e,
+            x1,
+            b1,
+            Random::Philox {
+                seed: 7,
+                stream: 1,
+                offset: 0,
+            },
+        )
+        .unwrap();
+        encode(
+            &e,
+            x2,
+            b2,
+            Random::Philox {
+                seed: 7,
+                stream: 1,
+                offset: 12345,
+            },
+        )
+        .unwrap();
+        assert_eq!(a, b);
+        let f = parse("float8_e5m2").unwrap();
+        let vals: Vec<f32> = (0..256)
+            .map(|c| f.decode_f64(c) as f32)
+            .filter(|v| v.is_finite())
+            .collect();
+        let mut c = vec![0u8; vals.len()];
+        encode(
+            &e,
+            &vals,
+            &mut c,
+            Random::Philox {
+                seed: 3,
+                stream: 0,
+                offset: 0,
+            },
+        )
+        .unwrap();
+        for (v, &code) in vals.iter().zip(&c) {
+            assert_eq!(f.decode_f64(code as u32) as f32, *v);
+        }
+    }
+
+    #[test]
+    fn decode_rejects_out_of_range_codes() {
+        let f = parse("e2m1").unwrap();
+        let mut out = [0f32; 2];
+        let err = decode(&f, &[3u8, 16u8], &mut out).unwrap_err();
+        assert_eq!(err.arg, "codes");
+        assert!(err.msg.contains("element 1"));
+    }
+}

@@ -1,0 +1,302 @@
+//! Logarithmic k-bit levels `alpha^i` (SOLO-style second-moment codes), with the base fixed or
+//! chosen per block from a quantile of the block.
+//!
+//! Design:
+//! - Levels are powers of `alpha` in `(0, 1)`, top level 1 (values are normalized by the block
+//!   scale). Powers are computed by repeated multiplication in f64 starting from 1.0, each
+//!   rounded to f32 only at the end: no libm, so the CUDA mirror reproduces every bit. Encoding
+//!   and decoding go through [`crate::table::Table`].
+//! - The per-block base is found by bisection over f32 bit patterns (positive floats order like
+//!   their bits), for the largest `alpha` in `[ALPHA_MIN, ALPHA_MAX]` with
+//!   `alpha^(n-1) ≤ v` (the same repeated-multiplication power). The power is monotone in
+//!   `alpha` (each rounded multiply is), so bisection is exact and deterministic; ~27 steps.
+//!   Rejected: `v.powf(1/(n-1))` (libm; not reproducible on the GPU bit for bit).
+//! - `ALPHA_MIN = 2^-10` keeps a block with a zero quantile usable for few bits;
+//!   `ALPHA_MAX = 1 - 2^-10` keeps adjacent levels at least a factor `1 - 2^-10` apart, so
+//!   they never collide in f32. For many bits a tiny `alpha` underflows, and
+//!   [`log_levels`] reports that instead of returning colliding levels.
+//! - The quantile is by nearest rank (`floor(q·(len-1))`) with `select_nth_unstable_by` on a
+//!   caller-provided scratch vector: O(len), no allocation once the scratch has capacity.
+
+use crate::error::{Error, Result};
+
+/// Smallest base [`alpha_from_quantile`] returns: 2^-10.
+pub const ALPHA_MIN: f32 = 1.0 / 1024.0;
+/// Largest base [`alpha_from_quantile`] returns: 1 - 2^-10 (exact in f32).
+pub const ALPHA_MAX: f32 = 1.0 - 1.0 / 1024.0;
+
+/// `alpha^k` by `k` repeated multiplications in f64, starting from 1.0.
+#[inline]
+fn pow_f64(alpha: f64, k: u32) -> f64 {
+    let mut p = 1.0f64;
+    for _ in 0..k {
+        p *= alpha;
+    }
+    p
+}
+
+/// `[alpha^(n-1), …, alpha, 1]` as f32: powers by repeated f64 multiplication, each rounded.
+fn magnitudes(alpha: f32, n: usize) -> Vec<f32> {
+    let a = alpha as f64;
+    let mut p = 1.0f64;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        out.push(p as f32);
+        p *= a;
+    }
+    out.reverse();
+    out
+}
+
+/// The levels of a logarithmic `bits`-bit code with base `alpha`, ascending.
+///
+/// - unsigned with `zero` (1 ≤ bits ≤ 8): code 0 → 0, code `c ≥ 1` → `alpha^(2^bits-1-c)`.
+/// - unsigned without zero (1 ≤ bits ≤ 8): code `c` → `alpha^(2^bits-1-c)`.
+/// - `signed` (2 ≤ bits ≤ 8, `zero` must be true): with `n = 2^(bits-1) - 1` magnitudes
+///   `alpha^(n-1), …, alpha, 1`: `[-1, …, -alpha^(n-1), 0, alpha^(n-1), …, 1]`
+///   (`2^bits - 1` levels; the top code is unused).
+///
+/// The top level is always 1. Errors: `"alpha"` unless `0 < alpha < 1`, or when adjacent
+/// levels collide in f32 (alpha too small for this many levels: they underflow); `"bits"`
+/// outside the ranges above; `"zero"` for a signed code without zero.
+pub fn log_levels(bits: u32, signed: bool, alpha: f32, zero: bool) -> Result<Vec<f32>> {
+    let min_bits = if signed { 2 } else { 1 };
+    if !(min_bits..=8).contains(&bits) {
+        return Err(Error::value(
+            "bits",
+            format!(
+                "expected {min_bits} <= bits <= 8 for a {} log code, got {bits}",
+                if signed { "signed" } else { "unsigned" }
+            ),
+        ));
+    }
+    if !(alpha > 0.0 && alpha < 1.0) {
+        return Err(Error::value(
+            "alpha",
+            format!("expected 0 < alpha < 1, got {alpha}"),
+        ));
+    }
+    if signed && !zero {
+        return Err(Error::value(
+            "zero",
+            "expected zero=true for a signed log code, got zero=false",
+        ));
+    }
+    let levels = if signed {
+        let n = (1usize << (bits - 1)) - 1;
+        let pos = magnitudes(alpha, n);
+        let mut l: Vec<f32> = pos.iter().rev().map(|&v| -v).collect();
+        l.push(0.0);
+        l.extend_from_slice(&pos);
+        l
+    } else if zero {
+        let mut l = vec![0.0f32];
+        l.extend(magnitudes(alpha, (1usize << bits) - 1));
+        l
+    } else {
+        magnitudes(alpha, 1usize << bits)
+    };
+    if let Some(i) = levels.windows(2).position(|w| w[0] >= w[1]) {
+        return Err(Error::value(
+            "alpha",
+            format!(
+                "expected alpha large enough for {} distinct float32 levels, got alpha = {alpha}: \
+                 the levels underflow (levels {i} and {} are both {:e})",
+                levels.len(),
+                i + 1,
+                levels[i]
+            ),
+        ));
+    }
+    Ok(levels)
+}
+
+/// The base whose smallest nonzero level `alpha^(n_nonzero-1)` best fits the normalized
+/// quantile `v` (`|x|/absmax` in `(0, 1]`): the largest f32 `alpha` in
+/// `[ALPHA_MIN, ALPHA_MAX]` with `alpha^(n_nonzero-1) ≤ v`, the power taken by repeated f64
+/// multiplication. Deterministic and libm-free (mirrored on the GPU).
+///
+/// Clamps: `v ≤ 0` (or `v` below `ALPHA_MIN^(n_nonzero-1)`) → `ALPHA_MIN`; `v ≥ 1` (or above
+/// `ALPHA_MAX^(n_nonzero-1)`), NaN (an all-zero block gives 0/0) and `n_nonzero ≤ 1` →
+/// `ALPHA_MAX`.
+pub fn alpha_from_quantile(v: f32, n_nonzero: u32) -> f32 {
+    if n_nonzero <= 1 || v.is_nan() || v >= 1.0 {
+        return ALPHA_MAX;
+    }
+    let k = n_nonzero - 1;
+    let vd = v as f64;
+    let fits = |bits: u32| pow_f64(f32::from_bits(bits) as f64, k) <= vd;
+    let (mut lo, mut hi) = (ALPHA_MIN.to_bits(), ALPHA_MAX.to_bits());
+    if !fits(lo) {
+        return ALPHA_MIN;
+    }
+    if fits(hi) {
+        return ALPHA_MAX;
+    }
+    // Invariant: fits(lo) and !fits(hi).
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if fits(mid) {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    f32::from_bits(lo)
+}
+
+/// The `q`-quantile of `|x|` by nearest rank: the element at index `floor(q·(len-1))` of the
+/// sorted absolute values (total order, so a NaN sorts last). `q` is clamped to `[0, 1]`
+/// (NaN → 0). Empty `x` → 0. Uses `scratch` as the working copy: no allocation when it already
+/// has capacity for `x.len()` elements.
+pub fn quantile_abs(x: &[f32], q: f32, scratch: &mut Vec<f32>) -> f32 {
+    if x.is_empty() {
+        return 0.0;
+    }
+    let q = if q.is_nan() { 0.0 } else { q.clamp(0.0, 1.0) };
+    let last = x.len() - 1;
+    let k = ((q as f64 * last as f64).floor() as usize).min(last);
+    scratch.clear();
+    scratch.extend(x.iter().map(|v| v.abs()));
+    let (_, kth, _) = scratch.select_nth_unstable_by(k, f32::total_cmp);
+    *kth
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_cases() {
+        assert_eq!(
+            log_levels(2, false, 0.5, true).unwrap(),
+            [0.0, 0.25, 0.5, 1.0]
+        );
+        assert_eq!(
+            log_levels(2, false, 0.5, false).unwrap(),
+            [0.125, 0.25, 0.5, 1.0]
+        );
+        assert_eq!(log_levels(1, false, 0.5, true).unwrap(), [0.0, 1.0]);
+        assert_eq!(log_levels(1, false, 0.5, false).unwrap(), [0.5, 1.0]);
+        assert_eq!(log_levels(2, true, 0.5, true).unwrap(), [-1.0, 0.0, 1.0]);
+        assert_eq!(
+            log_levels(3, true, 0.5, true).unwrap(),
+            [-1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 1.0]
+        );
+    }
+
+    #[test]
+    fn powers_by_repeated_multiplication() {
+        let alpha = 0.9f32;
+        let l = log_levels(8, false, alpha, true).unwrap();
+        assert_eq!(l.len(), 256);
+        let mut p = 1.0f64;
+        for c in (1..256).rev() {
+            assert_eq!(l[c], p as f32, "code {c}");
+            p *= alpha as f64;
+        }
+        assert_eq!(l[0], 0.0);
+        for bits in 1..=8u32 {
+            for (signed, zero) in [(true, true), (false, true), (false, false)] {
+                if signed && bits < 2 {
+                    continue;
+                }
+                let l = log_levels(bits, signed, 0.7, zero).unwrap();
+                assert_eq!(l.len(), (1usize << bits) - signed as usize);
+                assert_eq!(*l.last().unwrap(), 1.0);
+                assert!(l.windows(2).all(|w| w[0] < w[1]));
+                if signed {
+                    assert!(l.iter().zip(l.iter().rev()).all(|(a, b)| *a == -*b));
+                }
+                assert!(crate::table::Table::new(l).is_ok());
+            }
+        }
+    }
+
+    #[test]
+    fn errors() {
+        for alpha in [0.0f32, 1.0, -0.5, 1.5, f32::NAN, f32::INFINITY] {
+            assert_eq!(log_levels(4, false, alpha, true).unwrap_err().arg, "alpha");
+        }
+        // Underflow: 0.001^254 is far below f32's smallest subnormal.
+        let e = log_levels(8, false, 1e-3, true).unwrap_err();
+        assert_eq!(e.arg, "alpha");
+        assert!(e.msg.contains("underflow"), "{e}");
+        assert_eq!(log_levels(8, false, 1e-3, false).unwrap_err().arg, "alpha");
+        assert_eq!(log_levels(8, true, 1e-3, true).unwrap_err().arg, "alpha");
+        // Few bits with the same alpha are fine.
+        assert!(log_levels(3, false, 1e-3, true).is_ok());
+        assert_eq!(log_levels(0, false, 0.5, true).unwrap_err().arg, "bits");
+        assert_eq!(log_levels(1, true, 0.5, true).unwrap_err().arg, "bits");
+        assert_eq!(log_levels(9, false, 0.5, true).unwrap_err().arg, "bits");
+        assert_eq!(log_levels(4, true, 0.5, false).unwrap_err().arg, "zero");
+    }
+
+    #[test]
+    fn alpha_brackets_v() {
+        for n in [2u32, 3, 7, 15, 127, 255] {
+            let k = n - 1;
+            let mut prev = ALPHA_MIN;
+            for i in 1..=2000 {
+                let v = i as f32 / 2000.0 * 0.999 + 1e-9;
+                let a = alpha_from_quantile(v, n);
+                assert!((ALPHA_MIN..=ALPHA_MAX).contains(&a));
+                assert!(a >= prev, "monotone in v: n {n} v {v}");
+                prev = a;
+                let p = pow_f64(a as f64, k);
+                let up = f32::from_bits(a.to_bits() + 1);
+                if a != ALPHA_MIN {
+                    assert!(p <= v as f64, "n {n} v {v} a {a}");
+                }
+                if a != ALPHA_MAX {
+                    assert!(pow_f64(up as f64, k) > v as f64, "n {n} v {v} a {a}");
+                }
+            }
+        }
+        // n = 2: alpha^1 ≤ v, largest such f32 is v itself.
+        assert_eq!(alpha_from_quantile(0.3, 2), 0.3);
+        // n = 3: alpha^2 ≤ 0.25 -> 0.5 exactly.
+        assert_eq!(alpha_from_quantile(0.25, 3), 0.5);
+    }
+
+    #[test]
+    fn alpha_clamps() {
+        assert_eq!(alpha_from_quantile(1.0, 15), ALPHA_MAX);
+        assert_eq!(alpha_from_quantile(2.0, 15), ALPHA_MAX);
+        assert_eq!(alpha_from_quantile(f32::INFINITY, 15), ALPHA_MAX);
+        assert_eq!(alpha_from_quantile(f32::NAN, 15), ALPHA_MAX);
+        assert_eq!(alpha_from_quantile(0.5, 1), ALPHA_MAX);
+        assert_eq!(alpha_from_quantile(0.5, 0), ALPHA_MAX);
+        assert_eq!(alpha_from_quantile(0.0, 15), ALPHA_MIN);
+        assert_eq!(alpha_from_quantile(-1.0, 15), ALPHA_MIN);
+        assert_eq!(alpha_from_quantile(f32::NEG_INFINITY, 15), ALPHA_MIN);
+        assert_eq!(alpha_from_quantile(1e-30, 2), ALPHA_MIN);
+        assert_eq!(alpha_from_quantile(0.9999999, 15), ALPHA_MAX);
+    }
+
+    #[test]
+    fn quantiles() {
+        let mut s = Vec::new();
+        assert_eq!(quantile_abs(&[], 0.5, &mut s), 0.0);
+        let x = [3.0f32, -1.0, 2.0, -5.0, 4.0];
+        // |x| sorted: 1 2 3 4 5
+        assert_eq!(quantile_abs(&x, 0.0, &mut s), 1.0);
+        assert_eq!(quantile_abs(&x, 0.5, &mut s), 3.0);
+        assert_eq!(quantile_abs(&x, 0.74, &mut s), 3.0); // floor(0.74*4) = 2
+        assert_eq!(quantile_abs(&x, 0.75, &mut s), 4.0);
+        assert_eq!(quantile_abs(&x, 1.0, &mut s), 5.0);
+        assert_eq!(quantile_abs(&x, 7.0, &mut s), 5.0);
+        assert_eq!(quantile_abs(&x, -1.0, &mut s), 1.0);
+        assert_eq!(quantile_abs(&x, f32::NAN, &mut s), 1.0);
+        assert_eq!(quantile_abs(&[-7.5], 0.3, &mut s), 7.5);
+        // No allocation when scratch has capacity.
+        let mut s = Vec::with_capacity(64);
+        let ptr = s.as_ptr();
+        let big: Vec<f32> = (0..64).map(|i| (i as f32 - 31.5) * 0.25).collect();
+        let med = quantile_abs(&big, 0.5, &mut s);
+        assert_eq!(s.as_ptr(), ptr);
+        let mut sorted: Vec<f32> = big.iter().map(|v| v.abs()).collect();
+        sorted.sort_by(f32::total_cmp);
+        assert_eq!(med, sorted[31]);
+    }
+}

@@ -1,0 +1,580 @@
+//! All PyO3 code, nothing else: borrow NumPy arrays, take contiguous slices, detach
+//! from the interpreter, call the core, map its one error type.
+//!
+//! The Python package (`python/lowfp`) checks dtypes and allocates outputs; this file
+//! only dispatches on the dtype it is handed. Formats cross the boundary as a tuple of
+//! their primary fields.
+
+use crate::error::Error;
+use crate::exmy::{
+    self, Bf16Bits, Code, EncodeOptions, Encoder, F16Bits, Input, Overflow, Random, Rounding,
+};
+use crate::format::{Format, NanKind};
+use crate::{block, dynamic, formats, linear, logfmt, pack, par, table};
+use numpy::{Element, PyReadonlyArrayDyn, PyReadwriteArrayDyn};
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+
+/// The one place core errors become Python exceptions.
+fn err(e: Error) -> PyErr {
+    PyValueError::new_err(format!("{}: {}", e.arg, e.msg))
+}
+
+type Fields = (u32, u32, i32, bool, bool, String, bool);
+
+fn fmt_of(f: Fields) -> PyResult<Format> {
+    let nan = NanKind::parse(&f.5).map_err(err)?;
+    Format::new(f.0, f.1, f.2, f.3, f.4, nan, f.6).map_err(err)
+}
+
+fn fields_of(f: &Format) -> Fields {
+    (
+        f.exp_bits(),
+        f.man_bits(),
+        f.bias(),
+        f.signed(),
+        f.inf(),
+        f.nan().name().to_string(),
+        f.subnormals(),
+    )
+}
+
+fn ro<'py, T: Element>(a: &Bound<'py, PyAny>, arg: &str) -> PyResult<PyReadonlyArrayDyn<'py, T>> {
+    a.extract::<PyReadonlyArrayDyn<'py, T>>().map_err(|_| {
+        PyTypeError::new_err(format!(
+            "{arg}: expected a numpy array of {}",
+            std::any::type_name::<T>()
+        ))
+    })
+}
+
+fn rw<'py, T: Element>(a: &Bound<'py, PyAny>, arg: &str) -> PyResult<PyReadwriteArrayDyn<'py, T>> {
+    a.extract::<PyReadwriteArrayDyn<'py, T>>().map_err(|_| {
+        PyValueError::new_err(format!(
+            "{arg}: expected a writeable numpy array of {}",
+            std::any::type_name::<T>()
+        ))
+    })
+}
+
+fn slice<'a, T: Element>(a: &'a PyReadonlyArrayDyn<'_, T>, arg: &str) -> PyResult<&'a [T]> {
+    a.as_slice()
+        .map_err(|_| PyValueError::new_err(format!("{arg}: expected a C-contiguous array")))
+}
+
+fn slice_mut<'a, T: Element>(
+    a: &'a mut PyReadwriteArrayDyn<'_, T>,
+    arg: &str,
+) -> PyResult<&'a mut [T]> {
+    a.as_slice_mut()
+        .map_err(|_| PyValueError::new_err(format!("{arg}: expected a C-contiguous array")))
+}
+
+/// Reinterpret a u16 slice as float16/bfloat16 bit patterns (both `repr(transparent)`).
+fn as_bits<T>(s: &[u16]) -> &[T] {
+    // SAFETY: F16Bits and Bf16Bits are #[repr(transparent)] wrappers of u16.
+    unsafe { std::slice::from_raw_parts(s.as_ptr() as *const T, s.len()) }
+}
+
+// ---------------------------------------------------------------- formats
+
+#[pyfunction]
+fn format_parse(name: &str) -> PyResult<(Fields, String)> {
+    let f = formats::parse(name).map_err(err)?;
+    Ok((fields_of(&f), formats::name(&f)))
+}
+
+#[pyfunction]
+fn format_check(fields: Fields) -> PyResult<String> {
+    Ok(formats::name(&fmt_of(fields)?))
+}
+
+#[pyfunction]
+#[allow(clippy::type_complexity)]
+fn format_props(fields: Fields) -> PyResult<(u32, f64, f64, f64, f64, i32, i32, u32)> {
+    let f = fmt_of(fields)?;
+    Ok((
+        f.bits(),
+        f.max(),
+        f.min_normal(),
+        f.min_subnormal(),
+        f.eps(),
+        f.emin(),
+        f.emax(),
+        f.max_code_mag(),
+    ))
+}
+
+#[pyfunction]
+fn format_names() -> Vec<&'static str> {
+    formats::all().into_iter().map(|(n, _)| n).collect()
+}
+
+#[pyfunction]
+fn format_aliases() -> Vec<(&'static str, &'static str)> {
+    formats::aliases().to_vec()
+}
+
+#[pyfunction]
+fn format_value(fields: Fields, code: u32) -> PyResult<f64> {
+    let f = fmt_of(fields)?;
+    if code as u64 >= f.num_codes() {
+        return Err(err(Error::value(
+            "code",
+            format!("expected 0..{}, got {code}", f.num_codes() - 1),
+        )));
+    }
+    Ok(f.decode_f64(code))
+}
+
+// ---------------------------------------------------------------- ExMy codec
+
+fn encoder(
+    fields: Fields,
+    rounding: &str,
+    overflow: &str,
+    nan_to_zero: bool,
+    clamp_negative: bool,
+) -> PyResult<Encoder> {
+    let opts = EncodeOptions {
+        rounding: Rounding::parse(rounding).map_err(err)?,
+        overflow: Overflow::parse(overflow).map_err(err)?,
+        nan_to_zero,
+        clamp_negative,
+    };
+    Ok(Encoder::new(fmt_of(fields)?, opts))
+}
+
+fn random_of<'a>(bits: Option<&'a [u32]>, seed: u64, stream: u64, offset: u64) -> Random<'a> {
+    match bits {
+        Some(b) => Random::Bits(b),
+        None => Random::Philox {
+            seed,
+            stream,
+            offset,
+        },
+    }
+}
+
+/// Run `$body` with `$xs` bound to the input slice typed by `kind`.
+macro_rules! with_input {
+    ($x:expr, $kind:expr, $xs:ident => $body:expr) => {
+        match $kind {
+            "float32" => {
+                let a = ro::<f32>($x, "x")?;
+                let $xs = slice(&a, "x")?;
+                $body
+            }
+            "float64" => {
+                let a = ro::<f64>($x, "x")?;
+                let $xs = slice(&a, "x")?;
+                $body
+            }
+            "float16" => {
+                let a = ro::<u16>($x, "x")?;
+                let $xs: &[F16Bits] = as_bits(slice(&a, "x")?);
+                $body
+            }
+            "bfloat16" => {
+                let a = ro::<u16>($x, "x")?;
+                let $xs: &[Bf16Bits] = as_bits(slice(&a, "x")?);
+                $body
+            }
+            k => {
+                return Err(PyTypeError::new_err(format!(
+                    "x: unsupported input kind {k:?}"
+                )))
+            }
+        }
+    };
+}
+
+fn encode_into<I: Input>(
+    py: Python<'_>,
+    enc: &Encoder,
+    xs: &[I],
+    out: &Bound<'_, PyAny>,
+    random: Random,
+) -> PyResult<()> {
+    let width = out
+        .getattr("dtype")?
+        .getattr("itemsize")?
+        .extract::<usize>()?;
+    macro_rules! go {
+        ($t:ty) => {{
+            let mut o = rw::<$t>(out, "out")?;
+            let os = slice_mut(&mut o, "out")?;
+            py.detach(|| exmy::encode(enc, xs, os, random)).map_err(err)
+        }};
+    }
+    match width {
+        1 => go!(u8),
+        2 => go!(u16),
+        4 => go!(u32),
+        _ => Err(PyTypeError::new_err(
+            "out: expected uint8, uint16 or uint32 codes",
+        )),
+    }
+}
+
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+#[pyo3(signature = (x, kind, out, fields, rounding, overflow, nan_to_zero, clamp_negative, seed, stream, offset, random_bits=None))]
+fn encode(
+    py: Python<'_>,
+    x: &Bound<'_, PyAny>,
+    kind: &str,
+    out: &Bound<'_, PyAny>,
+    fields: Fields,
+    rounding: &str,
+    overflow: &str,
+    nan_to_zero: bool,
+    clamp_negative: bool,
+    seed: u64,
+    stream: u64,
+    offset: u64,
+    random_bits: Option<&Bound<'_, PyAny>>,
+) -> PyResult<()> {
+    let enc = encoder(fields, rounding, overflow, nan_to_zero, clamp_negative)?;
+    let rb = random_bits
+        .map(|r| ro::<u32>(r, "random_bits"))
+        .transpose()?;
+    let rbs = rb.as_ref().map(|r| slice(r, "random_bits")).transpose()?;
+    let random = random_of(rbs, seed, stream, offset);
+    with_input!(x, kind, xs => encode_into(py, &enc, xs, out, random))
+}
+
+fn decode_codes<C: Code + Element>(
+    py: Python<'_>,
+    f: &Format,
+    codes: &Bound<'_, PyAny>,
+    out: &Bound<'_, PyAny>,
+) -> PyResult<()> {
+    let c = ro::<C>(codes, "codes")?;
+    let cs = slice(&c, "codes")?;
+    if let Ok(mut o) = out.extract::<PyReadwriteArrayDyn<f32>>() {
+        let os = slice_mut(&mut o, "out")?;
+        return py.detach(|| exmy::decode(f, cs, os)).map_err(err);
+    }
+    let mut o = rw::<f64>(out, "out")?;
+    let os = slice_mut(&mut o, "out")?;
+    py.detach(|| exmy::decode(f, cs, os)).map_err(err)
+}
+
+#[pyfunction]
+fn decode(
+    py: Python<'_>,
+    codes: &Bound<'_, PyAny>,
+    out: &Bound<'_, PyAny>,
+    fields: Fields,
+) -> PyResult<()> {
+    let f = fmt_of(fields)?;
+    match codes
+        .getattr("dtype")?
+        .getattr("itemsize")?
+        .extract::<usize>()?
+    {
+        1 => decode_codes::<u8>(py, &f, codes, out),
+        2 => decode_codes::<u16>(py, &f, codes, out),
+        4 => decode_codes::<u32>(py, &f, codes, out),
+        _ => Err(PyTypeError::new_err(
+            "codes: expected uint8, uint16 or uint32",
+        )),
+    }
+}
+
+/// Output bit pattern (float16/bfloat16) of every code, by encoding each exact value.
+fn lut_bits(f: &Format, target: &str) -> PyResult<Vec<u16>> {
+    let t = formats::parse(target).map_err(err)?;
+    let e = Encoder::new(
+        t,
+        EncodeOptions {
+            nan_to_zero: false,
+            ..Default::default()
+        },
+    );
+    (0..f.num_codes() as u32)
+        .map(|c| {
+            let v = [f.decode_f64(c)];
+            let mut o = [0u16];
+            exmy::encode(&e, &v, &mut o, Random::Bits(&[0]))
+                .map(|_| o[0])
+                .map_err(err)
+        })
+        .collect()
+}
+
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+#[pyo3(signature = (x, kind, out, fields, rounding, overflow, nan_to_zero, clamp_negative, seed, stream, offset, random_bits=None))]
+fn quantize(
+    py: Python<'_>,
+    x: &Bound<'_, PyAny>,
+    kind: &str,
+    out: &Bound<'_, PyAny>,
+    fields: Fields,
+    rounding: &str,
+    overflow: &str,
+    nan_to_zero: bool,
+    clamp_negative: bool,
+    seed: u64,
+    stream: u64,
+    offset: u64,
+    random_bits: Option<&Bound<'_, PyAny>>,
+) -> PyResult<()> {
+    let enc = encoder(fields, rounding, overflow, nan_to_zero, clamp_negative)?;
+    let f = enc.format();
+    let rb = random_bits
+        .map(|r| ro::<u32>(r, "random_bits"))
+        .transpose()?;
+    let rbs = rb.as_ref().map(|r| slice(r, "random_bits")).transpose()?;
+    let random = random_of(rbs, seed, stream, offset);
+    let small = f.bits() <= 16;
+    with_input!(x, kind, xs => {
+        match kind {
+            "float32" => {
+                let lut: Option<Vec<f32>> = small.then(|| (0..f.num_codes() as u32).map(|c| f.decode_f64(c) as f32).collect());
+                let mut o = rw::<f32>(out, "out")?;
+                let os = slice_mut(&mut o, "out")?;
+                py.detach(|| exmy::quantize(&enc, xs, os, random, lut.as_deref(), |v| v as f32)).map_err(err)
+            }
+            "float64" => {
+                let lut: Option<Vec<f64>> = small.then(|| (0..f.num_codes() as u32).map(|c| f.decode_f64(c)).collect());
+                let mut o = rw::<f64>(out, "out")?;
+                let os = slice_mut(&mut o, "out")?;
+                py.detach(|| exmy::quantize(&enc, xs, os, random, lut.as_deref(), |v| v)).map_err(err)
+            }
+            k => {
+                if !small {
+                    return Err(err(Error::value("fmt", format!("a {}-bit format is not exact in {k}", f.bits()))));
+                }
+                let lut = lut_bits(&f, k)?;
+                let mut o = rw::<u16>(out, "out")?;
+                let os = slice_mut(&mut o, "out")?;
+                py.detach(|| exmy::quantize(&enc, xs, os, random, Some(&lut), |_| 0)).map_err(err)
+            }
+        }
+    })
+}
+
+// ---------------------------------------------------------------- packing
+
+#[pyfunction]
+fn pack_codes(
+    py: Python<'_>,
+    codes: PyReadonlyArrayDyn<'_, u8>,
+    bits: u32,
+    mut out: PyReadwriteArrayDyn<'_, u8>,
+) -> PyResult<()> {
+    let cs = slice(&codes, "codes")?;
+    let os = slice_mut(&mut out, "out")?;
+    py.detach(|| par::install(|| pack::pack(cs, bits, os)))
+        .map_err(err)
+}
+
+#[pyfunction]
+fn unpack_codes(
+    py: Python<'_>,
+    packed: PyReadonlyArrayDyn<'_, u8>,
+    bits: u32,
+    count: usize,
+    mut out: PyReadwriteArrayDyn<'_, u8>,
+) -> PyResult<()> {
+    let ps = slice(&packed, "packed")?;
+    let os = slice_mut(&mut out, "out")?;
+    py.detach(|| par::install(|| pack::unpack(ps, bits, count, os)))
+        .map_err(err)
+}
+
+#[pyfunction]
+fn packed_len(count: usize, bits: u32) -> PyResult<usize> {
+    if !(1..=8).contains(&bits) {
+        return Err(err(Error::value(
+            "bits",
+            format!("expected 1..=8, got {bits}"),
+        )));
+    }
+    Ok(pack::packed_len(count, bits))
+}
+
+// ---------------------------------------------------------------- table codecs
+
+#[pyfunction]
+fn linear_levels(bits: u32, signed: bool, zero: bool) -> PyResult<Vec<f32>> {
+    linear::linear_levels(bits, signed, zero).map_err(err)
+}
+
+#[pyfunction]
+fn dynamic_levels(bits: u32, signed: bool) -> PyResult<Vec<f32>> {
+    dynamic::dynamic_levels(bits, signed).map_err(err)
+}
+
+#[pyfunction]
+fn log_levels(bits: u32, signed: bool, alpha: f32, zero: bool) -> PyResult<Vec<f32>> {
+    logfmt::log_levels(bits, signed, alpha, zero).map_err(err)
+}
+
+#[pyfunction]
+#[pyo3(signature = (x, levels, out, rounding, seed, stream, offset))]
+#[allow(clippy::too_many_arguments)]
+fn table_encode(
+    py: Python<'_>,
+    x: PyReadonlyArrayDyn<'_, f32>,
+    levels: Vec<f32>,
+    mut out: PyReadwriteArrayDyn<'_, u8>,
+    rounding: &str,
+    seed: u64,
+    stream: u64,
+    offset: u64,
+) -> PyResult<()> {
+    let t = table::Table::new(levels).map_err(err)?;
+    let mode = Rounding::parse(rounding).map_err(err)?;
+    let xs = slice(&x, "x")?;
+    let os = slice_mut(&mut out, "out")?;
+    py.detach(|| block::table_encode(&t, xs, os, mode, seed, stream, offset))
+        .map_err(err)
+}
+
+// ---------------------------------------------------------------- blockwise
+
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+#[pyo3(signature = (x, spec, packed, scales, alphas, seed, stream))]
+fn blockwise_quantize(
+    py: Python<'_>,
+    x: PyReadonlyArrayDyn<'_, f32>,
+    spec: &Bound<'_, PyAny>,
+    mut packed: PyReadwriteArrayDyn<'_, u8>,
+    mut scales: PyReadwriteArrayDyn<'_, f32>,
+    mut alphas: PyReadwriteArrayDyn<'_, f32>,
+    seed: u64,
+    stream: u64,
+) -> PyResult<f32> {
+    let spec = block_spec(spec)?;
+    let xs = slice(&x, "x")?;
+    let ps = slice_mut(&mut packed, "packed")?;
+    let ss = slice_mut(&mut scales, "scales")?;
+    let al = slice_mut(&mut alphas, "alphas")?;
+    py.detach(|| block::quantize(&spec, xs, ps, ss, al, seed, stream))
+        .map_err(err)
+}
+
+#[pyfunction]
+fn blockwise_dequantize(
+    py: Python<'_>,
+    packed: PyReadonlyArrayDyn<'_, u8>,
+    spec: &Bound<'_, PyAny>,
+    scales: PyReadonlyArrayDyn<'_, f32>,
+    alphas: PyReadonlyArrayDyn<'_, f32>,
+    global_scale: f32,
+    mut out: PyReadwriteArrayDyn<'_, f32>,
+) -> PyResult<()> {
+    let spec = block_spec(spec)?;
+    let ps = slice(&packed, "packed")?;
+    let ss = slice(&scales, "scales")?;
+    let al = slice(&alphas, "alphas")?;
+    let os = slice_mut(&mut out, "out")?;
+    py.detach(|| block::dequantize(&spec, ps, ss, al, global_scale, os))
+        .map_err(err)
+}
+
+/// A block spec from its Python description: a dict with keys codec, bits, signed,
+/// zero, fields, alpha, quantile, block, scale, rounding.
+fn block_spec(d: &Bound<'_, PyAny>) -> PyResult<block::Spec> {
+    let get = |k: &str| d.get_item(k);
+    let codec: String = get("codec")?.extract()?;
+    let elem = match codec.as_str() {
+        "exmy" => block::Elem::ExMy(fmt_of(get("fields")?.extract()?)?),
+        "linear" => block::Elem::Linear {
+            bits: get("bits")?.extract()?,
+            signed: get("signed")?.extract()?,
+            zero: get("zero")?.extract()?,
+        },
+        "dynamic" => block::Elem::Dynamic {
+            bits: get("bits")?.extract()?,
+            signed: get("signed")?.extract()?,
+        },
+        "log" => block::Elem::Log {
+            bits: get("bits")?.extract()?,
+            signed: get("signed")?.extract()?,
+            zero: get("zero")?.extract()?,
+            alpha: get("alpha")?.extract()?,
+            quantile: get("quantile")?.extract()?,
+        },
+        c => {
+            return Err(PyValueError::new_err(format!(
+                "codec: expected 'exmy', 'linear', 'dynamic' or 'log', got {c:?}"
+            )))
+        }
+    };
+    block::Spec::new(
+        elem,
+        get("block")?.extract()?,
+        block::ScaleKind::parse(&get("scale")?.extract::<String>()?).map_err(err)?,
+        Rounding::parse(&get("rounding")?.extract::<String>()?).map_err(err)?,
+    )
+    .map_err(err)
+}
+
+#[pyfunction]
+fn blockwise_layout(spec: &Bound<'_, PyAny>, count: usize) -> PyResult<(usize, usize, usize, u32)> {
+    let spec = block_spec(spec)?;
+    Ok((
+        spec.packed_len(count),
+        spec.num_blocks(count),
+        spec.num_alphas(count),
+        spec.code_bits(),
+    ))
+}
+
+// ---------------------------------------------------------------- threads and rng
+
+#[pyfunction]
+fn set_num_threads(n: usize) -> PyResult<()> {
+    par::set_num_threads(n).map_err(err)
+}
+
+#[pyfunction]
+fn num_threads() -> usize {
+    par::num_threads()
+}
+
+#[pyfunction]
+fn random_bits(
+    py: Python<'_>,
+    seed: u64,
+    stream: u64,
+    offset: u64,
+    mut out: PyReadwriteArrayDyn<'_, u32>,
+) -> PyResult<()> {
+    let os = slice_mut(&mut out, "out")?;
+    py.detach(|| crate::rng::fill_random_u32(seed, stream, offset, os));
+    Ok(())
+}
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(format_parse, m)?)?;
+    m.add_function(wrap_pyfunction!(format_check, m)?)?;
+    m.add_function(wrap_pyfunction!(format_props, m)?)?;
+    m.add_function(wrap_pyfunction!(format_names, m)?)?;
+    m.add_function(wrap_pyfunction!(format_aliases, m)?)?;
+    m.add_function(wrap_pyfunction!(format_value, m)?)?;
+    m.add_function(wrap_pyfunction!(encode, m)?)?;
+    m.add_function(wrap_pyfunction!(decode, m)?)?;
+    m.add_function(wrap_pyfunction!(quantize, m)?)?;
+    m.add_function(wrap_pyfunction!(pack_codes, m)?)?;
+    m.add_function(wrap_pyfunction!(unpack_codes, m)?)?;
+    m.add_function(wrap_pyfunction!(packed_len, m)?)?;
+    m.add_function(wrap_pyfunction!(linear_levels, m)?)?;
+    m.add_function(wrap_pyfunction!(dynamic_levels, m)?)?;
+    m.add_function(wrap_pyfunction!(log_levels, m)?)?;
+    m.add_function(wrap_pyfunction!(table_encode, m)?)?;
+    m.add_function(wrap_pyfunction!(blockwise_quantize, m)?)?;
+    m.add_function(wrap_pyfunction!(blockwise_dequantize, m)?)?;
+    m.add_function(wrap_pyfunction!(blockwise_layout, m)?)?;
+    m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(num_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(random_bits, m)?)?;
+    Ok(())
+}

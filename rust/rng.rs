@@ -1,0 +1,196 @@
+//! Counter-based random bits: Philox4x32-10.
+//!
+//! Design:
+//! - Stochastic rounding must give the same bits on 1 or 64 threads and on CPU or GPU, so the
+//!   random word for an element is a pure function of `(seed, stream, global index)`; nothing
+//!   depends on threads, chunks or launch geometry. A counter-based generator gives exactly
+//!   that with O(1) random access.
+//! - Philox4x32 with 10 rounds (Salmon et al., SC'11; Random123) is the choice: it has published
+//!   known-answer vectors, it is what cuRAND's `curand_Philox4x32_10` computes, and it needs only
+//!   32x32→64 multiplies, which are exact and identical on every target. The CUDA mirror
+//!   (`cuda/kernels/rng.cu`) must compute the same function bit for bit.
+//! - Counter/key layout: one Philox call yields four 32-bit words, used for four consecutive
+//!   element indices. For element `index` in stream `stream` under seed `seed`:
+//!   ```text
+//!   ctr = [ index >> 2 (low 32 bits), index >> 34, stream low 32, stream high 32 ]
+//!   key = [ seed low 32, seed high 32 ]
+//!   word = philox(ctr, key)[index & 3]
+//!   ```
+//!   Rejected: one Philox call per element (4x the work) and word-per-lane layouts tied to a
+//!   thread count (not reproducible across geometries).
+
+/// First Philox4x32 round multiplier.
+const PHILOX_M0: u32 = 0xD251_1F53;
+/// Second Philox4x32 round multiplier.
+const PHILOX_M1: u32 = 0xCD9E_8D57;
+/// Weyl increment of key word 0 between rounds (golden ratio).
+const PHILOX_W0: u32 = 0x9E37_79B9;
+/// Weyl increment of key word 1 between rounds (sqrt(3) - 1).
+const PHILOX_W1: u32 = 0xBB67_AE85;
+
+/// `(high, low)` 32-bit halves of the 64-bit product `a * b`.
+#[inline(always)]
+fn mulhilo(a: u32, b: u32) -> (u32, u32) {
+    let p = (a as u64) * (b as u64);
+    ((p >> 32) as u32, p as u32)
+}
+
+/// One Philox4x32 round.
+#[inline(always)]
+fn round(ctr: [u32; 4], key: [u32; 2]) -> [u32; 4] {
+    let (hi0, lo0) = mulhilo(PHILOX_M0, ctr[0]);
+    let (hi1, lo1) = mulhilo(PHILOX_M1, ctr[2]);
+    [hi1 ^ ctr[1] ^ key[0], lo1, hi0 ^ ctr[3] ^ key[1], lo0]
+}
+
+/// The Random123 Philox4x32 block function with 10 rounds (identical to cuRAND's
+/// `curand_Philox4x32_10`): maps a 128-bit counter and a 64-bit key to 128 random bits.
+#[inline]
+pub fn philox4x32_10(ctr: [u32; 4], key: [u32; 2]) -> [u32; 4] {
+    let mut c = ctr;
+    let mut k = key;
+    c = round(c, k);
+    for _ in 1..10 {
+        k = [k[0].wrapping_add(PHILOX_W0), k[1].wrapping_add(PHILOX_W1)];
+        c = round(c, k);
+    }
+    c
+}
+
+/// Counter for the block of four words holding element `index` of `stream`.
+#[inline(always)]
+fn counter(stream: u64, index: u64) -> [u32; 4] {
+    [
+        (index >> 2) as u32,
+        (index >> 34) as u32,
+        stream as u32,
+        (stream >> 32) as u32,
+    ]
+}
+
+/// Key for `seed`.
+#[inline(always)]
+fn key(seed: u64) -> [u32; 2] {
+    [seed as u32, (seed >> 32) as u32]
+}
+
+/// The random 32-bit word of element `index` in `stream` under `seed`:
+/// word `index & 3` of `philox4x32_10([index >> 2, index >> 34, stream, stream >> 32],
+/// [seed, seed >> 32])` (each entry truncated to 32 bits).
+#[inline]
+pub fn random_u32(seed: u64, stream: u64, index: u64) -> u32 {
+    philox4x32_10(counter(stream, index), key(seed))[(index & 3) as usize]
+}
+
+/// Fill `out` with `out[j] = random_u32(seed, stream, start + j)`, with one Philox call per
+/// four outputs (an unaligned `start` and a short tail cost one extra call each).
+///
+/// Single-threaded; callers parallelize over chunks, and the result does not depend on how
+/// they split the range. Indices wrap modulo 2^64.
+pub fn fill_random_u32(seed: u64, stream: u64, start: u64, out: &mut [u32]) {
+    let k = key(seed);
+    let mut idx = start;
+    let mut rest: &mut [u32] = out;
+    // Head: up to the next multiple of 4.
+    let lane = (idx & 3) as usize;
+    if lane != 0 && !rest.is_empty() {
+        let words = philox4x32_10(counter(stream, idx), k);
+        let n = (4 - lane).min(rest.len());
+        rest[..n].copy_from_slice(&words[lane..lane + n]);
+        rest = &mut rest[n..];
+        idx = idx.wrapping_add(n as u64);
+    }
+    // Body: whole blocks of four.
+    let mut chunks = rest.chunks_exact_mut(4);
+    for chunk in &mut chunks {
+        chunk.copy_from_slice(&philox4x32_10(counter(stream, idx), k));
+        idx = idx.wrapping_add(4);
+    }
+    // Tail.
+    let tail = chunks.into_remainder();
+    if !tail.is_empty() {
+        let words = philox4x32_10(counter(stream, idx), k);
+        let n = tail.len();
+        tail.copy_from_slice(&words[..n]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Random123 kat_vectors, philox4x32_10 lines.
+    #[test]
+    fn known_answers() {
+        assert_eq!(
+            philox4x32_10([0; 4], [0; 2]),
+            [0x6627e8d5, 0xe169c58d, 0xbc57ac4c, 0x9b00dbd8]
+        );
+        assert_eq!(
+            philox4x32_10([0xffff_ffff; 4], [0xffff_ffff; 2]),
+            [0x408f276d, 0x41c83b0e, 0xa20bc7c6, 0x6d5451fd]
+        );
+        assert_eq!(
+            philox4x32_10(
+                [0x243f6a88, 0x85a308d3, 0x13198a2e, 0x03707344],
+                [0xa4093822, 0x299f31d0]
+            ),
+            [0xd16cfe09, 0x94fdcceb, 0x5001e420, 0x24126ea1]
+        );
+    }
+
+    #[test]
+    fn random_u32_layout() {
+        let seed = 0x0123_4567_89ab_cdef_u64;
+        let stream = 0xfeed_beef_0000_0007_u64;
+        for index in [0u64, 1, 2, 3, 4, 5, 1 << 34, (1 << 34) + 3, u64::MAX] {
+            let ctr = [
+                (index >> 2) as u32,
+                (index >> 34) as u32,
+                stream as u32,
+                (stream >> 32) as u32,
+            ];
+            let key = [seed as u32, (seed >> 32) as u32];
+            let want = philox4x32_10(ctr, key)[(index & 3) as usize];
+            assert_eq!(random_u32(seed, stream, index), want, "index {index}");
+        }
+        // Seed 0, stream 0: the first four words are the ctr=0,key=0 known answer.
+        let w: Vec<u32> = (0..4).map(|i| random_u32(0, 0, i)).collect();
+        assert_eq!(w, [0x6627e8d5, 0xe169c58d, 0xbc57ac4c, 0x9b00dbd8]);
+    }
+
+    #[test]
+    fn fill_matches_scalar() {
+        let (seed, stream) = (42u64, 3u64);
+        let starts = [0u64, 1, 2, 3, 4, 5, 7, 1000, (1 << 34) - 2, u64::MAX - 5];
+        for &start in &starts {
+            for len in 0..=23usize {
+                let mut out = vec![0u32; len];
+                fill_random_u32(seed, stream, start, &mut out);
+                for (j, &v) in out.iter().enumerate() {
+                    assert_eq!(
+                        v,
+                        random_u32(seed, stream, start.wrapping_add(j as u64)),
+                        "start {start} len {len} j {j}"
+                    );
+                }
+            }
+        }
+        let mut big = vec![0u32; 1001];
+        fill_random_u32(seed, stream, 13, &mut big);
+        for (j, &v) in big.iter().enumerate() {
+            assert_eq!(v, random_u32(seed, stream, 13 + j as u64));
+        }
+    }
+
+    #[test]
+    fn fill_is_split_invariant() {
+        let mut whole = vec![0u32; 100];
+        fill_random_u32(7, 9, 5, &mut whole);
+        let mut parts = vec![0u32; 100];
+        let (a, b) = parts.split_at_mut(37);
+        fill_random_u32(7, 9, 5, a);
+        fill_random_u32(7, 9, 5 + 37, b);
+        assert_eq!(whole, parts);
+    }
+}

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Install lowfp with its test dependencies and run every test: cargo test, then pytest
+# against the installed wheel (not the source tree).
+set -euo pipefail
+cd "$(dirname "$0")"
+PY=${PYTHON:-python3}
+echo "== cargo test (the Rust core, no Python needed)"
+cargo test --release
+bash scripts/install.sh test
+echo "== pytest"
+"$PY" -m pytest -q tests "$@"

@@ -1,0 +1,228 @@
+"""ExMy encode/decode/quantize, compared bit for bit with ml_dtypes and gfloat."""
+
+import numpy as np
+import pytest
+from conftest import ML_DTYPES, SHARED_SMALL, SMALL, ml_dtypes, ml_encode
+
+import lowfp
+
+gfloat = pytest.importorskip("gfloat")
+
+
+def _comparable(x: np.ndarray, f: lowfp.Format) -> np.ndarray:
+    """Inputs on which ml_dtypes defines the answer lowfp also gives.
+
+    Excluded, each a documented difference: NaN into a format without NaN (lowfp raises,
+    ml_dtypes returns an arbitrary code); negatives into an unsigned format (lowfp raises);
+    zero into a zero-less format (E8M0: lowfp gives the smallest value, ml_dtypes NaN).
+    """
+    xf = x.astype(np.float64)
+    ok = np.ones(x.shape, bool)
+    if not f.has_nan:
+        ok &= ~np.isnan(xf)
+    if not f.signed:
+        ok &= ~(xf < 0) & ~(np.isnan(xf) & np.signbit(xf))
+    if not f.has_zero:
+        ok &= xf != 0
+    return ok
+
+
+def _assert_codes_equal(got: np.ndarray, want: np.ndarray, x: np.ndarray, f: lowfp.Format):
+    """Equal codes, except that any NaN code matches any NaN code (payloads may differ)."""
+    got_nan = np.isnan(lowfp.decode(got, f))
+    want_nan = np.isnan(lowfp.decode(want, f))
+    np.testing.assert_array_equal(got_nan, want_nan)
+    bad = np.flatnonzero((got != want) & ~got_nan)
+    assert bad.size == 0, (
+        f"{f.name}: {bad.size} mismatches, first x={x.reshape(-1)[bad[0]]!r} "
+        f"got {got.reshape(-1)[bad[0]]:#x} want {want.reshape(-1)[bad[0]]:#x}"
+    )
+
+
+def _check_against_ml(x: np.ndarray, name: str):
+    f = lowfp.format(name)
+    x = x[_comparable(x, f)]
+    _assert_codes_equal(lowfp.encode(x, f), ml_encode(x, name), x, f)
+
+
+# ---------------------------------------------------------------- every code, every input
+
+
+@pytest.mark.parametrize("name", SMALL)
+@pytest.mark.parametrize("rounding", ["nearest", "nearest_away", "toward_zero", "up", "down",
+                                      "stochastic"])
+def test_every_code_round_trips(name, rounding):
+    f = lowfp.format(name)
+    codes = np.arange(1 << f.bits, dtype=np.uint8)
+    values = lowfp.decode(codes, f)
+    again = lowfp.encode(values, f, rounding=rounding, seed=1)
+    nan = np.isnan(values)
+    assert np.isnan(lowfp.decode(again[nan], f)).all()
+    if f.nan == "negzero":  # no -0: 0x80 is NaN, and 0 stays 0x00
+        assert again[0] == 0
+    np.testing.assert_array_equal(again[~nan], codes[~nan])
+
+
+@pytest.mark.parametrize("name", SHARED_SMALL)
+def test_decode_every_code_matches_ml_dtypes(name):
+    f = lowfp.format(name)
+    codes = np.arange(1 << f.bits, dtype=np.uint8)
+    want = codes.view(ML_DTYPES[name]).astype(np.float64)
+    got = lowfp.decode(codes, f, dtype=np.float64)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    ok = ~np.isnan(want)
+    np.testing.assert_array_equal(got[ok], want[ok])
+    np.testing.assert_array_equal(np.signbit(got[ok]), np.signbit(want[ok]))
+    np.testing.assert_array_equal(f.values[ok], want[ok])
+
+
+@pytest.mark.parametrize("name", SHARED_SMALL + ["bfloat16"])
+def test_every_float16_input_matches_ml_dtypes(name):
+    x = np.arange(1 << 16, dtype=np.uint16).view(np.float16)
+    _check_against_ml(x, name)
+
+
+@pytest.mark.parametrize("name", SHARED_SMALL + ["float16"])
+def test_every_bfloat16_input_matches_ml_dtypes(name):
+    x = np.arange(1 << 16, dtype=np.uint16).view(ml_dtypes.bfloat16)
+    _check_against_ml(x, name)
+
+
+def _boundary_f32(f: lowfp.Format) -> np.ndarray:
+    """Ties, their neighbours, subnormal edges, max, overflow thresholds, ±0, inf, NaN."""
+    v = np.unique(f.values[np.isfinite(f.values)])
+    mids = (v[:-1] + v[1:]) / 2  # exact in float64; exact in float32 for ≤ 8-bit formats
+    edge = np.concatenate([v, mids, [f.max * 1.0625, f.max * 1.125, f.max * 2, f.max * 1e6,
+                                     f.min_subnormal / 2, f.min_subnormal / 4]])
+    e32 = edge.astype(np.float32)
+    up = np.nextafter(e32, np.float32(np.inf))
+    down = np.nextafter(e32, np.float32(-np.inf))
+    specials = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 1e-45, 3.4e38], np.float32)
+    out = np.concatenate([e32, up, down, specials])
+    return np.concatenate([out, -out])
+
+
+@pytest.mark.parametrize("name", SHARED_SMALL + ["bfloat16", "float16"])
+def test_random_and_boundary_float32_match_ml_dtypes(name):
+    rng = np.random.default_rng(1234)
+    bits = rng.integers(0, 2**32, size=1 << 20, dtype=np.uint64).astype(np.uint32)
+    x_random = bits.view(np.float32)
+    f = lowfp.format(name)
+    # values in the format's range, where rounding decides (uniform bit patterns are mostly
+    # huge or tiny for an 8-bit format)
+    scale = np.float32(f.max)
+    x_range = (rng.standard_normal(1 << 20) * scale / 8).astype(np.float32)
+    x = np.concatenate([x_random, x_range, _boundary_f32(f) if f.bits <= 8 else x_range[:0]])
+    _check_against_ml(x, name)
+
+
+# ---------------------------------------------------------------- float64: one rounding
+
+
+def test_float64_rounds_once_where_ml_dtypes_rounds_twice():
+    # 1 + 2^-4 + 2^-30 lies just above the midpoint of 1.0 and 1.125 in E4M3. Correct
+    # rounding gives 1.125 (0x39). ml_dtypes converts float64 through float32, where the
+    # value becomes the exact midpoint 1 + 2^-4, then ties to even: 1.0 (0x38).
+    x = np.array([1 + 2.0**-4 + 2.0**-30, -(1 + 2.0**-4 + 2.0**-30)])
+    assert list(lowfp.encode(x, "e4m3")) == [0x39, 0xB9]
+    assert list(ml_encode(x, "float8_e4m3fn")) == [0x38, 0xB8]  # the documented difference
+    assert list(lowfp.quantize(x, "e4m3")) == [1.125, -1.125]
+
+
+def _gfloat_info(f: lowfp.Format):
+    high = {"ieee": 2**f.man_bits - 1, "max": 1, "negzero": 0, "none": 0}[f.nan]
+    return gfloat.FormatInfo(
+        f.name, f.bits, f.man_bits + 1, bias=f.bias, is_signed=f.signed,
+        domain=gfloat.types.Domain.Extended if f.inf else gfloat.types.Domain.Finite,
+        has_nz=f.nan != "negzero", num_high_nans=high, has_subnormals=f.subnormals,
+        is_twos_complement=False)
+
+
+GF_MODES = {
+    "nearest": "TiesToEven",
+    "nearest_away": "TiesToAway",
+    "toward_zero": "TowardZero",
+    "up": "TowardPositive",
+    "down": "TowardNegative",
+}
+
+# Formats gfloat and lowfp both define, beyond the named ones: various E/M/bias/variants.
+GENERIC = ["e3m3", "e2m2", "e5m1", "e4m2fnuz", "e3m4b5", "e4m0fn", "e6m1f", "e2m5fn",
+           "e5m3b20", "e4m4fnuz", "e3m2b-1", "e4m3fn", "e5m2", "e2m1", "e8m0", "e3m3u",
+           "e4m3fnu", "e5m6", "e1m4f", "e6m9"]
+
+
+def _gfloat_values(f, x, mode, sat=False):
+    fi = _gfloat_info(f)
+    rnd = getattr(gfloat.RoundMode, GF_MODES[mode])
+    return np.array([gfloat.round_float(fi, float(v), rnd, sat) for v in x])
+
+
+def _sample_f64(f: lowfp.Format, n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    mag = np.exp2(rng.uniform(np.log2(f.min_subnormal) - 2, np.log2(f.max) + 1, n))
+    x = mag * rng.choice([-1.0, 1.0], n) if f.signed else mag
+    v = f.values[np.isfinite(f.values)] if f.bits <= 16 else np.array([])
+    mids = (np.unique(v)[:-1] + np.unique(v)[1:]) / 2 if v.size else v
+    return np.concatenate([x, mids, np.nextafter(mids, np.inf), np.nextafter(mids, -np.inf)])
+
+
+@pytest.mark.parametrize("name", GENERIC)
+@pytest.mark.parametrize("mode", list(GF_MODES))
+def test_generic_formats_float64_match_gfloat(name, mode):
+    f = lowfp.format(name)
+    x = _sample_f64(f, 1500, seed=hash((name, mode)) % 2**32)
+    if not f.has_zero:
+        x = x[x != 0]
+    want = _gfloat_values(f, x, mode)
+    got = lowfp.quantize(x, f, rounding=mode)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    ok = ~np.isnan(want)
+    bad = np.flatnonzero(got[ok] != want[ok])
+    assert bad.size == 0, f"x={x[ok][bad[0]]!r} got {got[ok][bad[0]]!r} want {want[ok][bad[0]]!r}"
+
+
+@pytest.mark.parametrize("name", ["e4m3", "e5m2", "e2m1", "e3m3", "e4m2fnuz"])
+def test_saturate_matches_gfloat(name):
+    f = lowfp.format(name)
+    x = _sample_f64(f, 800, seed=7)
+    x = np.concatenate([x, [f.max * 3, -f.max * 3, np.inf, -np.inf]])
+    want = _gfloat_values(f, x, "nearest", sat=True)
+    got = lowfp.quantize(x, f, overflow="saturate")
+    np.testing.assert_array_equal(got, want)
+
+
+# ---------------------------------------------------------------- dtypes and torch
+
+
+def test_quantize_keeps_dtype_and_torch_round_trip():
+    torch = pytest.importorskip("torch")
+    x = torch.randn(1000, dtype=torch.bfloat16)
+    q = lowfp.quantize(x, "e4m3")
+    assert q.dtype == torch.bfloat16
+    want = lowfp.decode(lowfp.encode(x.float().numpy(), "e4m3"), "e4m3")
+    np.testing.assert_array_equal(q.float().numpy(), want)
+    codes = lowfp.encode(x, "e4m3")
+    assert isinstance(codes, torch.Tensor) and codes.dtype == torch.uint8
+    xs = torch.randn(10, 10)[:, ::2]  # non-contiguous input is copied, same answer
+    np.testing.assert_array_equal(lowfp.encode(xs, "e5m2").numpy(),
+                                  lowfp.encode(xs.contiguous().numpy(), "e5m2"))
+
+
+def test_quantize_float16_matches_encode_decode():
+    x = np.arange(1 << 16, dtype=np.uint16).view(np.float16)
+    x = x[np.isfinite(x)]
+    q = lowfp.quantize(x, "e4m3", overflow="saturate")
+    assert q.dtype == np.float16
+    want = lowfp.decode(lowfp.encode(x, "e4m3", overflow="saturate"), "e4m3")
+    np.testing.assert_array_equal(q.astype(np.float32), want)
+    with pytest.raises(ValueError, match="not all exact in float16"):
+        lowfp.quantize(x, "bfloat16")
+
+
+def test_shapes_are_kept():
+    x = np.random.default_rng(0).standard_normal((3, 4, 5)).astype(np.float32)
+    assert lowfp.encode(x, "e2m1").shape == (3, 4, 5)
+    assert lowfp.decode(lowfp.encode(x, "e2m1"), "e2m1").shape == (3, 4, 5)
+    assert lowfp.quantize(x, "e2m1").shape == (3, 4, 5)
+    assert lowfp.encode(np.float32(1.5), "e2m1").shape == ()
