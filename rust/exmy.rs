@@ -360,8 +360,12 @@ impl Encoder {
             p.e
         };
         let q = ee - self.man as i32;
-        // q >= lsb for every input type (formats are exact in float32, module docs)
-        let shift = (q - p.lsb).max(0) as u32;
+        if q <= p.lsb {
+            // nothing to discard: a subnormal float16 input can have fewer significant
+            // bits than the target keeps
+            return self.assemble(ee, p.sig << (p.lsb - q) as u32);
+        }
+        let shift = (q - p.lsb) as u32;
         let sh = shift.min(63);
         let kept = p.sig >> sh;
         let rem = p.sig & ((1u64 << sh) - 1);
@@ -384,7 +388,12 @@ impl Encoder {
                     (r as u64) < frac
                 }
             };
-        let m = kept + up as u64;
+        self.assemble(ee, kept + up as u64)
+    }
+
+    /// Magnitude code of `m · 2^(ee − M)` with `ee = max(e, emin)`; None on overflow.
+    #[inline(always)]
+    fn assemble(&self, ee: i32, m: u64) -> Option<u32> {
         let base = ((ee - self.emin) as u64) << self.man;
         let code = if self.subnormals {
             base + m

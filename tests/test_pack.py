@@ -56,7 +56,7 @@ def test_errors():
         lowfp.pack(np.zeros(3, np.uint8), 0)
     with pytest.raises(ValueError, match="bits"):
         lowfp.pack(np.zeros(3, np.uint8), 9)
-    with pytest.raises(ValueError, match=r"codes.*element 2"):
+    with pytest.raises(ValueError, match=r"codes.*index 2"):
         lowfp.pack(np.array([1, 2, 4], np.uint8), 2)
     with pytest.raises(TypeError, match="codes"):
         lowfp.pack(np.array([1, 2], np.int64), 2)

@@ -48,13 +48,18 @@ def _float_input(x: Any, arg: str = "x") -> Tuple[np.ndarray, str, bool]:
     else:
         a = np.asarray(x)
         kind = a.dtype.name
-        if kind == "bfloat16":
-            a = a.view(np.uint16)
     if kind not in _FLOAT_KINDS:
         raise TypeError(
             f"{arg}: expected float32, float64, float16 or bfloat16 values, got dtype {kind}"
         )
-    return np.ascontiguousarray(a), kind, from_torch
+    if kind in ("float16", "bfloat16"):
+        a = a.view(np.uint16)  # the core reads 16-bit floats as bit patterns
+    return _contiguous(a), kind, from_torch
+
+
+def _contiguous(a: np.ndarray) -> np.ndarray:
+    """a itself when C-contiguous (zero-copy), else a C-contiguous copy; keeps 0-d shapes."""
+    return a if a.flags.c_contiguous else np.ascontiguousarray(a)
 
 
 def _check_choice(arg: str, value: str, allowed: tuple) -> None:
@@ -85,9 +90,11 @@ def _options(rounding, overflow, nan, negative, seed, stream, offset, random_bit
 
 
 def _wrap(out: np.ndarray, from_torch: bool, kind: Optional[str] = None):
+    if kind == "float16":
+        out = out.view(np.float16)
     if not from_torch:
         if kind == "bfloat16":
-            import ml_dtypes
+            import ml_dtypes  # the caller passed an ml_dtypes bfloat16 array, so it is present
 
             return out.view(ml_dtypes.bfloat16)
         return out
@@ -161,7 +168,7 @@ def decode(codes: Any, fmt: FormatLike, *, dtype: Any = np.float32):
     from_torch = _is_torch(codes)
     if from_torch:
         codes, _ = _torch_to_numpy(codes, "codes")
-    c = np.ascontiguousarray(codes)
+    c = _contiguous(np.asarray(codes))
     if c.dtype not in (np.uint8, np.uint16, np.uint32):
         raise TypeError(f"codes: expected uint8, uint16 or uint32 codes, got dtype {c.dtype}")
     dt = np.dtype(dtype)
@@ -238,7 +245,7 @@ def pack(codes: Any, bits: int) -> np.ndarray:
     bits = _bits_arg(bits)
     if _is_torch(codes):
         codes, _ = _torch_to_numpy(codes, "codes")
-    c = np.ascontiguousarray(codes)
+    c = _contiguous(np.asarray(codes))
     if c.dtype != np.uint8:
         raise TypeError(f"codes: expected uint8 codes, got dtype {c.dtype}")
     out = np.empty(_core.packed_len(c.size, bits), np.uint8)
@@ -265,7 +272,7 @@ def unpack(packed: Any, bits: int, count: int) -> np.ndarray:
         raise ValueError(f"count: expected a non-negative int, got {count!r}")
     if _is_torch(packed):
         packed, _ = _torch_to_numpy(packed, "packed")
-    p = np.ascontiguousarray(packed)
+    p = _contiguous(np.asarray(packed))
     if p.dtype != np.uint8:
         raise TypeError(f"packed: expected uint8 bytes, got dtype {p.dtype}")
     out = np.empty(int(count), np.uint8)
@@ -311,10 +318,10 @@ class _TableCodec:
         """
         _check_choice("rounding", rounding, ("nearest", "stochastic"))
         a, kind, _ = _float_input(x)
-        if kind == "bfloat16":
-            a = _to_f32(a, kind)
-        elif kind != "float32":
-            a = a.astype(np.float32)  # one correct rounding (float64) or exact (float16)
+        if kind in ("float16", "bfloat16"):
+            a = _to_f32(a, kind)  # exact
+        elif kind == "float64":
+            a = a.astype(np.float32)  # one correct rounding
         out = np.empty(a.shape, np.uint8)
         _core.table_encode(a.reshape(-1), self.levels.tolist(), out.reshape(-1), rounding,
                            int(seed), int(stream), int(offset))

@@ -173,8 +173,8 @@ def quantize_blockwise(
         raise ValueError(f"block_size: expected an int, got {block_size!r}")
     a, kind, _ = _float_input(x)
     shape = tuple(a.shape)
-    if kind == "bfloat16":
-        a = decode(a.reshape(-1), "bfloat16")
+    if kind in ("float16", "bfloat16"):
+        a = decode(a.reshape(-1), kind)  # exact in float32
     flat = np.ascontiguousarray(a.reshape(-1), np.float32)
     q = QTensor(np.empty(0, np.uint8), np.empty(0, np.float32), None, 1.0, shape, codec,
                 int(block_size), scale, rounding)
