@@ -96,7 +96,7 @@ def test_log_quantile_base_per_block():
     xb, _ = _blocks(v, 128)
     for blk, a, amax in zip(xb[:-1], q.alphas, q.scales):
         srt = np.sort(blk)
-        t = np.float32(srt[int(np.floor(np.float32(0.1) * np.float32(blk.size - 1)))]) / amax
+        t = float(np.float32(srt[int(np.floor(np.float32(0.1) * np.float32(blk.size - 1)))]) / amax)
         assert _pow6(a) <= t < _pow6(np.nextafter(a, np.float32(1)))
     # and decoding uses exactly those levels
     codes = lowfp.unpack(q.codes, 3, v.size)
