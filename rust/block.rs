@@ -253,7 +253,7 @@ impl Spec {
                     },
                 );
                 let c = enc
-                    .encode_one(amax / self.elem_max / global, Rounding::Nearest, 0)
+                    .encode_one_dyn(amax / self.elem_max / global, Rounding::Nearest, 0)
                     .0;
                 e4m3.decode_f64(c) as f32
             }
@@ -366,7 +366,7 @@ pub fn quantize(
                     let y = |v: f32| if sd > 0.0 { v / sd } else { 0.0 };
                     if let Some(enc) = &spec.encoder {
                         for (i, (c, &v)) in cb.iter_mut().zip(xb).enumerate() {
-                            *c = enc.encode_one(y(v), spec.rounding, r(i)).0 as u8;
+                            *c = enc.encode_one_dyn(y(v), spec.rounding, r(i)).0 as u8;
                         }
                     } else {
                         let local;
