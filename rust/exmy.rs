@@ -171,7 +171,7 @@ impl Default for EncodeOptions {
 
 // ---------------------------------------------------------------- input decomposition
 
-/// `|x| = sig · 2^lsb`, `2^e ≤ |x| < 2^(e+1)` (for zero: `sig = 0`, `e = lsb − 1`);
+/// `|x| = sig · 2^lsb`, `2^e ≤ |x| < 2^(e+1)` (for zero: `sig = 0`, `e = −4096`);
 /// `special` marks inf and NaN (then `sig` holds the mantissa field: 0 for inf).
 #[derive(Debug, Clone, Copy)]
 struct Parts {
@@ -196,7 +196,8 @@ fn parts_ieee(neg: bool, ef: u32, mf: u64, eb: u32, mb: u32) -> Parts {
         mf | ((normal as u64) << mb)
     };
     let lsb = (ef.max(1) as i32) - bias - mb as i32;
-    let e = (63 - sig.leading_zeros() as i32) + lsb;
+    // zero gets an exponent below every format's range (it must not look like a normal)
+    let e = if sig == 0 { -4096 } else { (63 - sig.leading_zeros() as i32) + lsb };
     Parts {
         neg,
         special,
