@@ -19,7 +19,7 @@
 //! - Stochastic rounding draws bits keyed by the element's index in the whole tensor.
 
 use crate::error::{Error, Result};
-use crate::exmy::{EncodeOptions, Encoder, Overflow, Rounding};
+use crate::exmy::{EncodeOptions, Encoder, Overflow, Random, Rounding, STOCHASTIC};
 use crate::format::Format;
 use crate::par::{self, CHUNK};
 use crate::table::Table;
@@ -37,13 +37,7 @@ pub enum Elem {
     Dynamic { bits: u32, signed: bool },
     /// Logarithmic levels; `quantile > 0` picks the base per block from that quantile
     /// of |x|/amax, otherwise `alpha` is the fixed base.
-    Log {
-        bits: u32,
-        signed: bool,
-        zero: bool,
-        alpha: f32,
-        quantile: f32,
-    },
+    Log { bits: u32, signed: bool, zero: bool, alpha: f32, quantile: f32 },
 }
 
 /// How block scales are chosen (module docs).
@@ -118,10 +112,7 @@ impl Spec {
                     ));
                 }
                 if !f.has_zero() {
-                    return Err(Error::value(
-                        "codec",
-                        "blockwise ExMy needs a format with zero",
-                    ));
+                    return Err(Error::value("codec", "blockwise ExMy needs a format with zero"));
                 }
                 let opts = EncodeOptions {
                     rounding,
@@ -130,9 +121,7 @@ impl Spec {
                     clamp_negative: true,
                 };
                 spec.encoder = Some(Encoder::new(f, opts));
-                spec.exmy_lut = (0..f.num_codes() as u32)
-                    .map(|c| f.decode_f64(c) as f32)
-                    .collect();
+                spec.exmy_lut = (0..f.num_codes() as u32).map(|c| f.decode_f64(c) as f32).collect();
                 spec.elem_max = f.max() as f32;
             }
             Elem::Linear { bits, signed, zero } => {
@@ -141,13 +130,7 @@ impl Spec {
             Elem::Dynamic { bits, signed } => {
                 spec.table = Some(Table::new(dynamic::dynamic_levels(bits, signed)?)?)
             }
-            Elem::Log {
-                bits,
-                signed,
-                zero,
-                alpha,
-                quantile,
-            } => {
+            Elem::Log { bits, signed, zero, alpha, quantile } => {
                 if !(0.0..1.0).contains(&quantile) || quantile.is_nan() {
                     return Err(Error::value(
                         "quantile",
@@ -165,10 +148,7 @@ impl Spec {
             ));
         }
         if scale == ScaleKind::E4m3 && spec.encoder.is_none() {
-            return Err(Error::value(
-                "scale",
-                "'e4m3' scales are for ExMy elements (NVFP4)",
-            ));
+            return Err(Error::value("scale", "'e4m3' scales are for ExMy elements (NVFP4)"));
         }
         Ok(spec)
     }
@@ -197,27 +177,12 @@ impl Spec {
     }
 
     fn log_table(&self, xs: &[f32], amax: f32, scratch: &mut Vec<f32>) -> Result<(Table, f32)> {
-        let Elem::Log {
-            bits,
-            signed,
-            zero,
-            alpha,
-            quantile,
-        } = self.elem
-        else {
-            unreachable!()
-        };
+        let Elem::Log { bits, signed, zero, alpha, quantile } = self.elem else { unreachable!() };
         let a = if quantile > 0.0 {
-            let n_nonzero = if signed {
-                (1u32 << (bits - 1)) - 1
-            } else {
-                (1u32 << bits) - zero as u32
-            };
-            let v = if amax > 0.0 {
-                logfmt::quantile_abs(xs, quantile, scratch) / amax
-            } else {
-                1.0
-            };
+            let n_nonzero =
+                if signed { (1u32 << (bits - 1)) - 1 } else { (1u32 << bits) - zero as u32 };
+            let v =
+                if amax > 0.0 { logfmt::quantile_abs(xs, quantile, scratch) / amax } else { 1.0 };
             logfmt::alpha_from_quantile(v, n_nonzero)
         } else {
             alpha
@@ -247,14 +212,9 @@ impl Spec {
                 let e4m3 = crate::formats::parse("float8_e4m3fn").expect("named");
                 let enc = Encoder::new(
                     e4m3,
-                    EncodeOptions {
-                        overflow: Overflow::Saturate,
-                        ..Default::default()
-                    },
+                    EncodeOptions { overflow: Overflow::Saturate, ..Default::default() },
                 );
-                let c = enc
-                    .encode_one_dyn(amax / self.elem_max / global, Rounding::Nearest, 0)
-                    .0;
+                let c = enc.encode_one_dyn(amax / self.elem_max / global, Rounding::Nearest, 0).0;
                 e4m3.decode_f64(c) as f32
             }
         }
@@ -311,87 +271,126 @@ pub fn quantize(
     check("packed", packed.len(), spec.packed_len(n))?;
     check("scales", scales.len(), spec.num_blocks(n))?;
     check("alphas", alphas.len(), spec.num_alphas(n))?;
-    if let Some(i) = x.iter().position(|v| !v.is_finite()) {
-        return Err(Error::value(
-            "x",
-            format!(
-                "element {i} is {}; blockwise quantization needs finite values",
-                x[i]
-            ),
-        ));
-    }
     let global = global_scale(spec, x);
-    let bits = spec.code_bits() as usize;
-    let per = (CHUNK / spec.block).max(1); // blocks per work item
-    let group_elems = per * spec.block;
-    let group_bytes = group_elems * bits / 8;
-    let has_alpha = !alphas.is_empty();
-    let mut alpha_dummy: Vec<f32> = vec![0.0; if has_alpha { 0 } else { spec.num_blocks(n) }];
-    let alphas: &mut [f32] = if has_alpha { alphas } else { &mut alpha_dummy };
-    par::install(|| {
-        x.par_chunks(group_elems)
-            .zip(packed.par_chunks_mut(group_bytes))
-            .zip(scales.par_chunks_mut(per))
-            .zip(alphas.par_chunks_mut(per))
+    let g = Groups::new(spec);
+    let mut alpha_dummy = vec![0f32; if alphas.is_empty() { spec.num_blocks(n) } else { 0 }];
+    let alphas: &mut [f32] = if alphas.is_empty() { &mut alpha_dummy } else { alphas };
+    crate::exmy::dispatch_mode!(spec.rounding, MODE => par::install(|| {
+        x.par_chunks(g.elems)
+            .zip(packed.par_chunks_mut(g.bytes))
+            .zip(scales.par_chunks_mut(g.blocks))
+            .zip(alphas.par_chunks_mut(g.blocks))
             .enumerate()
-            .try_for_each(|(g, (((xs, ps), ss), als))| {
-                let mut codes = vec![0u8; xs.len()];
-                let mut rand = vec![
-                    0u32;
-                    if spec.rounding == Rounding::Stochastic {
-                        xs.len()
-                    } else {
-                        0
-                    }
-                ];
-                if !rand.is_empty() {
-                    rng::fill_random_u32(seed, stream, (g * group_elems) as u64, &mut rand);
+            .try_for_each(|(gi, (((xs, ps), ss), als))| {
+                if xs.iter().any(|v| !v.is_finite()) {
+                    return Err(Error::value("x", "")); // located below, the same on any pool
                 }
-                let mut scratch = Vec::new();
-                for (b, (xb, cb)) in xs
-                    .chunks(spec.block)
-                    .zip(codes.chunks_mut(spec.block))
-                    .enumerate()
-                {
-                    let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
-                    let s = spec.block_scale(amax, global);
-                    ss[b] = s;
-                    let sd = s * global; // the scale actually applied
-                    let rb = if rand.is_empty() {
-                        &rand[..]
-                    } else {
-                        &rand[b * spec.block..b * spec.block + xb.len()]
-                    };
-                    let r = |i: usize| rb.get(i).copied().unwrap_or(0);
-                    let y = |v: f32| if sd > 0.0 { v / sd } else { 0.0 };
-                    if let Some(enc) = &spec.encoder {
-                        for (i, (c, &v)) in cb.iter_mut().zip(xb).enumerate() {
-                            *c = enc.encode_one_dyn(y(v), spec.rounding, r(i)).0 as u8;
-                        }
-                    } else {
-                        let local;
-                        let table = match &spec.table {
-                            Some(t) => t,
-                            None => {
-                                let (t, a) = spec.log_table(xb, amax, &mut scratch)?;
-                                als[b] = a;
-                                local = t;
-                                &local
-                            }
-                        };
-                        for (i, (c, &v)) in cb.iter_mut().zip(xb).enumerate() {
-                            *c = if spec.rounding == Rounding::Stochastic {
-                                table.stochastic(y(v), r(i))
-                            } else {
-                                table.nearest(y(v))
-                            };
-                        }
-                    }
-                }
-                pack::pack(&codes, bits as u32, ps)
+                quantize_group::<MODE>(spec, xs, ps, ss, als, global, gi * g.elems, seed, stream)
             })
+    }))
+    .map_err(|e| match x.iter().position(|v| !v.is_finite()) {
+        Some(i) if e.arg == "x" => Error::value(
+            "x",
+            format!("element {i} is {}; blockwise quantization needs finite values", x[i]),
+        ),
+        _ => e,
     })?;
     Ok(global)
+}
+
+/// Work items: whole groups of blocks, about `CHUNK` elements each.
+struct Groups {
+    blocks: usize,
+    elems: usize,
+    bytes: usize,
+}
+
+impl Groups {
+    fn new(spec: &Spec) -> Groups {
+        let blocks = (CHUNK / spec.block).max(1);
+        let elems = blocks * spec.block;
+        Groups { blocks, elems, bytes: elems * spec.code_bits() as usize / 8 }
+    }
+}
+
+/// max |x| of finite values, on bit patterns (|x| orders like its bits), so it vectorizes.
+fn amax(xs: &[f32]) -> f32 {
+    f32::from_bits(xs.iter().fold(0u32, |m, v| m.max(v.to_bits() & 0x7fff_ffff)))
+}
+
+/// Reused per-thread buffers (allocating ~100 KiB per group costs page faults).
+#[derive(Default)]
+struct Scratch {
+    ys: Vec<f32>,
+    codes: Vec<u8>,
+    rand: Vec<u32>,
+    sorted: Vec<f32>,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
+}
+
+/// One group of blocks: scales, normalized values `x / s`, element codes, packing.
+#[allow(clippy::too_many_arguments)]
+fn quantize_group<const MODE: u8>(
+    spec: &Spec,
+    xs: &[f32],
+    ps: &mut [u8],
+    ss: &mut [f32],
+    als: &mut [f32],
+    global: f32,
+    start: usize,
+    seed: u64,
+    stream: u64,
+) -> Result<()> {
+    SCRATCH.with(|cell| {
+        let scratch = &mut *cell.borrow_mut();
+        let n = xs.len();
+        scratch.ys.clear();
+        scratch.ys.resize(n, 0.0);
+        scratch.codes.resize(n, 0);
+        scratch.rand.resize(if MODE == STOCHASTIC { n } else { 0 }, 0);
+        let (ys, codes) = (&mut scratch.ys[..], &mut scratch.codes[..]);
+        for (b, (xb, yb)) in xs.chunks(spec.block).zip(ys.chunks_mut(spec.block)).enumerate() {
+            let s = spec.block_scale(amax(xb), global);
+            ss[b] = s;
+            let sd = s * global; // the scale actually applied
+            if sd > 0.0 {
+                yb.iter_mut().zip(xb).for_each(|(y, &v)| *y = v / sd);
+            }
+        }
+        if let Some(enc) = &spec.encoder {
+            let random = Random::Philox { seed, stream, offset: start as u64 };
+            crate::exmy::encode_chunk::<f32, u8, MODE>(enc, ys, codes, 0, random)?;
+            return pack::pack(codes, spec.code_bits(), ps);
+        }
+        let rand = &mut scratch.rand[..];
+        if MODE == STOCHASTIC {
+            rng::fill_random_u32(seed, stream, start as u64, rand);
+        }
+        for (b, (yb, cb)) in ys.chunks(spec.block).zip(codes.chunks_mut(spec.block)).enumerate() {
+            let local;
+            let table = match &spec.table {
+                Some(t) => t,
+                None => {
+                    // the base from the block itself
+                    let xb = &xs[b * spec.block..b * spec.block + yb.len()];
+                    let (t, a) = spec.log_table(xb, amax(xb), &mut scratch.sorted)?;
+                    als[b] = a;
+                    local = t;
+                    &local
+                }
+            };
+            if MODE == STOCHASTIC {
+                let rb = &rand[b * spec.block..b * spec.block + yb.len()];
+                cb.iter_mut().zip(yb).zip(rb).for_each(|((c, &y), &r)| *c = table.stochastic(y, r));
+            } else {
+                cb.iter_mut().zip(yb).for_each(|(c, &y)| *c = table.nearest(y));
+            }
+        }
+        pack::pack(codes, spec.code_bits(), ps)
+    })
 }
 
 /// Decode a blockwise tensor: `out[i] = value(code_i) · scales[block] · global`.
@@ -407,57 +406,43 @@ pub fn dequantize(
     check("packed", packed.len(), spec.packed_len(n))?;
     check("scales", scales.len(), spec.num_blocks(n))?;
     check("alphas", alphas.len(), spec.num_alphas(n))?;
-    let bits = spec.code_bits() as usize;
-    let per = (CHUNK / spec.block).max(1);
-    let group_elems = per * spec.block;
-    let group_bytes = group_elems * bits / 8;
+    let g = Groups::new(spec);
+    let bits = spec.code_bits();
     par::install(|| {
-        out.par_chunks_mut(group_elems)
-            .zip(packed.par_chunks(group_bytes))
-            .zip(scales.par_chunks(per))
+        out.par_chunks_mut(g.elems)
+            .zip(packed.par_chunks(g.bytes))
+            .zip(scales.par_chunks(g.blocks))
             .enumerate()
-            .try_for_each(|(g, ((os, ps), ss))| {
+            .try_for_each(|(gi, ((os, ps), ss))| {
                 let mut codes = vec![0u8; os.len()];
-                pack::unpack(ps, bits as u32, os.len(), &mut codes)?;
-                for (b, (ob, cb)) in os
-                    .chunks_mut(spec.block)
-                    .zip(codes.chunks(spec.block))
-                    .enumerate()
+                pack::unpack(ps, bits, os.len(), &mut codes)?;
+                for (b, (ob, cb)) in
+                    os.chunks_mut(spec.block).zip(codes.chunks(spec.block)).enumerate()
                 {
-                    let sd = ss[b] * global;
                     let local;
                     let levels: &[f32] = match (&spec.table, spec.encoder.is_some()) {
                         (_, true) => &spec.exmy_lut,
                         (Some(t), _) => t.levels(),
                         (None, _) => {
-                            let Elem::Log {
-                                bits,
-                                signed,
-                                zero,
-                                alpha,
-                                quantile,
-                            } = spec.elem
+                            let Elem::Log { bits, signed, zero, alpha, quantile } = spec.elem
                             else {
                                 unreachable!()
                             };
-                            let a = if quantile > 0.0 {
-                                alphas[g * per + b]
-                            } else {
-                                alpha
-                            };
+                            let a = if quantile > 0.0 { alphas[gi * g.blocks + b] } else { alpha };
                             local = logfmt::log_levels(bits, signed, a, zero)?;
                             &local
                         }
                     };
-                    for (o, &c) in ob.iter_mut().zip(cb) {
-                        let v = levels.get(c as usize).copied().ok_or_else(|| {
-                            Error::value(
+                    if levels.len() < 1 << bits {
+                        if let Some(&c) = cb.iter().find(|&&c| c as usize >= levels.len()) {
+                            return Err(Error::value(
                                 "packed",
                                 format!("code {c} is outside the codec's {} levels", levels.len()),
-                            )
-                        })?;
-                        *o = v * sd;
+                            ));
+                        }
                     }
+                    let sd = ss[b] * global;
+                    ob.iter_mut().zip(cb).for_each(|(o, &c)| *o = levels[c as usize] * sd);
                 }
                 Ok(())
             })
@@ -482,29 +467,23 @@ pub fn table_encode(
         Rounding::Nearest => false,
         Rounding::Stochastic => true,
         _ => {
-            return Err(Error::value(
-                "rounding",
-                "table codecs support 'nearest' and 'stochastic'",
-            ))
+            return Err(Error::value("rounding", "table codecs support 'nearest' and 'stochastic'"))
         }
     };
     par::install(|| {
-        x.par_chunks(CHUNK)
-            .zip(out.par_chunks_mut(CHUNK))
-            .enumerate()
-            .for_each(|(k, (xs, os))| {
-                if stochastic {
-                    let mut r = vec![0u32; xs.len()];
-                    rng::fill_random_u32(seed, stream, offset + (k * CHUNK) as u64, &mut r);
-                    for ((o, &v), &ri) in os.iter_mut().zip(xs).zip(&r) {
-                        *o = t.stochastic(v, ri);
-                    }
-                } else {
-                    for (o, &v) in os.iter_mut().zip(xs) {
-                        *o = t.nearest(v);
-                    }
+        x.par_chunks(CHUNK).zip(out.par_chunks_mut(CHUNK)).enumerate().for_each(|(k, (xs, os))| {
+            if stochastic {
+                let mut r = vec![0u32; xs.len()];
+                rng::fill_random_u32(seed, stream, offset + (k * CHUNK) as u64, &mut r);
+                for ((o, &v), &ri) in os.iter_mut().zip(xs).zip(&r) {
+                    *o = t.stochastic(v, ri);
                 }
-            })
+            } else {
+                for (o, &v) in os.iter_mut().zip(xs) {
+                    *o = t.nearest(v);
+                }
+            }
+        })
     });
     Ok(())
 }

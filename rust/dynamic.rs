@@ -119,11 +119,7 @@ mod tests {
     #[test]
     fn golden() {
         let hex = |bits: u32, signed: bool| -> Vec<u32> {
-            dynamic_levels(bits, signed)
-                .unwrap()
-                .iter()
-                .map(|v| v.to_bits())
-                .collect()
+            dynamic_levels(bits, signed).unwrap().iter().map(|v| v.to_bits()).collect()
         };
         let s8 = hex(8, true);
         let u8_ = hex(8, false);

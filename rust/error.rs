@@ -16,10 +16,7 @@ pub struct Error {
 impl Error {
     /// Build an error for argument `arg`.
     pub fn value(arg: impl Into<String>, msg: impl Into<String>) -> Self {
-        Error {
-            arg: arg.into(),
-            msg: msg.into(),
-        }
+        Error { arg: arg.into(), msg: msg.into() }
     }
 }
 

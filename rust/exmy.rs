@@ -95,33 +95,34 @@ impl Rounding {
 macro_rules! dispatch_mode {
     ($mode:expr, $m:ident => $body:expr) => {
         match $mode {
-            Rounding::Nearest => {
-                const $m: u8 = NEAREST;
+            $crate::exmy::Rounding::Nearest => {
+                const $m: u8 = $crate::exmy::NEAREST;
                 $body
             }
-            Rounding::NearestAway => {
-                const $m: u8 = NEAREST_AWAY;
+            $crate::exmy::Rounding::NearestAway => {
+                const $m: u8 = $crate::exmy::NEAREST_AWAY;
                 $body
             }
-            Rounding::TowardZero => {
-                const $m: u8 = TOWARD_ZERO;
+            $crate::exmy::Rounding::TowardZero => {
+                const $m: u8 = $crate::exmy::TOWARD_ZERO;
                 $body
             }
-            Rounding::Up => {
-                const $m: u8 = UP;
+            $crate::exmy::Rounding::Up => {
+                const $m: u8 = $crate::exmy::UP;
                 $body
             }
-            Rounding::Down => {
-                const $m: u8 = DOWN;
+            $crate::exmy::Rounding::Down => {
+                const $m: u8 = $crate::exmy::DOWN;
                 $body
             }
-            Rounding::Stochastic => {
-                const $m: u8 = STOCHASTIC;
+            $crate::exmy::Rounding::Stochastic => {
+                const $m: u8 = $crate::exmy::STOCHASTIC;
                 $body
             }
         }
     };
 }
+pub(crate) use dispatch_mode;
 
 /// What happens to finite values beyond the largest finite value (and to ±inf).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -190,21 +191,11 @@ fn parts_ieee(neg: bool, ef: u32, mf: u64, eb: u32, mb: u32) -> Parts {
     let bias = (emax_field >> 1) as i32;
     let special = ef == emax_field;
     let normal = ef != 0;
-    let sig = if special {
-        mf
-    } else {
-        mf | ((normal as u64) << mb)
-    };
+    let sig = if special { mf } else { mf | ((normal as u64) << mb) };
     let lsb = (ef.max(1) as i32) - bias - mb as i32;
     // zero gets an exponent below every format's range (it must not look like a normal)
     let e = if sig == 0 { -4096 } else { (63 - sig.leading_zeros() as i32) + lsb };
-    Parts {
-        neg,
-        special,
-        e,
-        sig,
-        lsb,
-    }
+    Parts { neg, special, e, sig, lsb }
 }
 
 /// An input element type.
@@ -230,13 +221,7 @@ impl Input for f32 {
     #[inline(always)]
     fn parts(self) -> PartsOpaque {
         let b = self.to_bits();
-        PartsOpaque(parts_ieee(
-            b >> 31 != 0,
-            (b >> 23) & 0xff,
-            (b & 0x7f_ffff) as u64,
-            8,
-            23,
-        ))
+        PartsOpaque(parts_ieee(b >> 31 != 0, (b >> 23) & 0xff, (b & 0x7f_ffff) as u64, 8, 23))
     }
     const F32: bool = true;
     #[inline(always)]
@@ -273,13 +258,7 @@ impl Input for F16Bits {
     #[inline(always)]
     fn parts(self) -> PartsOpaque {
         let b = self.0 as u32;
-        PartsOpaque(parts_ieee(
-            b >> 15 != 0,
-            (b >> 10) & 0x1f,
-            (b & 0x3ff) as u64,
-            5,
-            10,
-        ))
+        PartsOpaque(parts_ieee(b >> 15 != 0, (b >> 10) & 0x1f, (b & 0x3ff) as u64, 5, 10))
     }
 }
 
@@ -371,11 +350,7 @@ impl Encoder {
             overflow_code,
             inf_code: fmt.inf_code_mag(),
             negzero: fmt.nan() == NanKind::NegZero,
-            hidden: if fmt.subnormals() {
-                0
-            } else {
-                1u64 << fmt.man_bits()
-            },
+            hidden: if fmt.subnormals() { 0 } else { 1u64 << fmt.man_bits() },
         }
     }
 
@@ -470,11 +445,7 @@ impl Encoder {
             return self.encode_special(&p);
         }
         let (mag, ovf) = self.round_mag::<MODE>(&p, r);
-        let code = if ovf {
-            self.overflow(p.neg, MODE)
-        } else {
-            self.signed_code(p.neg, mag)
-        };
+        let code = if ovf { self.overflow(p.neg, MODE) } else { self.signed_code(p.neg, mag) };
         // a negative non-zero value into an unsigned format
         if p.neg & (self.sign_mask == 0) & (p.sig != 0) {
             return (0, if self.opts.clamp_negative { 0 } else { BAD_NEG });
@@ -651,11 +622,7 @@ fn encode_chunk_body<I: Input, C: Code, const MODE: u8>(
         let at = start + k * 1024;
         let bits: &[u32] = match random {
             _ if MODE != STOCHASTIC => &buf[..xs.len()],
-            Random::Philox {
-                seed,
-                stream,
-                offset,
-            } => {
+            Random::Philox { seed, stream, offset } => {
                 rng::fill_random_u32(seed, stream, offset + at as u64, &mut buf[..xs.len()]);
                 &buf[..xs.len()]
             }
@@ -700,7 +667,7 @@ unsafe fn encode_chunk_avx2<I: Input, C: Code, const MODE: u8>(
     encode_chunk_body::<I, C, MODE>(enc, x, out, start, random)
 }
 
-fn encode_chunk<I: Input, C: Code, const MODE: u8>(
+pub(crate) fn encode_chunk<I: Input, C: Code, const MODE: u8>(
     enc: &Encoder,
     x: &[I],
     out: &mut [C],
@@ -748,10 +715,7 @@ pub fn encode<I: Input, C: Code>(
 
 pub(crate) fn check_len(arg: &str, got: usize, want: usize) -> Result<()> {
     if got != want {
-        return Err(Error::value(
-            arg,
-            format!("expected {want} elements, got {got}"),
-        ));
+        return Err(Error::value(arg, format!("expected {want} elements, got {got}")));
     }
     Ok(())
 }
@@ -762,11 +726,17 @@ pub(crate) fn check_len(arg: &str, got: usize, want: usize) -> Result<()> {
 pub trait Float: Copy + Send + Sync {
     /// From an exact f64 value.
     fn from_f64(v: f64) -> Self;
+    /// From an f32 value.
+    fn from_f32(v: f32) -> Self;
 }
 impl Float for f32 {
     #[inline(always)]
     fn from_f64(v: f64) -> Self {
         v as f32
+    }
+    #[inline(always)]
+    fn from_f32(v: f32) -> Self {
+        v
     }
 }
 impl Float for f64 {
@@ -774,6 +744,15 @@ impl Float for f64 {
     fn from_f64(v: f64) -> Self {
         v
     }
+    #[inline(always)]
+    fn from_f32(v: f32) -> Self {
+        v as f64
+    }
+}
+
+/// Formats whose codes are the leading bits of float32 patterns (bfloat16, e8m23, …).
+fn is_f32_prefix(f: &Format) -> bool {
+    f.exp_bits() == 8 && f.bias() == 127 && f.signed() && f.nan() == NanKind::Ieee && f.subnormals()
 }
 
 /// Value of every code of `fmt` as f32 (formats up to 16 bits), in code order.
@@ -781,15 +760,10 @@ pub fn table_f32(fmt: &Format) -> Result<Vec<f32>> {
     if fmt.bits() > 16 {
         return Err(Error::value(
             "fmt",
-            format!(
-                "a value table needs a format of at most 16 bits, got {}",
-                fmt.bits()
-            ),
+            format!("a value table needs a format of at most 16 bits, got {}", fmt.bits()),
         ));
     }
-    Ok((0..fmt.num_codes() as u32)
-        .map(|c| fmt.decode_f64(c) as f32)
-        .collect())
+    Ok((0..fmt.num_codes() as u32).map(|c| fmt.decode_f64(c) as f32).collect())
 }
 
 fn bad_code(fmt: &Format, i: usize, c: u32) -> Error {
@@ -807,17 +781,31 @@ fn bad_code(fmt: &Format, i: usize, c: u32) -> Error {
 pub fn decode<C: Code, F: Float>(fmt: &Format, codes: &[C], out: &mut [F]) -> Result<()> {
     check_len("out", out.len(), codes.len())?;
     let limit = fmt.num_codes();
+    if is_f32_prefix(fmt) {
+        // bfloat16-like: the code is the top bits of the float32 pattern (NaNs keep payloads)
+        let shift = 23 - fmt.man_bits();
+        return par::install(|| {
+            codes.par_chunks(CHUNK).zip(out.par_chunks_mut(CHUNK)).enumerate().try_for_each(
+                |(k, (cs, os))| {
+                    let mut bad = false;
+                    for (o, &c) in os.iter_mut().zip(cs) {
+                        bad |= c.to_u32() as u64 >= limit;
+                        *o = F::from_f32(f32::from_bits(c.to_u32() << shift));
+                    }
+                    match cs.iter().position(|c| c.to_u32() as u64 >= limit) {
+                        Some(i) if bad => Err(bad_code(fmt, k * CHUNK + i, cs[i].to_u32())),
+                        _ => Ok(()),
+                    }
+                },
+            )
+        });
+    }
     if fmt.bits() <= 16 {
-        let lut: Vec<F> = (0..limit as u32)
-            .map(|c| F::from_f64(fmt.decode_f64(c)))
-            .collect();
+        let lut: Vec<F> = (0..limit as u32).map(|c| F::from_f64(fmt.decode_f64(c))).collect();
         let full = (C::BITS as u64) <= fmt.bits() as u64;
         par::install(|| {
-            codes
-                .par_chunks(CHUNK)
-                .zip(out.par_chunks_mut(CHUNK))
-                .enumerate()
-                .try_for_each(|(k, (cs, os))| {
+            codes.par_chunks(CHUNK).zip(out.par_chunks_mut(CHUNK)).enumerate().try_for_each(
+                |(k, (cs, os))| {
                     if full {
                         for (o, &c) in os.iter_mut().zip(cs) {
                             *o = lut[c.to_u32() as usize];
@@ -831,15 +819,13 @@ pub fn decode<C: Code, F: Float>(fmt: &Format, codes: &[C], out: &mut [F]) -> Re
                         }
                     }
                     Ok(())
-                })
+                },
+            )
         })
     } else {
         par::install(|| {
-            codes
-                .par_chunks(CHUNK)
-                .zip(out.par_chunks_mut(CHUNK))
-                .enumerate()
-                .try_for_each(|(k, (cs, os))| {
+            codes.par_chunks(CHUNK).zip(out.par_chunks_mut(CHUNK)).enumerate().try_for_each(
+                |(k, (cs, os))| {
                     for (i, (o, &c)) in os.iter_mut().zip(cs).enumerate() {
                         if c.to_u32() as u64 >= limit {
                             return Err(bad_code(fmt, k * CHUNK + i, c.to_u32()));
@@ -847,7 +833,8 @@ pub fn decode<C: Code, F: Float>(fmt: &Format, codes: &[C], out: &mut [F]) -> Re
                         *o = F::from_f64(fmt.decode_f64(c.to_u32()));
                     }
                     Ok(())
-                })
+                },
+            )
         })
     }
 }
@@ -873,11 +860,14 @@ pub fn quantize<I: Input, O: Copy + Send + Sync>(
     dispatch_mode!(enc.opts.rounding, MODE => {
         par::install(|| {
             x.par_chunks(CHUNK).zip(out.par_chunks_mut(CHUNK)).enumerate().try_for_each(|(k, (xs, os))| {
-                let mut codes = vec![0u32; xs.len()];
-                encode_chunk::<I, u32, MODE>(enc, xs, &mut codes, k * CHUNK, random)?;
-                match lut_out {
-                    Some(lut) => os.iter_mut().zip(&codes).for_each(|(o, &c)| *o = lut[c as usize]),
-                    None => os.iter_mut().zip(&codes).for_each(|(o, &c)| *o = from_f64(fmt.decode_f64(c))),
+                let mut codes = [0u32; 1024]; // on the stack: no allocation per chunk
+                for (j, (xp, op)) in xs.chunks(1024).zip(os.chunks_mut(1024)).enumerate() {
+                    let cs = &mut codes[..xp.len()];
+                    encode_chunk::<I, u32, MODE>(enc, xp, cs, k * CHUNK + j * 1024, random)?;
+                    match lut_out {
+                        Some(lut) => op.iter_mut().zip(&*cs).for_each(|(o, &c)| *o = lut[c as usize]),
+                        None => op.iter_mut().zip(&*cs).for_each(|(o, &c)| *o = from_f64(fmt.decode_f64(c))),
+                    }
                 }
                 Ok(())
             })
@@ -891,45 +881,20 @@ mod tests {
     use crate::formats::parse;
 
     fn enc(name: &str, rounding: Rounding) -> Encoder {
-        Encoder::new(
-            parse(name).unwrap(),
-            EncodeOptions {
-                rounding,
-                ..Default::default()
-            },
-        )
+        Encoder::new(parse(name).unwrap(), EncodeOptions { rounding, ..Default::default() })
     }
 
     fn one(e: &Encoder, x: f64) -> u32 {
         let mut out = [0u32];
-        encode(
-            e,
-            &[x],
-            &mut out,
-            Random::Philox {
-                seed: 0,
-                stream: 0,
-                offset: 0,
-            },
-        )
-        .unwrap();
+        encode(e, &[x], &mut out, Random::Philox { seed: 0, stream: 0, offset: 0 }).unwrap();
         out[0]
     }
 
     #[test]
     fn every_code_round_trips_every_small_format() {
-        for (name, f) in crate::formats::all()
-            .into_iter()
-            .filter(|(_, f)| f.bits() <= 16)
-        {
+        for (name, f) in crate::formats::all().into_iter().filter(|(_, f)| f.bits() <= 16) {
             for mode in Rounding::ALL.map(|m| m.1) {
-                let e = Encoder::new(
-                    f,
-                    EncodeOptions {
-                        rounding: mode,
-                        ..Default::default()
-                    },
-                );
+                let e = Encoder::new(f, EncodeOptions { rounding: mode, ..Default::default() });
                 for c in 0..f.num_codes() as u32 {
                     let v = f.decode_f64(c);
                     let got = one(&e, v);
@@ -958,10 +923,7 @@ mod tests {
         assert_eq!(one(&z, 1e9), 0x7e);
         let s = Encoder::new(
             parse("e4m3").unwrap(),
-            EncodeOptions {
-                overflow: Overflow::Saturate,
-                ..Default::default()
-            },
+            EncodeOptions { overflow: Overflow::Saturate, ..Default::default() },
         );
         assert_eq!(one(&s, 1e9), 0x7e);
         assert_eq!(one(&s, f64::NEG_INFINITY), 0xfe);
@@ -1004,10 +966,7 @@ mod tests {
         assert!(err.msg.contains("NaN"));
         let e = Encoder::new(
             parse("e2m1").unwrap(),
-            EncodeOptions {
-                nan_to_zero: true,
-                ..Default::default()
-            },
+            EncodeOptions { nan_to_zero: true, ..Default::default() },
         );
         encode(&e, &[f32::NAN], &mut out[..1], Random::Bits(&[0])).unwrap();
         assert_eq!(out[0], 0);
@@ -1025,65 +984,21 @@ mod tests {
     #[test]
     fn stochastic_exact_inputs_never_move_and_thread_independent() {
         let e = enc("float8_e5m2", Rounding::Stochastic);
-        let x: Vec<f32> = (0..200_000)
-            .map(|i| ((i as f32) * 0.37).sin() * 100.0)
-            .collect();
+        let x: Vec<f32> = (0..200_000).map(|i| ((i as f32) * 0.37).sin() * 100.0).collect();
         let mut a = vec![0u8; x.len()];
         let mut b = vec![0u8; x.len()];
-        encode(
-            &e,
-            &x,
-            &mut a,
-            Random::Philox {
-                seed: 7,
-                stream: 1,
-                offset: 0,
-            },
-        )
-        .unwrap();
+        encode(&e, &x, &mut a, Random::Philox { seed: 7, stream: 1, offset: 0 }).unwrap();
         // the same elements encoded in two pieces with offsets give the same codes
         let (x1, x2) = x.split_at(12345);
         let (b1, b2) = b.split_at_mut(12345);
-        encode(
-            &e,
-            x1,
-            b1,
-            Random::Philox {
-                seed: 7,
-                stream: 1,
-                offset: 0,
-            },
-        )
-        .unwrap();
-        encode(
-            &e,
-            x2,
-            b2,
-            Random::Philox {
-                seed: 7,
-                stream: 1,
-                offset: 12345,
-            },
-        )
-        .unwrap();
+        encode(&e, x1, b1, Random::Philox { seed: 7, stream: 1, offset: 0 }).unwrap();
+        encode(&e, x2, b2, Random::Philox { seed: 7, stream: 1, offset: 12345 }).unwrap();
         assert_eq!(a, b);
         let f = parse("float8_e5m2").unwrap();
-        let vals: Vec<f32> = (0..256)
-            .map(|c| f.decode_f64(c) as f32)
-            .filter(|v| v.is_finite())
-            .collect();
+        let vals: Vec<f32> =
+            (0..256).map(|c| f.decode_f64(c) as f32).filter(|v| v.is_finite()).collect();
         let mut c = vec![0u8; vals.len()];
-        encode(
-            &e,
-            &vals,
-            &mut c,
-            Random::Philox {
-                seed: 3,
-                stream: 0,
-                offset: 0,
-            },
-        )
-        .unwrap();
+        encode(&e, &vals, &mut c, Random::Philox { seed: 3, stream: 0, offset: 0 }).unwrap();
         for (v, &code) in vals.iter().zip(&c) {
             assert_eq!(f.decode_f64(code as u32) as f32, *v);
         }
@@ -1149,16 +1064,21 @@ mod bench {
         let x: Vec<f32> = (0..n).map(|i| ((i as f32) * 0.618).sin() * 3.0).collect();
         let mut out = vec![0u8; n];
         for name in ["e4m3", "e2m1", "bf16"] {
-            let e = Encoder::new(
-                crate::formats::parse(name).unwrap(),
-                EncodeOptions::default(),
-            );
+            let e = Encoder::new(crate::formats::parse(name).unwrap(), EncodeOptions::default());
             let t = std::time::Instant::now();
             for _ in 0..5 {
                 encode_chunk::<f32, u8, NEAREST>(&e, &x, &mut out, 0, Random::Bits(&[])).unwrap();
             }
             let dt = t.elapsed().as_secs_f64() / 5.0;
-            println!("{name}: {:.3} G/s single thread", n as f64 / dt / 1e9);
+            let random = Random::Philox { seed: 1, stream: 0, offset: 0 };
+            let t = std::time::Instant::now();
+            encode_chunk::<f32, u8, STOCHASTIC>(&e, &x, &mut out, 0, random).unwrap();
+            let ds = t.elapsed().as_secs_f64();
+            println!(
+                "{name}: nearest {:.3}, stochastic {:.3} G/s single thread",
+                n as f64 / dt / 1e9,
+                n as f64 / ds / 1e9
+            );
         }
     }
 }

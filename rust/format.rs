@@ -89,16 +89,10 @@ impl Format {
         subnormals: bool,
     ) -> Result<Format> {
         if !(1..=8).contains(&exp_bits) {
-            return Err(Error::value(
-                "exp_bits",
-                format!("expected 1..=8, got {exp_bits}"),
-            ));
+            return Err(Error::value("exp_bits", format!("expected 1..=8, got {exp_bits}")));
         }
         if man_bits > 23 {
-            return Err(Error::value(
-                "man_bits",
-                format!("expected 0..=23, got {man_bits}"),
-            ));
+            return Err(Error::value("man_bits", format!("expected 0..=23, got {man_bits}")));
         }
         if inf && nan != NanKind::Ieee {
             return Err(Error::value(
@@ -122,20 +116,9 @@ impl Format {
             return Err(Error::value("nan", "nan='negzero' needs a signed format"));
         }
         if !(-1000..=1000).contains(&bias) {
-            return Err(Error::value(
-                "bias",
-                format!("expected -1000..=1000, got {bias}"),
-            ));
+            return Err(Error::value("bias", format!("expected -1000..=1000, got {bias}")));
         }
-        let f = Format {
-            exp_bits,
-            man_bits,
-            bias,
-            signed,
-            inf,
-            nan,
-            subnormals,
-        };
+        let f = Format { exp_bits, man_bits, bias, signed, inf, nan, subnormals };
         // Exactness in float32: the largest finite value below 2^128, the smallest
         // non-zero value at or above 2^-149.
         let top = f.emax() + 1;
@@ -369,39 +352,24 @@ mod tests {
     #[test]
     fn rejects_bad_fields() {
         assert_eq!(
-            Format::new(0, 3, 7, true, false, NanKind::Max, true)
-                .unwrap_err()
-                .arg,
+            Format::new(0, 3, 7, true, false, NanKind::Max, true).unwrap_err().arg,
             "exp_bits"
         );
         assert_eq!(
-            Format::new(4, 24, 7, true, false, NanKind::Max, true)
-                .unwrap_err()
-                .arg,
+            Format::new(4, 24, 7, true, false, NanKind::Max, true).unwrap_err().arg,
             "man_bits"
         );
+        assert_eq!(Format::new(4, 3, 7, true, true, NanKind::Max, true).unwrap_err().arg, "inf");
         assert_eq!(
-            Format::new(4, 3, 7, true, true, NanKind::Max, true)
-                .unwrap_err()
-                .arg,
-            "inf"
-        );
-        assert_eq!(
-            Format::new(4, 3, 7, false, false, NanKind::NegZero, true)
-                .unwrap_err()
-                .arg,
+            Format::new(4, 3, 7, false, false, NanKind::NegZero, true).unwrap_err().arg,
             "nan"
         );
         assert_eq!(
-            Format::new(8, 23, 100, true, true, NanKind::Ieee, true)
-                .unwrap_err()
-                .arg,
+            Format::new(8, 23, 100, true, true, NanKind::Ieee, true).unwrap_err().arg,
             "bias"
         );
         assert_eq!(
-            Format::new(8, 23, 160, true, true, NanKind::Ieee, true)
-                .unwrap_err()
-                .arg,
+            Format::new(8, 23, 160, true, true, NanKind::Ieee, true).unwrap_err().arg,
             "bias"
         );
     }

@@ -29,47 +29,11 @@ const NAMED: &[Entry] = &[
     ("float8_e4m3fn", 4, 3, 7, true, false, NanKind::Max, true),
     ("float8_e4m3", 4, 3, 7, true, true, NanKind::Ieee, true),
     ("float8_e5m2", 5, 2, 15, true, true, NanKind::Ieee, true),
-    (
-        "float8_e4m3fnuz",
-        4,
-        3,
-        8,
-        true,
-        false,
-        NanKind::NegZero,
-        true,
-    ),
-    (
-        "float8_e5m2fnuz",
-        5,
-        2,
-        16,
-        true,
-        false,
-        NanKind::NegZero,
-        true,
-    ),
-    (
-        "float8_e4m3b11fnuz",
-        4,
-        3,
-        11,
-        true,
-        false,
-        NanKind::NegZero,
-        true,
-    ),
+    ("float8_e4m3fnuz", 4, 3, 8, true, false, NanKind::NegZero, true),
+    ("float8_e5m2fnuz", 5, 2, 16, true, false, NanKind::NegZero, true),
+    ("float8_e4m3b11fnuz", 4, 3, 11, true, false, NanKind::NegZero, true),
     ("float8_e3m4", 3, 4, 3, true, true, NanKind::Ieee, true),
-    (
-        "float8_e8m0fnu",
-        8,
-        0,
-        127,
-        false,
-        false,
-        NanKind::Max,
-        false,
-    ),
+    ("float8_e8m0fnu", 8, 0, 127, false, false, NanKind::Max, false),
     ("float6_e2m3fn", 2, 3, 1, true, false, NanKind::None, true),
     ("float6_e3m2fn", 3, 2, 3, true, false, NanKind::None, true),
     ("float4_e2m1fn", 2, 1, 1, true, false, NanKind::None, true),
@@ -190,15 +154,7 @@ fn parse_spec(s: &str) -> std::result::Result<Result<Format>, String> {
     if !(-1000..=1000).contains(&bias) {
         return Err(format!("bias {bias} out of range"));
     }
-    Ok(Format::new(
-        x as u32,
-        y as u32,
-        bias as i32,
-        signed,
-        inf,
-        nan,
-        subnormals,
-    ))
+    Ok(Format::new(x as u32, y as u32, bias as i32, signed, inf, nan, subnormals))
 }
 
 fn variant_fields(variant: &str) -> (bool, NanKind) {
@@ -234,11 +190,8 @@ pub fn name(f: &Format) -> String {
     if f.bias() != default_bias(f.exp_bits(), f.nan()) {
         s += &format!("b{}", f.bias());
     }
-    let tail = format!(
-        "{}{}",
-        if f.signed() { "" } else { "u" },
-        if f.subnormals() { "" } else { "ns" }
-    );
+    let tail =
+        format!("{}{}", if f.signed() { "" } else { "u" }, if f.subnormals() { "" } else { "ns" });
     if variant.is_empty() && tail.is_empty() && ALIASES.iter().any(|(a, _)| *a == s) {
         s += "ieee"; // `e2m1` alone would mean the OCP alias
     }
@@ -276,10 +229,7 @@ mod tests {
             let f = parse(n).unwrap();
             assert!(all().iter().any(|(_, g)| *g == f), "{n}");
         }
-        assert_eq!(
-            parse("e8m0fnuns").unwrap(),
-            parse("float8_e8m0fnu").unwrap()
-        );
+        assert_eq!(parse("e8m0fnuns").unwrap(), parse("float8_e8m0fnu").unwrap());
         assert_eq!(parse("e5m10").unwrap(), parse("float16").unwrap());
     }
 
@@ -313,9 +263,7 @@ mod tests {
 
     #[test]
     fn parse_errors() {
-        for bad in [
-            "", "e4", "e4m", "x4m3", "e4m3zz", "e9m3", "e4m30", "float7", "e4m3b",
-        ] {
+        for bad in ["", "e4", "e4m", "x4m3", "e4m3zz", "e9m3", "e4m30", "float7", "e4m3b"] {
             let err = parse(bad).unwrap_err();
             assert!(
                 err.arg == "fmt" || err.arg == "exp_bits" || err.arg == "man_bits",

@@ -65,14 +65,8 @@ mod tests {
         );
         assert_eq!(linear_levels(1, false, true).unwrap(), [0.0, 1.0]);
         assert_eq!(linear_levels(1, false, false).unwrap(), [0.5, 1.0]);
-        assert_eq!(
-            linear_levels(2, false, true).unwrap(),
-            [0.0, 1.0 / 3.0, 2.0 / 3.0, 1.0]
-        );
-        assert_eq!(
-            linear_levels(2, false, false).unwrap(),
-            [0.25, 0.5, 0.75, 1.0]
-        );
+        assert_eq!(linear_levels(2, false, true).unwrap(), [0.0, 1.0 / 3.0, 2.0 / 3.0, 1.0]);
+        assert_eq!(linear_levels(2, false, false).unwrap(), [0.25, 0.5, 0.75, 1.0]);
     }
 
     #[test]

@@ -71,10 +71,7 @@ pub fn log_levels(bits: u32, signed: bool, alpha: f32, zero: bool) -> Result<Vec
         ));
     }
     if !(alpha > 0.0 && alpha < 1.0) {
-        return Err(Error::value(
-            "alpha",
-            format!("expected 0 < alpha < 1, got {alpha}"),
-        ));
+        return Err(Error::value("alpha", format!("expected 0 < alpha < 1, got {alpha}")));
     }
     if signed && !zero {
         return Err(Error::value(
@@ -168,14 +165,8 @@ mod tests {
 
     #[test]
     fn small_cases() {
-        assert_eq!(
-            log_levels(2, false, 0.5, true).unwrap(),
-            [0.0, 0.25, 0.5, 1.0]
-        );
-        assert_eq!(
-            log_levels(2, false, 0.5, false).unwrap(),
-            [0.125, 0.25, 0.5, 1.0]
-        );
+        assert_eq!(log_levels(2, false, 0.5, true).unwrap(), [0.0, 0.25, 0.5, 1.0]);
+        assert_eq!(log_levels(2, false, 0.5, false).unwrap(), [0.125, 0.25, 0.5, 1.0]);
         assert_eq!(log_levels(1, false, 0.5, true).unwrap(), [0.0, 1.0]);
         assert_eq!(log_levels(1, false, 0.5, false).unwrap(), [0.5, 1.0]);
         assert_eq!(log_levels(2, true, 0.5, true).unwrap(), [-1.0, 0.0, 1.0]);

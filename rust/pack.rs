@@ -38,9 +38,7 @@ const CHUNK: usize = 1 << 16;
 /// Computed without overflow for any `count` when `bits ≤ 8` (saturates for absurd inputs).
 pub fn packed_len(count: usize, bits: u32) -> usize {
     let bits = bits as usize;
-    (count / 8)
-        .saturating_mul(bits)
-        .saturating_add(((count % 8) * bits).div_ceil(8))
+    (count / 8).saturating_mul(bits).saturating_add(((count % 8) * bits).div_ceil(8))
 }
 
 /// Check `bits ∈ 1..=8`.
@@ -48,10 +46,7 @@ fn check_bits(bits: u32) -> Result<()> {
     if (1..=8).contains(&bits) {
         Ok(())
     } else {
-        Err(Error::value(
-            "bits",
-            format!("expected 1 <= bits <= 8, got {bits}"),
-        ))
+        Err(Error::value("bits", format!("expected 1 <= bits <= 8, got {bits}")))
     }
 }
 
@@ -98,10 +93,7 @@ pub fn pack(codes: &[u8], bits: u32, out: &mut [u8]) -> Result<()> {
     };
     Err(Error::value(
         "codes",
-        format!(
-            "expected codes in 0..={} for {bits} bits, {seen}",
-            limit - 1
-        ),
+        format!("expected codes in 0..={} for {bits} bits, {seen}", limit - 1),
     ))
 }
 
@@ -115,17 +107,11 @@ pub fn unpack(packed: &[u8], bits: u32, count: usize, out: &mut [u8]) -> Result<
     if packed.len() != need {
         return Err(Error::value(
             "packed",
-            format!(
-                "expected {need} bytes for {count} codes of {bits} bits, got {}",
-                packed.len()
-            ),
+            format!("expected {need} bytes for {count} codes of {bits} bits, got {}", packed.len()),
         ));
     }
     if out.len() != count {
-        return Err(Error::value(
-            "out",
-            format!("expected {count} bytes, got {}", out.len()),
-        ));
+        return Err(Error::value("out", format!("expected {count} bytes, got {}", out.len())));
     }
     match bits {
         1 => unpack_par::<1>(packed, out),
@@ -271,17 +257,11 @@ mod tests {
         // byte 0 = e2[1:0] e1 e0       = 11 010 001  = 0b1101_0001
         // byte 1 = e5[0] e4 e3 e2[2]   = 0 101 100 0 = 0b0101_1000
         // byte 2 = e7 e6 e5[2:1]       = 000 111 11  = 0b0001_1111
-        assert_eq!(
-            packed(&[1, 2, 3, 4, 5, 6, 7, 0], 3),
-            [0b1101_0001, 0b0101_1000, 0b0001_1111]
-        );
+        assert_eq!(packed(&[1, 2, 3, 4, 5, 6, 7, 0], 3), [0b1101_0001, 0b0101_1000, 0b0001_1111]);
         // one element: 5 = 101 in the low bits, zero padding above.
         assert_eq!(packed(&[5], 3), [0b0000_0101]);
         // 9 elements: the ninth (7) starts byte 3.
-        assert_eq!(
-            packed(&[0, 0, 0, 0, 0, 0, 0, 0, 7], 3),
-            [0, 0, 0, 0b0000_0111]
-        );
+        assert_eq!(packed(&[0, 0, 0, 0, 0, 0, 0, 0, 7], 3), [0, 0, 0, 0b0000_0111]);
     }
 
     #[test]
@@ -323,9 +303,7 @@ mod tests {
         let mut s = seed;
         (0..len)
             .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                 ((s >> 33) as u8) & (((1u32 << bits) - 1) as u8)
             })
             .collect()
@@ -377,14 +355,8 @@ mod tests {
     #[test]
     fn same_result_on_any_pool() {
         let codes = codes_for(5 * CHUNK + 3, 3, 1);
-        let one = rayon::ThreadPoolBuilder::new()
-            .num_threads(1)
-            .build()
-            .unwrap();
-        let many = rayon::ThreadPoolBuilder::new()
-            .num_threads(4)
-            .build()
-            .unwrap();
+        let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+        let many = rayon::ThreadPoolBuilder::new().num_threads(4).build().unwrap();
         let a = one.install(|| packed(&codes, 3));
         let b = many.install(|| packed(&codes, 3));
         assert_eq!(a, b);
@@ -410,10 +382,7 @@ mod tests {
         let mut big = vec![0u8; packed_len(codes.len(), 4)];
         let e = pack(&codes, 4, &mut big).unwrap_err();
         assert!(e.msg.contains(&format!("index {}", 2 * CHUNK + 1)), "{e}");
-        assert_eq!(
-            unpack(&[0, 0], 4, 5, &mut [0u8; 5]).unwrap_err().arg,
-            "packed"
-        );
+        assert_eq!(unpack(&[0, 0], 4, 5, &mut [0u8; 5]).unwrap_err().arg, "packed");
         assert_eq!(unpack(&[0, 0], 4, 4, &mut [0u8; 3]).unwrap_err().arg, "out");
     }
 
@@ -422,10 +391,7 @@ mod tests {
     #[ignore]
     fn bench_pack() {
         let n = 1 << 24;
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(1)
-            .build()
-            .unwrap();
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
         for bits in [1u32, 2, 3, 4, 6, 8] {
             let codes = codes_for(n, bits, 5);
             let mut p = vec![0u8; packed_len(n, bits)];

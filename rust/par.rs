@@ -41,10 +41,7 @@ fn pool() -> Arc<ThreadPool> {
 /// Use `n` threads from now on (`0` = all available cores).
 pub fn set_num_threads(n: usize) -> Result<()> {
     if n > 4096 {
-        return Err(Error::value(
-            "n",
-            format!("expected 0..=4096 threads, got {n}"),
-        ));
+        return Err(Error::value("n", format!("expected 0..=4096 threads, got {n}")));
     }
     let n = if n == 0 { default_threads() } else { n };
     let new = build(n)?;

@@ -58,8 +58,7 @@ fn rw<'py, T: Element>(a: &Bound<'py, PyAny>, arg: &str) -> PyResult<PyReadwrite
 }
 
 fn slice<'a, T: Element>(a: &'a PyReadonlyArrayDyn<'_, T>, arg: &str) -> PyResult<&'a [T]> {
-    a.as_slice()
-        .map_err(|_| PyValueError::new_err(format!("{arg}: expected a C-contiguous array")))
+    a.as_slice().map_err(|_| PyValueError::new_err(format!("{arg}: expected a C-contiguous array")))
 }
 
 fn slice_mut<'a, T: Element>(
@@ -148,11 +147,7 @@ fn encoder(
 fn random_of<'a>(bits: Option<&'a [u32]>, seed: u64, stream: u64, offset: u64) -> Random<'a> {
     match bits {
         Some(b) => Random::Bits(b),
-        None => Random::Philox {
-            seed,
-            stream,
-            offset,
-        },
+        None => Random::Philox { seed, stream, offset },
     }
 }
 
@@ -180,11 +175,7 @@ macro_rules! with_input {
                 let $xs: &[Bf16Bits] = as_bits(slice(&a, "x")?);
                 $body
             }
-            k => {
-                return Err(PyTypeError::new_err(format!(
-                    "x: unsupported input kind {k:?}"
-                )))
-            }
+            k => return Err(PyTypeError::new_err(format!("x: unsupported input kind {k:?}"))),
         }
     };
 }
@@ -196,10 +187,7 @@ fn encode_into<I: Input>(
     out: &Bound<'_, PyAny>,
     random: Random,
 ) -> PyResult<()> {
-    let width = out
-        .getattr("dtype")?
-        .getattr("itemsize")?
-        .extract::<usize>()?;
+    let width = out.getattr("dtype")?.getattr("itemsize")?.extract::<usize>()?;
     macro_rules! go {
         ($t:ty) => {{
             let mut o = rw::<$t>(out, "out")?;
@@ -211,9 +199,7 @@ fn encode_into<I: Input>(
         1 => go!(u8),
         2 => go!(u16),
         4 => go!(u32),
-        _ => Err(PyTypeError::new_err(
-            "out: expected uint8, uint16 or uint32 codes",
-        )),
+        _ => Err(PyTypeError::new_err("out: expected uint8, uint16 or uint32 codes")),
     }
 }
 
@@ -236,9 +222,7 @@ fn encode(
     random_bits: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<()> {
     let enc = encoder(fields, rounding, overflow, nan_to_zero, clamp_negative)?;
-    let rb = random_bits
-        .map(|r| ro::<u32>(r, "random_bits"))
-        .transpose()?;
+    let rb = random_bits.map(|r| ro::<u32>(r, "random_bits")).transpose()?;
     let rbs = rb.as_ref().map(|r| slice(r, "random_bits")).transpose()?;
     let random = random_of(rbs, seed, stream, offset);
     with_input!(x, kind, xs => encode_into(py, &enc, xs, out, random))
@@ -269,37 +253,23 @@ fn decode(
     fields: Fields,
 ) -> PyResult<()> {
     let f = fmt_of(fields)?;
-    match codes
-        .getattr("dtype")?
-        .getattr("itemsize")?
-        .extract::<usize>()?
-    {
+    match codes.getattr("dtype")?.getattr("itemsize")?.extract::<usize>()? {
         1 => decode_codes::<u8>(py, &f, codes, out),
         2 => decode_codes::<u16>(py, &f, codes, out),
         4 => decode_codes::<u32>(py, &f, codes, out),
-        _ => Err(PyTypeError::new_err(
-            "codes: expected uint8, uint16 or uint32",
-        )),
+        _ => Err(PyTypeError::new_err("codes: expected uint8, uint16 or uint32")),
     }
 }
 
 /// Output bit pattern (float16/bfloat16) of every code, by encoding each exact value.
 fn lut_bits(f: &Format, target: &str) -> PyResult<Vec<u16>> {
     let t = formats::parse(target).map_err(err)?;
-    let e = Encoder::new(
-        t,
-        EncodeOptions {
-            nan_to_zero: false,
-            ..Default::default()
-        },
-    );
+    let e = Encoder::new(t, EncodeOptions { nan_to_zero: false, ..Default::default() });
     (0..f.num_codes() as u32)
         .map(|c| {
             let v = [f.decode_f64(c)];
             let mut o = [0u16];
-            exmy::encode(&e, &v, &mut o, Random::Bits(&[0]))
-                .map(|_| o[0])
-                .map_err(err)
+            exmy::encode(&e, &v, &mut o, Random::Bits(&[0])).map(|_| o[0]).map_err(err)
         })
         .collect()
 }
@@ -324,9 +294,7 @@ fn quantize(
 ) -> PyResult<()> {
     let enc = encoder(fields, rounding, overflow, nan_to_zero, clamp_negative)?;
     let f = enc.format();
-    let rb = random_bits
-        .map(|r| ro::<u32>(r, "random_bits"))
-        .transpose()?;
+    let rb = random_bits.map(|r| ro::<u32>(r, "random_bits")).transpose()?;
     let rbs = rb.as_ref().map(|r| slice(r, "random_bits")).transpose()?;
     let random = random_of(rbs, seed, stream, offset);
     let small = f.bits() <= 16;
@@ -368,8 +336,7 @@ fn pack_codes(
 ) -> PyResult<()> {
     let cs = slice(&codes, "codes")?;
     let os = slice_mut(&mut out, "out")?;
-    py.detach(|| par::install(|| pack::pack(cs, bits, os)))
-        .map_err(err)
+    py.detach(|| par::install(|| pack::pack(cs, bits, os))).map_err(err)
 }
 
 #[pyfunction]
@@ -382,17 +349,13 @@ fn unpack_codes(
 ) -> PyResult<()> {
     let ps = slice(&packed, "packed")?;
     let os = slice_mut(&mut out, "out")?;
-    py.detach(|| par::install(|| pack::unpack(ps, bits, count, os)))
-        .map_err(err)
+    py.detach(|| par::install(|| pack::unpack(ps, bits, count, os))).map_err(err)
 }
 
 #[pyfunction]
 fn packed_len(count: usize, bits: u32) -> PyResult<usize> {
     if !(1..=8).contains(&bits) {
-        return Err(err(Error::value(
-            "bits",
-            format!("expected 1..=8, got {bits}"),
-        )));
+        return Err(err(Error::value("bits", format!("expected 1..=8, got {bits}"))));
     }
     Ok(pack::packed_len(count, bits))
 }
@@ -431,8 +394,7 @@ fn table_encode(
     let mode = Rounding::parse(rounding).map_err(err)?;
     let xs = slice(&x, "x")?;
     let os = slice_mut(&mut out, "out")?;
-    py.detach(|| block::table_encode(&t, xs, os, mode, seed, stream, offset))
-        .map_err(err)
+    py.detach(|| block::table_encode(&t, xs, os, mode, seed, stream, offset)).map_err(err)
 }
 
 // ---------------------------------------------------------------- blockwise
@@ -455,8 +417,7 @@ fn blockwise_quantize(
     let ps = slice_mut(&mut packed, "packed")?;
     let ss = slice_mut(&mut scales, "scales")?;
     let al = slice_mut(&mut alphas, "alphas")?;
-    py.detach(|| block::quantize(&spec, xs, ps, ss, al, seed, stream))
-        .map_err(err)
+    py.detach(|| block::quantize(&spec, xs, ps, ss, al, seed, stream)).map_err(err)
 }
 
 #[pyfunction]
@@ -474,8 +435,7 @@ fn blockwise_dequantize(
     let ss = slice(&scales, "scales")?;
     let al = slice(&alphas, "alphas")?;
     let os = slice_mut(&mut out, "out")?;
-    py.detach(|| block::dequantize(&spec, ps, ss, al, global_scale, os))
-        .map_err(err)
+    py.detach(|| block::dequantize(&spec, ps, ss, al, global_scale, os)).map_err(err)
 }
 
 /// A block spec from its Python description: a dict with keys codec, bits, signed,
@@ -519,12 +479,7 @@ fn block_spec(d: &Bound<'_, PyAny>) -> PyResult<block::Spec> {
 #[pyfunction]
 fn blockwise_layout(spec: &Bound<'_, PyAny>, count: usize) -> PyResult<(usize, usize, usize, u32)> {
     let spec = block_spec(spec)?;
-    Ok((
-        spec.packed_len(count),
-        spec.num_blocks(count),
-        spec.num_alphas(count),
-        spec.code_bits(),
-    ))
+    Ok((spec.packed_len(count), spec.num_blocks(count), spec.num_alphas(count), spec.code_bits()))
 }
 
 // ---------------------------------------------------------------- threads and rng

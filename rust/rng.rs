@@ -60,12 +60,7 @@ pub fn philox4x32_10(ctr: [u32; 4], key: [u32; 2]) -> [u32; 4] {
 /// Counter for the block of four words holding element `index` of `stream`.
 #[inline(always)]
 fn counter(stream: u64, index: u64) -> [u32; 4] {
-    [
-        (index >> 2) as u32,
-        (index >> 34) as u32,
-        stream as u32,
-        (stream >> 32) as u32,
-    ]
+    [(index >> 2) as u32, (index >> 34) as u32, stream as u32, (stream >> 32) as u32]
 }
 
 /// Key for `seed`.
@@ -100,7 +95,12 @@ pub fn fill_random_u32(seed: u64, stream: u64, start: u64, out: &mut [u32]) {
         rest = &mut rest[n..];
         idx = idx.wrapping_add(n as u64);
     }
-    // Body: whole blocks of four.
+    // Body: whole blocks of four, LANES blocks at a time through the vectorized kernel.
+    let whole = rest.len() / (4 * LANES) * (4 * LANES);
+    let (body, tail_start) = rest.split_at_mut(whole);
+    fill_lanes(body, stream, idx, k);
+    idx = idx.wrapping_add(whole as u64);
+    rest = tail_start;
     let mut chunks = rest.chunks_exact_mut(4);
     for chunk in &mut chunks {
         chunk.copy_from_slice(&philox4x32_10(counter(stream, idx), k));
@@ -115,6 +115,79 @@ pub fn fill_random_u32(seed: u64, stream: u64, start: u64, out: &mut [u32]) {
     }
 }
 
+/// Philox blocks computed 8 at a time with AVX2 where the CPU has it: the same function
+/// as `philox4x32_10`, lane by lane (checked by the tests against the scalar code). Written
+/// with intrinsics: LLVM's auto-vectorization of this loop miscompiled (rustc 1.95).
+const LANES: usize = 8;
+
+/// Fill `out` (a multiple of 4·LANES words) from counter index `idx` (a multiple of 4).
+fn fill_lanes(out: &mut [u32], stream: u64, idx: u64, k: [u32; 2]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2, checked just above.
+        unsafe { avx2::fill(out, stream, idx, k) };
+        return;
+    }
+    for (j, chunk) in out.chunks_exact_mut(4).enumerate() {
+        chunk.copy_from_slice(&philox4x32_10(counter(stream, idx.wrapping_add(4 * j as u64)), k));
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{counter, LANES, PHILOX_M0, PHILOX_M1, PHILOX_W0, PHILOX_W1};
+    use std::arch::x86_64::*;
+
+    /// (high, low) halves of the 8 products `m · c` (lane-wise 32×32→64).
+    #[inline(always)]
+    unsafe fn mulhilo8(m: __m256i, c: __m256i) -> (__m256i, __m256i) {
+        let even = _mm256_mul_epu32(m, c); // lanes 0,2,4,6 as 64-bit products
+        let odd = _mm256_mul_epu32(m, _mm256_srli_epi64(c, 32)); // lanes 1,3,5,7
+        let lo = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0b1010_1010);
+        let hi = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0b1010_1010);
+        (hi, lo)
+    }
+
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn fill(out: &mut [u32], stream: u64, idx: u64, k: [u32; 2]) {
+        let m0 = _mm256_set1_epi32(PHILOX_M0 as i32);
+        let m1 = _mm256_set1_epi32(PHILOX_M1 as i32);
+        for (j, group) in out.chunks_exact_mut(4 * LANES).enumerate() {
+            let mut w = [[0u32; LANES]; 4];
+            for l in 0..LANES {
+                let ctr = counter(stream, idx.wrapping_add(((j * LANES + l) * 4) as u64));
+                for (row, &v) in w.iter_mut().zip(&ctr) {
+                    row[l] = v;
+                }
+            }
+            let ld = |r: &[u32; LANES]| _mm256_loadu_si256(r.as_ptr() as *const __m256i);
+            let (mut c0, mut c1, mut c2, mut c3) = (ld(&w[0]), ld(&w[1]), ld(&w[2]), ld(&w[3]));
+            let mut key = k;
+            for r in 0..10 {
+                if r > 0 {
+                    key = [key[0].wrapping_add(PHILOX_W0), key[1].wrapping_add(PHILOX_W1)];
+                }
+                let (hi0, lo0) = mulhilo8(m0, c0);
+                let (hi1, lo1) = mulhilo8(m1, c2);
+                let k0 = _mm256_set1_epi32(key[0] as i32);
+                let k1 = _mm256_set1_epi32(key[1] as i32);
+                c0 = _mm256_xor_si256(_mm256_xor_si256(hi1, c1), k0);
+                c1 = lo1;
+                c2 = _mm256_xor_si256(_mm256_xor_si256(hi0, c3), k1);
+                c3 = lo0;
+            }
+            for (row, c) in w.iter_mut().zip([c0, c1, c2, c3]) {
+                _mm256_storeu_si256(row.as_mut_ptr() as *mut __m256i, c);
+            }
+            for l in 0..LANES {
+                for (q, row) in w.iter().enumerate() {
+                    group[4 * l + q] = row[l];
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,10 +195,7 @@ mod tests {
     /// Random123 kat_vectors, philox4x32_10 lines.
     #[test]
     fn known_answers() {
-        assert_eq!(
-            philox4x32_10([0; 4], [0; 2]),
-            [0x6627e8d5, 0xe169c58d, 0xbc57ac4c, 0x9b00dbd8]
-        );
+        assert_eq!(philox4x32_10([0; 4], [0; 2]), [0x6627e8d5, 0xe169c58d, 0xbc57ac4c, 0x9b00dbd8]);
         assert_eq!(
             philox4x32_10([0xffff_ffff; 4], [0xffff_ffff; 2]),
             [0x408f276d, 0x41c83b0e, 0xa20bc7c6, 0x6d5451fd]
@@ -144,12 +214,8 @@ mod tests {
         let seed = 0x0123_4567_89ab_cdef_u64;
         let stream = 0xfeed_beef_0000_0007_u64;
         for index in [0u64, 1, 2, 3, 4, 5, 1 << 34, (1 << 34) + 3, u64::MAX] {
-            let ctr = [
-                (index >> 2) as u32,
-                (index >> 34) as u32,
-                stream as u32,
-                (stream >> 32) as u32,
-            ];
+            let ctr =
+                [(index >> 2) as u32, (index >> 34) as u32, stream as u32, (stream >> 32) as u32];
             let key = [seed as u32, (seed >> 32) as u32];
             let want = philox4x32_10(ctr, key)[(index & 3) as usize];
             assert_eq!(random_u32(seed, stream, index), want, "index {index}");

@@ -77,10 +77,8 @@ struct Accel {
 
 impl Accel {
     fn new(levels: &[f32]) -> Accel {
-        let mut mids: Vec<f64> = levels
-            .windows(2)
-            .map(|w| (w[0] as f64 + w[1] as f64) / 2.0)
-            .collect();
+        let mut mids: Vec<f64> =
+            levels.windows(2).map(|w| (w[0] as f64 + w[1] as f64) / 2.0).collect();
         mids.extend([f64::INFINITY; 2]);
         let base = key(levels[0]);
         let span = (key(levels[levels.len() - 1]) - base) as u64;
@@ -99,18 +97,9 @@ impl Accel {
             starts.push(c as u8);
         }
         // The last bucket ends at levels[last], below which lie all the midpoints.
-        let ends = starts[1..]
-            .iter()
-            .copied()
-            .chain([(levels.len() - 1) as u8]);
+        let ends = starts[1..].iter().copied().chain([(levels.len() - 1) as u8]);
         let crowded = starts.iter().zip(ends).any(|(&a, b)| b - a > 2);
-        Accel {
-            mids,
-            base,
-            shift,
-            starts,
-            crowded,
-        }
+        Accel { mids, base, shift, starts, crowded }
     }
 
     /// `(#{k : m_k < x}, #{k : m_k <= x})` for `levels[0] < x < levels[last]`.
@@ -149,10 +138,7 @@ impl Table {
     pub fn new(levels: Vec<f32>) -> Result<Table> {
         let n = levels.len();
         if !(2..=256).contains(&n) {
-            return Err(Error::value(
-                "levels",
-                format!("expected 2 to 256 levels, got {n}"),
-            ));
+            return Err(Error::value("levels", format!("expected 2 to 256 levels, got {n}")));
         }
         if let Some(i) = levels.iter().position(|v| !v.is_finite()) {
             return Err(Error::value(
@@ -303,10 +289,7 @@ mod tests {
     struct Lcg(u64);
     impl Lcg {
         fn next(&mut self) -> u32 {
-            self.0 = self
-                .0
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
+            self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             (self.0 >> 32) as u32
         }
         fn unit(&mut self) -> f32 {
@@ -371,17 +354,8 @@ mod tests {
             (0..256).map(|i| (i as f64 / 255.0) as f32).collect(),
             (0..256).map(|i| 0.9f64.powi(255 - i) as f32).collect(),
             // extreme range: 1e-30 .. 1e30 and negatives, subnormals
-            (-20i32..=20)
-                .map(|i| (i as f32).signum() * 10f32.powi(i.abs() * 3 - 30))
-                .collect(),
-            vec![
-                -3.0e38,
-                -f32::from_bits(1),
-                0.0,
-                f32::from_bits(1),
-                f32::from_bits(3),
-                3.0e38,
-            ],
+            (-20i32..=20).map(|i| (i as f32).signum() * 10f32.powi(i.abs() * 3 - 30)).collect(),
+            vec![-3.0e38, -f32::from_bits(1), 0.0, f32::from_bits(1), f32::from_bits(3), 3.0e38],
             dynamic_like(),
         ];
         t[8].sort_by(f32::total_cmp);
@@ -405,15 +379,7 @@ mod tests {
 
     /// Probe points: levels, midpoints (when representable), their neighbours, extremes.
     fn probes(l: &[f32]) -> Vec<f32> {
-        let mut p = vec![
-            f32::NAN,
-            f32::INFINITY,
-            f32::NEG_INFINITY,
-            f32::MAX,
-            f32::MIN,
-            0.0,
-            -0.0,
-        ];
+        let mut p = vec![f32::NAN, f32::INFINITY, f32::NEG_INFINITY, f32::MAX, f32::MIN, 0.0, -0.0];
         let next = |x: f32, d: i32| -> f32 {
             if x == 0.0 {
                 if d > 0 {
@@ -450,11 +416,7 @@ mod tests {
             let lo = l[0].min(-1.0);
             let hi = l[l.len() - 1].max(1.0);
             let mut xs = probes(&l);
-            let n = if l.len() > ACCEL_MIN_LEN {
-                1_000_000
-            } else {
-                20_000
-            };
+            let n = if l.len() > ACCEL_MIN_LEN { 1_000_000 } else { 20_000 };
             for _ in 0..n {
                 let u = (rng.unit() + 1.0) / 2.0;
                 xs.push(lo + (hi - lo) * u * 1.1);
@@ -522,11 +484,7 @@ mod tests {
         for bad in [
             vec![],
             vec![1.0],
-            vec![0.0; 257]
-                .iter()
-                .enumerate()
-                .map(|(i, _)| i as f32)
-                .collect(),
+            vec![0.0; 257].iter().enumerate().map(|(i, _)| i as f32).collect(),
             vec![0.0, f32::NAN],
             vec![0.0, f32::INFINITY],
             vec![1.0, 1.0],
@@ -555,10 +513,7 @@ mod tests {
             }
         }
         let dt = t0.elapsed().as_secs_f64();
-        println!(
-            "nearest: {:.0} M elem/s",
-            (xs.len() * reps) as f64 / dt / 1e6
-        );
+        println!("nearest: {:.0} M elem/s", (xs.len() * reps) as f64 / dt / 1e6);
         let t0 = std::time::Instant::now();
         for _ in 0..reps {
             for ((o, &x), &r) in out.iter_mut().zip(std::hint::black_box(&xs)).zip(&rs) {
@@ -566,10 +521,7 @@ mod tests {
             }
         }
         let dt = t0.elapsed().as_secs_f64();
-        println!(
-            "stochastic: {:.0} M elem/s",
-            (xs.len() * reps) as f64 / dt / 1e6
-        );
+        println!("stochastic: {:.0} M elem/s", (xs.len() * reps) as f64 / dt / 1e6);
         let small = Table::new((0..16).map(|i| i as f32 / 15.0).collect()).unwrap();
         let t0 = std::time::Instant::now();
         for _ in 0..reps {
@@ -578,20 +530,14 @@ mod tests {
             }
         }
         let dt = t0.elapsed().as_secs_f64();
-        println!(
-            "nearest (16 levels): {:.0} M elem/s",
-            (xs.len() * reps) as f64 / dt / 1e6
-        );
+        println!("nearest (16 levels): {:.0} M elem/s", (xs.len() * reps) as f64 / dt / 1e6);
         let t0 = std::time::Instant::now();
         let mut s = 0usize;
         for i in 0..100_000 {
             let lv: Vec<f32> = (0..16).map(|k| k as f32 + i as f32).collect();
             s += Table::new(lv).unwrap().len();
         }
-        println!(
-            "Table::new (16 levels): {:.0} ns",
-            t0.elapsed().as_secs_f64() / 100_000.0 * 1e9
-        );
+        println!("Table::new (16 levels): {:.0} ns", t0.elapsed().as_secs_f64() / 100_000.0 * 1e9);
         let t0 = std::time::Instant::now();
         for _ in 0..100 {
             s += Table::new(dynamic_like()).unwrap().len();

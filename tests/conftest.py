@@ -21,7 +21,7 @@ SHARED_SMALL = [n for n in SMALL if n in ML_DTYPES]
 def ml_encode(x: np.ndarray, name: str) -> np.ndarray:
     """ml_dtypes' codes for x (x's own dtype, converted by astype)."""
     dt = ML_DTYPES[name]
-    return x.astype(dt).view(np.uint8 if dt.itemsize == 1 else np.uint16 if dt.itemsize == 2 else np.uint32)
+    return x.astype(dt).view({1: np.uint8, 2: np.uint16, 4: np.uint32}[dt.itemsize])
 
 
 @pytest.fixture(params=SHARED_SMALL)

@@ -2,9 +2,9 @@
 
 import numpy as np
 import pytest
-from conftest import ML_DTYPES
 
 import lowfp
+from conftest import ML_DTYPES
 
 RNG = np.random.default_rng(2024)
 X = (RNG.standard_normal(10_000) * np.exp(RNG.uniform(-8, 8, 10_000))).astype(np.float32)
@@ -63,7 +63,8 @@ def _nearest(levels, y):
 
 @pytest.mark.parametrize("codec", [lowfp.Linear(8), lowfp.Linear(4), lowfp.Linear(2),
                                    lowfp.Linear(3, signed=False, zero=False),
-                                   lowfp.Dynamic(8), lowfp.Dynamic(4), lowfp.Dynamic(8, signed=False),
+                                   lowfp.Dynamic(8), lowfp.Dynamic(4),
+                                   lowfp.Dynamic(8, signed=False),
                                    lowfp.Log(3, alpha=0.3), lowfp.Log(4, signed=True, alpha=0.5)])
 @pytest.mark.parametrize("block", [64, 256])
 def test_table_codecs_absmax_match_reference(codec, block):

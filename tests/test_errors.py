@@ -82,3 +82,23 @@ def test_threads_argument():
         lowfp.set_num_threads(-1)
     with pytest.raises(ValueError, match="n:"):
         lowfp.set_num_threads(10**6)
+
+
+def test_out_buffers():
+    out = np.empty(X.shape, np.uint8)
+    assert lowfp.encode(X, "e4m3", out=out) is out
+    np.testing.assert_array_equal(out, lowfp.encode(X, "e4m3"))
+    back = np.empty(X.shape, np.float32)
+    assert lowfp.decode(out, "e4m3", out=back) is back
+    with pytest.raises(TypeError, match="out: expected dtype uint8"):
+        lowfp.encode(X, "e4m3", out=np.empty(X.shape, np.uint16))
+    with pytest.raises(ValueError, match="out: expected shape"):
+        lowfp.encode(X, "e4m3", out=np.empty(X.size + 1, np.uint8))
+    with pytest.raises(ValueError, match="out: expected a C-contiguous"):
+        lowfp.encode(X, "e4m3", out=np.empty(2 * X.size, np.uint8)[::2])
+    ro = np.empty(X.shape, np.uint8)
+    ro.setflags(write=False)
+    with pytest.raises(ValueError, match="out: expected a writeable"):
+        lowfp.encode(X, "e4m3", out=ro)
+    with pytest.raises(TypeError, match="out: expected a numpy array"):
+        lowfp.decode(out, "e4m3", out=[0.0] * X.size)

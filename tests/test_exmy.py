@@ -2,9 +2,9 @@
 
 import numpy as np
 import pytest
-from conftest import ML_DTYPES, SHARED_SMALL, SMALL, ml_dtypes, ml_encode
 
 import lowfp
+from conftest import ML_DTYPES, SHARED_SMALL, SMALL, ml_dtypes, ml_encode
 
 gfloat = pytest.importorskip("gfloat")
 
@@ -190,7 +190,8 @@ def _exact_reference(f: lowfp.Format, x: np.ndarray, mode: str) -> np.ndarray:
             out.append(xi)
             continue
         lo, hi = v[i - 1], v[i]  # the test only asks inside the range
-        d_lo, d_hi = Fraction(float(xi)) - Fraction(float(lo)), Fraction(float(hi)) - Fraction(float(xi))
+        d_lo = Fraction(float(xi)) - Fraction(float(lo))
+        d_hi = Fraction(float(hi)) - Fraction(float(xi))
         toward_zero = hi if xi < 0 else lo
         away = lo if xi < 0 else hi
         if mode == "toward_zero":

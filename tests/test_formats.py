@@ -2,9 +2,9 @@
 
 import numpy as np
 import pytest
-from conftest import ML_DTYPES, ml_dtypes
 
 import lowfp
+from conftest import ML_DTYPES, ml_dtypes
 
 
 @pytest.mark.parametrize("f", lowfp.formats(), ids=lambda f: f.name)

@@ -11,8 +11,19 @@ The public API (NumPy arrays and CPU torch tensors):
 - threads: :func:`set_num_threads`, :func:`num_threads`
 """
 
-from .codec import (Dynamic, Linear, Log, decode, encode, num_threads, pack, quantize,
-                    random_bits, set_num_threads, unpack)
+from .codec import (
+                    Dynamic,
+                    Linear,
+                    Log,
+                    decode,
+                    encode,
+                    num_threads,
+                    pack,
+                    quantize,
+                    random_bits,
+                    set_num_threads,
+                    unpack,
+)
 from .formats import Format, aliases, format, formats
 from .qtensor import PRESETS, QTensor, load_qtensors, quantize_blockwise, save_qtensors
 

@@ -53,11 +53,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
             again = encode(y, f)  # decoded values are exact: they must re-encode to the same codes
             same = bool(np.array_equal(again, codes) or f.nan == "negzero")
             rmse = float(np.sqrt(np.mean((y - x) ** 2)) / np.sqrt(np.mean(x**2)))
-            print(f"{f.name:<20}{rounding:<12}{rmse:>12.4g}{str(same):>17}{args.n / dt / 1e6:>10.0f}")
+            rate = args.n / dt / 1e6
+            print(f"{f.name:<20}{rounding:<12}{rmse:>12.4g}{str(same):>17}{rate:>10.0f}")
             if not same:
                 print("error: decoded values did not re-encode to the same codes", file=sys.stderr)
                 return 1
-    print(f"\nblockwise presets on the same data")
+    print("\nblockwise presets on the same data")
     print(f"{'preset':<14}{'bytes/elem':>11}{'rel. RMSE':>12}")
     for name in PRESETS:
         q = quantize_blockwise(x, name)

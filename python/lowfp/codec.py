@@ -17,7 +17,7 @@ from .formats import FormatLike, format
 
 ROUNDINGS = ("nearest", "nearest_away", "toward_zero", "up", "down", "stochastic")
 OVERFLOWS = ("nonfinite", "saturate")
-_FLOAT_KINDS = {"float32": "float32", "float64": "float64", "float16": "float16", "bfloat16": "bfloat16"}
+_FLOAT_KINDS = ("float32", "float64", "float16", "bfloat16")
 
 
 def _is_torch(x: Any) -> bool:
@@ -60,6 +60,23 @@ def _float_input(x: Any, arg: str = "x") -> Tuple[np.ndarray, str, bool]:
 def _contiguous(a: np.ndarray) -> np.ndarray:
     """a itself when C-contiguous (zero-copy), else a C-contiguous copy; keeps 0-d shapes."""
     return a if a.flags.c_contiguous else np.ascontiguousarray(a)
+
+
+def _out_array(out: Any, shape: tuple, dtype: np.dtype) -> np.ndarray:
+    """A caller's output buffer, checked (or a new array when out is None)."""
+    if out is None:
+        return np.empty(shape, dtype)
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"out: expected a numpy array, got {type(out).__name__}")
+    if out.dtype != dtype:
+        raise TypeError(f"out: expected dtype {np.dtype(dtype)}, got {out.dtype}")
+    if out.shape != tuple(shape):
+        raise ValueError(f"out: expected shape {tuple(shape)}, got {out.shape}")
+    if not out.flags.c_contiguous:
+        raise ValueError("out: expected a C-contiguous array")
+    if not out.flags.writeable:
+        raise ValueError("out: expected a writeable array")
+    return out
 
 
 def _check_choice(arg: str, value: str, allowed: tuple) -> None:
@@ -117,6 +134,7 @@ def encode(
     random_bits: Any = None,
     nan: str = "error",
     negative: str = "error",
+    out: Any = None,
 ):
     """Round values to a format and return their codes.
 
@@ -132,10 +150,12 @@ def encode(
         random_bits: optional uint32 array (one per element) used instead of the generator.
         nan: "error" (default) or "zero": what NaN becomes in a format without NaN.
         negative: "error" (default) or "clamp": negatives into an unsigned format.
+        out: optional C-contiguous, writeable NumPy array of x's shape and
+            ``fmt.code_dtype`` (for a torch tensor t, pass ``t.numpy()``).
 
     Returns:
         Codes of the same shape, dtype ``fmt.code_dtype`` (uint8/16/32); a torch tensor for
-        a torch input.
+        a torch input; ``out`` itself when given.
 
     Raises:
         TypeError: x is not a supported float array.
@@ -144,18 +164,20 @@ def encode(
     f = format(fmt)
     a, kind, from_torch = _float_input(x)
     opts = _options(rounding, overflow, nan, negative, seed, stream, offset, random_bits, a.size)
-    out = np.empty(a.shape, f.code_dtype)
-    _core.encode(a.reshape(-1), kind, out.reshape(-1), f._fields, *opts[:7], opts[7])
-    return _wrap(out, from_torch)
+    given = out
+    o = _out_array(out, a.shape, f.code_dtype)
+    _core.encode(a.reshape(-1), kind, o.reshape(-1), f._fields, *opts[:7], opts[7])
+    return given if given is not None else _wrap(o, from_torch)
 
 
-def decode(codes: Any, fmt: FormatLike, *, dtype: Any = np.float32):
+def decode(codes: Any, fmt: FormatLike, *, dtype: Any = np.float32, out: Any = None):
     """Values of codes.
 
     Args:
         codes: unsigned integer array (uint8/uint16/uint32) or torch uint8 tensor.
         fmt: format name or :class:`Format`.
         dtype: np.float32 (default) or np.float64; every value is exact in both.
+        out: optional C-contiguous, writeable NumPy array of codes' shape and `dtype`.
 
     Returns:
         Array of the same shape (a torch tensor for a torch input).
@@ -174,9 +196,10 @@ def decode(codes: Any, fmt: FormatLike, *, dtype: Any = np.float32):
     dt = np.dtype(dtype)
     if dt not in (np.float32, np.float64):
         raise ValueError(f"dtype: expected float32 or float64, got {dt}")
-    out = np.empty(c.shape, dt)
-    _core.decode(c.reshape(-1), out.reshape(-1), f._fields)
-    return _wrap(out, from_torch)
+    given = out
+    o = _out_array(out, c.shape, dt)
+    _core.decode(c.reshape(-1), o.reshape(-1), f._fields)
+    return given if given is not None else _wrap(o, from_torch)
 
 
 _EXACT_IN = {  # man bits, max, min subnormal of the float dtypes quantize can return

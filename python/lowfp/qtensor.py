@@ -13,8 +13,7 @@ from typing import Any, Dict, Optional, Union
 import numpy as np
 
 from . import _core
-from .codec import (ROUNDINGS, Dynamic, Linear, Log, _check_choice, _float_input,
-                    decode, encode)
+from .codec import ROUNDINGS, Dynamic, Linear, Log, _check_choice, _float_input, decode, encode
 from .formats import Format, format
 
 SCALES = ("absmax", "e8m0", "e4m3")
