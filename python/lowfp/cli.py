@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from . import _core
-from .codec import decode, encode, quantize
+from .codec import decode, encode
 from .formats import formats
 from .qtensor import PRESETS, quantize_blockwise
 
@@ -37,6 +37,8 @@ def cmd_formats(_: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    if args.n < 1:
+        raise ValueError(f"--n: expected a positive number of values, got {args.n}")
     print(_fmt_table())
     rng = np.random.default_rng(args.seed)
     x = (rng.standard_normal(args.n) * 2.0).astype(np.float32)
@@ -51,7 +53,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             dt = time.perf_counter() - t
             y = decode(codes, f)
             again = encode(y, f)  # decoded values are exact: they must re-encode to the same codes
-            same = bool(np.array_equal(again, codes) or f.nan == "negzero")
+            same = bool(np.array_equal(again, codes))
             rmse = float(np.sqrt(np.mean((y - x) ** 2)) / np.sqrt(np.mean(x**2)))
             rate = args.n / dt / 1e6
             print(f"{f.name:<20}{rounding:<12}{rmse:>12.4g}{str(same):>17}{rate:>10.0f}")
@@ -65,8 +67,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
         y = q.dequantize()
         rmse = float(np.sqrt(np.mean((y - x) ** 2)) / np.sqrt(np.mean(x**2)))
         print(f"{name:<14}{q.nbytes / x.size:>11.4f}{rmse:>12.4g}")
-    xb = quantize(x.astype(np.float64), "e4m3")
-    assert xb.dtype == np.float64
     return 0
 
 
