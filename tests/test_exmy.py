@@ -2,6 +2,8 @@
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import lowfp
 from conftest import ML_DTYPES, SHARED_SMALL, SMALL, ml_dtypes, ml_encode
@@ -286,3 +288,20 @@ def test_shapes_are_kept():
     assert lowfp.decode(lowfp.encode(x, "e2m1"), "e2m1").shape == (3, 4, 5)
     assert lowfp.quantize(x, "e2m1").shape == (3, 4, 5)
     assert lowfp.encode(np.float32(1.5), "e2m1").shape == ()
+
+
+# ---------------------------------------------------------------- property: exact rounding
+
+
+@settings(max_examples=400, deadline=None)
+@given(name=st.sampled_from(["e4m3", "e5m2", "e2m1", "e3m3", "e4m2fnuz", "e2m3", "e3m2u",
+                             "e4m3b11fnuz", "e1m2f"]),
+       mode=st.sampled_from(list(GF_MODES)),
+       frac=st.floats(0, 1, allow_nan=False))
+def test_rounding_matches_exact_reference(name, mode, frac):
+    """Any float64 inside the range rounds as exact rational arithmetic says."""
+    f = lowfp.format(name)
+    v = np.unique(f.values[np.isfinite(f.values)])
+    x = np.array([v[0] + frac * (v[-1] - v[0])])
+    np.testing.assert_array_equal(lowfp.quantize(x, f, rounding=mode),
+                                  _exact_reference(f, x, mode))
