@@ -153,6 +153,14 @@ impl Spec {
         Ok(spec)
     }
 
+    /// Elements per block.
+    pub fn block(&self) -> usize {
+        self.block
+    }
+    /// Rounding of the element codes.
+    pub fn rounding(&self) -> Rounding {
+        self.rounding
+    }
     /// Bits per element code.
     pub fn code_bits(&self) -> u32 {
         match self.elem {
@@ -299,14 +307,14 @@ pub fn quantize(
 }
 
 /// Work items: whole groups of blocks, about `CHUNK` elements each.
-struct Groups {
-    blocks: usize,
-    elems: usize,
-    bytes: usize,
+pub(crate) struct Groups {
+    pub(crate) blocks: usize,
+    pub(crate) elems: usize,
+    pub(crate) bytes: usize,
 }
 
 impl Groups {
-    fn new(spec: &Spec) -> Groups {
+    pub(crate) fn new(spec: &Spec) -> Groups {
         let blocks = (CHUNK / spec.block).max(1);
         let elems = blocks * spec.block;
         Groups { blocks, elems, bytes: elems * spec.code_bits() as usize / 8 }
@@ -333,7 +341,7 @@ thread_local! {
 
 /// One group of blocks: scales, normalized values `x / s`, element codes, packing.
 #[allow(clippy::too_many_arguments)]
-fn quantize_group<const MODE: u8>(
+pub(crate) fn quantize_group<const MODE: u8>(
     spec: &Spec,
     xs: &[f32],
     ps: &mut [u8],
@@ -407,46 +415,61 @@ pub fn dequantize(
     check("scales", scales.len(), spec.num_blocks(n))?;
     check("alphas", alphas.len(), spec.num_alphas(n))?;
     let g = Groups::new(spec);
-    let bits = spec.code_bits();
     par::install(|| {
         out.par_chunks_mut(g.elems)
             .zip(packed.par_chunks(g.bytes))
             .zip(scales.par_chunks(g.blocks))
             .enumerate()
             .try_for_each(|(gi, ((os, ps), ss))| {
-                let mut codes = vec![0u8; os.len()];
-                pack::unpack(ps, bits, os.len(), &mut codes)?;
-                for (b, (ob, cb)) in
-                    os.chunks_mut(spec.block).zip(codes.chunks(spec.block)).enumerate()
-                {
-                    let local;
-                    let levels: &[f32] = match (&spec.table, spec.encoder.is_some()) {
-                        (_, true) => &spec.exmy_lut,
-                        (Some(t), _) => t.levels(),
-                        (None, _) => {
-                            let Elem::Log { bits, signed, zero, alpha, quantile } = spec.elem
-                            else {
-                                unreachable!()
-                            };
-                            let a = if quantile > 0.0 { alphas[gi * g.blocks + b] } else { alpha };
-                            local = logfmt::log_levels(bits, signed, a, zero)?;
-                            &local
-                        }
-                    };
-                    if levels.len() < 1 << bits {
-                        if let Some(&c) = cb.iter().find(|&&c| c as usize >= levels.len()) {
-                            return Err(Error::value(
-                                "packed",
-                                format!("code {c} is outside the codec's {} levels", levels.len()),
-                            ));
-                        }
-                    }
-                    let sd = ss[b] * global;
-                    ob.iter_mut().zip(cb).for_each(|(o, &c)| *o = levels[c as usize] * sd);
-                }
-                Ok(())
+                let al = if alphas.is_empty() {
+                    &alphas[..0]
+                } else {
+                    &alphas[gi * g.blocks..(gi * g.blocks + ss.len())]
+                };
+                dequantize_group(spec, ps, ss, al, global, os)
             })
     })
+}
+
+/// Decode one group of blocks (`als`: the group's bases, or empty).
+pub(crate) fn dequantize_group(
+    spec: &Spec,
+    ps: &[u8],
+    ss: &[f32],
+    als: &[f32],
+    global: f32,
+    os: &mut [f32],
+) -> Result<()> {
+    let bits = spec.code_bits();
+    let mut codes = [0u8; CHUNK];
+    let codes = &mut codes[..os.len()];
+    pack::unpack(ps, bits, os.len(), codes)?;
+    for (b, (ob, cb)) in os.chunks_mut(spec.block).zip(codes.chunks(spec.block)).enumerate() {
+        let local;
+        let levels: &[f32] = match (&spec.table, spec.encoder.is_some()) {
+            (_, true) => &spec.exmy_lut,
+            (Some(t), _) => t.levels(),
+            (None, _) => {
+                let Elem::Log { bits, signed, zero, alpha, quantile } = spec.elem else {
+                    unreachable!()
+                };
+                let a = if quantile > 0.0 { als[b] } else { alpha };
+                local = logfmt::log_levels(bits, signed, a, zero)?;
+                &local
+            }
+        };
+        if levels.len() < 1 << bits {
+            if let Some(&c) = cb.iter().find(|&&c| c as usize >= levels.len()) {
+                return Err(Error::value(
+                    "packed",
+                    format!("code {c} is outside the codec's {} levels", levels.len()),
+                ));
+            }
+        }
+        let sd = ss[b] * global;
+        ob.iter_mut().zip(cb).for_each(|(o, &c)| *o = levels[c as usize] * sd);
+    }
+    Ok(())
 }
 
 /// Encode normalized values with a table codec (nearest or stochastic), in parallel.

@@ -12,6 +12,7 @@ pub mod format;
 pub mod formats;
 pub mod linear;
 pub mod logfmt;
+pub mod optim;
 pub mod pack;
 pub mod par;
 pub mod rng;

@@ -10,7 +10,7 @@ use crate::exmy::{
     self, Bf16Bits, Code, EncodeOptions, Encoder, F16Bits, Input, Overflow, Random, Rounding,
 };
 use crate::format::{Format, NanKind};
-use crate::{block, dynamic, formats, linear, logfmt, pack, par, table};
+use crate::{block, dynamic, formats, linear, logfmt, optim, pack, par, table};
 use numpy::{Element, PyReadonlyArrayDyn, PyReadwriteArrayDyn};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -482,6 +482,80 @@ fn blockwise_layout(spec: &Bound<'_, PyAny>, count: usize) -> PyResult<(usize, u
     Ok((spec.packed_len(count), spec.num_blocks(count), spec.num_alphas(count), spec.code_bits()))
 }
 
+// ---------------------------------------------------------------- optimizer steps
+
+/// The arrays of one state, borrowed from Python: a float32 array, or
+/// (spec dict, packed uint8, scales float32, alphas float32).
+enum StateArrays<'py> {
+    F32(PyReadwriteArrayDyn<'py, f32>),
+    Quantized(
+        block::Spec,
+        PyReadwriteArrayDyn<'py, u8>,
+        PyReadwriteArrayDyn<'py, f32>,
+        PyReadwriteArrayDyn<'py, f32>,
+    ),
+}
+
+fn state_arrays<'py>(obj: &Bound<'py, PyAny>, arg: &str) -> PyResult<StateArrays<'py>> {
+    if let Ok(a) = obj.extract::<PyReadwriteArrayDyn<'py, f32>>() {
+        return Ok(StateArrays::F32(a));
+    }
+    let (spec, packed, scales, alphas): (
+        Bound<'py, PyAny>,
+        Bound<'py, PyAny>,
+        Bound<'py, PyAny>,
+        Bound<'py, PyAny>,
+    ) = obj.extract().map_err(|_| {
+        PyTypeError::new_err(format!(
+            "{arg}: expected a float32 array or (spec, packed, scales, alphas)"
+        ))
+    })?;
+    Ok(StateArrays::Quantized(
+        block_spec(&spec)?,
+        rw::<u8>(&packed, arg)?,
+        rw::<f32>(&scales, arg)?,
+        rw::<f32>(&alphas, arg)?,
+    ))
+}
+
+fn state_of<'a>(a: &'a mut StateArrays<'_>, arg: &str) -> PyResult<optim::State<'a>> {
+    Ok(match a {
+        StateArrays::F32(x) => optim::State::F32(slice_mut(x, arg)?),
+        StateArrays::Quantized(spec, p, s, al) => optim::State::Quantized {
+            spec,
+            packed: slice_mut(p, arg)?,
+            scales: slice_mut(s, arg)?,
+            alphas: slice_mut(al, arg)?,
+        },
+    })
+}
+
+/// One fused AdamW step. `scalars` = (decay, l2, w1, beta2, w2, eps, step_size, bc2_sqrt).
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+fn adamw_step(
+    py: Python<'_>,
+    mut param: PyReadwriteArrayDyn<'_, f32>,
+    grad: PyReadonlyArrayDyn<'_, f32>,
+    exp_avg: &Bound<'_, PyAny>,
+    exp_avg_sq: &Bound<'_, PyAny>,
+    scalars: (f32, f32, f32, f32, f32, f32, f32, f32),
+    block: usize,
+    seed: u64,
+    streams: (u64, u64),
+) -> PyResult<()> {
+    let (decay, l2, w1, beta2, w2, eps, step_size, bc2_sqrt) = scalars;
+    let hp = optim::AdamW { decay, l2, w1, beta2, w2, eps, step_size, bc2_sqrt };
+    let mut ma = state_arrays(exp_avg, "exp_avg")?;
+    let mut va = state_arrays(exp_avg_sq, "exp_avg_sq")?;
+    let m = state_of(&mut ma, "exp_avg")?;
+    let v = state_of(&mut va, "exp_avg_sq")?;
+    let ps = slice_mut(&mut param, "param")?;
+    let gs = slice(&grad, "grad")?;
+    py.detach(|| optim::adamw_step(&hp, ps, gs, m, v, block, seed, [streams.0, streams.1]))
+        .map_err(err)
+}
+
 // ---------------------------------------------------------------- threads and rng
 
 #[pyfunction]
@@ -528,6 +602,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(blockwise_quantize, m)?)?;
     m.add_function(wrap_pyfunction!(blockwise_dequantize, m)?)?;
     m.add_function(wrap_pyfunction!(blockwise_layout, m)?)?;
+    m.add_function(wrap_pyfunction!(adamw_step, m)?)?;
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(random_bits, m)?)?;

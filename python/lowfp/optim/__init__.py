@@ -1,0 +1,239 @@
+"""Torch optimizers whose states live in packed low-bit storage (CPU, fused Rust steps).
+
+Each state (first moment ``exp_avg``, second moment ``exp_avg_sq``) is chosen on its own:
+``None`` (float32), a float format of at most 8 bits (``"e4m3"``, …), or a
+:class:`lowfp.Linear`, :class:`lowfp.Dynamic` or :class:`lowfp.Log` codec, stored blockwise
+with float32 absmax scales. One call into Rust per parameter decodes both states, applies the
+update, re-encodes the states and writes the weight, in one pass, multithreaded, with the GIL
+released.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, Optional
+
+import numpy as np
+
+from .. import _core
+from ..codec import Dynamic, Linear, Log, _check_choice
+from ..formats import format as _format
+from ..qtensor import _codec_spec
+
+try:
+    import torch
+except ImportError as e:  # pragma: no cover - torch is an optional extra
+    raise ImportError("lowfp.optim needs torch: pip install 'lowfp[torch]'") from e
+
+__all__ = ["AdamW", "AdamW8bit", "AdamW4bit", "AdamWFp8"]
+
+_STATES = ("exp_avg", "exp_avg_sq")
+
+
+def _codec(codec: Any, arg: str):
+    """None, or a validated codec object, for one state."""
+    if codec is None or isinstance(codec, (Linear, Dynamic, Log)):
+        return codec
+    if isinstance(codec, str) or hasattr(codec, "exp_bits"):
+        f = _format(codec)
+        if f.bits > 8:
+            raise ValueError(f"{arg}: expected a format of at most 8 bits, got {f.name}")
+        return f
+    raise TypeError(f"{arg}: expected None, a format name, or a Linear/Dynamic/Log codec, "
+                    f"got {type(codec).__name__}")
+
+
+class AdamW(torch.optim.Optimizer):
+    """AdamW (or Adam with ``decoupled=False``) with low-bit packed states.
+
+    Args:
+        params: parameters or param groups (float32 CPU tensors).
+        lr, betas, eps, weight_decay: as torch.optim.AdamW.
+        decoupled: True for AdamW's decoupled weight decay, False for Adam's L2 term.
+        exp_avg, exp_avg_sq: codec of each state (None = float32).
+        block_size: elements per block of the quantized states (16..4096, multiple of 8).
+        rounding: "nearest" or "stochastic" re-encoding of the states.
+        seed: key of the stochastic rounding (with the step, parameter and state).
+        min_quant_size: parameters with fewer elements keep float32 states.
+
+    Raises:
+        ValueError: hyperparameters out of range, unknown codecs.
+    """
+
+    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 1e-2, *, decoupled: bool = True,
+                 exp_avg: Any = None, exp_avg_sq: Any = None, block_size: int = 256,
+                 rounding: str = "nearest", seed: int = 0, min_quant_size: int = 4096):
+        if not lr >= 0.0:
+            raise ValueError(f"lr: expected >= 0, got {lr}")
+        if not eps >= 0.0:
+            raise ValueError(f"eps: expected >= 0, got {eps}")
+        if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
+            raise ValueError(f"betas: expected each in [0, 1), got {betas}")
+        if not weight_decay >= 0.0:
+            raise ValueError(f"weight_decay: expected >= 0, got {weight_decay}")
+        _check_choice("rounding", rounding, ("nearest", "stochastic"))
+        if not (isinstance(block_size, int) and 16 <= block_size <= 4096 and block_size % 8 == 0):
+            raise ValueError(f"block_size: expected a multiple of 8 in 16..4096, got {block_size}")
+        self._codecs = {"exp_avg": _codec(exp_avg, "exp_avg"),
+                        "exp_avg_sq": _codec(exp_avg_sq, "exp_avg_sq")}
+        self._block = block_size
+        self._rounding = rounding
+        self._seed = int(seed)
+        self._min_quant = int(min_quant_size)
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+                        decoupled=decoupled)
+        super().__init__(params, defaults)
+
+    # ------------------------------------------------------------ state layout
+
+    def _spec(self, name: str) -> Optional[dict]:
+        codec = self._codecs[name]
+        if codec is None:
+            return None
+        d = {"bits": 0, "signed": True, "zero": True, "alpha": 0.5, "quantile": 0.0}
+        d.update(_codec_spec(codec))
+        d.update(block=self._block, scale="absmax", rounding=self._rounding)
+        return d
+
+    def _quantized(self, p: torch.Tensor, name: str) -> bool:
+        return self._codecs[name] is not None and p.numel() >= self._min_quant
+
+    def _init_state(self, p: torch.Tensor) -> Dict[str, torch.Tensor]:
+        st: Dict[str, torch.Tensor] = {"step": torch.tensor(0.0)}
+        n = p.numel()
+        for name in _STATES:
+            if not self._quantized(p, name):
+                st[name] = torch.zeros_like(p, memory_format=torch.contiguous_format)
+                continue
+            spec = self._spec(name)
+            packed_len, nblocks, nalphas, _ = _core.blockwise_layout(spec, n)
+            packed = np.empty(packed_len, np.uint8)
+            scales = np.empty(nblocks, np.float32)
+            alphas = np.empty(nalphas, np.float32)
+            _core.blockwise_quantize(np.zeros(n, np.float32), spec, packed, scales, alphas, 0, 0)
+            st[f"{name}.codes"] = torch.from_numpy(packed)
+            st[f"{name}.scales"] = torch.from_numpy(scales)
+            st[f"{name}.alphas"] = torch.from_numpy(alphas)
+        return st
+
+    def _state_arg(self, st: Dict[str, torch.Tensor], p: torch.Tensor, name: str):
+        if name in st:
+            return st[name].view(-1).numpy()
+        return (self._spec(name), st[f"{name}.codes"].numpy(), st[f"{name}.scales"].numpy(),
+                st[f"{name}.alphas"].numpy())
+
+    # ------------------------------------------------------------ the step
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """One optimization step (see torch.optim.Optimizer.step)."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        index = 0
+        for group in self.param_groups:
+            b1, b2 = group["betas"]
+            lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
+            for p in group["params"]:
+                index += 1
+                if p.grad is None:
+                    continue
+                self._check(p)
+                st = self.state[p]
+                if not st:
+                    st.update(self._init_state(p))
+                st["step"] += 1
+                t = int(st["step"].item())
+                bc1 = 1 - b1**t
+                scalars = (
+                    1 - lr * wd if group["decoupled"] else 1.0,
+                    0.0 if group["decoupled"] else wd,
+                    1 - b1, b2, 1 - b2, eps, lr / bc1, math.sqrt(1 - b2**t),
+                )
+                stream = (t << 32) | (index << 1)
+                _core.adamw_step(p.view(-1).numpy(), p.grad.view(-1).numpy(),
+                                 self._state_arg(st, p, "exp_avg"),
+                                 self._state_arg(st, p, "exp_avg_sq"),
+                                 scalars, self._block, self._seed, (stream, stream | 1))
+        return loss
+
+    @staticmethod
+    def _check(p: torch.Tensor) -> None:
+        if p.grad.is_sparse:
+            raise ValueError("grad: sparse gradients are not supported")
+        if p.is_complex() or p.grad.is_complex():
+            raise TypeError("param: complex parameters are not supported")
+        if p.device.type != "cpu":
+            raise ValueError(f"param: on {p.device}; lowfp.optim runs on CPU tensors "
+                             "(the GPU path is not available yet)")
+        if p.dtype != torch.float32 or p.grad.dtype != torch.float32:
+            raise TypeError(f"param: expected float32 parameters and gradients, got {p.dtype}")
+        if not (p.is_contiguous() and p.grad.is_contiguous()):
+            raise ValueError("param: expected contiguous parameters and gradients")
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        """Load a state dict saved by this optimizer class (``weights_only`` loads work)."""
+        super().load_state_dict(state_dict)
+        # torch casts every state tensor of a float parameter to the parameter's dtype; the
+        # packed codes are bytes (0..255, exact in float32): cast them back.
+        for p, st in self.state.items():
+            for k in list(st):
+                if k.endswith(".codes"):
+                    st[k] = st[k].to(torch.uint8).contiguous()
+                elif torch.is_tensor(st[k]) and k != "step":
+                    st[k] = st[k].contiguous()
+            self._check_layout(p, st)
+
+    def _check_layout(self, p: torch.Tensor, st: Dict[str, torch.Tensor]) -> None:
+        """A loaded state must match this optimizer's codecs and block size."""
+        want = self._init_state(p)
+        for k, t in want.items():
+            if k not in st or st[k].shape != t.shape:
+                got = tuple(st[k].shape) if k in st else "missing"
+                raise ValueError(
+                    f"state_dict: state {k!r} of a parameter of shape {tuple(p.shape)} is {got}, "
+                    f"expected {tuple(t.shape)}: saved with a different configuration "
+                    f"({self.summary().splitlines()[0]} …)")
+
+    # ------------------------------------------------------------ reporting
+
+    def state_nbytes(self) -> int:
+        """Exact bytes of all optimizer state (the step counters included)."""
+        return sum(t.numel() * t.element_size() for st in self.state.values()
+                   for t in st.values() if torch.is_tensor(t))
+
+    def summary(self) -> str:
+        """One line per state: how it is stored."""
+        lines = []
+        for name in _STATES:
+            c = self._codecs[name]
+            how = "float32" if c is None else (
+                f"{c!r}, block {self._block}, fp32 absmax scales, {self._rounding} rounding; "
+                f"float32 below {self._min_quant} elements")
+            lines.append(f"{name}: {how}")
+        lines.append(f"state bytes: {self.state_nbytes()}")
+        return "\n".join(lines)
+
+
+def AdamW8bit(params, **kwargs) -> AdamW:  # noqa: N802 - the name users know
+    """AdamW with bitsandbytes' dynamic 8-bit states (signed m, unsigned v), block 256."""
+    kwargs.setdefault("block_size", 256)
+    return AdamW(params, exp_avg=Dynamic(8, signed=True), exp_avg_sq=Dynamic(8, signed=False),
+                 **kwargs)
+
+
+def AdamW4bit(params, **kwargs) -> AdamW:  # noqa: N802
+    """AdamW with 4-bit states: dynamic signed m, zero-free linear v, block 128."""
+    kwargs.setdefault("block_size", 128)
+    return AdamW(params, exp_avg=Dynamic(4, signed=True),
+                 exp_avg_sq=Linear(4, signed=False, zero=False), **kwargs)
+
+
+def AdamWFp8(params, **kwargs) -> AdamW:  # noqa: N802
+    """AdamW with float8 E4M3 states (absmax-scaled blocks of 256)."""
+    kwargs.setdefault("block_size", 256)
+    return AdamW(params, exp_avg="e4m3", exp_avg_sq="e4m3", **kwargs)
+
+

@@ -1,0 +1,204 @@
+//! Fused optimizer steps: decode states → update → encode states → write the weight, in
+//! one pass over memory, block group by block group, in parallel.
+//!
+//! Design notes
+//! - A state is either plain float32 or blockwise quantized (`block::Spec`): packed codes,
+//!   per-block scales and, for the quantile log codec, per-block bases. The update works on
+//!   one group of whole blocks at a time (about `CHUNK` elements), so a state is decoded into
+//!   a per-thread buffer, updated, and re-encoded with fresh per-block scales while the group
+//!   is in cache: no temporaries of the parameter's size.
+//! - Scalars (learning rate, bias corrections) are computed once per step by the caller, so a
+//!   GPU path given the same inputs computes the same arithmetic.
+//! - The AdamW arithmetic follows torch.optim.AdamW (single-tensor path) operation by
+//!   operation in float32: `p *= 1 − lr·wd`, `m += (1 − β1)(g − m)`,
+//!   `v = β2·v + (1 − β2)·g·g`, `p −= (lr / bc1) · m / (sqrt(v) / sqrt(bc2) + eps)`.
+//! - Stochastic rounding of the states draws bits keyed by (seed, stream, element index); the
+//!   caller makes the stream unique per (parameter, state, step).
+
+use crate::block::{self, Groups, Spec};
+use crate::error::{Error, Result};
+use crate::exmy::{check_len, dispatch_mode};
+use crate::par::{self, CHUNK};
+use rayon::prelude::*;
+
+/// One optimizer state of a parameter.
+pub enum State<'a> {
+    /// Plain float32, one value per element.
+    F32(&'a mut [f32]),
+    /// Blockwise quantized: `spec` and its packed codes, scales and bases.
+    Quantized { spec: &'a Spec, packed: &'a mut [u8], scales: &'a mut [f32], alphas: &'a mut [f32] },
+}
+
+/// One group's share of a state.
+enum Part<'a> {
+    F32(&'a mut [f32]),
+    Quantized { spec: &'a Spec, packed: &'a mut [u8], scales: &'a mut [f32], alphas: &'a mut [f32] },
+}
+
+impl<'a> State<'a> {
+    fn check(&self, n: usize, block: usize, arg: &str) -> Result<()> {
+        match self {
+            State::F32(s) => check_len(arg, s.len(), n),
+            State::Quantized { spec, packed, scales, alphas } => {
+                if spec.block() != block {
+                    return Err(Error::value(
+                        arg,
+                        format!("block size {} differs from the step's {block}", spec.block()),
+                    ));
+                }
+                check_len(arg, packed.len(), spec.packed_len(n))?;
+                check_len(arg, scales.len(), spec.num_blocks(n))?;
+                check_len(arg, alphas.len(), spec.num_alphas(n))
+            }
+        }
+    }
+
+    /// Split into per-group parts (groups of `g.blocks` blocks of `block` elements).
+    fn split(self, g: &Groups, n: usize) -> Vec<Part<'a>> {
+        match self {
+            State::F32(s) => s.chunks_mut(g.elems).map(Part::F32).collect(),
+            State::Quantized { spec, packed, scales, alphas } => {
+                let groups = n.div_ceil(g.elems);
+                let bytes = g.elems * spec.code_bits() as usize / 8;
+                let mut alpha_parts: Vec<&mut [f32]> = if alphas.is_empty() {
+                    (0..groups).map(|_| <&mut [f32]>::default()).collect()
+                } else {
+                    alphas.chunks_mut(g.blocks).collect()
+                };
+                let mut out = Vec::with_capacity(groups);
+                for ((p, s), a) in packed
+                    .chunks_mut(bytes)
+                    .zip(scales.chunks_mut(g.blocks))
+                    .zip(alpha_parts.drain(..))
+                {
+                    out.push(Part::Quantized { spec, packed: p, scales: s, alphas: a });
+                }
+                out
+            }
+        }
+    }
+}
+
+impl Part<'_> {
+    fn load(&self, buf: &mut [f32]) -> Result<()> {
+        match self {
+            Part::F32(s) => {
+                buf.copy_from_slice(s);
+                Ok(())
+            }
+            Part::Quantized { spec, packed, scales, alphas } => {
+                block::dequantize_group(spec, packed, scales, alphas, 1.0, buf)
+            }
+        }
+    }
+
+    fn store(&mut self, buf: &[f32], start: usize, seed: u64, stream: u64) -> Result<()> {
+        match self {
+            Part::F32(s) => {
+                s.copy_from_slice(buf);
+                Ok(())
+            }
+            Part::Quantized { spec, packed, scales, alphas } => {
+                dispatch_mode!(spec.rounding(), MODE => block::quantize_group::<MODE>(
+                    spec, buf, packed, scales, alphas, 1.0, start, seed, stream
+                ))
+            }
+        }
+    }
+}
+
+/// The scalars of one AdamW step, computed once per step by the caller (in float64, then
+/// rounded to float32, as torch does with Python scalars).
+#[derive(Debug, Clone, Copy)]
+pub struct AdamW {
+    /// `1 − lr·wd` (decoupled decay; 1 when not decoupled).
+    pub decay: f32,
+    /// Weight decay added to the gradient (L2, plain Adam; 0 when decoupled).
+    pub l2: f32,
+    /// `1 − β1`.
+    pub w1: f32,
+    /// β2 and `1 − β2`.
+    pub beta2: f32,
+    pub w2: f32,
+    /// ε.
+    pub eps: f32,
+    /// `lr / (1 − β1^t)`.
+    pub step_size: f32,
+    /// `sqrt(1 − β2^t)`.
+    pub bc2_sqrt: f32,
+}
+
+/// Per-thread buffers of a step.
+#[derive(Default)]
+struct Bufs {
+    m: Vec<f32>,
+    v: Vec<f32>,
+}
+
+thread_local! {
+    static BUFS: std::cell::RefCell<Bufs> = std::cell::RefCell::new(Bufs::default());
+}
+
+/// One fused AdamW step on one parameter. `block` is the block size both quantized states
+/// use (any value when both are float32). `streams` key the stochastic rounding of m and v.
+#[allow(clippy::too_many_arguments)]
+pub fn adamw_step(
+    hp: &AdamW,
+    param: &mut [f32],
+    grad: &[f32],
+    m: State,
+    v: State,
+    block: usize,
+    seed: u64,
+    streams: [u64; 2],
+) -> Result<()> {
+    let n = param.len();
+    check_len("grad", grad.len(), n)?;
+    m.check(n, block, "exp_avg")?;
+    v.check(n, block, "exp_avg_sq")?;
+    let g = groups(block);
+    let mparts = m.split(&g, n);
+    let vparts = v.split(&g, n);
+    let mut work: Vec<_> = param
+        .chunks_mut(g.elems)
+        .zip(grad.chunks(g.elems))
+        .zip(mparts.into_iter().zip(vparts))
+        .enumerate()
+        .collect();
+    par::install(|| {
+        work.par_iter_mut().try_for_each(|(gi, ((p, gr), (mp, vp)))| {
+            BUFS.with(|cell| {
+                let bufs = &mut *cell.borrow_mut();
+                let len = p.len();
+                bufs.m.resize(len, 0.0);
+                bufs.v.resize(len, 0.0);
+                let (mb, vb) = (&mut bufs.m[..len], &mut bufs.v[..len]);
+                mp.load(mb)?;
+                vp.load(vb)?;
+                adamw_update(hp, p, gr, mb, vb);
+                let start = *gi * g.elems;
+                mp.store(mb, start, seed, streams[0])?;
+                vp.store(vb, start, seed, streams[1])
+            })
+        })
+    })
+}
+
+/// Groups of whole blocks, about `CHUNK` elements each (bytes are per state).
+fn groups(block: usize) -> Groups {
+    let blocks = (CHUNK / block.max(1)).max(1);
+    Groups { blocks, elems: blocks * block.max(1), bytes: 0 }
+}
+
+/// The element-wise AdamW update on float32 buffers (vectorizes).
+#[inline(always)]
+fn adamw_update(hp: &AdamW, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
+    for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+        let g = g + hp.l2 * *p;
+        *p *= hp.decay;
+        *m += hp.w1 * (g - *m);
+        *v = hp.beta2 * *v + hp.w2 * g * g;
+        let denom = v.sqrt() / hp.bc2_sqrt + hp.eps;
+        *p -= hp.step_size * (*m / denom);
+    }
+}
