@@ -128,12 +128,9 @@ pub struct AdamW {
     pub bc2_sqrt: f32,
 }
 
-/// Per-thread buffers of a step.
+/// Per-thread buffers of a step, one per state.
 #[derive(Default)]
-struct Bufs {
-    m: Vec<f32>,
-    v: Vec<f32>,
-}
+struct Bufs(Vec<Vec<f32>>);
 
 thread_local! {
     static BUFS: std::cell::RefCell<Bufs> = std::cell::RefCell::new(Bufs::default());
@@ -152,35 +149,115 @@ pub fn adamw_step(
     seed: u64,
     streams: [u64; 2],
 ) -> Result<()> {
+    let states = [(m, "exp_avg", streams[0]), (v, "exp_avg_sq", streams[1])];
+    run_groups(param, Some(grad), states, block, seed, |p, g, [m, v]| adamw_update(hp, p, g, m, v))
+}
+
+/// Drive a fused step: for every group of whole blocks, in parallel, decode the states into
+/// per-thread buffers, call `update(param, grad, states)`, and re-encode the states.
+/// Without `grad` the update sees empty gradient slices.
+fn run_groups<const K: usize>(
+    param: &mut [f32],
+    grad: Option<&[f32]>,
+    states: [(State, &str, u64); K],
+    block: usize,
+    seed: u64,
+    update: impl Fn(&mut [f32], &[f32], [&mut [f32]; K]) + Sync,
+) -> Result<()> {
     let n = param.len();
-    check_len("grad", grad.len(), n)?;
-    m.check(n, block, "exp_avg")?;
-    v.check(n, block, "exp_avg_sq")?;
+    if let Some(grad) = grad {
+        check_len("grad", grad.len(), n)?;
+    }
+    for (st, arg, _) in &states {
+        st.check(n, block, arg)?;
+    }
     let g = groups(block);
-    let mparts = m.split(&g, n);
-    let vparts = v.split(&g, n);
-    let mut work: Vec<_> = param
-        .chunks_mut(g.elems)
-        .zip(grad.chunks(g.elems))
-        .zip(mparts.into_iter().zip(vparts))
-        .enumerate()
-        .collect();
+    let streams: [u64; K] = std::array::from_fn(|k| states[k].2);
+    let mut parts: Vec<Vec<Part>> = (0..n.div_ceil(g.elems)).map(|_| Vec::new()).collect();
+    for (st, _, _) in states {
+        for (slot, part) in parts.iter_mut().zip(st.split(&g, n)) {
+            slot.push(part);
+        }
+    }
+    let grads: Vec<&[f32]> = match grad {
+        Some(gr) => gr.chunks(g.elems).collect(),
+        None => vec![&[]; parts.len()],
+    };
+    let mut work: Vec<_> = param.chunks_mut(g.elems).zip(grads).zip(parts).enumerate().collect();
     par::install(|| {
-        work.par_iter_mut().try_for_each(|(gi, ((p, gr), (mp, vp)))| {
+        work.par_iter_mut().try_for_each(|(gi, ((p, gr), ps))| {
             BUFS.with(|cell| {
                 let bufs = &mut *cell.borrow_mut();
                 let len = p.len();
-                bufs.m.resize(len, 0.0);
-                bufs.v.resize(len, 0.0);
-                let (mb, vb) = (&mut bufs.m[..len], &mut bufs.v[..len]);
-                mp.load(mb)?;
-                vp.load(vb)?;
-                adamw_update(hp, p, gr, mb, vb);
+                bufs.0.resize(K, Vec::new());
+                for (buf, part) in bufs.0.iter_mut().zip(ps.iter()) {
+                    buf.resize(len, 0.0);
+                    part.load(&mut buf[..len])?;
+                }
+                let mut it = bufs.0.iter_mut();
+                let views: [&mut [f32]; K] =
+                    std::array::from_fn(|_| &mut it.next().expect("K buffers")[..len]);
+                update(p, gr, views);
                 let start = *gi * g.elems;
-                mp.store(mb, start, seed, streams[0])?;
-                vp.store(vb, start, seed, streams[1])
+                for ((buf, part), &stream) in bufs.0.iter().zip(ps.iter_mut()).zip(&streams) {
+                    part.store(&buf[..len], start, seed, stream)?;
+                }
+                Ok(())
             })
         })
+    })
+}
+
+/// SGD hyperparameters (torch.optim.SGD semantics).
+#[derive(Debug, Clone, Copy)]
+pub struct Sgd {
+    pub lr: f32,
+    pub momentum: f32,
+    /// `1 − dampening`.
+    pub w: f32,
+    pub weight_decay: f32,
+    pub nesterov: bool,
+    /// First step: the buffer starts as the gradient itself (torch's rule).
+    pub first: bool,
+}
+
+/// One fused SGD step with a (possibly quantized) momentum buffer.
+pub fn sgd_step(
+    hp: &Sgd,
+    param: &mut [f32],
+    grad: &[f32],
+    buf: State,
+    block: usize,
+    seed: u64,
+    stream: u64,
+) -> Result<()> {
+    run_groups(param, Some(grad), [(buf, "momentum_buffer", stream)], block, seed, |p, g, [b]| {
+        for ((p, &g), b) in p.iter_mut().zip(g).zip(b.iter_mut()) {
+            let d = g + hp.weight_decay * *p;
+            *b = if hp.first { d } else { hp.momentum * *b + hp.w * d };
+            let step = if hp.nesterov { d + hp.momentum * *b } else { *b };
+            *p -= hp.lr * step;
+        }
+    })
+}
+
+/// Muon's momentum (Keller Jordan's reference): `buf ← buf + (1 − β)(g − buf)`, and the
+/// direction written to `out` (in place of the gradient): `g + β(buf − g)` with Nesterov,
+/// else `buf`. The parameter itself is updated afterwards, from the orthogonalized direction.
+pub fn muon_momentum(
+    beta: f32,
+    nesterov: bool,
+    grad_out: &mut [f32],
+    buf: State,
+    block: usize,
+    seed: u64,
+    stream: u64,
+) -> Result<()> {
+    run_groups(grad_out, None, [(buf, "momentum_buffer", stream)], block, seed, |go, _, [b]| {
+        for (g, b) in go.iter_mut().zip(b.iter_mut()) {
+            *b += (1.0 - beta) * (*g - *b);
+            *g = if nesterov { *g + beta * (*b - *g) } else { *b };
+        }
     })
 }
 

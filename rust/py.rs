@@ -556,6 +556,49 @@ fn adamw_step(
         .map_err(err)
 }
 
+/// One fused SGD step. `scalars` = (lr, momentum, 1 − dampening, weight_decay).
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+fn sgd_step(
+    py: Python<'_>,
+    mut param: PyReadwriteArrayDyn<'_, f32>,
+    grad: PyReadonlyArrayDyn<'_, f32>,
+    buf: &Bound<'_, PyAny>,
+    scalars: (f32, f32, f32, f32),
+    nesterov: bool,
+    first: bool,
+    block: usize,
+    seed: u64,
+    stream: u64,
+) -> PyResult<()> {
+    let (lr, momentum, w, weight_decay) = scalars;
+    let hp = optim::Sgd { lr, momentum, w, weight_decay, nesterov, first };
+    let mut ba = state_arrays(buf, "momentum_buffer")?;
+    let b = state_of(&mut ba, "momentum_buffer")?;
+    let ps = slice_mut(&mut param, "param")?;
+    let gs = slice(&grad, "grad")?;
+    py.detach(|| optim::sgd_step(&hp, ps, gs, b, block, seed, stream)).map_err(err)
+}
+
+/// Muon's momentum update; the direction replaces `grad` in place.
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+fn muon_momentum(
+    py: Python<'_>,
+    mut grad: PyReadwriteArrayDyn<'_, f32>,
+    buf: &Bound<'_, PyAny>,
+    beta: f32,
+    nesterov: bool,
+    block: usize,
+    seed: u64,
+    stream: u64,
+) -> PyResult<()> {
+    let mut ba = state_arrays(buf, "momentum_buffer")?;
+    let b = state_of(&mut ba, "momentum_buffer")?;
+    let gs = slice_mut(&mut grad, "grad")?;
+    py.detach(|| optim::muon_momentum(beta, nesterov, gs, b, block, seed, stream)).map_err(err)
+}
+
 // ---------------------------------------------------------------- threads and rng
 
 #[pyfunction]
@@ -603,6 +646,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(blockwise_dequantize, m)?)?;
     m.add_function(wrap_pyfunction!(blockwise_layout, m)?)?;
     m.add_function(wrap_pyfunction!(adamw_step, m)?)?;
+    m.add_function(wrap_pyfunction!(sgd_step, m)?)?;
+    m.add_function(wrap_pyfunction!(muon_momentum, m)?)?;
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(random_bits, m)?)?;
