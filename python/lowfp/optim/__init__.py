@@ -25,7 +25,7 @@ try:
 except ImportError as e:  # pragma: no cover - torch is an optional extra
     raise ImportError("lowfp.optim needs torch: pip install 'lowfp[torch]'") from e
 
-__all__ = ["AdamW", "AdamW8bit", "AdamW4bit", "AdamWFp8"]
+__all__ = ["AdamW", "AdamW8bit", "AdamW4bit", "AdamWFp8", "SOLO", "solo_beta1"]
 
 _STATES = ("exp_avg", "exp_avg_sq")
 
@@ -55,6 +55,9 @@ class AdamW(torch.optim.Optimizer):
         rounding: "nearest" or "stochastic" re-encoding of the states.
         seed: key of the stochastic rounding (with the step, parameter and state).
         min_quant_size: parameters with fewer elements keep float32 states.
+        nonfinite: what a step does when any gradient holds NaN or ±inf: "skip" (default:
+            nothing is updated, ``skipped_steps`` counts it; packed states never see a NaN)
+            or "error" (ValueError).
 
     Raises:
         ValueError: hyperparameters out of range, unknown codecs.
@@ -63,7 +66,8 @@ class AdamW(torch.optim.Optimizer):
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 1e-2, *, decoupled: bool = True,
                  exp_avg: Any = None, exp_avg_sq: Any = None, block_size: int = 256,
-                 rounding: str = "nearest", seed: int = 0, min_quant_size: int = 4096):
+                 rounding: str = "nearest", seed: int = 0, min_quant_size: int = 4096,
+                 nonfinite: str = "skip"):
         if not lr >= 0.0:
             raise ValueError(f"lr: expected >= 0, got {lr}")
         if not eps >= 0.0:
@@ -73,6 +77,9 @@ class AdamW(torch.optim.Optimizer):
         if not weight_decay >= 0.0:
             raise ValueError(f"weight_decay: expected >= 0, got {weight_decay}")
         _check_choice("rounding", rounding, ("nearest", "stochastic"))
+        _check_choice("nonfinite", nonfinite, ("skip", "error"))
+        self._nonfinite = nonfinite
+        self.skipped_steps = 0
         if not (isinstance(block_size, int) and 16 <= block_size <= 4096 and block_size % 8 == 0):
             raise ValueError(f"block_size: expected a multiple of 8 in 16..4096, got {block_size}")
         self._codecs = {"exp_avg": _codec(exp_avg, "exp_avg"),
@@ -132,6 +139,8 @@ class AdamW(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if not self._grads_finite():
+            return loss
         index = 0
         for group in self.param_groups:
             b1, b2 = group["betas"]
@@ -158,6 +167,18 @@ class AdamW(torch.optim.Optimizer):
                                  self._state_arg(st, p, "exp_avg_sq"),
                                  scalars, self._block, self._seed, (stream, stream | 1))
         return loss
+
+    def _grads_finite(self) -> bool:
+        """Apply the ``nonfinite`` policy; True when the step may proceed."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None and not p.grad.is_sparse and \
+                        not bool(torch.isfinite(p.grad).all()):
+                    if self._nonfinite == "error":
+                        raise ValueError("grad: a gradient holds NaN or inf (nonfinite='error')")
+                    self.skipped_steps += 1
+                    return False
+        return True
 
     @staticmethod
     def _check(p: torch.Tensor) -> None:
@@ -196,6 +217,67 @@ class AdamW(torch.optim.Optimizer):
                     f"state_dict: state {k!r} of a parameter of shape {tuple(p.shape)} is {got}, "
                     f"expected {tuple(t.shape)}: saved with a different configuration "
                     f"({self.summary().splitlines()[0]} …)")
+
+    # ------------------------------------------------------------ plain torch state
+
+    def _dequantize(self, st: Dict[str, torch.Tensor], p: torch.Tensor, name: str):
+        if name in st:
+            return st[name].clone()
+        out = np.empty(p.numel(), np.float32)
+        _core.blockwise_dequantize(st[f"{name}.codes"].numpy(), self._spec(name),
+                                   st[f"{name}.scales"].numpy(), st[f"{name}.alphas"].numpy(),
+                                   np.float32(1.0), out)
+        return torch.from_numpy(out).view_as(p)
+
+    def to_torch_state_dict(self) -> Dict[str, Any]:
+        """This optimizer's state as ``torch.optim.AdamW`` (or ``Adam``) holds it, in float32:
+        load it with ``torch.optim.AdamW(params).load_state_dict(...)``."""
+        sd = self.state_dict()
+        params = [p for g in self.param_groups for p in g["params"]]
+        state = {}
+        for i, p in enumerate(params):
+            st = self.state.get(p)
+            if st:
+                state[i] = {"step": st["step"].clone(),
+                            **{n: self._dequantize(st, p, n) for n in _STATES}}
+        groups = []
+        for g in sd["param_groups"]:
+            g = {k: v for k, v in g.items() if k != "decoupled"}
+            g.update(amsgrad=False, maximize=False, foreach=None, capturable=False,
+                     differentiable=False, fused=None)
+            groups.append(g)
+        return {"state": state, "param_groups": groups}
+
+    def load_torch_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        """Take over the state of a ``torch.optim.AdamW``/``Adam`` (float32 moments),
+        quantizing the moments with this optimizer's codecs (nearest rounding).
+
+        Raises:
+            ValueError: the number of parameter groups or parameters does not match.
+        """
+        groups = state_dict["param_groups"]
+        if len(groups) != len(self.param_groups) or any(
+                len(a["params"]) != len(b["params"]) for a, b in zip(groups, self.param_groups)):
+            raise ValueError("state_dict: parameter groups do not match this optimizer's")
+        params = [p for g in self.param_groups for p in g["params"]]
+        for g, mine in zip(groups, self.param_groups):
+            for k in ("lr", "betas", "eps", "weight_decay"):
+                mine[k] = g[k]
+        self.state.clear()
+        for i, st in state_dict["state"].items():
+            p = params[int(i)]
+            new = self._init_state(p)
+            new["step"] = torch.as_tensor(st["step"], dtype=torch.float32).clone()
+            for name in _STATES:
+                value = st[name].detach().to(torch.float32).contiguous().view(-1)
+                if name in new:
+                    new[name] = value.view_as(p).clone()
+                    continue
+                _core.blockwise_quantize(value.numpy(), self._spec(name),
+                                         new[f"{name}.codes"].numpy(),
+                                         new[f"{name}.scales"].numpy(),
+                                         new[f"{name}.alphas"].numpy(), 0, 0)
+            self.state[p] = new
 
     # ------------------------------------------------------------ reporting
 
@@ -237,3 +319,32 @@ def AdamWFp8(params, **kwargs) -> AdamW:  # noqa: N802
     return AdamW(params, exp_avg="e4m3", exp_avg_sq="e4m3", **kwargs)
 
 
+def solo_beta1(bits: int, beta_ref: float = 0.9, bits_ref: int = 8) -> float:
+    """β1 for a signed linear first moment at `bits`, by the rule of SOLO ("Pushing the Limits
+    of Low-Bit Optimizers: A Focus on EMA Dynamics"): keep β/(1 − β) · r(b) no larger than at
+    the reference precision, with r(b) = 1/(2^(b−1) − 1) the relative step of the code.
+
+    Returns:
+        min(beta_ref, x / (1 + x)) with x = β_ref/(1 − β_ref) · r(bits_ref)/r(bits).
+    """
+    if not (2 <= bits <= 8 and 2 <= bits_ref <= 8):
+        raise ValueError(f"bits: expected 2..8, got {bits} (reference {bits_ref})")
+    r = lambda b: 1.0 / (2 ** (b - 1) - 1)  # noqa: E731
+    x = beta_ref / (1 - beta_ref) * r(bits_ref) / r(bits)
+    return min(beta_ref, x / (1 + x))
+
+
+def SOLO(params, bits: int = 3, *, m_bits: Optional[int] = None, quantile: float = 0.05,  # noqa: N802
+         beta2: float = 0.999, **kwargs) -> AdamW:
+    """SOLO-style low-bit AdamW: the second moment in `bits`-bit logarithmic codes with a
+    per-block base from a quantile and stochastic rounding (so small EMA updates are not
+    swamped), the first moment in `m_bits`-bit (default `bits`) signed linear codes with the
+    precision-specific β1 of :func:`solo_beta1`, both stochastically rounded, block 128.
+    Real k-bit packing: 3 bits take 3/8 of a byte per state.
+    """
+    m_bits = bits if m_bits is None else m_bits
+    kwargs.setdefault("block_size", 128)
+    kwargs.setdefault("rounding", "stochastic")
+    kwargs.setdefault("betas", (solo_beta1(m_bits), beta2))
+    return AdamW(params, exp_avg=Linear(m_bits), exp_avg_sq=Log(bits, quantile=quantile),
+                 **kwargs)
