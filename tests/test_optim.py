@@ -244,3 +244,26 @@ def test_export_to_torch_and_import_back():
     for p in ps:
         for k, t in ours.state[p].items():
             assert torch.equal(t, again.state[p][k]), k  # re-quantizing decoded states is exact
+
+
+def test_import_bitsandbytes_8bit_states():
+    bnb = pytest.importorskip("bitsandbytes")
+    ps = params()
+    theirs = bnb.optim.AdamW8bit(ps, lr=1e-2)
+    run(theirs, ps, 5)
+    ours = lo.AdamW8bit(ps, lr=1e-2)
+    ours.load_bitsandbytes(theirs)
+    for p in ps:
+        src = theirs.state[p]
+        for k, name in ((1, "exp_avg"), (2, "exp_avg_sq")):
+            got = ours._dequantize(ours.state[p], p, name).reshape(-1)
+            if src[f"state{k}"].dtype != torch.uint8:
+                want = src[f"state{k}"].reshape(-1)
+            else:  # bitsandbytes' own decoding: qmap[code] * absmax of the block of 256
+                blocks = torch.arange(p.numel()) // 256
+                codes = src[f"state{k}"].long().reshape(-1)
+                want = src[f"qmap{k}"][codes] * src[f"absmax{k}"][blocks]
+            assert torch.equal(got, want), name
+    run(ours, ps, 3, start=5)  # and training goes on from there
+    with pytest.raises(ValueError, match="bnb_optimizer: needs"):
+        lo.AdamW4bit(ps).load_bitsandbytes(theirs)

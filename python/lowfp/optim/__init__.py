@@ -279,6 +279,47 @@ class AdamW(torch.optim.Optimizer):
                                          new[f"{name}.alphas"].numpy(), 0, 0)
             self.state[p] = new
 
+    def load_bitsandbytes(self, bnb_optimizer: Any) -> None:
+        """Take over the states of a bitsandbytes 8-bit Adam/AdamW optimizer over the same
+        parameters (in the same order). Their codes index bitsandbytes' dynamic map, which is
+        :class:`lowfp.Dynamic` bit for bit, and their absmax values are our block scales, so
+        the import copies bytes: decoded states are identical.
+
+        Raises:
+            ValueError: this optimizer's codecs or block size differ from bitsandbytes' layout
+                (Dynamic(8) signed m, Dynamic(8) unsigned v, block 256), or the parameters do
+                not match.
+        """
+        want = (Dynamic(8, True).spec(), Dynamic(8, False).spec())
+        got = tuple(_codec_spec(self._codecs[n]) if self._codecs[n] else None for n in _STATES)
+        if got != want or self._block != 256:
+            raise ValueError("bnb_optimizer: needs exp_avg=Dynamic(8), "
+                             "exp_avg_sq=Dynamic(8, signed=False), block_size=256 (AdamW8bit)")
+        mine = [p for g in self.param_groups for p in g["params"]]
+        theirs = [p for g in bnb_optimizer.param_groups for p in g["params"]]
+        if len(mine) != len(theirs) or any(a.shape != b.shape for a, b in zip(mine, theirs)):
+            raise ValueError("bnb_optimizer: its parameters do not match this optimizer's")
+        for p, q in zip(mine, theirs):
+            src = bnb_optimizer.state.get(q)
+            if not src:
+                continue
+            st = self._init_state(p)
+            st["step"] = torch.tensor(float(src["step"]))
+            for k, name in ((1, "exp_avg"), (2, "exp_avg_sq")):
+                codes = src[f"state{k}"]
+                if codes.dtype != torch.uint8:  # bitsandbytes keeps small tensors in float32
+                    if name not in st:
+                        raise ValueError(f"bnb_optimizer: float32 state for a parameter of "
+                                         f"{p.numel()} elements; set min_quant_size to match")
+                    st[name] = codes.detach().float().view_as(p).clone()
+                    continue
+                if name in st:
+                    raise ValueError(f"bnb_optimizer: 8-bit state for a parameter of "
+                                     f"{p.numel()} elements; set min_quant_size to match")
+                st[f"{name}.codes"] = codes.detach().reshape(-1).clone()
+                st[f"{name}.scales"] = src[f"absmax{k}"].detach().float().reshape(-1).clone()
+            self.state[p] = st
+
     # ------------------------------------------------------------ reporting
 
     def state_nbytes(self) -> int:

@@ -1,0 +1,179 @@
+"""SGD with a momentum buffer in packed low-bit storage (CPU, fused Rust step).
+
+Also home of :class:`_PackedStates`, the state-layout mixin that :class:`SGD` and
+:class:`lowfp.optim.muon.Muon` share with :class:`lowfp.optim.AdamW`: the methods that do not
+depend on AdamW's two states are AdamW's own (borrowed, not copied); only the state list and
+the ``load_state_dict`` fix-up (which calls ``super()`` inside AdamW) are restated here.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict
+
+import numpy as np
+import torch
+
+from .. import _core
+from ..codec import _check_choice
+from . import AdamW, _codec
+
+__all__ = ["SGD"]
+
+
+class _PackedStates:
+    """Per-parameter states stored like AdamW's: float32 tensors, or blockwise quantized as
+    ``"<name>.codes"`` (uint8), ``"<name>.scales"`` and ``"<name>.alphas"`` (float32).
+
+    The subclass lists its state names in ``_STATES`` and calls :meth:`_configure`.
+    """
+
+    _STATES: tuple = ()
+
+    # AdamW's methods, shared as they are: they read only _codecs, _block, _rounding,
+    # _min_quant, _init_state and summary from ``self``.
+    _spec = AdamW._spec
+    _quantized = AdamW._quantized
+    _state_arg = AdamW._state_arg
+    _check = staticmethod(AdamW._check)
+    _check_layout = AdamW._check_layout
+    state_nbytes = AdamW.state_nbytes
+
+    def _configure(self, codecs: Dict[str, Any], block_size: int, rounding: str, seed: int,
+                   min_quant_size: int) -> None:
+        """Validate and store the storage options (the same rules as AdamW's)."""
+        _check_choice("rounding", rounding, ("nearest", "stochastic"))
+        if not (isinstance(block_size, int) and 16 <= block_size <= 4096 and block_size % 8 == 0):
+            raise ValueError(f"block_size: expected a multiple of 8 in 16..4096, got {block_size}")
+        if not (isinstance(seed, int) and 0 <= seed < 1 << 64):
+            raise ValueError(f"seed: expected an integer in [0, 2**64), got {seed!r}")
+        self._codecs = {name: _codec(c, arg) for name, (c, arg) in codecs.items()}
+        self._block = block_size
+        self._rounding = rounding
+        self._seed = seed
+        self._min_quant = int(min_quant_size)
+
+    def _init_state(self, p: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Zero states of ``p`` (AdamW._init_state over ``self._STATES``)."""
+        st: Dict[str, torch.Tensor] = {"step": torch.tensor(0.0)}
+        n = p.numel()
+        for name in self._STATES:
+            if not self._quantized(p, name):
+                st[name] = torch.zeros_like(p, memory_format=torch.contiguous_format)
+                continue
+            spec = self._spec(name)
+            packed_len, nblocks, nalphas, _ = _core.blockwise_layout(spec, n)
+            packed = np.empty(packed_len, np.uint8)
+            scales = np.empty(nblocks, np.float32)
+            alphas = np.empty(nalphas, np.float32)
+            _core.blockwise_quantize(np.zeros(n, np.float32), spec, packed, scales, alphas, 0, 0)
+            st[f"{name}.codes"] = torch.from_numpy(packed)
+            st[f"{name}.scales"] = torch.from_numpy(scales)
+            st[f"{name}.alphas"] = torch.from_numpy(alphas)
+        return st
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        """Load a state dict saved by this optimizer class (``weights_only`` loads work)."""
+        torch.optim.Optimizer.load_state_dict(self, state_dict)
+        # As AdamW.load_state_dict: torch casts the states of a float parameter to its dtype;
+        # the packed codes are bytes (exact in float32): cast them back, then check the layout.
+        for p, st in self.state.items():
+            for k in list(st):
+                if k.endswith(".codes"):
+                    st[k] = st[k].to(torch.uint8).contiguous()
+                elif torch.is_tensor(st[k]) and k != "step":
+                    st[k] = st[k].contiguous()
+            self._check_layout(p, st)
+
+    def _state_lines(self) -> list:
+        """One line per state: how it is stored."""
+        lines = []
+        for name in self._STATES:
+            c = self._codecs[name]
+            how = "float32" if c is None else (
+                f"{c!r}, block {self._block}, fp32 absmax scales, {self._rounding} rounding"
+                + (f"; float32 below {self._min_quant} elements" if self._min_quant > 0 else ""))
+            lines.append(f"{name}: {how}")
+        return lines
+
+
+class SGD(_PackedStates, torch.optim.Optimizer):
+    """SGD with momentum (torch.optim.SGD semantics) and a low-bit packed momentum buffer.
+
+    Per parameter and step: ``d = g + wd·p``; the buffer is ``d`` on the first step, then
+    ``buf = momentum·buf + (1 − dampening)·d``; the step is ``d + momentum·buf`` with Nesterov,
+    else ``buf``; ``p −= lr·step``. One fused Rust call decodes the buffer, updates it and the
+    weight, and re-encodes it. With ``momentum=0`` there is no state: ``p −= lr·d`` in torch.
+
+    Args:
+        params: parameters or param groups (float32, contiguous CPU tensors).
+        lr, momentum, dampening, weight_decay, nesterov: as torch.optim.SGD.
+        momentum_codec: storage of the momentum buffer: None (float32), a float format of at
+            most 8 bits (``"e4m3"``, …), or a :class:`lowfp.Linear`, :class:`lowfp.Dynamic`
+            or :class:`lowfp.Log` codec, blockwise with float32 absmax scales.
+        block_size: elements per block of a quantized buffer (16..4096, multiple of 8).
+        rounding: "nearest" or "stochastic" re-encoding of the buffer.
+        seed: key of the stochastic rounding (with the step and the parameter's index).
+        min_quant_size: parameters with fewer elements keep a float32 buffer.
+
+    Raises:
+        ValueError: hyperparameters out of range (the message names the argument), unknown
+            codecs; at ``step``, sparse gradients or non-contiguous / non-CPU tensors.
+        TypeError: at ``step``, parameters or gradients that are not float32.
+    """
+
+    _STATES = ("momentum_buffer",)
+
+    def __init__(self, params, lr: float = 1e-3, momentum: float = 0.0, dampening: float = 0.0,
+                 weight_decay: float = 0.0, nesterov: bool = False, *,
+                 momentum_codec: Any = None, block_size: int = 256, rounding: str = "nearest",
+                 seed: int = 0, min_quant_size: int = 4096):
+        if not lr >= 0.0:
+            raise ValueError(f"lr: expected >= 0, got {lr}")
+        if not momentum >= 0.0:
+            raise ValueError(f"momentum: expected >= 0, got {momentum}")
+        if not weight_decay >= 0.0:
+            raise ValueError(f"weight_decay: expected >= 0, got {weight_decay}")
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError("nesterov: requires momentum > 0 and dampening = 0, got "
+                             f"momentum={momentum}, dampening={dampening}")
+        self._configure({"momentum_buffer": (momentum_codec, "momentum_codec")}, block_size,
+                        rounding, seed, min_quant_size)
+        defaults = dict(lr=lr, momentum=momentum, dampening=dampening,
+                        weight_decay=weight_decay, nesterov=bool(nesterov))
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """One optimization step (see torch.optim.Optimizer.step)."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        index = 0
+        for group in self.param_groups:
+            lr, mom, wd = group["lr"], group["momentum"], group["weight_decay"]
+            for p in group["params"]:
+                index += 1
+                if p.grad is None:
+                    continue
+                self._check(p)
+                if mom == 0:
+                    # torch.optim.SGD's own operations, so the results are the same bits
+                    d = p.grad.add(p, alpha=wd) if wd != 0 else p.grad
+                    p.add_(d, alpha=-lr)
+                    continue
+                st = self.state[p]
+                if not st:
+                    st.update(self._init_state(p))
+                st["step"] += 1
+                t = int(st["step"].item())
+                scalars = (lr, mom, 1.0 - group["dampening"], wd)
+                stream = (t << 32) | (index << 1)  # AdamW's rule (its first state's stream)
+                _core.sgd_step(p.view(-1).numpy(), p.grad.view(-1).numpy(),
+                               self._state_arg(st, p, "momentum_buffer"), scalars,
+                               bool(group["nesterov"]), t == 1, self._block, self._seed, stream)
+        return loss
+
+    def summary(self) -> str:
+        """One line per state: how it is stored, and the state bytes."""
+        return "\n".join(self._state_lines() + [f"state bytes: {self.state_nbytes()}"])
