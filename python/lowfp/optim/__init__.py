@@ -25,7 +25,8 @@ try:
 except ImportError as e:  # pragma: no cover - torch is an optional extra
     raise ImportError("lowfp.optim needs torch: pip install 'lowfp[torch]'") from e
 
-__all__ = ["AdamW", "AdamW8bit", "AdamW4bit", "AdamWFp8", "SOLO", "solo_beta1"]
+__all__ = ["AdamW", "AdamW8bit", "AdamW4bit", "AdamWFp8", "SOLO", "solo_beta1",
+           "LowPrecision", "Q"]
 
 _STATES = ("exp_avg", "exp_avg_sq")
 
@@ -389,3 +390,6 @@ def SOLO(params, bits: int = 3, *, m_bits: Optional[int] = None, quantile: float
     kwargs.setdefault("betas", (solo_beta1(m_bits), beta2))
     return AdamW(params, exp_avg=Linear(m_bits), exp_avg_sq=Log(bits, quantile=quantile),
                  **kwargs)
+
+
+from .lowprec import LowPrecision, Q  # noqa: E402 - built on the classes above
