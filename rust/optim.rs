@@ -128,9 +128,14 @@ pub struct AdamW {
     pub bc2_sqrt: f32,
 }
 
-/// Per-thread buffers of a step, one per state.
+/// Per-thread buffers of a step: one per state, and float32 copies of a bfloat16
+/// parameter and gradient.
 #[derive(Default)]
-struct Bufs(Vec<Vec<f32>>);
+struct Bufs {
+    states: Vec<Vec<f32>>,
+    param: Vec<f32>,
+    grad: Vec<f32>,
+}
 
 thread_local! {
     static BUFS: std::cell::RefCell<Bufs> = std::cell::RefCell::new(Bufs::default());
@@ -141,8 +146,8 @@ thread_local! {
 #[allow(clippy::too_many_arguments)]
 pub fn adamw_step(
     hp: &AdamW,
-    param: &mut [f32],
-    grad: &[f32],
+    param: Param,
+    grad: Grad,
     m: State,
     v: State,
     block: usize,
@@ -153,12 +158,67 @@ pub fn adamw_step(
     run_groups(param, Some(grad), states, block, seed, |p, g, [m, v]| adamw_update(hp, p, g, m, v))
 }
 
+/// A parameter tensor: float32, or bfloat16 bit patterns updated through float32 and
+/// rounded back (nearest or stochastic, keyed by `stream`).
+pub enum Param<'a> {
+    F32(&'a mut [f32]),
+    Bf16 { bits: &'a mut [u16], stochastic: bool, stream: u64 },
+}
+
+/// A gradient: float32, or bfloat16 bit patterns (widened exactly).
+#[derive(Clone, Copy)]
+pub enum Grad<'a> {
+    F32(&'a [f32]),
+    Bf16(&'a [u16]),
+}
+
+impl Param<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Param::F32(p) => p.len(),
+            Param::Bf16 { bits, .. } => bits.len(),
+        }
+    }
+}
+
+impl Grad<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Grad::F32(g) => g.len(),
+            Grad::Bf16(g) => g.len(),
+        }
+    }
+}
+
+/// One group's share of a parameter.
+enum ParamPart<'a> {
+    F32(&'a mut [f32]),
+    Bf16(&'a mut [u16]),
+}
+
+/// Round float32 values to bfloat16 bits (nearest or stochastic; elements from `start`).
+fn to_bf16(
+    src: &[f32],
+    dst: &mut [u16],
+    stochastic: bool,
+    start: usize,
+    seed: u64,
+    stream: u64,
+) -> Result<()> {
+    use crate::exmy::{EncodeOptions, Encoder, Random, Rounding};
+    let bf16 = crate::formats::parse("bfloat16").expect("named format");
+    let rounding = if stochastic { Rounding::Stochastic } else { Rounding::Nearest };
+    let enc = Encoder::new(bf16, EncodeOptions { rounding, ..Default::default() });
+    let random = Random::Philox { seed, stream, offset: start as u64 };
+    dispatch_mode!(rounding, MODE => crate::exmy::encode_chunk::<f32, u16, MODE>(&enc, src, dst, 0, random))
+}
+
 /// Drive a fused step: for every group of whole blocks, in parallel, decode the states into
-/// per-thread buffers, call `update(param, grad, states)`, and re-encode the states.
-/// Without `grad` the update sees empty gradient slices.
+/// per-thread buffers, call `update(param, grad, states)` on float32 views, and re-encode the
+/// states (and a bfloat16 parameter). Without `grad` the update sees empty gradient slices.
 fn run_groups<const K: usize>(
-    param: &mut [f32],
-    grad: Option<&[f32]>,
+    param: Param,
+    grad: Option<Grad>,
     states: [(State, &str, u64); K],
     block: usize,
     seed: u64,
@@ -179,27 +239,56 @@ fn run_groups<const K: usize>(
             slot.push(part);
         }
     }
-    let grads: Vec<&[f32]> = match grad {
-        Some(gr) => gr.chunks(g.elems).collect(),
-        None => vec![&[]; parts.len()],
+    let grads: Vec<Option<Grad>> = match grad {
+        Some(Grad::F32(gr)) => gr.chunks(g.elems).map(|c| Some(Grad::F32(c))).collect(),
+        Some(Grad::Bf16(gr)) => gr.chunks(g.elems).map(|c| Some(Grad::Bf16(c))).collect(),
+        None => vec![None; parts.len()],
     };
-    let mut work: Vec<_> = param.chunks_mut(g.elems).zip(grads).zip(parts).enumerate().collect();
+    let (pstoch, pstream) = match &param {
+        Param::Bf16 { stochastic, stream, .. } => (*stochastic, *stream),
+        Param::F32(_) => (false, 0),
+    };
+    let params: Vec<ParamPart> = match param {
+        Param::F32(p) => p.chunks_mut(g.elems).map(ParamPart::F32).collect(),
+        Param::Bf16 { bits, .. } => bits.chunks_mut(g.elems).map(ParamPart::Bf16).collect(),
+    };
+    let mut work: Vec<_> = params.into_iter().zip(grads).zip(parts).enumerate().collect();
     par::install(|| {
         work.par_iter_mut().try_for_each(|(gi, ((p, gr), ps))| {
             BUFS.with(|cell| {
                 let bufs = &mut *cell.borrow_mut();
-                let len = p.len();
-                bufs.0.resize(K, Vec::new());
-                for (buf, part) in bufs.0.iter_mut().zip(ps.iter()) {
+                let start = *gi * g.elems;
+                let len = match p {
+                    ParamPart::F32(p) => p.len(),
+                    ParamPart::Bf16(p) => p.len(),
+                };
+                bufs.states.resize(K, Vec::new());
+                for (buf, part) in bufs.states.iter_mut().zip(ps.iter()) {
                     buf.resize(len, 0.0);
                     part.load(&mut buf[..len])?;
                 }
-                let mut it = bufs.0.iter_mut();
+                let gview: &[f32] = match gr {
+                    Some(Grad::F32(gs)) => gs,
+                    Some(Grad::Bf16(gs)) => {
+                        bufs.grad.clear();
+                        bufs.grad.extend(gs.iter().map(|&b| f32::from_bits((b as u32) << 16)));
+                        &bufs.grad
+                    }
+                    None => &[],
+                };
+                let mut it = bufs.states.iter_mut();
                 let views: [&mut [f32]; K] =
                     std::array::from_fn(|_| &mut it.next().expect("K buffers")[..len]);
-                update(p, gr, views);
-                let start = *gi * g.elems;
-                for ((buf, part), &stream) in bufs.0.iter().zip(ps.iter_mut()).zip(&streams) {
+                match p {
+                    ParamPart::F32(p) => update(p, gview, views),
+                    ParamPart::Bf16(bits) => {
+                        bufs.param.clear();
+                        bufs.param.extend(bits.iter().map(|&b| f32::from_bits((b as u32) << 16)));
+                        update(&mut bufs.param, gview, views);
+                        to_bf16(&bufs.param, bits, pstoch, start, seed, pstream)?;
+                    }
+                }
+                for ((buf, part), &stream) in bufs.states.iter().zip(ps.iter_mut()).zip(&streams) {
                     part.store(&buf[..len], start, seed, stream)?;
                 }
                 Ok(())
@@ -224,8 +313,8 @@ pub struct Sgd {
 /// One fused SGD step with a (possibly quantized) momentum buffer.
 pub fn sgd_step(
     hp: &Sgd,
-    param: &mut [f32],
-    grad: &[f32],
+    param: Param,
+    grad: Grad,
     buf: State,
     block: usize,
     seed: u64,
@@ -253,7 +342,8 @@ pub fn muon_momentum(
     seed: u64,
     stream: u64,
 ) -> Result<()> {
-    run_groups(grad_out, None, [(buf, "momentum_buffer", stream)], block, seed, |go, _, [b]| {
+    let states = [(buf, "momentum_buffer", stream)];
+    run_groups(Param::F32(grad_out), None, states, block, seed, |go, _, [b]| {
         for (g, b) in go.iter_mut().zip(b.iter_mut()) {
             *b += (1.0 - beta) * (*g - *b);
             *g = if nesterov { *g + beta * (*b - *g) } else { *b };

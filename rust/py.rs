@@ -530,19 +530,52 @@ fn state_of<'a>(a: &'a mut StateArrays<'_>, arg: &str) -> PyResult<optim::State<
     })
 }
 
+/// A parameter and its gradient from Python: float32 arrays, or uint16 arrays holding
+/// bfloat16 bits (then `stochastic` picks the rounding of the parameter, keyed by `stream`).
+enum ParamArrays<'py> {
+    F32(PyReadwriteArrayDyn<'py, f32>, PyReadonlyArrayDyn<'py, f32>),
+    Bf16(PyReadwriteArrayDyn<'py, u16>, PyReadonlyArrayDyn<'py, u16>),
+}
+
+fn param_arrays<'py>(p: &Bound<'py, PyAny>, g: &Bound<'py, PyAny>) -> PyResult<ParamArrays<'py>> {
+    if let Ok(pa) = p.extract::<PyReadwriteArrayDyn<'py, f32>>() {
+        return Ok(ParamArrays::F32(pa, ro::<f32>(g, "grad")?));
+    }
+    Ok(ParamArrays::Bf16(rw::<u16>(p, "param")?, ro::<u16>(g, "grad")?))
+}
+
+fn param_of<'a>(
+    a: &'a mut ParamArrays<'_>,
+    stochastic: bool,
+    stream: u64,
+) -> PyResult<(optim::Param<'a>, optim::Grad<'a>)> {
+    Ok(match a {
+        ParamArrays::F32(p, g) => {
+            (optim::Param::F32(slice_mut(p, "param")?), optim::Grad::F32(slice(g, "grad")?))
+        }
+        ParamArrays::Bf16(p, g) => (
+            optim::Param::Bf16 { bits: slice_mut(p, "param")?, stochastic, stream },
+            optim::Grad::Bf16(slice(g, "grad")?),
+        ),
+    })
+}
+
 /// One fused AdamW step. `scalars` = (decay, l2, w1, beta2, w2, eps, step_size, bc2_sqrt).
 #[pyfunction]
 #[allow(clippy::too_many_arguments)]
+#[pyo3(signature = (param, grad, exp_avg, exp_avg_sq, scalars, block, seed, streams, param_stochastic=false, param_stream=0))]
 fn adamw_step(
     py: Python<'_>,
-    mut param: PyReadwriteArrayDyn<'_, f32>,
-    grad: PyReadonlyArrayDyn<'_, f32>,
+    param: &Bound<'_, PyAny>,
+    grad: &Bound<'_, PyAny>,
     exp_avg: &Bound<'_, PyAny>,
     exp_avg_sq: &Bound<'_, PyAny>,
     scalars: (f32, f32, f32, f32, f32, f32, f32, f32),
     block: usize,
     seed: u64,
     streams: (u64, u64),
+    param_stochastic: bool,
+    param_stream: u64,
 ) -> PyResult<()> {
     let (decay, l2, w1, beta2, w2, eps, step_size, bc2_sqrt) = scalars;
     let hp = optim::AdamW { decay, l2, w1, beta2, w2, eps, step_size, bc2_sqrt };
@@ -550,19 +583,20 @@ fn adamw_step(
     let mut va = state_arrays(exp_avg_sq, "exp_avg_sq")?;
     let m = state_of(&mut ma, "exp_avg")?;
     let v = state_of(&mut va, "exp_avg_sq")?;
-    let ps = slice_mut(&mut param, "param")?;
-    let gs = slice(&grad, "grad")?;
-    py.detach(|| optim::adamw_step(&hp, ps, gs, m, v, block, seed, [streams.0, streams.1]))
+    let mut pa = param_arrays(param, grad)?;
+    let (p, g) = param_of(&mut pa, param_stochastic, param_stream)?;
+    py.detach(|| optim::adamw_step(&hp, p, g, m, v, block, seed, [streams.0, streams.1]))
         .map_err(err)
 }
 
 /// One fused SGD step. `scalars` = (lr, momentum, 1 − dampening, weight_decay).
 #[pyfunction]
 #[allow(clippy::too_many_arguments)]
+#[pyo3(signature = (param, grad, buf, scalars, nesterov, first, block, seed, stream, param_stochastic=false, param_stream=0))]
 fn sgd_step(
     py: Python<'_>,
-    mut param: PyReadwriteArrayDyn<'_, f32>,
-    grad: PyReadonlyArrayDyn<'_, f32>,
+    param: &Bound<'_, PyAny>,
+    grad: &Bound<'_, PyAny>,
     buf: &Bound<'_, PyAny>,
     scalars: (f32, f32, f32, f32),
     nesterov: bool,
@@ -570,14 +604,16 @@ fn sgd_step(
     block: usize,
     seed: u64,
     stream: u64,
+    param_stochastic: bool,
+    param_stream: u64,
 ) -> PyResult<()> {
     let (lr, momentum, w, weight_decay) = scalars;
     let hp = optim::Sgd { lr, momentum, w, weight_decay, nesterov, first };
     let mut ba = state_arrays(buf, "momentum_buffer")?;
     let b = state_of(&mut ba, "momentum_buffer")?;
-    let ps = slice_mut(&mut param, "param")?;
-    let gs = slice(&grad, "grad")?;
-    py.detach(|| optim::sgd_step(&hp, ps, gs, b, block, seed, stream)).map_err(err)
+    let mut pa = param_arrays(param, grad)?;
+    let (p, g) = param_of(&mut pa, param_stochastic, param_stream)?;
+    py.detach(|| optim::sgd_step(&hp, p, g, b, block, seed, stream)).map_err(err)
 }
 
 /// Muon's momentum update; the direction replaces `grad` in place.

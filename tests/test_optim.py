@@ -18,7 +18,7 @@ def run(opt, ps, steps, start=0):
     for s in range(start, start + steps):
         g = torch.Generator().manual_seed(s)
         for p in ps:
-            p.grad = torch.randn(p.shape, generator=g)
+            p.grad = torch.randn(p.shape, generator=g).to(p.dtype)
         opt.step()
 
 
@@ -267,3 +267,42 @@ def test_import_bitsandbytes_8bit_states():
     run(ours, ps, 3, start=5)  # and training goes on from there
     with pytest.raises(ValueError, match="bnb_optimizer: needs"):
         lo.AdamW4bit(ps).load_bitsandbytes(theirs)
+
+
+@pytest.mark.parametrize("param_rounding", ["nearest", "stochastic"])
+def test_bfloat16_parameters_take_small_updates_stochastically(param_rounding):
+    """Adam moves each weight by about lr per step. At 1.5 a bfloat16 ulp is 2^-7, so an
+    update of 1e-3 is below half an ulp: nearest rounding never moves the weights, stochastic
+    rounding moves them by the right amount on average."""
+    p = torch.nn.Parameter(torch.full((8192,), 1.5, dtype=torch.bfloat16))
+    opt = lo.AdamW8bit([p], lr=1e-3, weight_decay=0.0, param_rounding=param_rounding, seed=2)
+    for _ in range(100):
+        p.grad = torch.ones_like(p)
+        opt.step()
+    moved = 1.5 - p.detach().float()
+    if param_rounding == "nearest":
+        assert torch.all(moved == 0)
+    else:
+        # 100 steps of ~1e-3: mean move 0.1. Each step's rounding adds an independent error of
+        # sd <= ulp/2 = 2^-8; over 100 steps and 8192 weights the mean's sd is
+        # 2^-8 * sqrt(100 / 8192) ≈ 4e-4, so 0.01 is > 20 sd.
+        assert abs(float(moved.mean()) - 0.1) < 0.01, float(moved.mean())
+        assert opt.state[p]["exp_avg.codes"].dtype == torch.uint8
+
+
+def test_bfloat16_resume_is_bit_exact(tmp_path):
+    def make(ps):
+        return lo.AdamW4bit(ps, lr=1e-2, seed=5)
+
+    a = [torch.nn.Parameter(t.to(torch.bfloat16)) for t in params()]
+    oa = make(a)
+    run(oa, a, 5)
+    torch.save({"opt": oa.state_dict(), "p": [p.detach().clone() for p in a]}, tmp_path / "c.pt")
+    run(oa, a, 5, start=5)
+    ck = torch.load(tmp_path / "c.pt", weights_only=True)
+    b = [torch.nn.Parameter(t) for t in ck["p"]]
+    ob = make(b)
+    ob.load_state_dict(ck["opt"])
+    assert ob.state[b[1]]["exp_avg"].dtype == torch.float32  # not cast to bfloat16
+    run(ob, b, 5, start=5)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))

@@ -31,6 +31,13 @@ __all__ = ["AdamW", "AdamW8bit", "AdamW4bit", "AdamWFp8", "SOLO", "solo_beta1",
 _STATES = ("exp_avg", "exp_avg_sq")
 
 
+def _flat(t: torch.Tensor) -> np.ndarray:
+    """A 1-D NumPy view: float32 as is, bfloat16 as its uint16 bit patterns."""
+    if t.dtype == torch.bfloat16:
+        return t.view(-1).view(torch.int16).numpy().view(np.uint16)
+    return t.view(-1).numpy()
+
+
 def _codec(codec: Any, arg: str):
     """None, or a validated codec object, for one state."""
     if codec is None or isinstance(codec, (Linear, Dynamic, Log)):
@@ -59,6 +66,9 @@ class AdamW(torch.optim.Optimizer):
         nonfinite: what a step does when any gradient holds NaN or ±inf: "skip" (default:
             nothing is updated, ``skipped_steps`` counts it; packed states never see a NaN)
             or "error" (ValueError).
+        param_rounding: how bfloat16 parameters take the float32 update: "stochastic"
+            (default, so small updates are not lost without an fp32 master copy) or "nearest".
+            States are float32 or packed whatever the parameter's dtype.
 
     Raises:
         ValueError: hyperparameters out of range, unknown codecs.
@@ -68,7 +78,7 @@ class AdamW(torch.optim.Optimizer):
                  weight_decay: float = 1e-2, *, decoupled: bool = True,
                  exp_avg: Any = None, exp_avg_sq: Any = None, block_size: int = 256,
                  rounding: str = "nearest", seed: int = 0, min_quant_size: int = 4096,
-                 nonfinite: str = "skip"):
+                 nonfinite: str = "skip", param_rounding: str = "stochastic"):
         if not lr >= 0.0:
             raise ValueError(f"lr: expected >= 0, got {lr}")
         if not eps >= 0.0:
@@ -79,6 +89,8 @@ class AdamW(torch.optim.Optimizer):
             raise ValueError(f"weight_decay: expected >= 0, got {weight_decay}")
         _check_choice("rounding", rounding, ("nearest", "stochastic"))
         _check_choice("nonfinite", nonfinite, ("skip", "error"))
+        _check_choice("param_rounding", param_rounding, ("nearest", "stochastic"))
+        self._param_rounding = param_rounding
         self._nonfinite = nonfinite
         self.skipped_steps = 0
         if not (isinstance(block_size, int) and 16 <= block_size <= 4096 and block_size % 8 == 0):
@@ -112,7 +124,7 @@ class AdamW(torch.optim.Optimizer):
         n = p.numel()
         for name in _STATES:
             if not self._quantized(p, name):
-                st[name] = torch.zeros_like(p, memory_format=torch.contiguous_format)
+                st[name] = torch.zeros(p.shape, dtype=torch.float32)
                 continue
             spec = self._spec(name)
             packed_len, nblocks, nalphas, _ = _core.blockwise_layout(spec, n)
@@ -162,11 +174,12 @@ class AdamW(torch.optim.Optimizer):
                     0.0 if group["decoupled"] else wd,
                     1 - b1, b2, 1 - b2, eps, lr / bc1, math.sqrt(1 - b2**t),
                 )
-                stream = (t << 32) | (index << 1)
-                _core.adamw_step(p.view(-1).numpy(), p.grad.view(-1).numpy(),
+                stream = (t << 32) | (index << 2)  # | 0: exp_avg, 1: exp_avg_sq, 2: param
+                _core.adamw_step(_flat(p), _flat(p.grad),
                                  self._state_arg(st, p, "exp_avg"),
                                  self._state_arg(st, p, "exp_avg_sq"),
-                                 scalars, self._block, self._seed, (stream, stream | 1))
+                                 scalars, self._block, self._seed, (stream, stream | 1),
+                                 self._param_rounding == "stochastic", stream | 2)
         return loss
 
     def _grads_finite(self) -> bool:
@@ -190,22 +203,24 @@ class AdamW(torch.optim.Optimizer):
         if p.device.type != "cpu":
             raise ValueError(f"param: on {p.device}; lowfp.optim runs on CPU tensors "
                              "(the GPU path is not available yet)")
-        if p.dtype != torch.float32 or p.grad.dtype != torch.float32:
-            raise TypeError(f"param: expected float32 parameters and gradients, got {p.dtype}")
+        if p.dtype not in (torch.float32, torch.bfloat16) or p.grad.dtype != p.dtype:
+            raise TypeError("param: expected float32 or bfloat16 parameters with gradients of "
+                            f"the same dtype, got {p.dtype} and {p.grad.dtype}")
         if not (p.is_contiguous() and p.grad.is_contiguous()):
             raise ValueError("param: expected contiguous parameters and gradients")
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
         """Load a state dict saved by this optimizer class (``weights_only`` loads work)."""
         super().load_state_dict(state_dict)
-        # torch casts every state tensor of a float parameter to the parameter's dtype; the
-        # packed codes are bytes (0..255, exact in float32): cast them back.
+        # torch casts every state tensor of a float parameter to the parameter's dtype (packed
+        # codes to float32, float32 moments to bfloat16): put the saved tensors back as saved.
+        params = [p for g in self.param_groups for p in g["params"]]
+        for i, saved in state_dict["state"].items():
+            st = self.state[params[int(i)]]
+            for k, t in saved.items():
+                if torch.is_tensor(t) and k != "step":
+                    st[k] = t.detach().clone().contiguous()
         for p, st in self.state.items():
-            for k in list(st):
-                if k.endswith(".codes"):
-                    st[k] = st[k].to(torch.uint8).contiguous()
-                elif torch.is_tensor(st[k]) and k != "step":
-                    st[k] = st[k].contiguous()
             self._check_layout(p, st)
 
     def _check_layout(self, p: torch.Tensor, st: Dict[str, torch.Tensor]) -> None:
