@@ -26,7 +26,7 @@ except ImportError as e:  # pragma: no cover - torch is an optional extra
     raise ImportError("lowfp.optim needs torch: pip install 'lowfp[torch]'") from e
 
 __all__ = ["AdamW", "AdamW8bit", "AdamW4bit", "AdamWFp8", "SOLO", "solo_beta1",
-           "LowPrecision", "Q"]
+           "LowPrecision", "Q", "SGD", "Muon", "Muon8bit"]
 
 _STATES = ("exp_avg", "exp_avg_sq")
 
@@ -73,6 +73,9 @@ class AdamW(torch.optim.Optimizer):
     Raises:
         ValueError: hyperparameters out of range, unknown codecs.
     """
+
+    #: The per-parameter states, in order (subclasses sharing this storage list their own).
+    _STATES = _STATES
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 1e-2, *, decoupled: bool = True,
@@ -122,7 +125,7 @@ class AdamW(torch.optim.Optimizer):
     def _init_state(self, p: torch.Tensor) -> Dict[str, torch.Tensor]:
         st: Dict[str, torch.Tensor] = {"step": torch.tensor(0.0)}
         n = p.numel()
-        for name in _STATES:
+        for name in self._STATES:
             if not self._quantized(p, name):
                 st[name] = torch.zeros(p.shape, dtype=torch.float32)
                 continue
@@ -212,6 +215,10 @@ class AdamW(torch.optim.Optimizer):
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
         """Load a state dict saved by this optimizer class (``weights_only`` loads work)."""
         super().load_state_dict(state_dict)
+        self._restore_loaded(state_dict)
+
+    def _restore_loaded(self, state_dict: Dict[str, Any]) -> None:
+        """After torch's load_state_dict: undo its casts, then check the layout."""
         # torch casts every state tensor of a float parameter to the parameter's dtype (packed
         # codes to float32, float32 moments to bfloat16): put the saved tensors back as saved.
         params = [p for g in self.param_groups for p in g["params"]]
@@ -346,7 +353,7 @@ class AdamW(torch.optim.Optimizer):
     def summary(self) -> str:
         """One line per state: how it is stored."""
         lines = []
-        for name in _STATES:
+        for name in self._STATES:
             c = self._codecs[name]
             how = "float32" if c is None else (
                 f"{c!r}, block {self._block}, fp32 absmax scales, {self._rounding} rounding; "
@@ -408,3 +415,5 @@ def SOLO(params, bits: int = 3, *, m_bits: Optional[int] = None, quantile: float
 
 
 from .lowprec import LowPrecision, Q  # noqa: E402 - built on the classes above
+from .muon import Muon, Muon8bit  # noqa: E402
+from .sgd import SGD  # noqa: E402

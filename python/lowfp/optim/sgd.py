@@ -2,15 +2,14 @@
 
 Also home of :class:`_PackedStates`, the state-layout mixin that :class:`SGD` and
 :class:`lowfp.optim.muon.Muon` share with :class:`lowfp.optim.AdamW`: the methods that do not
-depend on AdamW's two states are AdamW's own (borrowed, not copied); only the state list and
-the ``load_state_dict`` fix-up (which calls ``super()`` inside AdamW) are restated here.
+depend on AdamW's two states are AdamW's own (borrowed, not copied); only the state list is
+restated here.
 """
 
 from __future__ import annotations
 
 from typing import Any, Dict
 
-import numpy as np
 import torch
 
 from .. import _core
@@ -34,9 +33,17 @@ class _PackedStates:
     _spec = AdamW._spec
     _quantized = AdamW._quantized
     _state_arg = AdamW._state_arg
-    _check = staticmethod(AdamW._check)
     _check_layout = AdamW._check_layout
     state_nbytes = AdamW.state_nbytes
+
+    @staticmethod
+    def _check(p: torch.Tensor) -> None:
+        """AdamW's checks (sparse, complex, device, contiguity), then float32 only: these
+        steps read the parameter and gradient as float32 NumPy views."""
+        AdamW._check(p)
+        if p.dtype != torch.float32 or p.grad.dtype != torch.float32:
+            raise TypeError(f"param: expected float32 parameters and gradients, got {p.dtype} "
+                            f"and {p.grad.dtype}")
 
     def _configure(self, codecs: Dict[str, Any], block_size: int, rounding: str, seed: int,
                    min_quant_size: int) -> None:
@@ -52,37 +59,13 @@ class _PackedStates:
         self._seed = seed
         self._min_quant = int(min_quant_size)
 
-    def _init_state(self, p: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """Zero states of ``p`` (AdamW._init_state over ``self._STATES``)."""
-        st: Dict[str, torch.Tensor] = {"step": torch.tensor(0.0)}
-        n = p.numel()
-        for name in self._STATES:
-            if not self._quantized(p, name):
-                st[name] = torch.zeros_like(p, memory_format=torch.contiguous_format)
-                continue
-            spec = self._spec(name)
-            packed_len, nblocks, nalphas, _ = _core.blockwise_layout(spec, n)
-            packed = np.empty(packed_len, np.uint8)
-            scales = np.empty(nblocks, np.float32)
-            alphas = np.empty(nalphas, np.float32)
-            _core.blockwise_quantize(np.zeros(n, np.float32), spec, packed, scales, alphas, 0, 0)
-            st[f"{name}.codes"] = torch.from_numpy(packed)
-            st[f"{name}.scales"] = torch.from_numpy(scales)
-            st[f"{name}.alphas"] = torch.from_numpy(alphas)
-        return st
+    _init_state = AdamW._init_state
+    _restore_loaded = AdamW._restore_loaded
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
         """Load a state dict saved by this optimizer class (``weights_only`` loads work)."""
         torch.optim.Optimizer.load_state_dict(self, state_dict)
-        # As AdamW.load_state_dict: torch casts the states of a float parameter to its dtype;
-        # the packed codes are bytes (exact in float32): cast them back, then check the layout.
-        for p, st in self.state.items():
-            for k in list(st):
-                if k.endswith(".codes"):
-                    st[k] = st[k].to(torch.uint8).contiguous()
-                elif torch.is_tensor(st[k]) and k != "step":
-                    st[k] = st[k].contiguous()
-            self._check_layout(p, st)
+        self._restore_loaded(state_dict)
 
     def _state_lines(self) -> list:
         """One line per state: how it is stored."""
@@ -168,7 +151,7 @@ class SGD(_PackedStates, torch.optim.Optimizer):
                 st["step"] += 1
                 t = int(st["step"].item())
                 scalars = (lr, mom, 1.0 - group["dampening"], wd)
-                stream = (t << 32) | (index << 1)  # AdamW's rule (its first state's stream)
+                stream = (t << 32) | (index << 2)  # AdamW's rule (its first state's stream)
                 _core.sgd_step(p.view(-1).numpy(), p.grad.view(-1).numpy(),
                                self._state_arg(st, p, "momentum_buffer"), scalars,
                                bool(group["nesterov"]), t == 1, self._block, self._seed, stream)

@@ -1,0 +1,243 @@
+"""Muon (momentum + Newton–Schulz orthogonalization) with a low-bit packed momentum buffer.
+
+One optimizer for a whole model: matrices (``ndim >= 2``) get Muon, everything else (biases,
+gains, and any param group with ``use_muon=False``) gets :class:`lowfp.optim.AdamW`, run by an
+internal instance (``.adamw``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+import torch
+
+from .. import _core
+from ..codec import Linear
+from . import AdamW
+from .sgd import _PackedStates
+
+__all__ = ["Muon", "Muon8bit", "zeropower_via_newtonschulz"]
+
+#: Keller Jordan's quintic Newton–Schulz coefficients.
+NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+
+_ADAMW_GROUP_KEYS = ("lr", "betas", "eps", "weight_decay")
+
+
+def zeropower_via_newtonschulz(g: torch.Tensor, steps: int = 5, eps: float = 1e-7) -> torch.Tensor:
+    """Approximate orthogonalization ``U Vᵀ`` of a 2-D ``g = U S Vᵀ``, in bfloat16.
+
+    Keller Jordan's quintic iteration: ``X = g / (‖g‖_F + eps)`` (transposed so that rows ≤
+    columns), then ``steps`` times ``A = X Xᵀ; B = b·A + c·A²; X = a·X + B X`` with
+    ``(a, b, c) = (3.4445, −4.7750, 2.0315)``. ``B`` and ``a·X + B X`` are computed as
+    ``torch.addmm`` (the same polynomial, one rounding each, as in torch.optim.Muon).
+    Returns a bfloat16 tensor of ``g``'s shape.
+    """
+    if g.ndim != 2:
+        raise ValueError(f"g: expected a 2-D matrix, got shape {tuple(g.shape)}")
+    a, b, c = NS_COEFFICIENTS
+    x = g.to(torch.bfloat16, copy=True)
+    tall = g.size(0) > g.size(1)
+    if tall:
+        x = x.T
+    x = x / (x.norm() + eps)
+    for _ in range(steps):
+        gram = x @ x.T
+        poly = torch.addmm(gram, gram, gram, beta=b, alpha=c)
+        x = torch.addmm(x, poly, x, beta=a)
+    return x.T if tall else x
+
+
+class Muon(_PackedStates, torch.optim.Optimizer):
+    """Muon for matrices, AdamW for the rest, in one optimizer; low-bit momentum optional.
+
+    Per matrix ``W`` (any ``ndim >= 2``, viewed as ``(shape[0], -1)``, ``rows × cols``):
+    ``buf ← buf + (1 − β)(g − buf)`` (fused Rust step on a float32 copy of the gradient;
+    ``p.grad`` is left untouched), direction ``g + β(buf − g)`` with Nesterov else ``buf``;
+    ``O = NS(direction)`` (:func:`zeropower_via_newtonschulz`, bfloat16, ``ns_steps``);
+    ``W ← W·(1 − lr·wd)``; ``W ← W − lr·sqrt(max(1, rows/cols))·O``. The shape scaling is
+    Keller Jordan's original rule (torch.optim.Muon's default ``adjust_lr_fn="original"``),
+    so with float32 momentum this is torch.optim.Muon's step.
+
+    Param groups: a group with ``use_muon=False`` goes to AdamW whole, and there ``lr``,
+    ``betas``, ``eps``, ``weight_decay`` are AdamW's (defaults ``adamw_lr``, ``adamw_betas``,
+    ``adamw_eps``, ``adamw_weight_decay``). Any other group is split in two: its matrices stay
+    a Muon group (``use_muon=True``) and the rest becomes a ``use_muon=False`` group with the
+    optimizer's AdamW defaults, so ``param_groups`` may hold more groups than were passed.
+    Every group, AdamW's included, lives in ``param_groups`` (LR schedulers scale both kinds);
+    the AdamW hyperparameters are copied to the internal :class:`lowfp.optim.AdamW` (``.adamw``,
+    built with ``adamw_kwargs``, e.g. ``exp_avg=lowfp.Dynamic(8)``) at each step.
+
+    Args:
+        params: parameters or param groups (float32, contiguous CPU tensors).
+        lr, momentum, nesterov, weight_decay: Muon's (``weight_decay`` decoupled, times lr).
+        ns_steps: Newton–Schulz iterations.
+        adamw_lr, adamw_betas, adamw_eps, adamw_weight_decay: AdamW's, for the other
+            parameters (``adamw_weight_decay`` decoupled, as torch.optim.AdamW).
+        momentum_codec: storage of the Muon momentum: None (float32), a float format of at
+            most 8 bits, or a Linear/Dynamic/Log codec, blockwise with float32 absmax scales
+            (every matrix is quantized, whatever its size).
+        block_size: elements per block of a quantized momentum (16..4096, multiple of 8).
+        rounding: "nearest" or "stochastic" re-encoding of the momentum.
+        seed: key of the stochastic rounding; also the AdamW part's seed unless
+            ``adamw_kwargs`` sets one (the Muon streams set bit 31 of the parameter field, so
+            the two never draw the same bits).
+        adamw_kwargs: more keyword arguments of :class:`lowfp.optim.AdamW` (its states'
+            codecs, block size, rounding, seed, ``decoupled``, ``min_quant_size``).
+
+    Raises:
+        ValueError: hyperparameters out of range (the message names the argument);
+            at ``step``, sparse gradients, non-contiguous or non-CPU tensors.
+        TypeError: unknown ``adamw_kwargs``; at ``step``, non-float32 tensors.
+    """
+
+    _STATES = ("momentum_buffer",)
+
+    def __init__(self, params, lr: float = 0.02, momentum: float = 0.95, nesterov: bool = True,
+                 weight_decay: float = 0.0, ns_steps: int = 5, *, adamw_lr: float = 3e-4,
+                 adamw_betas=(0.9, 0.95), adamw_eps: float = 1e-8,
+                 adamw_weight_decay: float = 0.0, momentum_codec: Any = None,
+                 block_size: int = 2048, rounding: str = "nearest", seed: int = 0,
+                 adamw_kwargs: Optional[Dict[str, Any]] = None):
+        if not lr >= 0.0:
+            raise ValueError(f"lr: expected >= 0, got {lr}")
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"momentum: expected in [0, 1), got {momentum}")
+        if not weight_decay >= 0.0:
+            raise ValueError(f"weight_decay: expected >= 0, got {weight_decay}")
+        if not (isinstance(ns_steps, int) and 0 <= ns_steps < 100):
+            raise ValueError(f"ns_steps: expected an integer in 0..99, got {ns_steps!r}")
+        kw = dict(adamw_kwargs or {})
+        clash = sorted(set(kw) & {"params", *_ADAMW_GROUP_KEYS})
+        if clash:
+            raise TypeError(f"adamw_kwargs: {clash} are set by adamw_lr, adamw_betas, "
+                            "adamw_eps, adamw_weight_decay")
+        kw.setdefault("seed", seed)
+        self._configure({"momentum_buffer": (momentum_codec, "momentum_codec")}, block_size,
+                        rounding, seed, 0)
+        # validates adamw_* and adamw_kwargs now (AdamW's own checks and messages)
+        AdamW([torch.zeros(1)], lr=adamw_lr, betas=adamw_betas, eps=adamw_eps,
+              weight_decay=adamw_weight_decay, **kw)
+        self._adamw_defaults = dict(lr=adamw_lr, betas=tuple(adamw_betas), eps=adamw_eps,
+                                    weight_decay=adamw_weight_decay)
+        self._adamw_kwargs = kw
+        #: The internal AdamW for the parameters that are not Muon's (None when there are none).
+        self.adamw: Optional[AdamW] = None
+        defaults = dict(lr=lr, momentum=momentum, nesterov=bool(nesterov),
+                        weight_decay=weight_decay, ns_steps=ns_steps, use_muon=True)
+        super().__init__(params, defaults)
+
+    # ------------------------------------------------------------ groups
+
+    def add_param_group(self, param_group: Dict[str, Any]) -> None:
+        """Add a group: split into its Muon part (matrices) and its AdamW part (the rest)."""
+        group = dict(param_group)
+        ps = group["params"]
+        ps = [ps] if isinstance(ps, torch.Tensor) else list(ps)
+        if group.get("use_muon", True) is False:
+            parts = [(False, ps)]
+        else:
+            mats = [p for p in ps if p.ndim >= 2]
+            rest = [p for p in ps if p.ndim < 2]
+            parts = [(True, mats), (False, rest)] if mats and rest else [(bool(mats), ps)]
+        for use_muon, sub in parts:
+            g = dict(group, params=sub, use_muon=use_muon)
+            if not use_muon:
+                if group.get("use_muon", True) is not False:
+                    # a split-off part: the optimizer's AdamW settings, not the Muon ones
+                    g = {k: v for k, v in g.items() if k not in _ADAMW_GROUP_KEYS}
+                for k, v in self._adamw_defaults.items():
+                    g.setdefault(k, v)
+            super().add_param_group(g)
+            if not use_muon:
+                ag = {"params": g["params"], **{k: g[k] for k in _ADAMW_GROUP_KEYS}}
+                if self.adamw is None:
+                    self.adamw = AdamW([ag], **self._adamw_kwargs)
+                else:
+                    self.adamw.add_param_group(ag)
+
+    def _adamw_groups(self):
+        return [g for g in self.param_groups if not g["use_muon"]]
+
+    # ------------------------------------------------------------ the step
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """One optimization step (see torch.optim.Optimizer.step)."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        if self.adamw is not None:
+            for mine, theirs in zip(self._adamw_groups(), self.adamw.param_groups):
+                theirs.update({k: mine[k] for k in _ADAMW_GROUP_KEYS})
+            self.adamw.step()
+        index = 0
+        for group in self.param_groups:
+            lr, beta, wd = group["lr"], group["momentum"], group["weight_decay"]
+            for p in group["params"]:
+                index += 1
+                if not group["use_muon"] or p.grad is None:
+                    continue
+                self._check(p)
+                st = self.state[p]
+                if not st:
+                    st.update(self._init_state(p))
+                st["step"] += 1
+                t = int(st["step"].item())
+                stream = (t << 32) | (1 << 31) | (index << 2)
+                d = p.grad.detach().clone(memory_format=torch.contiguous_format)
+                _core.muon_momentum(d.view(-1).numpy(), self._state_arg(st, p, "momentum_buffer"),
+                                    beta, bool(group["nesterov"]), self._block, self._seed, stream)
+                rows = p.shape[0]
+                cols = p.numel() // rows
+                o = zeropower_via_newtonschulz(d.view(rows, cols), group["ns_steps"])
+                p.mul_(1 - lr * wd)
+                p.add_(o.view(p.shape), alpha=-lr * max(1.0, rows / cols) ** 0.5)
+        return loss
+
+    # ------------------------------------------------------------ checkpoints
+
+    def state_dict(self) -> Dict[str, Any]:
+        """torch's state dict of the Muon part, with the AdamW part's under ``"adamw"``."""
+        sd = super().state_dict()
+        sd["adamw"] = None if self.adamw is None else self.adamw.state_dict()
+        return sd
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        """Load a state dict saved by this class (``weights_only`` loads work)."""
+        sd = dict(state_dict)
+        adamw = sd.pop("adamw", None)
+        if (adamw is None) != (self.adamw is None):
+            raise ValueError("state_dict: the AdamW part (parameters that are not matrices) "
+                             "does not match this optimizer's")
+        super().load_state_dict(sd)
+        if self.adamw is not None:
+            self.adamw.load_state_dict(adamw)
+
+    # ------------------------------------------------------------ reporting
+
+    def state_nbytes(self) -> int:
+        """Exact bytes of all optimizer state, both parts (the step counters included)."""
+        own = super().state_nbytes()
+        return own + (0 if self.adamw is None else self.adamw.state_nbytes())
+
+    def summary(self) -> str:
+        """How each state is stored, for both parts, and the state bytes."""
+        nm = sum(len(g["params"]) for g in self.param_groups if g["use_muon"])
+        na = sum(len(g["params"]) for g in self._adamw_groups())
+        lines = [f"Muon ({nm} matrices): " + line for line in self._state_lines()]
+        if self.adamw is not None:
+            lines += [f"AdamW ({na} others): " + line
+                      for line in self.adamw.summary().splitlines()[:-1]]
+        lines.append(f"state bytes: {self.state_nbytes()}")
+        return "\n".join(lines)
+
+
+def Muon8bit(params, **kwargs) -> Muon:  # noqa: N802 - the name users know
+    """Muon with its momentum in 8-bit linear codes (``lowfp.Linear(8)``: signed, symmetric,
+    with zero), blockwise absmax, block 2048: the setting of "Effective Quantization of Muon
+    Optimizer States" (8-bit linear blockwise Muon). About 1 + 4/2048 bytes per matrix
+    element; the AdamW part keeps float32 states unless ``adamw_kwargs`` says otherwise."""
+    kwargs.setdefault("block_size", 2048)
+    return Muon(params, momentum_codec=Linear(8), **kwargs)
