@@ -489,7 +489,7 @@ fn blockwise_layout(spec: &Bound<'_, PyAny>, count: usize) -> PyResult<(usize, u
 enum StateArrays<'py> {
     F32(PyReadwriteArrayDyn<'py, f32>),
     Quantized(
-        block::Spec,
+        Box<block::Spec>,
         PyReadwriteArrayDyn<'py, u8>,
         PyReadwriteArrayDyn<'py, f32>,
         PyReadwriteArrayDyn<'py, f32>,
@@ -511,7 +511,7 @@ fn state_arrays<'py>(obj: &Bound<'py, PyAny>, arg: &str) -> PyResult<StateArrays
         ))
     })?;
     Ok(StateArrays::Quantized(
-        block_spec(&spec)?,
+        Box::new(block_spec(&spec)?),
         rw::<u8>(&packed, arg)?,
         rw::<f32>(&scales, arg)?,
         rw::<f32>(&alphas, arg)?,

@@ -11,38 +11,60 @@
 //!   P(up) is the fraction at 2^-32 resolution. Outside the table: clamp. NaN → 0.
 //!
 //! Design:
-//! - Small tables (≤ `ACCEL_MIN_LEN` levels, e.g. per-block tables of 4–16 levels built for
-//!   every block) store only the levels: `new` is one validation pass and no extra
-//!   allocation. Lookups count midpoints branch-free over the whole table, using
-//!   `m_k < x  ⟺  levels[k] + levels[k+1] < 2x` in f64 (halving and doubling are exact);
-//!   counting `<` and `≤` together detects a tie without another load.
-//! - Large tables (the 256-entry dynamic map) also get an acceleration structure: midpoints
-//!   precomputed in f64 with two +inf sentinels, and a bucket index on the order-preserving
-//!   key of the f32 bit pattern (`key = bits ^ 0x8000_0000` for +, `!bits` for −, so integer
-//!   order = numeric order). Bucket `b` covers keys `[base + b·2^s, base + (b+1)·2^s)` from
-//!   the first to the last level and stores `C(first value of the bucket)` with
-//!   `C(x) = #{k : m_k < x}`: a lower bound of `C(x)` for every `x` in the bucket, since `C`
-//!   is monotone. `s` is the smallest shift giving at most `MAX_BUCKETS` buckets (16 KiB).
-//!   When no bucket holds more than two midpoints (true of the dynamic, linear and log maps
-//!   tested), two branch-free compares against `mids[start]`, `mids[start+1]` finish the
-//!   count exactly; otherwise ("crowded" tables) a forward scan does. All compares are exact
-//!   f64 compares, so results equal the definition bit for bit. Bit-pattern buckets are
-//!   logarithmic in value, which suits the dynamic and log maps (dense near zero) and is still
-//!   fine for linear maps. Built by one merge sweep, O(buckets + levels), ~40 µs.
-//!   Rejected: plain binary search (eight dependent, mispredicted compares per element); a
-//!   uniform-in-value grid (useless for the dynamic map, whose levels span seven decades).
-//! - `stochastic` reuses the midpoint count: level `c = C(x)` is the only level in
-//!   `(m_{c-1}, m_c]`, so `lo` is `c` or `c-1` after one compare, and an exact level gives a
-//!   zero fraction, so it never moves. The division stays (a reciprocal would change bits).
+//! - Everything works on the order-preserving key of the f32 bit pattern
+//!   (`key = bits ^ 0x8000_0000` for +, `!bits` for −, so integer order = numeric order, with
+//!   −0 one below +0). As `x` steps through the f32s in key order, `nearest(x)` never falls
+//!   and rises by at most one per step (an f32 level lies strictly between two midpoints), so
+//!   it is fully described by `n - 1` *transition keys*: `τ_k` = the smallest key whose code
+//!   is `> k`, i.e. the first f32 `> m_k`, or the first `>= m_k` when `k` is odd (an exact tie
+//!   goes to the even index `k + 1`). Then `nearest(x) = #{k : τ_k <= key(x)}` for every
+//!   non-NaN `x`, clamping included; ties and the ±0 pair are folded into the keys, so no
+//!   lookup needs f64 or tie logic. `new` computes the `τ_k` (a few exact f64 ops each).
+//! - Direct index: 2^16 buckets, one per value of the top 16 bits of the bit pattern (not the
+//!   key: no key transform in the hot path), covering all of f32, NaN and ±inf included, so
+//!   no range checks. Entry `[t_lo, t_hi, c0, c1]`: the code is `c0` where the pattern's low 16
+//!   bits are `<= t`, else `c1` (`c1 = c0 + 1` on the positive side, `c0 - 1` on the negative
+//!   side, where the low bits run against the value order; `c0 = c1` without a transition;
+//!   the +inf bucket gives the last code at low bits 0 and 0 to the NaNs after it). So the
+//!   lookup is one load, one 16-bit compare and one dependent byte load, ~3 cycles/element.
+//!   A bucket with 2+ transitions cannot be described so: it is marked in a bitmap and a
+//!   binary search over the `τ_k` settles it. None of the dynamic, linear or log maps has
+//!   one (tested); tables that do ("crowded") take a separate, checked path. 256 KiB, built
+//!   by one sweep over the `τ_k` with run fills (~20 µs).
+//! - Large tables (> `SMALL_MAX` levels, e.g. the 256-level dynamic map) build the index in
+//!   `new`. Small ones (e.g. the per-block log tables of 4–16 levels, built for every block)
+//!   keep the keys inline in an aligned padded array (no allocation besides the levels) and
+//!   count `τ_k <= key` with SSE2 compares and a movemask (scalar elsewhere), ~9 cycles; they
+//!   build the index lazily once clearly reused: a sampled (1 key in 64), racy relaxed counter
+//!   reaches `LAZY_SAMPLES`, i.e. after roughly 32k lookups. A per-block table never pays for
+//!   the index, a table shared by a whole tensor (linear 4-bit) gets it.
+//! - Hot-path dispatch: `fast`, a pointer to the entries mirroring the `OnceLock` (one load
+//!   and test instead of the `OnceLock` state check plus pointer loads, worth ~15%).
+//! - `stochastic` reuses `nearest`: the nearest level `c` is the level just below or just
+//!   above `x`, so `lo = c - (x < levels[c])` (an exact level gives a zero fraction, so it
+//!   never moves); clamped inputs are handled branch-free (they can be half the inputs, e.g.
+//!   negative values on an unsigned map). The f64 division stays (a reciprocal would change
+//!   bits).
+//! - Rejected: the previous f64-midpoint buckets with two compares (4x slower: f64
+//!   conversions and range/NaN/tie logic per element); binary search (dependent,
+//!   mispredicted compares); an index in key order (the key transform costs ~30%); an f32
+//!   threshold per bucket (`base + (x > thr)`: the float compare made it ~25% slower than the
+//!   integer one).
 
 use crate::error::{Error, Result};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
+use std::sync::OnceLock;
 
-/// Tables with more levels than this get the bucket index.
-const ACCEL_MIN_LEN: usize = 32;
-/// Upper bound on the number of buckets of the index (one byte each).
-const MAX_BUCKETS: u64 = 1 << 14;
+/// Tables with at most this many levels count inline keys; larger ones build the index in
+/// `new`.
+const SMALL_MAX: usize = 32;
+/// Small tables build the index after this many sampled lookups (1 in 64 keys is sampled).
+const LAZY_SAMPLES: u32 = 512;
+/// Number of buckets of the direct index (top 16 bits of the bit pattern).
+const BUCKETS: usize = 1 << 16;
 
-/// Order-preserving map of an f32 bit pattern to u32 (NaN excluded by callers).
+/// Order-preserving map of an f32 bit pattern to u32 (NaNs land beyond ±inf).
 #[inline(always)]
 fn key(x: f32) -> u32 {
     // Branch-free: flip every bit of a negative pattern, only the sign bit of a positive one.
@@ -50,91 +72,252 @@ fn key(x: f32) -> u32 {
     b ^ (((b as i32) >> 31) as u32 | 0x8000_0000)
 }
 
-/// Inverse of [`key`].
-#[inline(always)]
-fn from_key(k: u32) -> f32 {
-    if k & 0x8000_0000 != 0 {
-        f32::from_bits(k & 0x7fff_ffff)
+/// The smallest f32 above `f` (finite `f`; `-0.0` just above the smallest negative).
+fn next_up(f: f32) -> f32 {
+    if f == 0.0 {
+        f32::from_bits(1)
+    } else if f > 0.0 {
+        f32::from_bits(f.to_bits() + 1)
     } else {
-        f32::from_bits(!k)
+        f32::from_bits(f.to_bits() - 1)
     }
 }
 
-/// Bucket index over the midpoints of a large table.
-#[derive(Debug, Clone)]
-struct Accel {
-    /// Midpoints in f64, followed by two `+inf` sentinels.
-    mids: Vec<f64>,
-    /// `key(levels[0])`.
-    base: u32,
-    /// Bucket width is `2^shift` keys.
-    shift: u32,
-    /// `starts[b]` = number of midpoints below the first value of bucket `b`.
-    starts: Vec<u8>,
-    /// Some bucket holds more than two midpoints (then a scan finishes the count).
-    crowded: bool,
+/// Key of the smallest f32 (in key order) equal to `f`: −0 for a zero.
+fn first_key(f: f32) -> u32 {
+    key(if f == 0.0 { -0.0 } else { f })
 }
 
-impl Accel {
-    fn new(levels: &[f32]) -> Accel {
-        let mut mids: Vec<f64> =
-            levels.windows(2).map(|w| (w[0] as f64 + w[1] as f64) / 2.0).collect();
-        mids.extend([f64::INFINITY; 2]);
-        let base = key(levels[0]);
-        let span = (key(levels[levels.len() - 1]) - base) as u64;
-        let mut shift = 0u32;
-        while (span >> shift) + 1 > MAX_BUCKETS {
-            shift += 1;
-        }
-        let nb = ((span >> shift) + 1) as usize;
-        let mut starts = Vec::with_capacity(nb);
-        let mut c = 0usize;
-        for b in 0..nb {
-            let first = from_key(base + ((b as u32) << shift)) as f64;
-            while mids[c] < first {
-                c += 1;
+/// Transition key `τ_k` of midpoint `k`: the smallest key whose nearest code exceeds `k`.
+fn transition(a: f32, b: f32, k: usize) -> u32 {
+    let m = (a as f64 + b as f64) / 2.0;
+    let f = m as f32;
+    let fd = f as f64;
+    if fd > m || (fd == m && k & 1 == 1) {
+        // f is the first f32 above m, or m itself where a tie goes up (k odd → k + 1 even)
+        first_key(f)
+    } else {
+        // f < m, or f == m with a tie staying at k: the next f32 up
+        first_key(next_up(f))
+    }
+}
+
+/// The direct index over the top 16 bits of the f32 bit pattern (see the module docs).
+#[derive(Clone)]
+struct Index {
+    /// Per bucket: `[t_lo, t_hi, c0, c1]`: the code is `c0` where the low 16 bits of the
+    /// pattern are `<= t` (little-endian u16), else `c1`.
+    ent: Box<Entries>,
+    /// Bitmap of the buckets holding 2+ transitions (cold path); empty when there are none.
+    slow: Box<[u64]>,
+    /// The transition keys, ascending.
+    taus: Box<[u32]>,
+}
+
+impl std::fmt::Debug for Index {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Index").field("taus", &self.taus).finish_non_exhaustive()
+    }
+}
+
+/// The entries of the direct index, by the top 16 bits of the bit pattern.
+type Entries = [[u8; 4]; BUCKETS];
+
+/// The code of the value with bit pattern `b`, from entries without cold buckets.
+#[inline(always)]
+fn lookup(ent: &Entries, b: u32) -> u8 {
+    let e = &ent[(b >> 16) as usize];
+    e[2 + (b as u16 > u16::from_le_bytes([e[0], e[1]])) as usize]
+}
+
+/// An index entry.
+fn entry(t: u16, c0: usize, c1: usize) -> [u8; 4] {
+    let t = t.to_le_bytes();
+    [t[0], t[1], c0 as u8, c1 as u8]
+}
+
+impl Index {
+    fn new(taus: &[u32]) -> Box<Index> {
+        // 256 KiB, allocated on the heap directly (not through the stack).
+        let ent = vec![[0u8; 4]; BUCKETS].into_boxed_slice().try_into().expect("BUCKETS");
+        let mut ix = Box::new(Index { ent, slow: Box::new([]), taus: taus.into() });
+        let mut slow = vec![0u64; BUCKETS / 64];
+        // Key bucket `kb` (top 16 key bits) is pattern bucket `kb ^ 0x8000` for positive
+        // values and `!kb` for negative ones, whose low bits run against the value order.
+        let pos = |kb: usize| kb - 0x8000;
+        let neg = |kb: usize| 0xffff - kb;
+        // Key buckets `k0..k1` hold no transition: code `c` throughout.
+        let fill = |ix: &mut Index, k0: usize, k1: usize, c: usize| {
+            let e = entry(0xffff, c, c);
+            if k1 > 0x8000 {
+                ix.ent[pos(k0.max(0x8000))..pos(k1)].fill(e);
             }
-            starts.push(c as u8);
+            if k0 < 0x8000 {
+                ix.ent[neg(k1.min(0x8000) - 1)..=neg(k0)].fill(e);
+            }
+        };
+        let (mut b, mut i) = (0usize, 0usize);
+        while i < taus.len() {
+            let kb = (taus[i] >> 16) as usize;
+            fill(&mut ix, b, kb, i);
+            let mut j = i + 1;
+            while j < taus.len() && (taus[j] >> 16) as usize == kb {
+                j += 1;
+            }
+            // A transition at the bucket's first key counts in its base code.
+            let at_start = (taus[i] & 0xffff == 0) as usize;
+            let c = i + at_start;
+            match j - i - at_start {
+                0 => fill(&mut ix, kb, kb + 1, c),
+                1 => {
+                    // code c below the transition key's low bits `l`, c + 1 from there
+                    let l = (taus[j - 1] & 0xffff) as u16;
+                    if kb >= 0x8000 {
+                        ix.ent[pos(kb)] = entry(l - 1, c, c + 1);
+                    } else {
+                        // pattern low bits `0xffff - l` and below hold keys `l` and above
+                        ix.ent[neg(kb)] = entry(0xffff - l, c + 1, c);
+                    }
+                }
+                _ => {
+                    let r = if kb >= 0x8000 { pos(kb) } else { neg(kb) };
+                    slow[r / 64] |= 1 << (r % 64);
+                    ix.ent[r] = entry(0xffff, c, c);
+                }
+            }
+            (b, i) = (kb + 1, j);
         }
-        // The last bucket ends at levels[last], below which lie all the midpoints.
-        let ends = starts[1..].iter().copied().chain([(levels.len() - 1) as u8]);
-        let crowded = starts.iter().zip(ends).any(|(&a, b)| b - a > 2);
-        Accel { mids, base, shift, starts, crowded }
+        fill(&mut ix, b, BUCKETS, taus.len());
+        // NaNs: those below −inf already get code 0. Above +inf: +inf (low bits 0) keeps the
+        // last code, the NaNs after it get 0.
+        let inf = (f32::INFINITY.to_bits() >> 16) as usize;
+        ix.ent[inf] = entry(0, taus.len(), 0);
+        ix.ent[inf + 1..0x8000].fill(entry(0xffff, 0, 0));
+        if slow.iter().any(|&w| w != 0) {
+            ix.slow = slow.into();
+        }
+        ix
     }
 
-    /// `(#{k : m_k < x}, #{k : m_k <= x})` for `levels[0] < x < levels[last]`.
+    /// Whether some bucket needs the cold path.
+    fn crowded(&self) -> bool {
+        !self.slow.is_empty()
+    }
+
+    /// The code of the value with bit pattern `b`, for an index without cold buckets.
     #[inline(always)]
-    fn counts(&self, x: f32) -> (usize, usize) {
-        let b = ((key(x) - self.base) >> self.shift) as usize;
-        let s = self.starts[b] as usize;
-        let xd = x as f64;
-        if self.crowded {
-            let mut lt = s;
-            while self.mids[lt] < xd {
-                lt += 1;
-            }
-            return (lt, lt + (self.mids[lt] == xd) as usize);
+    fn lookup(&self, b: u32) -> u8 {
+        lookup(&self.ent, b)
+    }
+
+    /// The code of `x`, for any index.
+    #[inline(never)]
+    fn lookup_checked(&self, x: f32) -> u8 {
+        let i = (x.to_bits() >> 16) as usize;
+        if self.slow[i / 64] >> (i % 64) & 1 != 0 {
+            return self.cold(x);
         }
-        // Every bucket holds at most two midpoints: branch-free compares against the two
-        // candidates (mids are sorted, so the sums are the counts).
-        let (m0, m1) = (self.mids[s], self.mids[s + 1]);
-        let lt = s + (m0 < xd) as usize + (m1 < xd) as usize;
-        let le = s + (m0 <= xd) as usize + (m1 <= xd) as usize;
-        (lt, le)
+        self.lookup(x.to_bits())
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn cold(&self, x: f32) -> u8 {
+        let k = key(x); // never NaN: NaN buckets are not cold
+        self.taus.partition_point(|&t| t <= k) as u8
     }
 }
+
+/// `#{i : keys[i] <= k}` over the first 16 keys (all 32 if `wide`), for keys sorted ascending
+/// with a pad (`i32::MAX`) among the keys used: the keys above `k` then form a nonempty
+/// suffix, whose start is the trailing zero count of the mask of `keys[i] > k`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn count_le(keys: &Keys, wide: bool, k: i32) -> u32 {
+    use std::arch::x86_64::*;
+    // SSE2 is part of the x86_64 baseline. SAFETY: aligned in-bounds loads of `keys.0`.
+    #[allow(unused_unsafe)]
+    unsafe {
+        let kv = _mm_set1_epi32(k);
+        let p = keys.0.as_ptr() as *const __m128i;
+        let a = _mm_packs_epi32(
+            _mm_cmpgt_epi32(_mm_load_si128(p), kv),
+            _mm_cmpgt_epi32(_mm_load_si128(p.add(1)), kv),
+        );
+        let b = _mm_packs_epi32(
+            _mm_cmpgt_epi32(_mm_load_si128(p.add(2)), kv),
+            _mm_cmpgt_epi32(_mm_load_si128(p.add(3)), kv),
+        );
+        let mut m = _mm_movemask_epi8(_mm_packs_epi16(a, b)) as u32;
+        if wide {
+            let a = _mm_packs_epi32(
+                _mm_cmpgt_epi32(_mm_load_si128(p.add(4)), kv),
+                _mm_cmpgt_epi32(_mm_load_si128(p.add(5)), kv),
+            );
+            let b = _mm_packs_epi32(
+                _mm_cmpgt_epi32(_mm_load_si128(p.add(6)), kv),
+                _mm_cmpgt_epi32(_mm_load_si128(p.add(7)), kv),
+            );
+            m |= (_mm_movemask_epi8(_mm_packs_epi16(a, b)) as u32) << 16;
+        }
+        m.trailing_zeros()
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[inline(always)]
+fn count_le(keys: &Keys, wide: bool, k: i32) -> u32 {
+    let n = if wide { SMALL_MAX } else { 16 };
+    keys.0[..n].iter().map(|&t| (t <= k) as u32).sum()
+}
+
+/// The transition keys of a small table, aligned for vector loads.
+#[derive(Debug, Clone, Copy)]
+#[repr(align(16))]
+struct Keys([i32; SMALL_MAX]);
 
 /// A codec over strictly ascending finite `f32` levels; the code of a level is its index.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Table {
     levels: Vec<f32>,
-    accel: Option<Box<Accel>>,
+    /// Small tables: the transition keys as signed keys (`key ^ 0x8000_0000`), padded with
+    /// `i32::MAX`; only the first 16 are used unless `wide` (more than 16 levels).
+    small: Keys,
+    wide: bool,
+    /// The direct index when it has no cold bucket: set in `new` for large tables, lazily for
+    /// small ones (which keep counting when theirs would have cold buckets).
+    index: OnceLock<Box<Index>>,
+    /// Null, or the address of the entries of `index` (set right after it): one load and one
+    /// test in the hot path instead of the `OnceLock` state check plus two pointer loads.
+    fast: AtomicPtr<Entries>,
+    /// The index of a large table with cold buckets.
+    crowded: Option<Box<Index>>,
+    /// Sampled lookups of a small table without its index (racy; a heuristic only);
+    /// `u32::MAX` once its index turned out to have cold buckets.
+    uses: AtomicU32,
+}
+
+impl Clone for Table {
+    fn clone(&self) -> Table {
+        let t = Table {
+            levels: self.levels.clone(),
+            small: self.small,
+            wide: self.wide,
+            index: self.index.clone(),
+            fast: AtomicPtr::default(),
+            crowded: self.crowded.clone(),
+            uses: AtomicU32::new(self.uses.load(Relaxed)),
+        };
+        t.publish();
+        t
+    }
 }
 
 impl Table {
     /// Build a table. Errors (`"levels"`): fewer than 2 or more than 256 levels, a non-finite
     /// level, or levels not strictly ascending. Cheap for small tables (no allocation beyond
-    /// `levels`); tables of more than 32 levels also build a lookup index.
+    /// `levels`); tables of more than 32 levels also build a 256 KiB lookup index (~20 µs),
+    /// which small tables build lazily once heavily reused.
     pub fn new(levels: Vec<f32>) -> Result<Table> {
         let n = levels.len();
         if !(2..=256).contains(&n) {
@@ -156,8 +339,30 @@ impl Table {
                 ),
             ));
         }
-        let accel = (n > ACCEL_MIN_LEN).then(|| Box::new(Accel::new(&levels)));
-        Ok(Table { levels, accel })
+        let mut t = Table {
+            levels,
+            small: Keys([i32::MAX; SMALL_MAX]),
+            wide: n > 16,
+            index: OnceLock::new(),
+            fast: AtomicPtr::default(),
+            crowded: None,
+            uses: AtomicU32::new(0),
+        };
+        let taus = t.levels.windows(2).enumerate().map(|(k, w)| transition(w[0], w[1], k));
+        if n <= SMALL_MAX {
+            for (s, tau) in t.small.0.iter_mut().zip(taus) {
+                *s = (tau ^ 0x8000_0000) as i32;
+            }
+        } else {
+            let ix = Index::new(&taus.collect::<Vec<u32>>());
+            if ix.crowded() {
+                t.crowded = Some(ix);
+            } else {
+                let _ = t.index.set(ix);
+                t.publish();
+            }
+        }
+        Ok(t)
     }
 
     /// The levels, ascending.
@@ -175,42 +380,79 @@ impl Table {
         self.levels.is_empty()
     }
 
-    /// `(#{k : m_k < x}, #{k : m_k <= x})` for `levels[0] < x < levels[last]` (x not NaN).
+    /// Small-table lookup: count the transition keys at or below the key of `x`.
     #[inline(always)]
-    fn counts(&self, x: f32) -> (usize, usize) {
-        if let Some(a) = &self.accel {
-            return a.counts(x);
+    fn nearest_small(&self, b: u32) -> u8 {
+        let b = b as i32;
+        let mut k = b ^ ((b >> 31) & 0x7fff_ffff);
+        if k > 0x7f80_0000 {
+            k = i32::MIN; // +NaN (−NaN already lies below everything)
         }
-        // Small table: branch-free linear count over midpoints computed on the fly, using
-        // `m_k < x  <=>  levels[k] + levels[k+1] < 2x` in f64 (the halving is exact, and 2x
-        // is exact), which saves the multiply.
-        let l = &self.levels;
-        let x2 = 2.0 * x as f64;
-        let (mut lt, mut le) = (0usize, 0usize);
-        for (&a, &b) in l[..l.len() - 1].iter().zip(&l[1..]) {
-            let sum = a as f64 + b as f64;
-            lt += (sum < x2) as usize;
-            le += (sum <= x2) as usize;
+        if k & 63 == 21 {
+            self.sample();
         }
-        (lt, le)
+        // The keys are sorted and padded with i32::MAX: count those <= k, over the first 16
+        // keys unless `wide`.
+        count_le(&self.small, self.wide, k) as u8
+    }
+
+    /// Count a sampled lookup; build the index once the table has clearly been reused.
+    #[cold]
+    #[inline(never)]
+    fn sample(&self) {
+        let u = self.uses.load(Relaxed);
+        if u == u32::MAX {
+            return;
+        }
+        self.uses.store(u + 1, Relaxed);
+        if u + 1 >= LAZY_SAMPLES {
+            self.build_index();
+        }
+    }
+
+    /// Build the index of a small table (if it has no cold bucket).
+    #[cold]
+    #[inline(never)]
+    fn build_index(&self) {
+        if self.levels.len() > SMALL_MAX || self.index.get().is_some() {
+            return;
+        }
+        let taus: Vec<u32> =
+            self.small.0[..self.levels.len() - 1].iter().map(|&t| t as u32 ^ 0x8000_0000).collect();
+        let ix = Index::new(&taus);
+        if ix.crowded() {
+            self.uses.store(u32::MAX, Relaxed);
+        } else {
+            // Another thread may have won the race with the same index; keep either.
+            let _ = self.index.set(ix);
+            self.publish();
+        }
+    }
+
+    /// Point `fast` at the entries of the index, once set.
+    fn publish(&self) {
+        if let Some(ix) = self.index.get() {
+            let p: *const Entries = &*ix.ent;
+            self.fast.store(p.cast_mut(), Ordering::Release);
+        }
     }
 
     /// Index of the nearest level; an exact midpoint tie goes to the even index. Below the
     /// first level → 0, above the last → last index, NaN → 0.
-    #[inline]
+    #[inline(always)]
     pub fn nearest(&self, x: f32) -> u8 {
-        let l = &self.levels;
-        let last = l.len() - 1;
-        if x.is_nan() || x <= l[0] {
-            return 0;
+        let p = self.fast.load(Ordering::Acquire);
+        if !p.is_null() {
+            // SAFETY: a non-null `fast` points to the entries boxed in `self.index`, which is
+            // set once and then neither replaced, changed nor dropped while `self` lives; the
+            // Acquire load pairs with the Release store after its initialization.
+            return lookup(unsafe { &*p }, x.to_bits());
         }
-        if x >= l[last] {
-            return last as u8;
+        std::hint::cold_path(); // lay the indexed path out as the straight line
+        match &self.crowded {
+            Some(ix) => ix.lookup_checked(x),
+            None => self.nearest_small(x.to_bits()),
         }
-        // x lies in level lt's cell; lt < le means x == m_lt, a tie between lt and lt + 1,
-        // which goes to the even one.
-        let (lt, le) = self.counts(x);
-        (lt + ((lt != le) as usize & lt & 1)) as u8
     }
 
     /// Stochastic rounding with random word `r`: an exact level returns its index; otherwise,
@@ -220,21 +462,20 @@ impl Table {
     pub fn stochastic(&self, x: f32, r: u32) -> u8 {
         let l = &self.levels;
         let last = l.len() - 1;
-        if x.is_nan() || x <= l[0] {
-            return 0;
-        }
-        if x >= l[last] {
-            return last as u8;
-        }
-        // Level c is the only level in (m_{c-1}, m_c], which holds x.
-        // c = 0 implies x > levels[0] = l[c], so `c - 1` never underflows. When x == l[c]
-        // exactly, lo = c and the fraction is 0, so the level never moves.
-        let c = self.counts(x).0;
-        let lo = c - (x < l[c]) as usize;
-        let (a, b) = (l[lo] as f64, l[lo + 1] as f64);
-        // In [0, 2^32]: `as i64` is the same truncation as `as u64` here, and cheaper on x86.
+        // `nearest` clamps and sends NaN to 0. Its level is the one just below or just above
+        // x, or x itself (then lo = c and the fraction is 0, so the level never moves).
+        let c = self.nearest(x) as usize;
+        let lo = c.wrapping_sub((x < l[c]) as usize);
+        // x below the first level (lo wrapped), or at or above the last: the result is c.
+        // Computed branch-free (clamped inputs are common in some codecs, and random).
+        let out = lo >= last;
+        let i = std::hint::select_unpredictable(out, last - 1, lo);
+        let (a, b) = (l[i] as f64, l[i + 1] as f64);
+        // In [0, 2^32] when in range (NaN x: 0, so it stays at 0): `as i64` is the same
+        // truncation as `as u64` here, and cheaper on x86.
         let threshold = ((x as f64 - a) / (b - a) * 4294967296.0) as i64 as u64;
-        (lo + ((r as u64) < threshold) as usize) as u8
+        let code = i + ((r as u64) < threshold) as usize;
+        std::hint::select_unpredictable(out, c, code) as u8
     }
 
     /// The level of `code`. A code `≥ len` is the caller's to reject; it decodes to NaN.
@@ -323,22 +564,109 @@ mod tests {
         v
     }
 
+    /// Buckets that take the cold path.
+    fn slow_buckets(t: &Table) -> usize {
+        let ix = t.crowded.as_ref().or(t.index.get()).unwrap();
+        ix.slow.iter().map(|w| w.count_ones() as usize).sum()
+    }
+
     #[test]
-    fn crowded_buckets_are_scanned() {
+    fn crowded_buckets_take_the_cold_path() {
         let t = Table::new(crowded()).unwrap();
-        assert!(t.accel.as_ref().unwrap().crowded);
-        // The common 8-bit maps take the two-compare path.
+        assert!(slow_buckets(&t) > 0);
+        // The common maps never do.
         let mut maps = vec![];
         for signed in [false, true] {
-            maps.push(crate::dynamic::dynamic_levels(8, signed).unwrap());
-            maps.push(crate::linear::linear_levels(8, signed, true).unwrap());
-            maps.push(crate::logfmt::log_levels(8, signed, 0.9, true).unwrap());
+            for bits in 2..=8 {
+                // (not every bit width exists for every map)
+                maps.extend(crate::dynamic::dynamic_levels(bits, signed).ok());
+                maps.extend(crate::linear::linear_levels(bits, signed, true).ok());
+                maps.extend(crate::logfmt::log_levels(bits, signed, 0.9, true).ok());
+            }
         }
         maps.push(crate::linear::linear_levels(8, false, false).unwrap());
         maps.push(crate::logfmt::log_levels(8, false, 0.95, false).unwrap());
+        assert!(maps.len() > 30);
         for l in maps {
             let t = Table::new(l.clone()).unwrap();
-            assert!(!t.accel.as_ref().unwrap().crowded, "{l:?}");
+            t.build_index();
+            assert_eq!(slow_buckets(&t), 0, "{l:?}");
+        }
+    }
+
+    /// Small tables build the index once reused, and give the same codes either way.
+    #[test]
+    fn small_tables_index_lazily() {
+        let t = Table::new((0..16).map(|i| i as f32 / 15.0).collect()).unwrap();
+        let mut rng = Lcg(7);
+        let xs: Vec<f32> = (0..20_000).map(|_| rng.unit()).collect();
+        let before: Vec<u8> = xs.iter().map(|&x| t.nearest(x)).collect();
+        assert!(t.index.get().is_none());
+        assert!(t.crowded.is_none());
+        for _ in 0..10 {
+            for &x in &xs {
+                t.nearest(x);
+            }
+        }
+        assert!(t.index.get().is_some());
+        let after: Vec<u8> = xs.iter().map(|&x| t.nearest(x)).collect();
+        assert_eq!(before, after);
+        let c = t.clone();
+        assert!(c.index.get().is_some());
+        assert_eq!(c.nearest(0.5), t.nearest(0.5));
+    }
+
+    /// Random tables of every size, from value distributions that make representable
+    /// midpoints (ties), ulp-adjacent levels, subnormals and huge spans; checked on the small
+    /// path and the index.
+    #[test]
+    fn random_tables_match_definition() {
+        let mut rng = Lcg(23);
+        for case in 0..600 {
+            let n = match case % 4 {
+                0 => 2 + (rng.next() % 31) as usize,
+                1 => 2 + (rng.next() % 255) as usize,
+                _ => 2 + (rng.next() % 20) as usize,
+            };
+            let mut l: Vec<f32> = (0..n)
+                .map(|_| match case % 5 {
+                    // random bit patterns: any magnitude
+                    0 => f32::from_bits(rng.next()),
+                    // small integers and halves: many exact midpoints
+                    1 => (rng.next() % 64) as f32 / 2.0 - 16.0,
+                    // a cluster of neighbouring f32s around a random value
+                    2 => f32::from_bits(0x3f80_0000 + rng.next() % 40) * [1.0, -1.0][case % 2],
+                    // around zero, with subnormals
+                    3 => f32::from_bits(rng.next() % 64) * [1.0, -1.0][(rng.next() & 1) as usize],
+                    _ => rng.unit() * 10f32.powi((rng.next() % 20) as i32 - 10),
+                })
+                .filter(|v| v.is_finite())
+                .collect();
+            l.sort_by(f32::total_cmp);
+            l.dedup_by(|a, b| a == b); // also merges -0 and +0
+            if l.len() < 2 {
+                continue;
+            }
+            let t = Table::new(l.clone()).unwrap();
+            let mut xs = probes(&l);
+            for _ in 0..500 {
+                xs.push(f32::from_bits(rng.next()));
+                let i = (rng.next() as usize) % l.len();
+                let d = (rng.next() % 7) as i32 - 3;
+                xs.push(f32::from_bits(l[i].to_bits().wrapping_add_signed(d)));
+            }
+            let small = (l.len() <= SMALL_MAX).then(|| xs.iter().map(|&x| t.nearest(x)));
+            let small: Option<Vec<u8>> = small.map(|s| s.collect());
+            t.build_index();
+            for (i, &x) in xs.iter().enumerate() {
+                let want = nearest_ref(&l, x);
+                assert_eq!(t.nearest(x), want, "x {x:e} ({:#x}) table {l:?}", x.to_bits());
+                if let Some(s) = &small {
+                    assert_eq!(s[i], want, "small path, x {x:e} table {l:?}");
+                }
+                let r = rng.next();
+                assert_eq!(t.stochastic(x, r), stochastic_ref(&l, x, r), "x {x:e}");
+            }
         }
     }
 
@@ -412,11 +740,11 @@ mod tests {
         let mut rng = Lcg(11);
         for l in test_tables() {
             let t = Table::new(l.clone()).unwrap();
-            assert_eq!(t.accel.is_some(), l.len() > ACCEL_MIN_LEN);
+            assert_eq!(t.index.get().is_some() || t.crowded.is_some(), l.len() > SMALL_MAX);
             let lo = l[0].min(-1.0);
             let hi = l[l.len() - 1].max(1.0);
             let mut xs = probes(&l);
-            let n = if l.len() > ACCEL_MIN_LEN { 1_000_000 } else { 20_000 };
+            let n = if l.len() > SMALL_MAX { 1_000_000 } else { 20_000 };
             for _ in 0..n {
                 let u = (rng.unit() + 1.0) / 2.0;
                 xs.push(lo + (hi - lo) * u * 1.1);
@@ -425,8 +753,12 @@ mod tests {
                 // random bit patterns (any magnitude)
                 xs.push(f32::from_bits(rng.next()));
             }
+            let small = Table::new(l.clone()).unwrap();
+            small.build_index();
             for &x in &xs {
-                assert_eq!(t.nearest(x), nearest_ref(&l, x), "x {x:e} table {l:?}");
+                let want = nearest_ref(&l, x);
+                assert_eq!(t.nearest(x), want, "x {x:e} table {l:?}");
+                assert_eq!(small.nearest(x), want, "x {x:e} table {l:?} (index)");
                 let r = rng.next();
                 assert_eq!(t.stochastic(x, r), stochastic_ref(&l, x, r), "x {x:e}");
             }
@@ -454,6 +786,27 @@ mod tests {
             let m = k as f32 + 0.5;
             assert_eq!(t.nearest(m) as usize, k + (k & 1));
         }
+    }
+
+    #[test]
+    fn table_is_clone_send_sync() {
+        fn check<T: Clone + Send + Sync + std::fmt::Debug>() {}
+        check::<Table>();
+        // the lazy index from several threads at once
+        let t = Table::new((0..9).map(|i| i as f32 / 8.0).collect()).unwrap();
+        let xs: Vec<f32> = (0..100_000).map(|i| (i as f32 / 50_000.0) - 0.5).collect();
+        let want: Vec<u8> = xs.iter().map(|&x| nearest_ref(t.levels(), x)).collect();
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for _ in 0..3 {
+                        let got: Vec<u8> = xs.iter().map(|&x| t.nearest(x)).collect();
+                        assert_eq!(got, want);
+                    }
+                });
+            }
+        });
+        assert!(t.index.get().is_some());
     }
 
     #[test]
@@ -499,38 +852,75 @@ mod tests {
     #[test]
     #[ignore]
     fn bench_nearest() {
-        let l = crate::dynamic::dynamic_levels(8, true).unwrap();
-        let t = Table::new(l).unwrap();
+        let n = 1 << 22;
         let mut rng = Lcg(5);
-        let xs: Vec<f32> = (0..1 << 22).map(|_| rng.unit()).collect();
-        let rs: Vec<u32> = (0..1 << 22).map(|_| rng.next()).collect();
-        let mut out = vec![0u8; xs.len()];
+        let uniform: Vec<f32> = (0..n).map(|_| rng.unit()).collect();
+        // standard normal (Box-Muller), divided by the absmax of its block of 256
+        let mut normal: Vec<f32> = (0..n)
+            .map(|_| {
+                let u = (rng.next() as f64 + 1.0) / 4294967297.0;
+                let v = rng.next() as f64 / 4294967296.0;
+                ((-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()) as f32
+            })
+            .collect();
+        for b in normal.chunks_mut(256) {
+            let m = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+            b.iter_mut().for_each(|v| *v /= m);
+        }
+        let rs: Vec<u32> = (0..n).map(|_| rng.next()).collect();
+        let mut out = vec![0u8; n];
         let reps = 20;
-        let t0 = std::time::Instant::now();
-        for _ in 0..reps {
-            for (o, &x) in out.iter_mut().zip(std::hint::black_box(&xs)) {
-                *o = t.nearest(x);
+        let mut time = |name: &str, t: &Table, xs: &[f32], stoch: bool| {
+            let mut t0 = std::time::Instant::now();
+            for rep in 0..=reps {
+                if rep == 1 {
+                    t0 = std::time::Instant::now(); // after a warm-up pass
+                }
+                let xs = std::hint::black_box(xs);
+                if stoch {
+                    for ((o, &x), &r) in out.iter_mut().zip(xs).zip(&rs) {
+                        *o = t.stochastic(x, r);
+                    }
+                } else {
+                    for (o, &x) in out.iter_mut().zip(xs) {
+                        *o = t.nearest(x);
+                    }
+                }
+                std::hint::black_box(&out);
+            }
+            let dt = t0.elapsed().as_secs_f64();
+            println!("{name:<44} {:5.0} M elem/s", (n * reps) as f64 / dt / 1e6);
+        };
+        let dynamic = Table::new(crate::dynamic::dynamic_levels(8, true).unwrap()).unwrap();
+        let lin4 = crate::linear::linear_levels(4, true, true).unwrap(); // i/7, 15 levels
+        let lin4u = crate::linear::linear_levels(4, false, true).unwrap(); // i/15, 16 levels
+        let log4 = crate::logfmt::log_levels(4, true, 0.8, true).unwrap();
+        for (xs, dist) in [(&uniform, "uniform"), (&normal, "normal/amax")] {
+            time(&format!("nearest dynamic-8 signed, {dist}"), &dynamic, xs, false);
+            time(&format!("stochastic dynamic-8 signed, {dist}"), &dynamic, xs, true);
+            for (l, name) in [(&lin4, "linear-4 signed"), (&lin4u, "linear-4"), (&log4, "log-4")] {
+                // a table used for a whole tensor: the warm-up pass builds its index
+                let t = Table::new(l.clone()).unwrap();
+                time(&format!("nearest {name} (indexed), {dist}"), &t, xs, false);
+                assert!(t.index.get().is_some());
+                time(&format!("stochastic {name} (indexed), {dist}"), &t, xs, true);
+                // the small path alone (a per-block table never reaches the index)
+                let mut s = 0u32;
+                let t0 = std::time::Instant::now();
+                for _ in 0..reps {
+                    for b in std::hint::black_box(xs).chunks(256) {
+                        let t = Table::new(l.clone()).unwrap();
+                        for &x in b {
+                            s = s.wrapping_add(t.nearest(x) as u32);
+                        }
+                    }
+                }
+                let dt = t0.elapsed().as_secs_f64();
+                let name = format!("nearest {name} (new table per 256), {dist}");
+                println!("{name:<44} {:5.0} M elem/s", (n * reps) as f64 / dt / 1e6);
+                assert!(s > 0);
             }
         }
-        let dt = t0.elapsed().as_secs_f64();
-        println!("nearest: {:.0} M elem/s", (xs.len() * reps) as f64 / dt / 1e6);
-        let t0 = std::time::Instant::now();
-        for _ in 0..reps {
-            for ((o, &x), &r) in out.iter_mut().zip(std::hint::black_box(&xs)).zip(&rs) {
-                *o = t.stochastic(x, r);
-            }
-        }
-        let dt = t0.elapsed().as_secs_f64();
-        println!("stochastic: {:.0} M elem/s", (xs.len() * reps) as f64 / dt / 1e6);
-        let small = Table::new((0..16).map(|i| i as f32 / 15.0).collect()).unwrap();
-        let t0 = std::time::Instant::now();
-        for _ in 0..reps {
-            for (o, &x) in out.iter_mut().zip(std::hint::black_box(&xs)) {
-                *o = small.nearest(x);
-            }
-        }
-        let dt = t0.elapsed().as_secs_f64();
-        println!("nearest (16 levels): {:.0} M elem/s", (xs.len() * reps) as f64 / dt / 1e6);
         let t0 = std::time::Instant::now();
         let mut s = 0usize;
         for i in 0..100_000 {
