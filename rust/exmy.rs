@@ -523,6 +523,31 @@ impl Encoder {
     }
 }
 
+impl Encoder {
+    /// Whether the format is a float32 prefix (bfloat16-like) with inf, so that round to
+    /// nearest is the classic add-and-shift on the float32 bits.
+    fn truncates(&self) -> bool {
+        is_f32_prefix(&self.fmt) && self.opts.overflow == Overflow::NonFinite
+    }
+}
+
+/// Round to nearest, ties to even, by add-and-shift: with `s = 23 − M` discarded bits,
+/// `code = (bits + 2^(s−1) − 1 + lsb) >> s`, where `lsb` is the lowest kept bit. A carry runs
+/// into the exponent by itself and overflow lands on inf; NaN becomes the canonical quiet NaN.
+#[inline(always)]
+fn truncate_nearest<I: Input, C: Code>(enc: &Encoder, x: &[I], out: &mut [C]) {
+    let shift = 23 - enc.man;
+    let half = if shift == 0 { 0 } else { (1u32 << (shift - 1)) - 1 };
+    let (qnan_pos, qnan_neg) = (enc.fmt.nan_code(false), enc.fmt.nan_code(true));
+    for (o, &v) in out.iter_mut().zip(x) {
+        let bits = v.f32_bits();
+        let rounded = bits.wrapping_add(half + ((bits >> shift) & (shift != 0) as u32)) >> shift;
+        let nan = (bits & 0x7fff_ffff) > 0x7f80_0000;
+        let qnan = if bits >> 31 != 0 { qnan_neg } else { qnan_pos };
+        *o = C::from_u32(if nan { qnan } else { rounded });
+    }
+}
+
 /// Encode float32 bits; returns (code, 1 where the general path must redo it).
 /// Flags are u32 0/1 values rather than bools so the vectorized loop stays in 32-bit lanes.
 #[inline(always)]
@@ -615,6 +640,10 @@ fn encode_chunk_body<I: Input, C: Code, const MODE: u8>(
     start: usize,
     random: Random,
 ) -> Result<()> {
+    if I::F32 && MODE == NEAREST && enc.truncates() {
+        truncate_nearest(enc, x, out);
+        return Ok(());
+    }
     let mut bad = 0u32;
     let fast = if I::F32 { enc.fast(MODE) } else { None };
     let mut buf = [0u32; 1024];
@@ -792,10 +821,11 @@ pub fn decode<C: Code, F: Float>(fmt: &Format, codes: &[C], out: &mut [F]) -> Re
                         bad |= c.to_u32() as u64 >= limit;
                         *o = F::from_f32(f32::from_bits(c.to_u32() << shift));
                     }
-                    match cs.iter().position(|c| c.to_u32() as u64 >= limit) {
-                        Some(i) if bad => Err(bad_code(fmt, k * CHUNK + i, cs[i].to_u32())),
-                        _ => Ok(()),
+                    if !bad {
+                        return Ok(());
                     }
+                    let i = cs.iter().position(|c| c.to_u32() as u64 >= limit).unwrap_or(0);
+                    Err(bad_code(fmt, k * CHUNK + i, cs[i].to_u32()))
                 },
             )
         });
@@ -1029,6 +1059,15 @@ mod tests {
                         ..Default::default()
                     },
                 );
+                if mode == Rounding::Nearest && e.truncates() {
+                    let x: Vec<f32> = inputs.iter().map(|&b| f32::from_bits(b)).collect();
+                    let mut t = vec![0u32; x.len()];
+                    truncate_nearest(&e, &x, &mut t);
+                    for (i, (&c, &v)) in t.iter().zip(&x).enumerate() {
+                        let (g, _) = e.encode_one::<f32, NEAREST>(v, 0);
+                        assert_eq!(c, g, "{name} add-and-shift, input {i}: {v:e}");
+                    }
+                }
                 dispatch_mode!(mode, MODE => {
                     let Some(fast) = e.fast(MODE) else { continue };
                     for (i, &bits) in inputs.iter().enumerate() {

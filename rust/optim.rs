@@ -263,9 +263,12 @@ fn run_groups<const K: usize>(
                     ParamPart::Bf16(p) => p.len(),
                 };
                 bufs.states.resize(K, Vec::new());
+                // float32 states are updated in place; packed ones through a buffer
                 for (buf, part) in bufs.states.iter_mut().zip(ps.iter()) {
-                    buf.resize(len, 0.0);
-                    part.load(&mut buf[..len])?;
+                    if let Part::Quantized { .. } = part {
+                        buf.resize(len, 0.0);
+                        part.load(&mut buf[..len])?;
+                    }
                 }
                 let gview: &[f32] = match gr {
                     Some(Grad::F32(gs)) => gs,
@@ -276,9 +279,12 @@ fn run_groups<const K: usize>(
                     }
                     None => &[],
                 };
-                let mut it = bufs.states.iter_mut();
+                let mut it = bufs.states.iter_mut().zip(ps.iter_mut());
                 let views: [&mut [f32]; K] =
-                    std::array::from_fn(|_| &mut it.next().expect("K buffers")[..len]);
+                    std::array::from_fn(|_| match it.next().expect("K states") {
+                        (_, Part::F32(s)) => &mut s[..],
+                        (buf, Part::Quantized { .. }) => &mut buf[..len],
+                    });
                 match p {
                     ParamPart::F32(p) => update(p, gview, views),
                     ParamPart::Bf16(bits) => {
@@ -289,7 +295,9 @@ fn run_groups<const K: usize>(
                     }
                 }
                 for ((buf, part), &stream) in bufs.states.iter().zip(ps.iter_mut()).zip(&streams) {
-                    part.store(&buf[..len], start, seed, stream)?;
+                    if let Part::Quantized { .. } = part {
+                        part.store(&buf[..len], start, seed, stream)?;
+                    }
                 }
                 Ok(())
             })

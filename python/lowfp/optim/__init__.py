@@ -31,6 +31,14 @@ __all__ = ["AdamW", "AdamW8bit", "AdamW4bit", "AdamWFp8", "SOLO", "solo_beta1",
 _STATES = ("exp_avg", "exp_avg_sq")
 
 
+def _run_closure(closure):
+    """Evaluate an optimizer closure with gradients enabled (None without one)."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
 def _flat(t: torch.Tensor) -> np.ndarray:
     """A 1-D NumPy view: float32 as is, bfloat16 as its uint16 bit patterns."""
     if t.dtype == torch.bfloat16:
@@ -151,10 +159,7 @@ class AdamW(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure=None):
         """One optimization step (see torch.optim.Optimizer.step)."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _run_closure(closure)
         if not self._grads_finite():
             return loss
         index = 0

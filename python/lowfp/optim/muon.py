@@ -13,7 +13,7 @@ import torch
 
 from .. import _core
 from ..codec import Linear
-from . import AdamW
+from . import AdamW, _run_closure
 from .sgd import _PackedStates
 
 __all__ = ["Muon", "Muon8bit", "zeropower_via_newtonschulz"]
@@ -164,10 +164,7 @@ class Muon(_PackedStates, torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure=None):
         """One optimization step (see torch.optim.Optimizer.step)."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _run_closure(closure)
         if self.adamw is not None:
             for mine, theirs in zip(self._adamw_groups(), self.adamw.param_groups):
                 theirs.update({k: mine[k] for k in _ADAMW_GROUP_KEYS})

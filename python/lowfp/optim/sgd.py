@@ -14,7 +14,7 @@ import torch
 
 from .. import _core
 from ..codec import _check_choice
-from . import AdamW, _codec
+from . import AdamW, _codec, _run_closure
 
 __all__ = ["SGD"]
 
@@ -128,10 +128,7 @@ class SGD(_PackedStates, torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure=None):
         """One optimization step (see torch.optim.Optimizer.step)."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _run_closure(closure)
         index = 0
         for group in self.param_groups:
             lr, mom, wd = group["lr"], group["momentum"], group["weight_decay"]
