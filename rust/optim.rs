@@ -107,6 +107,17 @@ impl Part<'_> {
     }
 }
 
+/// Whether every value is finite (no NaN, no ±inf): a parallel scan of the exponent bits,
+/// for float32 or bfloat16 gradients, run before a step so that packed states never see a NaN.
+pub fn all_finite(g: Grad) -> bool {
+    par::install(|| match g {
+        Grad::F32(x) => {
+            x.par_chunks(CHUNK).all(|c| c.iter().all(|v| v.to_bits() & 0x7f80_0000 != 0x7f80_0000))
+        }
+        Grad::Bf16(x) => x.par_chunks(CHUNK).all(|c| c.iter().all(|&b| b & 0x7f80 != 0x7f80)),
+    })
+}
+
 /// The scalars of one AdamW step, computed once per step by the caller (in float64, then
 /// rounded to float32, as torch does with Python scalars).
 #[derive(Debug, Clone, Copy)]

@@ -635,6 +635,18 @@ fn muon_momentum(
     py.detach(|| optim::muon_momentum(beta, nesterov, gs, b, block, seed, stream)).map_err(err)
 }
 
+/// Whether a float32 (or bfloat16-bits uint16) array holds only finite values.
+#[pyfunction]
+fn all_finite(py: Python<'_>, x: &Bound<'_, PyAny>) -> PyResult<bool> {
+    if let Ok(a) = x.extract::<PyReadonlyArrayDyn<'_, f32>>() {
+        let xs = slice(&a, "x")?;
+        return Ok(py.detach(|| optim::all_finite(optim::Grad::F32(xs))));
+    }
+    let a = ro::<u16>(x, "x")?;
+    let xs = slice(&a, "x")?;
+    Ok(py.detach(|| optim::all_finite(optim::Grad::Bf16(xs))))
+}
+
 // ---------------------------------------------------------------- threads and rng
 
 #[pyfunction]
@@ -682,6 +694,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(blockwise_dequantize, m)?)?;
     m.add_function(wrap_pyfunction!(blockwise_layout, m)?)?;
     m.add_function(wrap_pyfunction!(adamw_step, m)?)?;
+    m.add_function(wrap_pyfunction!(all_finite, m)?)?;
     m.add_function(wrap_pyfunction!(sgd_step, m)?)?;
     m.add_function(wrap_pyfunction!(muon_momentum, m)?)?;
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
