@@ -177,12 +177,7 @@ class AdamW(torch.optim.Optimizer):
                 index += 1
                 if p.grad is None:
                     continue
-                self._check(p)
-                st = self.state[p]
-                if not st:
-                    st.update(self._init_state(p))
-                st["step"] += 1
-                t = int(st["step"].item())
+                st, t = self._advance(p)
                 bc1 = 1 - b1**t
                 scalars = (
                     1 - lr * wd if group["decoupled"] else 1.0,
@@ -196,6 +191,15 @@ class AdamW(torch.optim.Optimizer):
                                  scalars, self._block, self._seed, (stream, stream | 1),
                                  self._param_rounding == "stochastic", stream | 2)
         return loss
+
+    def _advance(self, p: torch.Tensor):
+        """Check ``p``, create its state on first use, count the step: (state, step)."""
+        self._check(p)
+        st = self.state[p]
+        if not st:
+            st.update(self._init_state(p))
+        st["step"] += 1
+        return st, int(st["step"].item())
 
     def _grads_finite(self) -> bool:
         """Apply the ``nonfinite`` policy; True when the step may proceed."""
@@ -361,17 +365,20 @@ class AdamW(torch.optim.Optimizer):
         return sum(t.numel() * t.element_size() for st in self.state.values()
                    for t in st.values() if torch.is_tensor(t))
 
-    def summary(self) -> str:
+    def _state_lines(self) -> list:
         """One line per state: how it is stored."""
         lines = []
         for name in self._STATES:
             c = self._codecs[name]
             how = "float32" if c is None else (
-                f"{c!r}, block {self._block}, fp32 absmax scales, {self._rounding} rounding; "
-                f"float32 below {self._min_quant} elements")
+                f"{c!r}, block {self._block}, fp32 absmax scales, {self._rounding} rounding"
+                + (f"; float32 below {self._min_quant} elements" if self._min_quant > 0 else ""))
             lines.append(f"{name}: {how}")
-        lines.append(f"state bytes: {self.state_nbytes()}")
-        return "\n".join(lines)
+        return lines
+
+    def summary(self) -> str:
+        """One line per state: how it is stored; then the bytes of all state."""
+        return "\n".join(self._state_lines() + [f"state bytes: {self.state_nbytes()}"])
 
 
 def AdamW8bit(params, **kwargs) -> AdamW:  # noqa: N802 - the name users know

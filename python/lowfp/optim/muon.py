@@ -176,12 +176,7 @@ class Muon(_PackedStates, torch.optim.Optimizer):
                 index += 1
                 if not group["use_muon"] or p.grad is None:
                     continue
-                self._check(p)
-                st = self.state[p]
-                if not st:
-                    st.update(self._init_state(p))
-                st["step"] += 1
-                t = int(st["step"].item())
+                st, t = self._advance(p)
                 stream = (t << 32) | (1 << 31) | (index << 2)
                 d = p.grad.detach().clone(memory_format=torch.contiguous_format)
                 _core.muon_momentum(d.view(-1).numpy(), self._state_arg(st, p, "momentum_buffer"),

@@ -61,22 +61,13 @@ class _PackedStates:
 
     _init_state = AdamW._init_state
     _restore_loaded = AdamW._restore_loaded
+    _state_lines = AdamW._state_lines
+    _advance = AdamW._advance
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
         """Load a state dict saved by this optimizer class (``weights_only`` loads work)."""
         torch.optim.Optimizer.load_state_dict(self, state_dict)
         self._restore_loaded(state_dict)
-
-    def _state_lines(self) -> list:
-        """One line per state: how it is stored."""
-        lines = []
-        for name in self._STATES:
-            c = self._codecs[name]
-            how = "float32" if c is None else (
-                f"{c!r}, block {self._block}, fp32 absmax scales, {self._rounding} rounding"
-                + (f"; float32 below {self._min_quant} elements" if self._min_quant > 0 else ""))
-            lines.append(f"{name}: {how}")
-        return lines
 
 
 class SGD(_PackedStates, torch.optim.Optimizer):
@@ -142,11 +133,7 @@ class SGD(_PackedStates, torch.optim.Optimizer):
                     d = p.grad.add(p, alpha=wd) if wd != 0 else p.grad
                     p.add_(d, alpha=-lr)
                     continue
-                st = self.state[p]
-                if not st:
-                    st.update(self._init_state(p))
-                st["step"] += 1
-                t = int(st["step"].item())
+                st, t = self._advance(p)
                 scalars = (lr, mom, 1.0 - group["dampening"], wd)
                 stream = (t << 32) | (index << 2)  # AdamW's rule (its first state's stream)
                 _core.sgd_step(p.view(-1).numpy(), p.grad.view(-1).numpy(),
@@ -154,6 +141,4 @@ class SGD(_PackedStates, torch.optim.Optimizer):
                                bool(group["nesterov"]), t == 1, self._block, self._seed, stream)
         return loss
 
-    def summary(self) -> str:
-        """One line per state: how it is stored, and the state bytes."""
-        return "\n".join(self._state_lines() + [f"state bytes: {self.state_nbytes()}"])
+    summary = AdamW.summary
