@@ -152,21 +152,10 @@ thread_local! {
     static BUFS: std::cell::RefCell<Bufs> = std::cell::RefCell::new(Bufs::default());
 }
 
-/// One fused AdamW step on one parameter. `block` is the block size both quantized states
-/// use (any value when both are float32). `streams` key the stochastic rounding of m and v.
-#[allow(clippy::too_many_arguments)]
-pub fn adamw_step(
-    hp: &AdamW,
-    param: Param,
-    grad: Grad,
-    m: State,
-    v: State,
-    block: usize,
-    seed: u64,
-    streams: [u64; 2],
-) -> Result<()> {
-    let states = [(m, "exp_avg", streams[0]), (v, "exp_avg_sq", streams[1])];
-    run_groups(param, Some(grad), states, block, seed, |p, g, [m, v]| adamw_update(hp, p, g, m, v))
+/// Fused AdamW steps on many parameters (a param group) in one parallel pass; each item
+/// carries its own scalars.
+pub fn adamw_steps(items: Vec<Item<2, AdamW>>, block: usize, seed: u64) -> Result<()> {
+    run_items(items, block, seed, |hp, p, g, [m, v]| adamw_update(hp, p, g, m, v))
 }
 
 /// A parameter tensor: float32, or bfloat16 bit patterns updated through float32 and
@@ -224,48 +213,78 @@ fn to_bf16(
     dispatch_mode!(rounding, MODE => crate::exmy::encode_chunk::<f32, u16, MODE>(&enc, src, dst, 0, random))
 }
 
-/// Drive a fused step: for every group of whole blocks, in parallel, decode the states into
-/// per-thread buffers, call `update(param, grad, states)` on float32 views, and re-encode the
-/// states (and a bfloat16 parameter). Without `grad` the update sees empty gradient slices.
+/// One tensor's share of a fused step: the parameter, its gradient, its states (each with
+/// the argument name for errors and its stochastic-rounding stream) and its own scalars.
+pub struct Item<'a, const K: usize, T> {
+    pub param: Param<'a>,
+    pub grad: Option<Grad<'a>>,
+    pub states: [(State<'a>, &'static str, u64); K],
+    pub ctx: T,
+}
+
+/// Drive a fused step over one tensor (see [`run_items`]).
 fn run_groups<const K: usize>(
     param: Param,
     grad: Option<Grad>,
-    states: [(State, &str, u64); K],
+    states: [(State, &'static str, u64); K],
     block: usize,
     seed: u64,
     update: impl Fn(&mut [f32], &[f32], [&mut [f32]; K]) + Sync,
 ) -> Result<()> {
-    let n = param.len();
-    if let Some(grad) = grad {
-        check_len("grad", grad.len(), n)?;
-    }
-    for (st, arg, _) in &states {
-        st.check(n, block, arg)?;
-    }
+    let item = Item { param, grad, states, ctx: () };
+    run_items(vec![item], block, seed, |_, p, g, st| update(p, g, st))
+}
+
+/// Drive a fused step over many tensors in one parallel pass: for every group of whole blocks
+/// of every tensor, decode the states into per-thread buffers, call
+/// `update(ctx, param, grad, states)` on float32 views, and re-encode the states (and a
+/// bfloat16 parameter). Without a gradient the update sees an empty slice.
+pub fn run_items<const K: usize, T: Sync>(
+    items: Vec<Item<K, T>>,
+    block: usize,
+    seed: u64,
+    update: impl Fn(&T, &mut [f32], &[f32], [&mut [f32]; K]) + Sync,
+) -> Result<()> {
     let g = groups(block);
-    let streams: [u64; K] = std::array::from_fn(|k| states[k].2);
-    let mut parts: Vec<Vec<Part>> = (0..n.div_ceil(g.elems)).map(|_| Vec::new()).collect();
-    for (st, _, _) in states {
-        for (slot, part) in parts.iter_mut().zip(st.split(&g, n)) {
-            slot.push(part);
+    let mut work = Vec::new();
+    let mut ctxs = Vec::with_capacity(items.len());
+    for Item { param, grad, states, ctx } in items {
+        let n = param.len();
+        if let Some(grad) = grad {
+            check_len("grad", grad.len(), n)?;
+        }
+        for (st, arg, _) in &states {
+            st.check(n, block, arg)?;
+        }
+        let streams: [u64; K] = std::array::from_fn(|k| states[k].2);
+        let mut parts: Vec<Vec<Part>> = (0..n.div_ceil(g.elems)).map(|_| Vec::new()).collect();
+        for (st, _, _) in states {
+            for (slot, part) in parts.iter_mut().zip(st.split(&g, n)) {
+                slot.push(part);
+            }
+        }
+        let grads: Vec<Option<Grad>> = match grad {
+            Some(Grad::F32(gr)) => gr.chunks(g.elems).map(|c| Some(Grad::F32(c))).collect(),
+            Some(Grad::Bf16(gr)) => gr.chunks(g.elems).map(|c| Some(Grad::Bf16(c))).collect(),
+            None => vec![None; parts.len()],
+        };
+        let (pstoch, pstream) = match &param {
+            Param::Bf16 { stochastic, stream, .. } => (*stochastic, *stream),
+            Param::F32(_) => (false, 0),
+        };
+        let params: Vec<ParamPart> = match param {
+            Param::F32(p) => p.chunks_mut(g.elems).map(ParamPart::F32).collect(),
+            Param::Bf16 { bits, .. } => bits.chunks_mut(g.elems).map(ParamPart::Bf16).collect(),
+        };
+        let t = ctxs.len();
+        ctxs.push(ctx);
+        for (gi, ((p, gr), ps)) in params.into_iter().zip(grads).zip(parts).enumerate() {
+            work.push((t, gi, p, gr, ps, streams, pstoch, pstream));
         }
     }
-    let grads: Vec<Option<Grad>> = match grad {
-        Some(Grad::F32(gr)) => gr.chunks(g.elems).map(|c| Some(Grad::F32(c))).collect(),
-        Some(Grad::Bf16(gr)) => gr.chunks(g.elems).map(|c| Some(Grad::Bf16(c))).collect(),
-        None => vec![None; parts.len()],
-    };
-    let (pstoch, pstream) = match &param {
-        Param::Bf16 { stochastic, stream, .. } => (*stochastic, *stream),
-        Param::F32(_) => (false, 0),
-    };
-    let params: Vec<ParamPart> = match param {
-        Param::F32(p) => p.chunks_mut(g.elems).map(ParamPart::F32).collect(),
-        Param::Bf16 { bits, .. } => bits.chunks_mut(g.elems).map(ParamPart::Bf16).collect(),
-    };
-    let mut work: Vec<_> = params.into_iter().zip(grads).zip(parts).enumerate().collect();
     par::install(|| {
-        work.par_iter_mut().try_for_each(|(gi, ((p, gr), ps))| {
+        work.par_iter_mut().try_for_each(|(t, gi, p, gr, ps, streams, pstoch, pstream)| {
+            let (pstoch, pstream, ctx) = (*pstoch, *pstream, &ctxs[*t]);
             BUFS.with(|cell| {
                 let bufs = &mut *cell.borrow_mut();
                 let start = *gi * g.elems;
@@ -297,15 +316,17 @@ fn run_groups<const K: usize>(
                         (buf, Part::Quantized { .. }) => &mut buf[..len],
                     });
                 match p {
-                    ParamPart::F32(p) => update(p, gview, views),
+                    ParamPart::F32(p) => update(ctx, p, gview, views),
                     ParamPart::Bf16(bits) => {
                         bufs.param.clear();
                         bufs.param.extend(bits.iter().map(|&b| f32::from_bits((b as u32) << 16)));
-                        update(&mut bufs.param, gview, views);
+                        update(ctx, &mut bufs.param, gview, views);
                         to_bf16(&bufs.param, bits, pstoch, start, seed, pstream)?;
                     }
                 }
-                for ((buf, part), &stream) in bufs.states.iter().zip(ps.iter_mut()).zip(&streams) {
+                for ((buf, part), &stream) in
+                    bufs.states.iter().zip(ps.iter_mut()).zip(streams.iter())
+                {
                     if let Part::Quantized { .. } = part {
                         part.store(&buf[..len], start, seed, stream)?;
                     }

@@ -560,35 +560,6 @@ fn param_of<'a>(
     })
 }
 
-/// One fused AdamW step. `scalars` = (decay, l2, w1, beta2, w2, eps, step_size, bc2_sqrt).
-#[pyfunction]
-#[allow(clippy::too_many_arguments)]
-#[pyo3(signature = (param, grad, exp_avg, exp_avg_sq, scalars, block, seed, streams, param_stochastic=false, param_stream=0))]
-fn adamw_step(
-    py: Python<'_>,
-    param: &Bound<'_, PyAny>,
-    grad: &Bound<'_, PyAny>,
-    exp_avg: &Bound<'_, PyAny>,
-    exp_avg_sq: &Bound<'_, PyAny>,
-    scalars: (f32, f32, f32, f32, f32, f32, f32, f32),
-    block: usize,
-    seed: u64,
-    streams: (u64, u64),
-    param_stochastic: bool,
-    param_stream: u64,
-) -> PyResult<()> {
-    let (decay, l2, w1, beta2, w2, eps, step_size, bc2_sqrt) = scalars;
-    let hp = optim::AdamW { decay, l2, w1, beta2, w2, eps, step_size, bc2_sqrt };
-    let mut ma = state_arrays(exp_avg, "exp_avg")?;
-    let mut va = state_arrays(exp_avg_sq, "exp_avg_sq")?;
-    let m = state_of(&mut ma, "exp_avg")?;
-    let v = state_of(&mut va, "exp_avg_sq")?;
-    let mut pa = param_arrays(param, grad)?;
-    let (p, g) = param_of(&mut pa, param_stochastic, param_stream)?;
-    py.detach(|| optim::adamw_step(&hp, p, g, m, v, block, seed, [streams.0, streams.1]))
-        .map_err(err)
-}
-
 /// One fused SGD step. `scalars` = (lr, momentum, 1 − dampening, weight_decay).
 #[pyfunction]
 #[allow(clippy::too_many_arguments)]
@@ -633,6 +604,48 @@ fn muon_momentum(
     let b = state_of(&mut ba, "momentum_buffer")?;
     let gs = slice_mut(&mut grad, "grad")?;
     py.detach(|| optim::muon_momentum(beta, nesterov, gs, b, block, seed, stream)).map_err(err)
+}
+
+/// One parameter of a batched AdamW call: (param, grad, exp_avg, exp_avg_sq, scalars,
+/// (stream_m, stream_v), param_stream).
+type AdamWEntry<'py> = (
+    Bound<'py, PyAny>,
+    Bound<'py, PyAny>,
+    Bound<'py, PyAny>,
+    Bound<'py, PyAny>,
+    (f32, f32, f32, f32, f32, f32, f32, f32),
+    (u64, u64),
+    u64,
+);
+
+/// Fused AdamW steps for a whole param group in one call (one parallel pass, GIL released).
+#[pyfunction]
+fn adamw_step_group(
+    py: Python<'_>,
+    entries: Vec<AdamWEntry<'_>>,
+    block: usize,
+    seed: u64,
+    param_stochastic: bool,
+) -> PyResult<()> {
+    let mut arrays = Vec::with_capacity(entries.len());
+    for (p, g, m, v, scalars, streams, pstream) in &entries {
+        let (decay, l2, w1, beta2, w2, eps, step_size, bc2_sqrt) = *scalars;
+        let hp = optim::AdamW { decay, l2, w1, beta2, w2, eps, step_size, bc2_sqrt };
+        let pa = param_arrays(p, g)?;
+        let ma = state_arrays(m, "exp_avg")?;
+        let va = state_arrays(v, "exp_avg_sq")?;
+        arrays.push((pa, ma, va, hp, *streams, *pstream));
+    }
+    let mut items = Vec::with_capacity(arrays.len());
+    for (pa, ma, va, hp, streams, pstream) in arrays.iter_mut() {
+        let (param, grad) = param_of(pa, param_stochastic, *pstream)?;
+        let states = [
+            (state_of(ma, "exp_avg")?, "exp_avg", streams.0),
+            (state_of(va, "exp_avg_sq")?, "exp_avg_sq", streams.1),
+        ];
+        items.push(optim::Item { param, grad: Some(grad), states, ctx: *hp });
+    }
+    py.detach(|| optim::adamw_steps(items, block, seed)).map_err(err)
 }
 
 /// Whether a float32 (or bfloat16-bits uint16) array holds only finite values.
@@ -693,7 +706,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(blockwise_quantize, m)?)?;
     m.add_function(wrap_pyfunction!(blockwise_dequantize, m)?)?;
     m.add_function(wrap_pyfunction!(blockwise_layout, m)?)?;
-    m.add_function(wrap_pyfunction!(adamw_step, m)?)?;
+    m.add_function(wrap_pyfunction!(adamw_step_group, m)?)?;
     m.add_function(wrap_pyfunction!(all_finite, m)?)?;
     m.add_function(wrap_pyfunction!(sgd_step, m)?)?;
     m.add_function(wrap_pyfunction!(muon_momentum, m)?)?;

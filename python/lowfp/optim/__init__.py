@@ -3,9 +3,9 @@
 Each state (first moment ``exp_avg``, second moment ``exp_avg_sq``) is chosen on its own:
 ``None`` (float32), a float format of at most 8 bits (``"e4m3"``, …), or a
 :class:`lowfp.Linear`, :class:`lowfp.Dynamic` or :class:`lowfp.Log` codec, stored blockwise
-with float32 absmax scales. One call into Rust per parameter decodes both states, applies the
-update, re-encodes the states and writes the weight, in one pass, multithreaded, with the GIL
-released.
+with float32 absmax scales. One call into Rust per param group decodes both states of every
+parameter, applies the update, re-encodes the states and writes the weights, in one pass over
+memory, multithreaded, with the GIL released.
 """
 
 from __future__ import annotations
@@ -173,6 +173,7 @@ class AdamW(torch.optim.Optimizer):
         for group in self.param_groups:
             b1, b2 = group["betas"]
             lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
+            entries = []  # the whole group goes to Rust in one call
             for p in group["params"]:
                 index += 1
                 if p.grad is None:
@@ -185,11 +186,12 @@ class AdamW(torch.optim.Optimizer):
                     1 - b1, b2, 1 - b2, eps, lr / bc1, math.sqrt(1 - b2**t),
                 )
                 stream = (t << 32) | (index << 2)  # | 0: exp_avg, 1: exp_avg_sq, 2: param
-                _core.adamw_step(_flat(p), _flat(p.grad),
-                                 self._state_arg(st, p, "exp_avg"),
-                                 self._state_arg(st, p, "exp_avg_sq"),
-                                 scalars, self._block, self._seed, (stream, stream | 1),
-                                 self._param_rounding == "stochastic", stream | 2)
+                entries.append((_flat(p), _flat(p.grad), self._state_arg(st, p, "exp_avg"),
+                                self._state_arg(st, p, "exp_avg_sq"), scalars,
+                                (stream, stream | 1), stream | 2))
+            if entries:
+                _core.adamw_step_group(entries, self._block, self._seed,
+                                       self._param_rounding == "stochastic")
         return loss
 
     def _advance(self, p: torch.Tensor):
