@@ -350,17 +350,10 @@ pub struct Sgd {
     pub first: bool,
 }
 
-/// One fused SGD step with a (possibly quantized) momentum buffer.
-pub fn sgd_step(
-    hp: &Sgd,
-    param: Param,
-    grad: Grad,
-    buf: State,
-    block: usize,
-    seed: u64,
-    stream: u64,
-) -> Result<()> {
-    run_groups(param, Some(grad), [(buf, "momentum_buffer", stream)], block, seed, |p, g, [b]| {
+/// Fused SGD steps with (possibly quantized) momentum buffers, many parameters (a param
+/// group) in one parallel pass; each item carries its own scalars.
+pub fn sgd_steps(items: Vec<Item<1, Sgd>>, block: usize, seed: u64) -> Result<()> {
+    run_items(items, block, seed, |hp, p, g, [b]| {
         for ((p, &g), b) in p.iter_mut().zip(g).zip(b.iter_mut()) {
             let d = g + hp.weight_decay * *p;
             *b = if hp.first { d } else { hp.momentum * *b + hp.w * d };

@@ -560,31 +560,53 @@ fn param_of<'a>(
     })
 }
 
-/// One fused SGD step. `scalars` = (lr, momentum, 1 − dampening, weight_decay).
+/// One parameter of a batched SGD call: (param, grad, momentum_buffer,
+/// (lr, momentum, 1 − dampening, weight_decay), nesterov, first, stream, param_stream).
+type SgdEntry<'py> = (
+    Bound<'py, PyAny>,
+    Bound<'py, PyAny>,
+    Bound<'py, PyAny>,
+    (f32, f32, f32, f32),
+    bool,
+    bool,
+    u64,
+    u64,
+);
+
+/// Fused SGD steps for a whole param group in one call (one parallel pass, GIL released).
 #[pyfunction]
-#[allow(clippy::too_many_arguments)]
-#[pyo3(signature = (param, grad, buf, scalars, nesterov, first, block, seed, stream, param_stochastic=false, param_stream=0))]
-fn sgd_step(
+fn sgd_step_group(
     py: Python<'_>,
-    param: &Bound<'_, PyAny>,
-    grad: &Bound<'_, PyAny>,
-    buf: &Bound<'_, PyAny>,
-    scalars: (f32, f32, f32, f32),
-    nesterov: bool,
-    first: bool,
+    entries: Vec<SgdEntry<'_>>,
     block: usize,
     seed: u64,
-    stream: u64,
     param_stochastic: bool,
-    param_stream: u64,
 ) -> PyResult<()> {
-    let (lr, momentum, w, weight_decay) = scalars;
-    let hp = optim::Sgd { lr, momentum, w, weight_decay, nesterov, first };
-    let mut ba = state_arrays(buf, "momentum_buffer")?;
-    let b = state_of(&mut ba, "momentum_buffer")?;
-    let mut pa = param_arrays(param, grad)?;
-    let (p, g) = param_of(&mut pa, param_stochastic, param_stream)?;
-    py.detach(|| optim::sgd_step(&hp, p, g, b, block, seed, stream)).map_err(err)
+    let mut arrays = Vec::with_capacity(entries.len());
+    for (p, g, b, (lr, momentum, w, weight_decay), nesterov, first, stream, pstream) in &entries {
+        let hp = optim::Sgd {
+            lr: *lr,
+            momentum: *momentum,
+            w: *w,
+            weight_decay: *weight_decay,
+            nesterov: *nesterov,
+            first: *first,
+        };
+        arrays.push((
+            param_arrays(p, g)?,
+            state_arrays(b, "momentum_buffer")?,
+            hp,
+            *stream,
+            *pstream,
+        ));
+    }
+    let mut items = Vec::with_capacity(arrays.len());
+    for (pa, ba, hp, stream, pstream) in arrays.iter_mut() {
+        let (param, grad) = param_of(pa, param_stochastic, *pstream)?;
+        let states = [(state_of(ba, "momentum_buffer")?, "momentum_buffer", *stream)];
+        items.push(optim::Item { param, grad: Some(grad), states, ctx: *hp });
+    }
+    py.detach(|| optim::sgd_steps(items, block, seed)).map_err(err)
 }
 
 /// Muon's momentum update; the direction replaces `grad` in place.
@@ -708,7 +730,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(blockwise_layout, m)?)?;
     m.add_function(wrap_pyfunction!(adamw_step_group, m)?)?;
     m.add_function(wrap_pyfunction!(all_finite, m)?)?;
-    m.add_function(wrap_pyfunction!(sgd_step, m)?)?;
+    m.add_function(wrap_pyfunction!(sgd_step_group, m)?)?;
     m.add_function(wrap_pyfunction!(muon_momentum, m)?)?;
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(num_threads, m)?)?;

@@ -123,6 +123,7 @@ class SGD(_PackedStates, torch.optim.Optimizer):
         index = 0
         for group in self.param_groups:
             lr, mom, wd = group["lr"], group["momentum"], group["weight_decay"]
+            entries = []  # the whole group goes to Rust in one call
             for p in group["params"]:
                 index += 1
                 if p.grad is None:
@@ -136,9 +137,11 @@ class SGD(_PackedStates, torch.optim.Optimizer):
                 st, t = self._advance(p)
                 scalars = (lr, mom, 1.0 - group["dampening"], wd)
                 stream = (t << 32) | (index << 2)  # AdamW's rule (its first state's stream)
-                _core.sgd_step(p.view(-1).numpy(), p.grad.view(-1).numpy(),
-                               self._state_arg(st, p, "momentum_buffer"), scalars,
-                               bool(group["nesterov"]), t == 1, self._block, self._seed, stream)
+                entries.append((p.view(-1).numpy(), p.grad.view(-1).numpy(),
+                                self._state_arg(st, p, "momentum_buffer"), scalars,
+                                bool(group["nesterov"]), t == 1, stream, stream | 2))
+            if entries:
+                _core.sgd_step_group(entries, self._block, self._seed, False)
         return loss
 
     summary = AdamW.summary
