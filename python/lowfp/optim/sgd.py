@@ -75,8 +75,8 @@ class SGD(_PackedStates, torch.optim.Optimizer):
 
     Per parameter and step: ``d = g + wd·p``; the buffer is ``d`` on the first step, then
     ``buf = momentum·buf + (1 − dampening)·d``; the step is ``d + momentum·buf`` with Nesterov,
-    else ``buf``; ``p −= lr·step``. One fused Rust call decodes the buffer, updates it and the
-    weight, and re-encodes it. With ``momentum=0`` there is no state: ``p −= lr·d`` in torch.
+    else ``buf``; ``p −= lr·step``. One fused Rust call per param group decodes the buffers,
+    updates them and the weights, and re-encodes them. With ``momentum=0`` there is no state: ``p −= lr·d`` in torch.
 
     Args:
         params: parameters or param groups (float32, contiguous CPU tensors).
