@@ -383,8 +383,9 @@ def test_errors():
         Muon(m, adamw_betas=(1.0, 0.9))
     with pytest.raises(TypeError, match="adamw_kwargs"):
         Muon(m, adamw_kwargs=dict(lr=1.0))
-    for make, shape in [(lambda q: SGD(q, lr=0.1, momentum=0.9), (10,)),
-                        (lambda q: SGD(q, lr=0.1), (10,)), (lambda q: Muon(q), (4, 4))]:
+    for make, shape, bf16 in [(lambda q: SGD(q, lr=0.1, momentum=0.9), (10,), True),
+                              (lambda q: SGD(q, lr=0.1), (10,), True),
+                              (lambda q: Muon(q), (4, 4), False)]:
         q = [torch.nn.Parameter(torch.zeros(shape))]
         opt = make(q)
         q[0].grad = torch.zeros(shape).to_sparse()
@@ -394,8 +395,34 @@ def test_errors():
         q[0].grad = torch.zeros(shape, dtype=torch.float64)
         with pytest.raises(TypeError, match="float32"):
             make(q).step()
-        q = [torch.nn.Parameter(torch.zeros(shape, dtype=torch.bfloat16))]
-        q[0].grad = torch.zeros(shape, dtype=torch.bfloat16)
-        with pytest.raises(TypeError, match="float32"):
-            make(q).step()
+        if not bf16:  # SGD takes bfloat16 parameters; Muon does not
+            q = [torch.nn.Parameter(torch.zeros(shape, dtype=torch.bfloat16))]
+            q[0].grad = torch.zeros(shape, dtype=torch.bfloat16)
+            with pytest.raises(TypeError, match="float32"):
+                make(q).step()
     assert isinstance(Muon(m + [torch.nn.Parameter(torch.zeros(3))]).adamw, AdamW)
+
+
+def test_sgd_bfloat16_parameters_and_nonfinite_gradients():
+    # momentum SGD moves each weight by lr·g/(1-momentum) ≈ 1e-3 per step at steady state,
+    # below half a bfloat16 ulp at 1.5 (2^-8): nearest never moves, stochastic moves on average
+    moved = {}
+    for rounding in ("nearest", "stochastic"):
+        p = torch.nn.Parameter(torch.full((8192,), 1.5, dtype=torch.bfloat16))
+        opt = SGD([p], lr=1e-4, momentum=0.9, momentum_codec=lowfp.Dynamic(8),
+                  param_rounding=rounding, seed=3)
+        for _ in range(100):
+            p.grad = torch.ones_like(p)
+            opt.step()
+        moved[rounding] = float((1.5 - p.detach().float()).mean())
+    assert moved["nearest"] == 0.0
+    # exact float32 trajectory: sum over steps of lr * (1 - 0.9^t) / (1 - 0.9) ≈ 0.091; the mean
+    # over 8192 weights of unbiased rounding errors (sd <= 2^-8 per step) is within 0.01
+    assert abs(moved["stochastic"] - 0.0910) < 0.01, moved
+    p = torch.nn.Parameter(torch.ones(64))
+    opt = SGD([p], lr=0.1, momentum=0.9)
+    p.grad = torch.full((64,), float("nan"))
+    opt.step()
+    assert opt.skipped_steps == 1 and torch.all(p == 1)
+    with pytest.raises(ValueError, match="nonfinite"):
+        SGD([p], lr=0.1, nonfinite="ignore")

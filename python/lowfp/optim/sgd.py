@@ -14,7 +14,7 @@ import torch
 
 from .. import _core
 from ..codec import _check_choice
-from . import AdamW, _codec, _run_closure
+from . import AdamW, _codec, _flat, _run_closure
 
 __all__ = ["SGD"]
 
@@ -76,7 +76,8 @@ class SGD(_PackedStates, torch.optim.Optimizer):
     Per parameter and step: ``d = g + wd·p``; the buffer is ``d`` on the first step, then
     ``buf = momentum·buf + (1 − dampening)·d``; the step is ``d + momentum·buf`` with Nesterov,
     else ``buf``; ``p −= lr·step``. One fused Rust call per param group decodes the buffers,
-    updates them and the weights, and re-encodes them. With ``momentum=0`` there is no state: ``p −= lr·d`` in torch.
+    updates them and the weights, and re-encodes them. With ``momentum=0`` there is no state:
+    ``p −= lr·d`` in torch.
 
     Args:
         params: parameters or param groups (float32, contiguous CPU tensors).
@@ -88,19 +89,32 @@ class SGD(_PackedStates, torch.optim.Optimizer):
         rounding: "nearest" or "stochastic" re-encoding of the buffer.
         seed: key of the stochastic rounding (with the step and the parameter's index).
         min_quant_size: parameters with fewer elements keep a float32 buffer.
+        nonfinite: a step with NaN/inf in any gradient is skipped ("skip", counted in
+            ``skipped_steps``) or raises ("error"), as in :class:`lowfp.optim.AdamW`.
+        param_rounding: bfloat16 parameters (with momentum) take the float32 update with
+            "stochastic" (default) or "nearest" rounding; without momentum the update is
+            torch's own bfloat16 arithmetic.
 
     Raises:
         ValueError: hyperparameters out of range (the message names the argument), unknown
             codecs; at ``step``, sparse gradients or non-contiguous / non-CPU tensors.
-        TypeError: at ``step``, parameters or gradients that are not float32.
+        TypeError: at ``step``, parameters that are neither float32 nor bfloat16, or
+            gradients of another dtype.
     """
 
     _STATES = ("momentum_buffer",)
+    _check = staticmethod(AdamW._check)  # float32 or bfloat16
+    _grads_finite = AdamW._grads_finite
 
     def __init__(self, params, lr: float = 1e-3, momentum: float = 0.0, dampening: float = 0.0,
                  weight_decay: float = 0.0, nesterov: bool = False, *,
                  momentum_codec: Any = None, block_size: int = 256, rounding: str = "nearest",
-                 seed: int = 0, min_quant_size: int = 4096):
+                 seed: int = 0, min_quant_size: int = 4096, nonfinite: str = "skip",
+                 param_rounding: str = "stochastic"):
+        _check_choice("nonfinite", nonfinite, ("skip", "error"))
+        _check_choice("param_rounding", param_rounding, ("nearest", "stochastic"))
+        self._nonfinite, self._param_rounding = nonfinite, param_rounding
+        self.skipped_steps = 0
         if not lr >= 0.0:
             raise ValueError(f"lr: expected >= 0, got {lr}")
         if not momentum >= 0.0:
@@ -120,6 +134,8 @@ class SGD(_PackedStates, torch.optim.Optimizer):
     def step(self, closure=None):
         """One optimization step (see torch.optim.Optimizer.step)."""
         loss = _run_closure(closure)
+        if not self._grads_finite():
+            return loss
         index = 0
         for group in self.param_groups:
             lr, mom, wd = group["lr"], group["momentum"], group["weight_decay"]
@@ -137,11 +153,12 @@ class SGD(_PackedStates, torch.optim.Optimizer):
                 st, t = self._advance(p)
                 scalars = (lr, mom, 1.0 - group["dampening"], wd)
                 stream = (t << 32) | (index << 2)  # AdamW's rule (its first state's stream)
-                entries.append((p.view(-1).numpy(), p.grad.view(-1).numpy(),
+                entries.append((_flat(p), _flat(p.grad),
                                 self._state_arg(st, p, "momentum_buffer"), scalars,
                                 bool(group["nesterov"]), t == 1, stream, stream | 2))
             if entries:
-                _core.sgd_step_group(entries, self._block, self._seed, False)
+                _core.sgd_step_group(entries, self._block, self._seed,
+                                     self._param_rounding == "stochastic")
         return loss
 
     summary = AdamW.summary
