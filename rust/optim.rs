@@ -108,13 +108,16 @@ impl Part<'_> {
 }
 
 /// Whether every value is finite (no NaN, no ±inf): a parallel scan of the exponent bits,
-/// for float32 or bfloat16 gradients, run before a step so that packed states never see a NaN.
+/// for float32 or 16-bit float gradients, run before a step so that packed states never see a NaN.
 pub fn all_finite(g: Grad) -> bool {
     par::install(|| match g {
         Grad::F32(x) => {
             x.par_chunks(CHUNK).all(|c| c.iter().all(|v| v.to_bits() & 0x7f80_0000 != 0x7f80_0000))
         }
-        Grad::Bf16(x) => x.par_chunks(CHUNK).all(|c| c.iter().all(|&b| b & 0x7f80 != 0x7f80)),
+        Grad::Half(k, x) => {
+            let m = k.exp_mask();
+            x.par_chunks(CHUNK).all(|c| c.iter().all(|&b| b & m != m))
+        }
     })
 }
 
@@ -158,25 +161,67 @@ pub fn adamw_steps(items: Vec<Item<2, AdamW>>, block: usize, seed: u64) -> Resul
     run_items(items, block, seed, |hp, p, g, [m, v]| adamw_update(hp, p, g, m, v))
 }
 
-/// A parameter tensor: float32, or bfloat16 bit patterns updated through float32 and
+/// A 16-bit float type of parameters and gradients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Half {
+    Bf16,
+    F16,
+}
+
+impl Half {
+    /// The exact float32 value of a bit pattern.
+    #[inline(always)]
+    fn to_f32(self, b: u16) -> f32 {
+        match self {
+            Half::Bf16 => f32::from_bits((b as u32) << 16),
+            Half::F16 => {
+                // 1.5.10 → 1.8.23: rebias normals; subnormals are m·2^-24, exact in float32
+                let (sign, e, m) = ((b as u32 & 0x8000) << 16, (b >> 10) & 0x1f, b as u32 & 0x3ff);
+                let mag = match e {
+                    0 => (m as f32 * f32::from_bits(0x3380_0000)).to_bits(),
+                    31 => 0x7f80_0000 | (m << 13),
+                    _ => ((e as u32 + 112) << 23) | (m << 13),
+                };
+                f32::from_bits(sign | mag)
+            }
+        }
+    }
+
+    /// The exponent-field mask: all ones means inf or NaN.
+    fn exp_mask(self) -> u16 {
+        match self {
+            Half::Bf16 => 0x7f80,
+            Half::F16 => 0x7c00,
+        }
+    }
+
+    fn format_name(self) -> &'static str {
+        match self {
+            Half::Bf16 => "bfloat16",
+            Half::F16 => "float16",
+        }
+    }
+}
+
+/// A parameter tensor: float32, or bfloat16/float16 bit patterns updated through float32 and
 /// rounded back (nearest or stochastic, keyed by `stream`).
 pub enum Param<'a> {
     F32(&'a mut [f32]),
-    Bf16 { bits: &'a mut [u16], stochastic: bool, stream: u64 },
+    Half { kind: Half, bits: &'a mut [u16], stochastic: bool, stream: u64 },
 }
 
-/// A gradient: float32, or bfloat16 bit patterns (widened exactly).
+/// A gradient: float32, or 16-bit float bit patterns (widened exactly).
 #[derive(Clone, Copy)]
 pub enum Grad<'a> {
     F32(&'a [f32]),
-    Bf16(&'a [u16]),
+    Half(Half, &'a [u16]),
 }
 
 impl Param<'_> {
     fn len(&self) -> usize {
         match self {
             Param::F32(p) => p.len(),
-            Param::Bf16 { bits, .. } => bits.len(),
+            Param::Half { bits, .. } => bits.len(),
         }
     }
 }
@@ -185,7 +230,7 @@ impl Grad<'_> {
     fn len(&self) -> usize {
         match self {
             Grad::F32(g) => g.len(),
-            Grad::Bf16(g) => g.len(),
+            Grad::Half(_, g) => g.len(),
         }
     }
 }
@@ -193,11 +238,12 @@ impl Grad<'_> {
 /// One group's share of a parameter.
 enum ParamPart<'a> {
     F32(&'a mut [f32]),
-    Bf16(&'a mut [u16]),
+    Half(&'a mut [u16]),
 }
 
-/// Round float32 values to bfloat16 bits (nearest or stochastic; elements from `start`).
-fn to_bf16(
+/// Round float32 values to 16-bit float bits (nearest or stochastic; elements from `start`).
+fn to_half(
+    kind: Half,
     src: &[f32],
     dst: &mut [u16],
     stochastic: bool,
@@ -206,9 +252,9 @@ fn to_bf16(
     stream: u64,
 ) -> Result<()> {
     use crate::exmy::{EncodeOptions, Encoder, Random, Rounding};
-    let bf16 = crate::formats::parse("bfloat16").expect("named format");
+    let fmt = crate::formats::parse(kind.format_name()).expect("named format");
     let rounding = if stochastic { Rounding::Stochastic } else { Rounding::Nearest };
-    let enc = Encoder::new(bf16, EncodeOptions { rounding, ..Default::default() });
+    let enc = Encoder::new(fmt, EncodeOptions { rounding, ..Default::default() });
     let random = Random::Philox { seed, stream, offset: start as u64 };
     dispatch_mode!(rounding, MODE => crate::exmy::encode_chunk::<f32, u16, MODE>(&enc, src, dst, 0, random))
 }
@@ -265,32 +311,32 @@ pub fn run_items<const K: usize, T: Sync>(
         }
         let grads: Vec<Option<Grad>> = match grad {
             Some(Grad::F32(gr)) => gr.chunks(g.elems).map(|c| Some(Grad::F32(c))).collect(),
-            Some(Grad::Bf16(gr)) => gr.chunks(g.elems).map(|c| Some(Grad::Bf16(c))).collect(),
+            Some(Grad::Half(k, gr)) => gr.chunks(g.elems).map(|c| Some(Grad::Half(k, c))).collect(),
             None => vec![None; parts.len()],
         };
-        let (pstoch, pstream) = match &param {
-            Param::Bf16 { stochastic, stream, .. } => (*stochastic, *stream),
-            Param::F32(_) => (false, 0),
+        let (pkind, pstoch, pstream) = match &param {
+            Param::Half { kind, stochastic, stream, .. } => (*kind, *stochastic, *stream),
+            Param::F32(_) => (Half::Bf16, false, 0),
         };
         let params: Vec<ParamPart> = match param {
             Param::F32(p) => p.chunks_mut(g.elems).map(ParamPart::F32).collect(),
-            Param::Bf16 { bits, .. } => bits.chunks_mut(g.elems).map(ParamPart::Bf16).collect(),
+            Param::Half { bits, .. } => bits.chunks_mut(g.elems).map(ParamPart::Half).collect(),
         };
         let t = ctxs.len();
         ctxs.push(ctx);
         for (gi, ((p, gr), ps)) in params.into_iter().zip(grads).zip(parts).enumerate() {
-            work.push((t, gi, p, gr, ps, streams, pstoch, pstream));
+            work.push((t, gi, p, gr, ps, streams, (pkind, pstoch, pstream)));
         }
     }
     par::install(|| {
-        work.par_iter_mut().try_for_each(|(t, gi, p, gr, ps, streams, pstoch, pstream)| {
-            let (pstoch, pstream, ctx) = (*pstoch, *pstream, &ctxs[*t]);
+        work.par_iter_mut().try_for_each(|(t, gi, p, gr, ps, streams, pmeta)| {
+            let ((pkind, pstoch, pstream), ctx) = (*pmeta, &ctxs[*t]);
             BUFS.with(|cell| {
                 let bufs = &mut *cell.borrow_mut();
                 let start = *gi * g.elems;
                 let len = match p {
                     ParamPart::F32(p) => p.len(),
-                    ParamPart::Bf16(p) => p.len(),
+                    ParamPart::Half(p) => p.len(),
                 };
                 bufs.states.resize(K, Vec::new());
                 // float32 states are updated in place; packed ones through a buffer
@@ -302,9 +348,9 @@ pub fn run_items<const K: usize, T: Sync>(
                 }
                 let gview: &[f32] = match gr {
                     Some(Grad::F32(gs)) => gs,
-                    Some(Grad::Bf16(gs)) => {
+                    Some(Grad::Half(k, gs)) => {
                         bufs.grad.clear();
-                        bufs.grad.extend(gs.iter().map(|&b| f32::from_bits((b as u32) << 16)));
+                        bufs.grad.extend(gs.iter().map(|&b| k.to_f32(b)));
                         &bufs.grad
                     }
                     None => &[],
@@ -317,11 +363,11 @@ pub fn run_items<const K: usize, T: Sync>(
                     });
                 match p {
                     ParamPart::F32(p) => update(ctx, p, gview, views),
-                    ParamPart::Bf16(bits) => {
+                    ParamPart::Half(bits) => {
                         bufs.param.clear();
-                        bufs.param.extend(bits.iter().map(|&b| f32::from_bits((b as u32) << 16)));
+                        bufs.param.extend(bits.iter().map(|&b| pkind.to_f32(b)));
                         update(ctx, &mut bufs.param, gview, views);
-                        to_bf16(&bufs.param, bits, pstoch, start, seed, pstream)?;
+                        to_half(pkind, &bufs.param, bits, pstoch, start, seed, pstream)?;
                     }
                 }
                 for ((buf, part), &stream) in
@@ -400,5 +446,23 @@ fn adamw_update(hp: &AdamW, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f3
         *v = hp.beta2 * *v + hp.w2 * g * g;
         let denom = v.sqrt() / hp.bc2_sqrt + hp.eps;
         *p -= hp.step_size * (*m / denom);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every float16 bit pattern widens to the value the format table gives it.
+    #[test]
+    fn float16_widening_is_exact() {
+        let f16 = crate::formats::parse("float16").unwrap();
+        for b in 0..=u16::MAX {
+            let (got, want) = (Half::F16.to_f32(b), f16.decode_f64(b as u32));
+            assert!(got as f64 == want || (got.is_nan() && want.is_nan()), "{b:#06x}");
+            if !want.is_nan() {
+                assert_eq!(got.is_sign_negative(), want.is_sign_negative(), "{b:#06x}");
+            }
+        }
     }
 }

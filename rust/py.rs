@@ -531,17 +531,32 @@ fn state_of<'a>(a: &'a mut StateArrays<'_>, arg: &str) -> PyResult<optim::State<
 }
 
 /// A parameter and its gradient from Python: float32 arrays, or uint16 arrays holding
-/// bfloat16 bits (then `stochastic` picks the rounding of the parameter, keyed by `stream`).
+/// bfloat16 or float16 bits, as `kind` says ("float32", "bfloat16", "float16").
 enum ParamArrays<'py> {
     F32(PyReadwriteArrayDyn<'py, f32>, PyReadonlyArrayDyn<'py, f32>),
-    Bf16(PyReadwriteArrayDyn<'py, u16>, PyReadonlyArrayDyn<'py, u16>),
+    Half(optim::Half, PyReadwriteArrayDyn<'py, u16>, PyReadonlyArrayDyn<'py, u16>),
 }
 
-fn param_arrays<'py>(p: &Bound<'py, PyAny>, g: &Bound<'py, PyAny>) -> PyResult<ParamArrays<'py>> {
-    if let Ok(pa) = p.extract::<PyReadwriteArrayDyn<'py, f32>>() {
-        return Ok(ParamArrays::F32(pa, ro::<f32>(g, "grad")?));
+fn half_kind(kind: &str) -> PyResult<Option<optim::Half>> {
+    match kind {
+        "float32" => Ok(None),
+        "bfloat16" => Ok(Some(optim::Half::Bf16)),
+        "float16" => Ok(Some(optim::Half::F16)),
+        k => Err(PyTypeError::new_err(format!(
+            "param: expected float32, bfloat16 or float16 parameters, got {k}"
+        ))),
     }
-    Ok(ParamArrays::Bf16(rw::<u16>(p, "param")?, ro::<u16>(g, "grad")?))
+}
+
+fn param_arrays<'py>(
+    p: &Bound<'py, PyAny>,
+    g: &Bound<'py, PyAny>,
+    kind: &str,
+) -> PyResult<ParamArrays<'py>> {
+    Ok(match half_kind(kind)? {
+        None => ParamArrays::F32(rw::<f32>(p, "param")?, ro::<f32>(g, "grad")?),
+        Some(h) => ParamArrays::Half(h, rw::<u16>(p, "param")?, ro::<u16>(g, "grad")?),
+    })
 }
 
 fn param_of<'a>(
@@ -553,15 +568,15 @@ fn param_of<'a>(
         ParamArrays::F32(p, g) => {
             (optim::Param::F32(slice_mut(p, "param")?), optim::Grad::F32(slice(g, "grad")?))
         }
-        ParamArrays::Bf16(p, g) => (
-            optim::Param::Bf16 { bits: slice_mut(p, "param")?, stochastic, stream },
-            optim::Grad::Bf16(slice(g, "grad")?),
+        ParamArrays::Half(kind, p, g) => (
+            optim::Param::Half { kind: *kind, bits: slice_mut(p, "param")?, stochastic, stream },
+            optim::Grad::Half(*kind, slice(g, "grad")?),
         ),
     })
 }
 
 /// One parameter of a batched SGD call: (param, grad, momentum_buffer,
-/// (lr, momentum, 1 − dampening, weight_decay), nesterov, first, stream, param_stream).
+/// (lr, momentum, 1 − dampening, weight_decay), nesterov, first, stream, param_stream, kind).
 type SgdEntry<'py> = (
     Bound<'py, PyAny>,
     Bound<'py, PyAny>,
@@ -571,6 +586,7 @@ type SgdEntry<'py> = (
     bool,
     u64,
     u64,
+    String,
 );
 
 /// Fused SGD steps for a whole param group in one call (one parallel pass, GIL released).
@@ -583,7 +599,9 @@ fn sgd_step_group(
     param_stochastic: bool,
 ) -> PyResult<()> {
     let mut arrays = Vec::with_capacity(entries.len());
-    for (p, g, b, (lr, momentum, w, weight_decay), nesterov, first, stream, pstream) in &entries {
+    for (p, g, b, (lr, momentum, w, weight_decay), nesterov, first, stream, pstream, kind) in
+        &entries
+    {
         let hp = optim::Sgd {
             lr: *lr,
             momentum: *momentum,
@@ -593,7 +611,7 @@ fn sgd_step_group(
             first: *first,
         };
         arrays.push((
-            param_arrays(p, g)?,
+            param_arrays(p, g, kind)?,
             state_arrays(b, "momentum_buffer")?,
             hp,
             *stream,
@@ -629,7 +647,7 @@ fn muon_momentum(
 }
 
 /// One parameter of a batched AdamW call: (param, grad, exp_avg, exp_avg_sq, scalars,
-/// (stream_m, stream_v), param_stream).
+/// (stream_m, stream_v), param_stream, kind).
 type AdamWEntry<'py> = (
     Bound<'py, PyAny>,
     Bound<'py, PyAny>,
@@ -638,6 +656,7 @@ type AdamWEntry<'py> = (
     (f32, f32, f32, f32, f32, f32, f32, f32),
     (u64, u64),
     u64,
+    String,
 );
 
 /// Fused AdamW steps for a whole param group in one call (one parallel pass, GIL released).
@@ -650,10 +669,10 @@ fn adamw_step_group(
     param_stochastic: bool,
 ) -> PyResult<()> {
     let mut arrays = Vec::with_capacity(entries.len());
-    for (p, g, m, v, scalars, streams, pstream) in &entries {
+    for (p, g, m, v, scalars, streams, pstream, kind) in &entries {
         let (decay, l2, w1, beta2, w2, eps, step_size, bc2_sqrt) = *scalars;
         let hp = optim::AdamW { decay, l2, w1, beta2, w2, eps, step_size, bc2_sqrt };
-        let pa = param_arrays(p, g)?;
+        let pa = param_arrays(p, g, kind)?;
         let ma = state_arrays(m, "exp_avg")?;
         let va = state_arrays(v, "exp_avg_sq")?;
         arrays.push((pa, ma, va, hp, *streams, *pstream));
@@ -670,16 +689,21 @@ fn adamw_step_group(
     py.detach(|| optim::adamw_steps(items, block, seed)).map_err(err)
 }
 
-/// Whether a float32 (or bfloat16-bits uint16) array holds only finite values.
+/// Whether a float32 array (or uint16 bits of `kind` "bfloat16"/"float16") is all finite.
 #[pyfunction]
-fn all_finite(py: Python<'_>, x: &Bound<'_, PyAny>) -> PyResult<bool> {
-    if let Ok(a) = x.extract::<PyReadonlyArrayDyn<'_, f32>>() {
-        let xs = slice(&a, "x")?;
-        return Ok(py.detach(|| optim::all_finite(optim::Grad::F32(xs))));
+fn all_finite(py: Python<'_>, x: &Bound<'_, PyAny>, kind: &str) -> PyResult<bool> {
+    match half_kind(kind)? {
+        None => {
+            let a = ro::<f32>(x, "x")?;
+            let xs = slice(&a, "x")?;
+            Ok(py.detach(|| optim::all_finite(optim::Grad::F32(xs))))
+        }
+        Some(h) => {
+            let a = ro::<u16>(x, "x")?;
+            let xs = slice(&a, "x")?;
+            Ok(py.detach(|| optim::all_finite(optim::Grad::Half(h, xs))))
+        }
     }
-    let a = ro::<u16>(x, "x")?;
-    let xs = slice(&a, "x")?;
-    Ok(py.detach(|| optim::all_finite(optim::Grad::Bf16(xs))))
 }
 
 // ---------------------------------------------------------------- threads and rng

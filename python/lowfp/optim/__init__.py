@@ -33,8 +33,8 @@ _STATES = ("exp_avg", "exp_avg_sq")
 
 def _grad_finite(g: torch.Tensor) -> bool:
     """No NaN or inf in g: a parallel Rust scan for contiguous float32/bfloat16 CPU tensors."""
-    if g.device.type == "cpu" and g.is_contiguous() and g.dtype in (torch.float32, torch.bfloat16):
-        return _core.all_finite(_flat(g))
+    if g.device.type == "cpu" and g.is_contiguous() and g.dtype in _KINDS:
+        return _core.all_finite(_flat(g), _KINDS[g.dtype])
     return bool(torch.isfinite(g).all())
 
 
@@ -46,9 +46,12 @@ def _run_closure(closure):
         return closure()
 
 
+_KINDS = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+
+
 def _flat(t: torch.Tensor) -> np.ndarray:
-    """A 1-D NumPy view: float32 as is, bfloat16 as its uint16 bit patterns."""
-    if t.dtype == torch.bfloat16:
+    """A 1-D NumPy view: float32 as is, 16-bit floats as their uint16 bit patterns."""
+    if t.dtype in (torch.bfloat16, torch.float16):
         return t.view(-1).view(torch.int16).numpy().view(np.uint16)
     return t.view(-1).numpy()
 
@@ -81,7 +84,7 @@ class AdamW(torch.optim.Optimizer):
         nonfinite: what a step does when any gradient holds NaN or ±inf: "skip" (default:
             nothing is updated, ``skipped_steps`` counts it; packed states never see a NaN)
             or "error" (ValueError).
-        param_rounding: how bfloat16 parameters take the float32 update: "stochastic"
+        param_rounding: how bfloat16/float16 parameters take the float32 update: "stochastic"
             (default, so small updates are not lost without an fp32 master copy) or "nearest".
             States are float32 or packed whatever the parameter's dtype.
 
@@ -188,7 +191,7 @@ class AdamW(torch.optim.Optimizer):
                 stream = (t << 32) | (index << 2)  # | 0: exp_avg, 1: exp_avg_sq, 2: param
                 entries.append((_flat(p), _flat(p.grad), self._state_arg(st, p, "exp_avg"),
                                 self._state_arg(st, p, "exp_avg_sq"), scalars,
-                                (stream, stream | 1), stream | 2))
+                                (stream, stream | 1), stream | 2, _KINDS[p.dtype]))
             if entries:
                 _core.adamw_step_group(entries, self._block, self._seed,
                                        self._param_rounding == "stochastic")
@@ -223,9 +226,9 @@ class AdamW(torch.optim.Optimizer):
         if p.device.type != "cpu":
             raise ValueError(f"param: on {p.device}; lowfp.optim runs on CPU tensors "
                              "(the GPU path is not available yet)")
-        if p.dtype not in (torch.float32, torch.bfloat16) or p.grad.dtype != p.dtype:
-            raise TypeError("param: expected float32 or bfloat16 parameters with gradients of "
-                            f"the same dtype, got {p.dtype} and {p.grad.dtype}")
+        if p.dtype not in _KINDS or p.grad.dtype != p.dtype:
+            raise TypeError("param: expected float32, bfloat16 or float16 parameters with "
+                            f"gradients of the same dtype, got {p.dtype} and {p.grad.dtype}")
         if not (p.is_contiguous() and p.grad.is_contiguous()):
             raise ValueError("param: expected contiguous parameters and gradients")
 

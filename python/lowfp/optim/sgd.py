@@ -14,7 +14,7 @@ import torch
 
 from .. import _core
 from ..codec import _check_choice
-from . import AdamW, _codec, _flat, _run_closure
+from . import _KINDS, AdamW, _codec, _flat, _run_closure
 
 __all__ = ["SGD"]
 
@@ -91,14 +91,14 @@ class SGD(_PackedStates, torch.optim.Optimizer):
         min_quant_size: parameters with fewer elements keep a float32 buffer.
         nonfinite: a step with NaN/inf in any gradient is skipped ("skip", counted in
             ``skipped_steps``) or raises ("error"), as in :class:`lowfp.optim.AdamW`.
-        param_rounding: bfloat16 parameters (with momentum) take the float32 update with
+        param_rounding: bfloat16/float16 parameters (with momentum) take the float32 update with
             "stochastic" (default) or "nearest" rounding; without momentum the update is
             torch's own bfloat16 arithmetic.
 
     Raises:
         ValueError: hyperparameters out of range (the message names the argument), unknown
             codecs; at ``step``, sparse gradients or non-contiguous / non-CPU tensors.
-        TypeError: at ``step``, parameters that are neither float32 nor bfloat16, or
+        TypeError: at ``step``, parameters that are not float32, bfloat16 or float16, or
             gradients of another dtype.
     """
 
@@ -155,7 +155,8 @@ class SGD(_PackedStates, torch.optim.Optimizer):
                 stream = (t << 32) | (index << 2)  # AdamW's rule (its first state's stream)
                 entries.append((_flat(p), _flat(p.grad),
                                 self._state_arg(st, p, "momentum_buffer"), scalars,
-                                bool(group["nesterov"]), t == 1, stream, stream | 2))
+                                bool(group["nesterov"]), t == 1, stream, stream | 2,
+                                _KINDS[p.dtype]))
             if entries:
                 _core.sgd_step_group(entries, self._block, self._seed,
                                      self._param_rounding == "stochastic")
