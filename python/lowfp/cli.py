@@ -213,6 +213,15 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_experiment(args: argparse.Namespace) -> int:
+    from . import experiments
+
+    t = time.perf_counter()
+    path = experiments.run(args.NAME, steps=args.steps, seed=args.seed, out=args.out)
+    print(f"report: {path} ({time.perf_counter() - t:.1f} s)")
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="lowfp", description="Exact low-precision formats.")
     sub = p.add_subparsers(dest="cmd")
@@ -244,6 +253,17 @@ def main(argv=None) -> int:
     i.add_argument("--csv", default=None, help="also write the table as CSV")
     i.add_argument("--json", default=None, help="also write the table as JSON")
     i.set_defaults(fn=cmd_inspect)
+    e = sub.add_parser("experiment", help="run reproducible low-bit optimizer experiments and "
+                       "write a Markdown report")
+    e.add_argument("NAME", nargs="*", help="swamping, sgd-shrinkage (default: a short run of "
+                   "both)")
+    e.add_argument("--steps", type=int, default=None,
+                   help="steps per run (default: each experiment's CPU-friendly default)")
+    e.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    e.add_argument("--out", default="lowfp-experiments",
+                   help="output directory for report.md, CSVs and PNGs (default "
+                   "lowfp-experiments/)")
+    e.set_defaults(fn=cmd_experiment)
     args = p.parse_args(argv)
     if not hasattr(args, "fn"):
         args = p.parse_args(["demo"] + (argv or []))
