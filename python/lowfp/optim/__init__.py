@@ -423,9 +423,9 @@ def solo_beta1(bits: int, beta_ref: float = 0.9, bits_ref: int = 8) -> float:
 
 def SOLO(params, bits: int = 3, *, m_bits: Optional[int] = None, quantile: float = 0.05,  # noqa: N802
          beta2: float = 0.999, **kwargs) -> AdamW:
-    """SOLO-style low-bit AdamW: the second moment in `bits`-bit logarithmic codes with a
-    per-block base from a quantile and stochastic rounding (so small EMA updates are not
-    swamped), the first moment in `m_bits`-bit (default `bits`) signed linear codes with the
+    """SOLO-style low-bit AdamW: the second moment in `bits`-bit zero-free logarithmic codes
+    with a per-block base from a quantile and stochastic rounding (so small EMA updates are not
+    swamped; no entry decodes to 0, which would turn its update into lr·m/eps), the first moment in `m_bits`-bit (default `bits`) signed linear codes with the
     precision-specific β1 of :func:`solo_beta1`, both stochastically rounded, block 128.
     Real k-bit packing: 3 bits take 3/8 of a byte per state.
     """
@@ -433,7 +433,7 @@ def SOLO(params, bits: int = 3, *, m_bits: Optional[int] = None, quantile: float
     kwargs.setdefault("block_size", 128)
     kwargs.setdefault("rounding", "stochastic")
     kwargs.setdefault("betas", (solo_beta1(m_bits), beta2))
-    return AdamW(params, exp_avg=Linear(m_bits), exp_avg_sq=Log(bits, quantile=quantile),
+    return AdamW(params, exp_avg=Linear(m_bits), exp_avg_sq=Log(bits, zero=False, quantile=quantile),
                  **kwargs)
 
 
