@@ -80,27 +80,32 @@ impl<'a> State<'a> {
 }
 
 impl Part<'_> {
-    fn load(&self, buf: &mut [f32]) -> Result<()> {
+    /// Decode a packed part into `buf` (`len` values). A float32 part is updated in place:
+    /// nothing to decode.
+    fn load(&self, buf: &mut Vec<f32>, len: usize) -> Result<()> {
         match self {
-            Part::F32(s) => {
-                buf.copy_from_slice(s);
-                Ok(())
-            }
+            Part::F32(_) => Ok(()),
             Part::Quantized { spec, packed, scales, alphas } => {
-                block::dequantize_group(spec, packed, scales, alphas, 1.0, buf)
+                buf.resize(len, 0.0);
+                block::dequantize_group(spec, packed, scales, alphas, 1.0, &mut buf[..len])
             }
         }
     }
 
-    fn store(&mut self, buf: &[f32], start: usize, seed: u64, stream: u64) -> Result<()> {
+    /// Re-encode a packed part from `buf[..len]` (nothing to do for a float32 part).
+    fn store(
+        &mut self,
+        buf: &[f32],
+        len: usize,
+        start: usize,
+        seed: u64,
+        stream: u64,
+    ) -> Result<()> {
         match self {
-            Part::F32(s) => {
-                s.copy_from_slice(buf);
-                Ok(())
-            }
+            Part::F32(_) => Ok(()),
             Part::Quantized { spec, packed, scales, alphas } => {
                 dispatch_mode!(spec.rounding(), MODE => block::quantize_group::<MODE>(
-                    spec, buf, packed, scales, alphas, 1.0, start, seed, stream
+                    spec, &buf[..len], packed, scales, alphas, 1.0, start, seed, stream
                 ))
             }
         }
@@ -341,10 +346,7 @@ pub fn run_items<const K: usize, T: Sync>(
                 bufs.states.resize(K, Vec::new());
                 // float32 states are updated in place; packed ones through a buffer
                 for (buf, part) in bufs.states.iter_mut().zip(ps.iter()) {
-                    if let Part::Quantized { .. } = part {
-                        buf.resize(len, 0.0);
-                        part.load(&mut buf[..len])?;
-                    }
+                    part.load(buf, len)?;
                 }
                 let gview: &[f32] = match gr {
                     Some(Grad::F32(gs)) => gs,
@@ -373,9 +375,7 @@ pub fn run_items<const K: usize, T: Sync>(
                 for ((buf, part), &stream) in
                     bufs.states.iter().zip(ps.iter_mut()).zip(streams.iter())
                 {
-                    if let Part::Quantized { .. } = part {
-                        part.store(&buf[..len], start, seed, stream)?;
-                    }
+                    part.store(buf, len, start, seed, stream)?;
                 }
                 Ok(())
             })
