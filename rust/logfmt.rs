@@ -130,7 +130,33 @@ pub fn alpha_from_quantile(v: f32, n_nonzero: u32) -> f32 {
     if fits(hi) {
         return ALPHA_MAX;
     }
-    // Invariant: fits(lo) and !fits(hi).
+    // Invariant: fits(lo) and !fits(hi). `fits` is monotone in alpha (a product of positive
+    // factors, each rounded, never decreases when a factor grows), so the answer is the same
+    // from any start: begin at libm's estimate v^(1/k), usually within an ulp or two, probe a
+    // few neighbours, and bisect whatever bracket remains.
+    let guess = (vd.powf(1.0 / k as f64) as f32).to_bits().clamp(lo, hi);
+    let up = fits(guess);
+    if up {
+        lo = guess;
+    } else {
+        hi = guess;
+    }
+    for _ in 0..4 {
+        if hi - lo <= 1 {
+            break;
+        }
+        if up {
+            if fits(lo + 1) {
+                lo += 1;
+            } else {
+                hi = lo + 1;
+            }
+        } else if fits(hi - 1) {
+            lo = hi - 1;
+        } else {
+            hi -= 1;
+        }
+    }
     while hi - lo > 1 {
         let mid = lo + (hi - lo) / 2;
         if fits(mid) {
@@ -164,21 +190,32 @@ pub fn quantile_abs(x: &[f32], q: f32, scratch: &mut Vec<f32>) -> f32 {
 
 /// The k-th smallest |x| (k < 16) by keeping the k+1 smallest in a sorted window: the same
 /// value as the selection above, in one pass without a copy (SOLO's quantile is small, e.g.
-/// k = 6 for the 5% quantile of 128 elements).
+/// k = 6 for the 5% quantile of 128 elements). |x| is compared as its bits: for floats with
+/// the sign cleared (NaN included) the unsigned order of the bits is `f32::total_cmp`'s. Runs
+/// of 8 elements none of which can enter the window are skipped after one vector minimum.
 fn kth_smallest_abs(x: &[f32], k: usize) -> f32 {
-    let mut win = [f32::INFINITY; 16];
+    let mut win = [f32::INFINITY.to_bits(); 16];
     let w = &mut win[..=k];
-    for v in x.iter().map(|v| v.abs()) {
-        if v.total_cmp(&w[k]).is_lt() {
+    let insert = |key: u32, w: &mut [u32]| {
+        if key < w[k] {
             let mut i = k;
-            while i > 0 && v.total_cmp(&w[i - 1]).is_lt() {
+            while i > 0 && key < w[i - 1] {
                 w[i] = w[i - 1];
                 i -= 1;
             }
-            w[i] = v;
+            w[i] = key;
+        }
+    };
+    let chunks = x.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        let keys: [u32; 8] = std::array::from_fn(|j| c[j].to_bits() & 0x7fff_ffff);
+        if keys.iter().fold(u32::MAX, |m, &v| m.min(v)) < w[k] {
+            keys.iter().for_each(|&key| insert(key, w));
         }
     }
-    w[k]
+    rest.iter().for_each(|v| insert(v.to_bits() & 0x7fff_ffff, w));
+    f32::from_bits(w[k])
 }
 
 #[cfg(test)]
@@ -289,6 +326,55 @@ mod tests {
         assert_eq!(alpha_from_quantile(0.3, 2), 0.3);
         // n = 3: alpha^2 ≤ 0.25 -> 0.5 exactly.
         assert_eq!(alpha_from_quantile(0.25, 3), 0.5);
+    }
+
+    /// The definition: bisection over the whole bracket, no starting guess.
+    fn alpha_by_bisection(v: f32, n: u32) -> f32 {
+        if n <= 1 || v.is_nan() || v >= 1.0 {
+            return ALPHA_MAX;
+        }
+        let fits = |bits: u32| pow_f64(f32::from_bits(bits) as f64, n - 1) <= v as f64;
+        let (mut lo, mut hi) = (ALPHA_MIN.to_bits(), ALPHA_MAX.to_bits());
+        if !fits(lo) {
+            return ALPHA_MIN;
+        }
+        if fits(hi) {
+            return ALPHA_MAX;
+        }
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            if fits(mid) {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        f32::from_bits(lo)
+    }
+
+    #[test]
+    fn alpha_equals_bisection() {
+        let mut state = 99u32;
+        for n in [2u32, 3, 4, 7, 8, 15, 16, 127, 255] {
+            for i in 0..20_000 {
+                state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                // log-uniform v in about [2^-64, 1), plus exact powers and their neighbours
+                let v = match i % 3 {
+                    0 => (-((state >> 8) as f32) / (1u32 << 24) as f32 * 44.0).exp(),
+                    1 => f32::from_bits((state >> 9) | 0x3f00_0000) - 0.5,
+                    _ => {
+                        let a = f32::from_bits(0x3a80_0000 + (state >> 10));
+                        let p = pow_f64(a as f64, n - 1) as f32;
+                        f32::from_bits(p.to_bits().wrapping_add(state % 3).wrapping_sub(1))
+                    }
+                };
+                assert_eq!(
+                    alpha_from_quantile(v, n).to_bits(),
+                    alpha_by_bisection(v, n).to_bits(),
+                    "v {v:e} n {n}"
+                );
+            }
+        }
     }
 
     #[test]
