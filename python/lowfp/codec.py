@@ -24,6 +24,22 @@ def _is_torch(x: Any) -> bool:
     return type(x).__module__.startswith("torch") and hasattr(x, "device")
 
 
+def _on_cuda(*xs: Any) -> bool:
+    """Whether any of xs is a CUDA torch tensor or a CuPy array (then lowfp.cuda runs the call;
+    CuPy is imported only there)."""
+    for x in xs:
+        mod = type(x).__module__
+        if (mod.startswith("torch") and getattr(x, "is_cuda", False)) or mod.startswith("cupy"):
+            return True
+    return False
+
+
+def _no_out(out: Any) -> None:
+    if out is not None:
+        raise ValueError("out: not supported for CUDA inputs (the result is allocated on the "
+                         "input's device)")
+
+
 def _torch_to_numpy(x: Any, arg: str) -> Tuple[np.ndarray, str]:
     import torch
 
@@ -161,6 +177,12 @@ def encode(
         TypeError: x is not a supported float array.
         ValueError: unknown format/option, NaN or negatives where not allowed.
     """
+    if _on_cuda(x, random_bits):
+        _no_out(out)
+        from . import cuda
+
+        return cuda.encode(x, fmt, rounding=rounding, overflow=overflow, seed=seed, stream=stream,
+                           offset=offset, random_bits=random_bits, nan=nan, negative=negative)
     f = format(fmt)
     a, kind, from_torch = _float_input(x)
     opts = _options(rounding, overflow, nan, negative, seed, stream, offset, random_bits, a.size)
@@ -186,6 +208,11 @@ def decode(codes: Any, fmt: FormatLike, *, dtype: Any = np.float32, out: Any = N
         TypeError: codes are not unsigned integers.
         ValueError: a code is outside 0 .. 2**bits - 1 (the message names the element).
     """
+    if _on_cuda(codes):
+        _no_out(out)
+        from . import cuda
+
+        return cuda.decode(codes, fmt, dtype=dtype)
     f = format(fmt)
     from_torch = _is_torch(codes)
     if from_torch:
@@ -230,6 +257,12 @@ def quantize(
         ValueError: for float16/bfloat16 inputs, when the format's values are not all exact
             in that dtype (use decode(encode(x)) to get float32).
     """
+    if _on_cuda(x, random_bits):
+        from . import cuda
+
+        return cuda.quantize(x, fmt, rounding=rounding, overflow=overflow, seed=seed,
+                             stream=stream, offset=offset, random_bits=random_bits, nan=nan,
+                             negative=negative)
     f = format(fmt)
     a, kind, from_torch = _float_input(x)
     if kind in _EXACT_IN:
@@ -266,6 +299,10 @@ def pack(codes: Any, bits: int) -> np.ndarray:
         TypeError: codes are not uint8.
     """
     bits = _bits_arg(bits)
+    if _on_cuda(codes):
+        from . import cuda
+
+        return cuda.pack(codes, bits)
     if _is_torch(codes):
         codes, _ = _torch_to_numpy(codes, "codes")
     c = _contiguous(np.asarray(codes))
@@ -293,6 +330,10 @@ def unpack(packed: Any, bits: int, count: int) -> np.ndarray:
     bits = _bits_arg(bits)
     if not isinstance(count, (int, np.integer)) or count < 0:
         raise ValueError(f"count: expected a non-negative int, got {count!r}")
+    if _on_cuda(packed):
+        from . import cuda
+
+        return cuda.unpack(packed, bits, int(count))
     if _is_torch(packed):
         packed, _ = _torch_to_numpy(packed, "packed")
     p = _contiguous(np.asarray(packed))
@@ -340,6 +381,10 @@ class _TableCodec:
             ValueError: NaN in x, or another rounding mode.
         """
         _check_choice("rounding", rounding, ("nearest", "stochastic"))
+        if _on_cuda(x):
+            from .cuda.codec import table_encode
+
+            return table_encode(self.levels, x, rounding, int(seed), int(stream), int(offset))
         a, kind, _ = _float_input(x)
         if kind in ("float16", "bfloat16"):
             a = _to_f32(a, kind)  # exact

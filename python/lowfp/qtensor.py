@@ -13,7 +13,17 @@ from typing import Any, Dict, Optional, Union
 import numpy as np
 
 from . import _core
-from .codec import ROUNDINGS, Dynamic, Linear, Log, _check_choice, _float_input, decode, encode
+from .codec import (
+    ROUNDINGS,
+    Dynamic,
+    Linear,
+    Log,
+    _check_choice,
+    _float_input,
+    _on_cuda,
+    decode,
+    encode,
+)
 from .formats import Format, format
 
 SCALES = ("absmax", "e8m0", "e4m3")
@@ -107,7 +117,11 @@ class QTensor:
         return decode(self.scales, _SCALE_FMT[self.scale])
 
     def dequantize(self) -> np.ndarray:
-        """float32 array of the logical shape."""
+        """float32 array of the logical shape (on the codes' device for CUDA codes)."""
+        if _on_cuda(self.codes, self.scales):
+            from . import cuda
+
+            return cuda.dequantize(self)
         out = np.empty(self.size, np.float32)
         alphas = self.alphas if self.alphas is not None else np.empty(0, np.float32)
         _core.blockwise_dequantize(self.codes, self._spec(), self._scales_f32(), alphas,
@@ -170,6 +184,13 @@ def quantize_blockwise(
     _check_choice("rounding", rounding, ROUNDINGS)
     if not isinstance(block_size, (int, np.integer)) or isinstance(block_size, bool):
         raise ValueError(f"block_size: expected an int, got {block_size!r}")
+    if _on_cuda(x):
+        from . import cuda
+
+        probe = QTensor(np.empty(0, np.uint8), np.empty(0, np.float32), None, 1.0, (), codec,
+                        int(block_size), scale, rounding)
+        _core.blockwise_layout(probe._spec(), 0)  # validates codec, block size, scale, rounding
+        return cuda.quantize_blockwise(x, codec, int(block_size), scale, rounding, seed, stream)
     a, kind, _ = _float_input(x)
     shape = tuple(a.shape)
     if kind in ("float16", "bfloat16"):

@@ -1,0 +1,127 @@
+// Host driver of the CUDA element header: compiled with g++ -O2 -std=c++17 -ffp-contract=off
+// -shared -fPIC by tests/test_cuda_host.py and called through ctypes over whole arrays, so the
+// per-element functions the kernels use are checked bit for bit against the Rust core.
+// Each entry point loops over elements exactly like the matching kernel in
+// python/lowfp/cuda/kernels/lowfp_kernels.cu does per thread.
+#include "lowfp_elem.cuh"
+
+extern "C" {
+
+void lf_host_random(lf_u64 seed, lf_u64 stream, lf_u64 offset, lf_u64 n, lf_u32* out) {
+    for (lf_u64 i = 0; i < n; ++i) out[i] = lf_random_u32(seed, stream, offset + i);
+}
+
+// Encode n elements of kind `kind`; random bits from `rbits` when non-null, else Philox at
+// global index offset + i. Writes codes (u32) and returns the OR of the bad flags; the index
+// of the first bad element goes to *first_bad (n when none).
+lf_u32 lf_host_encode(const void* x, int kind, lf_u64 n, lf_u32 exp_bits, lf_u32 man_bits,
+                      lf_i32 bias, lf_u32 flags, int mode, lf_u64 seed, lf_u64 stream,
+                      lf_u64 offset, const lf_u32* rbits, lf_u32* out, lf_u64* first_bad) {
+    lf_enc f = lf_make_enc(exp_bits, man_bits, bias, flags);
+    lf_u32 all = 0;
+    *first_bad = n;
+    for (lf_u64 i = 0; i < n; ++i) {
+        lf_u32 r = 0;
+        if (mode == LF_STOCHASTIC) r = rbits ? rbits[i] : lf_random_u32(seed, stream, offset + i);
+        lf_u32 bad = 0;
+        out[i] = lf_encode_parts_dyn(f, lf_load_parts(x, i, kind), mode, r, &bad);
+        if (bad && *first_bad == n) *first_bad = i;
+        all |= bad;
+    }
+    return all;
+}
+
+// float32 bits of each code's value (payload: keep NaN payloads of float32-prefix formats).
+void lf_host_decode(const lf_u32* codes, lf_u64 n, lf_u32 exp_bits, lf_u32 man_bits,
+                    lf_i32 bias, lf_u32 flags, int payload, lf_u32* out) {
+    lf_enc f = lf_make_enc(exp_bits, man_bits, bias, flags);
+    for (lf_u64 i = 0; i < n; ++i) out[i] = lf_decode_f32_bits(f, codes[i], payload != 0);
+}
+
+// quantize: encode then the value in the input's kind; out has the input's element width.
+lf_u32 lf_host_quantize(const void* x, int kind, lf_u64 n, lf_u32 exp_bits, lf_u32 man_bits,
+                        lf_i32 bias, lf_u32 flags, int mode, lf_u64 seed, lf_u64 stream,
+                        lf_u64 offset, void* out) {
+    lf_enc f = lf_make_enc(exp_bits, man_bits, bias, flags);
+    lf_u32 all = 0;
+    for (lf_u64 i = 0; i < n; ++i) {
+        lf_u32 r = mode == LF_STOCHASTIC ? lf_random_u32(seed, stream, offset + i) : 0u;
+        lf_u32 c = lf_encode_parts_dyn(f, lf_load_parts(x, i, kind), mode, r, &all);
+        lf_u64 v = lf_quantize_out_bits(f, c, kind);
+        switch (kind) {
+            case LF_IN_F64: ((lf_u64*)out)[i] = v; break;
+            case LF_IN_F32: ((lf_u32*)out)[i] = (lf_u32)v; break;
+            default: ((lf_u16*)out)[i] = (lf_u16)v; break;
+        }
+    }
+    return all;
+}
+
+void lf_host_table_encode(const float* x, lf_u64 n, const float* levels, int nlev,
+                          int stochastic, lf_u64 seed, lf_u64 stream, lf_u64 offset,
+                          lf_u8* out) {
+    for (lf_u64 i = 0; i < n; ++i) {
+        out[i] = stochastic
+                     ? lf_table_stochastic(levels, nlev, x[i],
+                                           lf_random_u32(seed, stream, offset + i))
+                     : lf_table_nearest(levels, nlev, x[i]);
+    }
+}
+
+void lf_host_pack(const lf_u8* codes, lf_u64 n, lf_u32 k, lf_u8* out) {
+    lf_u64 len = lf_packed_len(n, k);
+    for (lf_u64 j = 0; j < len; ++j) out[j] = lf_pack_byte(codes, n, k, j);
+}
+
+void lf_host_unpack(const lf_u8* packed, lf_u64 len, lf_u32 k, lf_u64 n, lf_u8* out) {
+    for (lf_u64 i = 0; i < n; ++i) out[i] = lf_unpack_code(packed, len, k, i);
+}
+
+// Blockwise quantize, the three kernels of lowfp.cuda in sequence: block scales, element codes
+// (normalized x / (s·g), ExMy or table), then packing. Returns the tensor scale g.
+// exmy: the element format (exp_bits > 0) else the table `levels`. `codes` is scratch (n).
+float lf_host_blockwise(const float* x, lf_u64 n, lf_u64 block, int rule, lf_u32 exp_bits,
+                        lf_u32 man_bits, lf_i32 bias, lf_u32 flags, const float* levels,
+                        int nlev, float elem_max, int mode, lf_u64 seed, lf_u64 stream,
+                        lf_u32 code_bits, lf_u8* codes, float* scales, lf_u8* packed) {
+    bool exmy = exp_bits > 0;
+    float global = 1.0f;
+    if (rule == LF_SCALE_E4M3) {
+        lf_u32 m = 0;
+        for (lf_u64 i = 0; i < n; ++i) {
+            lf_u32 b = lf_f32_bits(x[i]) & 0x7FFFFFFFu;
+            m = b > m ? b : m;
+        }
+        float g = lf_f32_from_bits(m) / (elem_max * 448.0f);
+        global = (g > 0.0f && g <= 3.4028234663852886e38f) ? g : 1.0f;
+    }
+    lf_enc f = exmy ? lf_make_enc(exp_bits, man_bits, bias, flags) : lf_enc_f16();
+    lf_u64 nb = (n + block - 1) / block;
+    for (lf_u64 b = 0; b < nb; ++b) {
+        lf_u64 lo = b * block, hi = lo + block < n ? lo + block : n;
+        lf_u32 m = 0;
+        for (lf_u64 i = lo; i < hi; ++i) {
+            lf_u32 v = lf_f32_bits(x[i]) & 0x7FFFFFFFu;
+            m = v > m ? v : m;
+        }
+        float s = lf_block_scale(rule, lf_f32_from_bits(m), elem_max, exmy, global);
+        scales[b] = s;
+        float sd = s * global;
+        for (lf_u64 i = lo; i < hi; ++i) {
+            float y = lf_block_normalize(x[i], sd);
+            lf_u32 r = mode == LF_STOCHASTIC ? lf_random_u32(seed, stream, i) : 0u;
+            if (exmy) {
+                lf_u32 bad = 0;
+                codes[i] = (lf_u8)lf_encode_parts_dyn(f, lf_parts_f32(lf_f32_bits(y)), mode, r,
+                                                      &bad);
+            } else {
+                codes[i] = mode == LF_STOCHASTIC ? lf_table_stochastic(levels, nlev, y, r)
+                                                 : lf_table_nearest(levels, nlev, y);
+            }
+        }
+    }
+    lf_host_pack(codes, n, code_bits, packed);
+    return global;
+}
+
+}  // extern "C"

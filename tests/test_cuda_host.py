@@ -1,0 +1,442 @@
+"""Host check of the CUDA element header: the per-element functions the GPU kernels use
+(python/lowfp/cuda/kernels/lowfp_elem.cuh) compiled as plain C++ with the system compiler and
+compared bit for bit with the Rust core, for every named format and a set of generic specs,
+every rounding mode and overflow policy, every float16 and bfloat16 input, ~1M float32 inputs,
+float64 inputs, every code's value, the table codecs, packing and blockwise quantization.
+
+The driver (tests/cuda_host/driver.cpp) loops over whole arrays in C++, so one ctypes call
+covers a whole input set. It is built once per session with -ffp-contract=off, the host
+counterpart of the kernels' --fmad=false.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import lowfp
+from lowfp.codec import ROUNDINGS
+from lowfp.cuda._params import KINDS, MODES, SCALE_RULES, format_args
+
+ml_dtypes = pytest.importorskip("ml_dtypes")
+
+ROOT = Path(__file__).resolve().parent.parent
+KERNELS = ROOT / "python" / "lowfp" / "cuda" / "kernels"
+DRIVER = ROOT / "tests" / "cuda_host" / "driver.cpp"
+
+#: Generic specs beyond the named formats: every NaN kind, unsigned, no-subnormal, 1-bit
+#: exponents, 0-bit mantissas, explicit and negative biases, wide (> 16-bit) codes.
+SPECS = [
+    "e1m0f", "e1m1fu", "e2m0fu", "e3m1", "e5m6b20f", "e8m3ns", "e6m9fnu", "e7m12fnuz",
+    "e4m4fns", "e8m23u", "e2m5b0f", "e8m10", "e5m7b31fnuz", "e3m2b-3", "e8m2b140fn",
+]
+FORMATS = [f.name for f in lowfp.formats()] + SPECS
+
+U32 = ctypes.c_uint32
+U64 = ctypes.c_uint64
+I32 = ctypes.c_int32
+P = ctypes.c_void_p
+
+
+def _ptr(a: np.ndarray):
+    assert a.flags.c_contiguous
+    return a.ctypes.data_as(P)
+
+
+@pytest.fixture(scope="session")
+def host(tmp_path_factory):
+    """The driver compiled once per session and loaded with ctypes."""
+    cxx = shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
+    if cxx is None:
+        pytest.skip("no C++ compiler (g++, c++ or clang++) on PATH for the CUDA header check")
+    out = tmp_path_factory.mktemp("cuda_host") / "lowfp_host.so"
+    cmd = [cxx, "-O2", "-std=c++17", "-ffp-contract=off", "-shared", "-fPIC", "-Wall",
+           "-Werror", f"-I{KERNELS}", str(DRIVER), "-o", str(out)]
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    lib = ctypes.CDLL(str(out))
+    lib.lf_host_random.argtypes = [U64, U64, U64, U64, P]
+    lib.lf_host_encode.argtypes = [P, ctypes.c_int, U64, U32, U32, I32, U32, ctypes.c_int,
+                                   U64, U64, U64, P, P, ctypes.POINTER(U64)]
+    lib.lf_host_encode.restype = U32
+    lib.lf_host_decode.argtypes = [P, U64, U32, U32, I32, U32, ctypes.c_int, P]
+    lib.lf_host_quantize.argtypes = [P, ctypes.c_int, U64, U32, U32, I32, U32, ctypes.c_int,
+                                     U64, U64, U64, P]
+    lib.lf_host_quantize.restype = U32
+    lib.lf_host_table_encode.argtypes = [P, U64, P, ctypes.c_int, ctypes.c_int, U64, U64, U64, P]
+    lib.lf_host_pack.argtypes = [P, U64, U32, P]
+    lib.lf_host_unpack.argtypes = [P, U64, U32, U64, P]
+    lib.lf_host_blockwise.argtypes = [P, U64, U64, ctypes.c_int, U32, U32, I32, U32, P,
+                                      ctypes.c_int, ctypes.c_float, ctypes.c_int, U64, U64, U32,
+                                      P, P, P]
+    lib.lf_host_blockwise.restype = ctypes.c_float
+    return lib
+
+
+def host_encode(lib, x, kind, f, rounding, overflow="nonfinite", nan="zero", negative="clamp",
+                seed=0, stream=0, offset=0, random_bits=None):
+    """(codes as uint32, OR of bad flags, index of the first bad element)."""
+    x = np.ascontiguousarray(x)
+    out = np.empty(x.size, np.uint32)
+    first = U64(0)
+    rb = None if random_bits is None else np.ascontiguousarray(random_bits, np.uint32)
+    bad = lib.lf_host_encode(_ptr(x), KINDS[kind], x.size, *format_args(f, overflow, nan, negative),
+                             MODES[rounding], seed, stream, offset,
+                             None if rb is None else _ptr(rb), _ptr(out), ctypes.byref(first))
+    return out, bad, first.value
+
+
+# ---------------------------------------------------------------- inputs
+
+
+def _f32_inputs() -> np.ndarray:
+    """~1M float32 values: random bit patterns, log-uniform magnitudes over the whole float32
+    range (every binade, both signs), and the neighbourhoods of powers of two and of the
+    midpoints between them (ties), plus zeros, infs, NaNs and subnormals."""
+    rng = np.random.default_rng(20240605)
+    parts = [rng.integers(0, 2**32, 300_000, dtype=np.uint64).astype(np.uint32).view(np.float32)]
+    e = rng.uniform(-150, 128, 300_000)
+    m = np.exp2(e) * rng.choice([-1.0, 1.0], e.size)
+    with np.errstate(over="ignore"):
+        parts.append(m.astype(np.float32))
+    # exact values with few mantissa bits (many ties for every target), ± 1 ulp
+    k = rng.integers(0, 1 << 12, 200_000)
+    ex = rng.integers(-140, 120, 200_000)
+    v = (k.astype(np.float64) * np.exp2(ex - 11)).astype(np.float32)
+    v *= rng.choice(np.float32([-1, 1]), v.size)
+    bits = v.view(np.uint32)
+    parts += [v, (bits + 1).view(np.float32), (bits - 1).view(np.float32)]
+    special = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, -np.nan, 1e-45, -1e-45,
+                        3.4028235e38, -3.4028235e38, 1.1754944e-38], np.float32)
+    parts.append(special)
+    return np.concatenate(parts)
+
+
+F32 = _f32_inputs()
+F16 = np.arange(1 << 16, dtype=np.uint16).view(np.float16)
+BF16 = np.arange(1 << 16, dtype=np.uint16).view(ml_dtypes.bfloat16)
+F64 = np.concatenate([
+    np.random.default_rng(7).uniform(-1, 1, 50_000) * np.exp2(
+        np.random.default_rng(8).integers(-160, 130, 50_000)),
+    np.random.default_rng(9).integers(0, 2**63, 50_000, dtype=np.uint64).view(np.float64),
+])
+INPUTS = {"float32": F32, "float16": F16, "bfloat16": BF16, "float64": F64}
+
+
+def _raw(x: np.ndarray, kind: str) -> np.ndarray:
+    return x.view(np.uint16) if kind in ("float16", "bfloat16") else x
+
+
+# ---------------------------------------------------------------- rng
+
+
+def test_philox_matches_rust(host):
+    for seed, stream, offset in [(0, 0, 0), (2**64 - 1, 2**63 + 5, 2**34 - 3), (42, 7, 12345)]:
+        out = np.empty(1000, np.uint32)
+        host.lf_host_random(seed, stream, offset, out.size, _ptr(out))
+        want = lowfp.random_bits(1000, seed=seed, stream=stream, offset=offset)
+        np.testing.assert_array_equal(out, want)
+    # Random123 known answer (seed 0, stream 0: the ctr = 0, key = 0 block)
+    out = np.empty(4, np.uint32)
+    host.lf_host_random(0, 0, 0, 4, _ptr(out))
+    assert out.tolist() == [0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8]
+
+
+# ---------------------------------------------------------------- encode
+
+
+@pytest.mark.parametrize("name", FORMATS)
+def test_encode_matches_rust(host, name):
+    """Every input kind × every rounding mode × both overflow policies, NaN → 0 and clamped
+    negatives (so every element has a code), stochastic with a non-trivial key."""
+    f = lowfp.format(name)
+    for kind, x in INPUTS.items():
+        for rounding in ROUNDINGS:
+            for overflow in ("nonfinite", "saturate"):
+                key = dict(seed=0x1234_5678_9ABC, stream=3, offset=977)
+                want = lowfp.encode(x, f, rounding=rounding, overflow=overflow, nan="zero",
+                                    negative="clamp", **key)
+                got, bad, _ = host_encode(host, _raw(x, kind), kind, f, rounding, overflow,
+                                          **key)
+                assert bad == 0
+                if not np.array_equal(got, want.astype(np.uint32)):
+                    i = int(np.flatnonzero(got != want)[0])
+                    pytest.fail(f"{name} {kind} {rounding} {overflow}: element {i} "
+                                f"x={x[i]!r} host {got[i]:#x} rust {int(want[i]):#x}")
+
+
+def test_encode_caller_random_bits(host):
+    f = lowfp.format("float8_e5m2")
+    rb = np.random.default_rng(1).integers(0, 2**32, F32.size, dtype=np.uint64).astype(np.uint32)
+    want = lowfp.encode(F32, f, rounding="stochastic", random_bits=rb, nan="zero")
+    got, _, _ = host_encode(host, F32, "float32", f, "stochastic", random_bits=rb)
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("name,bad_value,flag", [
+    ("float4_e2m1fn", np.nan, 1), ("float8_e8m0fnu", -2.0, 2), ("e3m2fu", -np.inf, 2),
+    ("e3m2fu", np.nan, 1),
+])
+def test_encode_bad_elements_flagged_like_rust(host, name, bad_value, flag):
+    """NaN into a NaN-less format and negatives into an unsigned one: the header flags the
+    same first element that the Rust core names in its error."""
+    f = lowfp.format(name)
+    x = np.linspace(0, 3, 1000).astype(np.float32)
+    x[[417, 800]] = bad_value
+    with pytest.raises(ValueError, match="element 417 "):
+        lowfp.encode(x, f)
+    _, bad, first = host_encode(host, x, "float32", f, "nearest", nan="error", negative="error")
+    assert (bad, first) == (flag, 417)
+
+
+# ---------------------------------------------------------------- decode and quantize
+
+
+@pytest.mark.parametrize("name", FORMATS)
+def test_decode_every_code_matches_rust(host, name):
+    f = lowfp.format(name)
+    if f.bits <= 16:
+        codes = np.arange(1 << f.bits, dtype=np.uint32)
+    else:  # 2^bits codes are too many: a random sample and the extreme codes
+        rng = np.random.default_rng(f.bits)
+        codes = rng.integers(0, 1 << f.bits, 1 << 18, dtype=np.uint64).astype(np.uint32)
+        special = [0, 1, f.sign_mask if hasattr(f, "sign_mask") else 0, (1 << f.bits) - 1]
+        codes = np.concatenate([codes, np.array(special, np.uint32)])
+    want = lowfp.decode(codes, f).view(np.uint32)
+    got = np.empty(codes.size, np.uint32)
+    host.lf_host_decode(_ptr(codes), codes.size, *format_args(f), 1, _ptr(got))
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("name", FORMATS)
+def test_quantize_matches_rust(host, name):
+    """quantize (encode + the value in the input's dtype) for each input kind the core
+    accepts for this format; NaN codes give the canonical quiet NaN with its sign."""
+    f = lowfp.format(name)
+    for kind, x in INPUTS.items():
+        for rounding in ("nearest", "stochastic", "down"):
+            try:
+                want = lowfp.quantize(x, f, rounding=rounding, seed=5, stream=1, nan="zero",
+                                      negative="clamp")
+            except ValueError as e:  # format not exact in a 16-bit input dtype
+                assert "not all exact" in str(e)
+                continue
+            raw = _raw(x, kind)
+            uint = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}[raw.itemsize]
+            got = np.empty(raw.size, uint)
+            bad = host.lf_host_quantize(_ptr(raw), KINDS[kind], raw.size,
+                                        *format_args(f, nan="zero", negative="clamp"),
+                                        MODES[rounding], 5, 1, 0, _ptr(got))
+            assert bad == 0
+            w = np.asarray(want).view(uint)
+            if not np.array_equal(got, w):
+                i = int(np.flatnonzero(got != w)[0])
+                pytest.fail(f"{name} {kind} {rounding}: element {i} x={x[i]!r} "
+                            f"host {got[i]:#x} rust {w[i]:#x}")
+
+
+# ---------------------------------------------------------------- table codecs
+
+TABLES = [lowfp.Linear(4), lowfp.Linear(8, signed=False, zero=False), lowfp.Linear(2),
+          lowfp.Linear(1, signed=False), lowfp.Dynamic(8), lowfp.Dynamic(8, signed=False),
+          lowfp.Dynamic(4), lowfp.Dynamic(4, signed=False), lowfp.Log(4), lowfp.Log(8, alpha=0.9),
+          lowfp.Log(3, signed=True, alpha=0.3), lowfp.Log(2, zero=False, alpha=0.1)]
+
+
+def _table_inputs(levels: np.ndarray) -> np.ndarray:
+    """Random values over [-1.2, 1.2], every level, every midpoint (ties) and their float32
+    neighbours."""
+    rng = np.random.default_rng(3)
+    lv = levels.astype(np.float64)
+    mids = ((lv[:-1] + lv[1:]) / 2).astype(np.float32)
+    exact = np.concatenate([levels, mids])
+    b = exact.view(np.uint32)
+    near = np.concatenate([exact, (b + 1).view(np.float32), (b - 1).view(np.float32)])
+    return np.concatenate([rng.uniform(-1.2, 1.2, 200_000).astype(np.float32),
+                           near[np.isfinite(near)], np.float32([0.0, -0.0, 2.0, -2.0])])
+
+
+@pytest.mark.parametrize("codec", TABLES, ids=repr)
+def test_table_codecs_match_rust(host, codec):
+    levels = np.ascontiguousarray(codec.levels, np.float32)
+    x = _table_inputs(levels)
+    for rounding in ("nearest", "stochastic"):
+        want = codec.encode(x, rounding=rounding, seed=11, stream=2, offset=5)
+        got = np.empty(x.size, np.uint8)
+        host.lf_host_table_encode(_ptr(x), x.size, _ptr(levels), levels.size,
+                                  rounding == "stochastic", 11, 2, 5, _ptr(got))
+        np.testing.assert_array_equal(got, want, err_msg=f"{codec!r} {rounding}")
+
+
+# ---------------------------------------------------------------- packing
+
+
+@pytest.mark.parametrize("bits", range(1, 9))
+def test_pack_unpack_match_rust(host, bits):
+    rng = np.random.default_rng(bits)
+    for n in (0, 1, 7, 8, 9, 1001, 100_003):
+        codes = rng.integers(0, 1 << bits, n, dtype=np.uint64).astype(np.uint8)
+        want = lowfp.pack(codes, bits)
+        got = np.empty(want.size, np.uint8)
+        host.lf_host_pack(_ptr(codes), n, bits, _ptr(got))
+        np.testing.assert_array_equal(got, want, err_msg=f"bits={bits} n={n}")
+        back = np.empty(n, np.uint8)
+        host.lf_host_unpack(_ptr(want), want.size, bits, n, _ptr(back))
+        np.testing.assert_array_equal(back, codes)
+
+
+# ---------------------------------------------------------------- blockwise
+
+BLOCKWISE = [
+    ("mxfp8", None, None), ("mxfp8_e5m2", None, None), ("mxfp6", None, None),
+    ("mxfp6_e3m2", None, None), ("mxfp4", None, None), ("nvfp4", None, None),
+    ("float8_e4m3fn", 128, "absmax"), ("e3m2b-3", 64, "absmax"), ("float4_e2m1fn", 16, "e4m3"),
+    (lowfp.Linear(4), 64, "absmax"), (lowfp.Dynamic(8), 256, "absmax"),
+    (lowfp.Dynamic(4, signed=False), 128, "e8m0"), (lowfp.Log(4, alpha=0.6), 32, "absmax"),
+    (lowfp.Linear(3, signed=False, zero=False), 48, "e8m0"),
+]
+
+
+@pytest.mark.parametrize("codec,block,scale", BLOCKWISE, ids=lambda v: repr(v))
+def test_blockwise_matches_rust(host, codec, block, scale):
+    rng = np.random.default_rng(17)
+    n = 100_000 + 13  # a short last block
+    x = (rng.standard_normal(n) * np.exp2(rng.integers(-20, 20, n))).astype(np.float32)
+    x[:block or 32] = 0.0  # an all-zero block
+    if isinstance(codec, str) and codec in lowfp.PRESETS:
+        fmt_name, block, scale = lowfp.PRESETS[codec]
+        codec = fmt_name
+    table = isinstance(codec, (lowfp.Linear, lowfp.Dynamic, lowfp.Log))
+    roundings = ("nearest", "stochastic") if table else ROUNDINGS
+    for rounding in roundings:
+        q = lowfp.quantize_blockwise(x, codec, block_size=block, scale=scale, rounding=rounding,
+                                     seed=99, stream=4)
+        if table:
+            levels = np.ascontiguousarray(codec.levels, np.float32)
+            fa, elem_max, code_bits = (0, 0, 0, 0), 1.0, codec.bits
+        else:
+            f = lowfp.format(codec)
+            levels = np.zeros(1, np.float32)
+            fa, elem_max, code_bits = (format_args(f, "saturate", "error", "clamp"), f.max,
+                                       f.bits)
+        codes = np.empty(n, np.uint8)
+        scales = np.empty(-(-n // block), np.float32)
+        packed = np.empty(q.codes.size, np.uint8)
+        g = host.lf_host_blockwise(_ptr(x), n, block, SCALE_RULES[scale], *fa, _ptr(levels),
+                                   levels.size, elem_max, MODES[rounding], 99, 4, code_bits,
+                                   _ptr(codes), _ptr(scales), _ptr(packed))
+        assert np.float32(g).view(np.uint32) == np.float32(q.global_scale).view(np.uint32)
+        np.testing.assert_array_equal(scales.view(np.uint32), q._scales_f32().view(np.uint32))
+        np.testing.assert_array_equal(packed, q.codes, err_msg=f"{codec!r} {rounding}")
+
+
+# ---------------------------------------------------------------- the CUDA source itself
+
+
+def test_kernels_compile_with_nvrtc_without_fma():
+    """The kernel source compiles with NVRTC (no GPU needed) under the loader's options, and
+    the PTX has no fused multiply-add and only IEEE (round-to-nearest) divisions."""
+    nvrtc = pytest.importorskip("cuda.bindings.nvrtc", reason="NVRTC Python bindings not found")
+    from lowfp.cuda import _loader
+
+    src = _loader.source().encode()
+    err, prog = nvrtc.nvrtcCreateProgram(src, b"lowfp_kernels.cu", 0, [], [])
+    if err != nvrtc.nvrtcResult.NVRTC_SUCCESS:
+        pytest.skip(f"NVRTC unusable here: {err}")
+    opts = [o.encode() for o in _loader.OPTIONS] + [b"--gpu-architecture=compute_80"]
+    (res,) = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
+    _, size = nvrtc.nvrtcGetProgramLogSize(prog)
+    log = b" " * size
+    nvrtc.nvrtcGetProgramLog(prog, log)
+    assert res == nvrtc.nvrtcResult.NVRTC_SUCCESS, log.decode(errors="replace")
+    _, size = nvrtc.nvrtcGetPTXSize(prog)
+    ptx = b" " * size
+    nvrtc.nvrtcGetPTX(prog, ptx)
+    text = ptx.decode()
+    assert "fma." not in text
+    assert "div.approx" not in text and "div.full" not in text
+    for name in ("lf_encode", "lf_decode", "lf_pack", "lf_unpack", "lf_table_encode",
+                 "lf_block_amax", "lf_block_codes", "lf_block_dequantize"):
+        assert f".entry {name}(" in text
+
+
+# ---------------------------------------------------------------- dispatch errors without a GPU
+
+
+class _FakeDevice:
+    def __init__(self, index):
+        self.type, self.index = "cuda", index
+
+
+class FakeCudaTensor:
+    """Looks like a CUDA torch tensor to the dispatch (module torch…, is_cuda)."""
+
+    __module__ = "torch.fake"
+
+    def __init__(self, dtype="float32", index=0, contiguous=True):
+        import torch
+
+        self.dtype = getattr(torch, dtype)
+        self.device = _FakeDevice(index)
+        self.is_cuda, self.is_sparse, self._contiguous = True, False, contiguous
+        self.shape = (4,)
+
+    def is_complex(self):
+        return False
+
+    def is_contiguous(self):
+        return self._contiguous
+
+
+@pytest.fixture
+def no_cupy(monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "cupy", None)  # import cupy → ImportError
+
+
+def test_cuda_tensor_without_cupy_says_what_to_install(no_cupy):
+    pytest.importorskip("torch")
+    x = FakeCudaTensor()
+    for call in (lambda: lowfp.encode(x, "e4m3"), lambda: lowfp.quantize(x, "e4m3"),
+                 lambda: lowfp.quantize_blockwise(x, "mxfp4"),
+                 lambda: lowfp.decode(FakeCudaTensor("uint8"), "e4m3"),
+                 lambda: lowfp.pack(FakeCudaTensor("uint8"), 4)):
+        with pytest.raises(ImportError, match=r"lowfp\[cuda\].*cupy-cuda12x"):
+            call()
+
+
+def test_cuda_dispatch_bad_input_errors(no_cupy):
+    pytest.importorskip("torch")
+    with pytest.raises(ValueError, match="not contiguous.*contiguous()"):
+        lowfp.encode(FakeCudaTensor(contiguous=False), "e4m3")
+    with pytest.raises(ValueError, match="different devices: x on cuda:0, random_bits on cuda:1"):
+        lowfp.encode(FakeCudaTensor(), "e4m3", rounding="stochastic",
+                     random_bits=FakeCudaTensor("uint32", index=1))
+    with pytest.raises(ValueError, match="random_bits: expected x and random_bits both"):
+        lowfp.encode(FakeCudaTensor(), "e4m3", rounding="stochastic",
+                     random_bits=np.zeros(4, np.uint32))
+    with pytest.raises(TypeError, match="x: expected float32, float64, float16 or bfloat16"):
+        lowfp.encode(FakeCudaTensor("int32"), "e4m3")
+    with pytest.raises(TypeError, match="codes: expected uint8, uint16 or uint32 codes"):
+        lowfp.decode(FakeCudaTensor("float32"), "e4m3")
+    with pytest.raises(TypeError, match="codes: expected uint8 codes"):
+        lowfp.pack(FakeCudaTensor("int8"), 4)
+    with pytest.raises(ValueError, match="out: not supported for CUDA inputs"):
+        lowfp.encode(FakeCudaTensor(), "e4m3", out=np.zeros(4, np.uint8))
+    with pytest.raises(ValueError, match="block_size"):
+        lowfp.quantize_blockwise(FakeCudaTensor(), "e4m3", block_size=12)
+    with pytest.raises(ValueError, match="rounding"):
+        lowfp.encode(FakeCudaTensor(), "e4m3", rounding="banker")
+
+
+def test_import_without_cupy(no_cupy):
+    import importlib
+
+    import lowfp.cuda
+
+    importlib.reload(lowfp.cuda)
+    assert lowfp.cuda.available() is False
+    assert lowfp.cuda.on_device(np.zeros(3)) is False
