@@ -392,7 +392,7 @@ pub(crate) fn quantize_group<const MODE: u8>(
             };
             if MODE == STOCHASTIC {
                 let rb = &rand[b * spec.block..b * spec.block + yb.len()];
-                cb.iter_mut().zip(yb).zip(rb).for_each(|((c, &y), &r)| *c = table.stochastic(y, r));
+                table.stochastic_slice(yb, rb, cb);
             } else {
                 cb.iter_mut().zip(yb).for_each(|(c, &y)| *c = table.nearest(y));
             }
@@ -498,9 +498,7 @@ pub fn table_encode(
             if stochastic {
                 let mut r = vec![0u32; xs.len()];
                 rng::fill_random_u32(seed, stream, offset + (k * CHUNK) as u64, &mut r);
-                for ((o, &v), &ri) in os.iter_mut().zip(xs).zip(&r) {
-                    *o = t.stochastic(v, ri);
-                }
+                t.stochastic_slice(xs, &r, os);
             } else {
                 for (o, &v) in os.iter_mut().zip(xs) {
                     *o = t.nearest(v);

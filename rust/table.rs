@@ -478,10 +478,113 @@ impl Table {
         std::hint::select_unpredictable(out, c, code) as u8
     }
 
+    /// [`Table::stochastic`] over a slice: `out[j] = self.stochastic(xs[j], rs[j])` for every
+    /// `j`, 8 elements at a time with AVX2 for tables of at most 16 levels (chosen at run time).
+    pub fn stochastic_slice(&self, xs: &[f32], rs: &[u32], out: &mut [u8]) {
+        let n = xs.len().min(rs.len()).min(out.len());
+        let mut done = 0;
+        #[cfg(target_arch = "x86_64")]
+        if self.levels.len() <= 16 && std::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2, checked just above; the slices hold n elements.
+            done = unsafe { sr_avx2::small(&self.levels, &xs[..n], &rs[..n], &mut out[..n]) };
+        }
+        for j in done..n {
+            out[j] = self.stochastic(xs[j], rs[j]);
+        }
+    }
+
     /// The level of `code`. A code `≥ len` is the caller's to reject; it decodes to NaN.
     #[inline]
     pub fn decode(&self, code: u8) -> f32 {
         self.levels.get(code as usize).copied().unwrap_or(f32::NAN)
+    }
+}
+
+/// Stochastic rounding into a table of at most 16 levels, 8 elements per step. The same values
+/// as [`Table::stochastic`], reached another way: with `cnt` = the number of levels `<= x`
+/// (NaN: 0), `x` is below the table (or NaN) when `cnt = 0` → code 0, at or above the last
+/// level when `cnt = len` → the last code (what `nearest` gives there), else between
+/// `a = l[cnt-1] <= x < b = l[cnt]` → `cnt - 1`, plus 1 iff `r + 1 <= t` for the definition's
+/// `t = (x - a) / (b - a) · 2^32` in f64, which is `r < trunc(t)` for an integer `r` and
+/// `t >= 0`.
+#[cfg(target_arch = "x86_64")]
+mod sr_avx2 {
+    use std::arch::x86_64::*;
+
+    /// Round the first multiple of 8 elements; returns how many were done.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn small(l: &[f32], xs: &[f32], rs: &[u32], out: &mut [u8]) -> usize {
+        let n = l.len();
+        debug_assert!((2..=16).contains(&n));
+        let mut pad = [f32::NAN; 16]; // NaN compares false: padding never counts
+        pad[..n].copy_from_slice(l);
+        let lo8 = _mm256_loadu_ps(pad.as_ptr());
+        let hi8 = _mm256_loadu_ps(pad.as_ptr().add(8));
+        let top = _mm256_set1_epi32(n as i32 - 2);
+        let seven = _mm256_set1_epi32(7);
+        let one = _mm256_set1_epi32(1);
+        let two32 = _mm256_set1_pd(4294967296.0);
+        let two31 = _mm256_set1_pd(2147483648.0);
+        let sign = _mm256_set1_epi32(i32::MIN);
+        let one_pd = _mm256_set1_pd(1.0);
+        // The level at each lane's index (0..=15).
+        let level = |i: __m256i| {
+            let a = _mm256_permutevar8x32_ps(lo8, i);
+            let b = _mm256_permutevar8x32_ps(hi8, i);
+            _mm256_blendv_ps(a, b, _mm256_castsi256_ps(_mm256_cmpgt_epi32(i, seven)))
+        };
+        // (low 4 lanes, high 4 lanes) as f64
+        let wide = |v: __m256| {
+            (
+                _mm256_cvtps_pd(_mm256_castps256_ps128(v)),
+                _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)),
+            )
+        };
+        // u32 words as f64 plus 1 (exact): flip the sign bit, convert as i32, add 2^31 + 1.
+        let words = |r: __m128i| {
+            let s = _mm256_cvtepi32_pd(_mm_xor_si128(r, _mm256_castsi256_si128(sign)));
+            _mm256_add_pd(_mm256_add_pd(s, two31), one_pd)
+        };
+        let full = xs.len() / 8 * 8;
+        for j in (0..full).step_by(8) {
+            let x = _mm256_loadu_ps(xs.as_ptr().add(j));
+            let mut cnt = _mm256_setzero_si256();
+            for &v in &l[..n] {
+                let le = _mm256_cmp_ps::<_CMP_LE_OQ>(_mm256_set1_ps(v), x);
+                cnt = _mm256_sub_epi32(cnt, _mm256_castps_si256(le)); // true lanes are -1
+            }
+            // interval index, clamped into 0..=n-2 for the lanes decided by cnt alone
+            let i = _mm256_max_epi32(
+                _mm256_min_epi32(_mm256_sub_epi32(cnt, one), top),
+                _mm256_setzero_si256(),
+            );
+            let a = level(i);
+            let b = level(_mm256_add_epi32(i, one));
+            let (x0, x1) = wide(x);
+            let (a0, a1) = wide(a);
+            let (b0, b1) = wide(b);
+            let t0 =
+                _mm256_mul_pd(_mm256_div_pd(_mm256_sub_pd(x0, a0), _mm256_sub_pd(b0, a0)), two32);
+            let t1 =
+                _mm256_mul_pd(_mm256_div_pd(_mm256_sub_pd(x1, a1), _mm256_sub_pd(b1, a1)), two32);
+            let r = _mm256_loadu_si256(rs.as_ptr().add(j) as *const __m256i);
+            let r0 = words(_mm256_castsi256_si128(r));
+            let r1 = words(_mm256_extracti128_si256(r, 1));
+            let up = _mm256_movemask_pd(_mm256_cmp_pd::<_CMP_LE_OQ>(r0, t0))
+                | (_mm256_movemask_pd(_mm256_cmp_pd::<_CMP_LE_OQ>(r1, t1)) << 4);
+            let mut ii = [0i32; 8];
+            let mut cc = [0i32; 8];
+            _mm256_storeu_si256(ii.as_mut_ptr() as *mut __m256i, i);
+            _mm256_storeu_si256(cc.as_mut_ptr() as *mut __m256i, cnt);
+            for k in 0..8 {
+                out[j + k] = match cc[k] as usize {
+                    0 => 0,
+                    c if c >= n => (n - 1) as u8,
+                    _ => (ii[k] + ((up >> k) & 1)) as u8,
+                };
+            }
+        }
+        full
     }
 }
 
@@ -807,6 +910,33 @@ mod tests {
             }
         });
         assert!(t.index.get().is_some());
+    }
+
+    #[test]
+    fn stochastic_slice_equals_elements() {
+        let mut rng = Lcg(7);
+        let mut tables = test_tables();
+        for n in 2..=17 {
+            let mut v: Vec<f32> = (0..n).map(|i| i as f32 / (n - 1) as f32).collect();
+            tables.push(v.clone());
+            v.iter_mut().for_each(|x| *x = *x * 2.0 - 1.0);
+            tables.push(v);
+        }
+        for l in tables {
+            let t = Table::new(l.clone()).unwrap();
+            let mut xs = probes(&l);
+            let (lo, hi) = (l[0] - 0.5, l[l.len() - 1] + 0.5);
+            xs.extend((0..2000).map(|_| lo + (rng.unit() + 1.0) / 2.0 * (hi - lo)));
+            let mut rs: Vec<u32> = xs.iter().map(|_| rng.next()).collect();
+            rs[..8].copy_from_slice(&[0, 1, u32::MAX, u32::MAX - 1, 1 << 31, (1 << 31) - 1, 7, 9]);
+            for len in [0, 1, 7, 8, 9, 63, xs.len()] {
+                let mut out = vec![0u8; len];
+                t.stochastic_slice(&xs[..len], &rs[..len], &mut out);
+                for j in 0..len {
+                    assert_eq!(out[j], t.stochastic(xs[j], rs[j]), "x {:e} r {}", xs[j], rs[j]);
+                }
+            }
+        }
     }
 
     #[test]
