@@ -271,6 +271,10 @@ pub struct Item<'a, const K: usize, T> {
     pub grad: Option<Grad<'a>>,
     pub states: [(State<'a>, &'static str, u64); K],
     pub ctx: T,
+    /// Index of the tensor's element 0 in the keying of its random bits: 0 for a whole
+    /// tensor; for a shard of a larger one (FSDP), its offset there, so that every element
+    /// draws the same bits as in the whole tensor.
+    pub offset: usize,
 }
 
 /// Drive a fused step over one tensor (see [`run_items`]).
@@ -280,9 +284,10 @@ fn run_groups<const K: usize>(
     states: [(State, &'static str, u64); K],
     block: usize,
     seed: u64,
+    offset: usize,
     update: impl Fn(&mut [f32], &[f32], [&mut [f32]; K]) + Sync,
 ) -> Result<()> {
-    let item = Item { param, grad, states, ctx: () };
+    let item = Item { param, grad, states, ctx: (), offset };
     run_items(vec![item], block, seed, |_, p, g, st| update(p, g, st))
 }
 
@@ -299,7 +304,7 @@ pub fn run_items<const K: usize, T: Sync>(
     let g = groups(block);
     let mut work = Vec::new();
     let mut ctxs = Vec::with_capacity(items.len());
-    for Item { param, grad, states, ctx } in items {
+    for Item { param, grad, states, ctx, offset } in items {
         let n = param.len();
         if let Some(grad) = grad {
             check_len("grad", grad.len(), n)?;
@@ -330,15 +335,15 @@ pub fn run_items<const K: usize, T: Sync>(
         let t = ctxs.len();
         ctxs.push(ctx);
         for (gi, ((p, gr), ps)) in params.into_iter().zip(grads).zip(parts).enumerate() {
-            work.push((t, gi, p, gr, ps, streams, (pkind, pstoch, pstream)));
+            work.push((t, offset + gi * g.elems, p, gr, ps, streams, (pkind, pstoch, pstream)));
         }
     }
     par::install(|| {
-        work.par_iter_mut().try_for_each(|(t, gi, p, gr, ps, streams, pmeta)| {
+        work.par_iter_mut().try_for_each(|(t, start, p, gr, ps, streams, pmeta)| {
             let ((pkind, pstoch, pstream), ctx) = (*pmeta, &ctxs[*t]);
             BUFS.with(|cell| {
                 let bufs = &mut *cell.borrow_mut();
-                let start = *gi * g.elems;
+                let start = *start;
                 let len = match p {
                     ParamPart::F32(p) => p.len(),
                     ParamPart::Half(p) => p.len(),
@@ -412,6 +417,7 @@ pub fn sgd_steps(items: Vec<Item<1, Sgd>>, block: usize, seed: u64) -> Result<()
 /// Muon's momentum (Keller Jordan's reference): `buf ← buf + (1 − β)(g − buf)`, and the
 /// direction written to `out` (in place of the gradient): `g + β(buf − g)` with Nesterov,
 /// else `buf`. The parameter itself is updated afterwards, from the orthogonalized direction.
+#[allow(clippy::too_many_arguments)]
 pub fn muon_momentum(
     beta: f32,
     nesterov: bool,
@@ -420,9 +426,10 @@ pub fn muon_momentum(
     block: usize,
     seed: u64,
     stream: u64,
+    offset: usize,
 ) -> Result<()> {
     let states = [(buf, "momentum_buffer", stream)];
-    run_groups(Param::F32(grad_out), None, states, block, seed, |go, _, [b]| {
+    run_groups(Param::F32(grad_out), None, states, block, seed, offset, |go, _, [b]| {
         for (g, b) in go.iter_mut().zip(b.iter_mut()) {
             *b += (1.0 - beta) * (*g - *b);
             *g = if nesterov { *g + beta * (*b - *g) } else { *b };

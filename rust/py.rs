@@ -590,14 +590,19 @@ type SgdEntry<'py> = (
 );
 
 /// Fused SGD steps for a whole param group in one call (one parallel pass, GIL released).
+/// `offsets`: per entry, the index of its element 0 in the keying of random bits (a shard's
+/// offset in the whole tensor; default 0).
 #[pyfunction]
+#[pyo3(signature = (entries, block, seed, param_stochastic, offsets=None))]
 fn sgd_step_group(
     py: Python<'_>,
     entries: Vec<SgdEntry<'_>>,
     block: usize,
     seed: u64,
     param_stochastic: bool,
+    offsets: Option<Vec<usize>>,
 ) -> PyResult<()> {
+    let offsets = entry_offsets(offsets, entries.len())?;
     let mut arrays = Vec::with_capacity(entries.len());
     for (p, g, b, (lr, momentum, w, weight_decay), nesterov, first, stream, pstream, kind) in
         &entries
@@ -622,13 +627,16 @@ fn sgd_step_group(
     for (pa, ba, hp, stream, pstream) in arrays.iter_mut() {
         let (param, grad) = param_of(pa, param_stochastic, *pstream)?;
         let states = [(state_of(ba, "momentum_buffer")?, "momentum_buffer", *stream)];
-        items.push(optim::Item { param, grad: Some(grad), states, ctx: *hp });
+        let offset = offsets[items.len()];
+        items.push(optim::Item { param, grad: Some(grad), states, ctx: *hp, offset });
     }
     py.detach(|| optim::sgd_steps(items, block, seed)).map_err(err)
 }
 
-/// Muon's momentum update; the direction replaces `grad` in place.
+/// Muon's momentum update; the direction replaces `grad` in place. `offset`: as in
+/// `sgd_step_group`.
 #[pyfunction]
+#[pyo3(signature = (grad, buf, beta, nesterov, block, seed, stream, offset=0))]
 #[allow(clippy::too_many_arguments)]
 fn muon_momentum(
     py: Python<'_>,
@@ -639,11 +647,13 @@ fn muon_momentum(
     block: usize,
     seed: u64,
     stream: u64,
+    offset: usize,
 ) -> PyResult<()> {
     let mut ba = state_arrays(buf, "momentum_buffer")?;
     let b = state_of(&mut ba, "momentum_buffer")?;
     let gs = slice_mut(&mut grad, "grad")?;
-    py.detach(|| optim::muon_momentum(beta, nesterov, gs, b, block, seed, stream)).map_err(err)
+    py.detach(|| optim::muon_momentum(beta, nesterov, gs, b, block, seed, stream, offset))
+        .map_err(err)
 }
 
 /// One parameter of a batched AdamW call: (param, grad, exp_avg, exp_avg_sq, scalars,
@@ -660,14 +670,18 @@ type AdamWEntry<'py> = (
 );
 
 /// Fused AdamW steps for a whole param group in one call (one parallel pass, GIL released).
+/// `offsets`: as in `sgd_step_group`.
 #[pyfunction]
+#[pyo3(signature = (entries, block, seed, param_stochastic, offsets=None))]
 fn adamw_step_group(
     py: Python<'_>,
     entries: Vec<AdamWEntry<'_>>,
     block: usize,
     seed: u64,
     param_stochastic: bool,
+    offsets: Option<Vec<usize>>,
 ) -> PyResult<()> {
+    let offsets = entry_offsets(offsets, entries.len())?;
     let mut arrays = Vec::with_capacity(entries.len());
     for (p, g, m, v, scalars, streams, pstream, kind) in &entries {
         let (decay, l2, w1, beta2, w2, eps, step_size, bc2_sqrt) = *scalars;
@@ -684,9 +698,22 @@ fn adamw_step_group(
             (state_of(ma, "exp_avg")?, "exp_avg", streams.0),
             (state_of(va, "exp_avg_sq")?, "exp_avg_sq", streams.1),
         ];
-        items.push(optim::Item { param, grad: Some(grad), states, ctx: *hp });
+        let offset = offsets[items.len()];
+        items.push(optim::Item { param, grad: Some(grad), states, ctx: *hp, offset });
     }
     py.detach(|| optim::adamw_steps(items, block, seed)).map_err(err)
+}
+
+/// One offset per entry (all 0 when not given).
+fn entry_offsets(offsets: Option<Vec<usize>>, n: usize) -> PyResult<Vec<usize>> {
+    match offsets {
+        None => Ok(vec![0; n]),
+        Some(o) if o.len() == n => Ok(o),
+        Some(o) => Err(PyValueError::new_err(format!(
+            "offsets: expected one per entry ({n}), got {}",
+            o.len()
+        ))),
+    }
 }
 
 /// Whether a float32 array (or uint16 bits of `kind` "bfloat16"/"float16") is all finite.

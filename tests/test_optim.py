@@ -1,5 +1,7 @@
 """lowfp.optim: parity with torch.optim.AdamW, low-bit states, checkpoints, errors."""
 
+import math
+
 import numpy as np
 import pytest
 
@@ -307,3 +309,46 @@ def test_bfloat16_resume_is_bit_exact(tmp_path):
     assert ob.state[b[1]]["exp_avg"].dtype == torch.float32  # not cast to bfloat16
     run(ob, b, 5, start=5)
     assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize("preset", [lo.SOLO, lo.AdamW8bit])
+def test_shards_with_offsets_draw_the_whole_tensors_bits(preset):
+    # A parameter stepped as two block-aligned shards, each passed with its offset in the
+    # whole tensor, leaves the same packed states and weights as the whole tensor, bit for bit
+    # (stochastic rounding of the states and of bfloat16 weights keyed by the global index).
+    from lowfp import _core
+    from lowfp.optim import _flat
+
+    torch.manual_seed(0)
+    n, cut = 8192, 3072  # the cut is a multiple of every block size used (128, 256)
+    w = torch.randn(n).to(torch.bfloat16)
+    whole = torch.nn.Parameter(w.clone())
+    parts = [torch.nn.Parameter(w[:cut].clone()), torch.nn.Parameter(w[cut:].clone())]
+    kw = dict(lr=1e-2, rounding="stochastic", min_quant_size=0, seed=3)
+    opt_whole, opt_parts = preset([whole], **kw), preset(parts, **kw)
+    for s in range(3):
+        g = torch.randn(n, generator=torch.Generator().manual_seed(s)).to(torch.bfloat16)
+        whole.grad, parts[0].grad, parts[1].grad = g, g[:cut].clone(), g[cut:].clone()
+        opt_whole.step()
+        # the shards, by hand: the whole tensor's stream (its index 1) and each shard's offset
+        group = opt_parts.param_groups[0]
+        b1, b2 = group["betas"]
+        t = [opt_parts._advance(p, group)[1] for p in parts][0]
+        scalars = (1 - kw["lr"] * group["weight_decay"], 0.0, 1 - b1, b2, 1 - b2, group["eps"],
+                   kw["lr"] / (1 - b1**t), math.sqrt(1 - b2**t))
+        stream = (t << 32) | (1 << 2)
+        entries = [(_flat(p), _flat(p.grad),
+                    opt_parts._state_arg(opt_parts.state[p], p, "exp_avg", group),
+                    opt_parts._state_arg(opt_parts.state[p], p, "exp_avg_sq", group), scalars,
+                    (stream, stream | 1), stream | 2, "bfloat16") for p in parts]
+        with torch.no_grad():
+            _core.adamw_step_group(entries, opt_parts._opt(group, "block_size"), kw["seed"],
+                                   True, offsets=[0, cut])
+    assert torch.equal(whole.detach(), torch.cat([p.detach() for p in parts]))
+    for k in ("exp_avg.codes", "exp_avg.scales", "exp_avg_sq.codes", "exp_avg_sq.scales",
+              "exp_avg_sq.alphas"):
+        joined = torch.cat([opt_parts.state[p][k] for p in parts])
+        assert torch.equal(opt_whole.state[whole][k], joined), k
+    with pytest.raises(ValueError, match="offsets: expected one per entry"):
+        _core.adamw_step_group(entries, opt_parts._opt(group, "block_size"), 0, True,
+                               offsets=[0])
