@@ -385,7 +385,7 @@ def test_errors():
         Muon(m, adamw_kwargs=dict(lr=1.0))
     for make, shape, bf16 in [(lambda q: SGD(q, lr=0.1, momentum=0.9), (10,), True),
                               (lambda q: SGD(q, lr=0.1), (10,), True),
-                              (lambda q: Muon(q), (4, 4), False)]:
+                              (lambda q: Muon(q), (4, 4), True)]:
         q = [torch.nn.Parameter(torch.zeros(shape))]
         opt = make(q)
         q[0].grad = torch.zeros(shape).to_sparse()
@@ -395,7 +395,7 @@ def test_errors():
         q[0].grad = torch.zeros(shape, dtype=torch.float64)
         with pytest.raises(TypeError, match="float32"):
             make(q).step()
-        if not bf16:  # SGD takes bfloat16 parameters; Muon does not
+        if not bf16:  # every optimizer here takes bfloat16 parameters
             q = [torch.nn.Parameter(torch.zeros(shape, dtype=torch.bfloat16))]
             q[0].grad = torch.zeros(shape, dtype=torch.bfloat16)
             with pytest.raises(TypeError, match="float32"):
@@ -426,3 +426,75 @@ def test_sgd_bfloat16_parameters_and_nonfinite_gradients():
     assert opt.skipped_steps == 1 and torch.all(p == 1)
     with pytest.raises(ValueError, match="nonfinite"):
         SGD([p], lr=0.1, nonfinite="ignore")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_muon_16bit_matrices_round_the_float32_step(dtype):
+    # param_rounding="nearest": each step is the float32 Muon step on the widened weights,
+    # rounded to nearest — bit for bit (the same float32 operations on the same inputs).
+    torch.manual_seed(0)
+    w0 = torch.randn(32, 64).to(dtype)
+    ours = torch.nn.Parameter(w0.clone())
+    ref = torch.nn.Parameter(w0.float())
+    opt = Muon([ours], lr=0.02, weight_decay=0.1, param_rounding="nearest")
+    opt_ref = Muon([ref], lr=0.02, weight_decay=0.1)
+    for s in range(5):
+        g = torch.randn(32, 64, generator=torch.Generator().manual_seed(s)).to(dtype)
+        ours.grad, ref.grad = g, g.float()
+        opt.step()
+        opt_ref.step()
+        with torch.no_grad():
+            ref.copy_(ref.to(dtype).float())
+        assert torch.equal(ours.detach().float(), ref.detach())
+
+
+def test_muon_16bit_small_updates_move_only_stochastically():
+    # A fixed gradient, no weight decay: Muon's update O does not depend on the weights, so the
+    # float32 run's displacement D = w_100 - w_0 is also the expected displacement of the
+    # stochastically rounded bfloat16 run. Each step moves a weight by lr·sqrt(1)·|O_ij| ≤
+    # 1e-3·1.2 (NS output entries stay below ~1.2), below half a bfloat16 ulp at 1.5 (2^-8):
+    # nearest rounding never moves a weight.
+    moved = {}
+    g = torch.randn(64, 64, generator=torch.Generator().manual_seed(0))
+    for rounding in ("nearest", "stochastic", "float32"):
+        dtype = torch.float32 if rounding == "float32" else torch.bfloat16
+        p = torch.nn.Parameter(torch.full((64, 64), 1.5, dtype=dtype))
+        opt = Muon([p], lr=1e-3, param_rounding="nearest" if rounding == "float32" else rounding,
+                   seed=5)
+        for _ in range(100):
+            p.grad = g.to(dtype)
+            opt.step()
+        moved[rounding] = p.detach().double() - 1.5
+    assert torch.all(moved["nearest"] == 0)
+    d, e = moved["float32"], moved["stochastic"]
+    # Regression slope of e on d: 1 when rounding is unbiased. Each step's rounding error has
+    # mean 0 and sd <= ulp/2 = 2^-8 (weights stay in [1, 2)); over 100 steps sd <= 2^-8·10 per
+    # weight, so the slope's sd is <= 0.039 / sqrt(sum d^2) (~0.05 here); allow 5 sd.
+    slope = float((e * d).sum() / (d * d).sum())
+    sd = 2**-8 * 10 / float((d * d).sum().sqrt())
+    assert abs(slope - 1) < 5 * sd, (slope, sd)
+    assert sd < 0.1  # the test has power: d is large enough to see a biased or frozen run
+
+
+@pytest.mark.parametrize("where", ["matrix", "bias"])
+def test_muon_nonfinite_gradients_skip_or_raise(where):
+    ps = muon_params()
+    opt = Muon8bit(ps, lr=0.02)
+    run(opt, ps, 2)
+    before = [p.detach().clone() for p in ps]
+    sd = opt.state_dict()
+    for p in ps:
+        p.grad = torch.ones_like(p)
+    ps[0 if where == "matrix" else 3].grad[0] = float("inf")
+    opt.step()
+    assert opt.skipped_steps == 1
+    assert all(torch.equal(a, b) for a, b in zip(before, ps))
+    after = opt.state_dict()
+    for i, st in sd["state"].items():
+        for k, t in st.items():
+            assert torch.equal(t, after["state"][i][k])
+    strict = Muon(ps, lr=0.02, nonfinite="error")
+    with pytest.raises(ValueError, match="NaN or inf"):
+        strict.step()
+    with pytest.raises(ValueError, match="nonfinite"):
+        Muon(ps, nonfinite="ignore")

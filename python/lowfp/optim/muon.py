@@ -12,8 +12,9 @@ from typing import Any, Dict, Optional
 import torch
 
 from .. import _core
-from ..codec import Linear
-from . import AdamW, _run_closure
+from ..codec import Linear, _check_choice, quantize
+from . import _KINDS, AdamW, _run_closure
+from . import distributed as _dist
 from .sgd import _PackedStates
 
 __all__ = ["Muon", "Muon8bit", "zeropower_via_newtonschulz"]
@@ -69,7 +70,8 @@ class Muon(_PackedStates, torch.optim.Optimizer):
     built with ``adamw_kwargs``, e.g. ``exp_avg=lowfp.Dynamic(8)``) at each step.
 
     Args:
-        params: parameters or param groups (float32, contiguous CPU tensors).
+        params: parameters or param groups (float32, bfloat16 or float16 contiguous CPU
+            tensors).
         lr, momentum, nesterov, weight_decay: Muon's (``weight_decay`` decoupled, times lr).
         ns_steps: Newton–Schulz iterations.
         adamw_lr, adamw_betas, adamw_eps, adamw_weight_decay: AdamW's, for the other
@@ -84,21 +86,37 @@ class Muon(_PackedStates, torch.optim.Optimizer):
             the two never draw the same bits).
         adamw_kwargs: more keyword arguments of :class:`lowfp.optim.AdamW` (its states'
             codecs, block size, rounding, seed, ``decoupled``, ``min_quant_size``).
+        nonfinite: a step with NaN/inf in any gradient (Muon's or AdamW's parameters) is
+            skipped ("skip", counted in ``skipped_steps``; nothing changes) or raises
+            ("error"), as in :class:`lowfp.optim.AdamW`.
+        param_rounding: bfloat16/float16 matrices take the float32 update (momentum and
+            Newton–Schulz in float32/bfloat16 as for float32 weights) with "stochastic"
+            (default) or "nearest" rounding; also the AdamW part's, unless ``adamw_kwargs``
+            sets it.
 
     Raises:
         ValueError: hyperparameters out of range (the message names the argument);
-            at ``step``, sparse gradients, non-contiguous or non-CPU tensors.
-        TypeError: unknown ``adamw_kwargs``; at ``step``, non-float32 tensors.
+            at ``step``, sparse gradients, non-contiguous or non-CPU tensors, NaN/inf
+            gradients with ``nonfinite="error"``.
+        TypeError: unknown ``adamw_kwargs``; at ``step``, tensors other than float32,
+            bfloat16 or float16, or gradients of another dtype.
     """
 
     _STATES = ("momentum_buffer",)
+    _check = staticmethod(AdamW._check)  # float32, bfloat16 or float16
+    _grads_finite = AdamW._grads_finite
 
     def __init__(self, params, lr: float = 0.02, momentum: float = 0.95, nesterov: bool = True,
                  weight_decay: float = 0.0, ns_steps: int = 5, *, adamw_lr: float = 3e-4,
                  adamw_betas=(0.9, 0.95), adamw_eps: float = 1e-8,
                  adamw_weight_decay: float = 0.0, momentum_codec: Any = None,
                  block_size: int = 2048, rounding: str = "nearest", seed: int = 0,
-                 adamw_kwargs: Optional[Dict[str, Any]] = None):
+                 adamw_kwargs: Optional[Dict[str, Any]] = None, nonfinite: str = "skip",
+                 param_rounding: str = "stochastic"):
+        _check_choice("nonfinite", nonfinite, ("skip", "error"))
+        _check_choice("param_rounding", param_rounding, ("nearest", "stochastic"))
+        self._nonfinite, self._param_rounding = nonfinite, param_rounding
+        self.skipped_steps = 0
         if not lr >= 0.0:
             raise ValueError(f"lr: expected >= 0, got {lr}")
         if not 0.0 <= momentum < 1.0:
@@ -113,6 +131,8 @@ class Muon(_PackedStates, torch.optim.Optimizer):
             raise TypeError(f"adamw_kwargs: {clash} are set by adamw_lr, adamw_betas, "
                             "adamw_eps, adamw_weight_decay")
         kw.setdefault("seed", seed)
+        kw.setdefault("param_rounding", param_rounding)
+        kw.setdefault("nonfinite", nonfinite)
         self._configure({"momentum_buffer": (momentum_codec, "momentum_codec")}, block_size,
                         rounding, seed, 0)
         # validates adamw_* and adamw_kwargs now (AdamW's own checks and messages)
@@ -165,6 +185,8 @@ class Muon(_PackedStates, torch.optim.Optimizer):
     def step(self, closure=None):
         """One optimization step (see torch.optim.Optimizer.step)."""
         loss = _run_closure(closure)
+        if not self._grads_finite():  # every gradient, the AdamW part's too
+            return loss
         if self.adamw is not None:
             for mine, theirs in zip(self._adamw_groups(), self.adamw.param_groups):
                 theirs.update({k: mine[k] for k in _ADAMW_GROUP_KEYS})
@@ -176,17 +198,37 @@ class Muon(_PackedStates, torch.optim.Optimizer):
                 index += 1
                 if not group["use_muon"] or p.grad is None:
                     continue
-                st, t = self._advance(p)
+                st, t = self._advance(p, group)
                 stream = (t << 32) | (1 << 31) | (index << 2)
-                d = p.grad.detach().clone(memory_format=torch.contiguous_format)
-                _core.muon_momentum(d.view(-1).numpy(), self._state_arg(st, p, "momentum_buffer"),
-                                    beta, bool(group["nesterov"]), self._block, self._seed, stream)
+                d = _dist.local(p.grad).detach().to(torch.float32, copy=True,
+                                                    memory_format=torch.contiguous_format)
+                _core.muon_momentum(d.view(-1).numpy(),
+                                    self._state_arg(st, p, "momentum_buffer", group), beta,
+                                    bool(group["nesterov"]), self._opt(group, "block_size"),
+                                    self._seed, stream, _dist.element_offset(p))
                 rows = p.shape[0]
                 cols = p.numel() // rows
-                o = zeropower_via_newtonschulz(d.view(rows, cols), group["ns_steps"])
-                p.mul_(1 - lr * wd)
-                p.add_(o.view(p.shape), alpha=-lr * max(1.0, rows / cols) ** 0.5)
+                # FSDP2 (sharded DTensor): momentum on the local rows; Newton–Schulz needs the
+                # whole matrix, so every rank gathers the direction, orthogonalizes it and
+                # keeps its own rows (identity for plain tensors)
+                full = _dist.full_rows(p, d).view(rows, cols)
+                o = _dist.local_rows(p, zeropower_via_newtonschulz(full, group["ns_steps"]))
+                w = _dist.local(p)
+                w32 = w if w.dtype == torch.float32 else w.float()
+                w32.mul_(1 - lr * wd)
+                w32.add_(o.reshape(w.shape), alpha=-lr * max(1.0, rows / cols) ** 0.5)
+                if w32 is not w:  # a 16-bit weight: round the float32 update back
+                    w.copy_(self._round_half(w32, w.dtype, stream | 2, _dist.element_offset(p)))
         return loss
+
+    def _round_half(self, w32: torch.Tensor, dtype: torch.dtype, stream: int,
+                    offset: int) -> torch.Tensor:
+        """float32 values rounded to bfloat16/float16 values (``param_rounding``; stochastic
+        rounding keyed by the seed, the parameter's stream and the elements' global index),
+        still as float32."""
+        q = quantize(w32.contiguous().numpy(), _KINDS[dtype], rounding=self._param_rounding,
+                     seed=self._seed, stream=stream, offset=offset)
+        return torch.from_numpy(q).view(w32.shape)
 
     # ------------------------------------------------------------ checkpoints
 

@@ -15,6 +15,7 @@ import torch
 from .. import _core
 from ..codec import _check_choice
 from . import _KINDS, AdamW, _codec, _flat, _run_closure
+from . import distributed as _dist
 
 __all__ = ["SGD"]
 
@@ -27,14 +28,24 @@ class _PackedStates:
     """
 
     _STATES: tuple = ()
+    _CODEC_ARGS = {"momentum_buffer": "momentum_codec"}
+    _STORAGE_OPTIONS = AdamW._STORAGE_OPTIONS
 
     # AdamW's methods, shared as they are: they read only _codecs, _block, _rounding,
-    # _min_quant, _init_state and summary from ``self``.
+    # _min_quant, _STATES, _CODEC_ARGS, _init_state and summary from ``self``.
     _spec = AdamW._spec
     _quantized = AdamW._quantized
     _state_arg = AdamW._state_arg
     _check_layout = AdamW._check_layout
     state_nbytes = AdamW.state_nbytes
+    add_param_group = AdamW.add_param_group
+    _check_overrides = AdamW._check_overrides
+    _override_keys = AdamW._override_keys
+    _opt = AdamW._opt
+    _codec_of = AdamW._codec_of
+    _group_of = AdamW._group_of
+    state_dict = AdamW.state_dict
+    _check_saved_overrides = AdamW._check_saved_overrides
 
     @staticmethod
     def _check(p: torch.Tensor) -> None:
@@ -64,10 +75,7 @@ class _PackedStates:
     _state_lines = AdamW._state_lines
     _advance = AdamW._advance
 
-    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
-        """Load a state dict saved by this optimizer class (``weights_only`` loads work)."""
-        torch.optim.Optimizer.load_state_dict(self, state_dict)
-        self._restore_loaded(state_dict)
+    load_state_dict = AdamW.load_state_dict
 
 
 class SGD(_PackedStates, torch.optim.Optimizer):
@@ -140,6 +148,7 @@ class SGD(_PackedStates, torch.optim.Optimizer):
         for group in self.param_groups:
             lr, mom, wd = group["lr"], group["momentum"], group["weight_decay"]
             entries = []  # the whole group goes to Rust in one call
+            offsets = []  # FSDP2 shards: where the local rows start in the whole tensor
             for p in group["params"]:
                 index += 1
                 if p.grad is None:
@@ -150,16 +159,17 @@ class SGD(_PackedStates, torch.optim.Optimizer):
                     d = p.grad.add(p, alpha=wd) if wd != 0 else p.grad
                     p.add_(d, alpha=-lr)
                     continue
-                st, t = self._advance(p)
+                st, t = self._advance(p, group)
+                offsets.append(_dist.element_offset(p))
                 scalars = (lr, mom, 1.0 - group["dampening"], wd)
                 stream = (t << 32) | (index << 2)  # AdamW's rule (its first state's stream)
-                entries.append((_flat(p), _flat(p.grad),
-                                self._state_arg(st, p, "momentum_buffer"), scalars,
+                entries.append((_flat(_dist.local(p)), _flat(_dist.local(p.grad)),
+                                self._state_arg(st, p, "momentum_buffer", group), scalars,
                                 bool(group["nesterov"]), t == 1, stream, stream | 2,
                                 _KINDS[p.dtype]))
             if entries:
-                _core.sgd_step_group(entries, self._block, self._seed,
-                                     self._param_rounding == "stochastic")
+                _core.sgd_step_group(entries, self._opt(group, "block_size"), self._seed,
+                                     self._param_rounding == "stochastic", offsets)
         return loss
 
     summary = AdamW.summary
