@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Install lowfp and run the main job on its built-in default (`lowfp demo`).
+# Install lowfp and run the main job on its built-in default: `lowfp experiment`, a short run of
+# every experiment, writing lowfp-experiments/report.md (+ CSVs and PNGs). `lowfp demo` is the
+# quick format table and round trip.
 set -euo pipefail
 cd "$(dirname "$0")"
 bash scripts/install.sh
 PY=${PYTHON:-python3}
-"$PY" -m lowfp demo "$@"
+"$PY" -m lowfp experiment "$@"

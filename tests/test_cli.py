@@ -103,3 +103,40 @@ def test_file_errors_are_one_line_and_leave_no_output(tmp_path):
         assert r.returncode == 2, (args, r.stdout, r.stderr)
         assert r.stderr.startswith("lowfp: error:") and "Traceback" not in r.stderr
         assert not out.exists()
+
+
+def test_bench_codecs_quick_prints_the_tables():
+    r = run("bench", "codecs", "--quick")
+    assert r.returncode == 0, r.stderr
+    assert "65,536 float32 elements" in r.stdout
+    for title in ("## Encode f32 → format (codes)", "## Decode format → f32",
+                  "## Stochastic rounding f32 → format", "## Bit packing",
+                  "## 8-bit blockwise"):
+        assert title in r.stdout
+    assert "| float8_e4m3fn | 1 |" in r.stdout
+    assert "[bench codecs] done:" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_bench_optim_quick_through_the_wrapper_script():
+    import pathlib
+
+    script = pathlib.Path(__file__).resolve().parent.parent / "benches" / "bench_optim.py"
+    r = subprocess.run([sys.executable, str(script), "--quick", "--only", "lowfp AdamW"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ")
+            for line in r.stdout.splitlines() if line.startswith("| lowfp")}
+    assert set(rows) == {"lowfp AdamW fp32", "lowfp AdamW8bit", "lowfp AdamW4bit",
+                         "lowfp AdamWFp8"}
+    # 2^16 parameters: 8-bit codes for 2 states + a float32 scale per 256 = 2 + 8/256 bytes
+    assert rows["lowfp AdamW8bit"][2] == "2.031"
+    assert rows["lowfp AdamW4bit"][2] == "1.063"  # 4-bit codes, block 128: 1 + 8/128
+    assert all(float(r[1]) > 0 for r in rows.values())
+    assert "[bench optim] done: 4 optimizers" in r.stderr
+
+
+def test_bench_errors_exit_2():
+    r = run("bench", "nope")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    r = run("bench", "optim", "--n", "0")
+    assert r.returncode == 2 and r.stderr.startswith("lowfp: error: --n")

@@ -106,3 +106,203 @@ def test_cli_errors_exit_2(tmp_path, args):
     assert r.stderr.strip().splitlines()[-1].startswith(("lowfp: error:", "usage:")) or \
         "error:" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+# ------------------------------------------------------------------ progress line
+
+
+class _Clock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+
+def test_progress_off_a_terminal_prints_about_every_ten_percent():
+    import io
+
+    from lowfp.experiments.progress import Progress
+
+    buf, clock = io.StringIO(), _Clock()
+    with Progress("x", total=200, stream=buf, tty=False, clock=clock) as p:
+        p("stage one")  # not a terminal: a stage alone prints nothing
+        assert buf.getvalue() == ""
+        for _ in range(200):
+            clock.t += 0.5
+            p.advance()
+        assert p.eta() == 0.0
+    lines = buf.getvalue().splitlines()
+    assert len(lines) == 11  # 10%, 20%, …, 100%, then the final line
+    assert lines[0].startswith("[x]  10% 20/200 steps  elapsed 10.0 s  ETA 1 min 30 s")
+    assert lines[0].endswith("stage one")
+    assert lines[-1] == "[x] done: 200 steps in 1 min 40 s"
+
+
+def test_progress_on_a_terminal_redraws_one_line_and_eta_is_linear():
+    import io
+
+    from lowfp.experiments.progress import Progress
+
+    buf, clock = io.StringIO(), _Clock()
+    p = Progress("y", total=10, unit="cases", stream=buf, tty=True, clock=clock)
+    clock.t = 4.0
+    p.advance(4)
+    assert p.eta() == pytest.approx(6.0)  # 1 s per case so far, 6 cases left
+    p.close()
+    out = buf.getvalue()
+    assert "\n" not in out[:-1] and out.count("\r") == 2 and out.endswith("\n")
+    assert "40% 4/10 cases" in out and "ETA 6.0 s" in out
+    with pytest.raises(ValueError, match="total"):
+        Progress("z", total=-1)
+
+
+def test_progress_restarts_its_ten_percent_lines_when_the_total_grows():
+    lines = []
+    from lowfp.experiments.progress import Progress
+
+    p = Progress("g", total=10, sink=lines.append)
+    for _ in range(10):
+        p.advance()
+    p.add_total(10)
+    for _ in range(10):
+        p.advance()
+    # 10%..100% of 10, then at 10/20 the lines restart above 50%: 60%..100% of 20
+    assert len(lines) == 15 and sum("100%" in line for line in lines) == 2
+    assert lines[10].startswith("[g]  60% 12/20 steps")
+
+
+# ------------------------------------------------------------------ Huber fit
+
+
+def test_huber_fit_ignores_an_outlier_that_least_squares_follows():
+    import numpy as np
+
+    from lowfp.experiments.fit import fit_with_jackknife, huber_line, least_squares_line
+
+    rng = np.random.default_rng(0)
+    x = np.arange(12.0)
+    y = 2.0 + 0.5 * x + rng.normal(0, 0.05, x.size)
+    y[3] += 10.0  # one wild point (a diverged run)
+    a, b = huber_line(x, y)
+    a_ls, b_ls = least_squares_line(x, y)
+    # noise sd 0.05 over 12 points spread 0..11: the slope's sd is 0.05/sqrt(Σ(x−x̄)²) ≈ 0.004;
+    # 0.02 is 5 sd. The outlier moves the least-squares slope by 10·(3 − 5.5)/143 ≈ −0.17.
+    assert abs(b - 0.5) < 0.02 and abs(a - 2.0) < 0.1
+    assert abs(b_ls - 0.5) > 0.1
+    fit = fit_with_jackknife(x, y)
+    assert (fit.slope, fit.intercept) == (b, a)
+    lo, hi = fit.slope_interval
+    assert lo < 0.5 < hi and hi - lo < 0.1
+    with pytest.raises(ValueError, match="at least 3"):
+        fit_with_jackknife([1.0, 2.0], [1.0, 2.0])
+    with pytest.raises(ValueError, match="finite"):
+        huber_line([1.0, 2.0, 3.0], [1.0, float("nan"), 2.0])
+
+
+def test_huber_fit_of_points_on_a_line_is_exact():
+    from lowfp.experiments.fit import fit_with_jackknife
+
+    fit = fit_with_jackknife([0, 1, 2, 3, 7], [1.0, 0.75, 0.5, 0.25, -0.75])
+    assert fit.slope == pytest.approx(-0.25, abs=1e-12)
+    assert fit.intercept == pytest.approx(1.0, abs=1e-12)
+    assert fit.slope_se == pytest.approx(0.0, abs=1e-12)
+
+
+# ------------------------------------------------------------------ char transformer
+
+_TINY = dict(d_model=16, layers=1, heads=2, context=16, batch=4, max_bytes=1 << 17)
+
+
+def test_char_transformer_data_and_training_are_deterministic():
+    import torch
+
+    from lowfp.experiments import chartf
+
+    cfg = chartf.Config(**_TINY)
+    text = chartf.load_text(cfg.max_bytes)
+    assert len(text) == cfg.max_bytes and text == chartf.load_text(cfg.max_bytes)
+    data = chartf.split(text)
+    losses = []
+    for _ in range(2):
+        model = chartf.CharTransformer(cfg, seed=3)
+        opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+        rec = chartf.train(model, opt, data, cfg, 5, seed=4, eval_at=(5,))
+        losses.append(rec["loss"] + rec["val_loss"])
+    assert losses[0] == losses[1]  # bit-identical given the seeds
+    assert all(math.isfinite(v) for v in losses[0])
+    assert losses[0][0] == pytest.approx(math.log(256), abs=0.1)  # uniform over bytes at init
+    with pytest.raises(ValueError, match="heads"):
+        chartf.Config(d_model=30, heads=4)
+    with pytest.raises(ValueError, match="stdlib"):
+        chartf.load_text(stdlib=str(pathlib.Path(lowfp.__file__).parent))
+
+
+# ------------------------------------------------------------------ the two char-model runs
+
+
+@pytest.fixture(scope="module")
+def char_runs(tmp_path_factory):
+    """precision-sweep and low-bit-states on a tiny model (monkeypatched sizes), 6 steps."""
+    from lowfp.experiments import chartf, low_bit_states, precision_sweep
+
+    out = tmp_path_factory.mktemp("char")
+    mp = pytest.MonkeyPatch()
+    mp.setattr(precision_sweep, "sweep_config", lambda: chartf.Config(**_TINY))
+    mp.setattr(precision_sweep, "MANTISSAS", (0, 2, 7))
+    mp.setattr(low_bit_states, "states_config", lambda: chartf.Config(**_TINY))
+    try:
+        res = [experiments.run_one(n, steps=6, seed=0, out=out, progress=False)
+               for n in ("precision-sweep", "low-bit-states")]
+    finally:
+        mp.undo()
+    return out, res
+
+
+def test_precision_sweep_smoke(char_runs):
+    out, (res, _) = char_runs
+    assert res["plots"] == ["precision_sweep.png", "precision_sweep_needed.png"]
+    for f in res["plots"] + res["csv"]:
+        assert (out / f).stat().st_size > 0
+    rows = _csv_numbers(out / "precision_sweep.csv")
+    # (fp32 + 4 components x 3 mantissas) x 3 evals per optimizer, + Adam's 2 nearest sweeps
+    assert len(rows) == (2 * (1 + 4 * 3) + 2 * 3) * 3
+    assert all(math.isfinite(float(r["val_loss"])) for r in rows)
+    final = res["metrics"]["final"]
+    assert len(final) == 32 and all(math.isfinite(v) for v in final.values())
+    assert all(math.isfinite(v) for v in res["metrics"]["slope"].values())
+    assert res["metrics"]["evals"] == [1, 3, 6]
+    for key, need in res["metrics"]["needed"].items():
+        # "needed" at the last step is the fewest bits within 1% of float32's final loss
+        o, c = key.split()
+        assert c in ("grad", "weight", "m", "v") + (("weight/nearest", "v/nearest")
+                                                    if o == "Adam" else ())
+        ok = [m for m in (0, 2, 7) if final[f"{o} {c} {m}"] <= 1.01 * final[f"{o} fp32 23"]]
+        assert need[-1] == (min(ok) if ok else None)
+    fit_table = res["tables"][1]
+    assert fit_table["columns"][2] == "slope" and len(fit_table["rows"]) == 10
+    assert len(res["findings"]) == 6 and all(res["findings"])
+
+
+def test_low_bit_states_smoke_and_bytes_per_param_order(char_runs):
+    out, (_, res) = char_runs
+    assert (out / "low_bit_states.png").stat().st_size > 0
+    rows = _csv_numbers(out / "low_bit_states.csv")
+    assert len({r["optimizer"] for r in rows}) == 11
+    assert all(math.isfinite(float(r["train_loss"])) for r in rows)
+    val, b = res["metrics"]["val"], res["metrics"]["bytes_per_param"]
+    assert all(math.isfinite(v) for v in val.values())
+    # exact storage, deterministic: fewer bits, fewer bytes (scales and counters included)
+    assert b["AdamW fp32"] > 8.0 > b["AdamW8bit"] > b["AdamW4bit"] > b["log 3-bit"] \
+        > b["log 2-bit"]
+    assert b["SOLO 3-bit"] == b["log 3-bit"] and b["SOLO 2-bit"] == b["log 2-bit"]
+    assert b["linear 3-bit"] < b["log 3-bit"]  # log codes add a per-block base
+    assert b["Muon8bit"] < b["Muon fp32"] < b["AdamW fp32"]
+    assert "| optimizer | first moment |" in experiments.render_report(
+        [{**res, "name": "low-bit-states", "steps": 6, "seed": 0, "seconds": 0.0}])
+
+
+def test_every_experiment_is_registered_in_the_default_order():
+    experiments._load()
+    assert set(experiments.ORDER) == set(experiments.EXPERIMENTS) == {
+        "precision-sweep", "sgd-shrinkage", "swamping", "low-bit-states"}

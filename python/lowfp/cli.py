@@ -2,10 +2,12 @@
 
 Commands:
     lowfp formats        table of every named format
-    lowfp demo           the main job's default: format table, then a round trip of random
+    lowfp demo           what `lowfp` alone runs: format table, then a round trip of random
                          data through every format ≤ 8 bits and every blockwise preset
     lowfp convert        .npy/.npz/.safetensors/.pt → safetensors of packed QTensors, and back
     lowfp inspect        per-tensor post-training-quantization report for formats
+    lowfp bench          codec and optimizer benchmarks beside the installed anchors
+    lowfp experiment     reproducible low-precision training experiments → Markdown report
 """
 
 from __future__ import annotations
@@ -213,6 +215,28 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    which = [args.WHICH] if args.WHICH else ["codecs", "optim"]
+    extra = ["--quick"] if args.quick else []
+    if args.n is not None:
+        if args.n < 1:
+            raise ValueError(f"--n: expected a positive number of elements, got {args.n}")
+        extra += ["--n", str(args.n)]
+    if args.repeat is not None:
+        if args.repeat < 1:
+            raise ValueError(f"--repeat: expected a positive number of runs, got {args.repeat}")
+        extra += ["--repeat", str(args.repeat)]
+    rc = 0
+    for w in which:
+        if w == "codecs":
+            from .bench import codecs as mod
+        else:
+            from .bench import optim as mod
+        rc = mod.main(extra) or rc
+        print()
+    return rc
+
+
 def cmd_experiment(args: argparse.Namespace) -> int:
     from . import experiments
 
@@ -226,7 +250,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="lowfp", description="Exact low-precision formats.")
     sub = p.add_subparsers(dest="cmd")
     sub.add_parser("formats", help="table of every named format").set_defaults(fn=cmd_formats)
-    d = sub.add_parser("demo", help="format table and round trips (the default job)")
+    d = sub.add_parser("demo", help="format table and round trips (what `lowfp` alone "
+                       "runs)")
     d.add_argument("--n", type=int, default=1 << 22, help="number of values (default 4Mi)")
     d.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     d.set_defaults(fn=cmd_demo)
@@ -253,10 +278,20 @@ def main(argv=None) -> int:
     i.add_argument("--csv", default=None, help="also write the table as CSV")
     i.add_argument("--json", default=None, help="also write the table as JSON")
     i.set_defaults(fn=cmd_inspect)
+    b = sub.add_parser("bench", help="codec and optimizer benchmarks beside the installed anchors "
+                       "(ml_dtypes, torch, bitsandbytes, torchao, qtorch, gfloat)")
+    b.add_argument("WHICH", nargs="?", choices=["codecs", "optim"],
+                   help="codecs or optim (default: both)")
+    b.add_argument("--quick", action="store_true",
+                   help="a smoke run of seconds (few elements, one or two timed runs)")
+    b.add_argument("--n", type=int, default=None,
+                   help="elements / parameters (default 2^24; 2^16 with --quick)")
+    b.add_argument("--repeat", type=int, default=None, help="timed runs (default 5)")
+    b.set_defaults(fn=cmd_bench)
     e = sub.add_parser("experiment", help="run reproducible low-bit optimizer experiments and "
                        "write a Markdown report")
-    e.add_argument("NAME", nargs="*", help="swamping, sgd-shrinkage (default: a short run of "
-                   "both)")
+    e.add_argument("NAME", nargs="*", help="precision-sweep, sgd-shrinkage, swamping, "
+                   "low-bit-states (default: a short run of all of them, one report)")
     e.add_argument("--steps", type=int, default=None,
                    help="steps per run (default: each experiment's CPU-friendly default)")
     e.add_argument("--seed", type=int, default=0, help="random seed (default 0)")

@@ -7,10 +7,19 @@ result dict with the keys ``title``, ``description``, ``tables`` (a list of ``{"
 stating the numbers) and ``metrics`` (the headline numbers, for tests). :func:`run` runs a
 selection of them and writes one Markdown report, ``out/report.md``.
 
-Experiments:
-    swamping       low-bit second moment (2/3/4-bit linear, nearest vs logarithmic,
-                   stochastic): the EMA itself under constant gradients, then AdamW training
-    sgd-shrinkage  SGD with gradients rounded to FP4/FP8/FP16 at 1x, 2x, 4x the step size
+Each experiment function receives a :class:`~lowfp.experiments.progress.Progress`: it calls
+``progress.add_total(units)`` once it knows its work, ``progress(msg)`` at each stage and
+``progress.advance()`` per optimizer step (the line shows steps done/total, elapsed, ETA).
+
+Experiments (the order of a run of all of them, ``lowfp experiment`` with no name):
+    precision-sweep  Adam vs Muon on the char transformer (chartf.py): final loss vs mantissa
+                     bits of gradients, weights, m, v (one at a time, e8mM, stochastic
+                     rounding), Huber fits (fit.py), mantissa needed vs steps
+    sgd-shrinkage    SGD with gradients rounded to FP4/FP8/FP16 at 1x, 2x, 4x the step size
+    swamping         low-bit second moment (2/3/4-bit linear, nearest vs logarithmic,
+                     stochastic): the EMA itself under constant gradients, then AdamW training
+    low-bit-states   fp32 vs 8/4/3/2-bit AdamW, SOLO, Muon vs Muon8bit on the char transformer:
+                     loss curves and state bytes per parameter
 """
 
 from __future__ import annotations
@@ -26,7 +35,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Union
 __all__ = ["EXPERIMENTS", "Experiment", "register", "run", "run_one", "write_csv",
            "save_plot", "markdown_table"]
 
-Progress = Callable[[str], None]
+from .progress import Progress  # noqa: E402 - the progress line every experiment reports to
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +51,7 @@ class Experiment:
 #: name → :class:`Experiment`.
 EXPERIMENTS: Dict[str, Experiment] = {}
 #: The order of a run of every experiment.
-ORDER = ("swamping", "sgd-shrinkage")
+ORDER = ("precision-sweep", "sgd-shrinkage", "swamping", "low-bit-states")
 
 
 def register(name: str, default_steps: int, summary: str):
@@ -127,22 +136,19 @@ def _check_steps(steps) -> Optional[int]:
     return steps
 
 
-def _progress_fn(progress: Union[bool, Progress, None], name: str) -> Progress:
+def _progress_fn(progress: Union[bool, Callable[[str], None], None], name: str) -> Progress:
+    """The experiment's :class:`Progress`: on stderr (True), into a callable (its lines), or
+    silent (False/None)."""
     if callable(progress):
-        return lambda msg: progress(f"[{name}] {msg}")
+        return Progress(name, sink=progress)
     if not progress:
-        return lambda msg: None
-    t0 = time.perf_counter()
-
-    def show(msg: str) -> None:
-        print(f"[{name} {time.perf_counter() - t0:6.1f}s] {msg}", file=sys.stderr, flush=True)
-
-    return show
+        return Progress(name, sink=lambda line: None)
+    return Progress(name, stream=sys.stderr)
 
 
 def run_one(name: str, steps: Optional[int] = None, seed: int = 0,
             out: Union[str, pathlib.Path] = "lowfp-experiments",
-            progress: Union[bool, Progress, None] = True) -> dict:
+            progress: Union[bool, Callable[[str], None], None] = True) -> dict:
     """Run one experiment (its default steps when ``steps`` is None); returns its result."""
     _load()
     if name not in EXPERIMENTS:
@@ -154,14 +160,15 @@ def run_one(name: str, steps: Optional[int] = None, seed: int = 0,
     out.mkdir(parents=True, exist_ok=True)
     n = exp.default_steps if steps is None else steps
     t = time.perf_counter()
-    res = exp.fn(n, int(seed), out, _progress_fn(progress, name))
+    with _progress_fn(progress, name) as bar:
+        res = exp.fn(n, int(seed), out, bar)
     res.update(name=name, steps=n, seed=int(seed), seconds=time.perf_counter() - t)
     return res
 
 
 def run(names: Optional[Sequence[str]] = None, steps: Optional[int] = None, seed: int = 0,
         out: Union[str, pathlib.Path] = "lowfp-experiments",
-        progress: Union[bool, Progress, None] = True) -> pathlib.Path:
+        progress: Union[bool, Callable[[str], None], None] = True) -> pathlib.Path:
     """Run the named experiments (all when ``names`` is empty/None), each with ``steps`` steps
     (its own CPU-friendly default when None), write ``out/report.md`` and return its path.
 
@@ -215,4 +222,4 @@ def render_report(results: List[dict]) -> str:
 
 def _load() -> None:
     """Import the modules that register the experiments (once)."""
-    from . import sgd_shrinkage, swamping  # noqa: F401
+    from . import low_bit_states, precision_sweep, sgd_shrinkage, swamping  # noqa: F401

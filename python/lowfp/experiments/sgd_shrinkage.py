@@ -32,6 +32,7 @@ def sgd_shrinkage(steps: int, seed: int, out: pathlib.Path, progress: Progress) 
 
     from ..optim import LowPrecision, Q
 
+    progress.add_total(steps * len(GRADS) * len(MULTS))
     gen = torch.Generator().manual_seed(seed)
     wstar = torch.randn(DIM, generator=gen)
     initial = float((wstar**2).sum())
@@ -55,6 +56,7 @@ def sgd_shrinkage(steps: int, seed: int, out: pathlib.Path, progress: Progress) 
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
+                progress.advance()
                 with torch.no_grad():
                     r = float(((w - wstar) ** 2).sum())  # exact excess risk (isotropic x)
                 if hit is None and r <= target:

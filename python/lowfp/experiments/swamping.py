@@ -66,6 +66,7 @@ def _ema(steps: int, seed: int, out: pathlib.Path, progress: Progress):
         for s in range(1, steps + 1):
             p.grad = g.clone()
             opt.step()
+            progress.advance()
             if s == pts[nxt]:
                 vq = opt._dequantize(opt.state[p], p, "exp_avg_sq")
                 err.append(abs(float(vq[small].mean()) / exact[s] - 1.0))
@@ -124,6 +125,7 @@ def _train(steps: int, seed: int, out: pathlib.Path, progress: Progress):
             opt.zero_grad()
             loss.backward()
             opt.step()
+            progress.advance()
             if s == pts[nxt]:
                 with torch.no_grad():  # exact excess risk E[(x·w − x·w*)²]
                     risk.append(float((((w - wstar) * scale) ** 2).sum()))
@@ -157,6 +159,7 @@ def _train(steps: int, seed: int, out: pathlib.Path, progress: Progress):
 @register("swamping", default_steps=1000,
           summary="2/3/4-bit second moments: linear (nearest) vs log (stochastic)")
 def swamping(steps: int, seed: int, out: pathlib.Path, progress: Progress) -> dict:
+    progress.add_total(steps * (2 * len(_codecs()) + 1))  # EMA runs, then training runs
     ema, ema_csv, ema_png = _ema(steps, seed, out, progress)
     train, initial, tr_csv, tr_png = _train(steps, seed, out, progress)
     e = {(b, k): (err, z) for b, k, _, err, z, _, _ in ema}

@@ -1,0 +1,328 @@
+"""Throughput of lowfp's codecs against ml_dtypes, torch, qtorch, gfloat and bitsandbytes.
+
+Usage: lowfp bench codecs [--quick]   or   python3 benches/bench_codecs.py [--n N]
+[--threads 1,2] [--repeat 5] [--quick]. Prints Markdown tables on stdout (best-of-repeat wall
+time, G elem/s, lowfp/anchor ratios) and a progress line (measurements done, ETA) on stderr.
+"""
+
+import argparse
+import importlib.metadata
+import os
+import platform
+import signal
+import sys
+import time
+from contextlib import contextmanager
+
+import numpy as np
+
+import lowfp
+from lowfp.experiments.progress import Progress
+
+FORMATS = ["float8_e4m3fn", "float8_e5m2", "float4_e2m1fn", "bfloat16"]
+SR_FORMATS = {"float8_e4m3fn": (4, 3), "float8_e5m2": (5, 2), "bfloat16": (8, 7)}
+GFLOAT_INFO = {"float8_e4m3fn": "format_info_ocp_e4m3", "float8_e5m2": "format_info_ocp_e5m2",
+               "bfloat16": "format_info_bfloat16"}
+GFLOAT_N = 1 << 20  # gfloat is timed on this many elements only; its rate is extrapolated
+
+
+class NA(Exception):
+    """An anchor that does not have the operation (reported as n/a, not as a failure)."""
+
+
+def best_time(fn, repeat):
+    fn()  # warm-up (allocations, JIT, caches)
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+@contextmanager
+def time_limit(seconds):
+    def _raise(*_):
+        raise TimeoutError(f"no result within {seconds} s")
+    old = signal.signal(signal.SIGALRM, _raise)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def torch_dtype(name):
+    import torch
+    if name == "float4_e2m1fn":
+        raise NA("torch has float4_e2m1fn_x2 only (two values packed per byte)")
+    return getattr(torch, name)
+
+
+def mld_dtype(name):
+    import ml_dtypes
+    return np.dtype(getattr(ml_dtypes, name))
+
+
+def torch_empty(n, name):
+    import torch
+    return torch.empty(n, dtype=torch_dtype(name))
+
+
+def torch_codes(codes, name):
+    import torch
+    raw = codes.view(np.int16) if codes.dtype == np.uint16 else codes
+    return torch.from_numpy(raw).view(torch_dtype(name))
+
+
+def qtorch_sr(xt, exp, man):
+    with time_limit(180):  # the first import JIT-compiles a C++ extension (needs ninja)
+        from qtorch.quant import float_quantize
+    return lambda: float_quantize(xt, exp=exp, man=man, rounding="stochastic")
+
+
+def cast(a, dtype):
+    return lambda: a.astype(dtype)
+
+
+def copy_into(out, src):
+    return lambda: out.copy_(src)
+
+
+# ------------------------------------------------------------------ row factories
+# A factory does the set-up and returns the zero-argument callable to time, or raises.
+
+def enc_rows(x, xt):
+    for f in FORMATS:
+        yield f, {
+            "lowfp": lambda f=f: lambda: lowfp.encode(x, f),
+            "ml_dtypes": lambda f=f: cast(x, mld_dtype(f)),
+            "torch": lambda f=f: copy_into(torch_empty(x.size, f), xt),
+        }
+    u8 = np.empty(x.size, np.uint8)
+    yield "f32→uint8 cast (speed of light)", {
+        "np.copyto": lambda: lambda: np.copyto(u8, x, casting="unsafe")}
+
+
+def dec_rows(x, xt):
+    for f in FORMATS:
+        c = lowfp.encode(x, f)
+        yield f, {
+            "lowfp": lambda f=f, c=c: lambda: lowfp.decode(c, f),
+            "ml_dtypes": lambda f=f, c=c: cast(c.view(mld_dtype(f)), np.float32),
+            "torch": lambda f=f, c=c: copy_into(torch_empty(x.size, "float32"),
+                                                torch_codes(c, f)),
+        }
+
+
+def gfloat_sr(xs, f):
+    import gfloat
+    import gfloat.formats
+    fi, rng = getattr(gfloat.formats, GFLOAT_INFO[f]), np.random.default_rng(1)
+    return lambda: gfloat.round_ndarray(fi, xs, gfloat.RoundMode.Stochastic,
+                                        srbits=rng.integers(0, 1 << 23, xs.size), srnumbits=23)
+
+
+def sr_rows(x, xt):
+    for f, (e, m) in SR_FORMATS.items():
+        yield f, {
+            "lowfp SR": lambda f=f: lambda: lowfp.encode(x, f, rounding="stochastic", seed=1),
+            "lowfp RNE": lambda f=f: lambda: lowfp.encode(x, f),
+            "qtorch": lambda e=e, m=m: qtorch_sr(xt, e, m),
+            "gfloat ‡": lambda f=f: gfloat_sr(x[:GFLOAT_N], f),
+        }
+
+
+def np_pack(c, bits):
+    if 8 % bits == 0:  # shift-and-or, LSB first
+        k = 8 // bits
+        g = c.reshape(-1, k)
+        out = g[:, 0].copy()
+        for i in range(1, k):
+            out |= g[:, i] << np.uint8(i * bits)
+        return out
+    b = np.unpackbits(c[:, None], axis=1, bitorder="little")[:, :bits]
+    return np.packbits(b.reshape(-1), bitorder="little")
+
+
+def np_unpack(p, bits, count):
+    if 8 % bits == 0:
+        shifts = np.arange(0, 8, bits, dtype=np.uint8)
+        return ((p[:, None] >> shifts) & np.uint8((1 << bits) - 1)).reshape(-1)[:count]
+    b = np.unpackbits(p, bitorder="little")[:count * bits].reshape(-1, bits)
+    return np.packbits(b, axis=1, bitorder="little").reshape(-1)
+
+
+def checked(fn, want):
+    if not np.array_equal(fn(), want):
+        raise RuntimeError("NumPy reference disagrees with lowfp's bit layout")
+    return fn
+
+
+def pack_rows(x, xt):
+    n = x.size - x.size % 8
+    for bits in (2, 3, 4):
+        c = np.random.default_rng(bits).integers(0, 1 << bits, n, dtype=np.uint8)
+        p = lowfp.pack(c, bits)
+        ref = "NumPy packbits" if 8 % bits else "NumPy shift-or"
+        yield f"pack {bits}-bit", {
+            "lowfp": lambda c=c, b=bits: lambda: lowfp.pack(c, b),
+            ref: lambda c=c, b=bits, p=p: checked(lambda: np_pack(c, b), p)}
+        yield f"unpack {bits}-bit", {
+            "lowfp": lambda p=p, b=bits: lambda: lowfp.unpack(p, b, n),
+            ref: lambda c=c, b=bits, p=p: checked(lambda: np_unpack(p, b, n), c)}
+
+
+def bnb(xt, bs, dequantize):
+    import bitsandbytes.functional as bnbf
+    if not dequantize:
+        return lambda: bnbf.quantize_blockwise(xt, blocksize=bs)
+    q, state = bnbf.quantize_blockwise(xt, blocksize=bs)
+    return lambda: bnbf.dequantize_blockwise(q, state)
+
+
+def blockwise_rows(x, xt):
+    dyn = lowfp.Dynamic(8)
+    for bs in (256, 2048):
+        yield f"quantize, block {bs}", {
+            "lowfp": lambda bs=bs: lambda: lowfp.quantize_blockwise(x, dyn, block_size=bs),
+            "bitsandbytes": lambda bs=bs: bnb(xt, bs, False)}
+        yield f"dequantize, block {bs}", {
+            "lowfp": lambda bs=bs: lowfp.quantize_blockwise(x, dyn, block_size=bs).dequantize,
+            "bitsandbytes": lambda bs=bs: bnb(xt, bs, True)}
+
+
+SECTIONS = [  # title, row generator, ratio columns (numerator, denominator)
+    ("Encode f32 → format (codes)", enc_rows,
+     [("lowfp", "ml_dtypes"), ("lowfp", "torch")]),
+    ("Decode format → f32", dec_rows, [("lowfp", "ml_dtypes"), ("lowfp", "torch")]),
+    ("Stochastic rounding f32 → format", sr_rows,
+     [("lowfp SR", "qtorch"), ("lowfp SR", "gfloat ‡"), ("lowfp SR", "lowfp RNE")]),
+    ("Bit packing (uint8 codes ↔ packed bytes)", pack_rows, [("lowfp", None)]),
+    ("8-bit blockwise, dynamic map (absmax scales)", blockwise_rows,
+     [("lowfp", "bitsandbytes")]),
+]
+
+
+# ------------------------------------------------------------------ driver
+
+class Notes(list):
+    def ref(self, text):
+        if text not in self:
+            self.append(text)
+        return f"n/a [{self.index(text) + 1}]"
+
+
+def set_threads(t):
+    lowfp.set_num_threads(t)
+    try:
+        import torch
+        torch.set_num_threads(t)
+    except ImportError:
+        pass
+
+
+def measure(factory, name, n, repeat, label, progress):
+    progress(f"{label} {name}")
+    try:
+        fn = factory()
+        secs = best_time(fn, repeat)
+    except NA as e:
+        return None, str(e)
+    except Exception as e:  # noqa: BLE001 - any anchor failure is reported, not fatal
+        return None, f"{name}: {type(e).__name__}: {str(e).splitlines()[0][:160]}"
+    finally:
+        progress.advance()
+    m = GFLOAT_N if "gfloat" in name else n
+    rate = min(m, n) / secs / 1e9
+    return rate, None
+
+
+def run_section(title, rows_fn, ratios, x, xt, threads, repeat, notes, progress):
+    progress(title)
+    try:
+        rows = list(rows_fn(x, xt))
+    except Exception as e:  # noqa: BLE001
+        print(f"## {title}\n\n{notes.ref(f'section skipped: {type(e).__name__}: {e}')}\n")
+        return
+    cols = list(dict.fromkeys(k for _, impls in rows for k in impls))
+    progress.add_total(sum(len(impls) for _, impls in rows) * len(threads))
+    ratios = [(a, b) for a, b in ratios for b in ([b] if b else cols[1:])]
+    head = ["operation", "threads"] + [f"{c} G/s" for c in cols] + [f"{a} / {b}" for a, b in ratios]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for label, impls in rows:
+        for t in threads:
+            set_threads(t)
+            rate, cells = {}, []
+            for c in cols:
+                if c not in impls:
+                    cells.append("—")
+                    continue
+                rate[c], why = measure(impls[c], c, x.size, repeat, f"{label} t={t}",
+                                       progress)
+                cells.append(f"{rate[c]:.3f}" if why is None else notes.ref(why))
+            for a, b in ratios:
+                ok = rate.get(a) and rate.get(b)
+                cells.append(f"{rate[a] / rate[b]:.2f}×" if ok else "—")
+            lines.append(f"| {label} | {t} | " + " | ".join(cells) + " |")
+    print(f"## {title}\n\n" + "\n".join(lines) + "\n", flush=True)
+
+
+def versions():
+    out = [f"lowfp {lowfp.__version__}"]
+    for p in ("numpy", "ml_dtypes", "torch", "qtorch", "gfloat", "bitsandbytes"):
+        try:
+            out.append(f"{p} {importlib.metadata.version(p)}")
+        except importlib.metadata.PackageNotFoundError:
+            out.append(f"{p} (not installed)")
+    return ", ".join(out)
+
+
+def cpu_name():
+    try:
+        with open("/proc/cpuinfo") as fh:
+            return next(ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        return "?"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="lowfp bench codecs",
+                                 description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=1 << 24, help="elements (default 2^24)")
+    ap.add_argument("--threads", default="1,2", help="comma-separated thread counts")
+    ap.add_argument("--repeat", type=int, default=5, help="timed runs; the best is kept")
+    ap.add_argument("--quick", action="store_true", help="tiny run (2^16 elements, 2 repeats)")
+    args = ap.parse_args(argv)
+    n, repeat = (1 << 16, 2) if args.quick else (args.n, args.repeat)
+    threads = [int(t) for t in args.threads.split(",")]
+    x = (np.random.default_rng(0).standard_normal(n, dtype=np.float32) * 4)
+    try:
+        import torch
+        xt = torch.from_numpy(x)
+    except ImportError:
+        xt = None
+
+    print(f"# lowfp codec throughput\n\n{n:,} float32 elements (standard normal × 4, seed 0), "
+          f"best of {repeat}; G/s = 10^9 elements per second.\n")
+    notes = Notes()
+    with Progress("bench codecs", unit="measurements") as progress:
+        for title, rows_fn, ratios in SECTIONS:
+            run_section(title, rows_fn, ratios, x, xt, threads, repeat, notes, progress)
+
+    print("Notes:\n")
+    print("- ml_dtypes and NumPy are single-threaded (NumPy cast loops): their numbers do not "
+          "scale with threads.\n- torch writes into a preallocated tensor (`out.copy_(src)`); "
+          "lowfp and ml_dtypes allocate their output.\n- Stochastic rounding: lowfp returns "
+          "codes; qtorch and gfloat return rounded floats (gfloat's time includes drawing its "
+          f"23-bit random numbers with NumPy).\n- ‡ gfloat (`round_ndarray`, vectorized NumPy) "
+          f"is timed on the first {GFLOAT_N:,} elements; its rate is extrapolated.\n"
+          "- — : not applicable for this row.")
+    for i, text in enumerate(notes, 1):
+        print(f"- [{i}] {text}")
+    print(f"\nCommand: `{' '.join([os.path.basename(sys.executable)] + sys.argv)}`  ")
+    print(f"Machine: {platform.processor() or cpu_name()}, os.cpu_count() = {os.cpu_count()}, "
+          f"Python {platform.python_version()}  ")
+    print(f"Versions: {versions()}")
+    return 0
