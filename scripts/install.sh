@@ -10,13 +10,17 @@ need=()
 have() { "$PY" -c "import $1" >/dev/null 2>&1; }
 have maturin || need+=("maturin>=1.5,<2")
 have numpy || need+=("numpy>=1.23")
+if [ "$extras" = main ] || [ "$extras" = test ]; then
+  # the main job (`lowfp experiment`) trains with torch and plots with matplotlib
+  have torch || need+=("torch>=2.1")
+  have matplotlib || need+=("matplotlib>=3.5")
+fi
 if [ "$extras" = test ]; then
   have pytest || need+=("pytest>=7")
   have hypothesis || need+=("hypothesis>=6")
   have ml_dtypes || need+=("ml_dtypes>=0.5")
   have gfloat || need+=("gfloat>=0.4")
   have safetensors || need+=("safetensors>=0.4")
-  have torch || need+=("torch>=2.1")
   have bitsandbytes || need+=("bitsandbytes>=0.45")
 fi
 if [ ${#need[@]} -gt 0 ]; then
