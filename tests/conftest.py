@@ -35,3 +35,50 @@ def threads(request):
     lowfp.set_num_threads(request.param)
     yield request.param
     lowfp.set_num_threads(old)
+
+
+def nvrtc_ptx(source: str, name: str, options) -> str:
+    """The PTX of a CUDA source compiled by NVRTC (no GPU needed), or skip without libnvrtc.
+
+    NVRTC is reached through ctypes (the NVIDIA wheels that torch pulls in, or the system's),
+    not through the ``cuda.bindings`` package: with that package imported, later
+    ``torch.load`` calls in the same process failed on files written by other processes
+    ("record size ... does not match expected size", torch 2.15), breaking other tests.
+    """
+    import ctypes
+    import ctypes.util
+    import glob
+    import site
+
+    names = [ctypes.util.find_library("nvrtc")]
+    for d in site.getsitepackages():
+        names += sorted(glob.glob(f"{d}/nvidia/*/lib/libnvrtc.so*"))
+        names += sorted(glob.glob(f"{d}/nvidia/cuda_nvrtc/lib/libnvrtc.so*"))
+    lib = None
+    for lib_name in filter(None, names):
+        if "builtins" in lib_name:
+            continue
+        try:
+            lib = ctypes.CDLL(lib_name)
+            break
+        except OSError:
+            continue
+    if lib is None:
+        pytest.skip("libnvrtc not found (no CUDA toolkit or NVIDIA NVRTC wheel)")
+    prog = ctypes.c_void_p()
+    assert lib.nvrtcCreateProgram(ctypes.byref(prog), source.encode(), name.encode(), 0, None,
+                                  None) == 0
+    opts = [o.encode() for o in options]
+    res = lib.nvrtcCompileProgram(prog, len(opts), (ctypes.c_char_p * len(opts))(*opts))
+    size = ctypes.c_size_t()
+    lib.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
+    log = ctypes.create_string_buffer(size.value)
+    lib.nvrtcGetProgramLog(prog, log)
+    try:
+        assert res == 0, log.value.decode(errors="replace")
+        lib.nvrtcGetPTXSize(prog, ctypes.byref(size))
+        ptx = ctypes.create_string_buffer(size.value)
+        lib.nvrtcGetPTX(prog, ptx)
+    finally:
+        lib.nvrtcDestroyProgram(ctypes.byref(prog))
+    return ptx.value.decode()

@@ -118,3 +118,166 @@ def test_blockwise(codec, block, scale):
         assert np.float32(qd.global_scale) == np.float32(q.global_scale)
         np.testing.assert_array_equal(qd.dequantize().cpu().numpy().view(np.uint32),
                                       q.dequantize().view(np.uint32))
+
+
+# ---------------------------------------------------------------- fused optimizer steps
+
+
+def _twin_params(shapes, dtype, seed=0):
+    """The same parameters on the CPU and on the GPU."""
+    torch = _torch()
+    g = torch.Generator().manual_seed(seed)
+    cpu = [torch.nn.Parameter((torch.randn(s, generator=g) * 0.5).to(dtype)) for s in shapes]
+    gpu = [torch.nn.Parameter(p.detach().clone().cuda()) for p in cpu]
+    return cpu, gpu
+
+
+def _same_grads(cpu, gpu, t):
+    torch = _torch()
+    g = torch.Generator().manual_seed(100 + t)
+    for a, b in zip(cpu, gpu):
+        a.grad = (torch.randn(a.shape, generator=g) * 10.0 ** (t % 3 - 1)).to(a.dtype)
+        b.grad = a.grad.cuda()
+
+
+def _assert_bits_equal(a, b, what):
+    torch = _torch()
+    a, b = a.detach().cpu().contiguous(), b.detach().cpu().contiguous()
+    if a.dtype in (torch.bfloat16, torch.float16):
+        a, b = a.view(torch.int16), b.view(torch.int16)
+    elif a.dtype == torch.float32:
+        a, b = a.view(torch.int32), b.view(torch.int32)
+    assert torch.equal(a, b), what
+
+
+@pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
+@pytest.mark.parametrize("preset", ["fp32", "AdamW8bit", "AdamW4bit", "AdamWFp8", "SOLO3",
+                                    "SOLO2"])
+def test_adamw_gpu_steps_equal_cpu_steps(preset, rounding):
+    """N steps of every preset on CUDA tensors == N steps on the CPU (Rust), bit for bit:
+    parameters (float32 and bfloat16, sizes not multiples of the block, one with float32
+    states), packed codes, scales and bases."""
+    from test_cuda_optim_host import PRESETS, STEPS
+
+    torch = _torch()
+    shapes = [(37, 141), (3001,), (200,), (1 << 20) + 5]
+    c32, g32 = _twin_params(shapes, torch.float32)
+    c16, g16 = _twin_params(shapes, torch.bfloat16, seed=1)
+    opts = []
+    for ps32, ps16 in ((c32, c16), (g32, g16)):
+        groups = [{"params": ps32}, {"params": ps16, "weight_decay": 0.1, "decoupled": False}]
+        opts.append(PRESETS[preset](groups, lr=1e-2, rounding=rounding, min_quant_size=1000,
+                                    seed=123))
+    for t in range(STEPS):
+        _same_grads(c32 + c16, g32 + g16, t)
+        for opt in opts:
+            opt.step()
+            for group in opt.param_groups:
+                group["lr"] *= 0.7
+    for i, (a, b) in enumerate(zip(c32 + c16, g32 + g16)):
+        _assert_bits_equal(a, b, f"param {i}")
+        sa, sb = opts[0].state[a], opts[1].state[b]
+        assert sorted(sa) == sorted(sb)
+        for k in sa:
+            assert sb[k].device.type == ("cpu" if k == "step" else "cuda"), k
+            _assert_bits_equal(sa[k], sb[k], f"param {i} state {k}")
+
+
+def test_adamw8bit_many_tensors_one_launch():
+    """A group of 150 tensors (one kernel launch) equals the CPU after 3 steps."""
+    import lowfp.optim
+
+    torch = _torch()
+    rng = np.random.default_rng(5)
+    shapes = [(int(n),) for n in rng.integers(1, 50_000, 150)]
+    cpu, gpu = _twin_params(shapes, torch.float32)
+    opts = [lowfp.optim.AdamW8bit(ps, lr=1e-3, min_quant_size=0, rounding="stochastic")
+            for ps in (cpu, gpu)]
+    for t in range(3):
+        _same_grads(cpu, gpu, t)
+        for opt in opts:
+            opt.step()
+    for i, (a, b) in enumerate(zip(cpu, gpu)):
+        _assert_bits_equal(a, b, f"param {i}")
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_sgd_and_muon_momentum_kernels_equal_rust(nesterov):
+    """lowfp.cuda.optim.sgd_step_group / muon_momentum on CUDA tensors == the Rust core on
+    the same entries (8-bit dynamic SGD momentum, 8-bit linear Muon momentum)."""
+    from lowfp import _core
+    from lowfp.cuda import optim as copt
+
+    torch = _torch()
+    n, block = 100_003, 256
+    rng = np.random.default_rng(9)
+    for codec, op in ((lowfp.Dynamic(8), "sgd"), (lowfp.Linear(8), "muon")):
+        spec = {"bits": 0, "signed": True, "zero": True, "alpha": 0.5, "quantile": 0.0,
+                **codec.spec(), "block": block, "scale": "absmax", "rounding": "stochastic"}
+        packed_len, nb, _, _ = _core.blockwise_layout(spec, n)
+        host = [np.zeros(packed_len, np.uint8), np.zeros(nb, np.float32),
+                np.zeros(0, np.float32)]
+        _core.blockwise_quantize(np.zeros(n, np.float32), spec, *host, 0, 0)
+        p = rng.standard_normal(n).astype(np.float32)
+        dev = [torch.from_numpy(a.copy()).cuda() for a in host]
+        pd = torch.from_numpy(p.copy()).cuda()
+        for t in range(1, 6):
+            g = rng.standard_normal(n).astype(np.float32)
+            gd = torch.from_numpy(g.copy()).cuda()
+            if op == "sgd":
+                hp, stream = (0.05, 0.9, 1.0, 1e-3), (t << 32) | 4
+                _core.sgd_step_group([(p, g, (spec, *host), hp, nesterov, t == 1, stream,
+                                       stream | 2, "float32")], block, 7, True)
+                copt.sgd_step_group([(pd, gd, (spec, *dev), hp, nesterov, t == 1, stream,
+                                      stream | 2, "float32")], block, 7, True)
+                _assert_bits_equal(torch.from_numpy(p), pd, f"sgd param step {t}")
+            else:
+                _core.muon_momentum(g, (spec, *host), 0.95, nesterov, block, 7, t << 32)
+                copt.muon_momentum(gd, (spec, *dev), 0.95, nesterov, block, 7, t << 32)
+                _assert_bits_equal(torch.from_numpy(g), gd, f"muon direction step {t}")
+            for a, b in zip(host, dev):
+                _assert_bits_equal(torch.from_numpy(a), b, f"{op} momentum step {t}")
+
+
+def test_optimizer_device_errors():
+    import lowfp.optim
+
+    torch = _torch()
+    p = torch.nn.Parameter(torch.zeros(10, device="cuda"))
+    p.grad = torch.zeros(10)
+    with pytest.raises(ValueError, match="grad: on cpu, its parameter on cuda"):
+        lowfp.optim.AdamW([p]).step()
+    p.grad = torch.zeros(10, device="cuda")
+    with pytest.raises(ValueError, match="SGD runs on CPU tensors"):
+        lowfp.optim.SGD([p], lr=0.1, momentum=0.9).step()
+
+
+def test_adamw_state_dict_moves_between_gpu_and_cpu():
+    """A GPU optimizer's state dict loads into a CPU optimizer (states follow the parameters'
+    device) and both continue with identical steps."""
+    import io
+
+    import lowfp.optim
+
+    torch = _torch()
+    cpu, gpu = _twin_params([(300, 70), (5000,)], torch.float32, seed=3)
+    og = lowfp.optim.SOLO(gpu, lr=1e-2, min_quant_size=0)
+    for t in range(2):
+        _same_grads(cpu, gpu, t)
+        og.step()
+    for a, b in zip(cpu, gpu):
+        a.data.copy_(b.data.cpu())
+    buf = io.BytesIO()
+    torch.save(og.state_dict(), buf)
+    buf.seek(0)
+    oc = lowfp.optim.SOLO(cpu, lr=1e-2, min_quant_size=0)
+    oc.load_state_dict(torch.load(buf, weights_only=True))
+    assert all(v.device.type == "cpu" for st in oc.state.values() for v in st.values())
+    for t in range(2, 4):
+        _same_grads(cpu, gpu, t)
+        og.step()
+        oc.step()
+    for i, (a, b) in enumerate(zip(cpu, gpu)):
+        _assert_bits_equal(a, b, f"param {i}")
+        for k in oc.state[a]:
+            _assert_bits_equal(oc.state[a][k], og.state[b][k], f"param {i} state {k}")

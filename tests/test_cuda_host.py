@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 import lowfp
+from conftest import nvrtc_ptx
 from lowfp.codec import ROUNDINGS
 from lowfp.cuda._params import KINDS, MODES, SCALE_RULES, format_args
 
@@ -340,23 +341,10 @@ def test_blockwise_matches_rust(host, codec, block, scale):
 def test_kernels_compile_with_nvrtc_without_fma():
     """The kernel source compiles with NVRTC (no GPU needed) under the loader's options, and
     the PTX has no fused multiply-add and only IEEE (round-to-nearest) divisions."""
-    nvrtc = pytest.importorskip("cuda.bindings.nvrtc", reason="NVRTC Python bindings not found")
     from lowfp.cuda import _loader
 
-    src = _loader.source().encode()
-    err, prog = nvrtc.nvrtcCreateProgram(src, b"lowfp_kernels.cu", 0, [], [])
-    if err != nvrtc.nvrtcResult.NVRTC_SUCCESS:
-        pytest.skip(f"NVRTC unusable here: {err}")
-    opts = [o.encode() for o in _loader.OPTIONS] + [b"--gpu-architecture=compute_80"]
-    (res,) = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
-    _, size = nvrtc.nvrtcGetProgramLogSize(prog)
-    log = b" " * size
-    nvrtc.nvrtcGetProgramLog(prog, log)
-    assert res == nvrtc.nvrtcResult.NVRTC_SUCCESS, log.decode(errors="replace")
-    _, size = nvrtc.nvrtcGetPTXSize(prog)
-    ptx = b" " * size
-    nvrtc.nvrtcGetPTX(prog, ptx)
-    text = ptx.decode()
+    text = nvrtc_ptx(_loader.source(), "lowfp_kernels.cu",
+                     (*_loader.OPTIONS, "--gpu-architecture=compute_80"))
     assert "fma." not in text
     assert "div.approx" not in text and "div.full" not in text
     for name in ("lf_encode", "lf_decode", "lf_pack", "lf_unpack", "lf_table_encode",

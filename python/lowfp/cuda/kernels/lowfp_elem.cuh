@@ -581,3 +581,105 @@ LF_FN float lf_block_scale(int rule, float amax, float elem_max, bool exmy, floa
 
 /// The normalized element x / sd of a block with applied scale sd = s · g (0 when sd is 0).
 LF_FN float lf_block_normalize(float x, float sd) { return sd > 0.0f ? x / sd : 0.0f; }
+
+// ---------------------------------------------------------------- per-block log bases (rust/logfmt.rs)
+//
+// Log(quantile=q) picks each block's base from the block itself:
+//   k = min(floor(q · (len − 1)), len − 1)   (q as f64; nearest rank)
+//   v = kth_smallest(|x|) / amax             (f32 division; 1 when amax = 0)
+//   alpha = the largest f32 in [2^-10, 1 − 2^-10] with pow_f64(alpha, n_nonzero − 1) ≤ v
+// where pow_f64 is repeated f64 multiplication from 1.0. `fits` is monotone in alpha, so
+// bisection over the f32 bit patterns gives Rust's answer (Rust starts from a libm guess; the
+// largest fitting alpha does not depend on the start).
+
+#define LF_ALPHA_MIN_BITS 0x3A800000u  // 2^-10
+#define LF_ALPHA_MAX_BITS 0x3F7FC000u  // 1 - 2^-10
+
+/// Rank of the quantile q in a block of `len` elements (`quantile_abs`'s k).
+LF_FN lf_u32 lf_quantile_rank(float q, lf_u32 len) {
+    if (len == 0) return 0;
+    double qd = q != q ? 0.0 : (q < 0.0f ? 0.0 : (q > 1.0f ? 1.0 : (double)q));
+    lf_u32 last = len - 1;
+    double t = qd * (double)last;
+    lf_u32 k = (lf_u32)t;  // t >= 0: truncation is floor
+    return k < last ? k : last;
+}
+
+/// The k-th smallest |x| (0-based) of x[0..len) as bits with the sign cleared: the smallest
+/// t with #{|x_i| ≤ t} > k, by bisection over the 31-bit keys (|x| orders like its bits).
+/// Order-independent, no scratch memory; 31 passes over the block.
+LF_FN lf_u32 lf_kth_smallest_abs_bits(const float* x, lf_u32 len, lf_u32 k) {
+    lf_u32 lo = 0, hi = 0x7FFFFFFFu;  // answer in [lo, hi]
+    while (lo < hi) {
+        lf_u32 mid = lo + ((hi - lo) >> 1);
+        lf_u32 c = 0;
+        for (lf_u32 i = 0; i < len; ++i) c += (lf_f32_bits(x[i]) & 0x7FFFFFFFu) <= mid ? 1u : 0u;
+        if (c > k) hi = mid;
+        else lo = mid + 1;
+    }
+    return lo;
+}
+
+/// alpha^k by k repeated f64 multiplications from 1.0 (`pow_f64`).
+LF_FN double lf_pow_f64(double a, lf_u32 k) {
+    double p = 1.0;
+    for (lf_u32 i = 0; i < k; ++i) p *= a;
+    return p;
+}
+
+/// `alpha_from_quantile(v, n_nonzero)` (float32 bits of the base).
+LF_FN lf_u32 lf_alpha_from_quantile_bits(float v, lf_u32 n_nonzero) {
+    if (n_nonzero <= 1 || v != v || v >= 1.0f) return LF_ALPHA_MAX_BITS;
+    lf_u32 k = n_nonzero - 1;
+    double vd = (double)v;
+    lf_u32 lo = LF_ALPHA_MIN_BITS, hi = LF_ALPHA_MAX_BITS;
+    if (!(lf_pow_f64((double)lf_f32_from_bits(lo), k) <= vd)) return LF_ALPHA_MIN_BITS;
+    if (lf_pow_f64((double)lf_f32_from_bits(hi), k) <= vd) return LF_ALPHA_MAX_BITS;
+    while (hi - lo > 1) {  // fits(lo), !fits(hi)
+        lf_u32 mid = lo + (hi - lo) / 2;
+        if (lf_pow_f64((double)lf_f32_from_bits(mid), k) <= vd) lo = mid;
+        else hi = mid;
+    }
+    return lo;
+}
+
+/// Non-zero magnitudes of a log code (`n_nonzero` of `log_table`).
+LF_FN lf_u32 lf_log_nonzero(lf_u32 bits, bool is_signed, bool zero) {
+    return is_signed ? (1u << (bits - 1)) - 1 : (1u << bits) - (zero ? 1u : 0u);
+}
+
+/// Number of levels of a log code (`log_levels`).
+LF_FN lf_u32 lf_log_nlev(lf_u32 bits, bool is_signed, bool zero) {
+    return is_signed ? 2 * ((1u << (bits - 1)) - 1) + 1 : (1u << bits);
+}
+
+/// The ascending levels of `log_levels(bits, signed, alpha, zero)` into `out` (nlev values):
+/// magnitudes [alpha^(n−1), …, alpha, 1], powers by repeated f64 multiplication, each rounded.
+/// Returns false when adjacent levels collide (Rust's "alpha" error: they underflow).
+LF_FN bool lf_log_levels(lf_u32 bits, bool is_signed, bool zero, float alpha, float* out) {
+    double a = (double)alpha;
+    lf_u32 n, off;
+    if (is_signed) {
+        n = (1u << (bits - 1)) - 1;
+        off = n + 1;
+        out[n] = 0.0f;
+    } else if (zero) {
+        n = (1u << bits) - 1;
+        off = 1;
+        out[0] = 0.0f;
+    } else {
+        n = 1u << bits;
+        off = 0;
+    }
+    double p = 1.0;
+    for (lf_u32 j = 0; j < n; ++j) {  // p = alpha^j is magnitude n-1-j
+        float v = (float)p;
+        out[off + n - 1 - j] = v;
+        if (is_signed) out[n - 1 - (n - 1 - j)] = -v;
+        p *= a;
+    }
+    lf_u32 nlev = lf_log_nlev(bits, is_signed, zero);
+    for (lf_u32 i = 0; i + 1 < nlev; ++i)
+        if (!(out[i] < out[i + 1])) return false;
+    return true;
+}

@@ -1,0 +1,43 @@
+// lowfp_optim.cu — multi-tensor fused optimizer steps (AdamW, SGD momentum, Muon momentum),
+// compiled by CuPy (NVRTC, --fmad=false) with the kernels directory on the include path.
+//
+// Design notes
+// - One launch per param group: `meta` holds the tile prefix (count + 1 u64: tiles before each
+//   tensor) followed by the tensors' lf_tensor_desc records, uploaded as one byte array. One
+//   CUDA block runs one tile (whole state blocks) of one tensor, found by binary search in the
+//   prefix, through lf_step_tile — the function the host check runs against the Rust core.
+// - The step's scalars live in the descriptors (data, not source): no recompiles when the
+//   learning rate changes. Nothing is read back: `bad` stays on the device.
+// - Shared memory (dynamic): vals[2][tile] f32 | amax[2·nb] u32 | sel[3·nb] u32 |
+//   levels0[nb·nlev0] f32 | levels1[nb·nlev1] f32 | codes[tile] u8.
+#include "lowfp_optim.cuh"
+
+extern "C" __global__ void lf_optim_step(int op, const unsigned char* meta, lf_u64 count,
+                                         lf_u32 block, lf_u32 tile, lf_u64 seed,
+                                         int param_stochastic, lf_u32 nlev0, lf_u32 nlev1,
+                                         lf_u32* bad) {
+    extern __shared__ float lf_smem[];
+    const lf_u64* prefix = (const lf_u64*)meta;
+    const lf_tensor_desc* descs = (const lf_tensor_desc*)(meta + 8 * (count + 1));
+    lf_u64 b = blockIdx.x;
+    // the tensor t with prefix[t] <= b < prefix[t + 1]
+    lf_u64 lo = 0, hi = count;
+    while (hi - lo > 1) {
+        lf_u64 mid = (lo + hi) >> 1;
+        if (prefix[mid] <= b) lo = mid;
+        else hi = mid;
+    }
+    const lf_tensor_desc& t = descs[lo];
+    lf_u64 start = (b - prefix[lo]) * tile;
+    lf_u32 len = (lf_u32)(t.n - start < tile ? t.n - start : tile);
+    lf_u32 nb = tile / block;
+    lf_tile_scratch sc;
+    sc.vals[0] = lf_smem;
+    sc.vals[1] = lf_smem + tile;
+    sc.amax = (lf_u32*)(lf_smem + 2 * tile);
+    sc.sel = sc.amax + 2 * nb;
+    sc.levels[0] = lf_smem + 2 * tile + 5 * nb;
+    sc.levels[1] = sc.levels[0] + nb * nlev0;
+    sc.codes = (lf_u8*)(sc.levels[1] + nb * nlev1);
+    lf_step_tile(op, t, start, len, block, seed, param_stochastic != 0, sc, bad);
+}

@@ -1,0 +1,87 @@
+// Host driver of the fused optimizer steps (python/lowfp/cuda/kernels/lowfp_optim.cuh):
+// compiled with g++ -O2 -std=c++17 -ffp-contract=off -shared -fPIC by
+// tests/test_cuda_optim_host.py and called through ctypes. lf_host_step runs the very tile
+// function the CUDA kernel runs (one thread, LF_TILE_FOR a plain loop), tile by tile over every
+// tensor of a descriptor array, so the test holds the kernel's arithmetic equal to Rust's.
+#include <vector>
+
+#include "lowfp_optim.cuh"
+
+extern "C" {
+
+// Byte sizes of the descriptors (the test checks them against the NumPy dtypes).
+lf_u64 lf_host_state_desc_size() { return sizeof(lf_state_desc); }
+lf_u64 lf_host_tensor_desc_size() { return sizeof(lf_tensor_desc); }
+
+// One fused step over `count` tensors; tiles of `tile` elements (a multiple of `block`).
+// Returns the OR of the bad flags (1: log levels collided).
+lf_u32 lf_host_step(int op, const lf_tensor_desc* descs, lf_u64 count, lf_u32 block,
+                    lf_u32 tile, lf_u64 seed, int param_stochastic) {
+    lf_u32 bad = 0;
+    lf_u32 nb = tile / block;
+    std::vector<float> vals0(tile), vals1(tile), lev0((lf_u64)nb * LF_MAX_LEVELS),
+        lev1((lf_u64)nb * LF_MAX_LEVELS);
+    std::vector<lf_u8> codes(tile);
+    std::vector<lf_u32> amax(2 * nb), sel(3 * nb);
+    lf_tile_scratch sc;
+    sc.vals[0] = vals0.data();
+    sc.vals[1] = vals1.data();
+    sc.levels[0] = lev0.data();
+    sc.levels[1] = lev1.data();
+    sc.codes = codes.data();
+    sc.amax = amax.data();
+    sc.sel = sel.data();
+    for (lf_u64 t = 0; t < count; ++t) {
+        const lf_tensor_desc& d = descs[t];
+        for (lf_u64 start = 0; start < d.n; start += tile) {
+            lf_u32 len = (lf_u32)(d.n - start < tile ? d.n - start : tile);
+            lf_step_tile(op, d, start, len, block, seed, param_stochastic != 0, sc, &bad);
+        }
+    }
+    return bad;
+}
+
+// Blockwise quantization with a log codec whose base comes from a quantile of each block
+// (rust/block.rs quantize_group with Elem::Log { quantile > 0 }): scales, bases, packed codes.
+// Returns 1 when some block's levels collide, else 0.
+int lf_host_blockwise_logq(const float* x, lf_u64 n, lf_u32 block, lf_u32 bits, int is_signed,
+                           int zero, float quantile, int mode, lf_u64 seed, lf_u64 stream,
+                           float* scales, float* alphas, lf_u8* packed) {
+    int bad = 0;
+    std::vector<lf_u8> codes(n);
+    std::vector<float> lv(LF_MAX_LEVELS);
+    lf_u32 nz = lf_log_nonzero(bits, is_signed != 0, zero != 0);
+    lf_i32 nlev = (lf_i32)lf_log_nlev(bits, is_signed != 0, zero != 0);
+    for (lf_u64 lo = 0; lo < n; lo += block) {
+        lf_u32 blen = (lf_u32)(n - lo < block ? n - lo : block);
+        lf_u32 m = 0;
+        for (lf_u32 j = 0; j < blen; ++j) {
+            lf_u32 v = lf_f32_bits(x[lo + j]) & 0x7FFFFFFFu;
+            m = v > m ? v : m;
+        }
+        float amax = lf_f32_from_bits(m);
+        float v = 1.0f;
+        if (amax > 0.0f) {
+            lf_u32 k = lf_quantile_rank(quantile, blen);
+            v = lf_f32_from_bits(lf_kth_smallest_abs_bits(x + lo, blen, k)) / amax;
+        }
+        float a = lf_f32_from_bits(lf_alpha_from_quantile_bits(v, nz));
+        if (!lf_log_levels(bits, is_signed != 0, zero != 0, a, lv.data())) bad = 1;
+        lf_u64 b = lo / block;
+        float s = amax / 1.0f;
+        scales[b] = s;
+        alphas[b] = a;
+        for (lf_u32 j = 0; j < blen; ++j) {
+            float y = lf_block_normalize(x[lo + j], s);
+            codes[lo + j] = mode == LF_STOCHASTIC
+                                ? lf_table_stochastic(lv.data(), nlev, y,
+                                                      lf_random_u32(seed, stream, lo + j))
+                                : lf_table_nearest(lv.data(), nlev, y);
+        }
+    }
+    lf_u64 len = lf_packed_len(n, bits);
+    for (lf_u64 j = 0; j < len; ++j) packed[j] = lf_pack_byte(codes.data(), n, bits, j);
+    return bad;
+}
+
+}  // extern "C"

@@ -1,0 +1,426 @@
+"""Host check of the fused optimizer steps of the CUDA path: the tile function the kernels run
+(python/lowfp/cuda/kernels/lowfp_optim.cuh), compiled as plain C++ (-ffp-contract=off) and
+driven over the same descriptors lowfp.cuda.optim builds for the device, against the Rust core.
+
+The optimizer tests run lowfp.optim for N steps and intercept every call into the Rust core:
+a mirror of each tensor (parameter and packed states, copied once before the first step) is
+stepped by the C++ driver with the call's own gradients, scalars and streams, and after every
+step it must equal what Rust wrote, bit for bit (codes, scales, bases, weights). The mirror
+never takes Rust's values, so a difference anywhere would persist and be caught.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import lowfp
+from conftest import nvrtc_ptx
+from lowfp.cuda import optim as copt
+from lowfp.cuda._params import MODES
+
+torch = pytest.importorskip("torch")
+import lowfp.optim as lopt  # noqa: E402 - needs torch
+import lowfp.optim.muon as lmuon  # noqa: E402
+import lowfp.optim.sgd as lsgd  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+KERNELS = ROOT / "python" / "lowfp" / "cuda" / "kernels"
+DRIVER = ROOT / "tests" / "cuda_host" / "optim_driver.cpp"
+EMULATOR = ROOT / "tests" / "cuda_host" / "optim_kernel_emu.cpp"
+P = ctypes.c_void_p
+U32, U64 = ctypes.c_uint32, ctypes.c_uint64
+STEPS = 5
+
+
+@pytest.fixture(scope="module")
+def host(tmp_path_factory):
+    """The optimizer driver compiled once and loaded with ctypes."""
+    cxx = shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
+    if cxx is None:
+        pytest.skip("no C++ compiler (g++, c++ or clang++) on PATH for the CUDA header check")
+    out = tmp_path_factory.mktemp("cuda_optim_host") / "lowfp_optim_host.so"
+    cmd = [cxx, "-O2", "-std=c++17", "-ffp-contract=off", "-shared", "-fPIC", "-Wall",
+           "-Werror", f"-I{KERNELS}", str(DRIVER), "-o", str(out)]
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    lib = ctypes.CDLL(str(out))
+    lib.lf_host_state_desc_size.restype = U64
+    lib.lf_host_tensor_desc_size.restype = U64
+    lib.lf_host_step.argtypes = [ctypes.c_int, P, U64, U32, U32, U64, ctypes.c_int]
+    lib.lf_host_step.restype = U32
+    lib.lf_host_blockwise_logq.argtypes = [P, U64, U32, U32, ctypes.c_int, ctypes.c_int,
+                                           ctypes.c_float, ctypes.c_int, U64, U64, P, P, P]
+    lib.lf_host_blockwise_logq.restype = ctypes.c_int
+    return lib
+
+
+@pytest.fixture(scope="module")
+def emu(tmp_path_factory):
+    """lowfp_optim.cu itself compiled as C++ with CUDA built-ins stubbed (one thread per
+    block), to run the launch plans lowfp.cuda.optim builds for the GPU."""
+    cxx = shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
+    if cxx is None:
+        pytest.skip("no C++ compiler (g++, c++ or clang++) on PATH for the CUDA header check")
+    out = tmp_path_factory.mktemp("cuda_optim_emu") / "lowfp_optim_emu.so"
+    cmd = [cxx, "-O2", "-std=c++17", "-ffp-contract=off", "-shared", "-fPIC", "-Wall",
+           "-Werror", "-D__CUDACC__", f"-I{KERNELS}", str(EMULATOR), "-o", str(out)]
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    lib = ctypes.CDLL(str(out))
+    lib.lf_emu_launch.argtypes = [U64, U64, ctypes.c_int, P, U64, U32, U32, U64, ctypes.c_int,
+                                  U32, U32, P]
+    return lib
+
+
+def _ptr(a: np.ndarray):
+    assert a.flags.c_contiguous
+    return a.ctypes.data_as(P)
+
+
+def test_descriptor_layout_matches_the_header(host):
+    assert host.lf_host_state_desc_size() == copt.STATE_DESC.itemsize
+    assert host.lf_host_tensor_desc_size() == copt.TENSOR_DESC.itemsize
+
+
+# ---------------------------------------------------------------- per-block log bases
+
+
+@pytest.mark.parametrize("codec", [
+    lowfp.Log(3, zero=False, quantile=0.05), lowfp.Log(2, zero=False, quantile=0.05),
+    lowfp.Log(4, quantile=0.3), lowfp.Log(3, signed=True, quantile=0.5),
+], ids=repr)
+@pytest.mark.parametrize("block", [128, 48])
+def test_quantile_log_blockwise_matches_rust(host, codec, block):
+    """Per-block k-th smallest |x|, base (bisection over f32 bits), levels, codes, packing:
+    scales, bases and packed codes equal lowfp.quantize_blockwise's."""
+    rng = np.random.default_rng(block)
+    n = 50_000 + 13  # a short last block
+    # Gaussian blocks at scales 2^-20..2^20, so most bases fall strictly inside the clamps
+    scale = np.exp2(rng.integers(-20, 20, -(-n // block))).repeat(block)[:n]
+    x = (rng.standard_normal(n) * scale).astype(np.float32)
+    x[4 * block:5 * block] *= np.exp2(rng.integers(-30, 30, block)).astype(np.float32)
+    x[:block] = 0.0                       # an all-zero block (base 1 − 2^-10)
+    x[block:2 * block] = 1.5              # a constant block (v = 1)
+    x[2 * block:3 * block:2] = 0.0        # half zeros (quantile 0: base 2^-10)
+    x[3 * block:4 * block] *= np.float32(1e-30)  # subnormals
+    for rounding in ("nearest", "stochastic"):
+        q = lowfp.quantize_blockwise(x, codec, block_size=block, scale="absmax",
+                                     rounding=rounding, seed=7, stream=3)
+        nb = -(-n // block)
+        scales, alphas = np.empty(nb, np.float32), np.empty(nb, np.float32)
+        packed = np.empty(q.codes.size, np.uint8)
+        bad = host.lf_host_blockwise_logq(_ptr(x), n, block, codec.bits, codec.signed,
+                                          codec.zero, codec.quantile, MODES[rounding], 7, 3,
+                                          _ptr(scales), _ptr(alphas), _ptr(packed))
+        assert bad == 0
+        np.testing.assert_array_equal(scales.view(np.uint32), q._scales_f32().view(np.uint32))
+        np.testing.assert_array_equal(alphas.view(np.uint32),
+                                      np.asarray(q.alphas, np.float32).view(np.uint32))
+        np.testing.assert_array_equal(packed, q.codes, err_msg=f"{codec!r} {rounding}")
+    # the bases are not all clamped: the bisection itself is exercised
+    inner = alphas[(alphas > 2**-10) & (alphas < 1 - 2**-10)]
+    assert inner.size > nb // 2
+
+
+# ---------------------------------------------------------------- the optimizer steps
+
+
+class _Mirror:
+    """Wraps the Rust core: every optimizer call is replayed on mirrored arrays by the C++
+    driver and compared with Rust's result afterwards."""
+
+    def __init__(self, lib, core, emu=None):
+        self.lib, self.core, self.emu = lib, core, emu
+        self.mirrors = {}  # address of the live parameter (or Muon state) → mirrored arrays
+        self.calls = 0
+
+    def __getattr__(self, name):
+        return getattr(self.core, name)
+
+    def _mirror_state(self, st):
+        if isinstance(st, tuple):
+            spec, packed, scales, alphas = st
+            return (spec, packed.copy(), scales.copy(), alphas.copy())
+        return st.copy()
+
+    def _arrays(self, st):
+        return list(st[1:]) if isinstance(st, tuple) else [st]
+
+    def _compare(self, mine, theirs, what):
+        for a, b in zip(self._arrays(mine) if isinstance(mine, tuple) else [mine],
+                        self._arrays(theirs) if isinstance(theirs, tuple) else [theirs]):
+            a, b = np.asarray(a), np.asarray(b)
+            view = {1: np.uint8, 2: np.uint16, 4: np.uint32}[a.itemsize]
+            if not np.array_equal(a.view(view), b.view(view)):
+                i = int(np.flatnonzero(a.view(view) != b.view(view))[0])
+                pytest.fail(f"call {self.calls}: {what} differs at {i}: host {a[i]!r} "
+                            f"rust {b[i]!r}")
+
+    def _host_step(self, op, descs, block, seed, stochastic):
+        """Step mirrored descriptors: the host driver, or the emulated kernel launch."""
+        if self.emu is None:
+            return self.lib.lf_host_step(copt.OPS[op], _ptr(descs), len(descs), block,
+                                         copt.tile_size(block), seed, int(stochastic))
+        plan = copt.launch_plan(op, descs, block, seed, stochastic)
+        bad = np.zeros(1, np.uint32)
+        assert plan["smem"] <= 48 * 1024  # the default dynamic shared memory limit
+        rc = self.emu.lf_emu_launch(plan["grid"], plan["smem"], plan["args"][0],
+                                    _ptr(plan["meta"]), *plan["args"][1:], _ptr(bad))
+        assert rc == 0
+        return int(bad[0])
+
+    def _group(self, op, entries, block, seed, stochastic, states_of, with_states,
+               offsets=None):
+        mirrored = []
+        for e in entries:
+            key = e[0].ctypes.data
+            if key not in self.mirrors:
+                self.mirrors[key] = (e[0].copy(), [self._mirror_state(s) for s in states_of(e)])
+            p, sts = self.mirrors[key]
+            mirrored.append(with_states(e, p, e[1].copy(), sts))
+        addr = lambda a, arg: a.ctypes.data  # noqa: E731
+        lv_keep = []
+
+        def levels(lv):
+            lv_keep.append(lv)
+            return lv.ctypes.data
+        build = copt.adamw_descs if op == "adamw" else copt.sgd_descs
+        descs = build(mirrored, block, addr, levels, offsets)
+        bad = self._host_step(op, descs, block, seed, stochastic)
+        assert bad == 0
+        kw = {} if offsets is None else {"offsets": offsets}
+        getattr(self.core, f"{op}_step_group")(entries, block, seed, stochastic, **kw)
+        self.calls += 1
+        for e in entries:
+            p, sts = self.mirrors[e[0].ctypes.data]
+            self._compare(p, e[0], "param")
+            for mine, theirs in zip(sts, states_of(e)):
+                self._compare(mine, theirs, "state")
+
+    def adamw_step_group(self, entries, block, seed, stochastic, offsets=None):
+        self._group("adamw", entries, block, seed, stochastic, lambda e: [e[2], e[3]],
+                    lambda e, p, g, s: (p, g, s[0], s[1], *e[4:]), offsets)
+
+    def sgd_step_group(self, entries, block, seed, stochastic, offsets=None):
+        self._group("sgd", entries, block, seed, stochastic, lambda e: [e[2]],
+                    lambda e, p, g, s: (p, g, s[0], *e[3:]), offsets)
+
+    def muon_momentum(self, grad, buf, beta, nesterov, block, seed, stream, offset=0):
+        key = buf[1].ctypes.data if isinstance(buf, tuple) else buf.ctypes.data
+        if key not in self.mirrors:
+            self.mirrors[key] = self._mirror_state(buf)
+        mine, out = self.mirrors[key], grad.copy()
+        addr = lambda a, arg: a.ctypes.data  # noqa: E731
+        lv_keep = []
+
+        def levels(lv):
+            lv_keep.append(lv)
+            return lv.ctypes.data
+        descs = copt.muon_descs(out, mine, beta, nesterov, block, stream, addr, levels, offset)
+        bad = self._host_step("muon", descs, block, seed, False)
+        assert bad == 0
+        self.core.muon_momentum(grad, buf, beta, nesterov, block, seed, stream, offset)
+        self.calls += 1
+        self._compare(out, grad, "direction")
+        self._compare(mine, buf, "momentum")
+
+
+@pytest.fixture
+def mirror(host, monkeypatch):
+    m = _Mirror(host, lopt._core)
+    for mod in (lopt, lsgd, lmuon):
+        monkeypatch.setattr(mod, "_core", m)
+    return m
+
+
+@pytest.fixture
+def kernel_mirror(host, emu, monkeypatch):
+    """The mirror stepped by the emulated kernel launch instead of the host driver."""
+    m = _Mirror(host, lopt._core, emu)
+    for mod in (lopt, lsgd, lmuon):
+        monkeypatch.setattr(mod, "_core", m)
+    return m
+
+
+def _params(dtype=torch.float32):
+    """Sizes not multiples of any block; one too small for packed states (float32 states)."""
+    torch.manual_seed(0)
+    shapes = [(37, 141), (3001,), (200,)]
+    return [torch.nn.Parameter((torch.randn(s) * 0.5).to(dtype)) for s in shapes]
+
+
+def _run(opt, params, steps=STEPS, lr_schedule=True):
+    g = torch.Generator().manual_seed(1)
+    for t in range(steps):
+        for p in params:
+            p.grad = (torch.randn(p.shape, generator=g) * 10.0 ** (t % 3 - 1)).to(p.dtype)
+        opt.step()
+        if lr_schedule:  # a scheduler changes lr between steps
+            for group in opt.param_groups:
+                group["lr"] *= 0.7
+
+
+PRESETS = {
+    "fp32": lambda ps, **kw: lopt.AdamW(ps, **kw),
+    "AdamW8bit": lambda ps, **kw: lopt.AdamW8bit(ps, **kw),
+    "AdamW4bit": lambda ps, **kw: lopt.AdamW4bit(ps, **kw),
+    "AdamWFp8": lambda ps, **kw: lopt.AdamWFp8(ps, **kw),
+    "SOLO3": lambda ps, **kw: lopt.SOLO(ps, bits=3, **kw),
+    "SOLO2": lambda ps, **kw: lopt.SOLO(ps, bits=2, **kw),
+}
+
+
+@pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_adamw_steps_match_rust(mirror, preset, rounding):
+    """N AdamW steps: float32 and bfloat16 parameters (two param groups, one with L2 Adam),
+    stochastic and nearest parameter rounding."""
+    f32, bf16 = _params(), _params(torch.bfloat16)
+    groups = [{"params": f32}, {"params": bf16, "weight_decay": 0.1, "decoupled": False}]
+    for param_rounding in ("stochastic", "nearest"):
+        opt = PRESETS[preset](groups, lr=1e-2, rounding=rounding, min_quant_size=1000,
+                              seed=123, param_rounding=param_rounding)
+        mirror.mirrors.clear()  # a fresh optimizer: mirror its new states
+        _run(opt, f32 + bf16)
+    assert mirror.calls == 2 * 2 * STEPS
+
+
+def test_adamw_float16_parameters_match_rust(mirror):
+    ps = _params(torch.float16)
+    opt = lopt.AdamW8bit(ps, lr=1e-3, min_quant_size=0, rounding="stochastic")
+    _run(opt, ps)
+    assert mirror.calls == STEPS
+
+
+@pytest.mark.parametrize("nesterov,dampening", [(False, 0.0), (True, 0.0), (False, 0.3)])
+def test_sgd_8bit_momentum_matches_rust(mirror, nesterov, dampening):
+    ps = _params() + _params(torch.bfloat16)
+    opt = lopt.SGD(ps, lr=0.05, momentum=0.9, dampening=dampening, weight_decay=1e-3,
+                   nesterov=nesterov, momentum_codec=lowfp.Dynamic(8), block_size=256,
+                   rounding="stochastic", min_quant_size=1000)
+    _run(opt, ps)
+    assert mirror.calls == STEPS
+
+
+@pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
+def test_muon_8bit_momentum_matches_rust(mirror, rounding):
+    torch.manual_seed(2)
+    mats = [torch.nn.Parameter(torch.randn(s)) for s in [(64, 97), (33, 40)]]
+    opt = lopt.Muon8bit(mats, lr=0.02, rounding=rounding, block_size=256)
+    _run(opt, mats, lr_schedule=False)
+    assert mirror.calls == 2 * STEPS
+
+
+@pytest.mark.parametrize("preset,rounding", [("fp32", "nearest"), ("AdamW8bit", "stochastic"),
+                                             ("AdamWFp8", "nearest"), ("SOLO3", "stochastic")])
+def test_emulated_kernel_launch_matches_rust(kernel_mirror, preset, rounding):
+    """The launch plan (tile prefix, descriptors, shared-memory layout and size) run through
+    lf_optim_step itself, one thread per block: N steps equal Rust's, for two param groups of
+    float32 and bfloat16 tensors; also SGD and Muon momentum."""
+    f32, bf16 = _params(), _params(torch.bfloat16)
+    groups = [{"params": f32}, {"params": bf16}]
+    opt = PRESETS[preset](groups, lr=1e-2, rounding=rounding, min_quant_size=1000, seed=5)
+    _run(opt, f32 + bf16)
+    kernel_mirror.mirrors.clear()
+    ps = _params()
+    _run(lopt.SGD(ps, lr=0.05, momentum=0.9, momentum_codec=lowfp.Dynamic(8), block_size=256,
+                  rounding=rounding, min_quant_size=1000), ps)
+    kernel_mirror.mirrors.clear()
+    mats = [torch.nn.Parameter(torch.randn(64, 97))]
+    _run(lopt.Muon8bit(mats, lr=0.02, rounding=rounding, block_size=256), mats,
+         lr_schedule=False)
+    assert kernel_mirror.calls == 2 * STEPS + STEPS + STEPS
+
+
+def _packed_state(codec, n, block, rounding, rng):
+    """(spec, packed, scales, alphas) of random values, as lowfp.optim builds states."""
+    spec = {"bits": 0, "signed": True, "zero": True, "alpha": 0.5, "quantile": 0.0,
+            **codec.spec(), "block": block, "scale": "absmax", "rounding": rounding}
+    packed_len, nb, na, _ = lopt._core.blockwise_layout(spec, n)
+    arrays = (np.empty(packed_len, np.uint8), np.empty(nb, np.float32), np.empty(na, np.float32))
+    x = np.abs(rng.standard_normal(n)).astype(np.float32) * 1e-3
+    lopt._core.blockwise_quantize(x, spec, *arrays, 0, 0)
+    return (spec, *arrays)
+
+
+def test_shard_offsets_key_stochastic_rounding_like_rust(mirror):
+    """Entries of an FSDP shard (non-zero element offsets) called directly: states and
+    bfloat16 weights, stochastically rounded at offset + index, equal Rust's."""
+    rng = np.random.default_rng(4)
+    block = 128
+    entries = []
+    for i, kind in enumerate(("float32", "bfloat16")):
+        n = 3000 + 37 * i
+        w = rng.standard_normal(n).astype(np.float32)
+        g = rng.standard_normal(n).astype(np.float32)
+        if kind == "bfloat16":
+            w, g = ((a.view(np.uint32) >> 16).astype(np.uint16) for a in (w, g))
+        m = _packed_state(lowfp.Linear(3), n, block, "stochastic", rng)
+        v = _packed_state(lowfp.Log(3, zero=False, quantile=0.05), n, block, "stochastic", rng)
+        scalars = (0.999, 0.0, 0.1, 0.999, 0.001, 1e-8, 1e-2, 0.03)
+        entries.append((w, g, m, v, scalars, (7 << 32 | 4 * i, 7 << 32 | 4 * i | 1),
+                        7 << 32 | 4 * i | 2, kind))
+    for _ in range(3):
+        mirror.adamw_step_group(entries, block, 11, True, offsets=[5 * block * 1000, 384])
+    w = entries[0][0]
+    b = _packed_state(lowfp.Dynamic(8), w.size, block, "stochastic", rng)
+    sgd = [(w, entries[0][1], b, (0.1, 0.9, 1.0, 0.0), False, False, 99, 98, "float32")]
+    mirror.mirrors.clear()  # w now steps with another optimizer's state
+    mirror.sgd_step_group(sgd, block, 11, True, offsets=[block * 77])
+    mirror.muon_momentum(entries[0][1].copy(), b, 0.95, True, block, 11, 5, block * 3)
+    assert mirror.calls == 5
+
+
+def test_entry_errors_name_the_argument():
+    p, g = np.zeros(10, np.float32), np.zeros(10, np.float32)
+    addr, lv = (lambda a, arg: 0), (lambda a: 0)
+    with pytest.raises(TypeError, match="param: expected float32, bfloat16 or float16"):
+        copt.adamw_descs([(p, g, p, p, (0,) * 8, (0, 0), 0, "int8")], 256, addr, lv)
+    with pytest.raises(ValueError, match="grad: expected 10 elements, got 9"):
+        copt.adamw_descs([(p, g[:9], p, p, (0,) * 8, (0, 0), 0, "float32")], 256, addr, lv)
+    spec = {"codec": "dynamic", "bits": 8, "signed": True, "block": 128, "scale": "absmax",
+            "rounding": "nearest"}
+    st = (spec, np.zeros(10, np.uint8), np.zeros(1, np.float32), np.zeros(0, np.float32))
+    with pytest.raises(ValueError, match="exp_avg: block size 128 differs from the step's 256"):
+        copt.adamw_descs([(p, g, st, p, (0,) * 8, (0, 0), 0, "float32")], 256, addr, lv)
+    with pytest.raises(ValueError, match="rounding: expected 'nearest' or 'stochastic'"):
+        copt.adamw_descs([(p, g, (dict(spec, block=256, rounding="up"), *st[1:]), p, (0,) * 8,
+                           (0, 0), 0, "float32")], 256, addr, lv)
+
+
+# ---------------------------------------------------------------- the CUDA source itself
+
+
+def test_optim_kernels_compile_with_nvrtc_without_fma():
+    """lowfp_optim.cu compiles with NVRTC (no GPU needed) under the loader's options; the PTX
+    has no fused multiply-add and only IEEE divisions and square roots."""
+    import re
+
+    from lowfp.cuda import _loader
+
+    text = nvrtc_ptx(copt.source(), "lowfp_optim.cu",
+                     (*_loader.OPTIONS, "--gpu-architecture=compute_80"))
+    assert ".entry lf_optim_step(" in text
+    assert "fma." not in text
+    ops = set(re.findall(r"\b(?:div|sqrt)\.\w+\.f(?:32|64)", text))
+    assert ops and all(".rn." in op for op in ops), ops
+
+
+def test_cuda_entry_points_without_cupy_or_with_host_arrays(monkeypatch):
+    """Host arrays in a CUDA step name the argument; without CuPy the error says what to
+    install."""
+    with pytest.raises(TypeError, match="exp_avg: expected a CUDA torch tensor or CuPy array"):
+        copt._cuda_addr(None)(np.zeros(3, np.float32), "exp_avg")
+    monkeypatch.setitem(__import__("sys").modules, "cupy", None)  # import cupy → ImportError
+    p = np.zeros(4, np.float32)
+    for call in (lambda: copt.adamw_step_group([(p, p, p, p, (0,) * 8, (0, 0), 0, "float32")],
+                                               256, 0, True),
+                 lambda: copt.sgd_step_group([(p, p, p, (0,) * 4, False, True, 0, 0, "float32")],
+                                             256, 0, True),
+                 lambda: copt.muon_momentum(p, p, 0.9, True, 256, 0, 0)):
+        with pytest.raises(ImportError, match=r"lowfp\[cuda\]"):
+            call()
