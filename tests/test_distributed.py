@@ -88,9 +88,13 @@ def _free_port() -> int:
 
 def _launch(world: int, out: Path) -> None:
     """Run this file as `world` ranks; fail with their logs on error or timeout."""
+    import lowfp
+
     env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()),
                WORLD_SIZE=str(world), OMP_NUM_THREADS="1", LOWFP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join([str(Path(__file__).parents[1] / "python"),
+               # the lowfp this test imported (the installed wheel, or the source tree with
+               # its built extension under PYTHONPATH=python), not blindly the source tree
+               PYTHONPATH=os.pathsep.join([str(Path(lowfp.__file__).parents[1]),
                                            os.environ.get("PYTHONPATH", "")]))
     procs, logs = [], []
     for rank in range(world):

@@ -293,8 +293,7 @@ class AdamW(torch.optim.Optimizer):
         """Check ``p``, create its state on first use, count the step: (state, step)."""
         self._check(p)
         if p.is_cuda and not getattr(self, "_CUDA", False):
-            raise ValueError(f"param: on {p.device}; {type(self).__name__} runs on CPU tensors "
-                             "(on the GPU so far: AdamW and its presets)")
+            raise ValueError(f"param: on {p.device}; {type(self).__name__} runs on CPU tensors")
         st = self.state[p]
         if not st:
             st.update(self._init_state(p, group))

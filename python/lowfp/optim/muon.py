@@ -13,7 +13,7 @@ import torch
 
 from .. import _core
 from ..codec import Linear, _check_choice, quantize
-from . import _KINDS, AdamW, _run_closure
+from . import _KINDS, AdamW, _cuda_optim, _flat, _run_closure
 from . import distributed as _dist
 from .sgd import _PackedStates
 
@@ -103,6 +103,7 @@ class Muon(_PackedStates, torch.optim.Optimizer):
     """
 
     _STATES = ("momentum_buffer",)
+    _CUDA = True  # CUDA matrices: momentum through lowfp.cuda.optim (not yet run on a GPU)
     _check = staticmethod(AdamW._check)  # float32, bfloat16 or float16
     _grads_finite = AdamW._grads_finite
 
@@ -202,10 +203,10 @@ class Muon(_PackedStates, torch.optim.Optimizer):
                 stream = (t << 32) | (1 << 31) | (index << 2)
                 d = _dist.local(p.grad).detach().to(torch.float32, copy=True,
                                                     memory_format=torch.contiguous_format)
-                _core.muon_momentum(d.view(-1).numpy(),
-                                    self._state_arg(st, p, "momentum_buffer", group), beta,
-                                    bool(group["nesterov"]), self._opt(group, "block_size"),
-                                    self._seed, stream, _dist.element_offset(p))
+                core = _cuda_optim() if d.is_cuda else _core  # CUDA: lowfp.cuda.optim's kernel
+                core.muon_momentum(_flat(d), self._state_arg(st, p, "momentum_buffer", group), beta,
+                                   bool(group["nesterov"]), self._opt(group, "block_size"),
+                                   self._seed, stream, _dist.element_offset(p))
                 rows = p.shape[0]
                 cols = p.numel() // rows
                 # FSDP2 (sharded DTensor): momentum on the local rows; Newton–Schulz needs the
@@ -226,9 +227,10 @@ class Muon(_PackedStates, torch.optim.Optimizer):
         """float32 values rounded to bfloat16/float16 values (``param_rounding``; stochastic
         rounding keyed by the seed, the parameter's stream and the elements' global index),
         still as float32."""
-        q = quantize(w32.contiguous().numpy(), _KINDS[dtype], rounding=self._param_rounding,
-                     seed=self._seed, stream=stream, offset=offset)
-        return torch.from_numpy(q).view(w32.shape)
+        w32 = w32.contiguous()
+        q = quantize(w32 if w32.is_cuda else w32.numpy(), _KINDS[dtype],  # CUDA: its kernel
+                     rounding=self._param_rounding, seed=self._seed, stream=stream, offset=offset)
+        return torch.as_tensor(q, device=w32.device).view(w32.shape)
 
     # ------------------------------------------------------------ checkpoints
 

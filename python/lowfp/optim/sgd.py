@@ -14,7 +14,7 @@ import torch
 
 from .. import _core
 from ..codec import _check_choice
-from . import _KINDS, AdamW, _codec, _flat, _run_closure
+from . import _KINDS, AdamW, _codec, _cuda_optim, _flat, _run_closure
 from . import distributed as _dist
 
 __all__ = ["SGD"]
@@ -111,7 +111,8 @@ class SGD(_PackedStates, torch.optim.Optimizer):
     """
 
     _STATES = ("momentum_buffer",)
-    _check = staticmethod(AdamW._check)  # float32 or bfloat16
+    _CUDA = True  # CUDA parameters step through lowfp.cuda.optim (not yet run on a GPU)
+    _check = staticmethod(AdamW._check)  # float32, bfloat16 or float16
     _grads_finite = AdamW._grads_finite
 
     def __init__(self, params, lr: float = 1e-3, momentum: float = 0.0, dampening: float = 0.0,
@@ -167,9 +168,10 @@ class SGD(_PackedStates, torch.optim.Optimizer):
                                 self._state_arg(st, p, "momentum_buffer", group), scalars,
                                 bool(group["nesterov"]), t == 1, stream, stream | 2,
                                 _KINDS[p.dtype]))
-            if entries:
-                _core.sgd_step_group(entries, self._opt(group, "block_size"), self._seed,
-                                     self._param_rounding == "stochastic", offsets)
+            if entries:  # CUDA parameters: the same entries to lowfp.cuda.optim's kernel
+                core = _cuda_optim() if torch.is_tensor(entries[0][0]) else _core
+                core.sgd_step_group(entries, self._opt(group, "block_size"), self._seed,
+                                    self._param_rounding == "stochastic", offsets)
         return loss
 
     summary = AdamW.summary
