@@ -126,7 +126,8 @@ class AdamW(torch.optim.Optimizer):
 
     #: The per-parameter states, in order (subclasses sharing this storage list their own).
     _STATES = _STATES
-    #: CUDA parameters step through lowfp.cuda.optim (optimizers borrowing _advance: not yet).
+    #: CUDA parameters step through lowfp.cuda.optim (an optimizer borrowing _advance without
+    #: this flag rejects them).
     _CUDA = True
     #: The constructor argument (and param-group key) naming each state's codec.
     _CODEC_ARGS = {"exp_avg": "exp_avg", "exp_avg_sq": "exp_avg_sq"}
@@ -285,8 +286,7 @@ class AdamW(torch.optim.Optimizer):
             if entries:  # CUDA parameters: the same entries to lowfp.cuda.optim's kernels
                 core = _cuda_optim() if torch.is_tensor(entries[0][0]) else _core
                 core.adamw_step_group(entries, self._opt(group, "block_size"), self._seed,
-                                      self._param_rounding == "stochastic",
-                                      **({"offsets": offsets} if any(offsets) else {}))
+                                      self._param_rounding == "stochastic", offsets)
         return loss
 
     def _advance(self, p: torch.Tensor, group: Optional[dict] = None):
