@@ -82,3 +82,22 @@ def nvrtc_ptx(source: str, name: str, options) -> str:
     finally:
         lib.nvrtcDestroyProgram(ctypes.byref(prog))
     return ptx.value.decode()
+
+
+def compile_host_driver(out_dir, driver, include_dir):
+    """A C++ driver of the CUDA headers built as a shared library with the system compiler
+    (``-ffp-contract=off``: no contraction the Rust core does not do) and loaded with ctypes;
+    skips without a C++ compiler."""
+    import ctypes
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    cxx = shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
+    if cxx is None:
+        pytest.skip("no C++ compiler (g++, c++ or clang++) on PATH for the CUDA header check")
+    out = Path(out_dir) / (Path(driver).stem + ".so")
+    cmd = [cxx, "-O2", "-std=c++17", "-ffp-contract=off", "-shared", "-fPIC", "-Wall",
+           "-Werror", f"-I{include_dir}", str(driver), "-o", str(out)]
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return ctypes.CDLL(str(out))

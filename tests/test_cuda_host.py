@@ -12,15 +12,13 @@ counterpart of the kernels' --fmad=false.
 from __future__ import annotations
 
 import ctypes
-import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import lowfp
-from conftest import nvrtc_ptx
+from conftest import compile_host_driver, nvrtc_ptx
 from lowfp.codec import ROUNDINGS
 from lowfp.cuda._params import KINDS, MODES, SCALE_RULES, format_args
 
@@ -52,14 +50,7 @@ def _ptr(a: np.ndarray):
 @pytest.fixture(scope="session")
 def host(tmp_path_factory):
     """The driver compiled once per session and loaded with ctypes."""
-    cxx = shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
-    if cxx is None:
-        pytest.skip("no C++ compiler (g++, c++ or clang++) on PATH for the CUDA header check")
-    out = tmp_path_factory.mktemp("cuda_host") / "lowfp_host.so"
-    cmd = [cxx, "-O2", "-std=c++17", "-ffp-contract=off", "-shared", "-fPIC", "-Wall",
-           "-Werror", f"-I{KERNELS}", str(DRIVER), "-o", str(out)]
-    subprocess.run(cmd, check=True, capture_output=True, text=True)
-    lib = ctypes.CDLL(str(out))
+    lib = compile_host_driver(tmp_path_factory.mktemp("cuda_host"), DRIVER, KERNELS)
     lib.lf_host_random.argtypes = [U64, U64, U64, U64, P]
     lib.lf_host_encode.argtypes = [P, ctypes.c_int, U64, U32, U32, I32, U32, ctypes.c_int,
                                    U64, U64, U64, P, P, ctypes.POINTER(U64)]

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import lowfp
-from conftest import nvrtc_ptx
+from conftest import compile_host_driver, nvrtc_ptx
 from lowfp.cuda import optim as copt
 from lowfp.cuda._params import MODES
 
@@ -41,14 +41,7 @@ STEPS = 5
 @pytest.fixture(scope="module")
 def host(tmp_path_factory):
     """The optimizer driver compiled once and loaded with ctypes."""
-    cxx = shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
-    if cxx is None:
-        pytest.skip("no C++ compiler (g++, c++ or clang++) on PATH for the CUDA header check")
-    out = tmp_path_factory.mktemp("cuda_optim_host") / "lowfp_optim_host.so"
-    cmd = [cxx, "-O2", "-std=c++17", "-ffp-contract=off", "-shared", "-fPIC", "-Wall",
-           "-Werror", f"-I{KERNELS}", str(DRIVER), "-o", str(out)]
-    subprocess.run(cmd, check=True, capture_output=True, text=True)
-    lib = ctypes.CDLL(str(out))
+    lib = compile_host_driver(tmp_path_factory.mktemp("cuda_optim_host"), DRIVER, KERNELS)
     lib.lf_host_state_desc_size.restype = U64
     lib.lf_host_tensor_desc_size.restype = U64
     lib.lf_host_step.argtypes = [ctypes.c_int, P, U64, U32, U32, U64, ctypes.c_int]

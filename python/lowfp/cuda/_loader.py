@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Tuple
 
 KERNELS_DIR = Path(__file__).resolve().parent / "kernels"
 SOURCES = ("lowfp_elem.cuh", "lowfp_kernels.cu")
@@ -33,24 +33,27 @@ def cupy() -> Any:
     return cp
 
 
-def source() -> str:
-    """The kernel source handed to CuPy (prefixed by the digest of all kernel files)."""
+def source(main: str = "lowfp_kernels.cu", files: Tuple[str, ...] = SOURCES) -> str:
+    """The source of kernel file `main` handed to CuPy, prefixed by the digest of `files`
+    (every kernel file it includes: CuPy's disk cache does not see headers)."""
     h = hashlib.sha256()
-    for name in SOURCES:
+    for name in files:
         h.update((KERNELS_DIR / name).read_bytes())
-    body = (KERNELS_DIR / "lowfp_kernels.cu").read_text()
-    return f"// lowfp kernels digest {h.hexdigest()}\n{body}"
+    body = (KERNELS_DIR / main).read_text()
+    return f"// lowfp {main} digest {h.hexdigest()}\n{body}"
 
 
 @lru_cache(maxsize=None)
-def _module(device_id: int) -> Any:
+def module(device_id: int, main: str = "lowfp_kernels.cu",
+           files: Tuple[str, ...] = SOURCES) -> Any:
+    """`main` compiled for device `device_id` (once per process; CuPy caches on disk too)."""
     cp = cupy()
     try:
-        mod = cp.RawModule(code=source(), options=OPTIONS)
+        mod = cp.RawModule(code=source(main, files), options=OPTIONS)
         mod.compile()
     except Exception as e:  # NVRTC missing or a CuPy built for another CUDA than the driver's
         raise RuntimeError(
-            f"lowfp.cuda could not compile its kernels with CuPy ({type(e).__name__}: {e}); "
+            f"lowfp.cuda could not compile {main} with CuPy ({type(e).__name__}: {e}); "
             f"check that CuPy matches your CUDA version: {INSTALL_HINT}") from e
     return mod
 
@@ -58,4 +61,4 @@ def _module(device_id: int) -> Any:
 def kernel(name: str) -> Any:
     """The compiled kernel `name` for the current CUDA device."""
     cp = cupy()
-    return _module(cp.cuda.Device().id).get_function(name)
+    return module(cp.cuda.Device().id).get_function(name)

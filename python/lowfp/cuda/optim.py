@@ -15,7 +15,6 @@ the kernels get byte-identical descriptors.
 
 from __future__ import annotations
 
-import hashlib
 from functools import lru_cache
 from typing import Any, Callable, Dict, Sequence, Tuple
 
@@ -200,30 +199,16 @@ SOURCES = ("lowfp_elem.cuh", "lowfp_optim.cuh", "lowfp_optim.cu")
 
 
 def source() -> str:
-    """The source of the optimizer kernels handed to CuPy (prefixed by the digest of every
-    file it includes, since CuPy's disk cache does not see headers)."""
-    from ._loader import KERNELS_DIR
+    """The source of the optimizer kernels handed to CuPy (see :func:`_loader.source`)."""
+    from ._loader import source
 
-    h = hashlib.sha256()
-    for name in SOURCES:
-        h.update((KERNELS_DIR / name).read_bytes())
-    body = (KERNELS_DIR / "lowfp_optim.cu").read_text()
-    return f"// lowfp optim kernels digest {h.hexdigest()}\n{body}"
+    return source("lowfp_optim.cu", SOURCES)
 
 
-@lru_cache(maxsize=None)
 def _module(device_id: int) -> Any:
-    from ._loader import INSTALL_HINT, OPTIONS, cupy
+    from ._loader import module
 
-    cp = cupy()
-    try:
-        mod = cp.RawModule(code=source(), options=OPTIONS)
-        mod.compile()
-    except Exception as e:  # NVRTC missing or a CuPy built for another CUDA
-        raise RuntimeError(
-            f"lowfp.cuda could not compile its optimizer kernels with CuPy "
-            f"({type(e).__name__}: {e}); check that CuPy matches your CUDA: {INSTALL_HINT}") from e
-    return mod
+    return module(device_id, "lowfp_optim.cu", SOURCES)
 
 
 _LEVELS: Dict[Tuple[int, bytes], Any] = {}
