@@ -101,3 +101,15 @@ def compile_host_driver(out_dir, driver, include_dir):
            "-Werror", f"-I{include_dir}", str(driver), "-o", str(out)]
     subprocess.run(cmd, check=True, capture_output=True, text=True)
     return ctypes.CDLL(str(out))
+
+
+def run_steps(opt, ps, steps, start=0):
+    """`steps` optimizer steps with seeded standard-normal gradients (step s draws from seed
+    s, parameter by parameter, in the parameters' dtype)."""
+    import torch
+
+    for s in range(start, start + steps):
+        g = torch.Generator().manual_seed(s)
+        for p in ps:
+            p.grad = torch.randn(p.shape, generator=g).to(p.dtype)
+        opt.step()

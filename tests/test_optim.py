@@ -8,6 +8,7 @@ import pytest
 torch = pytest.importorskip("torch")
 import lowfp  # noqa: E402
 import lowfp.optim as lo  # noqa: E402
+from conftest import run_steps  # noqa: E402
 
 
 def params(seed=0):
@@ -15,13 +16,6 @@ def params(seed=0):
     return [torch.nn.Parameter(torch.randn(6000)), torch.nn.Parameter(torch.randn(30, 7)),
             torch.nn.Parameter(torch.randn(64, 128))]
 
-
-def run(opt, ps, steps, start=0):
-    for s in range(start, start + steps):
-        g = torch.Generator().manual_seed(s)
-        for p in ps:
-            p.grad = torch.randn(p.shape, generator=g).to(p.dtype)
-        opt.step()
 
 
 @pytest.mark.parametrize("decoupled,wd", [(True, 0.1), (False, 0.05), (True, 0.0)])
@@ -31,8 +25,8 @@ def test_float32_states_match_torch(decoupled, wd):
     ref = ref_cls(ref_p, lr=1e-2, betas=(0.9, 0.99), eps=1e-8, weight_decay=wd, foreach=False)
     ours = lo.AdamW(our_p, lr=1e-2, betas=(0.9, 0.99), eps=1e-8, weight_decay=wd,
                     decoupled=decoupled)
-    run(ref, ref_p, 200)
-    run(ours, our_p, 200)
+    run_steps(ref, ref_p, 200)
+    run_steps(ours, our_p, 200)
     for a, b in zip(ref_p, our_p):
         # Same float32 operations in the same order; torch's CPU kernels may fuse some
         # multiply-adds, so the results agree to float32 rounding accumulated over 200 steps:
@@ -90,15 +84,15 @@ def test_resume_is_bit_exact_and_weights_only(tmp_path, rounding):
                         rounding=rounding, seed=3)
     a = params()
     oa = make(a)
-    run(oa, a, 20)
+    run_steps(oa, a, 20)
     torch.save({"opt": oa.state_dict(), "params": [p.detach().clone() for p in a]},
                tmp_path / "ck.pt")
-    run(oa, a, 10, start=20)
+    run_steps(oa, a, 10, start=20)
     ck = torch.load(tmp_path / "ck.pt", weights_only=True)
     b = [torch.nn.Parameter(t) for t in ck["params"]]
     ob = make(b)
     ob.load_state_dict(ck["opt"])
-    run(ob, b, 10, start=20)
+    run_steps(ob, b, 10, start=20)
     for x, y in zip(a, b):
         assert torch.equal(x, y)
 
@@ -106,7 +100,7 @@ def test_resume_is_bit_exact_and_weights_only(tmp_path, rounding):
 def test_state_dict_from_another_configuration_is_rejected():
     a = params()
     oa = lo.AdamW8bit(a)
-    run(oa, a, 2)
+    run_steps(oa, a, 2)
     ob = lo.AdamW4bit(params())
     with pytest.raises(ValueError, match="state_dict: state 'exp_avg.codes'"):
         ob.load_state_dict(oa.state_dict())
@@ -120,7 +114,7 @@ def test_thread_count_does_not_change_results():
     for n in (1, 2):
         lowfp.set_num_threads(n)
         ps = params()
-        run(lo.AdamW8bit(ps, rounding="stochastic", seed=1), ps, 5)
+        run_steps(lo.AdamW8bit(ps, rounding="stochastic", seed=1), ps, 5)
         out.append(torch.cat([p.detach().reshape(-1) for p in ps]))
     lowfp.set_num_threads(0)
     assert torch.equal(out[0], out[1])
@@ -210,7 +204,7 @@ def test_solo_packs_3_bits():
 def test_nonfinite_gradients_skip_or_raise(bad):
     ps = params()
     opt = lo.AdamW8bit(ps)
-    run(opt, ps, 3)
+    run_steps(opt, ps, 3)
     before = [p.detach().clone() for p in ps]
     codes = opt.state[ps[0]]["exp_avg.codes"].clone()
     for p in ps:
@@ -235,7 +229,7 @@ def test_export_to_torch_and_import_back():
         return lo.AdamW(ps, lr=1e-2, exp_avg=lowfp.Linear(8), exp_avg_sq=lowfp.Dynamic(8, False))
 
     ours = make()
-    run(ours, ps, 10)
+    run_steps(ours, ps, 10)
     sd = ours.to_torch_state_dict()
     ref = torch.optim.AdamW(ps, lr=1e-2)
     ref.load_state_dict(sd)  # a plain torch optimizer takes it
@@ -252,7 +246,7 @@ def test_import_bitsandbytes_8bit_states():
     bnb = pytest.importorskip("bitsandbytes")
     ps = params()
     theirs = bnb.optim.AdamW8bit(ps, lr=1e-2)
-    run(theirs, ps, 5)
+    run_steps(theirs, ps, 5)
     ours = lo.AdamW8bit(ps, lr=1e-2)
     ours.load_bitsandbytes(theirs)
     for p in ps:
@@ -266,7 +260,7 @@ def test_import_bitsandbytes_8bit_states():
                 codes = src[f"state{k}"].long().reshape(-1)
                 want = src[f"qmap{k}"][codes] * src[f"absmax{k}"][blocks]
             assert torch.equal(got, want), name
-    run(ours, ps, 3, start=5)  # and training goes on from there
+    run_steps(ours, ps, 3, start=5)  # and training goes on from there
     with pytest.raises(ValueError, match="bnb_optimizer: needs"):
         lo.AdamW4bit(ps).load_bitsandbytes(theirs)
 
@@ -299,15 +293,15 @@ def test_bfloat16_resume_is_bit_exact(tmp_path):
 
     a = [torch.nn.Parameter(t.to(torch.bfloat16)) for t in params()]
     oa = make(a)
-    run(oa, a, 5)
+    run_steps(oa, a, 5)
     torch.save({"opt": oa.state_dict(), "p": [p.detach().clone() for p in a]}, tmp_path / "c.pt")
-    run(oa, a, 5, start=5)
+    run_steps(oa, a, 5, start=5)
     ck = torch.load(tmp_path / "c.pt", weights_only=True)
     b = [torch.nn.Parameter(t) for t in ck["p"]]
     ob = make(b)
     ob.load_state_dict(ck["opt"])
     assert ob.state[b[1]]["exp_avg"].dtype == torch.float32  # not cast to bfloat16
-    run(ob, b, 5, start=5)
+    run_steps(ob, b, 5, start=5)
     assert all(torch.equal(x, y) for x, y in zip(a, b))
 
 

@@ -8,6 +8,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 import lowfp  # noqa: E402
+from conftest import run_steps  # noqa: E402
 from lowfp.optim import AdamW  # noqa: E402
 from lowfp.optim.muon import Muon, Muon8bit  # noqa: E402
 from lowfp.optim.sgd import SGD  # noqa: E402
@@ -28,13 +29,6 @@ def muon_params(seed=0):
             torch.nn.Parameter(torch.randn(8, 4, 3)), torch.nn.Parameter(torch.randn(32))]
 
 
-def run(opt, ps, steps, start=0):
-    for s in range(start, start + steps):
-        g = torch.Generator().manual_seed(s)
-        for p in ps:
-            p.grad = torch.randn(p.shape, generator=g)
-        opt.step()
-
 
 @pytest.fixture
 def restore_threads():
@@ -52,8 +46,8 @@ def restore_threads():
 def test_sgd_float32_momentum_matches_torch(momentum, dampening, wd, nesterov):
     ref_p, our_p = params(), params()
     kw = dict(lr=1e-2, momentum=momentum, dampening=dampening, weight_decay=wd, nesterov=nesterov)
-    run(torch.optim.SGD(ref_p, foreach=False, **kw), ref_p, 100)
-    run(SGD(our_p, **kw), our_p, 100)
+    run_steps(torch.optim.SGD(ref_p, foreach=False, **kw), ref_p, 100)
+    run_steps(SGD(our_p, **kw), our_p, 100)
     for a, b in zip(ref_p, our_p):
         # Same float32 operations in the same order, but torch's kernels fuse `x + α·y` into
         # one rounding (FMA) where Rust rounds twice: each step may differ by about half an
@@ -64,9 +58,9 @@ def test_sgd_float32_momentum_matches_torch(momentum, dampening, wd, nesterov):
 
 def test_sgd_without_momentum_is_torch_bit_for_bit():
     ref_p, our_p = params(), params()
-    run(torch.optim.SGD(ref_p, lr=1e-2, weight_decay=1e-2, foreach=False), ref_p, 50)
+    run_steps(torch.optim.SGD(ref_p, lr=1e-2, weight_decay=1e-2, foreach=False), ref_p, 50)
     opt = SGD(our_p, lr=1e-2, weight_decay=1e-2)
-    run(opt, our_p, 50)
+    run_steps(opt, our_p, 50)
     for a, b in zip(ref_p, our_p):
         assert torch.equal(a, b)  # the very same torch operations
     assert opt.state_nbytes() == 0  # no state without momentum
@@ -171,7 +165,7 @@ def test_muon_float32_matches_reference_step(nesterov):
     reference_muon(ref_p, 20, **kw)
     opt = Muon(our_p, lr=0.02, momentum=0.95, nesterov=nesterov, weight_decay=0.1,
                adamw_lr=1e-2, adamw_weight_decay=0.1)
-    run(opt, our_p, 20)
+    run_steps(opt, our_p, 20)
     assert [g["use_muon"] for g in opt.param_groups] == [True, False]
     for a, b in zip(ref_p[:3], our_p[:3]):
         # The same float32 momentum arithmetic (no FMA on either side) and the same bfloat16
@@ -314,7 +308,7 @@ def test_thread_count_does_not_change_results(restore_threads, factory, make):
     for n in (1, 2):
         lowfp.set_num_threads(n)
         ps = make()
-        run(factory(ps), ps, 5)
+        run_steps(factory(ps), ps, 5)
         out.append(torch.cat([p.detach().reshape(-1) for p in ps]))
     assert torch.equal(out[0], out[1])
 
@@ -325,15 +319,15 @@ def test_thread_count_does_not_change_results(restore_threads, factory, make):
 def test_resume_is_bit_exact_and_weights_only(tmp_path, factory, make):
     a = make()
     oa = factory(a)
-    run(oa, a, 10)
+    run_steps(oa, a, 10)
     torch.save({"opt": oa.state_dict(), "params": [p.detach().clone() for p in a]},
                tmp_path / "ck.pt")
-    run(oa, a, 10, start=10)
+    run_steps(oa, a, 10, start=10)
     ck = torch.load(tmp_path / "ck.pt", weights_only=True)
     b = [torch.nn.Parameter(t) for t in ck["params"]]
     ob = factory(b)
     ob.load_state_dict(ck["opt"])
-    run(ob, b, 10, start=10)
+    run_steps(ob, b, 10, start=10)
     for x, y in zip(a, b):
         assert torch.equal(x, y)
     assert ob.state_nbytes() == oa.state_nbytes()
@@ -342,12 +336,12 @@ def test_resume_is_bit_exact_and_weights_only(tmp_path, factory, make):
 def test_state_dict_from_another_configuration_is_rejected():
     a = muon_params()
     oa = Muon8bit(a)
-    run(oa, a, 2)
+    run_steps(oa, a, 2)
     with pytest.raises(ValueError, match="state_dict: state 'momentum_buffer'"):
         Muon(muon_params()).load_state_dict(oa.state_dict())
     s = params()
     osgd = SGD(s, lr=0.1, momentum=0.9)
-    run(osgd, s, 1)
+    run_steps(osgd, s, 1)
     with pytest.raises(ValueError, match="state_dict: state 'momentum_buffer.codes'"):
         SGD(params(), lr=0.1, momentum=0.9, momentum_codec="e4m3",
             min_quant_size=0).load_state_dict(osgd.state_dict())
@@ -480,7 +474,7 @@ def test_muon_16bit_small_updates_move_only_stochastically():
 def test_muon_nonfinite_gradients_skip_or_raise(where):
     ps = muon_params()
     opt = Muon8bit(ps, lr=0.02)
-    run(opt, ps, 2)
+    run_steps(opt, ps, 2)
     before = [p.detach().clone() for p in ps]
     sd = opt.state_dict()
     for p in ps:
