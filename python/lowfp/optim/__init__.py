@@ -149,11 +149,7 @@ class AdamW(torch.optim.Optimizer):
         if not weight_decay >= 0.0:
             raise ValueError(f"weight_decay: expected >= 0, got {weight_decay}")
         _check_choice("rounding", rounding, ("nearest", "stochastic"))
-        _check_choice("nonfinite", nonfinite, ("skip", "error"))
-        _check_choice("param_rounding", param_rounding, ("nearest", "stochastic"))
-        self._param_rounding = param_rounding
-        self._nonfinite = nonfinite
-        self.skipped_steps = 0
+        self._set_step_policies(nonfinite, param_rounding)
         _check_block(block_size)
         self._codecs = {"exp_avg": _codec(exp_avg, "exp_avg"),
                         "exp_avg_sq": _codec(exp_avg_sq, "exp_avg_sq")}
@@ -164,6 +160,14 @@ class AdamW(torch.optim.Optimizer):
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                         decoupled=decoupled)
         super().__init__(params, defaults)
+
+    def _set_step_policies(self, nonfinite: str, param_rounding: str) -> None:
+        """Validate and store the ``nonfinite`` and ``param_rounding`` options (shared by the
+        optimizers that borrow AdamW's step machinery); reset ``skipped_steps``."""
+        _check_choice("nonfinite", nonfinite, ("skip", "error"))
+        _check_choice("param_rounding", param_rounding, ("nearest", "stochastic"))
+        self._nonfinite, self._param_rounding = nonfinite, param_rounding
+        self.skipped_steps = 0
 
     # ------------------------------------------------------------ state layout
 

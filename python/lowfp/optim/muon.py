@@ -12,7 +12,7 @@ from typing import Any, Dict, Optional
 import torch
 
 from .. import _core
-from ..codec import Linear, _check_choice, quantize
+from ..codec import Linear, quantize
 from . import _KINDS, AdamW, _cuda_optim, _flat, _run_closure
 from . import distributed as _dist
 from .sgd import _PackedStates
@@ -114,10 +114,7 @@ class Muon(_PackedStates, torch.optim.Optimizer):
                  block_size: int = 2048, rounding: str = "nearest", seed: int = 0,
                  adamw_kwargs: Optional[Dict[str, Any]] = None, nonfinite: str = "skip",
                  param_rounding: str = "stochastic"):
-        _check_choice("nonfinite", nonfinite, ("skip", "error"))
-        _check_choice("param_rounding", param_rounding, ("nearest", "stochastic"))
-        self._nonfinite, self._param_rounding = nonfinite, param_rounding
-        self.skipped_steps = 0
+        self._set_step_policies(nonfinite, param_rounding)
         if not lr >= 0.0:
             raise ValueError(f"lr: expected >= 0, got {lr}")
         if not 0.0 <= momentum < 1.0:

@@ -14,7 +14,7 @@ import torch
 
 from .. import _core
 from ..codec import _check_choice
-from . import _KINDS, AdamW, _codec, _cuda_optim, _flat, _run_closure
+from . import _KINDS, AdamW, _check_block, _codec, _cuda_optim, _flat, _run_closure
 from . import distributed as _dist
 
 __all__ = ["SGD"]
@@ -46,6 +46,7 @@ class _PackedStates:
     _group_of = AdamW._group_of
     state_dict = AdamW.state_dict
     _check_saved_overrides = AdamW._check_saved_overrides
+    _set_step_policies = AdamW._set_step_policies
 
     @staticmethod
     def _check(p: torch.Tensor) -> None:
@@ -60,8 +61,7 @@ class _PackedStates:
                    min_quant_size: int) -> None:
         """Validate and store the storage options (the same rules as AdamW's)."""
         _check_choice("rounding", rounding, ("nearest", "stochastic"))
-        if not (isinstance(block_size, int) and 16 <= block_size <= 4096 and block_size % 8 == 0):
-            raise ValueError(f"block_size: expected a multiple of 8 in 16..4096, got {block_size}")
+        _check_block(block_size)
         if not (isinstance(seed, int) and 0 <= seed < 1 << 64):
             raise ValueError(f"seed: expected an integer in [0, 2**64), got {seed!r}")
         self._codecs = {name: _codec(c, arg) for name, (c, arg) in codecs.items()}
@@ -120,10 +120,7 @@ class SGD(_PackedStates, torch.optim.Optimizer):
                  momentum_codec: Any = None, block_size: int = 256, rounding: str = "nearest",
                  seed: int = 0, min_quant_size: int = 4096, nonfinite: str = "skip",
                  param_rounding: str = "stochastic"):
-        _check_choice("nonfinite", nonfinite, ("skip", "error"))
-        _check_choice("param_rounding", param_rounding, ("nearest", "stochastic"))
-        self._nonfinite, self._param_rounding = nonfinite, param_rounding
-        self.skipped_steps = 0
+        self._set_step_policies(nonfinite, param_rounding)
         if not lr >= 0.0:
             raise ValueError(f"lr: expected >= 0, got {lr}")
         if not momentum >= 0.0:
