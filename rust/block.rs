@@ -322,6 +322,7 @@ impl Groups {
 }
 
 /// max |x| of finite values, on bit patterns (|x| orders like its bits), so it vectorizes.
+#[inline(always)]
 fn amax(xs: &[f32]) -> f32 {
     f32::from_bits(xs.iter().fold(0u32, |m, v| m.max(v.to_bits() & 0x7fff_ffff)))
 }
@@ -354,51 +355,86 @@ pub(crate) fn quantize_group<const MODE: u8>(
 ) -> Result<()> {
     SCRATCH.with(|cell| {
         let scratch = &mut *cell.borrow_mut();
-        let n = xs.len();
-        scratch.ys.clear();
-        scratch.ys.resize(n, 0.0);
-        scratch.codes.resize(n, 0);
-        scratch.rand.resize(if MODE == STOCHASTIC { n } else { 0 }, 0);
-        let (ys, codes) = (&mut scratch.ys[..], &mut scratch.codes[..]);
-        for (b, (xb, yb)) in xs.chunks(spec.block).zip(ys.chunks_mut(spec.block)).enumerate() {
+        quantize_group_in::<MODE>(scratch, spec, xs, ps, ss, als, global, start, seed, stream)
+    })
+}
+
+crate::simd::avx2_or_baseline! {
+/// [`quantize_group`] with the thread's scratch buffers.
+#[allow(clippy::too_many_arguments)]
+fn quantize_group_in<const MODE: u8>(
+    scratch: &mut Scratch,
+    spec: &Spec,
+    xs: &[f32],
+    ps: &mut [u8],
+    ss: &mut [f32],
+    als: &mut [f32],
+    global: f32,
+    start: usize,
+    seed: u64,
+    stream: u64,
+) -> Result<()> {
+    let n = xs.len();
+    if let (Some(table), false, 8) = (&spec.table, MODE == STOCHASTIC, spec.code_bits()) {
+        // 8-bit codes of a fixed table, nearest: scale, divide, look up and store the codes
+        // in one pass per block (the same values as the general path below)
+        check("packed", ps.len(), n)?;
+        for (b, (xb, pb)) in xs.chunks(spec.block).zip(ps.chunks_mut(spec.block)).enumerate() {
             let s = spec.block_scale(amax(xb), global);
             ss[b] = s;
-            let sd = s * global; // the scale actually applied
+            let sd = s * global;
             if sd > 0.0 {
-                yb.iter_mut().zip(xb).for_each(|(y, &v)| *y = v / sd);
-            }
-        }
-        if let Some(enc) = &spec.encoder {
-            let random = Random::Philox { seed, stream, offset: start as u64 };
-            crate::exmy::encode_chunk::<f32, u8, MODE>(enc, ys, codes, 0, random)?;
-            return pack::pack(codes, spec.code_bits(), ps);
-        }
-        let rand = &mut scratch.rand[..];
-        if MODE == STOCHASTIC {
-            rng::fill_random_u32(seed, stream, start as u64, rand);
-        }
-        for (b, (yb, cb)) in ys.chunks(spec.block).zip(codes.chunks_mut(spec.block)).enumerate() {
-            let local;
-            let table = match &spec.table {
-                Some(t) => t,
-                None => {
-                    // the base from the block itself
-                    let xb = &xs[b * spec.block..b * spec.block + yb.len()];
-                    let (t, a) = spec.log_table(xb, amax(xb), &mut scratch.sorted)?;
-                    als[b] = a;
-                    local = t;
-                    &local
-                }
-            };
-            if MODE == STOCHASTIC {
-                let rb = &rand[b * spec.block..b * spec.block + yb.len()];
-                table.stochastic_slice(yb, rb, cb);
+                table.nearest_scaled(xb, sd, pb);
             } else {
-                cb.iter_mut().zip(yb).for_each(|(c, &y)| *c = table.nearest(y));
+                pb.fill(table.nearest(0.0));
             }
         }
-        pack::pack(codes, spec.code_bits(), ps)
-    })
+        return Ok(());
+    }
+    scratch.ys.clear();
+    scratch.ys.resize(n, 0.0);
+    scratch.codes.resize(n, 0);
+    scratch.rand.resize(if MODE == STOCHASTIC { n } else { 0 }, 0);
+    let (ys, codes) = (&mut scratch.ys[..], &mut scratch.codes[..]);
+    for (b, (xb, yb)) in xs.chunks(spec.block).zip(ys.chunks_mut(spec.block)).enumerate() {
+        let s = spec.block_scale(amax(xb), global);
+        ss[b] = s;
+        let sd = s * global; // the scale actually applied
+        if sd > 0.0 {
+            yb.iter_mut().zip(xb).for_each(|(y, &v)| *y = v / sd);
+        }
+    }
+    if let Some(enc) = &spec.encoder {
+        let random = Random::Philox { seed, stream, offset: start as u64 };
+        crate::exmy::encode_chunk::<f32, u8, MODE>(enc, ys, codes, 0, random)?;
+        return pack::pack(codes, spec.code_bits(), ps);
+    }
+    let rand = &mut scratch.rand[..];
+    if MODE == STOCHASTIC {
+        rng::fill_random_u32(seed, stream, start as u64, rand);
+    }
+    for (b, (yb, cb)) in ys.chunks(spec.block).zip(codes.chunks_mut(spec.block)).enumerate() {
+        let local;
+        let table = match &spec.table {
+            Some(t) => t,
+            None => {
+                // the base from the block itself
+                let xb = &xs[b * spec.block..b * spec.block + yb.len()];
+                let (t, a) = spec.log_table(xb, amax(xb), &mut scratch.sorted)?;
+                als[b] = a;
+                local = t;
+                &local
+            }
+        };
+        if MODE == STOCHASTIC {
+            let rb = &rand[b * spec.block..b * spec.block + yb.len()];
+            table.stochastic_slice(yb, rb, cb);
+        } else {
+            table.nearest_slice(yb, cb);
+        }
+    }
+    pack::pack(codes, spec.code_bits(), ps)
+}
 }
 
 /// Decode a blockwise tensor: `out[i] = value(code_i) · scales[block] · global`.
@@ -441,9 +477,14 @@ pub(crate) fn dequantize_group(
     os: &mut [f32],
 ) -> Result<()> {
     let bits = spec.code_bits();
-    let mut codes = [0u8; CHUNK];
-    let codes = &mut codes[..os.len()];
-    pack::unpack(ps, bits, os.len(), codes)?;
+    let mut buf = [0u8; CHUNK];
+    let codes: &[u8] = if bits == 8 {
+        check("packed", ps.len(), os.len())?;
+        ps
+    } else {
+        pack::unpack(ps, bits, os.len(), &mut buf[..os.len()])?;
+        &buf[..os.len()]
+    };
     for (b, (ob, cb)) in os.chunks_mut(spec.block).zip(codes.chunks(spec.block)).enumerate() {
         let local;
         let levels: &[f32] = match (&spec.table, spec.encoder.is_some()) {
@@ -458,18 +499,53 @@ pub(crate) fn dequantize_group(
                 &local
             }
         };
-        if levels.len() < 1 << bits {
-            if let Some(&c) = cb.iter().find(|&&c| c as usize >= levels.len()) {
-                return Err(Error::value(
-                    "packed",
-                    format!("code {c} is outside the codec's {} levels", levels.len()),
-                ));
-            }
-        }
-        let sd = ss[b] * global;
-        ob.iter_mut().zip(cb).for_each(|(o, &c)| *o = levels[c as usize] * sd);
+        decode_scaled(levels, cb, ss[b] * global, ob)?;
     }
     Ok(())
+}
+
+/// `out[i] = levels[codes[i]] · s` (a code beyond the levels is an error), 8 at a time with
+/// AVX2 gathers where the CPU has them.
+fn decode_scaled(levels: &[f32], codes: &[u8], s: f32, out: &mut [f32]) -> Result<()> {
+    if levels.len() < 256 {
+        if let Some(&c) = codes.iter().find(|&&c| c as usize >= levels.len()) {
+            return Err(Error::value(
+                "packed",
+                format!("code {c} is outside the codec's {} levels", levels.len()),
+            ));
+        }
+    }
+    let n = codes.len().min(out.len());
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 checked just above; every code indexes `levels` (checked above, or
+        // any u8 does for 256 levels); the slices hold n elements.
+        done = unsafe { gather_avx2::decode(levels, &codes[..n], s, &mut out[..n]) };
+    }
+    for (o, &c) in out[done..n].iter_mut().zip(&codes[done..n]) {
+        *o = levels[c as usize] * s;
+    }
+    Ok(())
+}
+
+#[cfg(target_arch = "x86_64")]
+mod gather_avx2 {
+    use std::arch::x86_64::*;
+
+    /// `out[i] = levels[codes[i]] · s` over the first multiple of 8 elements; returns how
+    /// many were done. Every code must index `levels`.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn decode(levels: &[f32], codes: &[u8], s: f32, out: &mut [f32]) -> usize {
+        let sv = _mm256_set1_ps(s);
+        let full = codes.len() / 8 * 8;
+        for j in (0..full).step_by(8) {
+            let c = _mm_loadl_epi64(codes.as_ptr().add(j) as *const __m128i);
+            let v = _mm256_i32gather_ps::<4>(levels.as_ptr(), _mm256_cvtepu8_epi32(c));
+            _mm256_storeu_ps(out.as_mut_ptr().add(j), _mm256_mul_ps(v, sv));
+        }
+        full
+    }
 }
 
 /// Encode normalized values with a table codec (nearest or stochastic), in parallel.
@@ -500,9 +576,7 @@ pub fn table_encode(
                 rng::fill_random_u32(seed, stream, offset + (k * CHUNK) as u64, &mut r);
                 t.stochastic_slice(xs, &r, os);
             } else {
-                for (o, &v) in os.iter_mut().zip(xs) {
-                    *o = t.nearest(v);
-                }
+                t.nearest_slice(xs, os);
             }
         })
     });

@@ -16,6 +16,7 @@ pub mod optim;
 pub mod pack;
 pub mod par;
 pub mod rng;
+mod simd;
 pub mod table;
 
 #[cfg(feature = "python")]

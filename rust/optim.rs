@@ -116,14 +116,20 @@ impl Part<'_> {
 /// for float32 or 16-bit float gradients, run before a step so that packed states never see a NaN.
 pub fn all_finite(g: Grad) -> bool {
     par::install(|| match g {
-        Grad::F32(x) => {
-            x.par_chunks(CHUNK).all(|c| c.iter().all(|v| v.to_bits() & 0x7f80_0000 != 0x7f80_0000))
-        }
+        Grad::F32(x) => x.par_chunks(CHUNK).all(|c| max_magnitude_bits(c) < 0x7f80_0000),
         Grad::Half(k, x) => {
             let m = k.exp_mask();
             x.par_chunks(CHUNK).all(|c| c.iter().all(|&b| b & m != m))
         }
     })
+}
+
+crate::simd::avx2_or_baseline! {
+/// The largest `bits & 0x7fff_ffff` of the values (≥ 0x7f80_0000 iff one is ±inf or NaN),
+/// without early exit, so it vectorizes.
+fn max_magnitude_bits(x: &[f32]) -> u32 {
+    x.iter().fold(0u32, |m, v| m.max(v.to_bits() & 0x7fff_ffff))
+}
 }
 
 /// The scalars of one AdamW step, computed once per step by the caller (in float64, then
@@ -443,8 +449,8 @@ fn groups(block: usize) -> Groups {
     Groups { blocks, elems: blocks * block.max(1), bytes: 0 }
 }
 
+crate::simd::avx2_or_baseline! {
 /// The element-wise AdamW update on float32 buffers (vectorizes).
-#[inline(always)]
 fn adamw_update(hp: &AdamW, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
     for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
         let g = g + hp.l2 * *p;
@@ -454,6 +460,7 @@ fn adamw_update(hp: &AdamW, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f3
         let denom = v.sqrt() / hp.bc2_sqrt + hp.eps;
         *p -= hp.step_size * (*m / denom);
     }
+}
 }
 
 #[cfg(test)]

@@ -493,10 +493,93 @@ impl Table {
         }
     }
 
+    /// [`Table::nearest`] over a slice: `out[j] = self.nearest(xs[j])` for every `j`.
+    pub fn nearest_slice(&self, xs: &[f32], out: &mut [u8]) {
+        self.nearest_div::<false>(xs, 1.0, out)
+    }
+
+    /// `out[j] = self.nearest(xs[j] / s)` for every `j` (IEEE f32 division), in one pass.
+    pub fn nearest_scaled(&self, xs: &[f32], s: f32, out: &mut [u8]) {
+        self.nearest_div::<true>(xs, s, out)
+    }
+
+    /// The slice lookups, of `xs[j] / s` if `DIV`. An indexed table does 8 lookups at a time
+    /// with AVX2 gathers where the CPU has them (chosen at run time), otherwise one at a time
+    /// with the index pointer loaded once (a `u8` store may alias anything, so a per-element
+    /// `nearest` reloads it).
+    #[inline(always)]
+    fn nearest_div<const DIV: bool>(&self, xs: &[f32], s: f32, out: &mut [u8]) {
+        let n = xs.len().min(out.len());
+        let x = |j: usize| if DIV { xs[j] / s } else { xs[j] };
+        let p = self.fast.load(Ordering::Acquire);
+        if p.is_null() {
+            for (j, o) in out[..n].iter_mut().enumerate() {
+                *o = self.nearest(x(j));
+            }
+            return;
+        }
+        // SAFETY: as in `nearest`.
+        let ent: &Entries = unsafe { &*p };
+        let mut done = 0;
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2, checked just above; the slices hold n elements.
+            done = unsafe { idx_avx2::nearest::<DIV>(ent, &xs[..n], s, &mut out[..n]) };
+        }
+        for (j, o) in out[..n].iter_mut().enumerate().skip(done) {
+            *o = lookup(ent, x(j).to_bits());
+        }
+    }
+
     /// The level of `code`. A code `≥ len` is the caller's to reject; it decodes to NaN.
     #[inline]
     pub fn decode(&self, code: u8) -> f32 {
         self.levels.get(code as usize).copied().unwrap_or(f32::NAN)
+    }
+}
+
+/// Direct-index lookups, 8 at a time: gather the 8 entries, compare the low 16 bits of each
+/// pattern with the entry's `t` (both in 0..=0xffff, so a signed 32-bit compare is exact), and
+/// shift the entry right by 16 (code `c0`) or 24 (`c1`).
+#[cfg(target_arch = "x86_64")]
+mod idx_avx2 {
+    use super::Entries;
+    use std::arch::x86_64::*;
+
+    /// Look up the first multiple of 8 elements (divided by `s` if `DIV`); returns how many
+    /// were done.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn nearest<const DIV: bool>(
+        ent: &Entries,
+        xs: &[f32],
+        s: f32,
+        out: &mut [u8],
+    ) -> usize {
+        let sv = _mm256_set1_ps(s);
+        let base = ent.as_ptr() as *const i32;
+        let lo16 = _mm256_set1_epi32(0xffff);
+        let (sixteen, eight) = (_mm256_set1_epi32(16), _mm256_set1_epi32(8));
+        // byte 0 of each 32-bit lane to the front of its 128-bit half
+        let pick = _mm256_setr_epi8(
+            0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, //
+            0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+        );
+        let full = xs.len() / 8 * 8;
+        for j in (0..full).step_by(8) {
+            let mut x = _mm256_loadu_ps(xs.as_ptr().add(j));
+            if DIV {
+                x = _mm256_div_ps(x, sv);
+            }
+            let b = _mm256_castps_si256(x);
+            // SAFETY: every index is a top-16-bit value, < BUCKETS entries of 4 bytes.
+            let e = _mm256_i32gather_epi32::<4>(base, _mm256_srli_epi32::<16>(b));
+            let gt = _mm256_cmpgt_epi32(_mm256_and_si256(b, lo16), _mm256_and_si256(e, lo16));
+            let c = _mm256_srlv_epi32(e, _mm256_add_epi32(sixteen, _mm256_and_si256(gt, eight)));
+            let p = _mm256_shuffle_epi8(c, pick);
+            let v = _mm_unpacklo_epi32(_mm256_castsi256_si128(p), _mm256_extracti128_si256::<1>(p));
+            _mm_storel_epi64(out.as_mut_ptr().add(j) as *mut __m128i, v);
+        }
+        full
     }
 }
 
@@ -770,6 +853,13 @@ mod tests {
                 let r = rng.next();
                 assert_eq!(t.stochastic(x, r), stochastic_ref(&l, x, r), "x {x:e}");
             }
+            // the slice paths (AVX2 gathers where available, a scalar tail: odd lengths)
+            let want: Vec<u8> = xs.iter().map(|&x| nearest_ref(&l, x)).collect();
+            for len in [xs.len(), xs.len() - 3] {
+                let mut got = vec![0u8; len];
+                t.nearest_slice(&xs[..len], &mut got);
+                assert!(got == want[..len], "table {l:?}");
+            }
         }
     }
 
@@ -864,6 +954,21 @@ mod tests {
                 assert_eq!(small.nearest(x), want, "x {x:e} table {l:?} (index)");
                 let r = rng.next();
                 assert_eq!(t.stochastic(x, r), stochastic_ref(&l, x, r), "x {x:e}");
+            }
+            // the slice paths (AVX2 gathers where available, a scalar tail: odd lengths)
+            let want: Vec<u8> = xs.iter().map(|&x| nearest_ref(&l, x)).collect();
+            for tab in [&t, &small] {
+                for len in [xs.len(), xs.len() - 3] {
+                    let mut got = vec![0u8; len];
+                    tab.nearest_slice(&xs[..len], &mut got);
+                    assert!(got == want[..len], "table {l:?}");
+                }
+                for s in [0.75f32, 3.0e-3] {
+                    let want: Vec<u8> = xs.iter().map(|&x| nearest_ref(&l, x / s)).collect();
+                    let mut got = vec![0u8; xs.len() - 5];
+                    tab.nearest_scaled(&xs[..xs.len() - 5], s, &mut got);
+                    assert!(got == want[..xs.len() - 5], "table {l:?} / {s}");
+                }
             }
             for (i, &v) in l.iter().enumerate() {
                 assert_eq!(t.nearest(v) as usize, i);
@@ -1012,9 +1117,7 @@ mod tests {
                         *o = t.stochastic(x, r);
                     }
                 } else {
-                    for (o, &x) in out.iter_mut().zip(xs) {
-                        *o = t.nearest(x);
-                    }
+                    t.nearest_slice(xs, &mut out);
                 }
                 std::hint::black_box(&out);
             }
