@@ -180,6 +180,11 @@ pub fn quantile_abs(x: &[f32], q: f32, scratch: &mut Vec<f32>) -> f32 {
     let last = x.len() - 1;
     let k = ((q as f64 * last as f64).floor() as usize).min(last);
     if k < 16 {
+        #[cfg(target_arch = "x86_64")]
+        if x.len() % 8 == 0 && std::is_x86_feature_detected!("avx2") {
+            // SAFETY: AVX2 checked just above.
+            return unsafe { kth_avx2::kth_smallest_abs(x, k) };
+        }
         return kth_smallest_abs(x, k);
     }
     scratch.clear();
@@ -194,7 +199,7 @@ pub fn quantile_abs(x: &[f32], q: f32, scratch: &mut Vec<f32>) -> f32 {
 /// the sign cleared (NaN included) the unsigned order of the bits is `f32::total_cmp`'s. Runs
 /// of 8 elements none of which can enter the window are skipped after one vector minimum.
 fn kth_smallest_abs(x: &[f32], k: usize) -> f32 {
-    let mut win = [f32::INFINITY.to_bits(); 16];
+    let mut win = [u32::MAX; 16]; // above every key (NaN keys included): k < x.len() fills it
     let w = &mut win[..=k];
     let insert = |key: u32, w: &mut [u32]| {
         if key < w[k] {
@@ -218,6 +223,48 @@ fn kth_smallest_abs(x: &[f32], k: usize) -> f32 {
     f32::from_bits(w[k])
 }
 
+/// [`kth_smallest_abs`] 8 lanes wide: lane `j` keeps the `k + 1` smallest keys of elements
+/// `j, j + 8, j + 16, …` in a sorted column of vectors (one min/max pair per insertion step).
+/// Every one of the `k + 1` smallest keys overall is among its lane's `k + 1` smallest, so the
+/// k-th smallest of the `8 (k + 1)` survivors is the answer: the same value.
+#[cfg(target_arch = "x86_64")]
+mod kth_avx2 {
+    use std::arch::x86_64::*;
+
+    /// For `x.len()` a multiple of 8 and `k < 16`.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn kth_smallest_abs(x: &[f32], k: usize) -> f32 {
+        debug_assert!(k < 16 && x.len() % 8 == 0);
+        macro_rules! windows {
+            ($($w:literal)*) => {
+                match k + 1 { $($w => columns::<$w>(x),)* _ => unreachable!() }
+            };
+        }
+        let survivors = windows!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16);
+        super::kth_smallest_abs(&survivors[..8 * (k + 1)], k)
+    }
+
+    /// The `W` smallest keys of each lane, as f32 bit patterns, column after column.
+    #[inline(always)]
+    unsafe fn columns<const W: usize>(x: &[f32]) -> [f32; 128] {
+        let mask = _mm256_set1_epi32(0x7fff_ffff);
+        let mut w = [_mm256_set1_epi32(-1); W];
+        for c in x.chunks_exact(8) {
+            let mut v = _mm256_and_si256(_mm256_loadu_si256(c.as_ptr() as *const __m256i), mask);
+            for wi in w.iter_mut() {
+                let lo = _mm256_min_epu32(*wi, v);
+                v = _mm256_max_epu32(*wi, v);
+                *wi = lo;
+            }
+        }
+        let mut out = [0f32; 128];
+        for (i, wi) in w.iter().enumerate() {
+            _mm256_storeu_si256(out.as_mut_ptr().add(8 * i) as *mut __m256i, *wi);
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,18 +272,34 @@ mod tests {
     #[test]
     fn small_k_window_equals_selection() {
         let mut state = 12345u32;
-        for len in [1usize, 2, 7, 16, 17, 128, 300] {
+        let special = [0.0, -0.0, f32::NAN, -f32::NAN, f32::INFINITY, -f32::INFINITY, 1e-45];
+        for (len, kind) in [1usize, 2, 7, 8, 16, 17, 24, 128, 256, 300]
+            .into_iter()
+            .flat_map(|len| [(len, 0), (len, 1)])
+        {
             let x: Vec<f32> = (0..len)
                 .map(|_| {
                     state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-                    ((state >> 8) as f32 / 65536.0 - 128.0)
-                        * if state & 1 == 0 { 1.0 } else { -1.0 }
+                    let sign = if state & 1 == 0 { 1.0 } else { -1.0 };
+                    match (kind, state >> 29) {
+                        // distinct values
+                        (0, _) => ((state >> 8) as f32 / 65536.0 - 128.0) * sign,
+                        // many ties, zeros of both signs, NaNs, infinities, a subnormal
+                        (_, 0) => special[(state >> 8) as usize % special.len()],
+                        _ => ((state >> 8) % 5) as f32 * sign,
+                    }
                 })
                 .collect();
             for k in 0..16.min(len) {
                 let mut s: Vec<f32> = x.iter().map(|v| v.abs()).collect();
                 s.sort_by(f32::total_cmp);
-                assert_eq!(kth_smallest_abs(&x, k), s[k], "len {len} k {k}");
+                assert_eq!(kth_smallest_abs(&x, k).to_bits(), s[k].to_bits(), "len {len} k {k}");
+                #[cfg(target_arch = "x86_64")]
+                if len % 8 == 0 && std::is_x86_feature_detected!("avx2") {
+                    // SAFETY: AVX2 checked just above.
+                    let got = unsafe { kth_avx2::kth_smallest_abs(&x, k) };
+                    assert_eq!(got.to_bits(), s[k].to_bits(), "avx2, len {len} k {k}");
+                }
             }
         }
     }

@@ -546,6 +546,15 @@ mod idx_avx2 {
     use super::Entries;
     use std::arch::x86_64::*;
 
+    /// `vpshufb` control: byte 0 of each 32-bit lane to the front of its 128-bit half.
+    #[allow(clippy::identity_op)]
+    pub const PICK: __m256i = unsafe {
+        std::mem::transmute::<[i8; 32], __m256i>([
+            0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, //
+            0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+        ])
+    };
+
     /// Look up the first multiple of 8 elements (divided by `s` if `DIV`); returns how many
     /// were done.
     #[target_feature(enable = "avx2")]
@@ -559,11 +568,7 @@ mod idx_avx2 {
         let base = ent.as_ptr() as *const i32;
         let lo16 = _mm256_set1_epi32(0xffff);
         let (sixteen, eight) = (_mm256_set1_epi32(16), _mm256_set1_epi32(8));
-        // byte 0 of each 32-bit lane to the front of its 128-bit half
-        let pick = _mm256_setr_epi8(
-            0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, //
-            0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
-        );
+        let pick = PICK;
         let full = xs.len() / 8 * 8;
         for j in (0..full).step_by(8) {
             let mut x = _mm256_loadu_ps(xs.as_ptr().add(j));
@@ -610,6 +615,10 @@ mod sr_avx2 {
         let two31 = _mm256_set1_pd(2147483648.0);
         let sign = _mm256_set1_epi32(i32::MIN);
         let one_pd = _mm256_set1_pd(1.0);
+        let evens = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
+        let (zero, len, last) =
+            (_mm256_setzero_si256(), _mm256_set1_epi32(n as i32), _mm256_set1_epi32(n as i32 - 1));
+        let pick = super::idx_avx2::PICK;
         // The level at each lane's index (0..=15).
         let level = |i: __m256i| {
             let a = _mm256_permutevar8x32_ps(lo8, i);
@@ -653,19 +662,20 @@ mod sr_avx2 {
             let r = _mm256_loadu_si256(rs.as_ptr().add(j) as *const __m256i);
             let r0 = words(_mm256_castsi256_si128(r));
             let r1 = words(_mm256_extracti128_si256(r, 1));
-            let up = _mm256_movemask_pd(_mm256_cmp_pd::<_CMP_LE_OQ>(r0, t0))
-                | (_mm256_movemask_pd(_mm256_cmp_pd::<_CMP_LE_OQ>(r1, t1)) << 4);
-            let mut ii = [0i32; 8];
-            let mut cc = [0i32; 8];
-            _mm256_storeu_si256(ii.as_mut_ptr() as *mut __m256i, i);
-            _mm256_storeu_si256(cc.as_mut_ptr() as *mut __m256i, cnt);
-            for k in 0..8 {
-                out[j + k] = match cc[k] as usize {
-                    0 => 0,
-                    c if c >= n => (n - 1) as u8,
-                    _ => (ii[k] + ((up >> k) & 1)) as u8,
-                };
-            }
+            // the 64-bit masks of the two halves as one 32-bit mask per lane (true: -1)
+            let up0 = _mm256_castpd_si256(_mm256_cmp_pd::<_CMP_LE_OQ>(r0, t0));
+            let up1 = _mm256_castpd_si256(_mm256_cmp_pd::<_CMP_LE_OQ>(r1, t1));
+            let up = _mm256_blend_epi32::<0xf0>(
+                _mm256_permutevar8x32_epi32(up0, evens),
+                _mm256_permutevar8x32_epi32(up1, evens),
+            );
+            let code = _mm256_sub_epi32(i, up);
+            // below the table (or NaN): 0; at or above the last level: the last code
+            let code = _mm256_andnot_si256(_mm256_cmpeq_epi32(cnt, zero), code);
+            let code = _mm256_blendv_epi8(code, last, _mm256_cmpeq_epi32(cnt, len));
+            let p = _mm256_shuffle_epi8(code, pick);
+            let v = _mm_unpacklo_epi32(_mm256_castsi256_si128(p), _mm256_extracti128_si256::<1>(p));
+            _mm_storel_epi64(out.as_mut_ptr().add(j) as *mut __m128i, v);
         }
         full
     }
