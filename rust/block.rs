@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 use crate::exmy::{EncodeOptions, Encoder, Overflow, Random, Rounding, STOCHASTIC};
 use crate::format::Format;
 use crate::par::{self, CHUNK};
-use crate::table::Table;
+use crate::table::{self, Table};
 use crate::{dynamic, linear, logfmt, pack, rng};
 use rayon::prelude::*;
 
@@ -184,7 +184,8 @@ impl Spec {
         }
     }
 
-    fn log_table(&self, xs: &[f32], amax: f32, scratch: &mut Vec<f32>) -> Result<(Table, f32)> {
+    /// The levels of a log block and its base (from the block's quantile, or fixed).
+    fn log_levels(&self, xs: &[f32], amax: f32, scratch: &mut Vec<f32>) -> Result<(Vec<f32>, f32)> {
         let Elem::Log { bits, signed, zero, alpha, quantile } = self.elem else { unreachable!() };
         let a = if quantile > 0.0 {
             let n_nonzero =
@@ -195,7 +196,7 @@ impl Spec {
         } else {
             alpha
         };
-        Ok((Table::new(logfmt::log_levels(bits, signed, a, zero)?)?, a))
+        Ok((logfmt::log_levels(bits, signed, a, zero)?, a))
     }
 
     /// The block scale from the block's amax.
@@ -414,23 +415,21 @@ fn quantize_group_in<const MODE: u8>(
         rng::fill_random_u32(seed, stream, start as u64, rand);
     }
     for (b, (yb, cb)) in ys.chunks(spec.block).zip(codes.chunks_mut(spec.block)).enumerate() {
-        let local;
-        let table = match &spec.table {
-            Some(t) => t,
+        let rb = if MODE == STOCHASTIC { &rand[b * spec.block..b * spec.block + yb.len()] } else { &[] };
+        match &spec.table {
+            Some(t) if MODE == STOCHASTIC => t.stochastic_slice(yb, rb, cb),
+            Some(t) => t.nearest_slice(yb, cb),
             None => {
                 // the base from the block itself
                 let xb = &xs[b * spec.block..b * spec.block + yb.len()];
-                let (t, a) = spec.log_table(xb, amax(xb), &mut scratch.sorted)?;
+                let (levels, a) = spec.log_levels(xb, amax(xb), &mut scratch.sorted)?;
                 als[b] = a;
-                local = t;
-                &local
+                if MODE == STOCHASTIC {
+                    table::stochastic_levels(levels, yb, rb, cb)?;
+                } else {
+                    Table::new(levels)?.nearest_slice(yb, cb);
+                }
             }
-        };
-        if MODE == STOCHASTIC {
-            let rb = &rand[b * spec.block..b * spec.block + yb.len()];
-            table.stochastic_slice(yb, rb, cb);
-        } else {
-            table.nearest_slice(yb, cb);
         }
     }
     pack::pack(codes, spec.code_bits(), ps)

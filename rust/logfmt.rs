@@ -240,28 +240,68 @@ mod kth_avx2 {
                 match k + 1 { $($w => columns::<$w>(x),)* _ => unreachable!() }
             };
         }
-        let survivors = windows!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16);
-        super::kth_smallest_abs(&survivors[..8 * (k + 1)], k)
+        let mut rows = windows!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16);
+        if k < 8 {
+            return f32::from_bits(merge_lanes(&mut rows)[k]);
+        }
+        let survivors: Vec<f32> = rows[..k + 1]
+            .iter()
+            .flat_map(|r| {
+                let mut a = [0f32; 8];
+                _mm256_storeu_si256(a.as_mut_ptr() as *mut __m256i, *r);
+                a
+            })
+            .collect();
+        super::kth_smallest_abs(&survivors, k)
     }
 
-    /// The `W` smallest keys of each lane, as f32 bit patterns, column after column.
+    /// The `W` smallest keys of each lane, sorted down the rows; rows `W..16` are all
+    /// `u32::MAX` (above every key).
     #[inline(always)]
-    unsafe fn columns<const W: usize>(x: &[f32]) -> [f32; 128] {
+    unsafe fn columns<const W: usize>(x: &[f32]) -> [__m256i; 16] {
         let mask = _mm256_set1_epi32(0x7fff_ffff);
-        let mut w = [_mm256_set1_epi32(-1); W];
+        let mut w = [_mm256_set1_epi32(-1); 16];
         for c in x.chunks_exact(8) {
             let mut v = _mm256_and_si256(_mm256_loadu_si256(c.as_ptr() as *const __m256i), mask);
-            for wi in w.iter_mut() {
+            for wi in w[..W].iter_mut() {
                 let lo = _mm256_min_epu32(*wi, v);
                 v = _mm256_max_epu32(*wi, v);
                 *wi = lo;
             }
         }
-        let mut out = [0f32; 128];
-        for (i, wi) in w.iter().enumerate() {
-            _mm256_storeu_si256(out.as_mut_ptr().add(8 * i) as *mut __m256i, *wi);
+        w
+    }
+
+    /// The 8 smallest keys of all lanes, ascending, from rows 0..8 of sorted lane columns:
+    /// three rounds that merge each lane with its partner 4, 2, then 1 lanes away. Merging
+    /// two ascending columns `a`, `b` of 8 keeps `min(a_i, b_{7−i})`: the 8 smallest of both,
+    /// as a bitonic sequence, which a half-cleaner network sorts again.
+    #[inline(always)]
+    unsafe fn merge_lanes(rows: &mut [__m256i; 16]) -> [u32; 8] {
+        let r = &mut rows[..8];
+        for round in 0..3 {
+            let partner: [__m256i; 8] = std::array::from_fn(|i| {
+                let v = r[7 - i];
+                match round {
+                    0 => _mm256_permute2x128_si256::<0x01>(v, v),
+                    1 => _mm256_shuffle_epi32::<0b01_00_11_10>(v),
+                    _ => _mm256_shuffle_epi32::<0b10_11_00_01>(v),
+                }
+            });
+            for (ri, p) in r.iter_mut().zip(partner) {
+                *ri = _mm256_min_epu32(*ri, p);
+            }
+            for gap in [4, 2, 1] {
+                for i in 0..8 {
+                    if i & gap == 0 {
+                        let (lo, hi) = (r[i], r[i + gap]);
+                        r[i] = _mm256_min_epu32(lo, hi);
+                        r[i + gap] = _mm256_max_epu32(lo, hi);
+                    }
+                }
+            }
         }
-        out
+        std::array::from_fn(|i| _mm256_extract_epi32::<0>(r[i]) as u32)
     }
 }
 

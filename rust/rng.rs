@@ -152,16 +152,26 @@ mod avx2 {
     pub(super) unsafe fn fill(out: &mut [u32], stream: u64, idx: u64, k: [u32; 2]) {
         let m0 = _mm256_set1_epi32(PHILOX_M0 as i32);
         let m1 = _mm256_set1_epi32(PHILOX_M1 as i32);
+        let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        let c2 = _mm256_set1_epi32(stream as u32 as i32);
+        let c3 = _mm256_set1_epi32((stream >> 32) as u32 as i32);
         for (j, group) in out.chunks_exact_mut(4 * LANES).enumerate() {
-            let mut w = [[0u32; LANES]; 4];
-            for l in 0..LANES {
-                let ctr = counter(stream, idx.wrapping_add(((j * LANES + l) * 4) as u64));
-                for (row, &v) in w.iter_mut().zip(&ctr) {
-                    row[l] = v;
+            // lane l's counter: block number b = idx/4 + 8j + l as (low, high) words, stream
+            let b0 = idx.wrapping_add((j * LANES * 4) as u64) >> 2;
+            let (mut c0, mut c1) = if (b0 as u32).checked_add(LANES as u32 - 1).is_some() {
+                let lo = _mm256_add_epi32(_mm256_set1_epi32(b0 as u32 as i32), lane);
+                (lo, _mm256_set1_epi32((b0 >> 32) as u32 as i32))
+            } else {
+                // the low word wraps within these lanes: build the counters one by one
+                let mut w = [[0u32; LANES]; 2];
+                for l in 0..LANES {
+                    let ctr = counter(stream, idx.wrapping_add(((j * LANES + l) * 4) as u64));
+                    (w[0][l], w[1][l]) = (ctr[0], ctr[1]);
                 }
-            }
-            let ld = |r: &[u32; LANES]| _mm256_loadu_si256(r.as_ptr() as *const __m256i);
-            let (mut c0, mut c1, mut c2, mut c3) = (ld(&w[0]), ld(&w[1]), ld(&w[2]), ld(&w[3]));
+                let ld = |r: &[u32; LANES]| _mm256_loadu_si256(r.as_ptr() as *const __m256i);
+                (ld(&w[0]), ld(&w[1]))
+            };
+            let (mut c2, mut c3) = (c2, c3);
             let mut key = k;
             for r in 0..10 {
                 if r > 0 {
@@ -176,14 +186,20 @@ mod avx2 {
                 c2 = _mm256_xor_si256(_mm256_xor_si256(hi0, c3), k1);
                 c3 = lo0;
             }
-            for (row, c) in w.iter_mut().zip([c0, c1, c2, c3]) {
-                _mm256_storeu_si256(row.as_mut_ptr() as *mut __m256i, c);
-            }
-            for l in 0..LANES {
-                for (q, row) in w.iter().enumerate() {
-                    group[4 * l + q] = row[l];
-                }
-            }
+            // transpose 4 rows × 8 lanes into lane after lane (4 words each)
+            let t0 = _mm256_unpacklo_epi32(c0, c1); // lanes 0, 1 | 4, 5: words 0-1
+            let t1 = _mm256_unpackhi_epi32(c0, c1); // lanes 2, 3 | 6, 7: words 0-1
+            let t2 = _mm256_unpacklo_epi32(c2, c3);
+            let t3 = _mm256_unpackhi_epi32(c2, c3);
+            let u0 = _mm256_unpacklo_epi64(t0, t2); // lane 0 | lane 4
+            let u1 = _mm256_unpackhi_epi64(t0, t2); // lane 1 | lane 5
+            let u2 = _mm256_unpacklo_epi64(t1, t3); // lane 2 | lane 6
+            let u3 = _mm256_unpackhi_epi64(t1, t3); // lane 3 | lane 7
+            let p = group.as_mut_ptr() as *mut __m256i;
+            _mm256_storeu_si256(p, _mm256_permute2x128_si256::<0x20>(u0, u1));
+            _mm256_storeu_si256(p.add(1), _mm256_permute2x128_si256::<0x20>(u2, u3));
+            _mm256_storeu_si256(p.add(2), _mm256_permute2x128_si256::<0x31>(u0, u1));
+            _mm256_storeu_si256(p.add(3), _mm256_permute2x128_si256::<0x31>(u2, u3));
         }
     }
 }
@@ -242,10 +258,15 @@ mod tests {
                 }
             }
         }
-        let mut big = vec![0u32; 1001];
-        fill_random_u32(seed, stream, 13, &mut big);
-        for (j, &v) in big.iter().enumerate() {
-            assert_eq!(v, random_u32(seed, stream, 13 + j as u64));
+        // whole AVX2 groups, also where the counter's low word wraps inside a group and
+        // where the element index wraps around u64
+        for start in [13u64, (1 << 34) - 61, (1 << 34) - 64, u64::MAX - 300] {
+            let mut big = vec![0u32; 1001];
+            fill_random_u32(seed, stream, start, &mut big);
+            for (j, &v) in big.iter().enumerate() {
+                let want = random_u32(seed, stream, start.wrapping_add(j as u64));
+                assert_eq!(v, want, "start {start} j {j}");
+            }
         }
     }
 

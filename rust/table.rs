@@ -538,6 +538,32 @@ impl Table {
     }
 }
 
+/// [`Table::stochastic_slice`] of a table used once (e.g. a block's own log levels): a table
+/// of at most 16 levels goes to the AVX2 path without building the table where the CPU has
+/// it; otherwise the table is built (`levels` validated as in [`Table::new`]).
+pub fn stochastic_levels(levels: Vec<f32>, xs: &[f32], rs: &[u32], out: &mut [u8]) -> Result<()> {
+    #[cfg(target_arch = "x86_64")]
+    if (2..=16).contains(&levels.len())
+        && levels.windows(2).all(|w| w[0] < w[1])
+        && levels.iter().all(|v| v.is_finite())
+        && std::is_x86_feature_detected!("avx2")
+    {
+        let n = xs.len().min(rs.len()).min(out.len());
+        // SAFETY: the CPU supports AVX2, checked just above; the slices hold n elements.
+        let done = unsafe { sr_avx2::small(&levels, &xs[..n], &rs[..n], &mut out[..n]) };
+        if done == n {
+            return Ok(());
+        }
+        let t = Table::new(levels)?;
+        for j in done..n {
+            out[j] = t.stochastic(xs[j], rs[j]);
+        }
+        return Ok(());
+    }
+    Table::new(levels)?.stochastic_slice(xs, rs, out);
+    Ok(())
+}
+
 /// Direct-index lookups, 8 at a time: gather the 8 entries, compare the low 16 bits of each
 /// pattern with the entry's `t` (both in 0..=0xffff, so a signed 32-bit compare is exact), and
 /// shift the entry right by 16 (code `c0`) or 24 (`c1`).
@@ -1050,6 +1076,9 @@ mod tests {
                 for j in 0..len {
                     assert_eq!(out[j], t.stochastic(xs[j], rs[j]), "x {:e} r {}", xs[j], rs[j]);
                 }
+                let mut once = vec![0u8; len];
+                stochastic_levels(l.clone(), &xs[..len], &rs[..len], &mut once).unwrap();
+                assert_eq!(once, out, "table {l:?}");
             }
         }
     }
