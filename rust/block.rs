@@ -376,21 +376,28 @@ fn quantize_group_in<const MODE: u8>(
     stream: u64,
 ) -> Result<()> {
     let n = xs.len();
-    if let (Some(table), false, 8) = (&spec.table, MODE == STOCHASTIC, spec.code_bits()) {
-        // 8-bit codes of a fixed table, nearest: scale, divide, look up and store the codes
-        // in one pass per block (the same values as the general path below)
-        check("packed", ps.len(), n)?;
-        for (b, (xb, pb)) in xs.chunks(spec.block).zip(ps.chunks_mut(spec.block)).enumerate() {
+    if let (Some(table), false) = (&spec.table, MODE == STOCHASTIC) {
+        // a fixed table, nearest: scale, divide and look up in one pass per block, into the
+        // packed bytes directly for 8-bit codes (the same values as the general path below)
+        let bits = spec.code_bits();
+        let codes: &mut [u8] = if bits == 8 {
+            check("packed", ps.len(), n)?;
+            ps
+        } else {
+            scratch.codes.resize(n, 0);
+            &mut scratch.codes[..n]
+        };
+        for (b, (xb, cb)) in xs.chunks(spec.block).zip(codes.chunks_mut(spec.block)).enumerate() {
             let s = spec.block_scale(amax(xb), global);
             ss[b] = s;
             let sd = s * global;
             if sd > 0.0 {
-                table.nearest_scaled(xb, sd, pb);
+                table.nearest_scaled(xb, sd, cb);
             } else {
-                pb.fill(table.nearest(0.0));
+                cb.fill(table.nearest(0.0));
             }
         }
-        return Ok(());
+        return if bits == 8 { Ok(()) } else { pack::pack(&scratch.codes[..n], bits, ps) };
     }
     scratch.ys.clear();
     scratch.ys.resize(n, 0.0);
@@ -506,7 +513,8 @@ pub(crate) fn dequantize_group(
 /// `out[i] = levels[codes[i]] · s` (a code beyond the levels is an error), 8 at a time with
 /// AVX2 gathers where the CPU has them.
 fn decode_scaled(levels: &[f32], codes: &[u8], s: f32, out: &mut [f32]) -> Result<()> {
-    if levels.len() < 256 {
+    // the largest code first (vectorizes), the offending one only when there is one
+    if levels.len() < 256 && codes.iter().fold(0u8, |m, &c| m.max(c)) as usize >= levels.len() {
         if let Some(&c) = codes.iter().find(|&&c| c as usize >= levels.len()) {
             return Err(Error::value(
                 "packed",
