@@ -181,7 +181,7 @@ pub fn quantile_abs(x: &[f32], q: f32, scratch: &mut Vec<f32>) -> f32 {
     let k = ((q as f64 * last as f64).floor() as usize).min(last);
     if k < 16 {
         #[cfg(target_arch = "x86_64")]
-        if x.len() % 8 == 0 && std::is_x86_feature_detected!("avx2") {
+        if x.len().is_multiple_of(8) && std::is_x86_feature_detected!("avx2") {
             // SAFETY: AVX2 checked just above.
             return unsafe { kth_avx2::kth_smallest_abs(x, k) };
         }
@@ -234,7 +234,7 @@ mod kth_avx2 {
     /// For `x.len()` a multiple of 8 and `k < 16`.
     #[target_feature(enable = "avx2")]
     pub unsafe fn kth_smallest_abs(x: &[f32], k: usize) -> f32 {
-        debug_assert!(k < 16 && x.len() % 8 == 0);
+        debug_assert!(k < 16 && x.len().is_multiple_of(8));
         macro_rules! windows {
             ($($w:literal)*) => {
                 match k + 1 { $($w => columns::<$w>(x),)* _ => unreachable!() }

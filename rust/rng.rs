@@ -163,13 +163,12 @@ mod avx2 {
                 (lo, _mm256_set1_epi32((b0 >> 32) as u32 as i32))
             } else {
                 // the low word wraps within these lanes: build the counters one by one
-                let mut w = [[0u32; LANES]; 2];
-                for l in 0..LANES {
-                    let ctr = counter(stream, idx.wrapping_add(((j * LANES + l) * 4) as u64));
-                    (w[0][l], w[1][l]) = (ctr[0], ctr[1]);
-                }
+                let ctr =
+                    |l: usize| counter(stream, idx.wrapping_add(((j * LANES + l) * 4) as u64));
+                let lo: [u32; LANES] = std::array::from_fn(|l| ctr(l)[0]);
+                let hi: [u32; LANES] = std::array::from_fn(|l| ctr(l)[1]);
                 let ld = |r: &[u32; LANES]| _mm256_loadu_si256(r.as_ptr() as *const __m256i);
-                (ld(&w[0]), ld(&w[1]))
+                (ld(&lo), ld(&hi))
             };
             let (mut c2, mut c3) = (c2, c3);
             let mut key = k;
