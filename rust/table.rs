@@ -319,26 +319,8 @@ impl Table {
     /// `levels`); tables of more than 32 levels also build a 256 KiB lookup index (~20 µs),
     /// which small tables build lazily once heavily reused.
     pub fn new(levels: Vec<f32>) -> Result<Table> {
+        check_levels(&levels)?;
         let n = levels.len();
-        if !(2..=256).contains(&n) {
-            return Err(Error::value("levels", format!("expected 2 to 256 levels, got {n}")));
-        }
-        if let Some(i) = levels.iter().position(|v| !v.is_finite()) {
-            return Err(Error::value(
-                "levels",
-                format!("expected finite levels, got {} at index {i}", levels[i]),
-            ));
-        }
-        if let Some(i) = levels.windows(2).position(|w| w[0] >= w[1]) {
-            return Err(Error::value(
-                "levels",
-                format!(
-                    "expected strictly ascending levels, got {:?} at index {i} then {:?}",
-                    levels[i],
-                    levels[i + 1]
-                ),
-            ));
-        }
         let mut t = Table {
             levels,
             small: Keys([i32::MAX; SMALL_MAX]),
@@ -538,16 +520,38 @@ impl Table {
     }
 }
 
+/// The levels a table accepts: 2 to 256 finite values, strictly ascending.
+fn check_levels(levels: &[f32]) -> Result<()> {
+    let n = levels.len();
+    if !(2..=256).contains(&n) {
+        return Err(Error::value("levels", format!("expected 2 to 256 levels, got {n}")));
+    }
+    if let Some(i) = levels.iter().position(|v| !v.is_finite()) {
+        return Err(Error::value(
+            "levels",
+            format!("expected finite levels, got {} at index {i}", levels[i]),
+        ));
+    }
+    if let Some(i) = levels.windows(2).position(|w| w[0] >= w[1]) {
+        return Err(Error::value(
+            "levels",
+            format!(
+                "expected strictly ascending levels, got {:?} at index {i} then {:?}",
+                levels[i],
+                levels[i + 1]
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// [`Table::stochastic_slice`] of a table used once (e.g. a block's own log levels): a table
 /// of at most 16 levels goes to the AVX2 path without building the table where the CPU has
-/// it; otherwise the table is built (`levels` validated as in [`Table::new`]).
+/// it; otherwise the table is built. `levels` must pass [`Table::new`]'s checks.
 pub fn stochastic_levels(levels: Vec<f32>, xs: &[f32], rs: &[u32], out: &mut [u8]) -> Result<()> {
+    check_levels(&levels)?;
     #[cfg(target_arch = "x86_64")]
-    if (2..=16).contains(&levels.len())
-        && levels.windows(2).all(|w| w[0] < w[1])
-        && levels.iter().all(|v| v.is_finite())
-        && std::is_x86_feature_detected!("avx2")
-    {
+    if levels.len() <= 16 && std::is_x86_feature_detected!("avx2") {
         let n = xs.len().min(rs.len()).min(out.len());
         // SAFETY: the CPU supports AVX2, checked just above; the slices hold n elements.
         let done = unsafe { sr_avx2::small(&levels, &xs[..n], &rs[..n], &mut out[..n]) };
