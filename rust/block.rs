@@ -511,7 +511,7 @@ pub(crate) fn dequantize_group(
 }
 
 /// `out[i] = levels[codes[i]] · s` (a code beyond the levels is an error), 8 at a time with
-/// AVX2 gathers where the CPU has them.
+/// AVX2 where the CPU has it.
 fn decode_scaled(levels: &[f32], codes: &[u8], s: f32, out: &mut [f32]) -> Result<()> {
     // the largest code first (vectorizes), the offending one only when there is one
     if levels.len() < 256 && codes.iter().fold(0u8, |m, &c| m.max(c)) as usize >= levels.len() {
@@ -528,7 +528,7 @@ fn decode_scaled(levels: &[f32], codes: &[u8], s: f32, out: &mut [f32]) -> Resul
     if std::is_x86_feature_detected!("avx2") {
         // SAFETY: AVX2 checked just above; every code indexes `levels` (checked above, or
         // any u8 does for 256 levels); the slices hold n elements.
-        done = unsafe { gather_avx2::decode(levels, &codes[..n], s, &mut out[..n]) };
+        done = unsafe { lut_avx2::decode(levels, &codes[..n], s, &mut out[..n]) };
     }
     for (o, &c) in out[done..n].iter_mut().zip(&codes[done..n]) {
         *o = levels[c as usize] * s;
@@ -537,18 +537,22 @@ fn decode_scaled(levels: &[f32], codes: &[u8], s: f32, out: &mut [f32]) -> Resul
 }
 
 #[cfg(target_arch = "x86_64")]
-mod gather_avx2 {
+mod lut_avx2 {
     use std::arch::x86_64::*;
 
     /// `out[i] = levels[codes[i]] · s` over the first multiple of 8 elements; returns how
-    /// many were done. Every code must index `levels`.
+    /// many were done. Every code must index `levels`. The 8 levels are scalar loads
+    /// (indices from one 64-bit word of codes) assembled into a vector: on Zen 3 about half
+    /// the time of a `vgatherdps`, whose microcode is the bottleneck here.
     #[target_feature(enable = "avx2")]
     pub unsafe fn decode(levels: &[f32], codes: &[u8], s: f32, out: &mut [f32]) -> usize {
         let sv = _mm256_set1_ps(s);
+        let lp = levels.as_ptr();
         let full = codes.len() / 8 * 8;
         for j in (0..full).step_by(8) {
-            let c = _mm_loadl_epi64(codes.as_ptr().add(j) as *const __m128i);
-            let v = _mm256_i32gather_ps::<4>(levels.as_ptr(), _mm256_cvtepu8_epi32(c));
+            let w = (codes.as_ptr().add(j) as *const u64).read_unaligned();
+            let l = |k: u32| *lp.add(((w >> (8 * k)) & 0xff) as usize);
+            let v = _mm256_setr_ps(l(0), l(1), l(2), l(3), l(4), l(5), l(6), l(7));
             _mm256_storeu_ps(out.as_mut_ptr().add(j), _mm256_mul_ps(v, sv));
         }
         full
