@@ -19,7 +19,7 @@
 //! - Stochastic rounding draws bits keyed by the element's index in the whole tensor.
 
 use crate::error::{Error, Result};
-use crate::exmy::{EncodeOptions, Encoder, Overflow, Random, Rounding, STOCHASTIC};
+use crate::exmy::{EncodeOptions, Encoder, Overflow, Random, Rounding, NEAREST, STOCHASTIC};
 use crate::format::Format;
 use crate::par::{self, CHUNK};
 use crate::table::{self, Table};
@@ -376,10 +376,22 @@ fn quantize_group_in<const MODE: u8>(
     stream: u64,
 ) -> Result<()> {
     let n = xs.len();
-    if let (Some(table), false) = (&spec.table, MODE == STOCHASTIC) {
-        // a fixed table, nearest: scale, divide and look up in one pass per block, into the
-        // packed bytes directly for 8-bit codes (the same values as the general path below)
+    // ExMy to nearest: the format's direct index (built once per process)
+    let index = match (&spec.encoder, MODE == NEAREST) {
+        (Some(enc), true) => crate::exmy::nearest_index(enc, true),
+        _ => None,
+    };
+    let fixed = if MODE == STOCHASTIC { None } else { spec.table.as_ref() };
+    if fixed.is_some() || index.is_some() {
+        // a fixed table or an ExMy index, nearest: scale, divide and look up in one pass per
+        // block, into the packed bytes directly for 8-bit codes (the same values as the
+        // general path below, which also takes the inputs the index leaves undecided: NaN)
         let bits = spec.code_bits();
+        let zero = match (fixed, &spec.encoder) {
+            (Some(t), _) => t.nearest(0.0),
+            (None, Some(enc)) => enc.encode_one::<f32, NEAREST>(0.0, 0).0 as u8,
+            (None, None) => unreachable!("an index comes from an encoder"),
+        };
         let codes: &mut [u8] = if bits == 8 {
             check("packed", ps.len(), n)?;
             ps
@@ -387,17 +399,25 @@ fn quantize_group_in<const MODE: u8>(
             scratch.codes.resize(n, 0);
             &mut scratch.codes[..n]
         };
+        let mut decided = true;
         for (b, (xb, cb)) in xs.chunks(spec.block).zip(codes.chunks_mut(spec.block)).enumerate() {
             let s = spec.block_scale(amax(xb), global);
             ss[b] = s;
             let sd = s * global;
-            if sd > 0.0 {
-                table.nearest_scaled(xb, sd, cb);
-            } else {
-                cb.fill(table.nearest(0.0));
+            if sd <= 0.0 {
+                cb.fill(zero);
+            } else if let Some(t) = fixed {
+                t.nearest_scaled(xb, sd, cb);
+            } else if let Some(ent) = index {
+                decided = table::index_lookup::<true>(ent, xb, sd, cb);
+                if !decided {
+                    break;
+                }
             }
         }
-        return if bits == 8 { Ok(()) } else { pack::pack(&scratch.codes[..n], bits, ps) };
+        if decided {
+            return if bits == 8 { Ok(()) } else { pack::pack(&scratch.codes[..n], bits, ps) };
+        }
     }
     scratch.ys.clear();
     scratch.ys.resize(n, 0.0);

@@ -23,12 +23,20 @@
 //! - Stochastic rounding rounds away from zero iff `r < floor(rem · 2^32 / 2^shift)`
 //!   with `r` 32 random bits: P(away) is the discarded fraction truncated to 2^-32, and
 //!   exact inputs (`rem = 0`) never move.
+//! - Round to nearest from float32 into a format of at most 8 bits also has a direct index
+//!   (`nearest_index`: the table codec's 2^16 buckets of the top 16 bits, built from this
+//!   encoder by evaluating it at each bucket's ends and binary-searching its one transition;
+//!   round to nearest is monotone, so that describes the bucket). About twice the speed of
+//!   the element code. It is built once per (format, options) for a call of 2^20+ elements
+//!   or a blockwise spec, and kept; inf/NaN and error buckets are left to the element code.
 
 use crate::error::{Error, Result};
 use crate::format::{Format, NanKind};
 use crate::par::{self, CHUNK};
 use crate::rng;
+use crate::table::Entries;
 use rayon::prelude::*;
+use std::sync::Mutex;
 
 /// Rounding modes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -210,6 +218,11 @@ pub trait Input: Copy + Send + Sync {
     fn f32_bits(self) -> u32 {
         0
     }
+    /// The slice as float32 values (only for `f32` itself).
+    #[doc(hidden)]
+    fn as_f32(_x: &[Self]) -> Option<&[f32]> {
+        None
+    }
 }
 
 /// Opaque wrapper so `Parts` stays private.
@@ -227,6 +240,9 @@ impl Input for f32 {
     #[inline(always)]
     fn f32_bits(self) -> u32 {
         self.to_bits()
+    }
+    fn as_f32(x: &[f32]) -> Option<&[f32]> {
+        Some(x)
     }
 }
 
@@ -282,11 +298,18 @@ pub trait Code: Copy + Send + Sync + Default {
     fn from_u32(v: u32) -> Self;
     /// To u32.
     fn to_u32(self) -> u32;
+    /// The slice as bytes (only for `u8` itself).
+    fn as_u8(_x: &mut [Self]) -> Option<&mut [u8]> {
+        None
+    }
 }
 
 macro_rules! impl_code {
-    ($t:ty) => {
+    ($t:ty, $bytes:expr) => {
         impl Code for $t {
+            fn as_u8(x: &mut [$t]) -> Option<&mut [u8]> {
+                $bytes(x)
+            }
             const BITS: u32 = <$t>::BITS;
             #[inline(always)]
             fn from_u32(v: u32) -> Self {
@@ -299,9 +322,9 @@ macro_rules! impl_code {
         }
     };
 }
-impl_code!(u8);
-impl_code!(u16);
-impl_code!(u32);
+impl_code!(u8, Some);
+impl_code!(u16, |_| None);
+impl_code!(u32, |_| None);
 
 // ---------------------------------------------------------------- the encoder
 
@@ -732,13 +755,64 @@ pub fn encode<I: Input, C: Code>(
     if let Random::Bits(b) = random {
         check_len("random_bits", b.len(), x.len())?;
     }
+    // round to nearest from float32 into byte codes: the direct index, for a call large
+    // enough to pay for building it (a chunk the index does not decide takes the usual path)
+    let ix = if I::F32 && C::BITS == 8 && enc.opts.rounding == Rounding::Nearest {
+        nearest_index(enc, x.len() >= INDEX_MIN)
+    } else {
+        None
+    };
     dispatch_mode!(enc.opts.rounding, MODE => {
         par::install(|| {
             x.par_chunks(CHUNK)
                 .zip(out.par_chunks_mut(CHUNK))
                 .enumerate()
-                .try_for_each(|(k, (xs, os))| encode_chunk::<I, C, MODE>(enc, xs, os, k * CHUNK, random))
+                .try_for_each(|(k, (xs, os))| {
+                    if let (Some(ent), Some(xf)) = (ix, I::as_f32(xs)) {
+                        if crate::table::index_lookup::<false>(ent, xf, 1.0, C::as_u8(os).expect("u8")) {
+                            return Ok(());
+                        }
+                    }
+                    encode_chunk::<I, C, MODE>(enc, xs, os, k * CHUNK, random)
+                })
         })
+    })
+}
+
+/// Inputs from which [`encode`] builds the direct index of a format it has none of yet.
+const INDEX_MIN: usize = 1 << 20;
+/// Most direct indexes kept (256 KiB each).
+const INDEX_CACHE: usize = 16;
+
+/// The direct index (`table::index_of`) of round to nearest from float32 into `enc`'s format
+/// (at most 8 bits), built once per (format, overflow and NaN/negative options) and kept for
+/// the process; `build = false` only returns one already built. `None` as well for wider
+/// formats and for a format whose index would need two transitions in a bucket.
+pub(crate) fn nearest_index(enc: &Encoder, build: bool) -> Option<&'static Entries> {
+    type Key = (Format, EncodeOptions);
+    static CACHE: Mutex<Vec<(Key, Option<&'static Entries>)>> = Mutex::new(Vec::new());
+    if enc.fmt.bits() > 8 {
+        return None;
+    }
+    let key = (enc.fmt, EncodeOptions { rounding: Rounding::Nearest, ..enc.opts });
+    let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, ix)) = cache.iter().find(|(k, _)| *k == key) {
+        return *ix;
+    }
+    if !build || cache.len() >= INDEX_CACHE {
+        return None;
+    }
+    // kept for the life of the process, like the cache itself (at most INDEX_CACHE of them)
+    let ix: Option<&'static Entries> = build_nearest_index(enc).map(|b| &*Box::leak(b));
+    cache.push((key, ix));
+    ix
+}
+
+/// [`nearest_index`] without the cache.
+fn build_nearest_index(enc: &Encoder) -> Option<Box<Entries>> {
+    crate::table::index_of(|b| match enc.encode_one::<f32, NEAREST>(f32::from_bits(b), 0) {
+        (c, 0) => Some(c as u8),
+        _ => None,
     })
 }
 
@@ -938,6 +1012,75 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The direct index of round to nearest gives the encoder's code for every float32 it
+    /// decides, in every format of at most 8 bits under every overflow/NaN/negative option:
+    /// per bucket, both ends, the transition and its neighbours, and a spread of others;
+    /// plus every 4099th bit pattern, and `index_lookup` (vector and scalar paths) on a slice.
+    /// Undecided buckets are exactly the inf/NaN ones and those holding an error input.
+    #[test]
+    fn nearest_index_matches_the_encoder() {
+        let mut built = 0;
+        for (name, f) in crate::formats::all().into_iter().filter(|(_, f)| f.bits() <= 8) {
+            for (overflow, nan_to_zero, clamp_negative) in
+                [(Overflow::NonFinite, false, false), (Overflow::Saturate, true, true)]
+            {
+                let opts = EncodeOptions {
+                    rounding: Rounding::Nearest,
+                    overflow,
+                    nan_to_zero,
+                    clamp_negative,
+                };
+                let e = Encoder::new(f, opts);
+                let Some(ix) = build_nearest_index(&e) else {
+                    // only a format with 2+ transitions in a bucket has none
+                    assert!(f.man_bits() >= 7, "{name} {opts:?} got no index");
+                    continue;
+                };
+                let ix = &*ix;
+                built += 1;
+                let want = |b: u32| match e.encode_one::<f32, NEAREST>(f32::from_bits(b), 0) {
+                    (c, 0) => Some(c as u8),
+                    _ => None,
+                };
+                let got = |b: u32| {
+                    let mut o = [0u8];
+                    crate::table::index_lookup::<false>(ix, &[f32::from_bits(b)], 1.0, &mut o)
+                        .then_some(o[0])
+                };
+                for h in 0..1u32 << 16 {
+                    let lo = h << 16;
+                    let t = u16::from_le_bytes([ix[h as usize][0], ix[h as usize][1]]) as u32;
+                    let lows = [0, 1, 2, 0x5555, 0x8000, 0xaaaa, 0xfffe, 0xffff].into_iter().chain(
+                        [t.wrapping_sub(1), t, t + 1, t + 2].into_iter().filter(|&l| l <= 0xffff),
+                    );
+                    for l in lows {
+                        let b = lo | l;
+                        match got(b) {
+                            Some(c) => assert_eq!(Some(c), want(b), "{name} {opts:?} {b:#010x}"),
+                            None => assert!(
+                                lo & 0x7f80_0000 == 0x7f80_0000
+                                    || want(lo).is_none()
+                                    || want(lo | 0xffff).is_none(),
+                                "{name} {opts:?}: bucket {h:#06x} undecided"
+                            ),
+                        }
+                    }
+                }
+                let xs: Vec<f32> = (0..=u32::MAX / 4099)
+                    .map(|k| f32::from_bits(k * 4099))
+                    .filter(|x| want(x.to_bits()).is_some() && !x.is_nan() && !x.is_infinite())
+                    .collect();
+                let mut out = vec![0u8; xs.len()];
+                assert!(crate::table::index_lookup::<false>(ix, &xs, 1.0, &mut out), "{name}");
+                for (x, c) in xs.iter().zip(&out) {
+                    assert_eq!(Some(*c), want(x.to_bits()), "{name} {opts:?} {x:e}");
+                }
+            }
+        }
+        eprintln!("{built} (format, options) indexes checked");
+        assert!(built >= 10, "only {built} formats got an index");
     }
 
     #[test]

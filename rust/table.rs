@@ -121,7 +121,7 @@ impl std::fmt::Debug for Index {
 }
 
 /// The entries of the direct index, by the top 16 bits of the bit pattern.
-type Entries = [[u8; 4]; BUCKETS];
+pub(crate) type Entries = [[u8; 4]; BUCKETS];
 
 /// The code of the value with bit pattern `b`, from entries without cold buckets.
 #[inline(always)]
@@ -134,6 +134,90 @@ fn lookup(ent: &Entries, b: u32) -> u8 {
 fn entry(t: u16, c0: usize, c1: usize) -> [u8; 4] {
     let t = t.to_le_bytes();
     [t[0], t[1], c0 as u8, c1 as u8]
+}
+
+/// A direct-index entry that decides nothing: the caller's own code function must handle the
+/// bucket's inputs. No real entry looks like it: `c0 = 0xff` below `c1 = 0` at `t = 0` would
+/// be a code function going from 0xff to 0 as the magnitude grows within a bucket.
+const UNDECIDED: [u8; 4] = [0, 0, 0xff, 0];
+
+/// A direct index (the same entries as a table's) for any code function `f` of the f32 bit
+/// pattern that, on the finite values of each sign, is monotone in the magnitude (round to
+/// nearest into a floating-point format is). `f` gives `None` where it does not decide (an
+/// error, say): such buckets, and the inf/NaN ones, are marked undecided. Per bucket: `f` at
+/// both ends; equal codes fill the bucket (monotone); else a binary search finds the first
+/// pattern with another code, which must be the code at the top end (one transition), or
+/// there is no index (`None`: 2+ transitions in some bucket).
+pub(crate) fn index_of(f: impl Fn(u32) -> Option<u8>) -> Option<Box<Entries>> {
+    let mut ent: Box<Entries> =
+        vec![[0u8; 4]; BUCKETS].into_boxed_slice().try_into().expect("BUCKETS");
+    for (h, e) in ent.iter_mut().enumerate() {
+        let lo = (h as u32) << 16;
+        *e = UNDECIDED;
+        if lo & 0x7f80_0000 == 0x7f80_0000 {
+            continue; // inf and NaN patterns
+        }
+        let (Some(c0), Some(c1)) = (f(lo), f(lo | 0xffff)) else { continue };
+        if c0 == c1 {
+            *e = entry(0xffff, c0 as usize, c0 as usize);
+            continue;
+        }
+        // the first low half with a code other than c0: in (a, b]
+        let (mut a, mut b) = (0u32, 0xffffu32);
+        let mut decided = true;
+        while b - a > 1 {
+            let mid = (a + b) / 2;
+            match f(lo | mid) {
+                Some(c) if c == c0 => a = mid,
+                Some(_) => b = mid,
+                None => {
+                    decided = false;
+                    break;
+                }
+            }
+        }
+        if !decided {
+            continue;
+        }
+        if f(lo | b) != Some(c1) {
+            return None; // 2+ transitions
+        }
+        *e = entry(a as u16, c0 as usize, c1 as usize);
+        if *e == UNDECIDED {
+            return None;
+        }
+    }
+    Some(ent)
+}
+
+/// `out[j]` = the code of `xs[j]` (of `xs[j] / s` if `DIV`, IEEE f32 division) from an index
+/// of [`index_of`]. Returns `false` if some element fell in an undecided bucket: the codes are
+/// then unspecified and the caller computes them its own way.
+pub(crate) fn index_lookup<const DIV: bool>(
+    ent: &Entries,
+    xs: &[f32],
+    s: f32,
+    out: &mut [u8],
+) -> bool {
+    let n = xs.len().min(out.len());
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2, checked just above; the slices hold n elements.
+        let (d, hit) = unsafe { idx_avx2::nearest::<DIV, true>(ent, &xs[..n], s, &mut out[..n]) };
+        if hit {
+            return false;
+        }
+        done = d;
+    }
+    for (o, &x) in out[done..n].iter_mut().zip(&xs[done..n]) {
+        let b = (if DIV { x / s } else { x }).to_bits();
+        if ent[(b >> 16) as usize] == UNDECIDED {
+            return false;
+        }
+        *o = lookup(ent, b);
+    }
+    true
 }
 
 impl Index {
@@ -506,7 +590,7 @@ impl Table {
         #[cfg(target_arch = "x86_64")]
         if std::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU supports AVX2, checked just above; the slices hold n elements.
-            done = unsafe { idx_avx2::nearest::<DIV>(ent, &xs[..n], s, &mut out[..n]) };
+            done = unsafe { idx_avx2::nearest::<DIV, false>(ent, &xs[..n], s, &mut out[..n]).0 };
         }
         for (j, o) in out[..n].iter_mut().enumerate().skip(done) {
             *o = lookup(ent, x(j).to_bits());
@@ -588,13 +672,15 @@ mod idx_avx2 {
     /// Look up the first multiple of 8 elements (divided by `s` if `DIV`); returns how many
     /// were done.
     #[target_feature(enable = "avx2")]
-    pub unsafe fn nearest<const DIV: bool>(
+    pub unsafe fn nearest<const DIV: bool, const FLAG: bool>(
         ent: &Entries,
         xs: &[f32],
         s: f32,
         out: &mut [u8],
-    ) -> usize {
+    ) -> (usize, bool) {
         let sv = _mm256_set1_ps(s);
+        let undecided = _mm256_set1_epi32(i32::from_le_bytes(super::UNDECIDED));
+        let mut hit = _mm256_setzero_si256();
         let base = ent.as_ptr() as *const i32;
         let lo16 = _mm256_set1_epi32(0xffff);
         let (sixteen, eight) = (_mm256_set1_epi32(16), _mm256_set1_epi32(8));
@@ -619,13 +705,16 @@ mod idx_avx2 {
             // SAFETY: every index is a top-16-bit value, < BUCKETS entries of 4 bytes.
             let l = |k: usize| *base.add(((q[k / 2] >> (32 * (k % 2))) & 0xffff) as usize);
             let e = _mm256_setr_epi32(l(0), l(1), l(2), l(3), l(4), l(5), l(6), l(7));
+            if FLAG {
+                hit = _mm256_or_si256(hit, _mm256_cmpeq_epi32(e, undecided));
+            }
             let gt = _mm256_cmpgt_epi32(_mm256_and_si256(b, lo16), _mm256_and_si256(e, lo16));
             let c = _mm256_srlv_epi32(e, _mm256_add_epi32(sixteen, _mm256_and_si256(gt, eight)));
             let p = _mm256_shuffle_epi8(c, pick);
             let v = _mm_unpacklo_epi32(_mm256_castsi256_si128(p), _mm256_extracti128_si256::<1>(p));
             _mm_storel_epi64(out.as_mut_ptr().add(j) as *mut __m128i, v);
         }
-        full
+        (full, FLAG && _mm256_testz_si256(hit, hit) == 0)
     }
 }
 

@@ -305,3 +305,49 @@ def test_rounding_matches_exact_reference(name, mode, frac):
     x = np.array([v[0] + frac * (v[-1] - v[0])])
     np.testing.assert_array_equal(lowfp.quantize(x, f, rounding=mode),
                                   _exact_reference(f, x, mode))
+
+
+# ---------------------------------------------------------------- the direct index
+# Encoding float32 to nearest into a format of at most 8 bits goes through a direct index
+# (2^16 buckets) once a call has 2^20 or more elements (the index is then kept, so smaller
+# calls use it too). These calls are that large on purpose; every float16 value, repeated,
+# and the boundary set cover every kind of bucket, compared with ml_dtypes (and the inputs the
+# index leaves to the encoder: NaN, inf, errors).
+
+BIG = 1 << 20
+
+
+def _big(x: np.ndarray) -> np.ndarray:
+    reps = -(-2 * BIG // x.size)
+    return np.tile(x, reps)
+
+
+@pytest.mark.parametrize("name", SHARED_SMALL)
+@pytest.mark.parametrize("overflow", ["nonfinite", "saturate"])
+def test_direct_index_matches_ml_dtypes_and_the_encoder(name, overflow):
+    f = lowfp.format(name)
+    x16 = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)
+    x = _big(np.concatenate([x16, _boundary_f32(f)]))
+    x = x[_comparable(x, f)]
+    assert x.size >= BIG
+    got = lowfp.encode(x, f, overflow=overflow)
+    if overflow == "nonfinite":
+        _assert_codes_equal(got, ml_encode(x, name), x, f)
+    # the same codes element by element through the float64 encoder (no index there; float32
+    # values are exact in float64, so the rounding is the same)
+    want = lowfp.encode(x.astype(np.float64), f, overflow=overflow)
+    _assert_codes_equal(got, want, x, f)
+
+
+def test_direct_index_leaves_errors_and_nan_options_to_the_encoder():
+    x = _big(np.linspace(-7, 7, 4099, dtype=np.float32))
+    x[BIG - 3] = np.nan
+    with pytest.raises(ValueError, match=f"element {BIG - 3}"):
+        lowfp.encode(x, "float4_e2m1fn")
+    zero = lowfp.encode(x, "float4_e2m1fn", nan="zero")
+    assert zero[BIG - 3] == 0
+    ok = np.arange(x.size) != BIG - 3
+    _assert_codes_equal(zero[ok], lowfp.encode(x[ok].astype(np.float64), "float4_e2m1fn"),
+                        x[ok], lowfp.format("float4_e2m1fn"))
+    with pytest.raises(ValueError, match="negative"):
+        lowfp.encode(np.abs(x[ok]) * -1 - 1, "float8_e8m0fnu")
