@@ -307,9 +307,6 @@ pub trait Code: Copy + Send + Sync + Default {
 macro_rules! impl_code {
     ($t:ty, $bytes:expr) => {
         impl Code for $t {
-            fn as_u8(x: &mut [$t]) -> Option<&mut [u8]> {
-                $bytes(x)
-            }
             const BITS: u32 = <$t>::BITS;
             #[inline(always)]
             fn from_u32(v: u32) -> Self {
@@ -318,6 +315,9 @@ macro_rules! impl_code {
             #[inline(always)]
             fn to_u32(self) -> u32 {
                 self as u32
+            }
+            fn as_u8(x: &mut [$t]) -> Option<&mut [u8]> {
+                $bytes(x)
             }
         }
     };
