@@ -670,7 +670,7 @@ mod idx_avx2 {
     };
 
     /// Look up the first multiple of 8 elements (divided by `s` if `DIV`); returns how many
-    /// were done.
+    /// were done and, if `FLAG`, whether one of them fell in an `UNDECIDED` bucket.
     #[target_feature(enable = "avx2")]
     pub unsafe fn nearest<const DIV: bool, const FLAG: bool>(
         ent: &Entries,
