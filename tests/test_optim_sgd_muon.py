@@ -337,12 +337,13 @@ def test_state_dict_from_another_configuration_is_rejected():
     a = muon_params()
     oa = Muon8bit(a)
     run_steps(oa, a, 2)
-    with pytest.raises(ValueError, match="state_dict: state 'momentum_buffer'"):
+    with pytest.raises(ValueError, match="momentum_buffer of parameter 0 .* stores it as float32"):
         Muon(muon_params()).load_state_dict(oa.state_dict())
     s = params()
     osgd = SGD(s, lr=0.1, momentum=0.9)
     run_steps(osgd, s, 1)
-    with pytest.raises(ValueError, match="state_dict: state 'momentum_buffer.codes'"):
+    with pytest.raises(ValueError, match="momentum_buffer of parameter 0 .* was saved as float32, "
+                                         "this optimizer stores it as exmy"):
         SGD(params(), lr=0.1, momentum=0.9, momentum_codec="e4m3",
             min_quant_size=0).load_state_dict(osgd.state_dict())
 
@@ -486,7 +487,8 @@ def test_muon_nonfinite_gradients_skip_or_raise(where):
     after = opt.state_dict()
     for i, st in sd["state"].items():
         for k, t in st.items():
-            assert torch.equal(t, after["state"][i][k])
+            assert torch.equal(t, after["state"][i][k]) if torch.is_tensor(t) \
+                else t == after["state"][i][k]
     strict = Muon(ps, lr=0.02, nonfinite="error")
     with pytest.raises(ValueError, match="NaN or inf"):
         strict.step()

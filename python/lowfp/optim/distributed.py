@@ -42,6 +42,8 @@ from __future__ import annotations
 
 from typing import Any, Dict, Iterable
 
+import sys
+
 import torch
 
 from .. import _core
@@ -49,15 +51,24 @@ from .. import _core
 __all__ = ["is_dtensor", "check_param", "local", "block_aligned", "wrap_state_dict",
            "unwrap_state", "init_state", "element_offset", "full_rows", "local_rows", "agree"]
 
-try:  # torch >= 2.4; DTensor support is skipped where it is missing
-    from torch.distributed.tensor import DTensor, Replicate, Shard
-except ImportError:  # pragma: no cover - old torch or no distributed build
-    DTensor = Replicate = Shard = None
+# torch.distributed.tensor is imported only once a DTensor exists (it costs ~0.5 s to import):
+# no DTensor can exist before its module is imported, so is_dtensor looks it up in sys.modules.
+DTensor = Replicate = Shard = None
+
+
+def _load() -> None:
+    global DTensor, Replicate, Shard
+    if DTensor is None:
+        from torch.distributed.tensor import DTensor, Replicate, Shard  # noqa: F811
 
 
 def is_dtensor(t: Any) -> bool:
     """True for a ``torch.distributed.tensor.DTensor``."""
-    return DTensor is not None and isinstance(t, DTensor)
+    mod = sys.modules.get("torch.distributed.tensor")
+    if mod is None or not isinstance(t, getattr(mod, "DTensor", ())):
+        return False
+    _load()
+    return True
 
 
 def local(t: torch.Tensor) -> torch.Tensor:
@@ -191,16 +202,10 @@ def init_state(optimizer: torch.optim.Optimizer) -> None:
         optimizer: :class:`lowfp.optim.AdamW` (and presets), ``SGD`` (groups with momentum)
             or ``Muon`` (both parts).
     """
-    from .sgd import SGD  # here: this module is imported by lowfp.optim itself
-
     inner = getattr(optimizer, "adamw", None)
     if inner is not None:
         init_state(inner)
-    if isinstance(optimizer, SGD):
-        groups = [g for g in optimizer.param_groups if g["momentum"] != 0]
-    else:
-        groups = [g for g in optimizer.param_groups if g.get("use_muon", True)]
-    for g in groups:
+    for g in [g for g in optimizer.param_groups if optimizer._has_state(g)]:
         for p in g["params"]:
             if p.requires_grad and not optimizer.state.get(p):
                 optimizer.state[p].update(optimizer._init_state(p))

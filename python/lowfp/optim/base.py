@@ -1,0 +1,707 @@
+"""The packed-state machinery every lowfp optimizer shares: :class:`PackedOptimizer`.
+
+A subclass names its per-parameter states (``_STATES``), the constructor argument holding
+each state's codec (``_CODEC_ARGS``), and implements ``_step_group`` (the fused call of one
+param group). Everything else lives here, once: codec validation, state creation, the
+per-group step plan, validation before mutation, the non-finite policy, self-describing
+state dicts, pickling, reporting.
+
+Design notes
+- **Storage.** A state is a float32 tensor of the parameter's shape, or blockwise quantized
+  as ``"<name>.codes"`` (uint8, packed), ``"<name>.scales"`` and ``"<name>.alphas"``
+  (float32). Blocks run over the parameter's elements in logical (C) order, whatever its
+  memory layout, so a checkpoint does not depend on ``channels_last`` or transposes; a
+  non-contiguous parameter steps through one contiguous copy of it and of its gradient,
+  written back after the step. Rejected: blocks in memory order (no copy, but the states of
+  a channels_last model would not load into a contiguous one, and results would differ from
+  the contiguous model's).
+- **Step plan.** Per param group, the parameters' codec handles (``_core.BlockSpec``, built
+  once per codec and block size) and the NumPy views of their state tensors are kept between
+  steps, rebuilt when the group's parameters or storage options change, and dropped by every
+  path that replaces state tensors (``load_state_dict``, ``__setstate__``, the imports).
+  Parameters and gradients are viewed afresh every step (``p.data`` may be reassigned,
+  ``zero_grad`` makes new gradients).
+- **Atomic steps.** Every parameter of every group is checked, and the non-finite check is
+  done, before any state is created or any counter advanced: a step that raises leaves
+  weights, states and counters as they were.
+- **Checkpoints say what their bytes are.** ``state_dict()`` adds, beside each quantized
+  state, ``"<name>.codec"``: the codec as plain data, the block size, the scale rule and the
+  layout version (weights_only loads keep working). ``load_state_dict`` compares them with
+  this optimizer's, per parameter, and raises ValueError naming both; state dicts from
+  before the descriptions (layout 1) load with this optimizer's codecs when the shapes fit.
+  ``load_state_dict(sd, requantize=True)`` converts between codecs explicitly (decode with
+  the saved codec, encode with this one, nearest rounding).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+
+from .. import _core
+from ..codec import Dynamic, Linear, Log, _check_choice
+from ..formats import format as _format
+from ..qtensor import _codec_from_spec, _codec_spec
+from . import distributed as _dist
+
+__all__ = ["PackedOptimizer", "LAYOUT_VERSION"]
+
+#: Version of the packed-state layout written in ``state_dict()`` (1: before codec
+#: descriptions; 2: ``"<name>.codec"`` beside each quantized state).
+LAYOUT_VERSION = 2
+
+_KINDS = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+_PARTS = ("codes", "scales", "alphas")
+
+
+def flat(t: torch.Tensor):
+    """A NumPy view of a contiguous CPU tensor: float32 as is, 16-bit floats as their uint16
+    bit patterns. CUDA tensors stay tensors (flat views), for lowfp.cuda.optim."""
+    if t.is_cuda:
+        return t.view(-1)
+    if t.dtype is torch.float32:
+        return t.detach().numpy()
+    if t.dtype in (torch.bfloat16, torch.float16):
+        return t.detach().view(torch.int16).numpy().view(np.uint16)
+    return t.detach().numpy()
+
+
+def run_closure(closure):
+    """Evaluate an optimizer closure with gradients enabled (None without one)."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
+def cuda_optim():
+    """lowfp.cuda.optim (imported on first use: CuPy is optional)."""
+    from ..cuda import optim
+
+    return optim
+
+
+def plain_codec(codec: Any) -> Optional[dict]:
+    """A codec as plain data (str/int/float/bool dict, for weights_only state dicts)."""
+    if codec is None:
+        return None
+    return {k: v for k, v in _codec_spec(codec).items() if k != "fields"}
+
+
+def check_block(block_size: Any, arg: str = "block_size") -> int:
+    if not (isinstance(block_size, int) and not isinstance(block_size, bool)
+            and 16 <= block_size <= 4096 and block_size % 8 == 0):
+        raise ValueError(f"{arg}: expected a multiple of 8 in 16..4096, got {block_size!r}")
+    return block_size
+
+
+def check_codec(codec: Any, arg: str):
+    """None, or a validated codec object, for one state."""
+    if codec is None or isinstance(codec, (Linear, Dynamic, Log)):
+        return codec
+    if isinstance(codec, dict):  # plain data, as state dicts hold it
+        return _codec_from_spec(codec)
+    if isinstance(codec, str) or hasattr(codec, "exp_bits"):
+        f = _format(codec)
+        if f.bits > 8:
+            raise ValueError(f"{arg}: expected a format of at most 8 bits, got {f.name}")
+        return f
+    raise TypeError(f"{arg}: expected None, a format name, or a Linear/Dynamic/Log codec, "
+                    f"got {type(codec).__name__}")
+
+
+def check_lr(lr: Any) -> None:
+    if torch.is_tensor(lr):
+        if lr.numel() != 1:
+            raise ValueError(f"lr: a tensor lr must have one element, got {lr.numel()}")
+        lr = float(lr)
+    if not lr >= 0.0:
+        raise ValueError(f"lr: expected >= 0, got {lr}")
+
+
+def _scalar(x: Any) -> float:
+    """A hyperparameter as a Python float (torch accepts 1-element tensors for lr/betas)."""
+    return float(x) if torch.is_tensor(x) else x
+
+
+_SPECS: Dict[tuple, Any] = {}  # (codec as plain data, block, rounding) -> (dict, BlockSpec)
+
+
+def _block_spec(codec: Any, block: int, rounding: str):
+    """(spec dict, ``_core.BlockSpec``) of a codec, built once per process."""
+    plain = plain_codec(codec)
+    key = (tuple(sorted(plain.items())), block, rounding)
+    hit = _SPECS.get(key)
+    if hit is None:
+        d = {"bits": 0, "signed": True, "zero": True, "alpha": 0.5, "quantile": 0.0}
+        d.update(_codec_spec(codec))
+        d.update(block=block, scale="absmax", rounding=rounding)
+        handle = _core.BlockSpec(d) if hasattr(_core, "BlockSpec") else d
+        hit = _SPECS[key] = (d, handle)
+    return hit
+
+
+def describe(codec: Any, block: int) -> dict:
+    """How a quantized state's bytes are to be read, as plain data (the checkpoint contract)."""
+    return {"codec": plain_codec(codec), "block": block, "scale": "absmax",
+            "layout": LAYOUT_VERSION}
+
+
+class _Entry:
+    """One parameter of a group's step plan."""
+
+    __slots__ = ("p", "index", "specs", "st", "args", "t")
+
+    def __init__(self, p: torch.Tensor, index: int, specs: tuple):
+        self.p, self.index, self.specs = p, index, specs
+        self.st = None  # the state dict the cached args were made from
+        self.args: tuple = ()
+        self.t = 0  # the step count, mirrored on the host
+
+
+class _Plan:
+    """A param group's step plan: its entries and what they were built from."""
+
+    __slots__ = ("key", "entries")
+
+    def __init__(self, key: tuple, entries: List[_Entry]):
+        self.key, self.entries = key, entries
+
+
+class PackedOptimizer(torch.optim.Optimizer):
+    """Base class of the lowfp optimizers: per-parameter states in float32 or packed low-bit
+    storage, fused steps (see the module docstring). Not used directly."""
+
+    #: The per-parameter states, in order.
+    _STATES: tuple = ()
+    #: The constructor argument (and param-group key) naming each state's codec.
+    _CODEC_ARGS: Dict[str, str] = {}
+    #: Storage options a param group may override, with the attribute holding the default.
+    _STORAGE_OPTIONS = {"block_size": "_block", "rounding": "_rounding",
+                        "min_quant_size": "_min_quant"}
+    #: Attributes beyond torch's ``defaults``/``state``/``param_groups`` that pickling and
+    #: deepcopy keep (subclasses add theirs).
+    _PICKLED = ("_codecs", "_block", "_rounding", "_seed", "_min_quant", "_nonfinite",
+                "_param_rounding", "skipped_steps", "_warned_skip")
+
+    # ------------------------------------------------------------ configuration
+
+    def _configure(self, codecs: Dict[str, Any], *, block_size: int, rounding: str, seed: Any,
+                   min_quant_size: Any, nonfinite: str, param_rounding: str) -> None:
+        """Validate and store the storage options and step policies (before torch's
+        ``__init__`` adds the param groups)."""
+        _check_choice("rounding", rounding, ("nearest", "stochastic"))
+        _check_choice("nonfinite", nonfinite, ("skip", "error"))
+        _check_choice("param_rounding", param_rounding, ("nearest", "stochastic"))
+        check_block(block_size)
+        if not (isinstance(seed, int) and 0 <= seed < 1 << 64):
+            raise ValueError(f"seed: expected an integer in [0, 2**64), got {seed!r}")
+        if not (isinstance(min_quant_size, int) and min_quant_size >= 0):
+            raise ValueError(f"min_quant_size: expected a non-negative int, got "
+                             f"{min_quant_size!r}")
+        self._codecs = {name: check_codec(c, self._CODEC_ARGS[name])
+                        for name, c in codecs.items()}
+        self._block, self._rounding, self._seed = block_size, rounding, seed
+        self._min_quant = min_quant_size
+        self._nonfinite, self._param_rounding = nonfinite, param_rounding
+        self.skipped_steps = 0
+        self._warned_skip = False
+        self._plans: Dict[int, _Plan] = {}
+
+    def __getstate__(self) -> Dict[str, Any]:
+        state = super().__getstate__()
+        state.update({k: getattr(self, k) for k in self._PICKLED if hasattr(self, k)})
+        return state
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._plans = {}
+
+    def add_param_group(self, param_group: Dict[str, Any]) -> None:
+        """Add a param group (see torch.optim.Optimizer), validating its storage overrides."""
+        self._check_overrides(param_group)
+        super().add_param_group(param_group)
+        self._plans = {}
+
+    def _check_overrides(self, group: Dict[str, Any]) -> None:
+        """Validate (and normalize, in place) a param group's storage overrides."""
+        for arg in dict.fromkeys(self._CODEC_ARGS.values()):
+            if arg in group:
+                group[arg] = check_codec(group[arg], arg)
+        if "block_size" in group:
+            check_block(group["block_size"])
+        if "rounding" in group:
+            _check_choice("rounding", group["rounding"], ("nearest", "stochastic"))
+        if "min_quant_size" in group and not (
+                isinstance(group["min_quant_size"], int) and group["min_quant_size"] >= 0):
+            raise ValueError("min_quant_size: expected a non-negative int, got "
+                             f"{group['min_quant_size']!r}")
+
+    def _override_keys(self) -> tuple:
+        return tuple(dict.fromkeys((*self._CODEC_ARGS.values(), *self._STORAGE_OPTIONS)))
+
+    def _opt(self, group: Optional[dict], key: str):
+        """A storage option (``block_size``, ``rounding``, ``min_quant_size``) of a group."""
+        if group is not None and key in group:
+            return group[key]
+        return getattr(self, self._STORAGE_OPTIONS[key])
+
+    def _codec_of(self, name: str, group: Optional[dict]):
+        arg = self._CODEC_ARGS[name]
+        if group is not None and arg in group:
+            return group[arg]
+        return self._codecs[name]
+
+    def _group_of(self, p: torch.Tensor) -> Optional[dict]:
+        for g in self.param_groups:
+            if any(q is p for q in g["params"]):
+                return g
+        return None
+
+    def _spec(self, name: str, group: Optional[dict] = None) -> Optional[dict]:
+        """The block spec (plain dict) of a quantized state of the group; None for float32."""
+        codec = self._codec_of(name, group)
+        if codec is None:
+            return None
+        return _block_spec(codec, self._opt(group, "block_size"), self._opt(group, "rounding"))[0]
+
+    def _quantized(self, p: torch.Tensor, name: str, group: Optional[dict] = None) -> bool:
+        return (self._codec_of(name, group) is not None
+                and p.numel() >= self._opt(group, "min_quant_size")
+                # a sharded DTensor whose rows do not hold whole blocks keeps float32 states
+                and _dist.block_aligned(p, self._opt(group, "block_size")))
+
+    def _specs(self, p: torch.Tensor, group: dict) -> tuple:
+        """Per state: None (float32) or (codec, spec dict, handle) for parameter p."""
+        out = []
+        for name in self._STATES:
+            if not self._quantized(p, name, group):
+                out.append(None)
+                continue
+            codec = self._codec_of(name, group)
+            d, h = _block_spec(codec, self._opt(group, "block_size"),
+                               self._opt(group, "rounding"))
+            out.append((codec, d, h))
+        return tuple(out)
+
+    def _init_state(self, p: torch.Tensor, group: Optional[dict] = None
+                    ) -> Dict[str, torch.Tensor]:
+        group = self._group_of(p) if group is None else group
+        st: Dict[str, torch.Tensor] = {"step": torch.tensor(0.0)}
+        n = _dist.local(p).numel()  # a DTensor's states live on its local shard
+        for name, spec in zip(self._STATES, self._specs(p, group)):
+            if spec is None:
+                st[name] = torch.zeros(_dist.local(p).shape, dtype=torch.float32,
+                                       device=p.device)
+                continue
+            _, d, h = spec
+            packed_len, nblocks, nalphas, _ = _core.blockwise_layout(h, n)
+            packed = np.empty(packed_len, np.uint8)
+            scales = np.empty(nblocks, np.float32)
+            alphas = np.empty(nalphas, np.float32)
+            _core.blockwise_quantize(np.zeros(n, np.float32), h, packed, scales, alphas, 0, 0)
+            st[f"{name}.codes"] = torch.from_numpy(packed).to(p.device)
+            st[f"{name}.scales"] = torch.from_numpy(scales).to(p.device)
+            st[f"{name}.alphas"] = torch.from_numpy(alphas).to(p.device)
+        return st
+
+    # ------------------------------------------------------------ the step plan
+
+    def _plan(self, gi: int, group: dict) -> _Plan:
+        """The group's step plan, rebuilt when its parameters or storage options changed."""
+        key = (tuple(group["params"]), *(group.get(k) for k in self._override_keys()))
+        plan = self._plans.get(gi)
+        if plan is not None and len(plan.key) == len(key) and all(
+                a is b for a, b in zip(plan.key, key)):
+            return plan
+        base = sum(len(g["params"]) for g in self.param_groups[:gi])
+        entries = [_Entry(p, base + i + 1, self._specs(p, group))
+                   for i, p in enumerate(group["params"])]
+        plan = self._plans[gi] = _Plan(key, entries)
+        return plan
+
+    def _state_args(self, e: _Entry) -> tuple:
+        """The entry's states as the fused steps take them (cached NumPy views)."""
+        st = self.state[e.p]
+        if e.st is not st:
+            args = []
+            for name, spec in zip(self._STATES, e.specs):
+                if spec is None:
+                    args.append(flat(st[name]))
+                else:
+                    handle = spec[1] if e.p.is_cuda else spec[2]
+                    args.append((handle, *(flat(st[f"{name}.{k}"]) for k in _PARTS)))
+            e.st, e.args, e.t = st, tuple(args), int(st["step"])
+        return e.args
+
+    def _stepping(self, plan: _Plan) -> List[_Entry]:
+        """The entries with gradients (checked: raises before anything changes)."""
+        out = []
+        for e in plan.entries:
+            p = e.p
+            if p.grad is None:
+                continue
+            self._check(p, e.index)
+            out.append(e)
+        return out
+
+    def _check(self, p: torch.Tensor, index: int) -> None:
+        """A parameter this optimizer can step (raises ValueError/TypeError naming it)."""
+        g = p.grad
+        what = f"param {index - 1} (shape {tuple(p.shape)})"
+        if g.is_sparse:
+            raise ValueError(f"grad of {what}: sparse gradients are not supported")
+        if p.is_complex() or g.is_complex():
+            raise TypeError(f"{what}: complex parameters are not supported")
+        if p.dtype not in _KINDS or g.dtype != p.dtype:
+            raise TypeError(f"{what}: expected float32, bfloat16 or float16 parameters with "
+                            f"gradients of the same dtype, got {p.dtype} and {g.dtype}")
+        if p.device.type not in ("cpu", "cuda"):
+            raise ValueError(f"{what}: on {p.device}; lowfp.optim runs on CPU and CUDA "
+                             "tensors")
+        if g.device != p.device:
+            raise ValueError(f"grad of {what}: on {g.device}, its parameter on {p.device}")
+        if g.shape != p.shape:
+            raise ValueError(f"grad of {what}: shape {tuple(g.shape)} differs from the "
+                             "parameter's")
+        _dist.check_param(p)  # FSDP1 flat parameters, DTensor placements
+
+    def _prepare(self) -> Optional[list]:
+        """Check every group, apply the non-finite policy; then create missing states and
+        advance the step counters. Returns per group (group, entries, steps), or None when
+        the step is skipped. Nothing is changed before every check has passed."""
+        todo = []
+        for gi, group in enumerate(self.param_groups):
+            plan = self._plan(gi, group)
+            todo.append((group, self._stepping(plan)))
+        if not self._grads_finite([e.p for _, es in todo for e in es]):
+            return None
+        out = []
+        for group, entries in todo:
+            stateful = entries if self._has_state(group) else []
+            for e in stateful:
+                if not self.state.get(e.p):
+                    self.state[e.p].update(self._init_state(e.p, group))
+            if stateful:  # one call for the group's counters, as torch's foreach path
+                for e in stateful:
+                    self._state_args(e)  # (re)reads the counter of a new or loaded state
+                torch._foreach_add_([self.state[e.p]["step"] for e in stateful], 1.0)
+                for e in stateful:
+                    e.t += 1
+            out.append((group, entries))
+        return out
+
+    def _has_state(self, group: dict) -> bool:
+        """Whether the group's parameters keep states (SGD without momentum has none)."""
+        return True
+
+    def _grads_finite(self, params: List[torch.Tensor]) -> bool:
+        """Apply the ``nonfinite`` policy; True when the step may proceed."""
+        finite = True
+        cpu, gpu = [], []
+        for p in params:
+            g = _dist.local(p.grad)
+            (gpu if g.is_cuda else cpu).append(g)
+        for g in cpu:
+            if g.is_contiguous() and g.dtype in _KINDS:
+                ok = _core.all_finite(flat(g).reshape(-1), _KINDS[g.dtype])
+            else:
+                ok = bool(torch.isfinite(g).all())
+            if not ok:
+                finite = False
+                break
+        if finite and gpu:  # CUDA gradients: one host synchronization for them all
+            finite = bool(torch.stack([torch.isfinite(g).all() for g in gpu]).all())
+        # sharded DTensors: a NaN in one rank's shard skips the step on every rank
+        if _dist.agree(finite, params):
+            return True
+        if self._nonfinite == "error":
+            raise ValueError("grad: a gradient holds NaN or inf (nonfinite='error')")
+        self.skipped_steps += 1
+        if not self._warned_skip:
+            self._warned_skip = True
+            warnings.warn(f"{type(self).__name__}: a gradient holds NaN or inf; the step was "
+                          "skipped (nothing changed). Further skips are counted in "
+                          "skipped_steps without a warning; nonfinite='error' raises instead.",
+                          RuntimeWarning, stacklevel=3)
+        return False
+
+    @staticmethod
+    def _dense(p: torch.Tensor):
+        """(param, grad) as contiguous local tensors, and the copy to write back (or None)."""
+        w, g = _dist.local(p), _dist.local(p.grad)
+        if w.is_contiguous():
+            return w, (g if g.is_contiguous() else g.contiguous()), None
+        wc = w.contiguous()
+        return wc, (g if g.is_contiguous() else g.contiguous()), (w, wc)
+
+    @staticmethod
+    def _write_back(copies: list) -> None:
+        for w, wc in copies:
+            w.copy_(wc)
+
+    # ------------------------------------------------------------ checkpoints
+
+    def state_dict(self) -> Dict[str, Any]:
+        """torch's state dict, plus what the bytes are: ``"<name>.codec"`` beside each
+        quantized state, ``"lowfp"`` (layout version, optimizer class), and param-group codec
+        overrides as plain data. Loads with ``torch.load(..., weights_only=True)``."""
+        sd = super().state_dict()
+        for g in sd["param_groups"]:
+            for arg in dict.fromkeys(self._CODEC_ARGS.values()):
+                if arg in g:
+                    g[arg] = plain_codec(g[arg])
+        params = [p for g in self.param_groups for p in g["params"]]
+        groups = [g for g in self.param_groups for _ in g["params"]]
+        ids = [i for g in sd["param_groups"] for i in g["params"]]
+        for i, p, group in zip(ids, params, groups):
+            st = sd["state"].get(i)
+            if not st:
+                continue
+            st = sd["state"][i] = dict(st)
+            for name in self._STATES:
+                if f"{name}.codes" in st:
+                    st[f"{name}.codec"] = describe(self._codec_of(name, group),
+                                                   self._opt(group, "block_size"))
+        sd["lowfp"] = {"layout": LAYOUT_VERSION, "optimizer": type(self).__name__}
+        return _dist.wrap_state_dict(self, sd)  # DTensor parameters: DTensor states, for DCP
+
+    def load_state_dict(self, state_dict: Dict[str, Any], *, requantize: bool = False) -> None:
+        """Load a state dict saved by a lowfp optimizer (``weights_only`` loads work).
+
+        Args:
+            state_dict: as ``state_dict()`` returns it (layout 1, from before codec
+                descriptions, loads with this optimizer's codecs when the shapes fit).
+            requantize: convert states saved with other codecs: decode them with the saved
+                codec and encode them with this optimizer's (nearest rounding). Without it a
+                codec mismatch is an error.
+
+        Raises:
+            ValueError: a saved state's codec, block size or layout differs from this
+                optimizer's (naming the parameter and both), the param groups' storage
+                overrides differ, or the state's shapes do not match. Nothing is loaded then.
+        """
+        if not isinstance(state_dict, dict) or "state" not in state_dict \
+                or "param_groups" not in state_dict:
+            raise ValueError("state_dict: expected a dict with 'state' and 'param_groups' (as "
+                             "Optimizer.state_dict() returns)")
+        sd = dict(state_dict)
+        sd.pop("lowfp", None)
+        overrides = self._check_saved_overrides(sd)
+        sd["param_groups"] = [self._legacy_group(g) for g in sd["param_groups"]]
+        converted = self._check_saved_codecs(sd, requantize)
+        super().load_state_dict(sd)
+        self._restore_loaded(sd, overrides, converted)
+
+    def _legacy_group(self, g: dict) -> dict:
+        """A saved param group in this version's keys (subclasses rename old keys)."""
+        return g
+
+    def _saved_params(self, state_dict: Dict[str, Any]):
+        """(saved id, parameter, group, position) for every saved state, as torch pairs them."""
+        out, pos = {}, 0
+        for saved_g, g in zip(state_dict["param_groups"], self.param_groups):
+            for i, p in zip(saved_g["params"], g["params"]):
+                out[i] = (p, g, pos)
+                pos += 1
+        return out
+
+    def _check_saved_codecs(self, state_dict: Dict[str, Any], requantize: bool) -> dict:
+        """Compare every saved quantized state's description with this optimizer's codec for
+        that parameter. Returns {(saved id, name): saved codec} for states to convert."""
+        ids = self._saved_params(state_dict)
+        convert = {}
+        for i, saved in state_dict["state"].items():
+            if i not in ids:
+                continue  # torch's own load reports the mismatch
+            p, group, pos = ids[i]
+            what = f"parameter {pos} (shape {tuple(p.shape)})"
+            for name in self._STATES:
+                quantized = self._quantized(p, name, group)
+                mine = describe(self._codec_of(name, group), self._opt(group, "block_size")) \
+                    if quantized else None
+                if f"{name}.codes" in saved:
+                    theirs = saved.get(f"{name}.codec")
+                    if theirs is None:  # layout 1: read with this optimizer's codecs
+                        continue
+                    if not isinstance(theirs, dict) or theirs.get("layout") != LAYOUT_VERSION:
+                        raise ValueError(f"state_dict: {name} of {what} has an unknown layout "
+                                         f"description {theirs!r}")
+                elif name in saved:
+                    theirs = None  # float32
+                else:
+                    continue  # torch's own load / the layout check reports it
+                if theirs == mine:
+                    continue
+                if not requantize:
+                    raise ValueError(
+                        f"state_dict: {name} of {what} was saved as {_show(theirs)}, this "
+                        f"optimizer stores it as {_show(mine)}; pass requantize=True to "
+                        "convert (decode, re-encode to nearest), or build the optimizer with "
+                        "the saved codecs")
+                convert[(i, name)] = theirs
+        return convert
+
+    def _check_saved_overrides(self, state_dict: Dict[str, Any]) -> list:
+        """Each param group's storage overrides as configured; a ValueError if the saved
+        groups' differ (torch's load replaces group values with the saved ones)."""
+        keys = self._override_keys()
+        codec_args = set(self._CODEC_ARGS.values())
+        overrides = [{k: g[k] for k in keys if k in g} for g in self.param_groups]
+        unset = "(not set)"
+        for i, (saved_group, mine) in enumerate(zip(state_dict["param_groups"], overrides)):
+            for k in keys:
+                saved, ours = saved_group.get(k, unset), mine.get(k, unset)
+                if k in codec_args:
+                    ours = ours if ours == unset else plain_codec(ours)
+                    if saved != unset and saved is not None and not isinstance(saved, dict):
+                        saved = plain_codec(check_codec(saved, k))
+                if saved != ours:
+                    raise ValueError(f"state_dict: param group {i} was saved with {k}={saved!r},"
+                                     f" this optimizer has {k}={ours!r}")
+        return overrides
+
+    def _restore_loaded(self, state_dict: Dict[str, Any], overrides: list,
+                        converted: dict) -> None:
+        """After torch's load_state_dict: put back each group's storage overrides (torch
+        replaced them with the saved plain data), undo torch's casts, convert what was asked,
+        check the layout."""
+        for g, mine in zip(self.param_groups, overrides):
+            for k in self._override_keys():
+                g.pop(k, None)
+            g.update(mine)
+        self._plans = {}
+        ids = self._saved_params(state_dict)
+        for i, saved in state_dict["state"].items():
+            p, group, _ = ids[i]
+            st = self.state[p]
+            for k in [k for k in st if k.endswith(".codec")]:
+                del st[k]
+            # torch casts every state tensor of a float parameter to the parameter's dtype
+            # (packed codes to float32, float32 moments to bfloat16): put back the saved ones.
+            for k, t in saved.items():
+                if torch.is_tensor(t) and k != "step":
+                    dev = _dist.local(p).device  # a CPU checkpoint into CUDA params
+                    st[k] = _dist.unwrap_state(k, t).detach().to(dev).clone().contiguous()
+            for name in self._STATES:
+                if (i, name) in converted:
+                    self._convert(p, group, st, name, converted[(i, name)])
+        for p, st in self.state.items():
+            self._check_layout(p, st)
+
+    def _convert(self, p, group, st, name: str, theirs: Optional[dict]) -> None:
+        """Re-encode one loaded state from the saved codec (``theirs``) to this one's."""
+        if theirs is None:
+            value = st.pop(name).float().reshape(-1).cpu()
+        else:
+            d, h = _block_spec(check_codec(theirs["codec"], name), theirs["block"], "nearest")
+            value = self._decode(st, p, name, h)
+            for k in _PARTS:
+                st.pop(f"{name}.{k}")
+        fresh = self._init_state(p, group)
+        if name in fresh:
+            st[name] = value.view(_dist.local(p).shape).to(p.device)
+            return
+        spec = self._specs(p, group)[self._STATES.index(name)]
+        h = _block_spec(spec[0], self._opt(group, "block_size"), "nearest")[1]
+        parts = [fresh[f"{name}.{k}"].cpu() for k in _PARTS]
+        _core.blockwise_quantize(value.numpy(), h, *(t.numpy() for t in parts), 0, 0)
+        for k, t in zip(_PARTS, parts):
+            st[f"{name}.{k}"] = t.to(p.device)
+
+    def _check_layout(self, p: torch.Tensor, st: Dict[str, torch.Tensor]) -> None:
+        """A loaded state must match this optimizer's codecs and block size."""
+        if not st:
+            return
+        want = self._init_state(p, self._group_of(p))
+        for k, t in want.items():
+            if k not in st or st[k].shape != t.shape or (k != "step" and st[k].dtype != t.dtype):
+                got = (f"{tuple(st[k].shape)} {st[k].dtype}" if k in st else "missing")
+                raise ValueError(
+                    f"state_dict: state {k!r} of a parameter of shape {tuple(p.shape)} is {got}, "
+                    f"expected {tuple(t.shape)} {t.dtype}: saved with a different "
+                    f"configuration ({self.summary().splitlines()[0]} …)")
+
+    # ------------------------------------------------------------ plain float32 states
+
+    def dequantized_state(self, p: torch.Tensor, name: str) -> torch.Tensor:
+        """One state of parameter ``p`` decoded to float32, in ``p``'s (local) shape, on the
+        CPU: what the next step will read.
+
+        Raises:
+            KeyError: ``p`` has no state yet, or this optimizer has no state ``name``.
+        """
+        if name not in self._STATES:
+            raise KeyError(f"name: expected one of {self._STATES}, got {name!r}")
+        st = self.state.get(p)
+        if not st:
+            raise KeyError("p: this parameter has no state yet (no step has touched it)")
+        return self._decode(st, p, name).view(_dist.local(p).shape)
+
+    def _decode(self, st: Dict[str, torch.Tensor], p: torch.Tensor, name: str,
+                handle: Any = None) -> torch.Tensor:
+        """A state as a flat float32 CPU tensor."""
+        if name in st:
+            return st[name].detach().float().reshape(-1).cpu().clone()
+        if handle is None:
+            handle = self._specs(p, self._group_of(p))[self._STATES.index(name)][2]
+        out = np.empty(_dist.local(p).numel(), np.float32)
+        _core.blockwise_dequantize(*(st[f"{name}.{k}"].cpu().numpy() for k in _PARTS[:1]),
+                                   handle, st[f"{name}.scales"].cpu().numpy(),
+                                   st[f"{name}.alphas"].cpu().numpy(), np.float32(1.0), out)
+        return torch.from_numpy(out)
+
+    # ------------------------------------------------------------ reporting
+
+    def state_nbytes(self) -> int:
+        """Exact bytes of all optimizer state (the step counters included)."""
+        return sum(t.numel() * t.element_size() for st in self.state.values()
+                   for t in st.values() if torch.is_tensor(t))
+
+    def _state_lines(self) -> list:
+        """One line per state: how it is stored."""
+        lines = []
+        for name in self._STATES:
+            c = self._codecs[name]
+            how = "float32" if c is None else (
+                f"{c!r}, block {self._block}, fp32 absmax scales, {self._rounding} rounding"
+                + (f"; float32 below {self._min_quant} elements" if self._min_quant > 0 else ""))
+            lines.append(f"{name}: {how}")
+        for i, g in enumerate(self.param_groups):
+            own = {k: g[k] for k in self._override_keys() if k in g}
+            if own:
+                how = ", ".join(f"{k}={'float32' if v is None else v!r}" for k, v in own.items())
+                lines.append(f"param group {i} ({len(g['params'])} tensors): {how}")
+        return lines
+
+    def _count_lines(self) -> list:
+        """Tensors with quantized states, and state bytes per parameter element."""
+        params = [p for g in self.param_groups for p in g["params"] if self.state.get(p)]
+        quant = sum(1 for p in params if any(k.endswith(".codes") for k in self.state[p]))
+        elems = sum(_dist.local(p).numel() for p in params)
+        nbytes = self.state_nbytes()
+        f32 = 4 * len(self._STATES) * elems
+        lines = [f"tensors with state: {len(params)} ({quant} with quantized states)"]
+        if elems:
+            lines.append(f"state bytes per parameter: {nbytes / elems:.3f} (float32 states: "
+                         f"{4 * len(self._STATES)}; {nbytes / f32:.1%} of float32)")
+        return lines
+
+    def summary(self) -> str:
+        """How each state is stored; how many tensors have quantized states; bytes per
+        parameter against float32 states; the bytes of all state."""
+        return "\n".join(self._state_lines() + self._count_lines()
+                         + [f"state bytes: {self.state_nbytes()}"])
+
+
+def _show(desc: Optional[dict]) -> str:
+    if desc is None:
+        return "float32"
+    c = dict(desc["codec"])
+    kind = c.pop("codec")
+    name = c.pop("format", None)
+    inner = name if name else ", ".join(f"{k}={v}" for k, v in sorted(c.items()))
+    return f"{kind}({inner}) in blocks of {desc['block']}"
