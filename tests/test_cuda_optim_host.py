@@ -26,8 +26,10 @@ from lowfp.cuda._params import MODES
 
 torch = pytest.importorskip("torch")
 import lowfp.optim as lopt  # noqa: E402 - needs torch
+import lowfp.optim.adamw as ladamw  # noqa: E402
 import lowfp.optim.muon as lmuon  # noqa: E402
 import lowfp.optim.sgd as lsgd  # noqa: E402
+from lowfp.optim.base import spec_dict  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 KERNELS = ROOT / "python" / "lowfp" / "cuda" / "kernels"
@@ -137,7 +139,7 @@ class _Mirror:
     def _mirror_state(self, st):
         if isinstance(st, tuple):
             spec, packed, scales, alphas = st
-            return (spec, packed.copy(), scales.copy(), alphas.copy())
+            return (spec_dict(spec), packed.copy(), scales.copy(), alphas.copy())
         return st.copy()
 
     def _arrays(self, st):
@@ -224,8 +226,8 @@ class _Mirror:
 
 @pytest.fixture
 def mirror(host, monkeypatch):
-    m = _Mirror(host, lopt._core)
-    for mod in (lopt, lsgd, lmuon):
+    m = _Mirror(host, lowfp._core)
+    for mod in (ladamw, lsgd, lmuon):
         monkeypatch.setattr(mod, "_core", m)
     return m
 
@@ -233,8 +235,8 @@ def mirror(host, monkeypatch):
 @pytest.fixture
 def kernel_mirror(host, emu, monkeypatch):
     """The mirror stepped by the emulated kernel launch instead of the host driver."""
-    m = _Mirror(host, lopt._core, emu)
-    for mod in (lopt, lsgd, lmuon):
+    m = _Mirror(host, lowfp._core, emu)
+    for mod in (ladamw, lsgd, lmuon):
         monkeypatch.setattr(mod, "_core", m)
     return m
 
@@ -333,10 +335,10 @@ def _packed_state(codec, n, block, rounding, rng):
     """(spec, packed, scales, alphas) of random values, as lowfp.optim builds states."""
     spec = {"bits": 0, "signed": True, "zero": True, "alpha": 0.5, "quantile": 0.0,
             **codec.spec(), "block": block, "scale": "absmax", "rounding": rounding}
-    packed_len, nb, na, _ = lopt._core.blockwise_layout(spec, n)
+    packed_len, nb, na, _ = lowfp._core.blockwise_layout(spec, n)
     arrays = (np.empty(packed_len, np.uint8), np.empty(nb, np.float32), np.empty(na, np.float32))
     x = np.abs(rng.standard_normal(n)).astype(np.float32) * 1e-3
-    lopt._core.blockwise_quantize(x, spec, *arrays, 0, 0)
+    lowfp._core.blockwise_quantize(x, spec, *arrays, 0, 0)
     return (spec, *arrays)
 
 

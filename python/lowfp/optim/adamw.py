@@ -358,6 +358,9 @@ class SOLO(AdamW):
         solo_beta1(bits)
         super().__init__(params, lr, (b1, 0.999) if betas is None else betas, eps,
                          weight_decay, block_size=block_size, rounding=rounding,
-                         exp_avg=Linear(m_bits), exp_avg_sq=Log(bits, zero=False,
-                                                                quantile=quantile),
+                         exp_avg=Linear(m_bits),
+                         # the per-block quantile sets each block's base; the fixed base must
+                         # still give distinct float32 levels (0.5^255 underflows at 8 bits)
+                         exp_avg_sq=Log(bits, zero=False, quantile=quantile,
+                                        alpha=0.75 if bits == 8 else 0.5),
                          **kwargs)

@@ -128,6 +128,12 @@ def _scalar(x: Any) -> float:
 
 
 _SPECS: Dict[tuple, Any] = {}  # (codec as plain data, block, rounding) -> (dict, BlockSpec)
+_DICTS: Dict[int, dict] = {}  # id(BlockSpec) -> its dict (the handles above live for good)
+
+
+def spec_dict(spec: Any) -> dict:
+    """The plain dict of a block spec given as a dict or as a handle from this module."""
+    return spec if isinstance(spec, dict) else _DICTS[id(spec)]
 
 
 def _block_spec(codec: Any, block: int, rounding: str):
@@ -141,6 +147,7 @@ def _block_spec(codec: Any, block: int, rounding: str):
         d.update(block=block, scale="absmax", rounding=rounding)
         handle = _core.BlockSpec(d) if hasattr(_core, "BlockSpec") else d
         hit = _SPECS[key] = (d, handle)
+        _DICTS[id(handle)] = d
     return hit
 
 
@@ -582,9 +589,11 @@ class PackedOptimizer(torch.optim.Optimizer):
                 del st[k]
             # torch casts every state tensor of a float parameter to the parameter's dtype
             # (packed codes to float32, float32 moments to bfloat16): put back the saved ones.
+            # The step counter is copied too: torch keeps the saved tensor itself, which the
+            # in-place counter update would then share with the optimizer that saved it.
             for k, t in saved.items():
-                if torch.is_tensor(t) and k != "step":
-                    dev = _dist.local(p).device  # a CPU checkpoint into CUDA params
+                if torch.is_tensor(t):
+                    dev = "cpu" if k == "step" else _dist.local(p).device  # CPU file, CUDA params
                     st[k] = _dist.unwrap_state(k, t).detach().to(dev).clone().contiguous()
             for name in self._STATES:
                 if (i, name) in converted:
