@@ -63,7 +63,7 @@ def close_to_torch(ours, theirs):
 def same_state(sa, sb):
     """Two optimizers' states equal, tensor by tensor (both parts of Muon)."""
     assert len(sa.state) == len(sb.state)
-    for (pa, a), (pb, b) in zip(sa.state.items(), sb.state.items()):
+    for a, b in zip(sa.state.values(), sb.state.values()):
         assert a.keys() == b.keys()
         for k in a:
             assert torch.equal(a[k], b[k]), k

@@ -4,9 +4,12 @@ with torch, torchao and bitsandbytes on the CPU, in the same run.
     lowfp bench optim [--quick]
     python3 benches/bench_optim.py [--n 16777216] [--threads 2] [--repeat 5] [--quick]
 
-Prints a Markdown table: milliseconds per step (median of `repeat` steps after 2 warm-up
-steps), state bytes per parameter, and the ratio to torch's fused fp32 AdamW; a progress line
-on stderr. ``--quick``: 2^16 parameters, a 64×64 Muon matrix, 1 timed step (a smoke run).
+Prints Markdown tables: milliseconds per step (median of `repeat` steps after 2 warm-up
+steps), state bytes per parameter, and the ratio to torch's fused fp32 AdamW, for one tensor
+of N parameters and then for models of many tensors (per-tensor cost: 300 × 8192,
+2000 × 64 with every state quantized, GPT-2-small's 148 shapes); then the import time of
+``lowfp.optim`` beyond torch's. A progress line on stderr. ``--quick``: 2^16 parameters, a
+64×64 Muon matrix, scaled-down models, 1 timed step (a smoke run: its ratios are noise).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import argparse
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 
@@ -98,6 +102,60 @@ def measure(factory, n: int, repeat: int, shape: tuple):
     return statistics.median(times) * 1e3, state_bytes(opt) / n
 
 
+def gpt2_small_shapes() -> list:
+    """The 148 parameter shapes of GPT-2 small (124M parameters; tied head)."""
+    d, v, ctx, layers = 768, 50257, 1024, 12
+    per_layer = [(d,), (d,), (d, 3 * d), (3 * d,), (d, d), (d,), (d,), (d,), (d, 4 * d),
+                 (4 * d,), (4 * d, d), (d,)]
+    return [(v, d), (ctx, d)] + per_layer * layers + [(d,), (d,)]
+
+
+#: (label, factory) of the many-tensor rows; the anchor first.
+MODEL_ROWS = [
+    ("torch AdamW (fused)", lambda ps, mq: torch.optim.AdamW(ps, lr=1e-3, fused=True)),
+    ("lowfp AdamW8bit", lambda ps, mq: lo.AdamW8bit(ps, lr=1e-3, min_quant_size=mq)),
+    ("lowfp AdamW fp32", lambda ps, mq: lo.AdamW(ps, lr=1e-3)),
+    ("bitsandbytes AdamW8bit", lambda ps, mq: _bnb(ps)),
+]
+
+
+def model_cases(quick: bool) -> list:
+    """(label, shapes, min_quant_size) of the many-tensor cases."""
+    if quick:
+        return [("30 × 8192", [(8192,)] * 30, 4096), ("200 × 64, min_quant_size=0",
+                                                       [(64,)] * 200, 0)]
+    return [("300 × 8192", [(8192,)] * 300, 4096),
+            ("2000 × 64, min_quant_size=0", [(64,)] * 2000, 0),
+            ("GPT-2 small (148 tensors, 124M)", gpt2_small_shapes(), 4096)]
+
+
+def measure_model(factory, shapes: list, min_quant: int, repeat: int) -> float:
+    torch.manual_seed(0)
+    ps = [torch.nn.Parameter(torch.randn(s)) for s in shapes]
+    for p in ps:
+        p.grad = torch.randn(p.shape) * 1e-2
+    opt = factory(ps, min_quant)
+    times = []
+    for i in range(2 + repeat):
+        t = time.perf_counter()
+        opt.step()
+        if i >= 2:
+            times.append(time.perf_counter() - t)
+    return statistics.median(times) * 1e3
+
+
+def import_seconds(repeat: int = 3) -> tuple:
+    """(best seconds of `import torch`, best of `import torch, lowfp.optim`), fresh processes."""
+    def best(code):
+        out = []
+        for _ in range(repeat):
+            t = time.perf_counter()
+            subprocess.run([sys.executable, "-c", code], check=True)
+            out.append(time.perf_counter() - t)
+        return min(out)
+    return best("import torch"), best("import torch, lowfp.optim")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="lowfp bench optim",
                                  description=__doc__.splitlines()[0])
@@ -152,7 +210,39 @@ def main(argv=None) -> int:
           "5 Newton–Schulz steps (torch, bfloat16), which dominate on a CPU.")
     for note in notes:
         print(f"- {note}")
+    if args.only is None:
+        models(args)
     print(f"\nCommand: `{' '.join([os.path.basename(sys.executable)] + sys.argv)}`  ")
     print(f"Machine: {platform.machine()}, {os.cpu_count()} cores; torch {torch.__version__}, "
           f"lowfp {lowfp.__version__}")
     return 0
+
+
+def models(args) -> None:
+    """The many-tensor table and the import time."""
+    cases = model_cases(args.quick)
+    torch.set_num_threads(args.threads)
+    table = []
+    with Progress("bench optim (models)", total=len(cases) * len(MODEL_ROWS),
+                  unit="runs") as progress:
+        for label, shapes, mq in cases:
+            row = []
+            for name, factory in MODEL_ROWS:
+                progress(f"{label}: {name}")
+                try:
+                    row.append(measure_model(factory, shapes, mq, args.repeat))
+                except Exception:  # a missing anchor is reported as n/a
+                    row.append(None)
+                progress.advance()
+            table.append((label, row))
+    print("\n# Many tensors: ms per step (ratio to torch fused fp32 AdamW)\n")
+    print("| model | " + " | ".join(n for n, _ in MODEL_ROWS) + " |")
+    print("|---" * (len(MODEL_ROWS) + 1) + "|")
+    for label, row in table:
+        base = row[0]
+        cells = [f"{ms:.1f}" + (f" ({ms / base:.2f}×)" if base and i else "")
+                 if ms is not None else "n/a" for i, ms in enumerate(row)]
+        print(f"| {label} | " + " | ".join(cells) + " |")
+    t_torch, t_both = import_seconds(1 if args.quick else 3)
+    print(f"\n`import torch`: {t_torch:.2f} s; `import torch, lowfp.optim`: {t_both:.2f} s "
+          f"(lowfp.optim adds {t_both - t_torch:+.2f} s; best of fresh processes)")

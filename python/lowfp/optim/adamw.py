@@ -16,7 +16,7 @@ import torch
 from .. import _core
 from ..codec import Dynamic, Linear, Log
 from . import distributed as _dist
-from .base import _KINDS, PackedOptimizer, _scalar, check_lr, cuda_optim, flat, run_closure
+from .base import PackedOptimizer, _scalar, check_lr, cuda_optim, run_closure
 
 __all__ = ["AdamW", "AdamW8bit", "AdamW4bit", "AdamWFp8", "SOLO", "solo_beta1"]
 
@@ -133,21 +133,25 @@ class AdamW(PackedOptimizer):
         b1, b2 = (_scalar(b) for b in group["betas"])
         lr, wd, eps = _scalar(group["lr"]), group["weight_decay"], group["eps"]
         decoupled, amsgrad = group["decoupled_weight_decay"], "max_exp_avg_sq" in self._STATES
-        items, offsets, copies = [], [], []
+        items, offsets, copies, scalars = [], [], [], {}
+        l2, decay = (0.0, 1 - lr * wd) if decoupled else (wd, 1.0)
         for e in entries:
-            w, g, copy = self._dense(e.p)
-            if group["maximize"]:
-                g = torch.neg(g)
+            w, g, kind, copy = self._views(e, group["maximize"])
             if copy is not None:
                 copies.append(copy)
             t = e.t
-            scalars = (1 - lr * wd if decoupled else 1.0, 0.0 if decoupled else wd,
-                       1 - b1, b2, 1 - b2, eps, lr / (1 - b1**t), math.sqrt(1 - b2**t))
+            sc = scalars.get(t)
+            if sc is None:  # the same for every tensor at step t: computed once
+                sc = scalars[t] = (decay, l2, 1 - b1, b2, 1 - b2, eps, lr / (1 - b1**t),
+                                   math.sqrt(1 - b2**t))
             stream = (t << 32) | (e.index << 2)  # | 0: exp_avg, 1: exp_avg_sq, 2: param, 3: max
             states = self._state_args(e)
-            items.append((flat(w), flat(g), states[0], states[1], scalars, (stream, stream | 1),
-                          stream | 2, _KINDS[w.dtype])
-                         + ((states[2], stream | 3) if amsgrad else ()))
+            if amsgrad:
+                items.append((w, g, states[0], states[1], sc, (stream, stream | 1), stream | 2,
+                              kind, states[2], stream | 3))
+            else:
+                items.append((w, g, states[0], states[1], sc, (stream, stream | 1), stream | 2,
+                              kind))
             offsets.append(_dist.element_offset(e.p))
         core = cuda_optim() if entries[0].p.is_cuda else _core
         if amsgrad:

@@ -54,6 +54,7 @@ __all__ = ["PackedOptimizer", "LAYOUT_VERSION"]
 LAYOUT_VERSION = 2
 
 _KINDS = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+_PLAIN = (torch.nn.Parameter, torch.Tensor)  # not DTensors, FSDP1 flat parameters, …
 _PARTS = ("codes", "scales", "alphas")
 
 
@@ -319,7 +320,7 @@ class PackedOptimizer(torch.optim.Optimizer):
 
     def _plan(self, gi: int, group: dict) -> _Plan:
         """The group's step plan, rebuilt when its parameters or storage options changed."""
-        key = (tuple(group["params"]), *(group.get(k) for k in self._override_keys()))
+        key = (*group["params"], *(group.get(k) for k in self._override_keys()))
         plan = self._plans.get(gi)
         if plan is not None and len(plan.key) == len(key) and all(
                 a is b for a, b in zip(plan.key, key)):
@@ -344,14 +345,19 @@ class PackedOptimizer(torch.optim.Optimizer):
             e.st, e.args, e.t = st, tuple(args), int(st["step"])
         return e.args
 
-    def _stepping(self, plan: _Plan) -> List[_Entry]:
-        """The entries with gradients (checked: raises before anything changes)."""
+    def _stepping(self, plan: _Plan) -> list:
+        """The group's work: per entry with a gradient, (entry, param, grad) as dense local
+        tensors (contiguous copies of other layouts). Checks every entry first: raises before
+        anything changes."""
         out = []
         for e in plan.entries:
             p = e.p
-            if p.grad is None:
+            g = p.grad
+            if g is None:
                 continue
-            self._check(p, e.index)
+            if not (type(p) in _PLAIN and g.dtype is p.dtype and p.dtype in _KINDS
+                    and not g.is_sparse and g.shape == p.shape and g.device == p.device):
+                self._check(p, e.index)  # raises, naming the parameter (or a DTensor passes)
             out.append(e)
         return out
 
@@ -378,8 +384,8 @@ class PackedOptimizer(torch.optim.Optimizer):
 
     def _prepare(self) -> Optional[list]:
         """Check every group, apply the non-finite policy; then create missing states and
-        advance the step counters. Returns per group (group, entries, steps), or None when
-        the step is skipped. Nothing is changed before every check has passed."""
+        advance the step counters. Returns per group (group, entries), or None when the step
+        is skipped. Nothing is changed before every check has passed."""
         todo = []
         for gi, group in enumerate(self.param_groups):
             plan = self._plan(gi, group)
@@ -395,7 +401,7 @@ class PackedOptimizer(torch.optim.Optimizer):
             if stateful:  # one call for the group's counters, as torch's foreach path
                 for e in stateful:
                     self._state_args(e)  # (re)reads the counter of a new or loaded state
-                torch._foreach_add_([self.state[e.p]["step"] for e in stateful], 1.0)
+                torch._foreach_add_([e.st["step"] for e in stateful], 1.0)
                 for e in stateful:
                     e.t += 1
             out.append((group, entries))
@@ -437,13 +443,21 @@ class PackedOptimizer(torch.optim.Optimizer):
         return False
 
     @staticmethod
-    def _dense(p: torch.Tensor):
-        """(param, grad) as contiguous local tensors, and the copy to write back (or None)."""
+    def _views(e: _Entry, negate: bool = False):
+        """(param, grad, kind) of an entry as NumPy views of dense local tensors (CUDA: flat
+        tensors), and the (param, copy) pair to write back after the step, or None. A
+        non-contiguous parameter or gradient steps through a contiguous copy; ``negate``
+        (torch's ``maximize``) steps with a negated copy of the gradient."""
+        p = e.p
         w, g = _dist.local(p), _dist.local(p.grad)
-        if w.is_contiguous():
-            return w, (g if g.is_contiguous() else g.contiguous()), None
-        wc = w.contiguous()
-        return wc, (g if g.is_contiguous() else g.contiguous()), (w, wc)
+        if negate:
+            g = torch.neg(g)
+        elif not g.is_contiguous():
+            g = g.contiguous()
+        if not w.is_contiguous():
+            wc = w.contiguous()
+            return flat(wc), flat(g), _KINDS[w.dtype], (w, wc)
+        return flat(w), flat(g), _KINDS[w.dtype], None
 
     @staticmethod
     def _write_back(copies: list) -> None:
@@ -461,10 +475,9 @@ class PackedOptimizer(torch.optim.Optimizer):
             for arg in dict.fromkeys(self._CODEC_ARGS.values()):
                 if arg in g:
                     g[arg] = plain_codec(g[arg])
-        params = [p for g in self.param_groups for p in g["params"]]
         groups = [g for g in self.param_groups for _ in g["params"]]
         ids = [i for g in sd["param_groups"] for i in g["params"]]
-        for i, p, group in zip(ids, params, groups):
+        for i, group in zip(ids, groups):
             st = sd["state"].get(i)
             if not st:
                 continue

@@ -40,9 +40,8 @@ parameters raise ValueError at the first step.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable
-
 import sys
+from typing import Any, Dict, Iterable
 
 import torch
 
@@ -62,8 +61,13 @@ def _load() -> None:
         from torch.distributed.tensor import DTensor, Replicate, Shard  # noqa: F811
 
 
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+
+
 def is_dtensor(t: Any) -> bool:
     """True for a ``torch.distributed.tensor.DTensor``."""
+    if type(t) in _PLAIN:  # the common case, without DTensor's slow isinstance check
+        return False
     mod = sys.modules.get("torch.distributed.tensor")
     if mod is None or not isinstance(t, getattr(mod, "DTensor", ())):
         return False

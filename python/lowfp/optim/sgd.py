@@ -8,7 +8,7 @@ import torch
 
 from .. import _core
 from . import distributed as _dist
-from .base import _KINDS, PackedOptimizer, _scalar, check_lr, cuda_optim, flat, run_closure
+from .base import PackedOptimizer, _scalar, check_lr, cuda_optim, run_closure
 
 __all__ = ["SGD"]
 
@@ -104,16 +104,14 @@ class SGD(PackedOptimizer):
                 e.p.add_(d, alpha=-lr)
             return
         items, offsets, copies = [], [], []
+        scalars = (lr, mom, 1.0 - group["dampening"], wd)
         for e in entries:
-            w, g, copy = self._dense(e.p)
-            if group["maximize"]:
-                g = torch.neg(g)
+            w, g, kind, copy = self._views(e, group["maximize"])
             if copy is not None:
                 copies.append(copy)
             stream = (e.t << 32) | (e.index << 2)  # AdamW's rule (its first state's stream)
-            items.append((flat(w), flat(g), self._state_args(e)[0],
-                          (lr, mom, 1.0 - group["dampening"], wd), bool(group["nesterov"]),
-                          e.t == 1, stream, stream | 2, _KINDS[w.dtype]))
+            items.append((w, g, self._state_args(e)[0], scalars, bool(group["nesterov"]),
+                          e.t == 1, stream, stream | 2, kind))
             offsets.append(_dist.element_offset(e.p))
         core = cuda_optim() if entries[0].p.is_cuda else _core
         core.sgd_step_group(items, self._opt(group, "block_size"), self._seed,
