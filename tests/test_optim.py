@@ -335,7 +335,7 @@ def test_shards_with_offsets_draw_the_whole_tensors_bits(preset):
                 opt_parts.state[p].update(opt_parts._init_state(p, group))
         t = s + 1
 
-        def state(p, name):
+        def state(p, name, group=group):
             st = opt_parts.state[p]
             return (opt_parts._spec(name, group), *(_flat(st[f"{name}.{k}"])
                                                     for k in ("codes", "scales", "alphas")))
