@@ -22,6 +22,11 @@ if [ "$extras" = test ]; then
   have gfloat || need+=("gfloat>=0.4")
   have safetensors || need+=("safetensors>=0.4")
   have bitsandbytes || need+=("bitsandbytes>=0.45")
+  # the real-client optimizer suite (tests/test_optim_clients.py): Trainer needs accelerate
+  have transformers || need+=("transformers>=4.45")
+  have accelerate || need+=("accelerate>=1.0")
+  have lightning || need+=("lightning>=2.2")
+  have ruff || need+=("ruff>=0.5")
 fi
 if [ ${#need[@]} -gt 0 ]; then
   echo "== installing: ${need[*]}"
