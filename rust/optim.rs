@@ -177,6 +177,15 @@ pub fn adamw_steps(items: Vec<Item<2, AdamW>>, block: usize, seed: u64) -> Resul
     run_items(items, block, seed, |hp, p, g, [m, v]| adamw_update(hp, p, g, m, v))
 }
 
+/// Fused AMSGrad AdamW steps (`torch.optim.AdamW(amsgrad=True)`): states `[m, v, v_max]`,
+/// `v_max ← max(v_max, v)` after the update of `v`, and the denominator reads `v_max`. A
+/// quantized `v_max` is re-encoded like any state (with `v`'s codec, as the caller chooses).
+pub fn adamw_amsgrad_steps(items: Vec<Item<3, AdamW>>, block: usize, seed: u64) -> Result<()> {
+    run_items(items, block, seed, |hp, p, g, [m, v, vmax]| {
+        adamw_amsgrad_update(hp, p, g, m, v, vmax)
+    })
+}
+
 /// A 16-bit float type of parameters and gradients.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Half {
@@ -473,6 +482,30 @@ fn adamw_update(hp: &AdamW, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f3
         *m += hp.w1 * (g - *m);
         *v = hp.beta2 * *v + hp.w2 * g * g;
         let denom = v.sqrt() / hp.bc2_sqrt + hp.eps;
+        *p -= hp.step_size * (*m / denom);
+    }
+}
+}
+
+crate::simd::avx2_or_baseline! {
+/// AdamW's update with AMSGrad's running maximum of the second moment (vectorizes).
+fn adamw_amsgrad_update(
+    hp: &AdamW,
+    p: &mut [f32],
+    g: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    vmax: &mut [f32],
+) {
+    let it = p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()).zip(vmax.iter_mut());
+    for ((((p, &g), m), v), vmax) in it {
+        let g = g + hp.l2 * *p;
+        *p *= hp.decay;
+        *m += hp.w1 * (g - *m);
+        *v = hp.beta2 * *v + hp.w2 * g * g;
+        // torch.maximum; gradients are finite here (the caller skips non-finite steps)
+        *vmax = if *v > *vmax { *v } else { *vmax };
+        let denom = vmax.sqrt() / hp.bc2_sqrt + hp.eps;
         *p -= hp.step_size * (*m / denom);
     }
 }

@@ -812,6 +812,10 @@ fn muon_momentum(
     .map_err(err)
 }
 
+/// The AdamW scalars of an entry: (1 − lr·wd, l2, 1 − β1, β2, 1 − β2, eps, lr / bc1,
+/// sqrt(bc2)).
+type AdamWScalars = (f32, f32, f32, f32, f32, f32, f32, f32);
+
 /// One parameter of a batched AdamW call: (param, grad, exp_avg, exp_avg_sq, scalars,
 /// (stream_m, stream_v), param_stream, kind).
 type AdamWEntry<'py> = (
@@ -819,11 +823,62 @@ type AdamWEntry<'py> = (
     Bound<'py, PyAny>,
     Bound<'py, PyAny>,
     Bound<'py, PyAny>,
-    (f32, f32, f32, f32, f32, f32, f32, f32),
+    AdamWScalars,
     (u64, u64),
     u64,
     String,
 );
+
+/// One parameter of a batched AMSGrad call: an AdamW entry, then (max_exp_avg_sq, its
+/// stream).
+type AmsgradEntry<'py> = (
+    Bound<'py, PyAny>,
+    Bound<'py, PyAny>,
+    Bound<'py, PyAny>,
+    Bound<'py, PyAny>,
+    AdamWScalars,
+    (u64, u64),
+    u64,
+    String,
+    Bound<'py, PyAny>,
+    u64,
+);
+
+const ADAMW_STATES: [&str; 3] = ["exp_avg", "exp_avg_sq", "max_exp_avg_sq"];
+
+/// One borrowed AdamW entry: param arrays, K state arrays, scalars, K streams, param stream.
+type AdamWArrays<'py, const K: usize> =
+    (ParamArrays<'py>, [StateArrays<'py>; K], optim::AdamW, [u64; K], u64);
+
+fn adamw_scalars(s: AdamWScalars) -> optim::AdamW {
+    let (decay, l2, w1, beta2, w2, eps, step_size, bc2_sqrt) = s;
+    optim::AdamW { decay, l2, w1, beta2, w2, eps, step_size, bc2_sqrt }
+}
+
+/// Borrow the slices of every entry and run `steps` on them (GIL released when big).
+fn adamw_run<const K: usize>(
+    py: Python<'_>,
+    arrays: &mut [AdamWArrays<'_, K>],
+    offsets: &[usize],
+    param_stochastic: bool,
+    steps: impl FnOnce(Vec<optim::Item<'_, K, optim::AdamW>>) -> crate::error::Result<()> + Send,
+) -> PyResult<()> {
+    let total = arrays.iter().map(|a| param_len(&a.0)).sum();
+    let mut items = Vec::with_capacity(arrays.len());
+    for (pa, sts, hp, streams, pstream) in arrays.iter_mut() {
+        let (param, grad) = param_of(pa, param_stochastic, *pstream)?;
+        let mut states = Vec::with_capacity(K);
+        for (k, st) in sts.iter_mut().enumerate() {
+            states.push((state_of(st, ADAMW_STATES[k])?, ADAMW_STATES[k], streams[k]));
+        }
+        let states: [_; K] = states
+            .try_into()
+            .map_err(|_| PyValueError::new_err("internal: state count differs from K"))?;
+        let offset = offsets[items.len()];
+        items.push(optim::Item { param, grad: Some(grad), states, ctx: *hp, offset });
+    }
+    detach_if(py, total, || steps(items)).map_err(err)
+}
 
 /// Fused AdamW steps for a whole param group in one call (one parallel pass, GIL released;
 /// small groups on the calling thread, GIL held). States as in `sgd_step_group`.
@@ -841,25 +896,53 @@ fn adamw_step_group(
     let offsets = entry_offsets(offsets, entries.len())?;
     let mut arrays = Vec::with_capacity(entries.len());
     for (p, g, m, v, scalars, streams, pstream, kind) in &entries {
-        let (decay, l2, w1, beta2, w2, eps, step_size, bc2_sqrt) = *scalars;
-        let hp = optim::AdamW { decay, l2, w1, beta2, w2, eps, step_size, bc2_sqrt };
-        let pa = param_arrays(p, g, kind)?;
-        let ma = state_arrays(m, "exp_avg")?;
-        let va = state_arrays(v, "exp_avg_sq")?;
-        arrays.push((pa, ma, va, hp, *streams, *pstream));
+        let states = [state_arrays(m, ADAMW_STATES[0])?, state_arrays(v, ADAMW_STATES[1])?];
+        let streams = [streams.0, streams.1];
+        arrays.push((
+            param_arrays(p, g, kind)?,
+            states,
+            adamw_scalars(*scalars),
+            streams,
+            *pstream,
+        ));
     }
-    let total = arrays.iter().map(|a| param_len(&a.0)).sum();
-    let mut items = Vec::with_capacity(arrays.len());
-    for (pa, ma, va, hp, streams, pstream) in arrays.iter_mut() {
-        let (param, grad) = param_of(pa, param_stochastic, *pstream)?;
+    adamw_run(py, &mut arrays, &offsets, param_stochastic, |items| {
+        optim::adamw_steps(items, block, seed)
+    })
+}
+
+/// `adamw_step_group` with AMSGrad: each entry carries a third state, the running maximum of
+/// the second moment, and its stream.
+#[pyfunction]
+#[pyo3(signature = (entries, block, seed, param_stochastic, offsets=None))]
+fn adamw_amsgrad_step_group(
+    py: Python<'_>,
+    entries: Vec<AmsgradEntry<'_>>,
+    block: usize,
+    seed: u64,
+    param_stochastic: bool,
+    offsets: Option<Vec<usize>>,
+) -> PyResult<()> {
+    let offsets = entry_offsets(offsets, entries.len())?;
+    let mut arrays = Vec::with_capacity(entries.len());
+    for (p, g, m, v, scalars, streams, pstream, kind, vmax, vmax_stream) in &entries {
         let states = [
-            (state_of(ma, "exp_avg")?, "exp_avg", streams.0),
-            (state_of(va, "exp_avg_sq")?, "exp_avg_sq", streams.1),
+            state_arrays(m, ADAMW_STATES[0])?,
+            state_arrays(v, ADAMW_STATES[1])?,
+            state_arrays(vmax, ADAMW_STATES[2])?,
         ];
-        let offset = offsets[items.len()];
-        items.push(optim::Item { param, grad: Some(grad), states, ctx: *hp, offset });
+        let streams = [streams.0, streams.1, *vmax_stream];
+        arrays.push((
+            param_arrays(p, g, kind)?,
+            states,
+            adamw_scalars(*scalars),
+            streams,
+            *pstream,
+        ));
     }
-    detach_if(py, total, || optim::adamw_steps(items, block, seed)).map_err(err)
+    adamw_run(py, &mut arrays, &offsets, param_stochastic, |items| {
+        optim::adamw_amsgrad_steps(items, block, seed)
+    })
 }
 
 /// One offset per entry (all 0 when not given).
@@ -939,6 +1022,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(blockwise_layout, m)?)?;
     m.add_class::<BlockSpec>()?;
     m.add_function(wrap_pyfunction!(adamw_step_group, m)?)?;
+    m.add_function(wrap_pyfunction!(adamw_amsgrad_step_group, m)?)?;
     m.add_function(wrap_pyfunction!(all_finite, m)?)?;
     m.add_function(wrap_pyfunction!(sgd_step_group, m)?)?;
     m.add_function(wrap_pyfunction!(muon_momentum, m)?)?;

@@ -105,6 +105,13 @@ class AdamW(PackedOptimizer):
             raise ValueError("amsgrad: set it for the whole optimizer (the constructor's "
                              f"amsgrad={'max_exp_avg_sq' in self._STATES}), not per group")
 
+    def _stepping(self, plan) -> list:
+        entries = super()._stepping(plan)
+        if "max_exp_avg_sq" in self._STATES and any(e.p.is_cuda for e in entries):
+            raise ValueError("amsgrad: not available for CUDA parameters yet (the CUDA step "
+                             "kernel has no third state); use amsgrad=False on the GPU")
+        return entries
+
     def _legacy_group(self, g: dict) -> dict:
         """Groups saved before the torch signature: ``decoupled`` → ``decoupled_weight_decay``,
         torch's flags filled in."""
@@ -155,8 +162,6 @@ class AdamW(PackedOptimizer):
             offsets.append(_dist.element_offset(e.p))
         core = cuda_optim() if entries[0].p.is_cuda else _core
         if amsgrad:
-            if core is not _core:
-                raise ValueError("amsgrad: not available for CUDA parameters yet")
             core.adamw_amsgrad_step_group(items, self._opt(group, "block_size"), self._seed,
                                           self._param_rounding == "stochastic", offsets)
         else:

@@ -129,12 +129,11 @@ def _scalar(x: Any) -> float:
 
 
 _SPECS: Dict[tuple, Any] = {}  # (codec as plain data, block, rounding) -> (dict, BlockSpec)
-_DICTS: Dict[int, dict] = {}  # id(BlockSpec) -> its dict (the handles above live for good)
 
 
 def spec_dict(spec: Any) -> dict:
-    """The plain dict of a block spec given as a dict or as a handle from this module."""
-    return spec if isinstance(spec, dict) else _DICTS[id(spec)]
+    """The plain dict of a block spec given as a dict or as a ``_core.BlockSpec``."""
+    return spec if isinstance(spec, dict) else spec.to_dict()
 
 
 def _block_spec(codec: Any, block: int, rounding: str):
@@ -146,9 +145,8 @@ def _block_spec(codec: Any, block: int, rounding: str):
         d = {"bits": 0, "signed": True, "zero": True, "alpha": 0.5, "quantile": 0.0}
         d.update(_codec_spec(codec))
         d.update(block=block, scale="absmax", rounding=rounding)
-        handle = _core.BlockSpec(d) if hasattr(_core, "BlockSpec") else d
+        handle = _core.BlockSpec(d)
         hit = _SPECS[key] = (d, handle)
-        _DICTS[id(handle)] = d
     return hit
 
 
