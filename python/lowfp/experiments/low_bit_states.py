@@ -49,6 +49,7 @@ def _configs():
         def make(model, seed):
             mats, rest = param_groups(model)
             return fn([{"params": mats}, {"params": rest, "use_muon": False}], lr=MUON_LR,
+                      weight_decay=0.0,
                       adamw_lr=ADAM_LR, adamw_betas=BETAS, seed=seed)
         return make
 

@@ -79,6 +79,7 @@ def _optimizer(name: str, model, comp: Optional[str], man: Optional[int], seed: 
         mats, rest = param_groups(model)
         # float32 AdamW states under their plain names (no packing) so LowPrecision sees them
         inner = Muon([{"params": mats}, {"params": rest, "use_muon": False}], lr=MUON_LR,
+                     weight_decay=0.0,
                      adamw_lr=ADAM_LR, adamw_betas=BETAS, seed=seed,
                      adamw_kwargs={"min_quant_size": 1 << 62})
         part = {"exp_avg": quant["m"], "exp_avg_sq": quant["v"]}

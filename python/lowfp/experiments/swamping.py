@@ -68,7 +68,7 @@ def _ema(steps: int, seed: int, out: pathlib.Path, progress: Progress):
             opt.step()
             progress.advance()
             if s == pts[nxt]:
-                vq = opt._dequantize(opt.state[p], p, "exp_avg_sq")
+                vq = opt.dequantized_state(p, "exp_avg_sq")
                 err.append(abs(float(vq[small].mean()) / exact[s] - 1.0))
                 zero.append(float((vq[small] == 0).float().mean()))
                 zero_all.append(float((vq == 0).float().mean()))
@@ -130,7 +130,7 @@ def _train(steps: int, seed: int, out: pathlib.Path, progress: Progress):
                 with torch.no_grad():  # exact excess risk E[(x·w − x·w*)²]
                     risk.append(float((((w - wstar) * scale) ** 2).sum()))
                 nxt += 1
-        vq = opt._dequantize(opt.state[w], w, "exp_avg_sq")
+        vq = opt.dequantized_state(w, "exp_avg_sq")
         tail = risk[-max(1, len(risk) // 10):]
         final = float(np.mean(tail)) if all(map(math.isfinite, tail)) else float("nan")
         curves[label] = risk

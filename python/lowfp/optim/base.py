@@ -508,6 +508,13 @@ class PackedOptimizer(torch.optim.Optimizer):
                              "Optimizer.state_dict() returns)")
         sd = dict(state_dict)
         sd.pop("lowfp", None)
+        # torch.distributed.checkpoint loads the non-tensor leaves of a nested state dict
+        # (the codec descriptions) a second time under string keys ("0" beside 0): drop the
+        # echoes, which torch's load would otherwise keep as states of no parameter.
+        state = sd["state"]
+        echoes = [k for k in state if isinstance(k, str) and k.isdigit() and int(k) in state]
+        if echoes:
+            sd["state"] = {k: v for k, v in state.items() if k not in echoes}
         overrides = self._check_saved_overrides(sd)
         sd["param_groups"] = [self._legacy_group(g) for g in sd["param_groups"]]
         converted = self._check_saved_codecs(sd, requantize)
