@@ -249,6 +249,8 @@ def _state_tensors(opt) -> dict:
     for prefix, o in parts:
         for i, st in o.state_dict()["state"].items():
             for k, v in st.items():
+                if not torch.is_tensor(v):  # a codec description (plain data)
+                    continue
                 if ld.is_dtensor(v):
                     v = v.full_tensor()
                     v = v.reshape(-1) if "." in k else v

@@ -390,3 +390,42 @@ def test_import_does_not_load_torch_distributed_tensor():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "False"
+
+
+# state dicts saved by lowfp before codec descriptions (tests/data/make_optim_layout1.py, run
+# at commit 606455c): they load with the constructor's codecs and resume bit for bit
+LAYOUT1 = {
+    "AdamW8bit": lambda ps: lo.AdamW8bit(ps, lr=1e-2, min_quant_size=0),
+    "SOLO": lambda ps: lo.SOLO(ps, bits=3, lr=1e-2, min_quant_size=0),
+    "SGD": lambda ps: lo.SGD(ps, lr=1e-2, momentum=0.9, momentum_codec=lowfp.Linear(8),
+                             min_quant_size=0),
+    "Muon8bit": lambda ps: lo.Muon8bit(ps, lr=0.02, adamw_kwargs={"min_quant_size": 0}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LAYOUT1))
+def test_state_dicts_written_before_codec_descriptions_resume_bit_for_bit(name):
+    import pathlib
+
+    path = pathlib.Path(__file__).parent / "data" / "optim_layout1.pt"
+    saved = torch.load(path, weights_only=True)[name]
+    assert not any(k.endswith(".codec") for st in saved["state_dict"]["state"].values()
+                   for k in st)
+    ps = [torch.nn.Parameter(w.clone()) for w in saved["weights3"]]
+    opt = LAYOUT1[name](ps)
+    opt.load_state_dict(saved["state_dict"])
+    run_steps(opt, ps, 2, start=3)
+    assert same(ps, saved["weights5"])
+
+
+def test_a_step_keeps_no_reference_to_the_gradients(make):
+    import gc
+    import weakref
+
+    ps = params()
+    opt = make(ps)
+    run_steps(opt, ps, 1)
+    refs = [weakref.ref(p.grad) for p in ps]
+    opt.zero_grad(set_to_none=True)
+    gc.collect()
+    assert all(r() is None for r in refs)  # zero_grad frees them

@@ -16,7 +16,7 @@ import torch
 from .. import _core
 from ..codec import Dynamic, Linear, Log
 from . import distributed as _dist
-from .base import PackedOptimizer, _scalar, check_lr, cuda_optim, run_closure
+from .base import PackedOptimizer, _scalar, check_lr, cuda_optim
 
 __all__ = ["AdamW", "AdamW8bit", "AdamW4bit", "AdamWFp8", "SOLO", "solo_beta1"]
 
@@ -105,8 +105,8 @@ class AdamW(PackedOptimizer):
             raise ValueError("amsgrad: set it for the whole optimizer (the constructor's "
                              f"amsgrad={'max_exp_avg_sq' in self._STATES}), not per group")
 
-    def _stepping(self, plan) -> list:
-        entries = super()._stepping(plan)
+    def _stepping(self, group: dict, plan) -> list:
+        entries = super()._stepping(group, plan)
         if "max_exp_avg_sq" in self._STATES and any(e.p.is_cuda for e in entries):
             raise ValueError("amsgrad: not available for CUDA parameters yet (the CUDA step "
                              "kernel has no third state); use amsgrad=False on the GPU")
@@ -125,16 +125,6 @@ class AdamW(PackedOptimizer):
 
     # ------------------------------------------------------------ the step
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        """One optimization step (see torch.optim.Optimizer.step)."""
-        loss = run_closure(closure)
-        todo = self._prepare()
-        for group, entries in todo or ():
-            if entries:
-                self._step_group(group, entries)
-        return loss
-
     def _step_group(self, group: dict, entries: list) -> None:
         """One fused call for the group's parameters that have gradients."""
         b1, b2 = (_scalar(b) for b in group["betas"])
@@ -143,7 +133,7 @@ class AdamW(PackedOptimizer):
         items, offsets, copies, scalars = [], [], [], {}
         l2, decay = (0.0, 1 - lr * wd) if decoupled else (wd, 1.0)
         for e in entries:
-            w, g, kind, copy = self._views(e, group["maximize"])
+            w, g, kind, copy = e.views
             if copy is not None:
                 copies.append(copy)
             t = e.t

@@ -159,13 +159,14 @@ def describe(codec: Any, block: int) -> dict:
 class _Entry:
     """One parameter of a group's step plan."""
 
-    __slots__ = ("p", "index", "specs", "st", "args", "t")
+    __slots__ = ("p", "index", "specs", "st", "args", "t", "views")
 
     def __init__(self, p: torch.Tensor, index: int, specs: tuple):
         self.p, self.index, self.specs = p, index, specs
         self.st = None  # the state dict the cached args were made from
         self.args: tuple = ()
         self.t = 0  # the step count, mirrored on the host
+        self.views = None  # this step's (param, grad, kind, write-back) from _views
 
 
 class _Plan:
@@ -343,11 +344,14 @@ class PackedOptimizer(torch.optim.Optimizer):
             e.st, e.args, e.t = st, tuple(args), int(st["step"])
         return e.args
 
-    def _stepping(self, plan: _Plan) -> list:
-        """The group's work: per entry with a gradient, (entry, param, grad) as dense local
-        tensors (contiguous copies of other layouts). Checks every entry first: raises before
-        anything changes."""
+    #: Whether the fused step reads the entries' views (Muon builds its own inputs).
+    _VIEWS = True
+
+    def _stepping(self, group: dict, plan: _Plan) -> list:
+        """The group's entries with a gradient, each checked (raises before anything
+        changes) and given this step's views (:meth:`_views`)."""
         out = []
+        negate = bool(group.get("maximize", False))
         for e in plan.entries:
             p = e.p
             g = p.grad
@@ -356,6 +360,7 @@ class PackedOptimizer(torch.optim.Optimizer):
             if not (type(p) in _PLAIN and g.dtype is p.dtype and p.dtype in _KINDS
                     and not g.is_sparse and g.shape == p.shape and g.device == p.device):
                 self._check(p, e.index)  # raises, naming the parameter (or a DTensor passes)
+            e.views = self._views(e, negate) if self._VIEWS else None
             out.append(e)
         return out
 
@@ -385,10 +390,16 @@ class PackedOptimizer(torch.optim.Optimizer):
         advance the step counters. Returns per group (group, entries), or None when the step
         is skipped. Nothing is changed before every check has passed."""
         todo = []
-        for gi, group in enumerate(self.param_groups):
-            plan = self._plan(gi, group)
-            todo.append((group, self._stepping(plan)))
-        if not self._grads_finite([e.p for _, es in todo for e in es]):
+        try:
+            for gi, group in enumerate(self.param_groups):
+                plan = self._plan(gi, group)
+                todo.append((group, self._stepping(group, plan)))
+            go = self._grads_finite([e for _, es in todo for e in es])
+        except BaseException:
+            self._drop_views()
+            raise
+        if not go:
+            self._drop_views()
             return None
         out = []
         for group, entries in todo:
@@ -405,20 +416,38 @@ class PackedOptimizer(torch.optim.Optimizer):
             out.append((group, entries))
         return out
 
+    @torch.no_grad()
+    def step(self, closure=None):
+        """One optimization step (see torch.optim.Optimizer.step): every group's parameters
+        with gradients, one fused call per group."""
+        loss = run_closure(closure)
+        try:
+            for group, entries in self._prepare() or ():
+                if entries:
+                    self._step_group(group, entries)
+        finally:
+            self._drop_views()
+        return loss
+
+    def _step_group(self, group: dict, entries: list) -> None:
+        """The fused step of one group's entries (checked, states created, counted)."""
+        raise NotImplementedError
+
     def _has_state(self, group: dict) -> bool:
         """Whether the group's parameters keep states (SGD without momentum has none)."""
         return True
 
-    def _grads_finite(self, params: List[torch.Tensor]) -> bool:
+    def _grads_finite(self, entries: List[_Entry]) -> bool:
         """Apply the ``nonfinite`` policy; True when the step may proceed."""
         finite = True
-        cpu, gpu = [], []
-        for p in params:
-            g = _dist.local(p.grad)
-            (gpu if g.is_cuda else cpu).append(g)
-        for g in cpu:
-            if g.is_contiguous() and g.dtype in _KINDS:
-                ok = _core.all_finite(flat(g).reshape(-1), _KINDS[g.dtype])
+        gpu = []
+        for e in entries:
+            g = _dist.local(e.p.grad)
+            if g.is_cuda:
+                gpu.append(g)
+                continue
+            if e.views is not None:  # the step's own dense view, one scan in Rust
+                ok = _core.all_finite(e.views[1], e.views[2])
             else:
                 ok = bool(torch.isfinite(g).all())
             if not ok:
@@ -426,6 +455,7 @@ class PackedOptimizer(torch.optim.Optimizer):
                 break
         if finite and gpu:  # CUDA gradients: one host synchronization for them all
             finite = bool(torch.stack([torch.isfinite(g).all() for g in gpu]).all())
+        params = [e.p for e in entries]
         # sharded DTensors: a NaN in one rank's shard skips the step on every rank
         if _dist.agree(finite, params):
             return True
@@ -439,6 +469,13 @@ class PackedOptimizer(torch.optim.Optimizer):
                           "skipped_steps without a warning; nonfinite='error' raises instead.",
                           RuntimeWarning, stacklevel=3)
         return False
+
+    def _drop_views(self) -> None:
+        """Forget this step's views (they hold the gradients, which ``zero_grad`` must be
+        able to free)."""
+        for plan in self._plans.values():
+            for e in plan.entries:
+                e.views = None
 
     @staticmethod
     def _views(e: _Entry, negate: bool = False):

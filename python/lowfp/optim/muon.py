@@ -114,6 +114,7 @@ class Muon(PackedOptimizer):
 
     _STATES = ("momentum_buffer",)
     _CODEC_ARGS = {"momentum_buffer": "momentum_codec"}
+    _VIEWS = False
     _PICKLED = PackedOptimizer._PICKLED + ("_adamw_defaults", "_adamw_kwargs", "adamw")
 
     def __init__(self, params, lr: float = 1e-3, weight_decay: float = 0.1,

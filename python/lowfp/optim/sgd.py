@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-import torch
-
 from .. import _core
 from . import distributed as _dist
-from .base import PackedOptimizer, _scalar, check_lr, cuda_optim, run_closure
+from .base import PackedOptimizer, _scalar, check_lr, cuda_optim
 
 __all__ = ["SGD"]
 
@@ -85,15 +83,6 @@ class SGD(PackedOptimizer):
     def _has_state(self, group: dict) -> bool:
         return group["momentum"] != 0
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        """One optimization step (see torch.optim.Optimizer.step)."""
-        loss = run_closure(closure)
-        for group, entries in self._prepare() or ():
-            if entries:
-                self._step_group(group, entries)
-        return loss
-
     def _step_group(self, group: dict, entries: list) -> None:
         lr, mom, wd = _scalar(group["lr"]), group["momentum"], group["weight_decay"]
         if mom == 0:
@@ -106,7 +95,7 @@ class SGD(PackedOptimizer):
         items, offsets, copies = [], [], []
         scalars = (lr, mom, 1.0 - group["dampening"], wd)
         for e in entries:
-            w, g, kind, copy = self._views(e, group["maximize"])
+            w, g, kind, copy = e.views
             if copy is not None:
                 copies.append(copy)
             stream = (e.t << 32) | (e.index << 2)  # AdamW's rule (its first state's stream)
