@@ -462,7 +462,8 @@ def _worker_replicated(rank, world, save):
     save("replicated", equal=torch.equal(p.to_local(), q.detach()),
          states_equal=all(torch.equal(ld.local(st[k]).reshape(-1), v.reshape(-1))
                           for k, v in opts[1].state[q].items()),
-         types=sorted({type(v).__name__ for k, v in st.items() if k != "step"}))
+         types=sorted({type(v).__name__ for k, v in st.items()
+                       if k != "step" and torch.is_tensor(v)}))
 
 
 def _worker_errors(rank, world, save):

@@ -325,6 +325,8 @@ class PackedOptimizer(torch.optim.Optimizer):
                 a is b for a, b in zip(plan.key, key)):
             return plan
         base = sum(len(g["params"]) for g in self.param_groups[:gi])
+        for p in group["params"]:
+            _dist.check_flat(p)
         entries = [_Entry(p, base + i + 1, self._specs(p, group))
                    for i, p in enumerate(group["params"])]
         plan = self._plans[gi] = _Plan(key, entries)

@@ -91,13 +91,23 @@ def check_param(p: torch.Tensor) -> None:
         ValueError: FSDP1 flat parameters (``FullyShardedDataParallel``), or a DTensor
             parameter (or gradient) placed other than ``Replicate()`` / ``Shard(0)``.
     """
+    check_flat(p)
+    if not is_dtensor(p):
+        return
+    _check_placements(p)
+
+
+def check_flat(p: torch.Tensor) -> None:
+    """Reject an FSDP1 flat parameter (a plain Parameter with FSDP's flags: checked once, when
+    an optimizer's step plan is built)."""
     if getattr(p, "_is_flat_param", False) or getattr(p, "_fsdp_flattened", False):
         raise ValueError(
             "param: an FSDP1 flat parameter (FullyShardedDataParallel); lowfp.optim keeps "
             "per-parameter packed states, which FSDP1's flattened shards and optim_state_dict "
             "cannot hold: use torch.distributed.fsdp.fully_shard (FSDP2) instead")
-    if not is_dtensor(p):
-        return
+
+
+def _check_placements(p: torch.Tensor) -> None:
     for what, t in (("param", p), ("grad", p.grad)):
         if t is None:
             continue
