@@ -110,6 +110,16 @@ impl Part<'_> {
 
 /// Whether every value is finite (no NaN, no ±inf): a (parallel) scan of the exponent bits,
 /// for float32 or 16-bit float gradients, run before a step so that packed states never see a NaN.
+/// Whether every gradient of a list is finite: one call for a whole step's gradients,
+/// tensors in parallel (and chunks of big ones) unless the total is small.
+pub fn all_finite_many(gs: &[Grad]) -> bool {
+    let total: usize = gs.iter().map(|g| g.len()).sum();
+    if par::serial(total) {
+        return gs.iter().all(|&g| all_finite(g));
+    }
+    par::install(|| gs.par_iter().all(|&g| all_finite(g)))
+}
+
 pub fn all_finite(g: Grad) -> bool {
     if par::serial(g.len()) {
         return match g {
@@ -252,11 +262,17 @@ impl Param<'_> {
 }
 
 impl Grad<'_> {
-    fn len(&self) -> usize {
+    /// Number of elements.
+    pub fn len(&self) -> usize {
         match self {
             Grad::F32(g) => g.len(),
             Grad::Half(_, g) => g.len(),
         }
+    }
+
+    /// Whether it has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 

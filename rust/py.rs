@@ -974,6 +974,40 @@ fn all_finite(py: Python<'_>, x: &Bound<'_, PyAny>, kind: &str) -> PyResult<bool
     }
 }
 
+/// Whether every array of `grads` (float32 arrays, or uint16 bits of "bfloat16"/"float16"
+/// as `kinds` says) is all finite: one call for a whole optimizer step.
+#[pyfunction]
+fn all_finite_many(
+    py: Python<'_>,
+    grads: Vec<Bound<'_, PyAny>>,
+    kinds: Vec<String>,
+) -> PyResult<bool> {
+    if grads.len() != kinds.len() {
+        return Err(PyValueError::new_err(format!(
+            "kinds: expected one per array ({}), got {}",
+            grads.len(),
+            kinds.len()
+        )));
+    }
+    let mut f32s = Vec::new();
+    let mut halves = Vec::new();
+    for (x, kind) in grads.iter().zip(&kinds) {
+        match half_kind(kind)? {
+            None => f32s.push(ro::<f32>(x, "grads")?),
+            Some(h) => halves.push((h, ro::<u16>(x, "grads")?)),
+        }
+    }
+    let mut gs = Vec::with_capacity(grads.len());
+    for a in &f32s {
+        gs.push(optim::Grad::F32(slice(a, "grads")?));
+    }
+    for (h, a) in &halves {
+        gs.push(optim::Grad::Half(*h, slice(a, "grads")?));
+    }
+    let total = gs.iter().map(|g| g.len()).sum();
+    Ok(detach_if(py, total, || optim::all_finite_many(&gs)))
+}
+
 // ---------------------------------------------------------------- threads and rng
 
 #[pyfunction]
@@ -1023,6 +1057,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<BlockSpec>()?;
     m.add_function(wrap_pyfunction!(adamw_step_group, m)?)?;
     m.add_function(wrap_pyfunction!(adamw_amsgrad_step_group, m)?)?;
+    m.add_function(wrap_pyfunction!(all_finite_many, m)?)?;
     m.add_function(wrap_pyfunction!(all_finite, m)?)?;
     m.add_function(wrap_pyfunction!(sgd_step_group, m)?)?;
     m.add_function(wrap_pyfunction!(muon_momentum, m)?)?;

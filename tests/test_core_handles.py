@@ -322,3 +322,23 @@ def test_all_finite_small_and_big(n, kind):
             y = x.copy()
             y[pos] = b
             assert not _core.all_finite(y, kind), (pos, b)
+
+
+@pytest.mark.parametrize("n", [16, 40_000, 300_000])
+def test_all_finite_many_finds_any_nonfinite_value(n):
+    """One call over many arrays (float32 and 16-bit bits), small and parallel totals."""
+    rng = np.random.default_rng(n)
+    arrays = [rng.standard_normal(n).astype(np.float32),
+              rng.standard_normal(n).astype(np.float32).view(np.uint32).astype(np.uint16),
+              (rng.standard_normal(n).astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)]
+    arrays[1] &= 0x3BFF  # float16 bits below 1.0: finite
+    kinds = ["float32", "float16", "bfloat16"]
+    assert _core.all_finite_many(arrays, kinds)
+    assert _core.all_finite_many([], [])
+    for k, bad in ((0, np.float32(np.inf)), (1, np.uint16(0x7E00)), (2, np.uint16(0xFF80))):
+        for where in (0, n // 2, n - 1):
+            xs = [a.copy() for a in arrays]
+            xs[k][where] = bad
+            assert not _core.all_finite_many(xs, kinds), (k, where)
+    with pytest.raises(ValueError, match="kinds"):
+        _core.all_finite_many(arrays, kinds[:2])

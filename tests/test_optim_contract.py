@@ -429,3 +429,14 @@ def test_a_step_keeps_no_reference_to_the_gradients(make):
     opt.zero_grad(set_to_none=True)
     gc.collect()
     assert all(r() is None for r in refs)  # zero_grad frees them
+
+
+def test_reassigned_parameter_data_is_stepped(make):
+    a, b = params(), params()
+    oa, ob = make(a), make(b)
+    run_steps(oa, a, 1)
+    run_steps(ob, b, 1)
+    a[2].data = a[2].detach().clone()  # new memory: the optimizer must step it, not the old
+    run_steps(oa, a, 2, start=1)
+    run_steps(ob, b, 2, start=1)
+    assert same(a, b)

@@ -159,7 +159,7 @@ def describe(codec: Any, block: int) -> dict:
 class _Entry:
     """One parameter of a group's step plan."""
 
-    __slots__ = ("p", "index", "specs", "st", "args", "t", "views")
+    __slots__ = ("p", "index", "specs", "st", "args", "t", "views", "wview", "wptr")
 
     def __init__(self, p: torch.Tensor, index: int, specs: tuple):
         self.p, self.index, self.specs = p, index, specs
@@ -167,6 +167,7 @@ class _Entry:
         self.args: tuple = ()
         self.t = 0  # the step count, mirrored on the host
         self.views = None  # this step's (param, grad, kind, write-back) from _views
+        self.wview, self.wptr = None, None  # the parameter's view and the address it shows
 
 
 class _Plan:
@@ -441,20 +442,18 @@ class PackedOptimizer(torch.optim.Optimizer):
 
     def _grads_finite(self, entries: List[_Entry]) -> bool:
         """Apply the ``nonfinite`` policy; True when the step may proceed."""
-        finite = True
-        gpu = []
+        gpu, views, kinds, others = [], [], [], []
         for e in entries:
-            g = _dist.local(e.p.grad)
-            if g.is_cuda:
-                gpu.append(g)
-                continue
-            if e.views is not None:  # the step's own dense view, one scan in Rust
-                ok = _core.all_finite(e.views[1], e.views[2])
-            else:
-                ok = bool(torch.isfinite(g).all())
-            if not ok:
-                finite = False
-                break
+            if e.views is None:
+                g = _dist.local(e.p.grad)
+                (gpu if g.is_cuda else others).append(g)
+            elif e.p.is_cuda:
+                gpu.append(e.views[1])
+            else:  # the step's own dense views: one parallel scan in Rust for them all
+                views.append(e.views[1])
+                kinds.append(e.views[2])
+        finite = _core.all_finite_many(views, kinds) and all(
+            bool(torch.isfinite(g).all()) for g in others)
         if finite and gpu:  # CUDA gradients: one host synchronization for them all
             finite = bool(torch.stack([torch.isfinite(g).all() for g in gpu]).all())
         params = [e.p for e in entries]
@@ -484,17 +483,25 @@ class PackedOptimizer(torch.optim.Optimizer):
         """(param, grad, kind) of an entry as NumPy views of dense local tensors (CUDA: flat
         tensors), and the (param, copy) pair to write back after the step, or None. A
         non-contiguous parameter or gradient steps through a contiguous copy; ``negate``
-        (torch's ``maximize``) steps with a negated copy of the gradient."""
+        (torch's ``maximize``) steps with a negated copy of the gradient. The parameter's
+        view is kept between steps while the parameter still shows the same memory (a
+        reassigned ``p.data`` has another address: the live view keeps the old one alive)."""
         p = e.p
-        w, g = _dist.local(p), _dist.local(p.grad)
+        plain = type(p) in _PLAIN
+        w = p if plain else _dist.local(p)
+        g = p.grad if plain else _dist.local(p.grad)
         if negate:
             g = torch.neg(g)
         elif not g.is_contiguous():
             g = g.contiguous()
+        kind = _KINDS[w.dtype]
         if not w.is_contiguous():
             wc = w.contiguous()
-            return flat(wc), flat(g), _KINDS[w.dtype], (w, wc)
-        return flat(w), flat(g), _KINDS[w.dtype], None
+            return flat(wc), flat(g), kind, (w, wc)
+        ptr = w.data_ptr()
+        if ptr != e.wptr or w.is_cuda or e.wview.size != w.numel():
+            e.wview, e.wptr = flat(w), ptr
+        return e.wview, flat(g), kind, None
 
     @staticmethod
     def _write_back(copies: list) -> None:
