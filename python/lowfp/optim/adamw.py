@@ -16,7 +16,7 @@ import torch
 from .. import _core
 from ..codec import Dynamic, Linear, Log
 from . import distributed as _dist
-from .base import PackedOptimizer, _scalar, check_lr, cuda_optim
+from .base import _PLAIN, PackedOptimizer, _scalar, check_lr, cuda_optim
 
 __all__ = ["AdamW", "AdamW8bit", "AdamW4bit", "AdamWFp8", "SOLO", "solo_beta1"]
 
@@ -142,14 +142,14 @@ class AdamW(PackedOptimizer):
                 sc = scalars[t] = (decay, l2, 1 - b1, b2, 1 - b2, eps, lr / (1 - b1**t),
                                    math.sqrt(1 - b2**t))
             stream = (t << 32) | (e.index << 2)  # | 0: exp_avg, 1: exp_avg_sq, 2: param, 3: max
-            states = self._state_args(e)
+            states = e.args  # made current by _prepare
             if amsgrad:
                 items.append((w, g, states[0], states[1], sc, (stream, stream | 1), stream | 2,
                               kind, states[2], stream | 3))
             else:
                 items.append((w, g, states[0], states[1], sc, (stream, stream | 1), stream | 2,
                               kind))
-            offsets.append(_dist.element_offset(e.p))
+            offsets.append(0 if type(e.p) in _PLAIN else _dist.element_offset(e.p))
         core = cuda_optim() if entries[0].p.is_cuda else _core
         if amsgrad:
             core.adamw_amsgrad_step_group(items, self._opt(group, "block_size"), self._seed,

@@ -333,9 +333,11 @@ class PackedOptimizer(torch.optim.Optimizer):
         plan = self._plans[gi] = _Plan(key, entries)
         return plan
 
-    def _state_args(self, e: _Entry) -> tuple:
-        """The entry's states as the fused steps take them (cached NumPy views)."""
-        st = self.state[e.p]
+    def _state_args(self, e: _Entry, st: Optional[dict] = None) -> tuple:
+        """The entry's states as the fused steps take them (cached NumPy views, remade when
+        the entry's state dict is another object: a new or loaded state)."""
+        if st is None:
+            st = self.state[e.p]
         if e.st is not st:
             args = []
             for name, spec in zip(self._STATES, e.specs):
@@ -404,20 +406,22 @@ class PackedOptimizer(torch.optim.Optimizer):
         if not go:
             self._drop_views()
             return None
-        out = []
+        state = self.state
         for group, entries in todo:
-            stateful = entries if self._has_state(group) else []
-            for e in stateful:
-                if not self.state.get(e.p):
-                    self.state[e.p].update(self._init_state(e.p, group))
-            if stateful:  # one call for the group's counters, as torch's foreach path
-                for e in stateful:
-                    self._state_args(e)  # (re)reads the counter of a new or loaded state
-                torch._foreach_add_([e.st["step"] for e in stateful], 1.0)
-                for e in stateful:
-                    e.t += 1
-            out.append((group, entries))
-        return out
+            if not entries or not self._has_state(group):
+                continue
+            for e in entries:
+                st = state.get(e.p)  # one lookup per entry (tensors hash in Python)
+                if not st:
+                    st = state[e.p]
+                    st.update(self._init_state(e.p, group))
+                if e.st is not st:
+                    self._state_args(e, st)  # views of a new or loaded state, its counter
+            # one call for the group's counters, as torch's foreach path
+            torch._foreach_add_([e.st["step"] for e in entries], 1.0)
+            for e in entries:
+                e.t += 1
+        return todo
 
     @torch.no_grad()
     def step(self, closure=None):

@@ -235,7 +235,7 @@ class Muon(PackedOptimizer):
         d = _dist.local(p.grad).detach().to(torch.float32, copy=True,
                                             memory_format=torch.contiguous_format)
         core = cuda_optim() if d.is_cuda else _core  # CUDA: lowfp.cuda.optim's kernel
-        core.muon_momentum(flat(d).reshape(-1), self._state_args(e)[0], beta,
+        core.muon_momentum(flat(d).reshape(-1), e.args[0], beta,
                            bool(group["nesterov"]), self._opt(group, "block_size"), self._seed,
                            stream, _dist.element_offset(p))
         rows = p.shape[0]

@@ -6,7 +6,7 @@ from typing import Any, Optional
 
 from .. import _core
 from . import distributed as _dist
-from .base import PackedOptimizer, _scalar, check_lr, cuda_optim
+from .base import _PLAIN, PackedOptimizer, _scalar, check_lr, cuda_optim
 
 __all__ = ["SGD"]
 
@@ -99,9 +99,9 @@ class SGD(PackedOptimizer):
             if copy is not None:
                 copies.append(copy)
             stream = (e.t << 32) | (e.index << 2)  # AdamW's rule (its first state's stream)
-            items.append((w, g, self._state_args(e)[0], scalars, bool(group["nesterov"]),
-                          e.t == 1, stream, stream | 2, kind))
-            offsets.append(_dist.element_offset(e.p))
+            items.append((w, g, e.args[0], scalars, bool(group["nesterov"]), e.t == 1, stream,
+                          stream | 2, kind))
+            offsets.append(0 if type(e.p) in _PLAIN else _dist.element_offset(e.p))
         core = cuda_optim() if entries[0].p.is_cuda else _core
         core.sgd_step_group(items, self._opt(group, "block_size"), self._seed,
                             self._param_rounding == "stochastic", offsets)
