@@ -440,3 +440,18 @@ def test_reassigned_parameter_data_is_stepped(make):
     run_steps(oa, a, 2, start=1)
     run_steps(ob, b, 2, start=1)
     assert same(a, b)
+
+
+def test_step_counters_follow_torch_when_some_gradients_are_missing():
+    a, b = params(), params()
+    ours, ref = lo.AdamW8bit(a, min_quant_size=0), torch.optim.AdamW(b)
+    for s, which in enumerate(([0, 1, 2], [0], [2, 0], [1])):
+        g = torch.Generator().manual_seed(s)
+        for ps in (a, b):
+            for i, p in enumerate(ps):
+                p.grad = torch.randn(p.shape, generator=g) if i in which else None
+        ours.step()
+        ref.step()
+    assert [float(ours.state[p]["step"]) for p in a] == [float(ref.state[q]["step"]) for q in b]
+    sd = ours.state_dict()
+    assert [float(sd["state"][i]["step"]) for i in range(3)] == [3.0, 2.0, 2.0]
