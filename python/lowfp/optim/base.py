@@ -19,8 +19,11 @@ Design notes
   once per codec and block size) and the NumPy views of their state tensors are kept between
   steps, rebuilt when the group's parameters or storage options change, and dropped by every
   path that replaces state tensors (``load_state_dict``, ``__setstate__``, the imports).
-  Parameters and gradients are viewed afresh every step (``p.data`` may be reassigned,
-  ``zero_grad`` makes new gradients).
+  A parameter's view is kept while the parameter shows the same memory (``p.data`` may be
+  reassigned); gradients are viewed afresh every step and the views dropped after it (so
+  ``zero_grad`` frees them). The states' ``step`` counters are 0-d views of one tensor per
+  plan, advanced by one in-place add. Rejected: a foreach add over the counters (about a
+  microsecond per tensor), host-only counters (torch's state dicts and tools read ``step``).
 - **Atomic steps.** Every parameter of every group is checked, and the non-finite check is
   done, before any state is created or any counter advanced: a step that raises leaves
   weights, states and counters as they were.
