@@ -746,7 +746,7 @@ class PackedOptimizer(torch.optim.Optimizer):
         if handle is None:
             handle = self._specs(p, self._group_of(p))[self._STATES.index(name)][2]
         out = np.empty(_dist.local(p).numel(), np.float32)
-        _core.blockwise_dequantize(*(st[f"{name}.{k}"].cpu().numpy() for k in _PARTS[:1]),
+        _core.blockwise_dequantize(st[f"{name}.codes"].cpu().numpy(),
                                    handle, st[f"{name}.scales"].cpu().numpy(),
                                    st[f"{name}.alphas"].cpu().numpy(), np.float32(1.0), out)
         return torch.from_numpy(out)
