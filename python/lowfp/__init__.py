@@ -9,20 +9,22 @@ The public API (NumPy arrays and CPU torch tensors):
 - blockwise: :func:`quantize_blockwise`, :class:`QTensor`, :func:`save_qtensors`,
   :func:`load_qtensors`, :data:`PRESETS`
 - threads: :func:`set_num_threads`, :func:`num_threads`
+- random keys: :func:`manual_seed` (resets the generator behind ``seed=None``)
 """
 
+from ._seed import manual_seed
 from .codec import (
-                    Dynamic,
-                    Linear,
-                    Log,
-                    decode,
-                    encode,
-                    num_threads,
-                    pack,
-                    quantize,
-                    random_bits,
-                    set_num_threads,
-                    unpack,
+    Dynamic,
+    Linear,
+    Log,
+    decode,
+    encode,
+    num_threads,
+    pack,
+    quantize,
+    random_bits,
+    set_num_threads,
+    unpack,
 )
 from .formats import Format, aliases, format, formats
 from .qtensor import PRESETS, QTensor, load_qtensors, quantize_blockwise, save_qtensors
@@ -42,6 +44,7 @@ __all__ = [
     "format",
     "formats",
     "load_qtensors",
+    "manual_seed",
     "num_threads",
     "pack",
     "quantize",

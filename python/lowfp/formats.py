@@ -2,13 +2,26 @@
 
 All derivations (name, bits, max, value table, validation) are done by the Rust core,
 so Python, Rust and the tests share one format table.
+
+Design notes
+- :func:`format` also takes the dtypes of the ecosystem: NumPy/ml_dtypes dtypes and scalar
+  types (``ml_dtypes.float8_e4m3fn``, ``np.dtype(ml_dtypes.bfloat16)``, ``np.float16``) and
+  torch dtypes (``torch.float8_e5m2``). They are recognized by their module and name, so
+  neither torch nor ml_dtypes is imported by lowfp; the names are the format table's own
+  (ml_dtypes and torch spell them alike), so there is no second table to keep in sync.
+- ``torch.float4_e2m1fn_x2`` is rejected: one element of it is a *pair* of FP4 codes (a
+  packed byte), not a value of one format; its bytes are ``lowfp.pack(codes, 4)``.
+- Looked-up names are cached (a format is an immutable value), so a string ``fmt`` costs
+  one dict lookup per call.
 """
 
 from __future__ import annotations
 
+import difflib
+import re
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 
@@ -56,9 +69,13 @@ class Format:
             object.__setattr__(self, "bias", b)
         if self.inf is None:
             object.__setattr__(self, "inf", self.nan == "ieee")
-        object.__setattr__(self, "name", _core.format_check(self._fields))
+        try:
+            name = _core.format_check(self._fields)
+        except ValueError as e:
+            raise ValueError(_py_range(str(e))) from None
+        object.__setattr__(self, "name", name)
 
-    @property
+    @cached_property
     def _fields(self) -> tuple:
         return (
             int(self.exp_bits),
@@ -133,6 +150,41 @@ class Format:
         out.setflags(write=False)
         return out
 
+    @property
+    def ml_dtype(self) -> Optional[np.dtype]:
+        """The NumPy dtype holding this format's values with identical encodings
+        (``np.dtype(ml_dtypes.float8_e4m3fn)``, ``np.dtype(np.float16)``, …), or None when
+        none exists (e.g. an ``eXmY`` spec outside the table).
+
+        Raises:
+            ImportError: the dtype is one of ml_dtypes' and ml_dtypes is not installed.
+        """
+        if self.name in ("float16", "float32"):
+            return np.dtype(self.name)
+        if self.name not in _ML_DTYPES:
+            return None
+        try:
+            import ml_dtypes
+        except ImportError:
+            raise ImportError(f"ml_dtype: {self.name} arrays need ml_dtypes "
+                              "(pip install ml_dtypes)") from None
+        return np.dtype(getattr(ml_dtypes, self.name))
+
+    @property
+    def torch_dtype(self) -> Any:
+        """The torch dtype of this format (``torch.float8_e4m3fn``, ``torch.bfloat16``, …),
+        or None when torch has none (float4_e2m1fn: torch's ``float4_e2m1fn_x2`` holds a
+        packed pair of codes per element, see :func:`lowfp.pack`).
+
+        Raises:
+            ImportError: torch is not installed.
+        """
+        if self.name not in _TORCH_DTYPES:
+            return None
+        import torch
+
+        return getattr(torch, self.name, None)
+
     def __repr__(self) -> str:
         return (
             f"Format({self.name!r}: e{self.exp_bits}m{self.man_bits} bias={self.bias} "
@@ -140,29 +192,125 @@ class Format:
         )
 
 
-FormatLike = Union[str, Format]
+FormatLike = Union[str, Format, Any]  # Any: a NumPy/ml_dtypes or torch dtype
+
+# The formats with a dtype of the same name in ml_dtypes / torch (the names of the table).
+_ML_DTYPES = frozenset((
+    "float8_e4m3fn", "float8_e4m3", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz",
+    "float8_e4m3b11fnuz", "float8_e3m4", "float8_e8m0fnu", "float6_e2m3fn", "float6_e3m2fn",
+    "float4_e2m1fn", "bfloat16"))
+_TORCH_DTYPES = frozenset((
+    "float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz", "float8_e8m0fnu",
+    "bfloat16", "float16", "float32"))
+
+_CACHE: dict = {}  # name or dtype -> Format; formats are immutable values
+_CACHE_MAX = 1024
+
+
+def _py_range(msg: str) -> str:
+    """A core message with Python range syntax: ``"bits: expected 1..=8"`` becomes
+    ``"bits: expected 1 <= bits <= 8"`` (the core's ``a..=b`` and ``a..b`` are inclusive)."""
+    m = re.match(r"(\w+): ", msg)
+    if m is None or ".." not in msg:
+        return msg
+    var = "code" if m.group(1) == "codes" else m.group(1)
+
+    def repl(g: "re.Match") -> str:
+        return f"{'with ' if g.group(1) else ''}{g.group(2)} <= {var} <= {g.group(3)}"
+
+    return re.sub(r"(\bin )?(-?\d+)\.\.=?(-?\d+)", repl, msg)
+
+
+def _dtype_name(fmt: Any) -> Optional[str]:
+    """The name of a NumPy/ml_dtypes/torch dtype (or scalar type), None for anything else.
+    Neither torch nor ml_dtypes is imported: a torch dtype is recognized by its type."""
+    t = type(fmt)
+    if t.__name__ == "dtype" and t.__module__ == "torch":
+        return str(fmt)[len("torch."):]
+    if isinstance(fmt, np.dtype):
+        return fmt.name
+    if isinstance(fmt, type) and issubclass(fmt, np.generic):
+        return np.dtype(fmt).name
+    return None
+
+
+def _suggest(name: str) -> str:
+    """" Did you mean …?" over the table's names, its aliases and the blockwise presets."""
+    from .qtensor import PRESETS  # only on the error path (qtensor imports this module)
+
+    words = list(_core.format_names()) + [a for a, _ in _core.format_aliases()] + list(PRESETS)
+    close = difflib.get_close_matches(name.lower(), words, n=3, cutoff=0.6)
+    if not close:
+        return ""
+    words = ", ".join(repr(c) for c in close[:-1]) + (" or " if len(close) > 1 else "")
+    words += repr(close[-1])
+    note = " (presets are codecs of lowfp.quantize_blockwise)" if set(close) & set(PRESETS) else ""
+    return f"; did you mean {words}?{note}"
+
+
+def _lookup(fmt: Any, arg: str = "fmt") -> Format:
+    """format(fmt), with error messages naming the public argument `arg`."""
+    if isinstance(fmt, Format):
+        return fmt
+    try:
+        return _CACHE[fmt]
+    except (KeyError, TypeError):  # TypeError: an unhashable fmt, reported below
+        pass
+    if isinstance(fmt, str):
+        try:
+            (e, m, b, s, i, n, sub), _ = _core.format_parse(fmt)
+        except ValueError as err:
+            msg = _py_range(str(err))
+            if msg.startswith("fmt: "):
+                msg = f"{arg}: " + msg[len("fmt: "):]
+            if "unknown format" in msg:
+                hint = _suggest(fmt)
+                if hint:
+                    head, sep, tail = msg.partition(": ")
+                    tail_head, _, rest = tail.partition(": ")
+                    msg = f"{head}{sep}{tail_head}{hint} ({rest})" if rest else msg + hint
+            raise ValueError(msg) from None
+        f = Format(e, m, b, s, i, n, sub)
+    else:
+        name = _dtype_name(fmt)
+        if name is None:
+            raise TypeError(f"{arg}: expected a format name, a lowfp.Format or a NumPy, "
+                            f"ml_dtypes or torch dtype, got {type(fmt).__name__}")
+        if name == "float4_e2m1fn_x2":
+            raise ValueError(
+                f"{arg}: torch.float4_e2m1fn_x2 holds two float4_e2m1fn codes per element (a "
+                "packed byte), not one value; use fmt='float4_e2m1fn' with "
+                "lowfp.unpack(t.view(torch.uint8), 4, 2 * t.numel()) to read its codes")
+        if name not in _ML_DTYPES and name not in _TORCH_DTYPES:
+            raise ValueError(f"{arg}: dtype {name} is not a lowfp format; expected one of "
+                             f"{sorted(_ML_DTYPES | _TORCH_DTYPES)}")
+        f = _lookup(name, arg)
+    if len(_CACHE) < _CACHE_MAX:
+        _CACHE[fmt] = f
+    return f
 
 
 def format(fmt: FormatLike) -> Format:  # noqa: A001 - the public name of the design card
-    """Look up a format by name, alias or ``eXmY`` spec (a Format is returned as is).
+    """Look up a format by name, alias, ``eXmY`` spec or dtype (a Format is returned as is).
 
     Args:
         fmt: e.g. ``"float8_e4m3fn"``, ``"e4m3"``, ``"fp4"``, ``"bf16"``, ``"e3m3fnuz"``,
-            ``"e5m2b11"``, or a :class:`Format`.
+            ``"e5m2b11"``, a :class:`Format`, a NumPy/ml_dtypes dtype or scalar type
+            (``ml_dtypes.float8_e4m3fn``, ``np.dtype(ml_dtypes.bfloat16)``, ``np.float16``)
+            or a torch dtype (``torch.float8_e5m2``, ``torch.bfloat16``, ``torch.float32``).
 
     Returns:
         The Format.
 
     Raises:
-        ValueError: unknown name (the message lists the accepted forms).
-        TypeError: neither a string nor a Format.
+        ValueError: unknown name (the message suggests close names and lists the accepted
+            forms), or a dtype that is not a lowfp format (``torch.float4_e2m1fn_x2``: a
+            packed pair of codes; float64; integer dtypes).
+        TypeError: neither a string, a Format nor a dtype.
     """
     if isinstance(fmt, Format):
         return fmt
-    if not isinstance(fmt, str):
-        raise TypeError(f"fmt: expected a format name or lowfp.Format, got {type(fmt).__name__}")
-    (e, m, b, s, i, n, sub), _ = _core.format_parse(fmt)
-    return Format(e, m, b, s, i, n, sub)
+    return _lookup(fmt)
 
 
 def formats() -> list:

@@ -20,7 +20,13 @@ from .codec import (
     Log,
     _check_choice,
     _float_input,
+    _from_f32,
+    _is_torch,
     _on_cuda,
+    _public_errors,
+    _result_dtype,
+    _seed_arg,
+    _wrap,
     decode,
     encode,
 )
@@ -116,17 +122,50 @@ class QTensor:
             return np.ascontiguousarray(self.scales, np.float32)
         return decode(self.scales, _SCALE_FMT[self.scale])
 
-    def dequantize(self) -> np.ndarray:
-        """float32 array of the logical shape (on the codes' device for CUDA codes)."""
+    def dequantize(self, dtype: Any = np.float32):
+        """Values of the logical shape.
+
+        Args:
+            dtype: float32 (default), float64, float16 or bfloat16, as a NumPy, ml_dtypes or
+                torch dtype or a name. Values are computed in float32 (blockwise arithmetic
+                is float32) and rounded once to nearest even for the 16-bit dtypes.
+
+        Returns:
+            A NumPy array, or a torch tensor when the QTensor was quantized from one (on the
+            codes' device for CUDA codes).
+
+        Raises:
+            ValueError: dtype is not one of those (bfloat16 NumPy arrays need ml_dtypes).
+        """
+        kind = _result_dtype(dtype)
         if _on_cuda(self.codes, self.scales):
             from . import cuda
 
-            return cuda.dequantize(self)
+            v = cuda.dequantize(self)
+            if kind == "float32":
+                return v
+            if _is_torch(v):
+                import torch
+
+                return v.to(getattr(torch, kind))
+            if kind == "bfloat16":
+                raise ValueError("dtype: CuPy has no bfloat16; use float32")
+            return v.astype(kind)
         out = np.empty(self.size, np.float32)
         alphas = self.alphas if self.alphas is not None else np.empty(0, np.float32)
         _core.blockwise_dequantize(self.codes, self._spec(), self._scales_f32(), alphas,
                                    np.float32(self.global_scale), out)
-        return out.reshape(self.shape)
+        out = _from_f32(out.reshape(self.shape), kind, None)
+        return _wrap(out, getattr(self, "_from_torch", False), kind)
+
+    # np.asarray(q) would build a 0-d object array (or NumPy would try ufuncs on it); a
+    # QTensor is packed codes + scales, so ask for what is meant instead.
+    __array_ufunc__ = None
+
+    def __array__(self, dtype: Any = None, copy: Any = None):
+        raise TypeError("QTensor: cannot be converted to a NumPy array implicitly (it holds "
+                        "packed codes and per-block scales); call q.dequantize() for its "
+                        "values, or read q.codes / q.scales")
 
     def metadata(self) -> dict:
         """JSON-able description (everything but the arrays)."""
@@ -143,6 +182,7 @@ class QTensor:
                 f"scale={self.scale!r}, nbytes={self.nbytes})")
 
 
+@_public_errors(fmt="codec")
 def quantize_blockwise(
     x: Any,
     codec: Codec,
@@ -150,7 +190,7 @@ def quantize_blockwise(
     block_size: Optional[int] = None,
     scale: Optional[str] = None,
     rounding: str = "nearest",
-    seed: int = 0,
+    seed: Optional[int] = None,
     stream: int = 0,
 ) -> QTensor:
     """Quantize a tensor blockwise.
@@ -165,7 +205,8 @@ def quantize_blockwise(
         scale: "absmax" (float32 amax/max), "e8m0" (power of two, OCP MX floor rule) or
             "e4m3" (NVFP4). Default: the preset's, else "absmax".
         rounding: "nearest" or "stochastic" (any mode for float formats).
-        seed, stream: stochastic rounding key.
+        seed, stream: stochastic rounding key; seed=None (default) draws a fresh key from
+            lowfp's global generator (see :func:`lowfp.manual_seed`).
 
     Returns:
         A :class:`QTensor`.
@@ -184,6 +225,7 @@ def quantize_blockwise(
     _check_choice("rounding", rounding, ROUNDINGS)
     if not isinstance(block_size, (int, np.integer)) or isinstance(block_size, bool):
         raise ValueError(f"block_size: expected an int, got {block_size!r}")
+    seed = _seed_arg(seed, rounding == "stochastic")
     if _on_cuda(x):
         from . import cuda
 
@@ -207,6 +249,7 @@ def quantize_blockwise(
     q.codes, q.global_scale = packed, float(g)
     q.scales = scales if scale == "absmax" else encode(scales, _SCALE_FMT[scale])
     q.alphas = alphas if nalphas else None
+    q._from_torch = _is_torch(x)  # dequantize() answers in the input's kind
     return q
 
 
