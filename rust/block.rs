@@ -12,6 +12,22 @@
 //!   e4m3    s = e4m3(amax / M / g) · g        (NVFP4: e4m3 block scale, fp32 tensor scale
 //!                                              g = amax_tensor / (M · 448))
 //!   ```
+//!   The other E8M0 rules (ExMy elements only; `e = floor(log2 M)`, `m` = mantissa bits of
+//!   the element format), as torchao's `to_mx` computes them (`ScaleCalculationMode`):
+//!   ```text
+//!   e8m0_ceil   s = 2^(ceil(log2 amax) − e)       (CEIL: never clips, |x/s| ≤ 2^e ≤ M)
+//!   e8m0_even   s = 2^(floor(log2 r(amax)) − e)   (EVEN: r rounds amax to m mantissa bits,
+//!                                                  half up, before the floor rule)
+//!   e8m0_rceil  s = 2^ceil(log2 d), d = fl32(amax / M)  (RCEIL, NVIDIA's cvt.rp.ue8m0:
+//!                                                  the smallest s with amax/s ≤ M, up to
+//!                                                  the rounding of d)
+//!   ```
+//!   All four work on the float32 bits of amax (`e8m0_exponent`); every exponent is clamped
+//!   to the E8M0 range −127..=127, and a zero block gets 2^−127 (code 0) under each.
+//!   One deliberate difference from torchao: its EVEN turns an amax that rounds past
+//!   float32's largest finite value into a NaN scale; here that block keeps exponent 128 − e
+//!   (a finite block never gets a NaN scale). torchao's formats all have e ≥ 2; for any
+//!   format the rules are the exact floor/ceil of log2 (subnormal amax included).
 //!   Elements are encoded from `x / s` (IEEE division, so a GPU mirror gets the same bits)
 //!   and decoded as `value · s`. A block of zeros has `s = 0` (absmax) and decodes to 0.
 //! - ExMy elements saturate (MX rule: `x/s` may exceed the format's max under the floor rule).
@@ -43,23 +59,112 @@ pub enum Elem {
 /// How block scales are chosen (module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ScaleKind {
+    /// float32 `amax / M`.
     Absmax,
+    /// Power of two, OCP MX floor rule.
     E8m0,
+    /// Power of two, torchao CEIL.
+    E8m0Ceil,
+    /// Power of two, torchao EVEN.
+    E8m0Even,
+    /// Power of two, NVIDIA RCEIL (torchao RCEIL).
+    E8m0Rceil,
+    /// E4M3 block scale and a float32 tensor scale (NVFP4).
     E4m3,
 }
 
 impl ScaleKind {
+    /// Every rule with its name.
+    pub const ALL: [(&'static str, ScaleKind); 6] = [
+        ("absmax", ScaleKind::Absmax),
+        ("e8m0", ScaleKind::E8m0),
+        ("e8m0_ceil", ScaleKind::E8m0Ceil),
+        ("e8m0_even", ScaleKind::E8m0Even),
+        ("e8m0_rceil", ScaleKind::E8m0Rceil),
+        ("e4m3", ScaleKind::E4m3),
+    ];
+
     /// Parse a scale rule name.
     pub fn parse(s: &str) -> Result<ScaleKind> {
-        match s {
-            "absmax" => Ok(ScaleKind::Absmax),
-            "e8m0" => Ok(ScaleKind::E8m0),
-            "e4m3" => Ok(ScaleKind::E4m3),
-            _ => Err(Error::value(
-                "scale",
-                format!("expected 'absmax', 'e8m0' or 'e4m3', got {s:?}"),
-            )),
+        match Self::ALL.iter().find(|(n, _)| *n == s) {
+            Some(&(_, k)) => Ok(k),
+            None => {
+                let names: Vec<String> = Self::ALL.iter().map(|(n, _)| format!("'{n}'")).collect();
+                Err(Error::value(
+                    "scale",
+                    format!("expected one of {}, got {s:?}", names.join(", ")),
+                ))
+            }
         }
+    }
+
+    /// The rule's name.
+    pub fn name(self) -> &'static str {
+        Self::ALL.iter().find(|(_, k)| *k == self).map_or("?", |e| e.0)
+    }
+
+    /// Whether the scale is a power of two stored as an E8M0 code.
+    pub fn is_e8m0(self) -> bool {
+        matches!(
+            self,
+            ScaleKind::E8m0 | ScaleKind::E8m0Ceil | ScaleKind::E8m0Even | ScaleKind::E8m0Rceil
+        )
+    }
+}
+
+/// Unbiased E8M0 exponent (−127..=127) of the scale of a block whose max |x| has the
+/// float32 bits `amax` (finite, sign ignored), for an ExMy element format with
+/// `emax = floor(log2 M)`, `man_bits` mantissa bits and maximum `max = M` (module docs).
+///
+/// ```text
+/// amax = s eeeeeeee mmmmmmmmmmmmmmmmmmmmmmm   exponent field E, mantissa field F
+/// floor  floor(log2 amax) − emax             (E − 127 − emax for a normal amax)
+/// ceil   floor + 1 unless amax is a power of two (F = 0 for a normal amax)
+/// even   r = (amax + 2^(22−man_bits)) & 0xff80_0000: F rounded half up to man_bits bits,
+///        a carry out of F bumps E, then F is cleared; floor of r (r = 0: as a zero block)
+/// rceil  d = amax / M (one float32 division), ceil(log2 d) from d's bits: E_d − 127 +
+///        (F_d ≠ 0), or for a subnormal d (E_d = 0, d = F_d · 2^−149) −127 + (F_d > 2^22)
+/// ```
+/// A zero amax gives −127 under every rule. torchao reads a subnormal amax's exponent as
+/// −127 where this takes its true floor(log2); with `emax ≥ 0` (every format torchao has)
+/// both clamp to −127. RCEIL divides as torchao 0.18 and NVIDIA's cuBLAS documentation do
+/// (later torchao multiplies by fl32(1/M): the same at amax = M·2^k, where it matters, as
+/// fl32(M · fl32(1/M)) = 1 for every MX element format), then rounds up on the bits as
+/// `cvt.rp.ue8m0` and later torchao do (torchao 0.18's eager `ceil(log2(d))` in float32
+/// misses the round-up just above a power of two). The table-codec `e8m0` rule is not
+/// this function (`Spec::block_scale`).
+pub fn e8m0_exponent(rule: ScaleKind, amax: u32, emax: i32, man_bits: u32, max: f32) -> i32 {
+    let a = amax & 0x7fff_ffff;
+    if a == 0 {
+        return -127;
+    }
+    let k = match rule {
+        ScaleKind::E8m0Ceil => floor_log2_bits(a) + !is_pow2_bits(a) as i32 - emax,
+        ScaleKind::E8m0Even => {
+            // may carry into the exponent field, up to 255 for amax near float32's max
+            let r = (a + (1 << (22 - man_bits))) & 0xff80_0000;
+            if r == 0 {
+                return -127;
+            }
+            floor_log2_bits(r) - emax
+        }
+        ScaleKind::E8m0Rceil => {
+            let d = (f32::from_bits(a) / max).to_bits();
+            let (e, f) = ((d >> 23) as i32, d & 0x7f_ffff);
+            let up = if e == 0 { f > 0x40_0000 } else { f != 0 };
+            e + up as i32 - 127
+        }
+        _ => floor_log2_bits(a) - emax, // E8m0: the OCP floor rule
+    };
+    k.clamp(-127, 127)
+}
+
+/// Whether the non-zero float32 magnitude bits `a` are a power of two.
+fn is_pow2_bits(a: u32) -> bool {
+    if a >> 23 == 0 {
+        a.is_power_of_two()
+    } else {
+        a & 0x7f_ffff == 0
     }
 }
 
@@ -150,6 +255,16 @@ impl Spec {
         if scale == ScaleKind::E4m3 && spec.encoder.is_none() {
             return Err(Error::value("scale", "'e4m3' scales are for ExMy elements (NVFP4)"));
         }
+        if scale.is_e8m0() && scale != ScaleKind::E8m0 && spec.encoder.is_none() {
+            return Err(Error::value(
+                "scale",
+                format!(
+                    "{:?} scales are for ExMy elements; table codecs take 'e8m0' (the power of \
+                     two at or above amax)",
+                    scale.name()
+                ),
+            ));
+        }
         Ok(spec)
     }
 
@@ -211,19 +326,19 @@ impl Spec {
     fn block_scale(&self, amax: f32, global: f32) -> f32 {
         match self.scale {
             ScaleKind::Absmax => amax / self.elem_max,
-            ScaleKind::E8m0 => {
+            ScaleKind::E8m0 if self.encoder.is_none() => {
+                // table codecs: the power of two at or above amax, so |x/s| ≤ 1
                 if amax == 0.0 {
                     return f32::from_bits(1 << 22); // 2^-127, the smallest E8M0 value
                 }
                 let e = floor_log2(amax);
-                let k = if self.encoder.is_some() {
-                    e - floor_log2(self.elem_max)
-                } else if amax == pow2f(e) {
-                    e
-                } else {
-                    e + 1
-                };
+                let k = if amax == pow2f(e) { e } else { e + 1 };
                 pow2f(k.clamp(-127, 127))
+            }
+            ScaleKind::E8m0 | ScaleKind::E8m0Ceil | ScaleKind::E8m0Even | ScaleKind::E8m0Rceil => {
+                let Elem::ExMy(f) = self.elem else { unreachable!("checked in Spec::new") };
+                let emax = floor_log2(self.elem_max);
+                pow2f(e8m0_exponent(self.scale, amax.to_bits(), emax, f.man_bits(), self.elem_max))
             }
             ScaleKind::E4m3 => {
                 let e4m3 = crate::formats::parse("float8_e4m3fn").expect("named");
@@ -240,7 +355,11 @@ impl Spec {
 
 /// floor(log2 |x|) of a finite non-zero f32, from its bits.
 fn floor_log2(x: f32) -> i32 {
-    let b = x.to_bits() & 0x7fff_ffff;
+    floor_log2_bits(x.to_bits() & 0x7fff_ffff)
+}
+
+/// floor(log2 a) of non-zero float32 magnitude bits `a` (exponent field 255 reads as 128).
+fn floor_log2_bits(b: u32) -> i32 {
     let ef = (b >> 23) as i32;
     if ef == 0 {
         (31 - b.leading_zeros() as i32) - 149
@@ -292,19 +411,32 @@ pub fn quantize(
     let g = Groups::new(spec);
     let mut alpha_dummy = vec![0f32; if alphas.is_empty() { spec.num_blocks(n) } else { 0 }];
     let alphas: &mut [f32] = if alphas.is_empty() { &mut alpha_dummy } else { alphas };
-    crate::exmy::dispatch_mode!(spec.rounding, MODE => par::install(|| {
-        x.par_chunks(g.elems)
-            .zip(packed.par_chunks_mut(g.bytes))
-            .zip(scales.par_chunks_mut(g.blocks))
-            .zip(alphas.par_chunks_mut(g.blocks))
-            .enumerate()
-            .try_for_each(|(gi, (((xs, ps), ss), als))| {
-                if xs.iter().any(|v| !v.is_finite()) {
-                    return Err(Error::value("x", "")); // located below, the same on any pool
-                }
-                quantize_group::<MODE>(spec, xs, ps, ss, als, global, gi * g.elems, seed, stream)
+    crate::exmy::dispatch_mode!(spec.rounding, MODE => {
+        let one = |gi: usize, xs: &[f32], ps: &mut [u8], ss: &mut [f32], als: &mut [f32]| {
+            if xs.iter().any(|v| !v.is_finite()) {
+                return Err(Error::value("x", "")); // located below, the same on any pool
+            }
+            quantize_group::<MODE>(spec, xs, ps, ss, als, global, gi * g.elems, seed, stream)
+        };
+        if par::serial(n) {
+            // small calls on the calling thread: the same groups, so the same bits
+            x.chunks(g.elems)
+                .zip(packed.chunks_mut(g.bytes))
+                .zip(scales.chunks_mut(g.blocks))
+                .zip(alphas.chunks_mut(g.blocks))
+                .enumerate()
+                .try_for_each(|(gi, (((xs, ps), ss), als))| one(gi, xs, ps, ss, als))
+        } else {
+            par::install(|| {
+                x.par_chunks(g.elems)
+                    .zip(packed.par_chunks_mut(g.bytes))
+                    .zip(scales.par_chunks_mut(g.blocks))
+                    .zip(alphas.par_chunks_mut(g.blocks))
+                    .enumerate()
+                    .try_for_each(|(gi, (((xs, ps), ss), als))| one(gi, xs, ps, ss, als))
             })
-    }))
+        }
+    })
     .map_err(|e| match x.iter().position(|v| !v.is_finite()) {
         Some(i) if e.arg == "x" => Error::value(
             "x",
@@ -485,20 +617,29 @@ pub fn dequantize(
     check("scales", scales.len(), spec.num_blocks(n))?;
     check("alphas", alphas.len(), spec.num_alphas(n))?;
     let g = Groups::new(spec);
-    par::install(|| {
-        out.par_chunks_mut(g.elems)
-            .zip(packed.par_chunks(g.bytes))
-            .zip(scales.par_chunks(g.blocks))
+    let one = |gi: usize, os: &mut [f32], ps: &[u8], ss: &[f32]| {
+        let al = if alphas.is_empty() {
+            &alphas[..0]
+        } else {
+            &alphas[gi * g.blocks..(gi * g.blocks + ss.len())]
+        };
+        dequantize_group(spec, ps, ss, al, global, os)
+    };
+    if par::serial(n) {
+        out.chunks_mut(g.elems)
+            .zip(packed.chunks(g.bytes))
+            .zip(scales.chunks(g.blocks))
             .enumerate()
-            .try_for_each(|(gi, ((os, ps), ss))| {
-                let al = if alphas.is_empty() {
-                    &alphas[..0]
-                } else {
-                    &alphas[gi * g.blocks..(gi * g.blocks + ss.len())]
-                };
-                dequantize_group(spec, ps, ss, al, global, os)
-            })
-    })
+            .try_for_each(|(gi, ((os, ps), ss))| one(gi, os, ps, ss))
+    } else {
+        par::install(|| {
+            out.par_chunks_mut(g.elems)
+                .zip(packed.par_chunks(g.bytes))
+                .zip(scales.par_chunks(g.blocks))
+                .enumerate()
+                .try_for_each(|(gi, ((os, ps), ss))| one(gi, os, ps, ss))
+        })
+    }
 }
 
 /// Decode one group of blocks (`als`: the group's bases, or empty).
@@ -629,20 +770,139 @@ pub fn table_encode(
             return Err(Error::value("rounding", "table codecs support 'nearest' and 'stochastic'"))
         }
     };
-    par::install(|| {
-        x.par_chunks(CHUNK).zip(out.par_chunks_mut(CHUNK)).enumerate().for_each(|(k, (xs, os))| {
-            if stochastic {
-                let mut r = vec![0u32; xs.len()];
-                rng::fill_random_u32(seed, stream, offset + (k * CHUNK) as u64, &mut r);
-                t.stochastic_slice(xs, &r, os);
-            } else {
-                t.nearest_slice(xs, os);
-            }
-        })
-    });
-    Ok(())
+    par::try_zip_chunks(x, CHUNK, out, CHUNK, x.len(), |k, xs, os| {
+        if stochastic {
+            let mut r = vec![0u32; xs.len()];
+            rng::fill_random_u32(seed, stream, offset + (k * CHUNK) as u64, &mut r);
+            t.stochastic_slice(xs, &r, os);
+        } else {
+            t.nearest_slice(xs, os);
+        }
+        Ok(())
+    })
 }
 
 fn check(arg: &str, got: usize, want: usize) -> Result<()> {
     crate::exmy::check_len(arg, got, want)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const E4M3: (i32, u32, f32) = (8, 3, 448.0); // emax = floor(log2 448), man bits, max
+    const E2M1: (i32, u32, f32) = (2, 1, 6.0);
+
+    fn k(rule: ScaleKind, f: (i32, u32, f32), amax: u32) -> i32 {
+        e8m0_exponent(rule, amax, f.0, f.1, f.2)
+    }
+
+    // Each vector: (amax bits, expected unbiased exponent), derived by hand in the comment.
+    #[test]
+    fn floor_vectors() {
+        let r = ScaleKind::E8m0;
+        assert_eq!(k(r, E4M3, 0x3f80_0000), -8); // 1.0 = 2^0: 0 − 8
+        assert_eq!(k(r, E4M3, 0x43e0_0000), 0); // 448 = 1.75·2^8: 8 − 8
+        assert_eq!(k(r, E4M3, 0), -127); // zero block: smallest scale
+        assert_eq!(k(r, E4M3, 0x7f7f_ffff), 119); // f32 max < 2^128: 127 − 8
+        assert_eq!(k(r, E4M3, 1), -127); // 2^-149: −157, clamped
+        assert_eq!(k(r, E4M3, 0x0400_0000), -127); // 2^-119: −127 exactly
+        assert_eq!(k(r, E4M3, 0x0480_0000), -126); // 2^-118: −126
+        assert_eq!(k(r, E2M1, 0x7f00_0000), 125); // 2^127, e2m1 emax 2: 125
+    }
+
+    #[test]
+    fn ceil_vectors() {
+        let r = ScaleKind::E8m0Ceil;
+        assert_eq!(k(r, E4M3, 0x3f80_0000), -8); // 1.0 is a power of two: no bump
+        assert_eq!(k(r, E4M3, 0x3f80_0001), -7); // 1 + 2^-23: ceil(log2) = 1, 1 − 8
+        assert_eq!(k(r, E4M3, 0x43e0_0000), 1); // 448: ceil(log2 448) = 9, 9 − 8
+        assert_eq!(k(r, E4M3, 0x4396_0000), 1); // 300: ceil = 9 (torchao CEIL gives 128)
+        assert_eq!(k(r, E4M3, 0), -127); // zero block
+        assert_eq!(k(r, E4M3, 3), -127); // 3·2^-149: ceil = −147, −155 clamped
+        assert_eq!(k(r, E4M3, 0x7f7f_ffff), 120); // f32 max: ceil = 128, 128 − 8
+        assert_eq!(k(r, E2M1, 0x7f7f_ffff), 126); // 128 − 2
+    }
+
+    #[test]
+    fn even_vectors() {
+        let r = ScaleKind::E8m0Even;
+        // e4m3 adds 2^(22−3) = 0x8_0000 to the bits: F carries out iff F ≥ 0x78_0000
+        // (mantissa ≥ 1.9375 = 1 + 15/16: rounds to 2.0 at 3 mantissa bits, half up)
+        assert_eq!(k(r, E4M3, 0x3f80_0000), -8); // 1.0: no carry, 0 − 8
+        assert_eq!(k(r, E4M3, 0x3ff8_0000), -7); // 1.9375: carry to 2^1, 1 − 8
+        assert_eq!(k(r, E4M3, 0x3ff7_ffff), -8); // just below 1.9375: no carry
+        assert_eq!(k(r, E4M3, 0x43e0_0000), 0); // 448 = 1.75·2^8: no carry
+        assert_eq!(k(r, E4M3, 0x43f0_0000), 0); // 480 = 1.875·2^8: no carry
+        assert_eq!(k(r, E4M3, 0x43f8_0000), 1); // 496 = 1.9375·2^8: carry, 9 − 8
+                                                // e2m1 adds 2^21 = 0x20_0000: carry iff F ≥ 0x60_0000 (mantissa ≥ 1.75)
+        assert_eq!(k(r, E2M1, 0x40e0_0000), 1); // 7 = 1.75·4: carry to 8, 3 − 2
+        assert_eq!(k(r, E2M1, 0x40c0_0000), 0); // 6 = 1.5·4: 2 − 2
+        assert_eq!(k(r, E2M1, 0x40df_ffff), 0); // just below 7: no carry
+        assert_eq!(k(r, E4M3, 0), -127); // zero block
+        assert_eq!(k(r, E4M3, 1), -127); // 2^-149 rounds to 0: as a zero block
+        assert_eq!(k(r, E4M3, 0x007f_ffff), -127); // carries to 2^-126: −134, clamped
+                                                   // f32 max carries into exponent field 255: 128 − 8 (torchao: a NaN scale)
+        assert_eq!(k(r, E4M3, 0x7f7f_ffff), 120);
+    }
+
+    #[test]
+    fn rceil_vectors() {
+        let r = ScaleKind::E8m0Rceil;
+        assert_eq!(k(r, E4M3, 0x43e0_0000), 0); // 448/448 = 1 = 2^0 exactly
+        assert_eq!(k(r, E4M3, 0x43e0_0001), 1); // 448·(1 + 2^-23)/448 = 1 + 2^-23: up to 2^1
+        assert_eq!(k(r, E4M3, 0x3f80_0000), -8); // 1/448 = 1.14·2^-9: up to 2^-8
+        assert_eq!(k(r, E4M3, 0x4396_0000), 0); // 300/448 = 1.34·2^-1: up to 2^0
+        assert_eq!(k(r, E4M3, 0), -127); // d = 0
+                                         // 448·2^-127 = 1.75·2^-119: d = 2^-127 exactly (subnormal F = 2^22): no round-up
+        assert_eq!(k(r, E4M3, 0x0460_0000), -127);
+        // 2^-118/448 = 1.14·2^-127: subnormal F = fl(1.14·2^22) > 2^22: up to 2^-126
+        assert_eq!(k(r, E4M3, 0x0480_0000), -126);
+        // 2^-120/448 = 1.14·2^-129 < 2^-127: stays −127
+        assert_eq!(k(r, E4M3, 0x0380_0000), -127);
+        // f32 max/448 ≈ 2^128/(1.75·2^8) = 1.142…·2^119: up to 2^120
+        assert_eq!(k(r, E4M3, 0x7f7f_ffff), 120);
+        assert_eq!(k(r, E2M1, 0x40c0_0000), 0); // 6/6 = 1
+        assert_eq!(k(r, E2M1, 0x40e0_0000), 1); // 7/6 = 1.17: up to 2^1
+    }
+
+    #[test]
+    fn names_round_trip_and_table_codecs_take_only_e8m0() {
+        for (n, kind) in ScaleKind::ALL {
+            assert_eq!(ScaleKind::parse(n).unwrap(), kind);
+            assert_eq!(kind.name(), n);
+        }
+        assert!(ScaleKind::parse("e8m0_floor").is_err());
+        let lin = Elem::Linear { bits: 4, signed: true, zero: true };
+        assert!(Spec::new(lin, 32, ScaleKind::E8m0, Rounding::Nearest).is_ok());
+        for kind in [ScaleKind::E8m0Ceil, ScaleKind::E8m0Even, ScaleKind::E8m0Rceil] {
+            assert_eq!(Spec::new(lin, 32, kind, Rounding::Nearest).unwrap_err().arg, "scale");
+        }
+    }
+
+    #[test]
+    fn small_and_large_calls_give_the_same_bits() {
+        // a call of at most par::SERIAL_MAX elements runs on the calling thread: the same
+        // groups as in the pool, so a prefix of a large call equals the small call
+        let f = crate::formats::parse("float4_e2m1fn").unwrap();
+        let spec =
+            Spec::new(Elem::ExMy(f), 32, ScaleKind::E8m0Rceil, Rounding::Stochastic).unwrap();
+        let n = par::SERIAL_MAX * 3;
+        let x: Vec<f32> = (0..n).map(|i| ((i * 7919 % 1013) as f32 - 500.0) * 0.37).collect();
+        let run = |x: &[f32]| {
+            let m = x.len();
+            let mut p = vec![0u8; spec.packed_len(m)];
+            let mut s = vec![0f32; spec.num_blocks(m)];
+            quantize(&spec, x, &mut p, &mut s, &mut [], 5, 1).unwrap();
+            let mut back = vec![0f32; m];
+            dequantize(&spec, &p, &s, &[], 1.0, &mut back).unwrap();
+            (p, s, back)
+        };
+        let (pb, sb, bb) = run(&x);
+        let m = par::SERIAL_MAX;
+        let (ps, ss, bs) = run(&x[..m]);
+        assert_eq!(ps[..], pb[..spec.packed_len(m)]);
+        assert_eq!(ss[..], sb[..spec.num_blocks(m)]);
+        assert_eq!(bs[..], bb[..m]);
+    }
 }

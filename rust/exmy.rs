@@ -35,7 +35,6 @@ use crate::format::{Format, NanKind};
 use crate::par::{self, CHUNK};
 use crate::rng;
 use crate::table::Entries;
-use rayon::prelude::*;
 use std::sync::Mutex;
 
 /// Rounding modes.
@@ -53,26 +52,29 @@ pub enum Rounding {
     Down,
     /// Stochastic: away from zero with probability equal to the discarded fraction.
     Stochastic,
+    /// To odd: truncate, and if anything was discarded set the lowest kept significand bit
+    /// (the "sticky" rounding that makes a later round to nearest at ≥ 2 fewer bits exact).
+    /// Overflow as for `TowardZero`.
+    ToOdd,
 }
 
 impl Rounding {
     /// All modes with their names.
-    pub const ALL: [(&'static str, Rounding); 6] = [
+    pub const ALL: [(&'static str, Rounding); 7] = [
         ("nearest", Rounding::Nearest),
         ("nearest_away", Rounding::NearestAway),
         ("toward_zero", Rounding::TowardZero),
         ("up", Rounding::Up),
         ("down", Rounding::Down),
         ("stochastic", Rounding::Stochastic),
+        ("to_odd", Rounding::ToOdd),
     ];
 
     /// Parse a mode name.
     pub fn parse(s: &str) -> Result<Rounding> {
         Rounding::ALL.iter().find(|(n, _)| *n == s).map(|(_, r)| *r).ok_or_else(|| {
-            Error::value(
-                "rounding",
-                format!("expected one of 'nearest', 'nearest_away', 'toward_zero', 'up', 'down', 'stochastic', got {s:?}"),
-            )
+            let names: Vec<String> = Rounding::ALL.iter().map(|(n, _)| format!("'{n}'")).collect();
+            Error::value("rounding", format!("expected one of {}, got {s:?}", names.join(", ")))
         })
     }
 }
@@ -84,6 +86,7 @@ pub(crate) const TOWARD_ZERO: u8 = 2;
 pub(crate) const UP: u8 = 3;
 pub(crate) const DOWN: u8 = 4;
 pub(crate) const STOCHASTIC: u8 = 5;
+pub(crate) const TO_ODD: u8 = 6;
 
 impl Rounding {
     /// The const-generic code of the mode.
@@ -95,6 +98,7 @@ impl Rounding {
             Rounding::Up => UP,
             Rounding::Down => DOWN,
             Rounding::Stochastic => STOCHASTIC,
+            Rounding::ToOdd => TO_ODD,
         }
     }
 }
@@ -125,6 +129,10 @@ macro_rules! dispatch_mode {
             }
             $crate::exmy::Rounding::Stochastic => {
                 const $m: u8 = $crate::exmy::STOCHASTIC;
+                $body
+            }
+            $crate::exmy::Rounding::ToOdd => {
+                const $m: u8 = $crate::exmy::TO_ODD;
                 $body
             }
         }
@@ -396,7 +404,7 @@ impl Encoder {
     #[inline(always)]
     fn overflow(&self, neg: bool, mode: u8) -> u32 {
         let shrinks = match mode {
-            TOWARD_ZERO => true,
+            TOWARD_ZERO | TO_ODD => true,
             UP => neg,
             DOWN => !neg,
             _ => false,
@@ -436,6 +444,9 @@ impl Encoder {
             TOWARD_ZERO => false,
             UP => !p.neg & inexact,
             DOWN => p.neg & inexact,
+            // kept = 1.mmm (the significand with its hidden bit): its last bit is the code's
+            // last mantissa bit; with no mantissa bits every normal significand is 1 (odd)
+            TO_ODD => (kept & 1 == 0) & inexact,
             _ => {
                 // stochastic: up iff r < floor(rem · 2^32 / 2^shift)
                 let frac = if shift <= 32 {
@@ -595,6 +606,7 @@ fn fast_one<const MODE: u8>(f: &Fast, bits: u32, r: u32) -> (u32, u32) {
         TOWARD_ZERO => 0,
         UP => (neg ^ 1) & inexact,
         DOWN => neg & inexact,
+        TO_ODD => (kept & 1 ^ 1) & inexact,
         _ => {
             let frac = if d <= 31 {
                 (rem << (31 - d)) << 1
@@ -763,18 +775,13 @@ pub fn encode<I: Input, C: Code>(
         None
     };
     dispatch_mode!(enc.opts.rounding, MODE => {
-        par::install(|| {
-            x.par_chunks(CHUNK)
-                .zip(out.par_chunks_mut(CHUNK))
-                .enumerate()
-                .try_for_each(|(k, (xs, os))| {
-                    if let (Some(ent), Some(xf)) = (ix, I::as_f32(xs)) {
-                        if crate::table::index_lookup::<false>(ent, xf, 1.0, C::as_u8(os).expect("u8")) {
-                            return Ok(());
-                        }
-                    }
-                    encode_chunk::<I, C, MODE>(enc, xs, os, k * CHUNK, random)
-                })
+        par::try_zip_chunks(x, CHUNK, out, CHUNK, x.len(), |k, xs, os| {
+            if let (Some(ent), Some(xf)) = (ix, I::as_f32(xs)) {
+                if crate::table::index_lookup::<false>(ent, xf, 1.0, C::as_u8(os).expect("u8")) {
+                    return Ok(());
+                }
+            }
+            encode_chunk::<I, C, MODE>(enc, xs, os, k * CHUNK, random)
         })
     })
 }
@@ -887,58 +894,48 @@ pub fn decode<C: Code, F: Float>(fmt: &Format, codes: &[C], out: &mut [F]) -> Re
     if is_f32_prefix(fmt) {
         // bfloat16-like: the code is the top bits of the float32 pattern (NaNs keep payloads)
         let shift = 23 - fmt.man_bits();
-        return par::install(|| {
-            codes.par_chunks(CHUNK).zip(out.par_chunks_mut(CHUNK)).enumerate().try_for_each(
-                |(k, (cs, os))| {
-                    let mut bad = false;
-                    for (o, &c) in os.iter_mut().zip(cs) {
-                        bad |= c.to_u32() as u64 >= limit;
-                        *o = F::from_f32(f32::from_bits(c.to_u32() << shift));
-                    }
-                    if !bad {
-                        return Ok(());
-                    }
-                    let i = cs.iter().position(|c| c.to_u32() as u64 >= limit).unwrap_or(0);
-                    Err(bad_code(fmt, k * CHUNK + i, cs[i].to_u32()))
-                },
-            )
+        return par::try_zip_chunks(codes, CHUNK, out, CHUNK, codes.len(), |k, cs, os| {
+            let mut bad = false;
+            for (o, &c) in os.iter_mut().zip(cs) {
+                bad |= c.to_u32() as u64 >= limit;
+                *o = F::from_f32(f32::from_bits(c.to_u32() << shift));
+            }
+            if !bad {
+                return Ok(());
+            }
+            let i = cs.iter().position(|c| c.to_u32() as u64 >= limit).unwrap_or(0);
+            Err(bad_code(fmt, k * CHUNK + i, cs[i].to_u32()))
         });
     }
-    if fmt.bits() <= 16 {
+    // a value table pays for itself only over enough codes (building 256 entries costs
+    // ~1 µs, more than decoding 16 codes directly); both give the same values
+    if fmt.bits() <= 16 && codes.len() as u64 >= limit / 4 {
         let lut: Vec<F> = (0..limit as u32).map(|c| F::from_f64(fmt.decode_f64(c))).collect();
         let full = (C::BITS as u64) <= fmt.bits() as u64;
-        par::install(|| {
-            codes.par_chunks(CHUNK).zip(out.par_chunks_mut(CHUNK)).enumerate().try_for_each(
-                |(k, (cs, os))| {
-                    if full {
-                        for (o, &c) in os.iter_mut().zip(cs) {
-                            *o = lut[c.to_u32() as usize];
-                        }
-                        return Ok(());
-                    }
-                    for (i, (o, &c)) in os.iter_mut().zip(cs).enumerate() {
-                        match lut.get(c.to_u32() as usize) {
-                            Some(&v) => *o = v,
-                            None => return Err(bad_code(fmt, k * CHUNK + i, c.to_u32())),
-                        }
-                    }
-                    Ok(())
-                },
-            )
+        par::try_zip_chunks(codes, CHUNK, out, CHUNK, codes.len(), |k, cs, os| {
+            if full {
+                for (o, &c) in os.iter_mut().zip(cs) {
+                    *o = lut[c.to_u32() as usize];
+                }
+                return Ok(());
+            }
+            for (i, (o, &c)) in os.iter_mut().zip(cs).enumerate() {
+                match lut.get(c.to_u32() as usize) {
+                    Some(&v) => *o = v,
+                    None => return Err(bad_code(fmt, k * CHUNK + i, c.to_u32())),
+                }
+            }
+            Ok(())
         })
     } else {
-        par::install(|| {
-            codes.par_chunks(CHUNK).zip(out.par_chunks_mut(CHUNK)).enumerate().try_for_each(
-                |(k, (cs, os))| {
-                    for (i, (o, &c)) in os.iter_mut().zip(cs).enumerate() {
-                        if c.to_u32() as u64 >= limit {
-                            return Err(bad_code(fmt, k * CHUNK + i, c.to_u32()));
-                        }
-                        *o = F::from_f64(fmt.decode_f64(c.to_u32()));
-                    }
-                    Ok(())
-                },
-            )
+        par::try_zip_chunks(codes, CHUNK, out, CHUNK, codes.len(), |k, cs, os| {
+            for (i, (o, &c)) in os.iter_mut().zip(cs).enumerate() {
+                if c.to_u32() as u64 >= limit {
+                    return Err(bad_code(fmt, k * CHUNK + i, c.to_u32()));
+                }
+                *o = F::from_f64(fmt.decode_f64(c.to_u32()));
+            }
+            Ok(())
         })
     }
 }
@@ -962,19 +959,17 @@ pub fn quantize<I: Input, O: Copy + Send + Sync>(
     }
     let fmt = enc.fmt;
     dispatch_mode!(enc.opts.rounding, MODE => {
-        par::install(|| {
-            x.par_chunks(CHUNK).zip(out.par_chunks_mut(CHUNK)).enumerate().try_for_each(|(k, (xs, os))| {
-                let mut codes = [0u32; 1024]; // on the stack: no allocation per chunk
-                for (j, (xp, op)) in xs.chunks(1024).zip(os.chunks_mut(1024)).enumerate() {
-                    let cs = &mut codes[..xp.len()];
-                    encode_chunk::<I, u32, MODE>(enc, xp, cs, k * CHUNK + j * 1024, random)?;
-                    match lut_out {
-                        Some(lut) => op.iter_mut().zip(&*cs).for_each(|(o, &c)| *o = lut[c as usize]),
-                        None => op.iter_mut().zip(&*cs).for_each(|(o, &c)| *o = from_f64(fmt.decode_f64(c))),
-                    }
+        par::try_zip_chunks(x, CHUNK, out, CHUNK, x.len(), |k, xs, os| {
+            let mut codes = [0u32; 1024]; // on the stack: no allocation per chunk
+            for (j, (xp, op)) in xs.chunks(1024).zip(os.chunks_mut(1024)).enumerate() {
+                let cs = &mut codes[..xp.len()];
+                encode_chunk::<I, u32, MODE>(enc, xp, cs, k * CHUNK + j * 1024, random)?;
+                match lut_out {
+                    Some(lut) => op.iter_mut().zip(&*cs).for_each(|(o, &c)| *o = lut[c as usize]),
+                    None => op.iter_mut().zip(&*cs).for_each(|(o, &c)| *o = from_f64(fmt.decode_f64(c))),
                 }
-                Ok(())
-            })
+            }
+            Ok(())
         })
     })
 }

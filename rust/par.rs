@@ -95,6 +95,44 @@ pub fn try_for_each_mut<T: Send, E: Send>(
     }
 }
 
+/// `f(k, a_k, b_k)` on the k-th chunks of `a` (`ca` elements each) and `b` (`cb` each,
+/// zipped: the shorter decides the count): in the pool, or on the calling thread when the
+/// call holds at most `SERIAL_MAX` elements (`elems`), without touching the pool at all
+/// (entering a one-thread pool from outside costs a cross-thread wake-up: 10–60 µs). The
+/// chunking is the same either way, so results are too; the first error in chunk order is
+/// returned serially, some chunk's error in the pool.
+pub fn try_zip_chunks<A: Sync, B: Send, E: Send>(
+    a: &[A],
+    ca: usize,
+    b: &mut [B],
+    cb: usize,
+    elems: usize,
+    f: impl Fn(usize, &[A], &mut [B]) -> std::result::Result<(), E> + Sync + Send,
+) -> std::result::Result<(), E> {
+    use rayon::prelude::*;
+    if serial(elems) {
+        a.chunks(ca).zip(b.chunks_mut(cb)).enumerate().try_for_each(|(k, (x, y))| f(k, x, y))
+    } else {
+        install(|| {
+            a.par_chunks(ca)
+                .zip(b.par_chunks_mut(cb))
+                .enumerate()
+                .try_for_each(|(k, (x, y))| f(k, x, y))
+        })
+    }
+}
+
+/// Run `f` inside the core's pool, or on the calling thread when the call holds at most
+/// `SERIAL_MAX` elements (`elems`). Only for an `f` that runs inline (no rayon call) on so
+/// few elements, as `pack::pack` does: rayon outside the pool would start its global one.
+pub fn install_if<R: Send>(elems: usize, f: impl FnOnce() -> R + Send) -> R {
+    if serial(elems) {
+        f()
+    } else {
+        install(f)
+    }
+}
+
 /// Run `f` inside the core's pool (so rayon calls inside it use that pool).
 pub fn install<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     pool().install(f)

@@ -1,6 +1,6 @@
 //! All PyO3 code, nothing else: borrow NumPy arrays, take contiguous slices, detach
-//! from the interpreter (the optimizer steps and `all_finite` only for calls big enough
-//! to leave the calling thread: `detach_if`), call the core, map its one error type.
+//! from the interpreter (every call, codecs and optimizer steps alike, only when it is big
+//! enough to leave the calling thread: `detach_if`), call the core, map its one error type.
 //!
 //! The Python package (`python/lowfp`) checks dtypes and allocates outputs; this file
 //! only dispatches on the dtype it is handed. Formats cross the boundary as a tuple of
@@ -209,7 +209,7 @@ fn encode_into<I: Input>(
         ($t:ty) => {{
             let mut o = rw::<$t>(out, "out")?;
             let os = slice_mut(&mut o, "out")?;
-            py.detach(|| exmy::encode(enc, xs, os, random)).map_err(err)
+            detach_if(py, xs.len(), || exmy::encode(enc, xs, os, random)).map_err(err)
         }};
     }
     match width {
@@ -255,11 +255,11 @@ fn decode_codes<C: Code + Element>(
     let cs = slice(&c, "codes")?;
     if let Ok(mut o) = out.extract::<PyReadwriteArrayDyn<f32>>() {
         let os = slice_mut(&mut o, "out")?;
-        return py.detach(|| exmy::decode(f, cs, os)).map_err(err);
+        return detach_if(py, cs.len(), || exmy::decode(f, cs, os)).map_err(err);
     }
     let mut o = rw::<f64>(out, "out")?;
     let os = slice_mut(&mut o, "out")?;
-    py.detach(|| exmy::decode(f, cs, os)).map_err(err)
+    detach_if(py, cs.len(), || exmy::decode(f, cs, os)).map_err(err)
 }
 
 #[pyfunction]
@@ -321,13 +321,13 @@ fn quantize(
                 let lut: Option<Vec<f32>> = small.then(|| (0..f.num_codes() as u32).map(|c| f.decode_f64(c) as f32).collect());
                 let mut o = rw::<f32>(out, "out")?;
                 let os = slice_mut(&mut o, "out")?;
-                py.detach(|| exmy::quantize(&enc, xs, os, random, lut.as_deref(), |v| v as f32)).map_err(err)
+                detach_if(py, xs.len(), || exmy::quantize(&enc, xs, os, random, lut.as_deref(), |v| v as f32)).map_err(err)
             }
             "float64" => {
                 let lut: Option<Vec<f64>> = small.then(|| (0..f.num_codes() as u32).map(|c| f.decode_f64(c)).collect());
                 let mut o = rw::<f64>(out, "out")?;
                 let os = slice_mut(&mut o, "out")?;
-                py.detach(|| exmy::quantize(&enc, xs, os, random, lut.as_deref(), |v| v)).map_err(err)
+                detach_if(py, xs.len(), || exmy::quantize(&enc, xs, os, random, lut.as_deref(), |v| v)).map_err(err)
             }
             k => {
                 if !small {
@@ -336,7 +336,7 @@ fn quantize(
                 let lut = lut_bits(&f, k)?;
                 let mut o = rw::<u16>(out, "out")?;
                 let os = slice_mut(&mut o, "out")?;
-                py.detach(|| exmy::quantize(&enc, xs, os, random, Some(&lut), |_| 0)).map_err(err)
+                detach_if(py, xs.len(), || exmy::quantize(&enc, xs, os, random, Some(&lut), |_| 0)).map_err(err)
             }
         }
     })
@@ -353,7 +353,8 @@ fn pack_codes(
 ) -> PyResult<()> {
     let cs = slice(&codes, "codes")?;
     let os = slice_mut(&mut out, "out")?;
-    py.detach(|| par::install(|| pack::pack(cs, bits, os))).map_err(err)
+    let n = cs.len();
+    detach_if(py, n, || par::install_if(n, || pack::pack(cs, bits, os))).map_err(err)
 }
 
 #[pyfunction]
@@ -366,7 +367,8 @@ fn unpack_codes(
 ) -> PyResult<()> {
     let ps = slice(&packed, "packed")?;
     let os = slice_mut(&mut out, "out")?;
-    py.detach(|| par::install(|| pack::unpack(ps, bits, count, os))).map_err(err)
+    detach_if(py, count, || par::install_if(count, || pack::unpack(ps, bits, count, os)))
+        .map_err(err)
 }
 
 #[pyfunction]
@@ -411,7 +413,8 @@ fn table_encode(
     let mode = Rounding::parse(rounding).map_err(err)?;
     let xs = slice(&x, "x")?;
     let os = slice_mut(&mut out, "out")?;
-    py.detach(|| block::table_encode(&t, xs, os, mode, seed, stream, offset)).map_err(err)
+    detach_if(py, xs.len(), || block::table_encode(&t, xs, os, mode, seed, stream, offset))
+        .map_err(err)
 }
 
 // ---------------------------------------------------------------- blockwise
@@ -435,7 +438,7 @@ fn blockwise_quantize(
     let ps = slice_mut(&mut packed, "packed")?;
     let ss = slice_mut(&mut scales, "scales")?;
     let al = slice_mut(&mut alphas, "alphas")?;
-    py.detach(|| block::quantize(spec, xs, ps, ss, al, seed, stream)).map_err(err)
+    detach_if(py, xs.len(), || block::quantize(spec, xs, ps, ss, al, seed, stream)).map_err(err)
 }
 
 #[pyfunction]
@@ -454,7 +457,7 @@ fn blockwise_dequantize(
     let ss = slice(&scales, "scales")?;
     let al = slice(&alphas, "alphas")?;
     let os = slice_mut(&mut out, "out")?;
-    py.detach(|| block::dequantize(spec, ps, ss, al, global_scale, os)).map_err(err)
+    detach_if(py, os.len(), || block::dequantize(spec, ps, ss, al, global_scale, os)).map_err(err)
 }
 
 /// A block spec from its Python description: a dict with keys codec, bits, signed,
@@ -585,11 +588,7 @@ impl BlockSpec {
                 py_bool(zero)
             ),
         };
-        let scale = match s.scale() {
-            block::ScaleKind::Absmax => "absmax",
-            block::ScaleKind::E8m0 => "e8m0",
-            block::ScaleKind::E4m3 => "e4m3",
-        };
+        let scale = s.scale().name();
         let rounding = Rounding::ALL.iter().find(|(_, r)| *r == s.rounding()).map_or("?", |e| e.0);
         format!("<BlockSpec {elem} block={} scale={scale} rounding={rounding}>", s.block())
     }
@@ -1029,7 +1028,7 @@ fn random_bits(
     mut out: PyReadwriteArrayDyn<'_, u32>,
 ) -> PyResult<()> {
     let os = slice_mut(&mut out, "out")?;
-    py.detach(|| crate::rng::fill_random_u32(seed, stream, offset, os));
+    detach_if(py, os.len(), || crate::rng::fill_random_u32(seed, stream, offset, os));
     Ok(())
 }
 
@@ -1064,5 +1063,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(random_bits, m)?)?;
+    // the option names the core accepts, in the order of their codes (the CUDA mirror's too)
+    m.add("ROUNDINGS", Rounding::ALL.map(|(n, _)| n).to_vec())?;
+    m.add("SCALE_RULES", block::ScaleKind::ALL.map(|(n, _)| n).to_vec())?;
     Ok(())
 }

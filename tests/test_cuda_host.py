@@ -290,6 +290,9 @@ BLOCKWISE = [
     (lowfp.Linear(4), 64, "absmax"), (lowfp.Dynamic(8), 256, "absmax"),
     (lowfp.Dynamic(4, signed=False), 128, "e8m0"), (lowfp.Log(4, alpha=0.6), 32, "absmax"),
     (lowfp.Linear(3, signed=False, zero=False), 48, "e8m0"),
+    ("float8_e4m3fn", 32, "e8m0_ceil"), ("float6_e2m3fn", 32, "e8m0_even"),
+    ("float4_e2m1fn", 32, "e8m0_rceil"), ("float8_e5m2", 64, "e8m0_even"),
+    ("e3m2b-3", 32, "e8m0_rceil"), ("e3m2b-3", 32, "e8m0_ceil"),
 ]
 
 

@@ -1,7 +1,9 @@
 """Blockwise quantized tensors: packed codes + per-block scales + shape + codec.
 
 Scales are stored in their own format: float32 for "absmax", one E8M0 byte per block for
-"e8m0" (OCP MX), one E4M3 byte per block plus one float32 tensor scale for "e4m3" (NVFP4).
+the power-of-two rules ("e8m0": OCP MX floor; "e8m0_ceil", "e8m0_even", "e8m0_rceil": torchao's
+CEIL, EVEN and RCEIL, the last NVIDIA's hardware rule), one E4M3 byte per block plus one float32
+tensor scale for "e4m3" (NVFP4).
 """
 
 from __future__ import annotations
@@ -32,7 +34,9 @@ from .codec import (
 )
 from .formats import Format, format
 
-SCALES = ("absmax", "e8m0", "e4m3")
+#: The power-of-two (E8M0) scale rules; the exponent arithmetic is in rust/block.rs.
+E8M0_SCALES = ("e8m0", "e8m0_ceil", "e8m0_even", "e8m0_rceil")
+SCALES = ("absmax", *E8M0_SCALES, "e4m3")
 
 #: Named presets: element codec, block size, scale rule.
 PRESETS: Dict[str, tuple] = {
@@ -44,7 +48,7 @@ PRESETS: Dict[str, tuple] = {
     "nvfp4": ("float4_e2m1fn", 16, "e4m3"),
 }
 
-_SCALE_FMT = {"e8m0": "float8_e8m0fnu", "e4m3": "float8_e4m3fn"}
+_SCALE_FMT = {**{s: "float8_e8m0fnu" for s in E8M0_SCALES}, "e4m3": "float8_e4m3fn"}
 
 Codec = Union[str, Format, Linear, Dynamic, Log]
 
@@ -76,13 +80,13 @@ class QTensor:
 
     Attributes:
         codes: uint8 packed codes (layout in the README).
-        scales: per-block scales: float32 ("absmax") or uint8 scale codes ("e8m0", "e4m3").
+        scales: per-block scales: float32 ("absmax") or uint8 scale codes (E8M0 rules, "e4m3").
         alphas: float32 per-block log bases (quantile log codec) or None.
         global_scale: float32 tensor scale ("e4m3"), else 1.0.
         shape: logical shape.
         codec: the element codec.
         block_size: elements per block.
-        scale: "absmax", "e8m0" or "e4m3".
+        scale: "absmax", "e8m0", "e8m0_ceil", "e8m0_even", "e8m0_rceil" or "e4m3".
     """
 
     codes: np.ndarray
@@ -202,7 +206,11 @@ def quantize_blockwise(
             "mxfp8", "mxfp8_e5m2", "mxfp6", "mxfp6_e3m2", "mxfp4" (block 32, E8M0 scales),
             "nvfp4" (E2M1, block 16, E4M3 scales and a float32 tensor scale).
         block_size: a multiple of 8 in 16..4096 (default: the preset's, else 256).
-        scale: "absmax" (float32 amax/max), "e8m0" (power of two, OCP MX floor rule) or
+        scale: "absmax" (float32 amax/max); a power of two stored as E8M0: "e8m0" (OCP MX
+            floor rule, 2^(floor(log2 amax) - emax)), "e8m0_ceil" (2^(ceil(log2 amax) - emax),
+            never clips), "e8m0_even" (amax rounded to the element's mantissa bits first),
+            "e8m0_rceil" (2^ceil(log2(amax / max)), NVIDIA's rule) -- the last three as
+            torchao's ScaleCalculationMode CEIL/EVEN/RCEIL and for float elements only; or
             "e4m3" (NVFP4). Default: the preset's, else "absmax".
         rounding: "nearest" or "stochastic" (any mode for float formats).
         seed, stream: stochastic rounding key; seed=None (default) draws a fresh key from

@@ -104,7 +104,7 @@ float lf_host_blockwise(const float* x, lf_u64 n, lf_u64 block, int rule, lf_u32
             lf_u32 v = lf_f32_bits(x[i]) & 0x7FFFFFFFu;
             m = v > m ? v : m;
         }
-        float s = lf_block_scale(rule, lf_f32_from_bits(m), elem_max, exmy, global);
+        float s = lf_block_scale(rule, lf_f32_from_bits(m), elem_max, exmy, man_bits, global);
         scales[b] = s;
         float sd = s * global;
         for (lf_u64 i = lo; i < hi; ++i) {

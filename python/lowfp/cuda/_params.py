@@ -19,7 +19,7 @@ MODES = {name: i for i, name in enumerate(ROUNDINGS)}
 #: LF_IN_* of the header.
 KINDS = {"float32": 0, "float64": 1, "float16": 2, "bfloat16": 3}
 #: LF_SCALE_* of the header.
-SCALE_RULES = {"absmax": 0, "e8m0": 1, "e4m3": 2}
+SCALE_RULES = {"absmax": 0, "e8m0": 1, "e4m3": 2, "e8m0_ceil": 3, "e8m0_even": 4, "e8m0_rceil": 5}
 
 _SIGNED, _INF, _SUBNORMALS, _NAN_SHIFT = 1, 2, 4, 3
 _SATURATE, _NAN_TO_ZERO, _CLAMP_NEGATIVE = 32, 64, 128

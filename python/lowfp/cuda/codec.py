@@ -377,8 +377,9 @@ def quantize_blockwise_arrays(x: Any, elem, levels: Optional[np.ndarray], elem_m
                                         (a, _u64(n), _u64(block), amax, flags.bad, flags.first))
         _loader.kernel("lf_global_scale")((1,), (_THREADS,),
                                           (amax, _u64(nb), rule, np.float32(elem_max), g))
+    man_bits = np.uint32(elem.man_bits if exmy else 0)
     _launch("lf_block_scales", nb, (amax, _u64(nb), rule, np.float32(elem_max),
-                                    np.int32(exmy), g, s), x)
+                                    np.int32(exmy), man_bits, g, s), x)
     _launch("lf_block_codes", n, (a, _u64(n), _u64(block), s, g, *fa, lv, np.int32(lv.size),
                                   np.int32(MODES[rounding]), _u64(seed), _u64(stream), codes), x)
     _launch("lf_pack", length, (codes, _u64(n), np.uint32(code_bits), p, _u64(length),

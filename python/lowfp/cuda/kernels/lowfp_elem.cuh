@@ -151,6 +151,7 @@ LF_FN lf_u32 lf_random_u32(lf_u64 seed, lf_u64 stream, lf_u64 index) {
 #define LF_UP 3
 #define LF_DOWN 4
 #define LF_STOCHASTIC 5
+#define LF_TO_ODD 6
 
 // Bad-element flags of one encode (rust/exmy.rs BAD_NAN, BAD_NEG).
 #define LF_BAD_NAN 1u
@@ -306,7 +307,8 @@ LF_FN lf_u32 lf_signed_code(const lf_enc& f, bool neg, lf_u32 mag) {
 
 /// The code of an overflowing value, by rounding direction and policy.
 LF_FN lf_u32 lf_overflow(const lf_enc& f, bool neg, int mode) {
-    bool shrinks = mode == LF_TOWARD_ZERO || (mode == LF_UP && neg) || (mode == LF_DOWN && !neg);
+    bool shrinks = mode == LF_TOWARD_ZERO || mode == LF_TO_ODD || (mode == LF_UP && neg) ||
+                   (mode == LF_DOWN && !neg);
     if (shrinks) return lf_signed_code(f, neg, f.max_code);
     if (f.overflow_code == 0xFFFFFFFFu) return lf_nan_code(f, neg);
     return lf_signed_code(f, neg, f.overflow_code);
@@ -345,6 +347,7 @@ LF_FN lf_u32 lf_round_mag(const lf_enc& f, const lf_parts& p, lf_u32 r, bool* ov
     else if (MODE == LF_TOWARD_ZERO) up = false;
     else if (MODE == LF_UP) up = !p.neg && inexact;
     else if (MODE == LF_DOWN) up = p.neg && inexact;
+    else if (MODE == LF_TO_ODD) up = !(kept & 1) && inexact;  // kept = 1mmm: its last bit
     else {
         // stochastic: up iff r < floor(rem · 2^32 / 2^shift)
         lf_u64 frac;
@@ -401,6 +404,7 @@ LF_FN lf_u32 lf_encode_parts_dyn(const lf_enc& f, const lf_parts& p, int mode, l
         case LF_TOWARD_ZERO: return lf_encode_parts<LF_TOWARD_ZERO>(f, p, r, bad);
         case LF_UP: return lf_encode_parts<LF_UP>(f, p, r, bad);
         case LF_DOWN: return lf_encode_parts<LF_DOWN>(f, p, r, bad);
+        case LF_TO_ODD: return lf_encode_parts<LF_TO_ODD>(f, p, r, bad);
         default: return lf_encode_parts<LF_STOCHASTIC>(f, p, r, bad);
     }
 }
@@ -531,25 +535,67 @@ LF_FN lf_u64 lf_packed_len(lf_u64 n, lf_u32 k) { return (n / 8) * k + ((n % 8) *
 //   absmax  s = amax / M                      (fp32; M = the element codec's max, 1 for tables)
 //   e8m0    s = 2^(floor(log2 amax) − floor(log2 M))  (OCP MX floor rule, ExMy elements)
 //           s = 2^ceil(log2 amax)             (table codecs, so |x/s| ≤ 1)
+//   e8m0_ceil, e8m0_even, e8m0_rceil: torchao's CEIL, EVEN, RCEIL (ExMy elements; on the
+//           float32 bits of amax, `e8m0_exponent` in rust/block.rs)
 //   e4m3    s = e4m3(amax / M / g)            (NVFP4; applied as s · g)
 // Elements are encoded from x / (s · g) (IEEE division) and decoded as value · (s · g).
 
 #define LF_SCALE_ABSMAX 0
 #define LF_SCALE_E8M0 1
 #define LF_SCALE_E4M3 2
+#define LF_SCALE_E8M0_CEIL 3
+#define LF_SCALE_E8M0_EVEN 4
+#define LF_SCALE_E8M0_RCEIL 5
 
-/// floor(log2 |x|) of a finite non-zero f32, from its bits.
-LF_FN lf_i32 lf_floor_log2(float x) {
-    lf_u32 b = lf_f32_bits(x) & 0x7FFFFFFFu;
+/// floor(log2 a) of non-zero float32 magnitude bits `a` (exponent field 255 reads as 128).
+LF_FN lf_i32 lf_floor_log2_bits(lf_u32 b) {
     lf_i32 ef = (lf_i32)(b >> 23);
     if (ef == 0) return (63 - lf_clz64((lf_u64)b)) - 149;
     return ef - 127;
 }
 
+/// floor(log2 |x|) of a finite non-zero f32, from its bits.
+LF_FN lf_i32 lf_floor_log2(float x) { return lf_floor_log2_bits(lf_f32_bits(x) & 0x7FFFFFFFu); }
+
 /// 2^k as f32 for -149 ≤ k ≤ 127.
 LF_FN float lf_pow2f(lf_i32 k) {
     if (k >= -126) return lf_f32_from_bits((lf_u32)(k + 127) << 23);
     return lf_f32_from_bits(1u << (k + 149));
+}
+
+/// Whether the non-zero float32 magnitude bits `a` are a power of two.
+LF_FN bool lf_is_pow2_bits(lf_u32 a) {
+    if ((a >> 23) == 0) return (a & (a - 1)) == 0;
+    return (a & 0x7FFFFFu) == 0;
+}
+
+/// Unbiased E8M0 exponent (−127..=127) of an ExMy block's scale under the power-of-two rules
+/// (`e8m0_exponent` in rust/block.rs): amax bits `amax`, emax = floor(log2 M), `man_bits`.
+///   floor  floor(log2 amax) − emax
+///   ceil   floor + 1 unless amax is a power of two
+///   even   r = (amax + 2^(22−man_bits)) & 0xFF800000, then floor of r (r = 0: −127)
+///   rceil  d = amax / M (IEEE division), ceil(log2 d) from d's bits (subnormal d: up iff
+///          F_d > 2^22)
+LF_FN lf_i32 lf_e8m0_exponent(int rule, lf_u32 amax, lf_i32 emax, lf_u32 man_bits, float max) {
+    lf_u32 a = amax & 0x7FFFFFFFu;
+    if (a == 0) return -127;
+    lf_i32 k;
+    if (rule == LF_SCALE_E8M0_CEIL) {
+        k = lf_floor_log2_bits(a) + (lf_is_pow2_bits(a) ? 0 : 1) - emax;
+    } else if (rule == LF_SCALE_E8M0_EVEN) {
+        lf_u32 r = (a + (1u << (22 - man_bits))) & 0xFF800000u;
+        if (r == 0) return -127;
+        k = lf_floor_log2_bits(r) - emax;
+    } else if (rule == LF_SCALE_E8M0_RCEIL) {
+        lf_u32 d = lf_f32_bits(lf_f32_from_bits(a) / max);
+        lf_i32 e = (lf_i32)(d >> 23);
+        lf_u32 f = d & 0x7FFFFFu;
+        bool up = e == 0 ? f > 0x400000u : f != 0;
+        k = e + (up ? 1 : 0) - 127;
+    } else {
+        k = lf_floor_log2_bits(a) - emax;  // LF_SCALE_E8M0: the OCP floor rule
+    }
+    return lf_max_i32(-127, lf_min_i32(127, k));
 }
 
 /// The OCP E4M3 ("fn") encoder with saturation, nearest: the NVFP4 block scale format.
@@ -560,9 +606,15 @@ LF_FN lf_enc lf_enc_e4m3_sat() {
 }
 
 /// The block scale (`Spec::block_scale`) from the block's amax (max of |x|, finite) and the
-/// tensor scale `global`; `elem_max` is M; `exmy` whether the elements are a float format.
-LF_FN float lf_block_scale(int rule, float amax, float elem_max, bool exmy, float global) {
+/// tensor scale `global`; `elem_max` is M; `exmy` whether the elements are a float format,
+/// `man_bits` its mantissa bits.
+LF_FN float lf_block_scale(int rule, float amax, float elem_max, bool exmy, lf_u32 man_bits,
+                           float global) {
     if (rule == LF_SCALE_ABSMAX) return amax / elem_max;
+    if (exmy && rule != LF_SCALE_E4M3) {
+        lf_i32 emax = lf_floor_log2(elem_max);
+        return lf_pow2f(lf_e8m0_exponent(rule, lf_f32_bits(amax), emax, man_bits, elem_max));
+    }
     if (rule == LF_SCALE_E8M0) {
         if (amax == 0.0f) return lf_f32_from_bits(1u << 22);  // 2^-127
         lf_i32 e = lf_floor_log2(amax);

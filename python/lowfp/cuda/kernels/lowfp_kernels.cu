@@ -86,6 +86,7 @@ extern "C" __global__ void lf_encode(const void* x, int kind, lf_u64 n, lf_u32 e
         LF_CASE(LF_UP)
         LF_CASE(LF_DOWN)
         LF_CASE(LF_STOCHASTIC)
+        LF_CASE(LF_TO_ODD)
     }
 #undef LF_CASE
 }
@@ -199,10 +200,11 @@ extern "C" __global__ void lf_global_scale(const lf_u32* amax, lf_u64 nb, int ru
 }
 
 extern "C" __global__ void lf_block_scales(const lf_u32* amax, lf_u64 nb, int rule,
-                                           float elem_max, int exmy, const float* g,
-                                           float* scales) {
+                                           float elem_max, int exmy, lf_u32 man_bits,
+                                           const float* g, float* scales) {
     LF_GRID_LOOP(b, nb) {
-        scales[b] = lf_block_scale(rule, lf_f32_from_bits(amax[b]), elem_max, exmy != 0, *g);
+        scales[b] = lf_block_scale(rule, lf_f32_from_bits(amax[b]), elem_max, exmy != 0,
+                                   man_bits, *g);
     }
 }
 
@@ -246,6 +248,7 @@ extern "C" __global__ void lf_block_codes(const float* x, lf_u64 n, lf_u64 block
         LF_CASE(LF_UP)
         LF_CASE(LF_DOWN)
         LF_CASE(LF_STOCHASTIC)
+        LF_CASE(LF_TO_ODD)
     }
 #undef LF_CASE
 }
