@@ -26,18 +26,6 @@ ml_dtypes = pytest.importorskip("ml_dtypes")
 FORMATS_8 = SMALL + [g for g in GENERIC if lowfp.format(g).bits <= 8]
 
 
-@pytest.fixture(autouse=True)
-def to_odd_allowed(monkeypatch):
-    """Until lowfp.codec lists "to_odd" (its ROUNDINGS should read _core.ROUNDINGS), let the
-    Python layer pass it through to the core."""
-    import lowfp.codec as codec
-    import lowfp.qtensor as qtensor
-
-    for mod in (codec, qtensor):
-        if "to_odd" not in mod.ROUNDINGS:
-            monkeypatch.setattr(mod, "ROUNDINGS", (*mod.ROUNDINGS, "to_odd"))
-
-
 def reference(f: lowfp.Format, x: np.ndarray) -> np.ndarray:
     """Round-to-odd values of the float64 inputs x (finite or inf, no NaN) from gfloat."""
     fi = _gfloat_info(f)

@@ -21,7 +21,7 @@ import numpy as np
 from . import _core
 from .codec import decode, encode
 from .formats import formats
-from .qtensor import PRESETS, quantize_blockwise
+from .qtensor import PRESETS, SCALES, quantize_blockwise
 
 
 def _fmt_table() -> str:
@@ -262,7 +262,7 @@ def main(argv=None) -> int:
                    help="a format of ≤ 8 bits or a preset (mxfp8, mxfp4, nvfp4, …; default mxfp8)")
     c.add_argument("--block", type=int, default=None, help="block size (default: the preset's "
                    "or 256)")
-    c.add_argument("--scale", choices=["absmax", "e8m0", "e4m3"], default=None,
+    c.add_argument("--scale", choices=list(SCALES), default=None,
                    help="scale rule (default: the preset's or absmax)")
     c.add_argument("--rounding", default="nearest", help="rounding mode (default nearest)")
     c.add_argument("--seed", type=int, default=0, help="stochastic rounding seed")
@@ -273,7 +273,7 @@ def main(argv=None) -> int:
     i.add_argument("--format", action="append",
                    help="format or preset; repeat for several (default: mxfp8 and mxfp4)")
     i.add_argument("--block", type=int, default=None, help="block size")
-    i.add_argument("--scale", choices=["absmax", "e8m0", "e4m3"], default=None,
+    i.add_argument("--scale", choices=list(SCALES), default=None,
                    help="scale rule")
     i.add_argument("--csv", default=None, help="also write the table as CSV")
     i.add_argument("--json", default=None, help="also write the table as JSON")

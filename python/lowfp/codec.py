@@ -36,7 +36,9 @@ import numpy as np
 from . import _core, _seed
 from .formats import _ML_DTYPES, FormatLike, _lookup, _py_range, format
 
-ROUNDINGS = ("nearest", "nearest_away", "toward_zero", "up", "down", "stochastic")
+#: The rounding modes, in the core's code order (the CUDA mode numbers follow it).
+ROUNDINGS = tuple(_core.ROUNDINGS)
+_ROUNDING_SET = frozenset(ROUNDINGS)
 OVERFLOWS = ("nonfinite", "saturate")
 _FLOAT_KINDS = ("float32", "float64", "float16", "bfloat16")
 _U64 = 2**64
@@ -227,6 +229,8 @@ def _check_choice(arg: str, value: str, allowed: tuple) -> None:
 
 
 def _key(arg: str, v: Any) -> int:
+    if type(v) is int and 0 <= v < _U64:  # the common case, first
+        return v
     if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or not 0 <= v < _U64:
         raise ValueError(f"{arg}: expected an int with 0 <= {arg} < 2**64, got {v!r}")
     return int(v)
@@ -240,6 +244,12 @@ def _seed_arg(seed: Any, uses_bits: bool) -> int:
 
 
 def _options(rounding, overflow, nan, negative, seed, stream, offset, random_bits, n):
+    if (random_bits is None and seed is None and type(stream) is int and type(offset) is int
+            and stream == 0 and offset == 0
+            and nan == "error" and negative == "error" and rounding != "stochastic"
+            and rounding in _ROUNDING_SET and overflow in OVERFLOWS):
+        # deterministic rounding with default options: no key, nothing else to check
+        return (rounding, overflow, False, False, 0, 0, 0, None)
     _check_choice("rounding", rounding, ROUNDINGS)
     _check_choice("overflow", overflow, OVERFLOWS)
     _check_choice("nan", nan, ("error", "zero"))
@@ -357,8 +367,9 @@ def encode(
         x: float32/float64/float16/bfloat16 NumPy array (ml_dtypes bfloat16) or torch
             tensor, any shape. float64 is rounded directly (no double rounding).
         fmt: format name, :class:`Format`, or a NumPy/ml_dtypes/torch dtype.
-        rounding: "nearest" (ties to even), "nearest_away", "toward_zero", "up", "down" or
-            "stochastic".
+        rounding: "nearest" (ties to even), "nearest_away", "toward_zero", "up", "down",
+            "stochastic" or "to_odd" (toward zero, then the lowest kept bit set if anything
+            was discarded; overflow as toward_zero).
         overflow: "nonfinite" (inf, else NaN, else max — ml_dtypes' behaviour) or "saturate".
         seed: key of the counter-based generator for stochastic rounding; None (default)
             draws a fresh key from lowfp's global generator (see :func:`lowfp.manual_seed`),

@@ -134,7 +134,7 @@ class Format:
     def has_nan(self) -> bool:
         return self.nan != "none"
 
-    @property
+    @cached_property
     def code_dtype(self) -> np.dtype:
         """The unsigned integer dtype codes of this format are returned in."""
         return np.dtype(np.uint8 if self.bits <= 8 else np.uint16 if self.bits <= 16 else np.uint32)
