@@ -287,6 +287,46 @@ def cpu_name():
         return "?"
 
 
+def small_calls(threads) -> None:
+    """Per-call cost of 16-element encode and decode beside ml_dtypes and torch (µs, best of
+    5 × 20000 calls), at each thread count."""
+    import timeit
+
+    x16 = np.linspace(-4, 4, 16, dtype=np.float32)
+    c16 = lowfp.encode(x16, "e4m3")
+    rows = [("lowfp encode f32 → e4m3", lambda: lowfp.encode(x16, "e4m3")),
+            ("lowfp decode e4m3 → f32", lambda: lowfp.decode(c16, "e4m3"))]
+    try:
+        import ml_dtypes
+
+        e4 = np.dtype(ml_dtypes.float8_e4m3fn)
+        rows += [("ml_dtypes astype f32 → e4m3", lambda: x16.astype(e4)),
+                 ("ml_dtypes astype e4m3 → f32", lambda: c16.view(e4).astype(np.float32))]
+    except ImportError:
+        pass
+    try:
+        import torch
+
+        t16 = torch.from_numpy(x16)
+        t8 = t16.to(torch.float8_e4m3fn)
+        rows += [("torch .to(float8_e4m3fn)", lambda: t16.to(torch.float8_e4m3fn)),
+                 ("torch float8_e4m3fn .to(float32)", lambda: t8.to(torch.float32))]
+    except ImportError:
+        pass
+    table = {name: [] for name, _ in rows}
+    for t in threads:
+        set_threads(t)
+        for name, fn in rows:
+            best = min(timeit.repeat(fn, number=20000, repeat=5)) / 20000
+            table[name].append(best * 1e6)
+    head = " | ".join(f"µs, {t} thread{'s' if t > 1 else ''}" for t in threads)
+    print(f"## Small calls (16 elements, per call)\n\n| call | {head} |\n|---"
+          + "|---" * len(threads) + "|")
+    for name, vals in table.items():
+        print(f"| {name} | " + " | ".join(f"{v:.2f}" for v in vals) + " |")
+    print()
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="lowfp bench codecs",
                                  description=__doc__.splitlines()[0])
@@ -311,6 +351,7 @@ def main(argv=None):
         for title, rows_fn, ratios in SECTIONS:
             run_section(title, rows_fn, ratios, x, xt, threads, repeat, notes, progress)
 
+    small_calls(threads)
     print("Notes:\n")
     print("- ml_dtypes and NumPy are single-threaded (NumPy cast loops): their numbers do not "
           "scale with threads.\n- torch writes into a preallocated tensor (`out.copy_(src)`); "
