@@ -88,18 +88,23 @@ def state_bytes(opt) -> int:
     return total
 
 
-def measure(factory, n: int, repeat: int, shape: tuple):
-    torch.manual_seed(0)
-    p = torch.nn.Parameter(torch.randn(shape))
-    opt = factory([p])
-    p.grad = torch.randn(shape) * 1e-2
+def step_ms(opt, repeat: int) -> float:
+    """Median milliseconds of `repeat` steps after 2 warm-up steps."""
     times = []
     for i in range(2 + repeat):
         t = time.perf_counter()
         opt.step()
         if i >= 2:
             times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1e3, state_bytes(opt) / n
+    return statistics.median(times) * 1e3
+
+
+def measure(factory, n: int, repeat: int, shape: tuple):
+    torch.manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(shape))
+    opt = factory([p])
+    p.grad = torch.randn(shape) * 1e-2
+    return step_ms(opt, repeat), state_bytes(opt) / n
 
 
 def gpt2_small_shapes() -> list:
@@ -134,14 +139,7 @@ def measure_model(factory, shapes: list, min_quant: int, repeat: int) -> float:
     ps = [torch.nn.Parameter(torch.randn(s)) for s in shapes]
     for p in ps:
         p.grad = torch.randn(p.shape) * 1e-2
-    opt = factory(ps, min_quant)
-    times = []
-    for i in range(2 + repeat):
-        t = time.perf_counter()
-        opt.step()
-        if i >= 2:
-            times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1e3
+    return step_ms(factory(ps, min_quant), repeat)
 
 
 def import_seconds(repeat: int = 3) -> tuple:
