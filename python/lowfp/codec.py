@@ -34,12 +34,12 @@ from typing import Any, Optional, Tuple
 import numpy as np
 
 from . import _core, _seed
+from ._common import OVERFLOWS, ROUNDINGS, TableCodec, check_encode_options, check_exact_in
+from ._common import check_choice as _check_choice
+from ._types import NanPolicy, Negative, Overflow, Rounding, TableRounding
 from .formats import _ML_DTYPES, FormatLike, _lookup, _py_range, format
 
-#: The rounding modes, in the core's code order (the CUDA mode numbers follow it).
-ROUNDINGS = tuple(_core.ROUNDINGS)
 _ROUNDING_SET = frozenset(ROUNDINGS)
-OVERFLOWS = ("nonfinite", "saturate")
 _FLOAT_KINDS = ("float32", "float64", "float16", "bfloat16")
 _U64 = 2**64
 
@@ -223,11 +223,6 @@ def _public_errors(**renames: str):
     return wrap
 
 
-def _check_choice(arg: str, value: str, allowed: tuple) -> None:
-    if value not in allowed:
-        raise ValueError(f"{arg}: expected one of {allowed}, got {value!r}")
-
-
 def _key(arg: str, v: Any) -> int:
     if type(v) is int and 0 <= v < _U64:  # the common case, first
         return v
@@ -250,10 +245,7 @@ def _options(rounding, overflow, nan, negative, seed, stream, offset, random_bit
             and rounding in _ROUNDING_SET and overflow in OVERFLOWS):
         # deterministic rounding with default options: no key, nothing else to check
         return (rounding, overflow, False, False, 0, 0, 0, None)
-    _check_choice("rounding", rounding, ROUNDINGS)
-    _check_choice("overflow", overflow, OVERFLOWS)
-    _check_choice("nan", nan, ("error", "zero"))
-    _check_choice("negative", negative, ("error", "clamp"))
+    check_encode_options(rounding, overflow, nan, negative)
     seed = _seed_arg(seed, rounding == "stochastic" and random_bits is None)
     stream, offset = _key("stream", stream), _key("offset", offset)
     rb = None
@@ -350,14 +342,14 @@ def encode(
     x: Any,
     fmt: FormatLike,
     *,
-    rounding: str = "nearest",
-    overflow: str = "nonfinite",
+    rounding: Rounding = "nearest",
+    overflow: Overflow = "nonfinite",
     seed: Optional[int] = None,
     stream: int = 0,
     offset: int = 0,
     random_bits: Any = None,
-    nan: str = "error",
-    negative: str = "error",
+    nan: NanPolicy = "error",
+    negative: Negative = "error",
     out: Any = None,
     as_dtype: bool = False,
 ):
@@ -544,24 +536,18 @@ def decode(codes: Any, fmt: Optional[FormatLike] = None, *, dtype: Any = np.floa
     return _float_result(o, kind, from_torch, out)
 
 
-_EXACT_IN = {  # man bits, max, min subnormal of the float dtypes quantize can return
-    "float16": (10, 65504.0, 2.0**-24),
-    "bfloat16": (7, 3.3895313892515355e38, 2.0**-133),
-}
-
-
 def quantize(
     x: Any,
     fmt: FormatLike,
     *,
-    rounding: str = "nearest",
-    overflow: str = "nonfinite",
+    rounding: Rounding = "nearest",
+    overflow: Overflow = "nonfinite",
     seed: Optional[int] = None,
     stream: int = 0,
     offset: int = 0,
     random_bits: Any = None,
-    nan: str = "error",
-    negative: str = "error",
+    nan: NanPolicy = "error",
+    negative: Negative = "error",
 ):
     """Round values to a format and return the rounded values in x's dtype.
 
@@ -582,13 +568,7 @@ def quantize(
                              negative=negative)
     f = format(fmt)
     a, kind, from_torch = _float_input(x)
-    if kind in _EXACT_IN:
-        man, mx, tiny = _EXACT_IN[kind]
-        if f.bits > 16 or f.man_bits > man or f.max > mx or f.min_subnormal < tiny:
-            raise ValueError(
-                f"fmt: values of {f.name} are not all exact in {kind}; "
-                "use decode(encode(x, fmt)) for float32 results"
-            )
+    check_exact_in(f, kind)
     opts = _options(rounding, overflow, nan, negative, seed, stream, offset, random_bits, a.size)
     try:
         out = _run(_core.quantize, a, None, a.dtype, (kind,), (f._fields, *opts),
@@ -710,7 +690,7 @@ def random_bits(n: int, *, seed: Optional[int] = None, stream: int = 0, offset: 
 # ---------------------------------------------------------------- table codecs
 
 
-class _TableCodec:
+class _TableCodec(TableCodec):
     """An element codec whose codes index an ascending table of levels in [-1, 1].
 
     Codecs are immutable values: equal (and hashing alike) when their parameters are.
@@ -718,6 +698,7 @@ class _TableCodec:
 
     bits: int
     _key: tuple
+    _levels: np.ndarray
 
     @property
     def levels(self) -> np.ndarray:
@@ -746,7 +727,7 @@ class _TableCodec:
     def __hash__(self) -> int:
         return hash(self._key)
 
-    def encode(self, x: Any, *, rounding: str = "nearest", seed: Optional[int] = None,
+    def encode(self, x: Any, *, rounding: TableRounding = "nearest", seed: Optional[int] = None,
                stream: int = 0, offset: int = 0):
         """Codes (uint8) of normalized values x (values outside the table are clamped).
 
@@ -836,6 +817,9 @@ class Linear(_TableCodec):
             (for second moments); otherwise i/(2**bits - 1).
     """
 
+    signed: bool
+    zero: bool
+
     def __init__(self, bits: int, signed: bool = True, zero: bool = True):
         bits, signed, zero = _bits_arg(bits), bool(signed), bool(zero)
         try:
@@ -866,6 +850,8 @@ class Dynamic(_TableCodec):
         bits: 8 or 4.
         signed: signed map (first moments) or unsigned (second moments).
     """
+
+    signed: bool
 
     def __init__(self, bits: int = 8, signed: bool = True):
         if isinstance(bits, bool) or bits not in (4, 8):
@@ -899,6 +885,11 @@ class Log(_TableCodec):
         quantile: in blockwise use, choose alpha per block so that the smallest non-zero
             level matches this quantile of |x|/amax (0 < quantile < 1); overrides alpha.
     """
+
+    signed: bool
+    zero: bool
+    alpha: float
+    quantile: Optional[float]
 
     def __init__(self, bits: int, signed: bool = False, zero: bool = True, alpha: float = 0.5,
                  quantile: Optional[float] = None):
