@@ -235,7 +235,7 @@ def quantize_blockwise(
         raise ValueError(f"block_size: expected an int, got {block_size!r}")
     seed = _seed_arg(seed, rounding == "stochastic")
     if _on_cuda(x):
-        from . import cuda
+        from . import _blockwise_cuda as cuda
 
         probe = QTensor(np.empty(0, np.uint8), np.empty(0, np.float32), None, 1.0, (), codec,
                         int(block_size), scale, rounding)

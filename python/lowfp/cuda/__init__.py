@@ -9,6 +9,11 @@ Kernels live in ``kernels/`` as package data: ``lowfp_elem.cuh`` holds the per-e
 functions (also compiled as plain C++ by the host check in CI), ``lowfp_kernels.cu`` the
 kernels; :mod:`lowfp.cuda._loader` compiles them once per device with ``--fmad=false``.
 
+Layering: this package sits below the API. It imports :mod:`lowfp._common` (option checks,
+packed length, exact-in-dtype limits, the table codec base), :mod:`lowfp.formats` and the core,
+never :mod:`lowfp.codec` or :mod:`lowfp.qtensor` (tests/test_layering.py); those call down into
+it, and ``lowfp._blockwise_cuda`` turns its blockwise arrays into QTensors.
+
 Not on the GPU yet: log codecs with a per-block quantile base, and the fused optimizer steps.
 """
 
@@ -18,21 +23,28 @@ from typing import Any
 
 import numpy as np
 
+from .._common import SCALE_FORMATS, TableCodec
+from ..formats import format
 from ._loader import INSTALL_HINT, KERNELS_DIR
 from .codec import (
+    _to_cupy,
+    check_same_device,
     decode,
+    dequantize_blockwise_arrays,
     encode,
     is_cupy,
     is_torch_cuda,
     on_device,
     pack,
     quantize,
+    quantize_blockwise_arrays,
     random_bits,
     unpack,
 )
 
-__all__ = ["INSTALL_HINT", "KERNELS_DIR", "available", "decode", "encode", "is_cupy",
-           "is_torch_cuda", "on_device", "pack", "quantize", "random_bits", "unpack"]
+__all__ = ["INSTALL_HINT", "KERNELS_DIR", "available", "decode", "dequantize", "encode", "is_cupy",
+           "is_torch_cuda", "on_device", "pack", "quantize", "quantize_blockwise_parts",
+           "random_bits", "unpack"]
 
 
 def available() -> bool:
@@ -45,60 +57,71 @@ def available() -> bool:
         return False
 
 
-def _table_levels(codec: Any) -> np.ndarray:
-    return np.ascontiguousarray(codec.levels, np.float32)
+def _quantile_log(codec: Any) -> bool:
+    """Whether codec is a Log codec choosing its base per block (not on the GPU yet)."""
+    return isinstance(codec, TableCodec) and float(codec.spec().get("quantile") or 0.0) > 0.0
 
 
-def quantize_blockwise(x: Any, codec: Any, block_size: int, scale: str, rounding: str, seed: int,
-                       stream: int):
+def _codec_table(codec: Any) -> tuple:
+    """(levels or None, code bits, element Format or None, element max) of a blockwise codec:
+    a table codec (Linear, Dynamic, Log; its levels) or a format (name or Format)."""
+    if isinstance(codec, TableCodec):
+        if _quantile_log(codec):
+            raise ValueError("codec: Log(quantile=...) chooses its base per block, which runs "
+                             "on the CPU only so far; quantize on the CPU or use a fixed alpha")
+        return np.ascontiguousarray(codec.levels, np.float32), int(codec.bits), None, 1.0
+    f = format(codec)
+    return None, int(f.bits), f, float(f.max)
+
+
+def quantize_blockwise_parts(x: Any, codec: Any, block_size: int, scale: str, rounding: str,
+                             seed: int, stream: int) -> tuple:
     """Device half of :func:`lowfp.quantize_blockwise` (arguments already resolved and
-    validated there): a QTensor whose codes and scales are arrays on x's device."""
-    from ..codec import Dynamic, Linear, Log
-    from ..formats import format
-    from ..qtensor import _SCALE_FMT, QTensor
-    from .codec import _to_cupy, quantize_blockwise_arrays
+    validated there): (packed codes, scales, tensor scale g as a float), arrays on x's device,
+    the scales stored as the rule stores them (float32 for "absmax", else codes of
+    ``SCALE_FORMATS[scale]``).
 
-    if isinstance(codec, Log) and codec.quantile is not None:
-        raise ValueError("codec: Log(quantile=...) chooses its base per block, which runs on "
-                         "the CPU only so far; quantize on the CPU or use a fixed alpha")
+    lowfp._blockwise_cuda builds the QTensor: this package knows arrays, not QTensor."""
+    levels, code_bits, elem, elem_max = _codec_table(codec)
     a, kind = _to_cupy(x, "x")
     if kind not in ("float32", "float64", "float16", "bfloat16"):
         raise TypeError(f"x: expected float32, float64, float16 or bfloat16 values, "
                         f"got dtype {kind}")
-    shape = tuple(x.shape)
     x32 = x
     if kind != "float32":  # 16-bit floats widen exactly; float64 rounds once (to nearest)
         x32 = x.float() if is_torch_cuda(x) else x.astype("float32")
     x32 = x32.reshape(-1)
-    if isinstance(codec, (Linear, Dynamic, Log)):
-        elem, levels, elem_max, code_bits = None, _table_levels(codec), 1.0, codec.bits
-    else:
-        elem = format(codec)
-        levels, elem_max, code_bits = None, float(elem.max), int(elem.bits)
     packed, scales, g = quantize_blockwise_arrays(x32, elem, levels, elem_max, code_bits,
                                                   int(block_size), scale, rounding, int(seed),
                                                   int(stream))
-    if scale != "absmax":
-        scales = encode(scales, _SCALE_FMT[scale])
-    return QTensor(packed, scales, None, g, shape, codec, int(block_size), scale, rounding)
+    if scale in SCALE_FORMATS:
+        scales = encode(scales, SCALE_FORMATS[scale])
+    return packed, scales, g
 
 
 def dequantize(q: Any):
-    """Device half of :meth:`lowfp.QTensor.dequantize`: float32 on the codes' device."""
-    from ..codec import Dynamic, Linear, Log
-    from ..formats import format
-    from ..qtensor import _SCALE_FMT
-    from .codec import check_same_device, dequantize_blockwise_arrays
+    """Device half of :meth:`lowfp.QTensor.dequantize`: float32 on the codes' device.
 
+    q: a QTensor (read through its fields codes, scales, scale, codec, block_size,
+    global_scale, shape, size; this package does not import the class)."""
     check_same_device(codes=q.codes, scales=q.scales)
-    if isinstance(q.codec, Log) and q.codec.quantile is not None:
+    if _quantile_log(q.codec):
         raise ValueError("codec: Log(quantile=...) QTensors dequantize on the CPU only so far")
-    if isinstance(q.codec, (Linear, Dynamic, Log)):
-        levels, code_bits = _table_levels(q.codec), q.codec.bits
+    if isinstance(q.codec, TableCodec):
+        levels, code_bits = np.ascontiguousarray(q.codec.levels, np.float32), int(q.codec.bits)
     else:
         f = format(q.codec)
         levels, code_bits = np.ascontiguousarray(f.values, np.float32), int(f.bits)
-    s = q.scales if q.scale == "absmax" else decode(q.scales, _SCALE_FMT[q.scale])
-    out = dequantize_blockwise_arrays(q.codes, s, levels, code_bits, q.block_size,
-                                      float(q.global_scale), q.size)
+    fmt = SCALE_FORMATS.get(q.scale)
+    s = q.scales if fmt is None else decode(q.scales, fmt)
+    out = dequantize_blockwise_arrays(q.codes, s, levels, code_bits, int(q.block_size),
+                                      float(q.global_scale), int(q.size))
     return out.reshape(q.shape)
+
+
+def __getattr__(name: str):
+    if name == "quantize_blockwise":  # moved up a layer: this package does not build QTensors
+        raise AttributeError("lowfp.cuda.quantize_blockwise moved to "
+                             "lowfp._blockwise_cuda.quantize_blockwise (lowfp.cuda returns "
+                             "arrays: quantize_blockwise_parts; qtensor.py builds the QTensor)")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from typing import Tuple
 
-from ..codec import ROUNDINGS
+from .._common import ROUNDINGS
 from ..formats import Format
 
 #: LF_NAN_* of the header.
 NAN_KINDS = {"ieee": 0, "max": 1, "negzero": 2, "none": 3}
-#: LF_NEAREST … LF_STOCHASTIC of the header, in the order of lowfp.codec.ROUNDINGS.
+#: LF_NEAREST … LF_STOCHASTIC of the header, in the order of the core's ROUNDINGS.
 MODES = {name: i for i, name in enumerate(ROUNDINGS)}
 #: LF_IN_* of the header.
 KINDS = {"float32": 0, "float64": 1, "float16": 2, "bfloat16": 3}

@@ -23,7 +23,7 @@ from typing import Any, Optional, Tuple
 
 import numpy as np
 
-from ..codec import ROUNDINGS, _check_choice
+from .._common import check_encode_options, check_exact_in, packed_len
 from ..formats import FormatLike, format
 from . import _loader
 from ._params import KINDS, MODES, SCALE_RULES, format_args
@@ -186,10 +186,7 @@ def _encode_errors(flags: _Flags, x: Any, f, n: int, can_fail: bool) -> None:
 def _encode_impl(x, fmt, rounding, overflow, seed, stream, offset, random_bits, nan, negative,
                  quantize: bool):
     f = format(fmt)
-    _check_choice("rounding", rounding, ROUNDINGS)
-    _check_choice("overflow", overflow, ("nonfinite", "saturate"))
-    _check_choice("nan", nan, ("error", "zero"))
-    _check_choice("negative", negative, ("error", "clamp"))
+    check_encode_options(rounding, overflow, nan, negative)
     if random_bits is not None:
         if rounding != "stochastic":
             raise ValueError("random_bits: only used with rounding='stochastic'")
@@ -207,13 +204,7 @@ def _encode_impl(x, fmt, rounding, overflow, seed, stream, offset, random_bits, 
                              f"of dtype {rb_kind}")
         use_rb = 1
     if quantize:
-        exact = {"float16": (10, 65504.0, 2.0**-24), "bfloat16": (7, 3.3895313892515355e38,
-                                                                    2.0**-133)}
-        if kind in exact:
-            man, mx, tiny = exact[kind]
-            if f.bits > 16 or f.man_bits > man or f.max > mx or f.min_subnormal < tiny:
-                raise ValueError(f"fmt: values of {f.name} are not all exact in {kind}; "
-                                 "use decode(encode(x, fmt)) for float32 results")
+        check_exact_in(f, kind)
         out, o = _empty(x, tuple(a.shape), kind)
         out_bytes = a.itemsize
     else:
@@ -288,7 +279,7 @@ def pack(codes: Any, bits: int):
     _check_dtype(codes, "codes", ("uint8",), "uint8 codes")
     c, kind = _to_cupy(codes, "codes")
     n = c.size
-    length = (n // 8) * bits + ((n % 8) * bits + 7) // 8
+    length = packed_len(n, bits)
     out, o = _empty(codes, (length,), "uint8")
     flags = _Flags(codes)
     _launch("lf_pack", length, (c, _u64(n), np.uint32(bits), o, _u64(length), flags.bad,
@@ -305,7 +296,7 @@ def unpack(packed: Any, bits: int, count: int):
     """:func:`lowfp.unpack` on the device."""
     _check_dtype(packed, "packed", ("uint8",), "uint8 bytes")
     p, kind = _to_cupy(packed, "packed")
-    length = (count // 8) * bits + ((count % 8) * bits + 7) // 8
+    length = packed_len(count, bits)
     if p.size != length:
         raise ValueError(f"packed: expected {length} bytes for {count} {bits}-bit codes, "
                          f"got {p.size}")
@@ -357,7 +348,7 @@ def quantize_blockwise_arrays(x: Any, elem, levels: Optional[np.ndarray], elem_m
     a = a.reshape(-1)
     n = a.size
     nb = -(-n // block)
-    length = (n // 8) * code_bits + ((n % 8) * code_bits + 7) // 8
+    length = packed_len(n, code_bits)
     packed, p = _empty(x, (length,), "uint8")
     scales, s = _empty(x, (nb,), "float32")
     with cp.cuda.Device(_device_id(x)), _stream(x):

@@ -20,6 +20,8 @@ from typing import Any, Callable, Dict, Sequence, Tuple
 
 import numpy as np
 
+from .._common import packed_len, table_levels
+from ..formats import format as _format
 from ._params import MODES, format_args
 
 #: LF_OP_* of lowfp_optim.cuh.
@@ -57,9 +59,6 @@ def _f32(x: float) -> float:
 @lru_cache(maxsize=None)
 def _spec_static(key: Tuple) -> Tuple[Dict[str, Any], np.ndarray | None]:
     """The layout fields of a state spec, and its table levels (None for ExMy / log-quantile)."""
-    from ..codec import Dynamic, Linear, Log
-    from ..formats import format as _format
-
     spec = dict(key)
     codec = spec["codec"]
     mode = MODES[spec["rounding"]]
@@ -82,15 +81,7 @@ def _spec_static(key: Tuple) -> Tuple[Dict[str, Any], np.ndarray | None]:
         out.update(kind=ST_LOGQ, log_bits=bits, log_signed=int(bool(spec["signed"])),
                    log_zero=int(bool(spec["zero"])), quantile=_f32(spec["quantile"]))
         return out, None
-    if codec == "linear":
-        c = Linear(bits, spec["signed"], spec["zero"])
-    elif codec == "dynamic":
-        c = Dynamic(bits, spec["signed"])
-    elif codec == "log":
-        c = Log(bits, spec["signed"], spec["zero"], spec["alpha"])
-    else:
-        raise ValueError(f"codec: expected 'exmy', 'linear', 'dynamic' or 'log', got {codec!r}")
-    levels = np.ascontiguousarray(c.levels, np.float32)
+    levels = table_levels(spec)
     out.update(kind=ST_TABLE, nlev=int(levels.size))
     return out, levels
 
@@ -116,7 +107,7 @@ def fill_state(d: np.void, state: Any, stream: int, addr: Callable[[Any], int],
     for k, v in fields.items():
         d[k] = v
     nb = -(-n // block)
-    _check_len(arg, packed, (n // 8) * d["code_bits"] + ((n % 8) * d["code_bits"] + 7) // 8)
+    _check_len(arg, packed, packed_len(n, d["code_bits"]))
     _check_len(arg, scales, nb)
     _check_len(arg, alphas, nb if d["kind"] == ST_LOGQ else 0)
     d["data"], d["scales"] = addr(packed, arg), addr(scales, arg)
