@@ -31,8 +31,17 @@
 //!   Elements are encoded from `x / s` (IEEE division, so a GPU mirror gets the same bits)
 //!   and decoded as `value · s`. A block of zeros has `s = 0` (absmax) and decodes to 0.
 //! - ExMy elements saturate (MX rule: `x/s` may exceed the format's max under the floor rule).
-//! - Non-finite inputs are rejected: a packed state has no place for them.
-//! - Stochastic rounding draws bits keyed by the element's index in the whole tensor.
+//! - Non-finite inputs are rejected by default ([`NonFinite::Error`]): a packed state has no
+//!   place for them. [`NonFinite::Ocp`] follows the OCP MX rule instead: a block holding a
+//!   NaN or ±inf gets a NaN scale (f32 NaN here; the E8M0 code 0xFF, the E4M3 code 0x7F once
+//!   stored) and zero codes, so every element of it decodes to NaN; the other blocks (and the
+//!   e4m3 tensor scale, from the finite values only) are as if the block were not there.
+//! - Rows ([`quantize_rows`]): `x` may hold rows of `row` real elements, each padded with
+//!   zeros to a whole number of blocks (the last row need not be), so blocks never cross
+//!   rows. Zeros change no block's amax (so no scale) and no tensor scale; the quantile log
+//!   base is taken over the real elements only, so every block is as if its row had been
+//!   quantized alone.
+//! - Stochastic rounding draws bits keyed by the element's index in `x` (padding included).
 
 use crate::error::{Error, Result};
 use crate::exmy::{EncodeOptions, Encoder, Overflow, Random, Rounding, NEAREST, STOCHASTIC};
@@ -165,6 +174,27 @@ fn is_pow2_bits(a: u32) -> bool {
         a.is_power_of_two()
     } else {
         a & 0x7f_ffff == 0
+    }
+}
+
+/// What a blockwise call does with a block that holds a NaN or an infinity (module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NonFinite {
+    /// Reject the call, naming the first such element.
+    #[default]
+    Error,
+    /// OCP MX: the block's scale is NaN and the whole block decodes to NaN.
+    Ocp,
+}
+
+impl NonFinite {
+    /// Parse a policy name ("error" or "ocp").
+    pub fn parse(s: &str) -> Result<NonFinite> {
+        match s {
+            "error" => Ok(NonFinite::Error),
+            "ocp" => Ok(NonFinite::Ocp),
+            _ => Err(Error::value("nonfinite", format!("expected 'error' or 'ocp', got {s:?}"))),
+        }
     }
 }
 
@@ -382,7 +412,8 @@ fn global_scale(spec: &Spec, x: &[f32]) -> f32 {
     if spec.scale != ScaleKind::E4m3 {
         return 1.0;
     }
-    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    // finite values only: under the OCP policy a non-finite block is NaN, not the tensor's max
+    let amax = x.iter().fold(0f32, |m, v| if v.is_finite() { m.max(v.abs()) } else { m });
     let g = amax / (spec.elem_max * 448.0);
     if g > 0.0 && g.is_finite() {
         g
@@ -394,9 +425,29 @@ fn global_scale(spec: &Spec, x: &[f32]) -> f32 {
 /// Quantize `x` blockwise into `packed` codes, `scales` (one per block) and `alphas`
 /// (one per block for the quantile log rule, else empty). Returns the tensor scale
 /// (1 except for the e4m3 rule), by which `scales` must be multiplied on decode.
+/// Non-finite values are an error; [`quantize_rows`] for rows and the OCP policy.
 pub fn quantize(
     spec: &Spec,
     x: &[f32],
+    packed: &mut [u8],
+    scales: &mut [f32],
+    alphas: &mut [f32],
+    seed: u64,
+    stream: u64,
+) -> Result<f32> {
+    quantize_rows(spec, x, 0, NonFinite::Error, packed, scales, alphas, seed, stream)
+}
+
+/// [`quantize`] of rows: `x` holds rows of `row` real elements, each but the last followed
+/// by zeros up to a whole number of blocks (`row = 0`: one flat row). The padding must be
+/// zeros (the caller's); the quantile log base is taken over each block's real elements.
+/// `nonfinite` chooses what a block with a NaN or ±inf becomes (module docs).
+#[allow(clippy::too_many_arguments)]
+pub fn quantize_rows(
+    spec: &Spec,
+    x: &[f32],
+    row: usize,
+    nonfinite: NonFinite,
     packed: &mut [u8],
     scales: &mut [f32],
     alphas: &mut [f32],
@@ -407,16 +458,49 @@ pub fn quantize(
     check("packed", packed.len(), spec.packed_len(n))?;
     check("scales", scales.len(), spec.num_blocks(n))?;
     check("alphas", alphas.len(), spec.num_alphas(n))?;
+    let rows = (row > 0).then(|| (row, spec.num_blocks(row)));
+    if let Some((row, per_row)) = rows {
+        let padded = per_row * spec.block;
+        if n > 0 && (n < row || !(n - row).is_multiple_of(padded)) {
+            return Err(Error::value(
+                "x",
+                format!(
+                    "{n} elements are not rows of {row} padded to {padded} (the last unpadded)"
+                ),
+            ));
+        }
+    }
     let global = global_scale(spec, x);
     let g = Groups::new(spec);
     let mut alpha_dummy = vec![0f32; if alphas.is_empty() { spec.num_blocks(n) } else { 0 }];
     let alphas: &mut [f32] = if alphas.is_empty() { &mut alpha_dummy } else { alphas };
     crate::exmy::dispatch_mode!(spec.rounding, MODE => {
         let one = |gi: usize, xs: &[f32], ps: &mut [u8], ss: &mut [f32], als: &mut [f32]| {
-            if xs.iter().any(|v| !v.is_finite()) {
+            let start = gi * g.elems;
+            if xs.iter().all(|v| v.is_finite()) {
+                return quantize_group_rows::<MODE>(
+                    spec, xs, ps, ss, als, global, start, rows, seed, stream,
+                );
+            }
+            if nonfinite == NonFinite::Error {
                 return Err(Error::value("x", "")); // located below, the same on any pool
             }
-            quantize_group::<MODE>(spec, xs, ps, ss, als, global, gi * g.elems, seed, stream)
+            // OCP: the blocks with a non-finite value as zero blocks, then NaN scales
+            let mut clean = xs.to_vec();
+            let mut bad = Vec::new();
+            for (b, cb) in clean.chunks_mut(spec.block).enumerate() {
+                if cb.iter().any(|v| !v.is_finite()) {
+                    cb.fill(0.0);
+                    bad.push(b);
+                }
+            }
+            quantize_group_rows::<MODE>(
+                spec, &clean, ps, ss, als, global, start, rows, seed, stream,
+            )?;
+            for b in bad {
+                ss[b] = f32::NAN;
+            }
+            Ok(())
         };
         if par::serial(n) {
             // small calls on the calling thread: the same groups, so the same bits
@@ -494,9 +578,26 @@ pub(crate) fn quantize_group<const MODE: u8>(
     seed: u64,
     stream: u64,
 ) -> Result<()> {
+    quantize_group_rows::<MODE>(spec, xs, ps, ss, als, global, start, None, seed, stream)
+}
+
+/// [`quantize_group`] within rows: `rows = Some((real elements per row, blocks per row))`.
+#[allow(clippy::too_many_arguments)]
+fn quantize_group_rows<const MODE: u8>(
+    spec: &Spec,
+    xs: &[f32],
+    ps: &mut [u8],
+    ss: &mut [f32],
+    als: &mut [f32],
+    global: f32,
+    start: usize,
+    rows: Option<(usize, usize)>,
+    seed: u64,
+    stream: u64,
+) -> Result<()> {
     SCRATCH.with(|cell| {
         let scratch = &mut *cell.borrow_mut();
-        quantize_group_in::<MODE>(scratch, spec, xs, ps, ss, als, global, start, seed, stream)
+        quantize_group_in::<MODE>(scratch, spec, xs, ps, ss, als, global, start, rows, seed, stream)
     })
 }
 
@@ -512,6 +613,7 @@ fn quantize_group_in<const MODE: u8>(
     als: &mut [f32],
     global: f32,
     start: usize,
+    rows: Option<(usize, usize)>,
     seed: u64,
     stream: u64,
 ) -> Result<()> {
@@ -587,8 +689,15 @@ fn quantize_group_in<const MODE: u8>(
             Some(t) if MODE == STOCHASTIC => t.stochastic_slice(yb, rb, cb),
             Some(t) => t.nearest_slice(yb, cb),
             None => {
-                // the base from the block itself
-                let xb = &xs[b * spec.block..b * spec.block + yb.len()];
+                // the base from the block's real elements (not its row's padding)
+                let real = match rows {
+                    Some((row, per_row)) => {
+                        let at = (start / spec.block + b) % per_row * spec.block;
+                        yb.len().min(row - at)
+                    }
+                    None => yb.len(),
+                };
+                let xb = &xs[b * spec.block..b * spec.block + real];
                 let (levels, a) = spec.log_levels(xb, amax(xb), &mut scratch.sorted)?;
                 als[b] = a;
                 if MODE == STOCHASTIC {
@@ -877,6 +986,82 @@ mod tests {
         assert!(Spec::new(lin, 32, ScaleKind::E8m0, Rounding::Nearest).is_ok());
         for kind in [ScaleKind::E8m0Ceil, ScaleKind::E8m0Even, ScaleKind::E8m0Rceil] {
             assert_eq!(Spec::new(lin, 32, kind, Rounding::Nearest).unwrap_err().arg, "scale");
+        }
+    }
+
+    fn run_rows(
+        spec: &Spec,
+        x: &[f32],
+        row: usize,
+        nf: NonFinite,
+    ) -> (Vec<u8>, Vec<f32>, Vec<f32>) {
+        let n = x.len();
+        let mut p = vec![0u8; spec.packed_len(n)];
+        let mut s = vec![0f32; spec.num_blocks(n)];
+        let mut a = vec![0f32; spec.num_alphas(n)];
+        quantize_rows(spec, x, row, nf, &mut p, &mut s, &mut a, 3, 0).unwrap();
+        (p, s, a)
+    }
+
+    #[test]
+    fn padded_rows_quantize_as_each_row_alone() {
+        // rows of 40 with block 16: 3 blocks a row, the third 8 real + 8 padding zeros; the
+        // quantile log base of that block must come from its 8 real elements
+        let log = Elem::Log { bits: 4, signed: false, zero: true, alpha: 0.5, quantile: 0.3 };
+        let spec = Spec::new(log, 16, ScaleKind::Absmax, Rounding::Nearest).unwrap();
+        let (row, padded) = (40, 48);
+        let rows: Vec<Vec<f32>> = (0..3)
+            .map(|r| (0..row).map(|i| ((i * 37 + r * 11) % 23) as f32 * 0.1 + 0.05).collect())
+            .collect();
+        let mut x = vec![];
+        for (r, v) in rows.iter().enumerate() {
+            x.extend_from_slice(v);
+            if r < 2 {
+                x.extend(std::iter::repeat_n(0.0, padded - row));
+            }
+        }
+        let (_, s, a) = run_rows(&spec, &x, row, NonFinite::Error);
+        for (r, v) in rows.iter().enumerate() {
+            let (_, s1, a1) = run_rows(&spec, v, 0, NonFinite::Error);
+            assert_eq!(s[3 * r..3 * r + 3], s1[..]);
+            assert_eq!(a[3 * r..3 * r + 3], a1[..]);
+        }
+        // without the row length the padding would move the third base
+        let (_, _, a0) = run_rows(&spec, &x, 0, NonFinite::Error);
+        assert_ne!(a0[2], a[2]);
+        // a length that is not such rows is an error
+        let mut p = vec![0u8; spec.packed_len(50)];
+        let mut sc = vec![0f32; spec.num_blocks(50)];
+        let mut al = vec![0f32; spec.num_alphas(50)];
+        let e =
+            quantize_rows(&spec, &[0.0; 50], row, NonFinite::Error, &mut p, &mut sc, &mut al, 0, 0);
+        assert_eq!(e.unwrap_err().arg, "x");
+    }
+
+    #[test]
+    fn ocp_policy_gives_nan_blocks() {
+        let f = crate::formats::parse("float4_e2m1fn").unwrap();
+        for scale in [ScaleKind::E8m0, ScaleKind::Absmax, ScaleKind::E4m3] {
+            let spec = Spec::new(Elem::ExMy(f), 16, scale, Rounding::Nearest).unwrap();
+            let mut x: Vec<f32> = (0..64).map(|i| (i as f32 - 34.0) * 0.25).collect();
+            let clean = run_rows(&spec, &x, 0, NonFinite::Ocp);
+            x[20] = f32::NAN;
+            x[63] = f32::NEG_INFINITY;
+            let n = x.len();
+            let mut p = vec![0u8; spec.packed_len(n)];
+            let mut s = vec![0f32; spec.num_blocks(n)];
+            let err = quantize(&spec, &x, &mut p, &mut s, &mut [], 0, 0).unwrap_err();
+            assert!(err.msg.contains("element 20 is NaN"), "{}", err.msg);
+            let (p, s, _) = run_rows(&spec, &x, 0, NonFinite::Ocp);
+            assert!(s[1].is_nan() && s[3].is_nan());
+            assert_eq!((s[0], s[2]), (clean.1[0], clean.1[2]));
+            assert_eq!(p[..8], clean.0[..8]);
+            assert_eq!(p[16..24], clean.0[16..24]);
+            let g = global_scale(&spec, &x);
+            let mut back = vec![0f32; n];
+            dequantize(&spec, &p, &s, &[], g, &mut back).unwrap();
+            assert!(back[16..32].iter().chain(&back[48..]).all(|v| v.is_nan()));
+            assert!(back[..16].iter().chain(&back[32..48]).all(|v| v.is_finite()));
         }
     }
 

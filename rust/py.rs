@@ -421,7 +421,7 @@ fn table_encode(
 
 #[pyfunction]
 #[allow(clippy::too_many_arguments)]
-#[pyo3(signature = (x, spec, packed, scales, alphas, seed, stream))]
+#[pyo3(signature = (x, spec, packed, scales, alphas, seed, stream, row=0, nonfinite="error"))]
 fn blockwise_quantize(
     py: Python<'_>,
     x: PyReadonlyArrayDyn<'_, f32>,
@@ -431,14 +431,20 @@ fn blockwise_quantize(
     mut alphas: PyReadwriteArrayDyn<'_, f32>,
     seed: u64,
     stream: u64,
+    row: usize,
+    nonfinite: &str,
 ) -> PyResult<f32> {
     let spec = spec_arg(spec)?;
     let spec = spec.get();
+    let policy = block::NonFinite::parse(nonfinite).map_err(err)?;
     let xs = slice(&x, "x")?;
     let ps = slice_mut(&mut packed, "packed")?;
     let ss = slice_mut(&mut scales, "scales")?;
     let al = slice_mut(&mut alphas, "alphas")?;
-    detach_if(py, xs.len(), || block::quantize(spec, xs, ps, ss, al, seed, stream)).map_err(err)
+    detach_if(py, xs.len(), || {
+        block::quantize_rows(spec, xs, row, policy, ps, ss, al, seed, stream)
+    })
+    .map_err(err)
 }
 
 #[pyfunction]

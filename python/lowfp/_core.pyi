@@ -119,6 +119,8 @@ def blockwise_quantize(
     alphas: NDArray[np.float32],
     seed: int,
     stream: int,
+    row: int = 0,
+    nonfinite: str = "error",
 ) -> float: ...
 def blockwise_dequantize(
     packed: NDArray[np.uint8],

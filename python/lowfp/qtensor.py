@@ -1,4 +1,9 @@
-"""Blockwise quantized tensors: packed codes + per-block scales + shape + codec.
+"""Blockwise quantized tensors: packed codes + per-block scales + shape + axis + codec.
+
+Blocks run along one axis (``axis=``; the last by default, as OCP MX) and never across rows:
+the codes hold the rows (every index but the axis's, in C order) one after another, each row
+but the last followed by zero codes up to a whole number of blocks. ``axis=None`` cuts the
+C-order flattening into blocks instead (the layout of files written before ``axis=``).
 
 Scales are stored in their own format: float32 for "absmax", one E8M0 byte per block for
 the power-of-two rules ("e8m0": OCP MX floor; "e8m0_ceil", "e8m0_even", "e8m0_rceil": torchao's
@@ -8,9 +13,11 @@ tensor scale for "e4m3" (NVFP4).
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 import numpy as np
 
@@ -37,6 +44,8 @@ from .formats import Format, format
 #: The power-of-two (E8M0) scale rules; the exponent arithmetic is in rust/block.rs.
 E8M0_SCALES = ("e8m0", "e8m0_ceil", "e8m0_even", "e8m0_rceil")
 SCALES = ("absmax", *E8M0_SCALES, "e4m3")
+#: What a block holding NaN or ±inf becomes (see :func:`quantize_blockwise`).
+NONFINITE = ("error", "ocp")
 
 #: Named presets: element codec, block size, scale rule.
 PRESETS: Dict[str, tuple] = {
@@ -87,6 +96,9 @@ class QTensor:
         codec: the element codec.
         block_size: elements per block.
         scale: "absmax", "e8m0", "e8m0_ceil", "e8m0_even", "e8m0_rceil" or "e4m3".
+        rounding: the rounding mode the codes were made with.
+        axis: the axis the blocks run along (0 <= axis < ndim), or None: blocks over the
+            C-order flattening (files written before ``axis=`` load so).
     """
 
     codes: np.ndarray
@@ -98,6 +110,7 @@ class QTensor:
     block_size: int
     scale: str
     rounding: str = "nearest"
+    axis: Optional[int] = None
 
     def _spec(self) -> dict:
         d = _codec_spec(self.codec)
@@ -113,9 +126,23 @@ class QTensor:
     def size(self) -> int:
         return int(np.prod(self.shape, dtype=np.int64))
 
+    def _rows(self) -> Tuple[int, int, int]:
+        """(rows, row length, padded row length) of the stored layout (axis None: one row)."""
+        if self.axis is None:
+            return 1, self.size, self.size
+        n = int(self.shape[self.axis])
+        rows = self.size // n if n else 0
+        return rows, n, -(-n // self.block_size) * self.block_size
+
+    def _count(self) -> int:
+        """Elements stored: the rows, each but the last padded to whole blocks."""
+        rows, n, padded = self._rows()
+        return (rows - 1) * padded + n if rows and n else 0
+
     @property
     def nbytes(self) -> int:
-        """Exact bytes held: packed codes + scales + bases (+4 for the e4m3 tensor scale)."""
+        """Exact bytes held: packed codes (row padding included) + scales + bases (+4 for the
+        e4m3 tensor scale)."""
         n = self.codes.nbytes + self.scales.nbytes
         if self.alphas is not None:
             n += self.alphas.nbytes
@@ -143,9 +170,13 @@ class QTensor:
         """
         kind = _result_dtype(dtype)
         if _on_cuda(self.codes, self.scales):
-            from . import cuda
+            from . import _blockwise_cuda as cuda
 
-            v = cuda.dequantize(self)
+            if self._count() == self.size and self._moved_shape() == self.shape:
+                v = cuda.dequantize(self)
+            else:  # rows: decode the stored elements, then drop the padding on the device
+                flat = dataclasses.replace(self, shape=(self._count(),), axis=None)
+                v = _unpad_rows(cuda.dequantize(flat), self)
             if kind == "float32":
                 return v
             if _is_torch(v):
@@ -155,12 +186,22 @@ class QTensor:
             if kind == "bfloat16":
                 raise ValueError("dtype: CuPy has no bfloat16; use float32")
             return v.astype(kind)
-        out = np.empty(self.size, np.float32)
+        rows, n, padded = self._rows()
+        count = self._count()
+        buf = np.empty(rows * padded if count != self.size else count, np.float32)
         alphas = self.alphas if self.alphas is not None else np.empty(0, np.float32)
         _core.blockwise_dequantize(self.codes, self._spec(), self._scales_f32(), alphas,
-                                   np.float32(self.global_scale), out)
-        out = _from_f32(out.reshape(self.shape), kind, None)
+                                   np.float32(self.global_scale), buf[:count])
+        out = _unpad_rows(buf, self)
+        out = _from_f32(out, kind, None)
         return _wrap(out, getattr(self, "_from_torch", False), kind)
+
+    def _moved_shape(self) -> tuple:
+        """The shape with the blocks' axis last (the stored order)."""
+        if self.axis is None:
+            return tuple(self.shape)
+        sh = list(self.shape)
+        return tuple(sh[:self.axis] + sh[self.axis + 1:] + [sh[self.axis]])
 
     # np.asarray(q) would build a 0-d object array (or NumPy would try ufuncs on it); a
     # QTensor is packed codes + scales, so ask for what is meant instead.
@@ -175,15 +216,156 @@ class QTensor:
         """JSON-able description (everything but the arrays)."""
         return {"codec": {k: v for k, v in _codec_spec(self.codec).items() if k != "fields"},
                 "shape": list(self.shape), "block_size": self.block_size, "scale": self.scale,
-                "global_scale": float(self.global_scale), "rounding": self.rounding}
+                "global_scale": float(self.global_scale), "rounding": self.rounding,
+                "axis": self.axis}
 
     def save(self, path: str, name: str = "tensor") -> None:
         """Write this tensor to a safetensors file (see :func:`save_qtensors`)."""
         save_qtensors({name: self}, path)
 
     def __repr__(self) -> str:
-        return (f"QTensor(shape={self.shape}, codec={self.codec!r}, block_size={self.block_size}, "
-                f"scale={self.scale!r}, nbytes={self.nbytes})")
+        return (f"QTensor(shape={self.shape}, axis={self.axis}, codec={self.codec!r}, "
+                f"block_size={self.block_size}, scale={self.scale!r}, nbytes={self.nbytes})")
+
+
+def _axis_arg(axis: Any, shape: tuple) -> Optional[int]:
+    """The normalized axis (0 <= axis < ndim) or None (flat); a 0-d tensor is flat."""
+    if axis is None:
+        return None
+    if not isinstance(axis, (int, np.integer)) or isinstance(axis, bool):
+        raise TypeError(f"axis: expected an int or None, got {axis!r}")
+    nd = len(shape)
+    if nd == 0 and axis in (0, -1):
+        return None
+    if not -nd <= axis < nd:
+        raise ValueError(f"axis: expected -{nd} <= axis < {nd} for shape {shape}, got {axis}")
+    return int(axis) % nd
+
+
+def _xp_zeros(like: Any, n: int):
+    """float32 zeros of n elements in like's array library, on like's device."""
+    if isinstance(like, np.ndarray):
+        return np.zeros(n, np.float32)
+    if _is_torch(like):
+        import torch
+
+        return torch.zeros(n, dtype=torch.float32, device=like.device)
+    import cupy as cp
+
+    with cp.cuda.Device(like.device.id):
+        return cp.zeros(n, cp.float32)
+
+
+def _moveaxis(a: Any, src: int, dst: int):
+    if _is_torch(a):
+        return a.movedim(src, dst)
+    if isinstance(a, np.ndarray):
+        return np.moveaxis(a, src, dst)
+    import cupy as cp
+
+    return cp.moveaxis(a, src, dst)
+
+
+def _contiguous_copy(a: Any):
+    if _is_torch(a):
+        return a.contiguous()
+    if isinstance(a, np.ndarray):
+        return np.ascontiguousarray(a)
+    import cupy as cp
+
+    return cp.ascontiguousarray(a)
+
+
+def _view(a: np.ndarray, shape: tuple) -> np.ndarray:
+    """a reshaped without a copy (an error, never a silent copy that writes would miss)."""
+    return np.reshape(a, shape, copy=False)
+
+
+def _copy(dst: Any, src: Any, q: QTensor, to_moved: bool) -> None:
+    """dst[...] = src moved: to the stored order (dst of q._moved_shape(), src of q.shape) or
+    back (dst of q.shape, src of the moved shape). NumPy arrays copy in strips of 64 along
+    dst's last axis: a plain transposing copy of a 4096² float32 matrix takes ~3x as long
+    (every read or write misses the cache)."""
+    ax = q.axis
+    lead = int(np.prod(q.shape[:ax], dtype=np.int64))
+    inner = int(np.prod(q.shape[ax + 1:], dtype=np.int64))
+    n = int(q.shape[ax])
+    if not isinstance(dst, np.ndarray) or inner < 128 or n < 64:
+        dst[...] = _moveaxis(src, ax, -1) if to_moved else _moveaxis(src, -1, ax)
+        return
+    if to_moved:  # (lead, inner, n) <- (lead, n, inner)
+        d, s = _view(dst, (lead, inner, n)), src.reshape(lead, n, inner).transpose(0, 2, 1)
+        for j in range(0, n, 64):  # strips of dst's last axis: 64 whole rows of src each
+            d[:, :, j:j + 64] = s[:, :, j:j + 64]
+    else:  # (lead, n, inner) <- (lead, inner, n)
+        d, s = _view(dst, (lead, n, inner)), src.reshape(lead, inner, n).transpose(0, 2, 1)
+        for j in range(0, inner, 64):  # strips of dst's last axis, again
+            d[:, :, j:j + 64] = s[:, :, j:j + 64]
+
+
+def _pad_rows(a: Any, q: QTensor):
+    """The stored order of float32 values a (of q's shape): one flat array of q._count()
+    elements, the blocks' axis last, each row but the last padded with zeros to whole
+    blocks. NumPy, torch or CuPy in, the same out (a view of a where no copy is needed)."""
+    rows, n, padded = q._rows()
+    count = q._count()
+    if q.axis is None:
+        return a.reshape(-1)
+    if q.axis == len(q.shape) - 1 and (padded == n or rows <= 1):
+        return _contiguous_copy(a).reshape(-1)
+    m = _moveaxis(a, q.axis, -1)
+    if padded == n or rows <= 1:
+        if not isinstance(a, np.ndarray):
+            return _contiguous_copy(m).reshape(-1)
+        buf = np.empty(count, np.float32)
+        _copy(_view(buf, q._moved_shape()), a, q, True)
+        return buf
+    buf = _xp_zeros(a, rows * padded)
+    dst = buf.reshape(rows, padded)[:, :n]
+    # a view of buf: splitting the leading axis never copies
+    dst = dst.view(q._moved_shape()) if _is_torch(dst) else _view(dst, q._moved_shape())
+    if isinstance(a, np.ndarray) and q.axis != len(q.shape) - 1:
+        _copy(dst, a, q, True)
+    else:
+        dst[...] = m
+    return buf[:count]
+
+
+def _unpad_rows(v: Any, q: QTensor):
+    """Values of q's shape (C-contiguous) from its stored order: v has q._count() elements,
+    or rows × padded row length when the padding is there."""
+    rows, n, padded = q._rows()
+    if q.axis is None:
+        return v.reshape(q.shape)
+    if padded != n and rows > 1:
+        if v.shape[0] < rows * padded:  # the last row's padding is not stored
+            full = _xp_zeros(v, rows * padded)
+            full[:v.shape[0]] = v
+            v = full
+        v = v.reshape(rows, padded)[:, :n]
+    v = v.reshape(q._moved_shape())
+    if q.axis == len(q.shape) - 1:
+        return _contiguous_copy(v)
+    if isinstance(v, np.ndarray):
+        out = np.empty(q.shape, v.dtype)
+        _copy(out, v, q, False)
+        return out
+    return _contiguous_copy(_moveaxis(v, -1, q.axis))
+
+
+def _nonfinite_error(e: ValueError, q: QTensor) -> ValueError:
+    """The core's "element i is v" (i in the stored order) with i as an index of x."""
+    m = re.search(r"element (\d+) is (\S+?);", str(e))
+    if m is None or q.axis is None or len(q.shape) <= 1:
+        return ValueError(f"{e} (nonfinite='ocp' makes such blocks NaN)")
+    i, v = int(m.group(1)), m.group(2)
+    rows, n, padded = q._rows()
+    r, j = divmod(i, padded)
+    idx = list(np.unravel_index(r, q._moved_shape()[:-1]))
+    idx.insert(q.axis, j)
+    idx = tuple(int(k) for k in idx)
+    return ValueError(f"x: element {idx} is {v}; blockwise quantization needs finite values "
+                      "(nonfinite='ocp' makes such blocks NaN)")
 
 
 @_public_errors(fmt="codec")
@@ -196,12 +378,14 @@ def quantize_blockwise(
     rounding: str = "nearest",
     seed: Optional[int] = None,
     stream: int = 0,
+    axis: Optional[int] = -1,
+    nonfinite: str = "error",
 ) -> QTensor:
     """Quantize a tensor blockwise.
 
     Args:
-        x: float array or CPU torch tensor (any shape, flattened in C order; float64 is
-            rounded to float32 first: blockwise arithmetic is float32).
+        x: float array or torch tensor, any shape (float64 is rounded to float32 first:
+            blockwise arithmetic is float32; float16/bfloat16 widen exactly).
         codec: a format (name or Format, ≤ 8 bits), a Linear/Dynamic/Log codec, or a preset:
             "mxfp8", "mxfp8_e5m2", "mxfp6", "mxfp6_e3m2", "mxfp4" (block 32, E8M0 scales),
             "nvfp4" (E2M1, block 16, E4M3 scales and a float32 tensor scale).
@@ -214,13 +398,33 @@ def quantize_blockwise(
             "e4m3" (NVFP4). Default: the preset's, else "absmax".
         rounding: "nearest" or "stochastic" (any mode for float formats).
         seed, stream: stochastic rounding key; seed=None (default) draws a fresh key from
-            lowfp's global generator (see :func:`lowfp.manual_seed`).
+            lowfp's global generator (see :func:`lowfp.manual_seed`). Each element's random
+            bits are keyed by its index in the stored order (below), so they do not depend on
+            the number of threads: with ``axis``, the element at row r (the other indices in
+            C order) and position j along the axis has index r * padded + j, padded being the
+            row length rounded up to whole blocks; with ``axis=None``, its C-order index.
+        axis: the axis the blocks run along (default -1: the last axis, as OCP MX; for 1-D
+            input the only one). Blocks never cross rows: each row (every other index fixed)
+            is cut into blocks on its own, its last block padded with zeros, which change no
+            scale and no quantile base (each row quantizes as it would alone); the padding is
+            stored (zero codes; not for the last row) and counted by ``nbytes``, never
+            returned. ``axis=None`` flattens x in C order and cuts that into blocks (lowfp's
+            behaviour before ``axis=``).
+        nonfinite: what a block holding NaN or ±inf becomes. "error" (default): the call
+            raises, naming the first such element. "ocp": the OCP MX rule -- the block's scale
+            is NaN and every element of it decodes to NaN (its codes are zero): the E8M0 code
+            0xFF under "e8m0", "e8m0_ceil", "e8m0_even" and "e8m0_rceil"; a float32 NaN under
+            "absmax"; the E4M3 NaN code 0x7F under "e4m3", whose tensor scale comes from the
+            finite values only. Other blocks are quantized as if the bad one were not there.
+            CPU only for now (CUDA input raises ValueError).
 
     Returns:
-        A :class:`QTensor`.
+        A :class:`QTensor` (dequantizes to x's shape, as a torch tensor for torch input).
 
     Raises:
-        ValueError: block size or scale out of range, non-finite values, unknown codec.
+        ValueError: block size, scale, axis or nonfinite out of range, non-finite values
+            (under nonfinite="error"), unknown codec.
+        TypeError: axis is not an int or None.
     """
     if isinstance(codec, str) and codec.lower() in PRESETS:
         fmt_name, b, s = PRESETS[codec.lower()]
@@ -231,29 +435,52 @@ def quantize_blockwise(
     scale = "absmax" if scale is None else scale
     _check_choice("scale", scale, SCALES)
     _check_choice("rounding", rounding, ROUNDINGS)
+    _check_choice("nonfinite", nonfinite, NONFINITE)
     if not isinstance(block_size, (int, np.integer)) or isinstance(block_size, bool):
         raise ValueError(f"block_size: expected an int, got {block_size!r}")
+    shape = tuple(int(d) for d in x.shape) if hasattr(x, "shape") else np.shape(x)
+    ax = _axis_arg(axis, shape)
     seed = _seed_arg(seed, rounding == "stochastic")
     if _on_cuda(x):
         from . import _blockwise_cuda as cuda
 
-        probe = QTensor(np.empty(0, np.uint8), np.empty(0, np.float32), None, 1.0, (), codec,
-                        int(block_size), scale, rounding)
+        if nonfinite != "error":
+            raise ValueError("nonfinite: 'ocp' runs on the CPU only so far; quantize a CPU "
+                             "copy, or use nonfinite='error'")
+        probe = QTensor(np.empty(0, np.uint8), np.empty(0, np.float32), None, 1.0, shape, codec,
+                        int(block_size), scale, rounding, ax)
         _core.blockwise_layout(probe._spec(), 0)  # validates codec, block size, scale, rounding
-        return cuda.quantize_blockwise(x, codec, int(block_size), scale, rounding, seed, stream)
+        if probe._count() == probe.size and probe._moved_shape() == shape:
+            q = cuda.quantize_blockwise(x, codec, int(block_size), scale, rounding, seed, stream)
+        else:  # rows padded on the device, then the stored order quantized flat
+            x32 = x.float() if _is_torch(x) else x.astype("float32")
+            q = cuda.quantize_blockwise(_pad_rows(x32, probe), codec, int(block_size), scale,
+                                        rounding, seed, stream)
+        q.shape, q.axis = shape, ax
+        return q
     a, kind, _ = _float_input(x)
-    shape = tuple(a.shape)
     if kind in ("float16", "bfloat16"):
-        a = decode(a.reshape(-1), kind)  # exact in float32
-    flat = np.ascontiguousarray(a.reshape(-1), np.float32)
+        a = decode(a.reshape(-1), kind).reshape(shape)  # exact in float32
     q = QTensor(np.empty(0, np.uint8), np.empty(0, np.float32), None, 1.0, shape, codec,
-                int(block_size), scale, rounding)
+                int(block_size), scale, rounding, ax)
+    if ax is None:
+        flat = np.ascontiguousarray(a.reshape(-1), np.float32)
+    else:
+        flat = _pad_rows(a if a.dtype == np.float32 else a.astype(np.float32), q)
+        flat = np.ascontiguousarray(flat, np.float32)
     spec = q._spec()
     packed_len, nblocks, nalphas, _ = _core.blockwise_layout(spec, flat.size)
     packed = np.empty(packed_len, np.uint8)
     scales = np.empty(nblocks, np.float32)
     alphas = np.empty(nalphas, np.float32)
-    g = _core.blockwise_quantize(flat, spec, packed, scales, alphas, int(seed), int(stream))
+    row = q._rows()[1] if ax is not None else 0
+    try:
+        g = _core.blockwise_quantize(flat, spec, packed, scales, alphas, int(seed), int(stream),
+                                     row, nonfinite)
+    except ValueError as e:
+        if "needs finite values" not in str(e):
+            raise
+        raise _nonfinite_error(e, q) from None
     q.codes, q.global_scale = packed, float(g)
     q.scales = scales if scale == "absmax" else encode(scales, _SCALE_FMT[scale])
     q.alphas = alphas if nalphas else None
@@ -309,5 +536,6 @@ def load_qtensors(path: str) -> Dict[str, QTensor]:
                 block_size=int(m["block_size"]),
                 scale=m["scale"],
                 rounding=m.get("rounding", "nearest"),
+                axis=m.get("axis"),  # files written before axis= have none: flat blocks
             )
     return out
