@@ -63,10 +63,3 @@ def test_checker_sees_relative_and_lazy_imports(tmp_path):
     assert _imports_api(cuda / "__init__.py", pkg) == [
         "lowfp.codec", "lowfp.codec.ROUNDINGS", "lowfp.qtensor"]
     assert _imports_api(cuda / "ok.py", pkg) == []  # lowfp.cuda.codec is not lowfp.codec
-
-
-def test_scale_formats_defined_alike():
-    # qtensor.py keeps its own name for the table until it imports _common's
-    from lowfp import _common, qtensor
-
-    assert qtensor._SCALE_FMT == _common.SCALE_FORMATS

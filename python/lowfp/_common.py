@@ -60,9 +60,12 @@ def check_exact_in(f: Any, kind: str) -> None:
                          "use decode(encode(x, fmt)) for float32 results")
 
 
+#: The power-of-two (E8M0) block scale rules: OCP floor, then torchao's CEIL, EVEN, RCEIL.
+E8M0_SCALES = ("e8m0", "e8m0_ceil", "e8m0_even", "e8m0_rceil")
+
 #: The format each blockwise scale rule stores its scales in (float32 for "absmax").
 SCALE_FORMATS: Dict[str, str] = {
-    **{s: "float8_e8m0fnu" for s in ("e8m0", "e8m0_ceil", "e8m0_even", "e8m0_rceil")},
+    **{s: "float8_e8m0fnu" for s in E8M0_SCALES},
     "e4m3": "float8_e4m3fn",
 }
 

@@ -22,6 +22,7 @@ from typing import Any, Dict, Optional, Tuple, Union
 import numpy as np
 
 from . import _core
+from ._common import E8M0_SCALES, SCALE_FORMATS
 from .codec import (
     ROUNDINGS,
     Dynamic,
@@ -41,8 +42,7 @@ from .codec import (
 )
 from .formats import Format, format
 
-#: The power-of-two (E8M0) scale rules; the exponent arithmetic is in rust/block.rs.
-E8M0_SCALES = ("e8m0", "e8m0_ceil", "e8m0_even", "e8m0_rceil")
+#: The scale rules (the E8M0 exponent arithmetic is in rust/block.rs).
 SCALES = ("absmax", *E8M0_SCALES, "e4m3")
 #: What a block holding NaN or ±inf becomes (see :func:`quantize_blockwise`).
 NONFINITE = ("error", "ocp")
@@ -56,8 +56,6 @@ PRESETS: Dict[str, tuple] = {
     "mxfp4": ("float4_e2m1fn", 32, "e8m0"),
     "nvfp4": ("float4_e2m1fn", 16, "e4m3"),
 }
-
-_SCALE_FMT = {**{s: "float8_e8m0fnu" for s in E8M0_SCALES}, "e4m3": "float8_e4m3fn"}
 
 Codec = Union[str, Format, Linear, Dynamic, Log]
 
@@ -151,7 +149,7 @@ class QTensor:
     def _scales_f32(self) -> np.ndarray:
         if self.scale == "absmax":
             return np.ascontiguousarray(self.scales, np.float32)
-        return decode(self.scales, _SCALE_FMT[self.scale])
+        return decode(self.scales, SCALE_FORMATS[self.scale])
 
     def dequantize(self, dtype: Any = np.float32):
         """Values of the logical shape.
@@ -482,7 +480,7 @@ def quantize_blockwise(
             raise
         raise _nonfinite_error(e, q) from None
     q.codes, q.global_scale = packed, float(g)
-    q.scales = scales if scale == "absmax" else encode(scales, _SCALE_FMT[scale])
+    q.scales = scales if scale == "absmax" else encode(scales, SCALE_FORMATS[scale])
     q.alphas = alphas if nalphas else None
     q._from_torch = _is_torch(x)  # dequantize() answers in the input's kind
     return q
