@@ -455,3 +455,14 @@ def test_step_counters_follow_torch_when_some_gradients_are_missing():
     assert [float(ours.state[p]["step"]) for p in a] == [float(ref.state[q]["step"]) for q in b]
     sd = ours.state_dict()
     assert [float(sd["state"][i]["step"]) for i in range(3)] == [3.0, 2.0, 2.0]
+
+
+def test_bad_options_name_the_argument():
+    with pytest.raises(ValueError, match=r"^exp_avg: unknown format \"e4m3fnn\"; did you mean"):
+        lo.AdamW(params(), exp_avg="e4m3fnn")
+    with pytest.raises(ValueError, match=r"^momentum_codec: expected a format of at most 8 bits"):
+        lo.SGD(params(), momentum=0.9, momentum_codec="bfloat16")
+    with pytest.raises(ValueError, match=r"^rounding: expected one of"):
+        lo.AdamW8bit(params(), rounding="stoch")
+    with pytest.raises(ValueError, match=r"^bits: expected an integer with 2 <= bits <= 8"):
+        lo.SOLO(params(), bits=9)

@@ -318,8 +318,8 @@ def solo_beta1(bits: int, beta_ref: float = 0.9, bits_ref: int = 8) -> float:
     """
     if not (isinstance(bits, int) and isinstance(bits_ref, int)
             and 2 <= bits <= 8 and 2 <= bits_ref <= 8):
-        raise ValueError(f"bits: expected an integer in 2..8, got {bits!r} (reference "
-                         f"{bits_ref!r})")
+        raise ValueError(f"bits: expected an integer with 2 <= bits <= 8, got {bits!r} "
+                         f"(reference {bits_ref!r})")
     r = lambda b: 1.0 / (2 ** (b - 1) - 1)  # noqa: E731
     x = beta_ref / (1 - beta_ref) * r(bits_ref) / r(bits)
     return min(beta_ref, x / (1 + x))

@@ -109,7 +109,11 @@ def check_codec(codec: Any, arg: str):
     if isinstance(codec, dict):  # plain data, as state dicts hold it
         return _codec_from_spec(codec)
     if isinstance(codec, str) or hasattr(codec, "exp_bits"):
-        f = _format(codec)
+        try:
+            f = _format(codec)
+        except ValueError as e:  # the format's message, under this argument's name
+            msg = str(e)
+            raise ValueError(f"{arg}: {msg[5:] if msg.startswith('fmt: ') else msg}") from None
         if f.bits > 8:
             raise ValueError(f"{arg}: expected a format of at most 8 bits, got {f.name}")
         return f
