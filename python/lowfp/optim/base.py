@@ -642,6 +642,10 @@ class PackedOptimizer(torch.optim.Optimizer):
                         "convert (decode, re-encode to nearest), or build the optimizer with "
                         "the saved codecs")
                 convert[(i, name)] = theirs
+            # the saved tensors' shapes and dtypes, before anything is loaded
+            self._check_layout(p, {k: _dist.unwrap_state(k, t) for k, t in saved.items()
+                                   if torch.is_tensor(t)}, group,
+                               skip={name for (j, name) in convert if j == i})
         return convert
 
     def _check_saved_overrides(self, state_dict: Dict[str, Any]) -> list:
@@ -690,8 +694,6 @@ class PackedOptimizer(torch.optim.Optimizer):
             for name in self._STATES:
                 if (i, name) in converted:
                     self._convert(p, group, st, name, converted[(i, name)])
-        for p, st in self.state.items():
-            self._check_layout(p, st)
 
     def _convert(self, p, group, st, name: str, theirs: Optional[dict]) -> None:
         """Re-encode one loaded state from the saved codec (``theirs``) to this one's."""
@@ -713,12 +715,16 @@ class PackedOptimizer(torch.optim.Optimizer):
         for k, t in zip(_PARTS, parts):
             st[f"{name}.{k}"] = t.to(p.device)
 
-    def _check_layout(self, p: torch.Tensor, st: Dict[str, torch.Tensor]) -> None:
-        """A loaded state must match this optimizer's codecs and block size."""
+    def _check_layout(self, p: torch.Tensor, st: Dict[str, torch.Tensor], group: dict,
+                      skip: set = frozenset()) -> None:
+        """A saved state must have this optimizer's tensors for ``p`` (shapes, dtypes), but
+        for the states named in ``skip`` (converted on load)."""
         if not st:
             return
-        want = self._init_state(p, self._group_of(p))
+        want = self._init_state(p, group)
         for k, t in want.items():
+            if k == "step" or k.split(".")[0] in skip:
+                continue
             if k not in st or st[k].shape != t.shape or (k != "step" and st[k].dtype != t.dtype):
                 got = (f"{tuple(st[k].shape)} {st[k].dtype}" if k in st else "missing")
                 raise ValueError(
