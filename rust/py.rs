@@ -773,23 +773,12 @@ fn sgd_step_group(
             nesterov: *nesterov,
             first: *first,
         };
-        arrays.push((
-            param_arrays(p, g, kind)?,
-            state_arrays(b, "momentum_buffer")?,
-            hp,
-            *stream,
-            *pstream,
-        ));
+        let states = [state_arrays(b, SGD_STATES[0])?];
+        arrays.push((param_arrays(p, g, kind)?, states, hp, [*stream], *pstream));
     }
-    let total = arrays.iter().map(|a| param_len(&a.0)).sum();
-    let mut items = Vec::with_capacity(arrays.len());
-    for (pa, ba, hp, stream, pstream) in arrays.iter_mut() {
-        let (param, grad) = param_of(pa, param_stochastic, *pstream)?;
-        let states = [(state_of(ba, "momentum_buffer")?, "momentum_buffer", *stream)];
-        let offset = offsets[items.len()];
-        items.push(optim::Item { param, grad: Some(grad), states, ctx: *hp, offset });
-    }
-    detach_if(py, total, || optim::sgd_steps(items, block, seed)).map_err(err)
+    run_group(py, &mut arrays, SGD_STATES, &offsets, param_stochastic, |items| {
+        optim::sgd_steps(items, block, seed)
+    })
 }
 
 /// Muon's momentum update; the direction replaces `grad` in place. `offset`: as in
@@ -850,31 +839,35 @@ type AmsgradEntry<'py> = (
 );
 
 const ADAMW_STATES: [&str; 3] = ["exp_avg", "exp_avg_sq", "max_exp_avg_sq"];
+const SGD_STATES: [&str; 1] = ["momentum_buffer"];
 
-/// One borrowed AdamW entry: param arrays, K state arrays, scalars, K streams, param stream.
-type AdamWArrays<'py, const K: usize> =
-    (ParamArrays<'py>, [StateArrays<'py>; K], optim::AdamW, [u64; K], u64);
+/// One borrowed entry of a step group: param arrays, K state arrays, the step's scalars, K
+/// streams, param stream.
+type StepArrays<'py, const K: usize, T> =
+    (ParamArrays<'py>, [StateArrays<'py>; K], T, [u64; K], u64);
 
 fn adamw_scalars(s: AdamWScalars) -> optim::AdamW {
     let (decay, l2, w1, beta2, w2, eps, step_size, bc2_sqrt) = s;
     optim::AdamW { decay, l2, w1, beta2, w2, eps, step_size, bc2_sqrt }
 }
 
-/// Borrow the slices of every entry and run `steps` on them (GIL released when big).
-fn adamw_run<const K: usize>(
+/// Borrow the slices of every entry and run `steps` on them (GIL released when big);
+/// `names` are the states' argument names, for error messages.
+fn run_group<const K: usize, T: Copy + Send>(
     py: Python<'_>,
-    arrays: &mut [AdamWArrays<'_, K>],
+    arrays: &mut [StepArrays<'_, K, T>],
+    names: [&'static str; K],
     offsets: &[usize],
     param_stochastic: bool,
-    steps: impl FnOnce(Vec<optim::Item<'_, K, optim::AdamW>>) -> crate::error::Result<()> + Send,
+    steps: impl FnOnce(Vec<optim::Item<'_, K, T>>) -> crate::error::Result<()> + Send,
 ) -> PyResult<()> {
     let total = arrays.iter().map(|a| param_len(&a.0)).sum();
     let mut items = Vec::with_capacity(arrays.len());
     for (pa, sts, hp, streams, pstream) in arrays.iter_mut() {
         let (param, grad) = param_of(pa, param_stochastic, *pstream)?;
         let mut states = Vec::with_capacity(K);
-        for (k, st) in sts.iter_mut().enumerate() {
-            states.push((state_of(st, ADAMW_STATES[k])?, ADAMW_STATES[k], streams[k]));
+        for ((st, name), stream) in sts.iter_mut().zip(names).zip(streams) {
+            states.push((state_of(st, name)?, name, *stream));
         }
         let states: [_; K] = states
             .try_into()
@@ -911,9 +904,14 @@ fn adamw_step_group(
             *pstream,
         ));
     }
-    adamw_run(py, &mut arrays, &offsets, param_stochastic, |items| {
-        optim::adamw_steps(items, block, seed)
-    })
+    run_group(
+        py,
+        &mut arrays,
+        [ADAMW_STATES[0], ADAMW_STATES[1]],
+        &offsets,
+        param_stochastic,
+        |items| optim::adamw_steps(items, block, seed),
+    )
 }
 
 /// `adamw_step_group` with AMSGrad: each entry carries a third state, the running maximum of
@@ -945,7 +943,7 @@ fn adamw_amsgrad_step_group(
             *pstream,
         ));
     }
-    adamw_run(py, &mut arrays, &offsets, param_stochastic, |items| {
+    run_group(py, &mut arrays, ADAMW_STATES, &offsets, param_stochastic, |items| {
         optim::adamw_amsgrad_steps(items, block, seed)
     })
 }

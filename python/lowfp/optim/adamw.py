@@ -143,12 +143,8 @@ class AdamW(PackedOptimizer):
                                    math.sqrt(1 - b2**t))
             stream = (t << 32) | (e.index << 2)  # | 0: exp_avg, 1: exp_avg_sq, 2: param, 3: max
             states = e.args  # made current by _prepare
-            if amsgrad:
-                items.append((w, g, states[0], states[1], sc, (stream, stream | 1), stream | 2,
-                              kind, states[2], stream | 3))
-            else:
-                items.append((w, g, states[0], states[1], sc, (stream, stream | 1), stream | 2,
-                              kind))
+            items.append((w, g, states[0], states[1], sc, (stream, stream | 1), stream | 2, kind)
+                         + ((states[2], stream | 3) if amsgrad else ()))
             offsets.append(0 if type(e.p) in _PLAIN else _dist.element_offset(e.p))
         core = cuda_optim() if entries[0].p.is_cuda else _core
         if amsgrad:

@@ -346,27 +346,20 @@ class PackedOptimizer(torch.optim.Optimizer):
         plan = self._plans[gi] = _Plan(key, entries)
         return plan
 
-    def _state_args(self, e: _Entry, st: Optional[dict] = None) -> tuple:
-        """The entry's states as the fused steps take them (cached NumPy views, remade when
-        the entry's state dict is another object: a new or loaded state)."""
-        if st is None:
-            st = self.state[e.p]
-        if e.st is not st:
-            args = []
-            for name, spec in zip(self._STATES, e.specs):
-                if spec is None:
-                    args.append(flat(st[name]))
-                else:
-                    handle = spec[1] if e.p.is_cuda else spec[2]
-                    args.append((handle, *(flat(st[f"{name}.{k}"]) for k in _PARTS)))
-            e.st, e.args, e.t = st, tuple(args), int(st["step"])
-        return e.args
-
-    def _bind_counter(self, plan: "_Plan", e: _Entry, st: dict) -> None:
-        """Make the state's step counter a view of the plan's slot (value kept)."""
+    def _bind(self, plan: "_Plan", e: _Entry, st: dict) -> None:
+        """Take a new or loaded state into the entry: NumPy views of its tensors as the fused
+        steps take them, and its step counter as a view of the plan's slot (value kept)."""
+        args = []
+        for name, spec in zip(self._STATES, e.specs):
+            if spec is None:
+                args.append(flat(st[name]))
+            else:
+                handle = spec[1] if e.p.is_cuda else spec[2]
+                args.append((handle, *(flat(st[f"{name}.{k}"]) for k in _PARTS)))
         c = plan.counts[e.slot]
         c.copy_(st["step"])
         st["step"] = c
+        e.st, e.args, e.t = st, tuple(args), int(c)
 
     #: Whether the fused step reads the entries' views (Muon builds its own inputs).
     _VIEWS = True
@@ -436,8 +429,7 @@ class PackedOptimizer(torch.optim.Optimizer):
                     st = state[e.p]
                     st.update(self._init_state(e.p, group))
                 if e.st is not st:  # a new or loaded state: its views, its counter
-                    self._state_args(e, st)
-                    self._bind_counter(plan, e, st)
+                    self._bind(plan, e, st)
             if len(entries) == len(plan.entries):
                 plan.counts.add_(1.0)
             else:
