@@ -183,4 +183,10 @@ def test_sharpness_of_a_quadratic():
     assert list(g) == ["x"] and model.training
     with pytest.raises(ValueError, match="iters"):
         sharpness(model, loss_fn, None, iters=0)
+    # a parameter the loss ignores, or is linear in, has a zero Hessian block
+    model.unused, model.lin = nn.Parameter(torch.ones(3)), nn.Parameter(torch.ones(2))
+    s = sharpness(model, lambda m, b: loss_fn(m, b) + m.lin.sum(), None,
+                  {"u": [model.unused], "l": [model.lin], "a+u": [model.a, model.unused]},
+                  iters=100, tol=1e-12)
+    assert s["u"] == 0.0 and s["l"] == 0.0 and s["a+u"] == pytest.approx(7.0, rel=1e-6)
 

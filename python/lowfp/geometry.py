@@ -320,7 +320,8 @@ def sharpness(model: nn.Module, loss_fn: Callable[[nn.Module, Any], torch.Tensor
         tol: stop when the Rayleigh quotient changes by less than tol * |value|.
 
     Returns:
-        {group name: eigenvalue}; an empty group is skipped.
+        {group name: eigenvalue}; an empty group is skipped; parameters the loss does not
+        depend on, or only linearly, contribute a zero block (a group of only those: 0.0).
 
     Raises:
         TypeError: groups of another type; a loss that is not a scalar tensor.
@@ -337,18 +338,27 @@ def sharpness(model: nn.Module, loss_fn: Callable[[nn.Module, Any], torch.Tensor
             if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
                 raise TypeError("loss_fn: expected a scalar tensor loss")
             everything = list({id(p): p for ps in named.values() for p in ps}.values())
-            grads = torch.autograd.grad(loss, everything, create_graph=True)
+            grads = torch.autograd.grad(loss, everything, create_graph=True, allow_unused=True)
             grad_of = {id(p): g for p, g in zip(everything, grads)}
             gen = torch.Generator().manual_seed(int(seed))
             out = {}
             for name, ps in named.items():
-                gs = [grad_of[id(p)] for p in ps]
                 v = [torch.randn(p.shape, generator=gen, dtype=torch.float64).to(p) for p in ps]
+                # parameters the loss is at most linear in have a zero Hessian block: left out
+                live = [i for i, p in enumerate(ps)
+                        if grad_of[id(p)] is not None and grad_of[id(p)].requires_grad]
+                if not live:
+                    out[name] = 0.0
+                    continue
+                ps, v = [ps[i] for i in live], [v[i] for i in live]
+                gs = [grad_of[id(p)] for p in ps]
                 norm = math.sqrt(sum(float(x.double().square().sum()) for x in v))
                 v = [x / norm for x in v]
                 value = math.nan
                 for _ in range(iters):
-                    hv = torch.autograd.grad(gs, ps, grad_outputs=v, retain_graph=True)
+                    hv = torch.autograd.grad(gs, ps, grad_outputs=v, retain_graph=True,
+                                             allow_unused=True)
+                    hv = [torch.zeros_like(p) if h is None else h for p, h in zip(ps, hv)]
                     new = sum(float((a.double() * b.double()).sum()) for a, b in zip(v, hv))
                     norm = math.sqrt(sum(float(h.double().square().sum()) for h in hv))
                     done = not math.isnan(value) and abs(new - value) <= tol * abs(new)
