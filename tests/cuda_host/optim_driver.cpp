@@ -14,9 +14,12 @@ lf_u64 lf_host_state_desc_size() { return sizeof(lf_state_desc); }
 lf_u64 lf_host_tensor_desc_size() { return sizeof(lf_tensor_desc); }
 
 // One fused step over `count` tensors; tiles of `tile` elements (a multiple of `block`).
-// Returns the OR of the bad flags (1: log levels collided).
+// word, bit, tab, t0, ntab: the device-skip context (lf_step_ctx; word null: none).
+// Returns the OR of the bad flags (1: log levels collided; 8: a step number outside tab).
 lf_u32 lf_host_step(int op, const lf_tensor_desc* descs, lf_u64 count, lf_u32 block,
-                    lf_u32 tile, lf_u64 seed, int param_stochastic) {
+                    lf_u32 tile, lf_u64 seed, int param_stochastic, const lf_u32* word,
+                    lf_i64 bit, const double* tab, lf_i64 t0, lf_i64 ntab) {
+    lf_step_ctx ctx = {word, bit, tab, t0, ntab};
     lf_u32 bad = 0;
     lf_u32 nb = tile / block;
     std::vector<float> vals0(tile), vals1(tile), lev0((lf_u64)nb * LF_MAX_LEVELS),
@@ -32,13 +35,25 @@ lf_u32 lf_host_step(int op, const lf_tensor_desc* descs, lf_u64 count, lf_u32 bl
     sc.amax = amax.data();
     sc.sel = sel.data();
     for (lf_u64 t = 0; t < count; ++t) {
-        const lf_tensor_desc& d = descs[t];
+        lf_tensor_desc d;
+        if (!lf_resolve_step(descs[t], ctx, &d, &bad)) continue;
         for (lf_u64 start = 0; start < d.n; start += tile) {
             lf_u32 len = (lf_u32)(d.n - start < tile ? d.n - start : tile);
             lf_step_tile(op, d, start, len, block, seed, param_stochastic != 0, sc, &bad);
         }
     }
     return bad;
+}
+
+// The non-finite check of a step (lf_check_tile over every tile): ORs 1 << bit into *word
+// when a gradient element is NaN or ±inf.
+void lf_host_check(const lf_tensor_desc* descs, lf_u64 count, lf_u32 tile, lf_u32* word,
+                   lf_u32 bit) {
+    for (lf_u64 t = 0; t < count; ++t)
+        for (lf_u64 start = 0; start < descs[t].n; start += tile) {
+            lf_u32 len = (lf_u32)(descs[t].n - start < tile ? descs[t].n - start : tile);
+            if (descs[t].grad) lf_check_tile(descs[t], start, len, word, 1u << bit);
+        }
 }
 
 // Blockwise quantization with a log codec whose base comes from a quantile of each block
