@@ -404,7 +404,7 @@ def test_optim_kernels_compile_with_nvrtc_without_fma():
 
     text = nvrtc_ptx(copt.source(), "lowfp_optim.cu",
                      (*_loader.OPTIONS, "--gpu-architecture=compute_80"))
-    assert ".entry lf_optim_step(" in text
+    assert ".entry lf_optim_step(" in text and ".entry lf_optim_check(" in text
     assert "fma." not in text
     ops = set(re.findall(r"\b(?:div|sqrt)\.\w+\.f(?:32|64)", text))
     assert ops and all(".rn." in op for op in ops), ops
@@ -434,7 +434,7 @@ class _FakeEvent:
 
     clock, lag = 0, 0
 
-    def record(self):
+    def record(self, stream=None):
         self.at = _FakeEvent.clock
 
     def query(self):
@@ -449,7 +449,8 @@ class _FakeTorch:
     from _FakeEvent."""
 
     int32 = torch.int32
-    cuda = type("cuda", (), {"Event": _FakeEvent})
+    cuda = type("cuda", (), {"Event": _FakeEvent,
+                             "current_stream": staticmethod(lambda device: None)})
 
     @staticmethod
     def zeros(*shape, dtype, device):

@@ -574,15 +574,19 @@ class DeviceSkip:
         return StepContext(self.word.data_ptr(), self.bit, pending, tab, t0)
 
     def end(self, entries: Sequence) -> None:
-        """Close the step: copy the word behind an event; record who took part."""
+        """Close the step: copy the word behind an event; record who took part (`entries`:
+        those whose step kernels were launched; none when the step failed before)."""
+        if not entries:  # nothing stepped: the bit is free again
+            self.bit, self.params = -1, []
+            return
         torch = self.torch
         pinned = torch.empty(1, dtype=torch.int32, pin_memory=True)
         pinned.copy_(self.word, non_blocking=True)
         ev = torch.cuda.Event()
-        ev.record()
+        ev.record(torch.cuda.current_stream(self.device))
         bit = 1 << self.bit
-        for p in self.params:
-            self.masks[p] = self.masks.get(p, 0) | bit
+        for e in entries:
+            self.masks[e.p] = self.masks.get(e.p, 0) | bit
         self.pending.append((self.bit, ev, pinned, [(e.p, e.st) for e in entries]))
         self.bit, self.params = -1, []
 

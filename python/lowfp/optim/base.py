@@ -480,14 +480,16 @@ class PackedOptimizer(torch.optim.Optimizer):
         """One optimization step (see torch.optim.Optimizer.step): every group's parameters
         with gradients, one fused call per group."""
         loss = run_closure(closure)
+        todo: Any = ()
         try:
             todo = self._prepare() or ()
             for group, entries in todo:
                 if entries:
                     self._step_group(group, entries)
-            if self._dskip is not None and self._dskip.bit >= 0:
-                self._dskip.end([e for _, es in todo for e in es])
         finally:
+            ds = self._dskip
+            if ds is not None and ds.bit >= 0:  # a CUDA step skipping on the device: close it
+                ds.end([e for _, es in todo for e in es])
             self._drop_views()
         return loss
 
