@@ -336,6 +336,21 @@ def test_emulated_kernel_launch_matches_rust(kernel_mirror, preset, rounding):
     assert kernel_mirror.calls == 2 * STEPS + STEPS + STEPS
 
 
+def test_emulated_launch_of_a_1000_tensor_group_matches_rust(kernel_mirror):
+    """One launch for a group of 1000 small tensors (float32 states below min_quant_size,
+    packed above) and one large one: the tile plan (prefix over 1000+ tensors, binary search
+    per tile) run through lf_optim_step equals Rust over 3 steps, float32 and bfloat16."""
+    rng = np.random.default_rng(8)
+    for dtype in (torch.float32, torch.bfloat16):
+        kernel_mirror.mirrors.clear()
+        torch.manual_seed(3)
+        sizes = [int(n) for n in rng.integers(1, 400, 1000)] + [70_001]
+        ps = [torch.nn.Parameter(torch.randn(n).to(dtype)) for n in sizes]
+        opt = lopt.AdamW8bit(ps, lr=1e-2, min_quant_size=200, rounding="stochastic", seed=9)
+        _run(opt, ps, steps=3)
+    assert kernel_mirror.calls == 6
+
+
 def _packed_state(codec, n, block, rounding, rng):
     """(spec, packed, scales, alphas) of random values, as lowfp.optim builds states."""
     spec = {"bits": 0, "signed": True, "zero": True, "alpha": 0.5, "quantile": 0.0,
@@ -572,3 +587,22 @@ def test_device_skip_protocol_matches_rust_skipping_on_the_host(host, emu, op, l
     assert ds.skipped == len(nan_steps & set(range(1, steps + 1)))
     assert not ds.pending and not ds.masks
     assert [int(e.st["step"]) for e in entries] == [t_true] * len(entries)
+
+
+def test_descriptor_cache_follows_the_state_objects():
+    """A state's checked addresses are cached per object: a new state (even one reusing a dead
+    state's id) gets its own addresses and its own checks."""
+    spec = {"codec": "dynamic", "bits": 8, "signed": True, "block": 128, "scale": "absmax",
+            "rounding": "nearest"}
+    p = np.zeros(1000, np.float32)
+    addr, lv = (lambda a, arg: a.ctypes.data), (lambda a: 0)
+    for _ in range(20):  # ids of dead tuples are reused: the cache must notice
+        st = (spec, np.zeros(1000, np.uint8), np.zeros(8, np.float32), np.zeros(0, np.float32))
+        d = copt.sgd_descs([(p, p, st, (0.1,) * 4, False, True, 1 << 32, 1 << 32 | 2,
+                             "float32")], 128, addr, lv)
+        assert d["st"][0, 0]["data"] == st[1].ctypes.data
+        assert d["st"][0, 0]["scales"] == st[2].ctypes.data
+        del st
+    bad = (spec, np.zeros(999, np.uint8), np.zeros(8, np.float32), np.zeros(0, np.float32))
+    with pytest.raises(ValueError, match="momentum_buffer: expected 1000 elements, got 999"):
+        copt.sgd_descs([(p, p, bad, (0.1,) * 4, False, True, 0, 0, "float32")], 128, addr, lv)

@@ -15,6 +15,7 @@ the kernels get byte-identical descriptors.
 
 from __future__ import annotations
 
+import weakref
 from functools import lru_cache
 from typing import Any, Callable, Dict, Sequence, Tuple
 
@@ -121,22 +122,24 @@ def _template(spec: Any, block: int, arg: str) -> Tuple[np.ndarray, Any]:
     return hit[1], hit[2]
 
 
-def _fill_states(st: np.ndarray, states: Sequence, streams: Sequence[int], ns: Sequence[int],
-                 block: int, addr: Callable, levels: Callable, arg: str) -> None:
-    """Fill the STATE_DESC column `st` (one record per tensor) from the tensors' states: one
-    Python pass to check them and take their addresses, then whole columns at once (field by
-    field record writes cost ~0.5 ms per tensor: a 1000-tensor group would spend its step
-    time there)."""
-    m = len(states)
-    data, scl, alp = np.zeros(m, np.uint64), np.zeros(m, np.uint64), np.zeros(m, np.uint64)
-    groups: Dict[int, Tuple[np.ndarray, Any, list]] = {}
-    f32 = []
-    for i, (state, n) in enumerate(zip(states, ns)):
-        if not isinstance(state, tuple):
-            _check_len(arg, state, n)
-            data[i] = addr(state, arg)
-            f32.append(i)
-            continue
+#: id(state) -> (weak reference to its first array, n, block, data, scales, alphas, template
+#: record or None for float32, levels): what a state's descriptor needs, checked once. The
+#: optimizers pass the same state objects every step (their plans keep them); the weak
+#: reference tells a live state from a new object that reuses a dead one's id, and keeps no
+#: state memory alive.
+_STATE_CACHE: Dict[int, tuple] = {}
+
+
+def _state_fields(state: Any, n: int, block: int, addr: Callable, arg: str) -> tuple:
+    """(data, scales, alphas, template record or None, levels) of one state, checked."""
+    first = state[1] if isinstance(state, tuple) else state
+    hit = _STATE_CACHE.get(id(state))
+    if hit is not None and hit[0]() is first and hit[1] == n and hit[2] == block:
+        return hit[3:]
+    if not isinstance(state, tuple):
+        _check_len(arg, state, n)
+        out = (addr(state, arg), 0, 0, None, None)
+    else:
         spec, packed, scales, alphas = state
         rec, lv = _template(spec, block, arg)
         kind, bits = int(rec["kind"][0]), int(rec["code_bits"][0])
@@ -144,10 +147,34 @@ def _fill_states(st: np.ndarray, states: Sequence, streams: Sequence[int], ns: S
         _check_len(arg, packed, packed_len(n, bits))
         _check_len(arg, scales, nb)
         _check_len(arg, alphas, nb if kind == ST_LOGQ else 0)
-        data[i], scl[i] = addr(packed, arg), addr(scales, arg)
-        if kind == ST_LOGQ:
-            alp[i] = addr(alphas, arg)
-        groups.setdefault(id(rec), (rec, lv, []))[2].append(i)
+        out = (addr(packed, arg), addr(scales, arg),
+               addr(alphas, arg) if kind == ST_LOGQ else 0, rec, lv)
+    try:
+        ref = weakref.ref(first)
+    except TypeError:  # not weakly referable (a plain sequence): not cached
+        return out
+    if len(_STATE_CACHE) > 1 << 16:  # dead entries of replaced states: start over
+        _STATE_CACHE.clear()
+    _STATE_CACHE[id(state)] = (ref, n, block, *out)
+    return out
+
+
+def _fill_states(st: np.ndarray, states: Sequence, streams: Sequence[int], ns: Sequence[int],
+                 block: int, addr: Callable, levels: Callable, arg: str) -> None:
+    """Fill the STATE_DESC column `st` (one record per tensor) from the tensors' states: one
+    Python pass for their addresses (each state checked once, then cached), then whole
+    columns at once (field by field record writes cost ~0.5 ms per tensor: a 1000-tensor
+    group would spend its step time there)."""
+    m = len(states)
+    data, scl, alp = np.zeros(m, np.uint64), np.zeros(m, np.uint64), np.zeros(m, np.uint64)
+    groups: Dict[int, Tuple[np.ndarray, Any, list]] = {}
+    f32 = []
+    for i, (state, n) in enumerate(zip(states, ns)):
+        data[i], scl[i], alp[i], rec, lv = _state_fields(state, n, block, addr, arg)
+        if rec is None:
+            f32.append(i)
+        else:
+            groups.setdefault(id(rec), (rec, lv, []))[2].append(i)
     for rec, lv, idx in groups.values():
         st[idx] = rec[0]
         if lv is not None:
