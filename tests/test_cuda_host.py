@@ -536,3 +536,42 @@ def test_import_without_cupy(no_cupy):
     importlib.reload(lowfp.cuda)
     assert lowfp.cuda.available() is False
     assert lowfp.cuda.on_device(np.zeros(3)) is False
+
+
+def test_fresh_seeds_reach_the_device_path(monkeypatch):
+    """seed=None on a CUDA input draws its key on the host from lowfp's generator, in the same
+    order as the CPU calls would (so manual_seed makes CPU and GPU runs draw the same keys);
+    an explicit seed passes unchanged."""
+    pytest.importorskip("torch")
+    import lowfp._seed as lseed
+    import lowfp.cuda
+    import lowfp.cuda.codec
+
+    got = []
+
+    def recorder(position):  # where the seed is among the positional arguments
+        def record(*args, **kw):
+            got.append(kw["seed"] if "seed" in kw else args[position])
+            raise RuntimeError("recorded")
+        return record
+    monkeypatch.setattr(lowfp.cuda, "encode", recorder(None))
+    monkeypatch.setattr(lowfp.cuda, "quantize", recorder(None))
+    monkeypatch.setattr(lowfp.cuda.codec, "table_encode", recorder(3))
+    monkeypatch.setattr(lowfp.cuda, "quantize_blockwise_parts", recorder(5))
+    calls = [lambda s: lowfp.encode(FakeCudaTensor(), "e4m3", rounding="stochastic", seed=s),
+             lambda s: lowfp.quantize(FakeCudaTensor(), "e4m3", rounding="stochastic", seed=s),
+             lambda s: lowfp.Linear(4).encode(FakeCudaTensor(), rounding="stochastic", seed=s),
+             lambda s: lowfp.quantize_blockwise(FakeCudaTensor(), "mxfp4", rounding="stochastic",
+                                                seed=s)]
+    lowfp.manual_seed(1234)
+    want = [lseed.next_seed() for _ in calls]
+    lowfp.manual_seed(1234)
+    for call in calls:
+        with pytest.raises(RuntimeError, match="recorded"):
+            call(None)
+    assert got == want and len(set(want)) == len(want)
+    got.clear()
+    for call in calls:
+        with pytest.raises(RuntimeError, match="recorded"):
+            call(99)
+    assert got == [99] * len(calls)

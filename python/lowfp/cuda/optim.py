@@ -378,8 +378,10 @@ def check_plan(descs: np.ndarray, tile: int = 2048) -> Dict[str, Any]:
 def _check_capture() -> None:
     """A step cannot be captured in a CUDA graph (docs/gpu.md): say so instead of failing
     inside CuPy's upload."""
-    import torch
-
+    try:
+        import torch
+    except ImportError:  # CuPy arrays without torch: no torch capture to be inside of
+        return
     if torch.cuda.is_current_stream_capturing():
         raise RuntimeError("lowfp.optim: a CUDA step cannot be captured in a CUDA graph (its "
                            "descriptors and scalars are uploaded from the host at every step); "
