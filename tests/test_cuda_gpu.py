@@ -510,11 +510,16 @@ def test_torch_state_dict_transfer_with_cuda_states():
         for k in ("exp_avg", "exp_avg_sq"):
             assert sg["state"][i][k].device.type == "cuda"
             _assert_bits_equal(sc["state"][i][k], sg["state"][i][k], f"{i} {k}")
-    tg = torch.optim.AdamW(gpu, lr=1e-2)
+    tc, tg = torch.optim.AdamW(cpu, lr=1e-2), torch.optim.AdamW(gpu, lr=1e-2)
+    tc.load_state_dict(sc)
     tg.load_state_dict(sg)
+    assert all(v.device.type == "cuda" for st in tg.state.values() for k, v in st.items()
+               if k != "step")
+    oc2 = lowfp.optim.AdamW8bit(cpu, lr=1e-2, min_quant_size=0)
     og2 = lowfp.optim.AdamW8bit(gpu, lr=1e-2, min_quant_size=0)
+    oc2.load_torch_state_dict(tc.state_dict())
     og2.load_torch_state_dict(tg.state_dict())
-    for p in gpu:
-        for k in og.state[p]:
-            _assert_bits_equal(og.state[p][k], og2.state[p][k], k)
-            assert og2.state[p][k].device.type == ("cpu" if k == "step" else "cuda")
+    for a, b in zip(cpu, gpu):
+        for k in oc2.state[a]:
+            _assert_bits_equal(oc2.state[a][k], og2.state[b][k], k)
+            assert og2.state[b][k].device.type == ("cpu" if k == "step" else "cuda")
