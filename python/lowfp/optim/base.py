@@ -505,11 +505,13 @@ class PackedOptimizer(torch.optim.Optimizer):
         """CUDA steps that skip on the device (lowfp.cuda.optim.DeviceSkip): every entry on
         one CUDA device, plain tensors, nonfinite="skip", an optimizer whose groups step in
         fused kernels only. Opens the step (the check kernel) and returns True then."""
-        if not (self._DEVICE_SKIP and self._nonfinite == "skip" and entries
-                and all(e.views is not None and type(e.p) in _PLAIN for e in entries)):
-            return False
-        dev = entries[0].p.device
-        if dev.type != "cuda" or any(e.p.device != dev for e in entries):
+        dev = entries[0].p.device if entries else None
+        if not (self._DEVICE_SKIP and self._nonfinite == "skip" and dev is not None
+                and dev.type == "cuda" and all(e.views is not None and type(e.p) in _PLAIN
+                                               and e.p.device == dev for e in entries)):
+            if self._dskip is not None and self._dskip.pending:  # back to host checks
+                self._sync_skips()
+                self._refresh_counts(entries)
             return False
         if self._dskip is None or self._dskip.device != dev:
             self._sync_skips()
@@ -517,12 +519,17 @@ class PackedOptimizer(torch.optim.Optimizer):
         ds = self._dskip
         self._count_skips(len(ds.resolve(block=False)))
         ds.begin(entries)
-        for e in entries:  # counters a read-back corrected: their host mirrors too
+        self._refresh_counts(entries)
+        return True
+
+    def _refresh_counts(self, entries: List[_Entry]) -> None:
+        """Entries whose step counter a device read-back corrected: their host mirrors too."""
+        ds = self._dskip
+        for e in entries:
             if e.p in ds.dirty:
                 ds.dirty.discard(e.p)
                 if e.st is not None:
                     e.t = int(e.st["step"])
-        return True
 
     def _step_context(self, entries: List[_Entry], scalars_at: Any = None) -> dict:
         """Keyword arguments of a CUDA group step under the device skip (else none)."""
