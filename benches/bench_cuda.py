@@ -9,6 +9,7 @@ Needs CuPy and a CUDA device. Times are CUDA-event medians of 20 runs after 3 wa
 from __future__ import annotations
 
 import argparse
+import time
 
 import numpy as np
 
@@ -46,6 +47,7 @@ def main() -> None:
     c4 = lowfp.encode(x, "e2m1", overflow="saturate")
     p4 = lowfp.pack(c4, 4)
     q = lowfp.quantize_blockwise(x, "mxfp4")
+    dyn = lowfp.Dynamic(8)
     rows = [  # name, call, bytes read + written
         ("encode f32→e4m3 nearest", lambda: lowfp.encode(x, "e4m3"), 5 * n),
         ("encode f32→e4m3 stochastic",
@@ -56,6 +58,11 @@ def main() -> None:
         ("unpack 4-bit", lambda: lowfp.unpack(p4, 4, n), n + n // 2),
         ("quantize_blockwise mxfp4", lambda: lowfp.quantize_blockwise(x, "mxfp4"),
          4 * n + n // 2 + n // 32),
+        ("quantize_blockwise nvfp4", lambda: lowfp.quantize_blockwise(x, "nvfp4"),
+         4 * n + n // 2 + n // 16),
+        ("quantize_blockwise mxfp8 ocp",
+         lambda: lowfp.quantize_blockwise(x, "mxfp8", nonfinite="ocp"), 5 * n + n // 32),
+        ("decode Dynamic(8) table", lambda: dyn.decode(c8), 5 * n),
         ("dequantize mxfp4", q.dequantize, 4 * n + n // 2 + n // 32),
     ]
     print(f"| {'kernel':<30} | {'ms':>8} | {'GB/s':>7} | {'of copy':>7} |")
@@ -141,8 +148,8 @@ def optim_main() -> None:
     shapes = [(args.rows, 1000)] * args.tensors + [(1000,)] * 4
     n = sum(int(np.prod(s)) for s in shapes)
     print(f"device: {dev}; {len(shapes)} tensors, {n / 1e6:.1f}M float32 parameters")
-    print(f"| {'optimizer':<28} | {'ms/step':>8} | {'peak extra GiB':>14} |")
-    print(f"|{'-' * 30}|{'-' * 10}|{'-' * 16}|")
+    print(f"| {'optimizer':<28} | {'ms/step':>8} | {'host ms':>8} | {'peak extra GiB':>14} |")
+    print(f"|{'-' * 30}|{'-' * 10}|{'-' * 10}|{'-' * 16}|")
     for name, make in _optimizers(torch):
         torch.cuda.empty_cache()
         g = torch.Generator(device="cuda").manual_seed(0)
@@ -158,10 +165,12 @@ def optim_main() -> None:
             for _ in range(3):
                 step()
             start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            times = []
+            times, host = [], []
             for _ in range(10):
                 start.record()
+                t0 = time.perf_counter()
                 step()
+                host.append((time.perf_counter() - t0) * 1e3)  # the host's share: launches
                 stop.record()
                 stop.synchronize()
                 times.append(start.elapsed_time(stop))
@@ -169,7 +178,8 @@ def optim_main() -> None:
             print(f"| {name:<28} | failed: {type(e).__name__}: {str(e)[:60]}")
             continue
         peak = (torch.cuda.max_memory_allocated() - base) / 2**30
-        print(f"| {name:<28} | {float(np.median(times)):8.2f} | {peak:14.3f} |")
+        print(f"| {name:<28} | {float(np.median(times)):8.2f} | {float(np.median(host)):8.2f} | "
+              f"{peak:14.3f} |")
         del ps, step
 
 

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 import lowfp
+import lowfp._common
 from conftest import compile_host_driver, nvrtc_ptx
 from lowfp.codec import ROUNDINGS
 from lowfp.cuda._params import KINDS, MODES, SCALE_RULES, format_args
@@ -64,8 +65,13 @@ def host(tmp_path_factory):
     lib.lf_host_unpack.argtypes = [P, U64, U32, U64, P]
     lib.lf_host_blockwise.argtypes = [P, U64, U64, ctypes.c_int, U32, U32, I32, U32, P,
                                       ctypes.c_int, ctypes.c_float, ctypes.c_int, U64, U64, U32,
-                                      P, P, P]
+                                      ctypes.c_int, P, P, P, P]
     lib.lf_host_blockwise.restype = ctypes.c_float
+    lib.lf_host_blockwise_logq_rows.argtypes = [P, U64, U64, U64, U64, ctypes.c_int, U32,
+                                                ctypes.c_int, ctypes.c_int, ctypes.c_float,
+                                                ctypes.c_int, U64, U64, ctypes.c_int, P, P, P,
+                                                P, P]
+    lib.lf_host_blockwise_logq_rows.restype = ctypes.c_int
     return lib
 
 
@@ -296,37 +302,142 @@ BLOCKWISE = [
 ]
 
 
+def host_blockwise(lib, x, codec, block, scale, rounding, seed, stream, ocp=False):
+    """(tensor scale, float32 scales, packed codes, whether x had a non-finite block) of the
+    host build of the blockwise kernels, on flat float32 x."""
+    n = x.size
+    table = isinstance(codec, (lowfp.Linear, lowfp.Dynamic, lowfp.Log))
+    if table:
+        levels = np.ascontiguousarray(codec.levels, np.float32)
+        fa, elem_max, code_bits = (0, 0, 0, 0), 1.0, codec.bits
+    else:
+        f = lowfp.format(codec)
+        levels = np.zeros(1, np.float32)
+        fa, elem_max, code_bits = format_args(f, "saturate", "error", "clamp"), f.max, f.bits
+    codes = np.empty(n, np.uint8)
+    scales = np.empty(-(-n // block), np.float32)
+    packed = np.empty(lowfp._common.packed_len(n, code_bits), np.uint8)
+    nonfinite = U32(0)
+    g = lib.lf_host_blockwise(_ptr(x), n, block, SCALE_RULES[scale], *fa, _ptr(levels),
+                              levels.size, elem_max, MODES[rounding], seed, stream, code_bits,
+                              int(ocp), _ptr(codes), _ptr(scales), _ptr(packed),
+                              ctypes.byref(nonfinite))
+    return np.float32(g), scales, packed, bool(nonfinite.value)
+
+
+def _resolve(codec, block, scale):
+    if isinstance(codec, str) and codec in lowfp.PRESETS:
+        fmt_name, block, scale = lowfp.PRESETS[codec]
+        codec = fmt_name
+    return codec, block, scale
+
+
+def _assert_same_blockwise(host_out, q, what):
+    g, scales, packed, _ = host_out
+    assert g.view(np.uint32) == np.float32(q.global_scale).view(np.uint32), what
+    np.testing.assert_array_equal(scales.view(np.uint32), q._scales_f32().view(np.uint32),
+                                  err_msg=what)
+    np.testing.assert_array_equal(packed, q.codes, err_msg=what)
+
+
 @pytest.mark.parametrize("codec,block,scale", BLOCKWISE, ids=lambda v: repr(v))
 def test_blockwise_matches_rust(host, codec, block, scale):
     rng = np.random.default_rng(17)
     n = 100_000 + 13  # a short last block
     x = (rng.standard_normal(n) * np.exp2(rng.integers(-20, 20, n))).astype(np.float32)
     x[:block or 32] = 0.0  # an all-zero block
-    if isinstance(codec, str) and codec in lowfp.PRESETS:
-        fmt_name, block, scale = lowfp.PRESETS[codec]
-        codec = fmt_name
+    codec, block, scale = _resolve(codec, block, scale)
     table = isinstance(codec, (lowfp.Linear, lowfp.Dynamic, lowfp.Log))
     roundings = ("nearest", "stochastic") if table else ROUNDINGS
     for rounding in roundings:
         q = lowfp.quantize_blockwise(x, codec, block_size=block, scale=scale, rounding=rounding,
                                      seed=99, stream=4)
-        if table:
-            levels = np.ascontiguousarray(codec.levels, np.float32)
-            fa, elem_max, code_bits = (0, 0, 0, 0), 1.0, codec.bits
-        else:
-            f = lowfp.format(codec)
-            levels = np.zeros(1, np.float32)
-            fa, elem_max, code_bits = (format_args(f, "saturate", "error", "clamp"), f.max,
-                                       f.bits)
-        codes = np.empty(n, np.uint8)
-        scales = np.empty(-(-n // block), np.float32)
-        packed = np.empty(q.codes.size, np.uint8)
-        g = host.lf_host_blockwise(_ptr(x), n, block, SCALE_RULES[scale], *fa, _ptr(levels),
-                                   levels.size, elem_max, MODES[rounding], 99, 4, code_bits,
-                                   _ptr(codes), _ptr(scales), _ptr(packed))
-        assert np.float32(g).view(np.uint32) == np.float32(q.global_scale).view(np.uint32)
-        np.testing.assert_array_equal(scales.view(np.uint32), q._scales_f32().view(np.uint32))
-        np.testing.assert_array_equal(packed, q.codes, err_msg=f"{codec!r} {rounding}")
+        out = host_blockwise(host, x, codec, block, scale, rounding, 99, 4)
+        assert not out[3]
+        _assert_same_blockwise(out, q, f"{codec!r} {rounding}")
+
+
+def _with_nonfinite(n, block, seed):
+    """float32 values over many binades with NaN, +inf and -inf in a few blocks (one block
+    all NaN, one with a single inf among finite values larger than every other block's, so
+    that the e4m3 tensor scale must come from the finite values of the bad blocks too)."""
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal(n) * np.exp2(rng.integers(-10, 10, n))).astype(np.float32)
+    x[3 * block + 5] = np.nan
+    x[7 * block:8 * block] = np.nan
+    x[9 * block + 1] = np.inf
+    x[9 * block + 2] = np.float32(3e6)  # the largest finite value, in a bad block
+    x[n - 1] = -np.inf  # in the short last block
+    return x
+
+
+OCP_CASES = [("mxfp8", None, None), ("mxfp4", None, None), ("nvfp4", None, None),
+             ("float8_e4m3fn", 128, "absmax"), ("float4_e2m1fn", 32, "e8m0_rceil"),
+             ("float6_e2m3fn", 32, "e8m0_even"), ("float8_e5m2", 64, "e8m0_ceil"),
+             (lowfp.Linear(4), 64, "absmax"), (lowfp.Dynamic(8), 128, "e8m0")]
+
+
+@pytest.mark.parametrize("codec,block,scale", OCP_CASES, ids=lambda v: repr(v))
+def test_blockwise_nonfinite_ocp_matches_rust(host, codec, block, scale):
+    """nonfinite="ocp": blocks with NaN/±inf get the float32 NaN scale and the codes of a zero
+    block, the others (and the e4m3 tensor scale) as if they were not there: the same bits as
+    the Rust core, for every rounding mode."""
+    codec, block, scale = _resolve(codec, block, scale)
+    n = 40 * block + 11
+    x = _with_nonfinite(n, block, 23)
+    table = isinstance(codec, (lowfp.Linear, lowfp.Dynamic, lowfp.Log))
+    for rounding in (("nearest", "stochastic") if table else ROUNDINGS):
+        q = lowfp.quantize_blockwise(x, codec, block_size=block, scale=scale, rounding=rounding,
+                                     seed=5, stream=2, axis=None, nonfinite="ocp")
+        out = host_blockwise(host, x, codec, block, scale, rounding, 5, 2, ocp=True)
+        assert out[3]
+        _assert_same_blockwise(out, q, f"{codec!r} {rounding}")
+        assert np.isnan(out[1][[3, 7, 9, -1]]).all() and np.isfinite(out[1][:3]).all()
+
+
+@pytest.mark.parametrize("codec", [lowfp.Log(4, quantile=0.3), lowfp.Log(3, signed=True,
+                                                                          quantile=0.5),
+                                   lowfp.Log(2, zero=False, quantile=0.05)], ids=repr)
+@pytest.mark.parametrize("scale", ["absmax", "e8m0"])
+def test_quantile_log_rows_and_ocp_match_rust(host, codec, scale):
+    """Log(quantile=q) as the CUDA kernel lf_block_logq computes it: rows of a 2-D input
+    padded to whole blocks (axis=-1, bases from each block's real elements), and
+    nonfinite="ocp" (flat), against lowfp.quantize_blockwise on the CPU."""
+    rng = np.random.default_rng(31)
+    block, rows, row = 64, 37, 150  # 3 blocks per row, the last with 22 real elements
+    x = (rng.standard_normal((rows, row)) * np.exp2(rng.integers(-12, 12, (rows, 1)))
+         ).astype(np.float32)
+    x[5, :] = 0.0
+    per_row = -(-row // block)
+    padded = np.zeros((rows, per_row * block), np.float32)
+    padded[:, :row] = x
+    flat = np.ascontiguousarray(padded.reshape(-1)[:(rows - 1) * per_row * block + row])
+    for rounding in ("nearest", "stochastic"):
+        for data, r, ocp, axis in ((flat, row, False, -1), (_with_nonfinite(50 * block + 7, block,
+                                                                           3), 0, True, None)):
+            src = x if axis == -1 else data
+            q = lowfp.quantize_blockwise(src, codec, block_size=block, scale=scale,
+                                         rounding=rounding, seed=8, stream=6, axis=axis,
+                                         nonfinite="ocp" if ocp else "error")
+            n = data.size
+            nb = -(-n // block)
+            codes, scales = np.empty(n, np.uint8), np.empty(nb, np.float32)
+            alphas = np.empty(nb, np.float32)
+            packed = np.empty(lowfp._common.packed_len(n, codec.bits), np.uint8)
+            g = ctypes.c_float(0)
+            bad = host.lf_host_blockwise_logq_rows(
+                _ptr(data), n, block, r, per_row if r else 0, SCALE_RULES[scale], codec.bits,
+                codec.signed, codec.zero, codec.quantile, MODES[rounding], 8, 6, int(ocp),
+                _ptr(codes), _ptr(scales), _ptr(alphas), _ptr(packed), ctypes.byref(g))
+            assert bad == 0
+            what = f"{codec!r} {scale} {rounding} ocp={ocp}"
+            assert np.float32(g.value) == np.float32(q.global_scale), what
+            np.testing.assert_array_equal(scales.view(np.uint32),
+                                          q._scales_f32().view(np.uint32), err_msg=what)
+            np.testing.assert_array_equal(alphas.view(np.uint32),
+                                          np.asarray(q.alphas, np.float32).view(np.uint32),
+                                          err_msg=what)
+            np.testing.assert_array_equal(packed, q.codes, err_msg=what)
 
 
 # ---------------------------------------------------------------- the CUDA source itself
@@ -342,7 +453,8 @@ def test_kernels_compile_with_nvrtc_without_fma():
     assert "fma." not in text
     assert "div.approx" not in text and "div.full" not in text
     for name in ("lf_encode", "lf_decode", "lf_pack", "lf_unpack", "lf_table_encode",
-                 "lf_block_amax", "lf_block_codes", "lf_block_dequantize"):
+                 "lf_block_amax", "lf_block_codes", "lf_block_dequantize", "lf_block_logq",
+                 "lf_block_logq_levels", "lf_table_decode"):
         assert f".entry {name}(" in text
 
 
@@ -384,6 +496,8 @@ def test_cuda_tensor_without_cupy_says_what_to_install(no_cupy):
     x = FakeCudaTensor()
     for call in (lambda: lowfp.encode(x, "e4m3"), lambda: lowfp.quantize(x, "e4m3"),
                  lambda: lowfp.quantize_blockwise(x, "mxfp4"),
+                 lambda: lowfp.quantize_blockwise(x, "mxfp4", nonfinite="ocp"),
+                 lambda: lowfp.quantize_blockwise(x, lowfp.Log(4, quantile=0.1)),
                  lambda: lowfp.decode(FakeCudaTensor("uint8"), "e4m3"),
                  lambda: lowfp.pack(FakeCudaTensor("uint8"), 4)):
         with pytest.raises(ImportError, match=r"lowfp\[cuda\].*cupy-cuda12x"):
@@ -422,3 +536,42 @@ def test_import_without_cupy(no_cupy):
     importlib.reload(lowfp.cuda)
     assert lowfp.cuda.available() is False
     assert lowfp.cuda.on_device(np.zeros(3)) is False
+
+
+def test_fresh_seeds_reach_the_device_path(monkeypatch):
+    """seed=None on a CUDA input draws its key on the host from lowfp's generator, in the same
+    order as the CPU calls would (so manual_seed makes CPU and GPU runs draw the same keys);
+    an explicit seed passes unchanged."""
+    pytest.importorskip("torch")
+    import lowfp._seed as lseed
+    import lowfp.cuda
+    import lowfp.cuda.codec
+
+    got = []
+
+    def recorder(position):  # where the seed is among the positional arguments
+        def record(*args, **kw):
+            got.append(kw["seed"] if "seed" in kw else args[position])
+            raise RuntimeError("recorded")
+        return record
+    monkeypatch.setattr(lowfp.cuda, "encode", recorder(None))
+    monkeypatch.setattr(lowfp.cuda, "quantize", recorder(None))
+    monkeypatch.setattr(lowfp.cuda.codec, "table_encode", recorder(3))
+    monkeypatch.setattr(lowfp.cuda, "quantize_blockwise_parts", recorder(5))
+    calls = [lambda s: lowfp.encode(FakeCudaTensor(), "e4m3", rounding="stochastic", seed=s),
+             lambda s: lowfp.quantize(FakeCudaTensor(), "e4m3", rounding="stochastic", seed=s),
+             lambda s: lowfp.Linear(4).encode(FakeCudaTensor(), rounding="stochastic", seed=s),
+             lambda s: lowfp.quantize_blockwise(FakeCudaTensor(), "mxfp4", rounding="stochastic",
+                                                seed=s)]
+    lowfp.manual_seed(1234)
+    want = [lseed.next_seed() for _ in calls]
+    lowfp.manual_seed(1234)
+    for call in calls:
+        with pytest.raises(RuntimeError, match="recorded"):
+            call(None)
+    assert got == want and len(set(want)) == len(want)
+    got.clear()
+    for call in calls:
+        with pytest.raises(RuntimeError, match="recorded"):
+            call(99)
+    assert got == [99] * len(calls)

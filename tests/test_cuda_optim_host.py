@@ -36,7 +36,7 @@ KERNELS = ROOT / "python" / "lowfp" / "cuda" / "kernels"
 DRIVER = ROOT / "tests" / "cuda_host" / "optim_driver.cpp"
 EMULATOR = ROOT / "tests" / "cuda_host" / "optim_kernel_emu.cpp"
 P = ctypes.c_void_p
-U32, U64 = ctypes.c_uint32, ctypes.c_uint64
+U32, U64, I64 = ctypes.c_uint32, ctypes.c_uint64, ctypes.c_int64
 STEPS = 5
 
 
@@ -46,8 +46,10 @@ def host(tmp_path_factory):
     lib = compile_host_driver(tmp_path_factory.mktemp("cuda_optim_host"), DRIVER, KERNELS)
     lib.lf_host_state_desc_size.restype = U64
     lib.lf_host_tensor_desc_size.restype = U64
-    lib.lf_host_step.argtypes = [ctypes.c_int, P, U64, U32, U32, U64, ctypes.c_int]
+    lib.lf_host_step.argtypes = [ctypes.c_int, P, U64, U32, U32, U64, ctypes.c_int, P, I64, P,
+                                 I64, I64]
     lib.lf_host_step.restype = U32
+    lib.lf_host_check.argtypes = [P, U64, U32, P, U32]
     lib.lf_host_blockwise_logq.argtypes = [P, U64, U32, U32, ctypes.c_int, ctypes.c_int,
                                            ctypes.c_float, ctypes.c_int, U64, U64, P, P, P]
     lib.lf_host_blockwise_logq.restype = ctypes.c_int
@@ -67,7 +69,8 @@ def emu(tmp_path_factory):
     subprocess.run(cmd, check=True, capture_output=True, text=True)
     lib = ctypes.CDLL(str(out))
     lib.lf_emu_launch.argtypes = [U64, U64, ctypes.c_int, P, U64, U32, U32, U64, ctypes.c_int,
-                                  U32, U32, P]
+                                  U32, U32, P, P, I64, P, I64, I64]
+    lib.lf_emu_check.argtypes = [U64, P, U64, U32, P, U32]
     return lib
 
 
@@ -159,12 +162,14 @@ class _Mirror:
         """Step mirrored descriptors: the host driver, or the emulated kernel launch."""
         if self.emu is None:
             return self.lib.lf_host_step(copt.OPS[op], _ptr(descs), len(descs), block,
-                                         copt.tile_size(block), seed, int(stochastic))
+                                         copt.tile_size(block), seed, int(stochastic), None, 0,
+                                         None, 0, 0)
         plan = copt.launch_plan(op, descs, block, seed, stochastic)
         bad = np.zeros(1, np.uint32)
         assert plan["smem"] <= 48 * 1024  # the default dynamic shared memory limit
         rc = self.emu.lf_emu_launch(plan["grid"], plan["smem"], plan["args"][0],
-                                    _ptr(plan["meta"]), *plan["args"][1:], _ptr(bad))
+                                    _ptr(plan["meta"]), *plan["args"][1:], _ptr(bad), None, 0,
+                                    None, 0, 0)
         assert rc == 0
         return int(bad[0])
 
@@ -331,6 +336,21 @@ def test_emulated_kernel_launch_matches_rust(kernel_mirror, preset, rounding):
     assert kernel_mirror.calls == 2 * STEPS + STEPS + STEPS
 
 
+def test_emulated_launch_of_a_1000_tensor_group_matches_rust(kernel_mirror):
+    """One launch for a group of 1000 small tensors (float32 states below min_quant_size,
+    packed above) and one large one: the tile plan (prefix over 1000+ tensors, binary search
+    per tile) run through lf_optim_step equals Rust over 3 steps, float32 and bfloat16."""
+    rng = np.random.default_rng(8)
+    for dtype in (torch.float32, torch.bfloat16):
+        kernel_mirror.mirrors.clear()
+        torch.manual_seed(3)
+        sizes = [int(n) for n in rng.integers(1, 400, 1000)] + [70_001]
+        ps = [torch.nn.Parameter(torch.randn(n).to(dtype)) for n in sizes]
+        opt = lopt.AdamW8bit(ps, lr=1e-2, min_quant_size=200, rounding="stochastic", seed=9)
+        _run(opt, ps, steps=3)
+    assert kernel_mirror.calls == 6
+
+
 def _packed_state(codec, n, block, rounding, rng):
     """(spec, packed, scales, alphas) of random values, as lowfp.optim builds states."""
     spec = {"bits": 0, "signed": True, "zero": True, "alpha": 0.5, "quantile": 0.0,
@@ -399,7 +419,7 @@ def test_optim_kernels_compile_with_nvrtc_without_fma():
 
     text = nvrtc_ptx(copt.source(), "lowfp_optim.cu",
                      (*_loader.OPTIONS, "--gpu-architecture=compute_80"))
-    assert ".entry lf_optim_step(" in text
+    assert ".entry lf_optim_step(" in text and ".entry lf_optim_check(" in text
     assert "fma." not in text
     ops = set(re.findall(r"\b(?:div|sqrt)\.\w+\.f(?:32|64)", text))
     assert ops and all(".rn." in op for op in ops), ops
@@ -419,3 +439,170 @@ def test_cuda_entry_points_without_cupy_or_with_host_arrays(monkeypatch):
                  lambda: copt.muon_momentum(p, p, 0.9, True, 256, 0, 0)):
         with pytest.raises(ImportError, match=r"lowfp\[cuda\]"):
             call()
+
+
+# ---------------------------------------------------------------- device skip
+
+
+class _FakeEvent:
+    """A CUDA event that completes `lag` steps after it was recorded (the host runs ahead)."""
+
+    clock, lag = 0, 0
+
+    def record(self, stream=None):
+        self.at = _FakeEvent.clock
+
+    def query(self):
+        return _FakeEvent.clock - self.at >= _FakeEvent.lag
+
+    def synchronize(self):
+        pass  # the emulated device has finished: waiting is instant
+
+
+class _FakeTorch:
+    """torch for DeviceSkip on the host: CPU tensors, pinned memory as plain memory, events
+    from _FakeEvent."""
+
+    int32 = torch.int32
+    cuda = type("cuda", (), {"Event": _FakeEvent,
+                             "current_stream": staticmethod(lambda device: None)})
+
+    @staticmethod
+    def zeros(*shape, dtype, device):
+        return torch.zeros(*shape, dtype=dtype)
+
+    @staticmethod
+    def empty(*shape, dtype, pin_memory=False):
+        return torch.empty(*shape, dtype=dtype)
+
+
+class _Entry:
+    def __init__(self, p, g, kind):
+        self.p, self.views, self.t = p, (None, g, kind, None), 0
+        self.st = {"step": torch.zeros(())}
+
+
+@pytest.mark.parametrize("op", ["adamw", "sgd"])
+@pytest.mark.parametrize("lag,steps", [(0, 6), (2, 12), (1000, 34)])
+def test_device_skip_protocol_matches_rust_skipping_on_the_host(host, emu, op, lag, steps):
+    """The device skip end to end on the host: DeviceSkip (ring bits, pending masks, scalar
+    table, read-back with the host `lag` steps ahead; lag 1000 uses up the 30 bits and makes
+    the host wait) with lf_optim_check and lf_optim_step emulated, against the Rust core
+    stepping only the finite steps with the true step numbers: parameters and packed states
+    equal after every step, and the read-back corrects the step counters and counts the skips.
+    """
+    _FakeEvent.clock, _FakeEvent.lag = 0, lag
+    rng = np.random.default_rng(11)
+    block, seed = 128, 21
+    ds = copt.DeviceSkip(type("dev", (), {"type": "cuda", "index": 0})(), torch=_FakeTorch)
+
+    def check(descs, cp):  # lf_optim_check, emulated, into the CPU word
+        plan = copt.check_plan(descs)
+        emu.lf_emu_check(plan["grid"], _ptr(plan["meta"]), len(descs), plan["tile"],
+                         ds.word.data_ptr(), ds.bit)
+    ds._launch_check = check
+    kinds = ("float32", "bfloat16")
+    rust, dev, entries = [], [], []
+    for i, kind in enumerate(kinds):
+        n = 2000 + 701 * i
+        w = rng.standard_normal(n).astype(np.float32)
+        if kind == "bfloat16":
+            w = (w.view(np.uint32) >> 16).astype(np.uint16)
+        codecs = ((lowfp.Linear(8), lowfp.Log(3, zero=False, quantile=0.05)) if op == "adamw"
+                  else (lowfp.Dynamic(8),))
+        sts = [_packed_state(c, n, block, "stochastic", rng) for c in codecs]
+        rust.append([w, sts])
+        dev.append([w.copy(), [(st[0], *(a.copy() for a in st[1:])) for st in sts]])
+        entries.append(_Entry(i, None, kind))
+    nan_steps = {3, 4, 7, 8, 9, 20, 21, 30}
+    b1, b2, lr = 0.9, 0.99, 1e-2
+
+    def scalars_at(t):
+        return (1 - lr * 0.01, 0.0, 1 - b1, b2, 1 - b2, 1e-8, lr / (1 - b1**t),
+                (1 - b2**t) ** 0.5)
+    t_true = 0
+    for s in range(1, steps + 1):
+        grads = []
+        for (w, _), kind in zip(rust, kinds):
+            g = rng.standard_normal(w.size).astype(np.float32)
+            if kind == "bfloat16":
+                g = (g.view(np.uint32) >> 16).astype(np.uint16)
+            grads.append(g)
+        if s in nan_steps:
+            grads[s % 2][s * 7 % grads[s % 2].size] = 0x7FC0 if s % 2 else np.float32(np.inf)
+        for e, g in zip(entries, grads):
+            e.views = (None, torch.from_numpy(g.view(np.int16) if g.dtype == np.uint16 else g),
+                       e.views[2], None)
+        ds.begin(entries)  # reads back what completed, opens the step, launches the check
+        for e in entries:
+            if e.p in ds.dirty:
+                ds.dirty.discard(e.p)
+                e.t = int(e.st["step"])
+            e.st["step"] += 1  # the host counts the step before it knows
+            e.t += 1
+        items = []
+        for i, ((w, sts), e, g) in enumerate(zip(dev, entries, grads)):
+            stream = (e.t << 32) | (i << 2)
+            if op == "adamw":
+                items.append((w, g, sts[0], sts[1], scalars_at(e.t), (stream, stream | 1),
+                              stream | 2, kinds[i]))
+            else:
+                items.append((w, g, sts[0], (0.05, 0.9, 1.0, 1e-3), True, e.t == 1, stream,
+                              stream | 2, kinds[i]))
+        addr = lambda a, arg: a.ctypes.data  # noqa: E731
+        build = copt.adamw_descs if op == "adamw" else copt.sgd_descs
+        descs = build(items, block, addr, lambda lv: lv.ctypes.data)
+        ctx = ds.context([e.p for e in entries], [e.t for e in entries],
+                         scalars_at if op == "adamw" else None)
+        descs["pending"] = ctx.pending
+        plan = copt.launch_plan(op, descs, block, seed, True, ctx.tab)
+        bad = np.zeros(1, np.uint32)
+        tab_ptr = (plan["meta"].ctypes.data + plan["tab_offset"]) if ctx.tab is not None else None
+        ntab = 0 if ctx.tab is None else len(ctx.tab)
+        assert emu.lf_emu_launch(plan["grid"], plan["smem"], plan["args"][0], _ptr(plan["meta"]),
+                                 *plan["args"][1:], _ptr(bad), ds.word.data_ptr(), ctx.bit,
+                                 tab_ptr, ctx.t0, ntab) == 0
+        assert bad[0] == 0
+        ds.end(entries)
+        _FakeEvent.clock += 1
+        if s not in nan_steps:  # the reference: Rust steps the finite steps only
+            t_true += 1
+            ref = []
+            for i, ((w, sts), g) in enumerate(zip(rust, grads)):
+                stream = (t_true << 32) | (i << 2)
+                if op == "adamw":
+                    ref.append((w, g, sts[0], sts[1], scalars_at(t_true), (stream, stream | 1),
+                                stream | 2, kinds[i]))
+                else:
+                    ref.append((w, g, sts[0], (0.05, 0.9, 1.0, 1e-3), True, t_true == 1,
+                                stream, stream | 2, kinds[i]))
+            getattr(lowfp._core, f"{op}_step_group")(ref, block, seed, True)
+        for (wr, sr), (wd, sd) in zip(rust, dev):
+            np.testing.assert_array_equal(wd, wr, err_msg=f"step {s} param")
+            for a, b in zip(sr, sd):
+                for x, y in zip(a[1:], b[1:]):
+                    np.testing.assert_array_equal(y.view(np.uint8), x.view(np.uint8),
+                                                  err_msg=f"step {s} state")
+    ds.resolve(block=True)
+    assert ds.skipped == len(nan_steps & set(range(1, steps + 1)))
+    assert not ds.pending and not ds.masks
+    assert [int(e.st["step"]) for e in entries] == [t_true] * len(entries)
+
+
+def test_descriptor_cache_follows_the_state_objects():
+    """A state's checked addresses are cached per object: a new state (even one reusing a dead
+    state's id) gets its own addresses and its own checks."""
+    spec = {"codec": "dynamic", "bits": 8, "signed": True, "block": 128, "scale": "absmax",
+            "rounding": "nearest"}
+    p = np.zeros(1000, np.float32)
+    addr, lv = (lambda a, arg: a.ctypes.data), (lambda a: 0)
+    for _ in range(20):  # ids of dead tuples are reused: the cache must notice
+        st = (spec, np.zeros(1000, np.uint8), np.zeros(8, np.float32), np.zeros(0, np.float32))
+        d = copt.sgd_descs([(p, p, st, (0.1,) * 4, False, True, 1 << 32, 1 << 32 | 2,
+                             "float32")], 128, addr, lv)
+        assert d["st"][0, 0]["data"] == st[1].ctypes.data
+        assert d["st"][0, 0]["scales"] == st[2].ctypes.data
+        del st
+    bad = (spec, np.zeros(999, np.uint8), np.zeros(8, np.float32), np.zeros(0, np.float32))
+    with pytest.raises(ValueError, match="momentum_buffer: expected 1000 elements, got 999"):
+        copt.sgd_descs([(p, p, bad, (0.1,) * 4, False, True, 0, 0, "float32")], 128, addr, lv)

@@ -16,16 +16,31 @@ from typing import Any
 
 
 def quantize_blockwise(x: Any, codec: Any, block_size: int, scale: str, rounding: str, seed: int,
-                       stream: int):
+                       stream: int, nonfinite: str = "error", probe: Any = None):
     """Device half of :func:`lowfp.quantize_blockwise` (arguments already resolved and
-    validated there): a QTensor whose codes and scales are arrays on x's device."""
-    from . import cuda
-    from .qtensor import QTensor
+    validated there): a QTensor whose codes, scales (and bases) are arrays on x's device.
 
-    packed, scales, g = cuda.quantize_blockwise_parts(x, codec, int(block_size), scale,
-                                                      rounding, int(seed), int(stream))
-    return QTensor(packed, scales, None, g, tuple(x.shape), codec, int(block_size), scale,
-                   rounding)
+    x: flat in the stored order when `probe` (the QTensor being built: shape, axis) says the
+    rows are padded, else of any shape; nonfinite: "error" or "ocp"."""
+    from . import cuda
+    from .qtensor import QTensor, _nonfinite_error
+
+    row = 0
+    shape = tuple(x.shape)
+    if probe is not None:
+        rows, n, padded = probe._rows()
+        row = n if probe.axis is not None and rows > 1 and padded != n else 0
+        shape = tuple(probe.shape)
+    try:
+        packed, scales, g, alphas = cuda.quantize_blockwise_parts(
+            x, codec, int(block_size), scale, rounding, int(seed), int(stream), nonfinite, row)
+    except ValueError as e:
+        if probe is None or "needs finite values" not in str(e):
+            raise
+        raise _nonfinite_error(e, probe) from None
+    axis = None if probe is None else probe.axis
+    return QTensor(packed, scales, alphas, g, shape, codec, int(block_size), scale, rounding,
+                   axis)
 
 
 def dequantize(q: Any):

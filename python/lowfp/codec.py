@@ -783,7 +783,11 @@ class _TableCodec(TableCodec):
         """
         kind = _result_dtype(dtype)
         lv = self.levels
-        if _is_torch(codes) and codes.device.type != "cpu":
+        if _on_cuda(codes):  # CUDA torch tensors and CuPy arrays: lowfp.cuda's kernel
+            from .cuda.codec import table_decode
+
+            return table_decode(lv, codes, kind)
+        if _is_torch(codes) and codes.device.type != "cpu":  # other torch devices: a gather
             import torch
 
             if codes.dtype != torch.uint8:
@@ -792,9 +796,6 @@ class _TableCodec(TableCodec):
                 raise ValueError(f"codes: expected codes < {lv.size}, got {int(codes.max())}")
             table = torch.tensor(lv, device=codes.device)
             return table[codes.long()].to(getattr(torch, kind))
-        if _on_cuda(codes):
-            raise TypeError("codes: CuPy arrays are not supported by table decode; pass a "
-                            "torch tensor or a NumPy array")
         c, from_torch = _uint8_input(codes, "codes", "codes")
         if c.size and int(c.max()) >= lv.size:
             raise ValueError(f"codes: expected codes < {lv.size}, got {int(c.max())}")

@@ -414,7 +414,6 @@ def quantize_blockwise(
             0xFF under "e8m0", "e8m0_ceil", "e8m0_even" and "e8m0_rceil"; a float32 NaN under
             "absmax"; the E4M3 NaN code 0x7F under "e4m3", whose tensor scale comes from the
             finite values only. Other blocks are quantized as if the bad one were not there.
-            CPU only for now (CUDA input raises ValueError).
 
     Returns:
         A :class:`QTensor` (dequantizes to x's shape, as a torch tensor for torch input).
@@ -442,18 +441,15 @@ def quantize_blockwise(
     if _on_cuda(x):
         from . import _blockwise_cuda as cuda
 
-        if nonfinite != "error":
-            raise ValueError("nonfinite: 'ocp' runs on the CPU only so far; quantize a CPU "
-                             "copy, or use nonfinite='error'")
         probe = QTensor(np.empty(0, np.uint8), np.empty(0, np.float32), None, 1.0, shape, codec,
                         int(block_size), scale, rounding, ax)
         _core.blockwise_layout(probe._spec(), 0)  # validates codec, block size, scale, rounding
         if probe._count() == probe.size and probe._moved_shape() == shape:
-            q = cuda.quantize_blockwise(x, codec, int(block_size), scale, rounding, seed, stream)
+            xs = x
         else:  # rows padded on the device, then the stored order quantized flat
-            x32 = x.float() if _is_torch(x) else x.astype("float32")
-            q = cuda.quantize_blockwise(_pad_rows(x32, probe), codec, int(block_size), scale,
-                                        rounding, seed, stream)
+            xs = _pad_rows(x.float() if _is_torch(x) else x.astype("float32"), probe)
+        q = cuda.quantize_blockwise(xs, codec, int(block_size), scale, rounding, seed, stream,
+                                    nonfinite, probe)
         q.shape, q.axis = shape, ax
         return q
     a, kind, _ = _float_input(x)

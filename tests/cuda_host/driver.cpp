@@ -3,6 +3,8 @@
 // per-element functions the kernels use are checked bit for bit against the Rust core.
 // Each entry point loops over elements exactly like the matching kernel in
 // python/lowfp/cuda/kernels/lowfp_kernels.cu does per thread.
+#include <vector>
+
 #include "lowfp_elem.cuh"
 
 extern "C" {
@@ -77,37 +79,36 @@ void lf_host_unpack(const lf_u8* packed, lf_u64 len, lf_u32 k, lf_u64 n, lf_u8* 
     for (lf_u64 i = 0; i < n; ++i) out[i] = lf_unpack_code(packed, len, k, i);
 }
 
-// Blockwise quantize, the three kernels of lowfp.cuda in sequence: block scales, element codes
-// (normalized x / (s·g), ExMy or table), then packing. Returns the tensor scale g.
-// exmy: the element format (exp_bits > 0) else the table `levels`. `codes` is scratch (n).
+// Blockwise quantize, the kernels of lowfp.cuda in sequence: block amax keys, the tensor
+// scale, block scales, element codes (normalized x / (s·g), ExMy or table), then packing.
+// Returns the tensor scale g. exmy: the element format (exp_bits > 0) else the table
+// `levels`. `codes` is scratch (n). ocp: nonfinite="ocp" (marked blocks: zeros, NaN scale);
+// else the return value is meaningless when *nonfinite is set.
 float lf_host_blockwise(const float* x, lf_u64 n, lf_u64 block, int rule, lf_u32 exp_bits,
                         lf_u32 man_bits, lf_i32 bias, lf_u32 flags, const float* levels,
                         int nlev, float elem_max, int mode, lf_u64 seed, lf_u64 stream,
-                        lf_u32 code_bits, lf_u8* codes, float* scales, lf_u8* packed) {
+                        lf_u32 code_bits, int ocp, lf_u8* codes, float* scales, lf_u8* packed,
+                        lf_u32* nonfinite) {
     bool exmy = exp_bits > 0;
-    float global = 1.0f;
-    if (rule == LF_SCALE_E4M3) {
-        lf_u32 m = 0;
-        for (lf_u64 i = 0; i < n; ++i) {
-            lf_u32 b = lf_f32_bits(x[i]) & 0x7FFFFFFFu;
-            m = b > m ? b : m;
-        }
-        float g = lf_f32_from_bits(m) / (elem_max * 448.0f);
-        global = (g > 0.0f && g <= 3.4028234663852886e38f) ? g : 1.0f;
-    }
-    lf_enc f = exmy ? lf_make_enc(exp_bits, man_bits, bias, flags) : lf_enc_f16();
     lf_u64 nb = (n + block - 1) / block;
+    std::vector<lf_u32> keys(nb);
+    lf_u32 finite = 0;
+    *nonfinite = 0;
+    for (lf_u64 b = 0; b < nb; ++b) {  // lf_block_amax
+        lf_u64 lo = b * block, hi = lo + block < n ? lo + block : n;
+        keys[b] = lf_amax_key_of(x + lo, hi - lo);
+        if (keys[b] & LF_AMAX_NONFINITE) *nonfinite = 1;
+        lf_u32 f = keys[b] & 0x7FFFFFFFu;
+        finite = f > finite ? f : finite;
+    }
+    float global = lf_global_scale_of(rule, finite, elem_max);  // lf_global_scale
+    lf_enc f = exmy ? lf_make_enc(exp_bits, man_bits, bias, flags) : lf_enc_f16();
     for (lf_u64 b = 0; b < nb; ++b) {
         lf_u64 lo = b * block, hi = lo + block < n ? lo + block : n;
-        lf_u32 m = 0;
-        for (lf_u64 i = lo; i < hi; ++i) {
-            lf_u32 v = lf_f32_bits(x[i]) & 0x7FFFFFFFu;
-            m = v > m ? v : m;
-        }
-        float s = lf_block_scale(rule, lf_f32_from_bits(m), elem_max, exmy, man_bits, global);
+        float s = lf_block_scale_key(rule, keys[b], elem_max, exmy, man_bits, global);
         scales[b] = s;
         float sd = s * global;
-        for (lf_u64 i = lo; i < hi; ++i) {
+        for (lf_u64 i = lo; i < hi; ++i) {  // lf_block_codes
             float y = lf_block_normalize(x[i], sd);
             lf_u32 r = mode == LF_STOCHASTIC ? lf_random_u32(seed, stream, i) : 0u;
             if (exmy) {
@@ -120,8 +121,49 @@ float lf_host_blockwise(const float* x, lf_u64 n, lf_u64 block, int rule, lf_u32
             }
         }
     }
+    (void)ocp;  // the codes of a marked block follow from its NaN scale (y = 0)
     lf_host_pack(codes, n, code_bits, packed);
     return global;
+}
+
+// Blockwise quantize with a Log(quantile=q) codec, as the kernels lf_block_amax,
+// lf_global_scale and lf_block_logq do it, then packing. row > 0: rows of `row` real
+// elements padded to `per_row` blocks. Returns 1 when some block's levels collide.
+int lf_host_blockwise_logq_rows(const float* x, lf_u64 n, lf_u64 block, lf_u64 row,
+                                lf_u64 per_row, int rule, lf_u32 bits, int is_signed, int zero,
+                                float quantile, int mode, lf_u64 seed, lf_u64 stream, int ocp,
+                                lf_u8* codes, float* scales, float* alphas, lf_u8* packed,
+                                float* global_out) {
+    lf_u64 nb = (n + block - 1) / block;
+    std::vector<lf_u32> keys(nb);
+    lf_u32 finite = 0;
+    for (lf_u64 b = 0; b < nb; ++b) {
+        lf_u64 lo = b * block, hi = lo + block < n ? lo + block : n;
+        keys[b] = lf_amax_key_of(x + lo, hi - lo);
+        lf_u32 f = keys[b] & 0x7FFFFFFFu;
+        finite = f > finite ? f : finite;
+    }
+    float g = lf_global_scale_of(rule, finite, 1.0f);
+    *global_out = g;
+    int bad = 0;
+    float lv[LF_MAX_LOG_LEVELS];
+    for (lf_u64 b = 0; b < nb; ++b) {  // lf_block_logq, one block per thread there
+        lf_u64 lo = b * block;
+        lf_u32 blen = (lf_u32)(lo + block < n ? block : n - lo);
+        lf_u32 real = blen;
+        if (row > 0) {
+            lf_u64 at = (b % per_row) * block;
+            real = (lf_u32)(row - at < blen ? row - at : blen);
+        }
+        bool marked = (keys[b] & LF_AMAX_NONFINITE) != 0;
+        if (!lf_logq_block(x + lo, blen, real, ocp && marked, rule, g, bits, is_signed != 0,
+                           zero != 0, quantile, mode, seed, stream, lo, lv, codes + lo,
+                           scales + b, alphas + b))
+            bad = 1;
+        if (ocp && marked) scales[b] = lf_f32_from_bits(LF_F32_NAN_BITS);
+    }
+    lf_host_pack(codes, n, bits, packed);
+    return bad;
 }
 
 }  // extern "C"

@@ -14,9 +14,12 @@ lf_u64 lf_host_state_desc_size() { return sizeof(lf_state_desc); }
 lf_u64 lf_host_tensor_desc_size() { return sizeof(lf_tensor_desc); }
 
 // One fused step over `count` tensors; tiles of `tile` elements (a multiple of `block`).
-// Returns the OR of the bad flags (1: log levels collided).
+// word, bit, tab, t0, ntab: the device-skip context (lf_step_ctx; word null: none).
+// Returns the OR of the bad flags (1: log levels collided; 8: a step number outside tab).
 lf_u32 lf_host_step(int op, const lf_tensor_desc* descs, lf_u64 count, lf_u32 block,
-                    lf_u32 tile, lf_u64 seed, int param_stochastic) {
+                    lf_u32 tile, lf_u64 seed, int param_stochastic, const lf_u32* word,
+                    lf_i64 bit, const double* tab, lf_i64 t0, lf_i64 ntab) {
+    lf_step_ctx ctx = {word, bit, tab, t0, ntab};
     lf_u32 bad = 0;
     lf_u32 nb = tile / block;
     std::vector<float> vals0(tile), vals1(tile), lev0((lf_u64)nb * LF_MAX_LEVELS),
@@ -32,7 +35,8 @@ lf_u32 lf_host_step(int op, const lf_tensor_desc* descs, lf_u64 count, lf_u32 bl
     sc.amax = amax.data();
     sc.sel = sel.data();
     for (lf_u64 t = 0; t < count; ++t) {
-        const lf_tensor_desc& d = descs[t];
+        lf_tensor_desc d;
+        if (!lf_resolve_step(descs[t], ctx, &d, &bad)) continue;
         for (lf_u64 start = 0; start < d.n; start += tile) {
             lf_u32 len = (lf_u32)(d.n - start < tile ? d.n - start : tile);
             lf_step_tile(op, d, start, len, block, seed, param_stochastic != 0, sc, &bad);
@@ -41,8 +45,20 @@ lf_u32 lf_host_step(int op, const lf_tensor_desc* descs, lf_u64 count, lf_u32 bl
     return bad;
 }
 
+// The non-finite check of a step (lf_check_tile over every tile): ORs 1 << bit into *word
+// when a gradient element is NaN or ±inf.
+void lf_host_check(const lf_tensor_desc* descs, lf_u64 count, lf_u32 tile, lf_u32* word,
+                   lf_u32 bit) {
+    for (lf_u64 t = 0; t < count; ++t)
+        for (lf_u64 start = 0; start < descs[t].n; start += tile) {
+            lf_u32 len = (lf_u32)(descs[t].n - start < tile ? descs[t].n - start : tile);
+            if (descs[t].grad) lf_check_tile(descs[t], start, len, word, 1u << bit);
+        }
+}
+
 // Blockwise quantization with a log codec whose base comes from a quantile of each block
-// (rust/block.rs quantize_group with Elem::Log { quantile > 0 }): scales, bases, packed codes.
+// (rust/block.rs quantize_group with Elem::Log { quantile > 0 }), absmax scales, flat: the
+// per-block function lf_logq_block the kernel lf_block_logq runs, then packing.
 // Returns 1 when some block's levels collide, else 0.
 int lf_host_blockwise_logq(const float* x, lf_u64 n, lf_u32 block, lf_u32 bits, int is_signed,
                            int zero, float quantile, int mode, lf_u64 seed, lf_u64 stream,
@@ -50,34 +66,13 @@ int lf_host_blockwise_logq(const float* x, lf_u64 n, lf_u32 block, lf_u32 bits, 
     int bad = 0;
     std::vector<lf_u8> codes(n);
     std::vector<float> lv(LF_MAX_LEVELS);
-    lf_u32 nz = lf_log_nonzero(bits, is_signed != 0, zero != 0);
-    lf_i32 nlev = (lf_i32)lf_log_nlev(bits, is_signed != 0, zero != 0);
     for (lf_u64 lo = 0; lo < n; lo += block) {
         lf_u32 blen = (lf_u32)(n - lo < block ? n - lo : block);
-        lf_u32 m = 0;
-        for (lf_u32 j = 0; j < blen; ++j) {
-            lf_u32 v = lf_f32_bits(x[lo + j]) & 0x7FFFFFFFu;
-            m = v > m ? v : m;
-        }
-        float amax = lf_f32_from_bits(m);
-        float v = 1.0f;
-        if (amax > 0.0f) {
-            lf_u32 k = lf_quantile_rank(quantile, blen);
-            v = lf_f32_from_bits(lf_kth_smallest_abs_bits(x + lo, blen, k)) / amax;
-        }
-        float a = lf_f32_from_bits(lf_alpha_from_quantile_bits(v, nz));
-        if (!lf_log_levels(bits, is_signed != 0, zero != 0, a, lv.data())) bad = 1;
         lf_u64 b = lo / block;
-        float s = amax / 1.0f;
-        scales[b] = s;
-        alphas[b] = a;
-        for (lf_u32 j = 0; j < blen; ++j) {
-            float y = lf_block_normalize(x[lo + j], s);
-            codes[lo + j] = mode == LF_STOCHASTIC
-                                ? lf_table_stochastic(lv.data(), nlev, y,
-                                                      lf_random_u32(seed, stream, lo + j))
-                                : lf_table_nearest(lv.data(), nlev, y);
-        }
+        if (!lf_logq_block(x + lo, blen, blen, false, LF_SCALE_ABSMAX, 1.0f, bits,
+                           is_signed != 0, zero != 0, quantile, mode, seed, stream, lo,
+                           lv.data(), codes.data() + lo, scales + b, alphas + b))
+            bad = 1;
     }
     lf_u64 len = lf_packed_len(n, bits);
     for (lf_u64 j = 0; j < len; ++j) packed[j] = lf_pack_byte(codes.data(), n, bits, j);

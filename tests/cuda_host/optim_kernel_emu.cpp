@@ -33,6 +33,7 @@ inline unsigned atomicAdd(unsigned* a, unsigned v) {
     return o;
 }
 inline float __fsqrt_rn(float x) { return __builtin_sqrtf(x); }
+inline int __popc(unsigned x) { return __builtin_popcount(x); }
 
 // The dynamic shared memory of one block (the kernel's `extern __shared__ float lf_smem[]`).
 float lf_smem[1 << 14];
@@ -45,15 +46,26 @@ extern "C" {
 int lf_emu_launch(unsigned long long grid, unsigned long long smem, int op,
                   const unsigned char* meta, unsigned long long count, unsigned block,
                   unsigned tile, unsigned long long seed, int param_stochastic, unsigned nlev0,
-                  unsigned nlev1, unsigned* bad) {
+                  unsigned nlev1, unsigned* bad, const unsigned* word, long long bit,
+                  const double* tab, long long t0, long long ntab) {
     if (smem > sizeof(lf_smem)) return 2;
     for (unsigned long long b = 0; b < grid; ++b) {
         blockIdx.x = (unsigned)b;
         // poison the shared memory: the kernel must not rely on leftovers
         for (unsigned long long i = 0; i < sizeof(lf_smem) / 4; ++i) lf_smem[i] = -7.25f;
-        lf_optim_step(op, meta, count, block, tile, seed, param_stochastic, nlev0, nlev1, bad);
+        lf_optim_step(op, meta, count, block, tile, seed, param_stochastic, nlev0, nlev1, bad,
+                      word, bit, tab, t0, ntab);
     }
     return 0;
+}
+
+// The check kernel over the same grid.
+void lf_emu_check(unsigned long long grid, const unsigned char* meta, unsigned long long count,
+                  unsigned tile, unsigned* word, unsigned bit) {
+    for (unsigned long long b = 0; b < grid; ++b) {
+        blockIdx.x = (unsigned)b;
+        lf_optim_check(meta, count, tile, word, bit);
+    }
 }
 
 }  // extern "C"

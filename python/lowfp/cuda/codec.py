@@ -333,14 +333,54 @@ def table_encode(levels: np.ndarray, x: Any, rounding: str, seed: int, stream: i
     return out
 
 
+def table_decode(levels: np.ndarray, codes: Any, kind: str = "float32"):
+    """Values of a table codec's uint8 codes on the device (``Linear/Dynamic/Log.decode``):
+    float32 levels gathered, then widened (float64, exact) or rounded once to nearest even
+    (float16, bfloat16 for torch), in the caller's type. ValueError names the first code with
+    no level (one synchronization)."""
+    _check_dtype(codes, "codes", ("uint8",), "uint8 codes")
+    if kind not in ("float32", "float64", "float16", "bfloat16"):
+        raise ValueError(f"dtype: expected float32, float64, float16 or bfloat16, got {kind}")
+    if kind == "bfloat16" and not is_torch_cuda(codes):
+        raise ValueError("dtype: CuPy has no bfloat16; use float32")
+    c, _ = _to_cupy(codes, "codes")
+    lv = _device_levels(levels, codes)
+    out, o = _empty(codes, tuple(c.shape), "float32")
+    flags = _Flags(codes)
+    n = c.size
+    _launch("lf_table_decode", n, (c, _u64(n), lv, np.int32(lv.size), o, flags.bad,
+                                   flags.first), codes)
+    if n and lv.size < 256:
+        bad, i = flags.read()
+        if bad:
+            v = int(c.reshape(-1)[i].item())
+            raise ValueError(f"codes: element {i} is {v}, but the codec has {lv.size} levels "
+                             f"(codes 0..{lv.size - 1})")
+    if kind == "float32":
+        return out
+    if is_torch_cuda(out):
+        import torch
+
+        return out.to(getattr(torch, kind))
+    return out.astype(kind)
+
+
 # ---------------------------------------------------------------- blockwise
 
 
 def quantize_blockwise_arrays(x: Any, elem, levels: Optional[np.ndarray], elem_max: float,
                               code_bits: int, block: int, scale: str, rounding: str, seed: int,
-                              stream: int):
-    """(packed codes, float32 scales, tensor scale g as a device float32) of a float32 device
-    array; `elem` is the element Format (None for a table codec with `levels`)."""
+                              stream: int, nonfinite: str = "error",
+                              logq: Optional[Tuple[int, bool, bool, float]] = None,
+                              row: int = 0):
+    """(packed codes, float32 scales, tensor scale g as a float, bases or None) of a float32
+    device array; `elem` is the element Format (None for a table codec with `levels`, or for
+    a log codec with a per-block base: `logq` = (bits, signed, zero, quantile)).
+
+    nonfinite: "error" raises ValueError naming the first NaN/±inf (in the stored order; one
+    synchronization); "ocp" gives such blocks a NaN scale and zero-block codes (no read-back
+    but the tensor scale's). row: rows of `row` real elements padded to whole blocks (the
+    layout of ``axis=``; 0 = flat), which only the per-block bases need."""
     cp = _loader.cupy()
     a, kind = _to_cupy(x, "x")
     if kind != "float32":
@@ -351,13 +391,14 @@ def quantize_blockwise_arrays(x: Any, elem, levels: Optional[np.ndarray], elem_m
     length = packed_len(n, code_bits)
     packed, p = _empty(x, (length,), "uint8")
     scales, s = _empty(x, (nb,), "float32")
+    alphas, al = (None, None) if logq is None else _empty(x, (nb,), "float32")
     with cp.cuda.Device(_device_id(x)), _stream(x):
         amax = cp.empty(nb, cp.uint32)
         g = cp.empty(1, cp.float32)
         codes = cp.empty(n, cp.uint8)
     flags = _Flags(x)
     if n == 0:
-        return packed, scales, 1.0
+        return packed, scales, 1.0, alphas
     exmy = elem is not None
     lv = _device_levels(levels if levels is not None else np.zeros(1, np.float32), x)
     fa = (_fmt_scalars(elem, "saturate", "error", "clamp") if exmy
@@ -368,38 +409,80 @@ def quantize_blockwise_arrays(x: Any, elem, levels: Optional[np.ndarray], elem_m
                                         (a, _u64(n), _u64(block), amax, flags.bad, flags.first))
         _loader.kernel("lf_global_scale")((1,), (_THREADS,),
                                           (amax, _u64(nb), rule, np.float32(elem_max), g))
-    man_bits = np.uint32(elem.man_bits if exmy else 0)
-    _launch("lf_block_scales", nb, (amax, _u64(nb), rule, np.float32(elem_max),
-                                    np.int32(exmy), man_bits, g, s), x)
-    _launch("lf_block_codes", n, (a, _u64(n), _u64(block), s, g, *fa, lv, np.int32(lv.size),
-                                  np.int32(MODES[rounding]), _u64(seed), _u64(stream), codes), x)
+    if logq is None:
+        man_bits = np.uint32(elem.man_bits if exmy else 0)
+        _launch("lf_block_scales", nb, (amax, _u64(nb), rule, np.float32(elem_max),
+                                        np.int32(exmy), man_bits, g, s), x)
+        _launch("lf_block_codes", n, (a, _u64(n), _u64(block), s, g, *fa, lv,
+                                      np.int32(lv.size), np.int32(MODES[rounding]), _u64(seed),
+                                      _u64(stream), codes), x)
+    else:
+        bits, signed, zero, quantile = logq
+        per_row = -(-row // block) if row else 0
+        _launch("lf_block_logq", nb, (a, _u64(n), _u64(block), _u64(row), _u64(per_row), amax,
+                                      np.int32(nonfinite == "ocp"), rule, g, np.uint32(bits),
+                                      np.int32(bool(signed)), np.int32(bool(zero)),
+                                      np.float32(quantile), np.int32(MODES[rounding]),
+                                      _u64(seed), _u64(stream), codes, s, al, flags.bad), x)
     _launch("lf_pack", length, (codes, _u64(n), np.uint32(code_bits), p, _u64(length),
                                 flags.bad, flags.first), x)
-    bad, i = flags.read()  # non-finite inputs: the blockwise contract rejects them
-    if bad:
-        v = float(a[i].item())
-        raise ValueError(f"x: element {i} is {v}; blockwise quantization needs finite values")
-    return packed, scales, float(g.get()[0])
+    if nonfinite == "error" or logq is not None:
+        bad, i = flags.read()  # non-finite inputs (bit 0), colliding log levels (bit 2)
+        if nonfinite == "error" and bad & 1:
+            v = float(a[i].item())
+            raise ValueError(f"x: element {i} is {v}; blockwise quantization needs finite "
+                             "values")
+        if bad & 4:
+            raise ValueError("codec: the levels of a block's base collide (too many bits for "
+                             "the base float32 can hold apart)")
+    return packed, scales, float(g.get()[0]), alphas
 
 
-def dequantize_blockwise_arrays(packed: Any, scales_f32: Any, levels: np.ndarray, code_bits: int,
-                                block: int, global_scale: float, count: int):
-    """float32 device array of `count` values: levels[code] · (scale · g)."""
-    check_same_device(codes=packed, scales=scales_f32)
+def dequantize_blockwise_arrays(packed: Any, scales_f32: Any, levels: Optional[np.ndarray],
+                                code_bits: int, block: int, global_scale: float, count: int,
+                                alphas: Any = None,
+                                logq: Optional[Tuple[int, bool, bool, float]] = None):
+    """float32 device array of `count` values: levels[code] · (scale · g); for a log codec
+    with per-block bases (`logq` = (bits, signed, zero, quantile), `alphas` one per block)
+    each block's levels are computed from its base first."""
+    cp = _loader.cupy()
+    check_same_device(codes=packed, scales=scales_f32, alphas=alphas)
     p, _ = _to_cupy(packed, "codes")
     s, skind = _to_cupy(scales_f32, "scales")
     if skind != "float32":
         raise TypeError(f"scales: expected float32 scales, got dtype {skind}")
-    lv = _device_levels(levels, packed)
     out, o = _empty(packed, (int(count),), "float32")
     flags = _Flags(packed)
+    if logq is None:
+        lv = _device_levels(levels, packed)
+        nlev, per_block = int(lv.size), 0
+    else:
+        bits, signed, zero, _ = logq
+        al, akind = _to_cupy(alphas, "alphas")
+        if akind != "float32":
+            raise TypeError(f"alphas: expected float32 bases, got dtype {akind}")
+        nb = -(-int(count) // block)
+        if al.size != nb:
+            raise ValueError(f"alphas: expected {nb} bases, got {al.size}")
+        nlev = 2 * ((1 << (bits - 1)) - 1) + 1 if signed else 1 << bits
+        per_block = 1
+        with cp.cuda.Device(_device_id(packed)), _stream(packed):
+            lv = cp.empty(nb * nlev, cp.float32)
+        _launch("lf_block_logq_levels", nb, (al, _u64(nb), np.uint32(bits),
+                                             np.int32(bool(signed)), np.int32(bool(zero)), lv,
+                                             flags.bad, flags.first), packed)
+        if nb:
+            bad, i = flags.read()
+            if bad:
+                raise ValueError(f"alphas: the levels of block {i}'s base collide")
     _launch("lf_block_dequantize", count, (p, _u64(p.size), np.uint32(code_bits), _u64(count),
                                            _u64(block), s, np.float32(global_scale), lv,
-                                           np.int32(lv.size), o, flags.bad, flags.first),
+                                           np.int32(nlev), np.int32(per_block), o, flags.bad,
+                                           flags.first),
             packed)
-    if count and lv.size < (1 << code_bits):
+    if count and nlev < (1 << code_bits):
         bad, i = flags.read()
         if bad:
-            raise ValueError(f"packed: element {i} has a code outside the codec's {lv.size} "
+            raise ValueError(f"packed: element {i} has a code outside the codec's {nlev} "
                              "levels")
     return out

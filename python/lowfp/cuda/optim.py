@@ -15,6 +15,7 @@ the kernels get byte-identical descriptors.
 
 from __future__ import annotations
 
+import weakref
 from functools import lru_cache
 from typing import Any, Callable, Dict, Sequence, Tuple
 
@@ -43,7 +44,10 @@ STATE_DESC = np.dtype([
 TENSOR_DESC = np.dtype([
     ("n", _U8), ("pkind", _I8), ("param", _U8), ("grad", _U8), ("pstream", _U8),
     ("offset", _U8), ("nesterov", _I8), ("first", _I8), ("hp", _F8, (8,)), ("st", STATE_DESC, (2,)),
+    ("t", _I8), ("pending", _U8),
 ])
+#: LF_SKIP_BITS of lowfp_optim.cuh: steps whose skip the host may not have seen yet.
+SKIP_BITS = 30
 
 
 def tile_size(block: int) -> int:
@@ -95,28 +99,99 @@ def fill_state(d: np.void, state: Any, stream: int, addr: Callable[[Any], int],
     """Fill one state descriptor from a state argument of the Rust entry format: a float32
     array, or (spec, packed, scales, alphas). `addr(array, arg)` gives an array's address,
     `levels(table)` the address of a table's levels where the kernel can read them."""
-    d["stream"] = int(stream) & (2**64 - 1)
-    if not isinstance(state, tuple):
-        _check_len(arg, state, n)
-        d["kind"], d["data"] = ST_F32, addr(state, arg)
-        return
-    spec, packed, scales, alphas = state
+    one = np.zeros(1, STATE_DESC)
+    _fill_states(one, [state], [stream], [n], block, addr, levels, arg)
+    d[...] = one[0]
+
+
+_TEMPLATES: Dict[int, Tuple[Any, np.ndarray, Any]] = {}  # id(spec) -> (spec, record, levels)
+
+
+def _template(spec: Any, block: int, arg: str) -> Tuple[np.ndarray, Any]:
+    """(a STATE_DESC record with the spec's layout fields, table levels or None), cached per
+    spec object (the optimizers pass the same dict every step)."""
+    hit = _TEMPLATES.get(id(spec))
+    if hit is None or hit[0] is not spec:
+        rec = np.zeros(1, STATE_DESC)
+        fields, lv = _spec_static(_spec_key(spec))
+        for k, v in fields.items():
+            rec[k] = v
+        hit = _TEMPLATES[id(spec)] = (spec, rec, lv)
     if int(spec["block"]) != block:
         raise ValueError(f"{arg}: block size {spec['block']} differs from the step's {block}")
-    fields, lv = _spec_static(_spec_key(spec))
-    for k, v in fields.items():
-        d[k] = v
-    nb = -(-n // block)
-    _check_len(arg, packed, packed_len(n, d["code_bits"]))
-    _check_len(arg, scales, nb)
-    _check_len(arg, alphas, nb if d["kind"] == ST_LOGQ else 0)
-    d["data"], d["scales"] = addr(packed, arg), addr(scales, arg)
-    d["alphas"] = addr(alphas, arg) if d["kind"] == ST_LOGQ else 0
-    d["levels"] = levels(lv) if lv is not None else 0
+    return hit[1], hit[2]
+
+
+#: id(state) -> (weak reference to its first array, n, block, data, scales, alphas, template
+#: record or None for float32, levels): what a state's descriptor needs, checked once. The
+#: optimizers pass the same state objects every step (their plans keep them); the weak
+#: reference tells a live state from a new object that reuses a dead one's id, and keeps no
+#: state memory alive.
+_STATE_CACHE: Dict[int, tuple] = {}
+
+
+def _state_fields(state: Any, n: int, block: int, addr: Callable, arg: str) -> tuple:
+    """(data, scales, alphas, template record or None, levels) of one state, checked."""
+    first = state[1] if isinstance(state, tuple) else state
+    hit = _STATE_CACHE.get(id(state))
+    if hit is not None and hit[0]() is first and hit[1] == n and hit[2] == block:
+        return hit[3:]
+    if not isinstance(state, tuple):
+        _check_len(arg, state, n)
+        out = (addr(state, arg), 0, 0, None, None)
+    else:
+        spec, packed, scales, alphas = state
+        rec, lv = _template(spec, block, arg)
+        kind, bits = int(rec["kind"][0]), int(rec["code_bits"][0])
+        nb = -(-n // block)
+        _check_len(arg, packed, packed_len(n, bits))
+        _check_len(arg, scales, nb)
+        _check_len(arg, alphas, nb if kind == ST_LOGQ else 0)
+        out = (addr(packed, arg), addr(scales, arg),
+               addr(alphas, arg) if kind == ST_LOGQ else 0, rec, lv)
+    try:
+        ref = weakref.ref(first)
+    except TypeError:  # not weakly referable (a plain sequence): not cached
+        return out
+    if len(_STATE_CACHE) > 1 << 16:  # dead entries of replaced states: start over
+        _STATE_CACHE.clear()
+    _STATE_CACHE[id(state)] = (ref, n, block, *out)
+    return out
+
+
+def _fill_states(st: np.ndarray, states: Sequence, streams: Sequence[int], ns: Sequence[int],
+                 block: int, addr: Callable, levels: Callable, arg: str) -> None:
+    """Fill the STATE_DESC column `st` (one record per tensor) from the tensors' states: one
+    Python pass for their addresses (each state checked once, then cached), then whole
+    columns at once (field by field record writes cost ~0.5 ms per tensor: a 1000-tensor
+    group would spend its step time there)."""
+    m = len(states)
+    data, scl, alp = np.zeros(m, np.uint64), np.zeros(m, np.uint64), np.zeros(m, np.uint64)
+    groups: Dict[int, Tuple[np.ndarray, Any, list]] = {}
+    f32 = []
+    for i, (state, n) in enumerate(zip(states, ns)):
+        data[i], scl[i], alp[i], rec, lv = _state_fields(state, n, block, addr, arg)
+        if rec is None:
+            f32.append(i)
+        else:
+            groups.setdefault(id(rec), (rec, lv, []))[2].append(i)
+    for rec, lv, idx in groups.values():
+        st[idx] = rec[0]
+        if lv is not None:
+            st["levels"][idx] = levels(lv)
+    if f32:
+        st["kind"][f32] = ST_F32
+    st["data"], st["scales"], st["alphas"] = data, scl, alp
+    st["stream"] = np.array([int(x) & (2**64 - 1) for x in streams], np.uint64)
 
 
 def _check_len(arg: str, a: Any, want: int) -> None:
-    got = int(np.prod(a.shape)) if hasattr(a, "shape") else len(a)
+    if isinstance(a, np.ndarray):
+        got = a.size
+    elif hasattr(a, "numel"):  # torch
+        got = a.numel()
+    else:  # CuPy, sequences
+        got = int(np.prod(a.shape)) if hasattr(a, "shape") else len(a)
     if got != want:
         raise ValueError(f"{arg}: expected {want} elements, got {got}")
 
@@ -129,19 +204,45 @@ def _offsets(offsets: Sequence[int] | None, n: int) -> Sequence[int]:
     return offsets
 
 
+def _params(out: np.ndarray, ps: Sequence, gs: Sequence, kinds: Sequence[str], addr) -> list:
+    """Fill the parameter columns (n, pkind, param, grad); returns the element counts."""
+    m = len(ps)
+    ns, pk = [0] * m, [0] * m
+    pa, ga = np.zeros(m, np.uint64), np.zeros(m, np.uint64)
+    for i, (p, g, kind) in enumerate(zip(ps, gs, kinds)):
+        if kind not in PKINDS:
+            raise TypeError(f"param: expected float32, bfloat16 or float16 parameters, got "
+                            f"{kind}")
+        n = p.numel() if hasattr(p, "numel") else int(p.size)
+        if g is not None:
+            _check_len("grad", g, n)
+            ga[i] = addr(g, "grad")
+        ns[i], pk[i], pa[i] = n, PKINDS[kind], addr(p, "param")
+    out["n"], out["pkind"], out["param"], out["grad"] = ns, pk, pa, ga
+    return ns
+
+
+def _u64s(xs: Sequence[int]) -> np.ndarray:
+    return np.array([int(x) & (2**64 - 1) for x in xs], np.uint64)
+
+
 def adamw_descs(entries: Sequence, block: int, addr, levels,
                 offsets: Sequence[int] | None = None) -> np.ndarray:
     """Descriptors of `_core.adamw_step_group` entries: (param, grad, exp_avg, exp_avg_sq,
     scalars (8), (stream_m, stream_v), param_stream, kind); `offsets`: each tensor's first
     element in a larger one (FSDP shards), keying stochastic rounding as in Rust."""
     out = np.zeros(len(entries), TENSOR_DESC)
+    if not len(entries):
+        return out
     out["offset"] = _offsets(offsets, len(entries))
-    for d, (p, g, m, v, scalars, streams, pstream, kind) in zip(out, entries):
-        n = _param(d, p, g, kind, addr)
-        d["hp"] = [_f32(s) for s in scalars]
-        d["pstream"] = int(pstream)
-        fill_state(d["st"][0], m, streams[0], addr, levels, n, block, "exp_avg")
-        fill_state(d["st"][1], v, streams[1], addr, levels, n, block, "exp_avg_sq")
+    p, g, m, v, scalars, streams, pstream, kind = zip(*[e[:8] for e in entries])
+    ns = _params(out, p, g, kind, addr)
+    out["hp"] = np.float32(scalars).astype(np.float64)  # as the Rust bindings take f32
+    out["pstream"] = _u64s(pstream)
+    out["t"] = out["pstream"] >> np.uint64(32)  # lowfp's streams carry the step number
+    _fill_states(out["st"][:, 0], m, [s[0] for s in streams], ns, block, addr, levels, "exp_avg")
+    _fill_states(out["st"][:, 1], v, [s[1] for s in streams], ns, block, addr, levels,
+                 "exp_avg_sq")
     return out
 
 
@@ -150,12 +251,17 @@ def sgd_descs(entries: Sequence, block: int, addr, levels,
     """Descriptors of `_core.sgd_step_group` entries: (param, grad, momentum_buffer,
     (lr, momentum, 1 − dampening, weight_decay), nesterov, first, stream, param_stream, kind)."""
     out = np.zeros(len(entries), TENSOR_DESC)
+    if not len(entries):
+        return out
     out["offset"] = _offsets(offsets, len(entries))
-    for d, (p, g, b, hp, nesterov, first, stream, pstream, kind) in zip(out, entries):
-        n = _param(d, p, g, kind, addr)
-        d["hp"][:4] = [_f32(s) for s in hp]
-        d["nesterov"], d["first"], d["pstream"] = int(bool(nesterov)), int(bool(first)), pstream
-        fill_state(d["st"][0], b, stream, addr, levels, n, block, "momentum_buffer")
+    p, g, b, hp, nesterov, first, stream, pstream, kind = zip(*entries)
+    ns = _params(out, p, g, kind, addr)
+    out["hp"][:, :4] = np.float32(hp).astype(np.float64)
+    out["nesterov"] = [int(bool(x)) for x in nesterov]
+    out["first"] = [int(bool(x)) for x in first]
+    out["pstream"] = _u64s(pstream)
+    out["t"] = out["pstream"] >> np.uint64(32)
+    _fill_states(out["st"][:, 0], b, stream, ns, block, addr, levels, "momentum_buffer")
     return out
 
 
@@ -164,24 +270,12 @@ def muon_descs(grad: Any, buf: Any, beta: float, nesterov: bool, block: int, str
     """The descriptor of `_core.muon_momentum(grad, buf, beta, nesterov, block, seed, stream)`:
     the float32 gradient is the "parameter" the direction overwrites."""
     out = np.zeros(1, TENSOR_DESC)
-    d = out[0]
-    n = _param(d, grad, None, "float32", addr)
-    d["offset"] = int(offset)
-    d["hp"][0] = _f32(beta)
-    d["nesterov"] = int(bool(nesterov))
-    fill_state(d["st"][0], buf, stream, addr, levels, n, block, "momentum_buffer")
+    ns = _params(out, [grad], [None], ["float32"], addr)
+    out["offset"] = int(offset)
+    out["hp"][0, 0] = _f32(beta)
+    out["nesterov"] = int(bool(nesterov))
+    _fill_states(out["st"][:, 0], [buf], [stream], ns, block, addr, levels, "momentum_buffer")
     return out
-
-
-def _param(d: np.void, p: Any, g: Any, kind: str, addr) -> int:
-    if kind not in PKINDS:
-        raise TypeError(f"param: expected float32, bfloat16 or float16 parameters, got {kind}")
-    n = int(np.prod(p.shape))
-    if g is not None:
-        _check_len("grad", g, n)
-    d["n"], d["pkind"], d["param"] = n, PKINDS[kind], addr(p, "param")
-    d["grad"] = addr(g, "grad") if g is not None else 0
-    return n
 
 
 # ---------------------------------------------------------------- the CUDA side
@@ -240,11 +334,13 @@ def _cuda_addr(device: Any) -> Callable[[Any], int]:
     return addr
 
 
-def launch_plan(op: str, descs: np.ndarray, block: int, seed: int,
-                param_stochastic: bool) -> Dict[str, Any]:
+def launch_plan(op: str, descs: np.ndarray, block: int, seed: int, param_stochastic: bool,
+                tab: np.ndarray | None = None) -> Dict[str, Any]:
     """Everything one launch of ``lf_optim_step`` needs, as host data: ``grid`` (tiles in all),
-    ``smem`` (dynamic shared memory bytes), ``meta`` (the tile prefix then the descriptors, as
-    bytes) and the scalar ``args`` after ``meta``. The host check runs this very plan."""
+    ``smem`` (dynamic shared memory bytes), ``meta`` (the tile prefix, the descriptors, then
+    the scalar table `tab` (rows of 8 float64) if any, as bytes), ``tab_offset`` (the table's
+    byte offset in meta, or None) and the scalar ``args`` after ``meta``. The host check runs
+    this very plan."""
     n = descs["n"].astype(np.uint64)
     tile = tile_size(block)
     tiles = (n + np.uint64(tile - 1)) // np.uint64(tile)
@@ -256,26 +352,67 @@ def launch_plan(op: str, descs: np.ndarray, block: int, seed: int,
     # shared memory: vals (2 × tile f32), amax (2·nb u32), sel (3·nb u32), levels per log
     # state (f32), codes (tile u8)
     smem = 8 * tile + 20 * nb + 4 * nb * (nlev[0] + nlev[1]) + tile
-    meta = np.concatenate([prefix.view(np.uint8), descs.view(np.uint8)])
+    parts = [prefix.view(np.uint8), descs.view(np.uint8)]
+    tab_offset = None
+    if tab is not None:
+        tab_offset = sum(p.size for p in parts)  # a multiple of 8: prefix and descriptors are
+        parts.append(np.ascontiguousarray(tab, np.float64).reshape(-1).view(np.uint8))
+    meta = np.concatenate(parts)
     args = (OPS[op], len(descs), block, tile, int(seed) & (2**64 - 1), int(bool(param_stochastic)),
             nlev[0], nlev[1])
-    return dict(grid=int(prefix[-1]), smem=(smem + 15) // 16 * 16, meta=meta, args=args)
+    return dict(grid=int(prefix[-1]), smem=(smem + 15) // 16 * 16, meta=meta, args=args,
+                tab_offset=tab_offset)
+
+
+def check_plan(descs: np.ndarray, tile: int = 2048) -> Dict[str, Any]:
+    """The launch of ``lf_optim_check`` over descriptors (only n, pkind and grad are read):
+    ``grid``, ``meta`` (tile prefix then descriptors), ``tile``."""
+    n = descs["n"].astype(np.uint64)
+    tiles = (n + np.uint64(tile - 1)) // np.uint64(tile)
+    prefix = np.zeros(len(descs) + 1, np.uint64)
+    np.cumsum(tiles, out=prefix[1:])
+    return dict(grid=int(prefix[-1]), meta=np.concatenate([prefix.view(np.uint8),
+                                                           descs.view(np.uint8)]), tile=tile)
+
+
+def _check_capture() -> None:
+    """A step cannot be captured in a CUDA graph (docs/gpu.md): say so instead of failing
+    inside CuPy's upload."""
+    try:
+        import torch
+    except ImportError:  # CuPy arrays without torch: no torch capture to be inside of
+        return
+    if torch.cuda.is_current_stream_capturing():
+        raise RuntimeError("lowfp.optim: a CUDA step cannot be captured in a CUDA graph (its "
+                           "descriptors and scalars are uploaded from the host at every step); "
+                           "step outside the captured region")
 
 
 def _launch(op: str, descs: np.ndarray, block: int, seed: int, param_stochastic: bool,
-            cp: Any) -> None:
-    plan = launch_plan(op, descs, block, seed, param_stochastic)
+            cp: Any, ctx: "StepContext | None" = None) -> None:
+    tab = None
+    if ctx is not None:
+        descs["pending"] = ctx.pending
+        tab = ctx.tab
+    plan = launch_plan(op, descs, block, seed, param_stochastic, tab)
     if plan["grid"] == 0:
         return
     o, count, blk, tile, sd, ps, nl0, nl1 = plan["args"]
     dmeta = cp.asarray(plan["meta"])
     bad = cp.zeros(1, cp.uint32)
+    word, bit, tab_ptr, t0, ntab = 0, 0, 0, 0, 0
+    if ctx is not None:
+        word, bit = ctx.word, ctx.bit
+        if plan["tab_offset"] is not None:
+            tab_ptr, t0, ntab = int(dmeta.data.ptr) + plan["tab_offset"], ctx.t0, len(ctx.tab)
     kernel = _module(cp.cuda.Device().id).get_function("lf_optim_step")
     kernel((plan["grid"],), (256,),
            (np.int32(o), dmeta, np.uint64(count), np.uint32(blk), np.uint32(tile), np.uint64(sd),
-            np.int32(ps), np.uint32(nl0), np.uint32(nl1), bad), shared_mem=plan["smem"])
-    # `bad` (levels that collide: a log code with too many bits for its base) stays on the
-    # device; reading it would synchronize. The optimizers' presets cannot reach it.
+            np.int32(ps), np.uint32(nl0), np.uint32(nl1), bad, np.uint64(word), np.int64(bit),
+            np.uint64(tab_ptr), np.int64(t0), np.int64(ntab)), shared_mem=plan["smem"])
+    # `bad` (levels that collide: a log code with too many bits for its base; 8: a step
+    # number outside the table) stays on the device; reading it would synchronize. The
+    # optimizers' presets cannot reach it.
 
 
 def _torch_device(entries: Sequence) -> Any:
@@ -284,7 +421,8 @@ def _torch_device(entries: Sequence) -> Any:
 
 
 def adamw_step_group(entries: Sequence, block: int, seed: int, param_stochastic: bool,
-                     offsets: Sequence[int] | None = None) -> None:
+                     offsets: Sequence[int] | None = None,
+                     ctx: "StepContext | None" = None) -> None:
     """`_core.adamw_step_group` for CUDA tensors: one launch, on torch's current stream.
 
     Args:
@@ -293,6 +431,7 @@ def adamw_step_group(entries: Sequence, block: int, seed: int, param_stochastic:
             as bfloat16/float16 tensors), each state a float32 tensor or (spec, packed, scales,
             alphas); scalars = (1 − lr·wd, l2, 1 − β1, β2, 1 − β2, eps, lr / bc1, sqrt(bc2)).
         block, seed, param_stochastic, offsets: as in the Rust core.
+        ctx: the device skip of this step (:meth:`DeviceSkip.context`), or None.
 
     Raises:
         ImportError: CuPy is missing. TypeError/ValueError: host arrays, another device,
@@ -304,20 +443,22 @@ def adamw_step_group(entries: Sequence, block: int, seed: int, param_stochastic:
     cp = cupy()
     if not entries:
         return
+    _check_capture()
     with cp.cuda.Device(_device_id(entries[0][0])), _stream(entries[0][0]):
         descs = adamw_descs(entries, block, _cuda_addr(_torch_device(entries)),
                             _device_levels(cp), offsets)
-        _launch("adamw", descs, block, seed, param_stochastic, cp)
+        _launch("adamw", descs, block, seed, param_stochastic, cp, ctx)
 
 
 def sgd_step_group(entries: Sequence, block: int, seed: int, param_stochastic: bool,
-                   offsets: Sequence[int] | None = None) -> None:
+                   offsets: Sequence[int] | None = None, ctx: "StepContext | None" = None) -> None:
     """`_core.sgd_step_group` for CUDA tensors: one launch, on torch's current stream.
 
     Args:
         entries: per tensor (param, grad, momentum_buffer, (lr, momentum, 1 − dampening,
             weight_decay), nesterov, first, stream, param_stream, kind), as adamw_step_group.
         block, seed, param_stochastic, offsets: as in the Rust core.
+        ctx: as adamw_step_group (the table is not used: SGD's scalars do not depend on t).
 
     Raises:
         As adamw_step_group.
@@ -328,10 +469,11 @@ def sgd_step_group(entries: Sequence, block: int, seed: int, param_stochastic: b
     cp = cupy()
     if not entries:
         return
+    _check_capture()
     with cp.cuda.Device(_device_id(entries[0][0])), _stream(entries[0][0]):
         descs = sgd_descs(entries, block, _cuda_addr(_torch_device(entries)), _device_levels(cp),
                           offsets)
-        _launch("sgd", descs, block, seed, param_stochastic, cp)
+        _launch("sgd", descs, block, seed, param_stochastic, cp, ctx)
 
 
 def muon_momentum(grad: Any, buf: Any, beta: float, nesterov: bool, block: int, seed: int,
@@ -354,3 +496,154 @@ def muon_momentum(grad: Any, buf: Any, beta: float, nesterov: bool, block: int, 
         descs = muon_descs(grad, buf, beta, nesterov, block, stream,
                            _cuda_addr(getattr(grad, "device", None)), _device_levels(cp), offset)
         _launch("muon", descs, block, seed, False, cp)
+
+
+# ---------------------------------------------------------------- device skip
+#
+# Design notes
+# - torch's fused optimizers take GradScaler's `found_inf` as a device tensor and skip inside
+#   the kernel; lowfp does the same for its own non-finite policy (nonfinite="skip"): one
+#   launch of lf_optim_check over every gradient of the step sets this step's bit of a device
+#   word, and every step kernel of the step reads it. Nothing waits for the host.
+# - The host counts steps before it knows whether they were skipped. Each tensor's
+#   descriptor carries the step number as the host counts it (t) and the bits of the earlier
+#   steps it took part in whose outcome the host has not read yet (pending); the kernel's
+#   step number is t − popcount(word & pending). The host supplies the scalars for every step
+#   number that can result (a table of rows, usually one or two), computed by the optimizer's
+#   own formula, so the GPU's bits equal the CPU's whatever was skipped.
+# - After each step the word is copied to pinned memory behind an event; the host reads it
+#   when the event has completed (never waiting) at the next step, and then corrects its
+#   counters ("step" states, skipped_steps). Only when all LF_SKIP_BITS (30) bits are in use
+#   (the host 30 steps ahead of the device) does it wait for the oldest. `skipped_steps`,
+#   `state_dict()`, `load_state_dict()` and pickling wait for every outstanding step, so what
+#   they show is exact.
+# - Rejected: reading the flag on the host before each step (the synchronization this
+#   replaces), and keeping the step counts on the device only (torch's capturable mode): the
+#   bias corrections 1 − β^t would then be computed on the device, where pow() does not give
+#   the CPU's bits.
+
+
+class StepContext:
+    """The device-skip inputs of one step kernel: word address, this step's bit, per-tensor
+    pending masks, the scalar table (rows for t0, t0 + 1, ...; None for SGD)."""
+
+    __slots__ = ("word", "bit", "pending", "tab", "t0")
+
+    def __init__(self, word: int, bit: int, pending: np.ndarray, tab: np.ndarray | None,
+                 t0: int):
+        self.word, self.bit, self.pending, self.tab, self.t0 = word, bit, pending, tab, t0
+
+
+class DeviceSkip:
+    """The device-side non-finite skips of one optimizer on one CUDA device (design notes
+    above). `torch` is the torch module (a stand-in in the host tests)."""
+
+    def __init__(self, device: Any, torch: Any = None):
+        if torch is None:
+            import torch
+        self.torch = torch
+        self.device = device
+        self.word = torch.zeros(1, dtype=torch.int32, device=device)
+        self.pending: list = []  # (bit, event, pinned word, [(param, state dict)]), oldest first
+        self.masks: Dict[Any, int] = {}  # param -> pending bits it took part in
+        self.skipped = 0  # skips read back so far
+        self.bit = -1  # this step's bit (-1: no step open)
+        self.params: list = []
+        self.dirty: set = set()  # params whose state's step counter a read-back corrected
+
+    # ------------------------------------------------------------ one step
+
+    def begin(self, entries: Sequence, cp: Any = None) -> None:
+        """Open a step over `entries` (all of the step's; each with .p, .views (param, grad,
+        kind, copy)): read back what has completed, take a free bit, launch the check."""
+        self.resolve(block=False)
+        used = {b for b, *_ in self.pending}
+        while len(used) >= SKIP_BITS:  # the host is SKIP_BITS steps ahead: wait for one
+            self.resolve(block=True, count=1)
+            used = {b for b, *_ in self.pending}
+        bit = min(set(range(SKIP_BITS)) - used)
+        self.word.bitwise_and_(~(1 << bit))
+        self.bit, self.params = bit, [e.p for e in entries]
+        descs = np.zeros(len(entries), TENSOR_DESC)
+        for d, e in zip(descs, entries):
+            _, g, kind, _ = e.views
+            d["n"], d["pkind"], d["grad"] = g.numel(), PKINDS[kind], g.data_ptr()
+        self._launch_check(descs, cp)
+
+    def _launch_check(self, descs: np.ndarray, cp: Any) -> None:
+        plan = check_plan(descs)
+        if plan["grid"] == 0:
+            return
+        if cp is None:
+            from ._loader import cupy
+
+            cp = cupy()
+        from .codec import _stream
+
+        with cp.cuda.Device(self.device.index), _stream(self.word):
+            dmeta = cp.asarray(plan["meta"])
+            kernel = _module(cp.cuda.Device().id).get_function("lf_optim_check")
+            kernel((plan["grid"],), (256,), (dmeta, np.uint64(len(descs)),
+                                             np.uint32(plan["tile"]),
+                                             np.uint64(self.word.data_ptr()),
+                                             np.uint32(self.bit)))
+
+    def context(self, params: Sequence, ts: Sequence[int],
+                scalars_at: Callable[[int], tuple] | None) -> StepContext:
+        """The StepContext of a group: its params, their step numbers as the host counts them
+        (this step included), and the optimizer's scalars as a function of t (None: none
+        depend on t)."""
+        pending = np.array([self.masks.get(p, 0) for p in params], np.uint64)
+        tab, t0 = None, 0
+        if scalars_at is not None and len(ts):
+            lag = max(bin(int(m)).count("1") for m in pending) if len(pending) else 0
+            t0 = max(1, min(ts) - lag)
+            tab = np.array([[_f32(v) for v in scalars_at(t)] for t in range(t0, max(ts) + 1)],
+                           np.float64)
+        return StepContext(self.word.data_ptr(), self.bit, pending, tab, t0)
+
+    def end(self, entries: Sequence) -> None:
+        """Close the step: copy the word behind an event; record who took part (`entries`:
+        those whose step kernels were launched; none when the step failed before)."""
+        if not entries:  # nothing stepped: the bit is free again
+            self.bit, self.params = -1, []
+            return
+        torch = self.torch
+        pinned = torch.empty(1, dtype=torch.int32, pin_memory=True)
+        pinned.copy_(self.word, non_blocking=True)
+        ev = torch.cuda.Event()
+        ev.record(torch.cuda.current_stream(self.device))
+        bit = 1 << self.bit
+        for e in entries:
+            self.masks[e.p] = self.masks.get(e.p, 0) | bit
+        self.pending.append((self.bit, ev, pinned, [(e.p, e.st) for e in entries]))
+        self.bit, self.params = -1, []
+
+    # ------------------------------------------------------------ reading back
+
+    def resolve(self, block: bool, count: int | None = None) -> list:
+        """Read back completed steps (all outstanding ones, waiting, when `block`; at most
+        `count`): correct the step counters of skipped steps. Returns the params of every
+        step read back as skipped, oldest first."""
+        skipped = []
+        done = 0
+        while self.pending and (count is None or done < count):
+            bit, ev, pinned, parts = self.pending[0]
+            if not block and not ev.query():
+                break
+            ev.synchronize()
+            if (int(pinned[0]) >> bit) & 1:
+                self.skipped += 1
+                for p, st in parts:
+                    st["step"].sub_(1)  # the live counter (a view of the plan's counts)
+                    self.dirty.add(p)
+                skipped.append([p for p, _ in parts])
+            for p, _ in parts:
+                m = self.masks.get(p, 0) & ~(1 << bit)
+                if m:
+                    self.masks[p] = m
+                else:
+                    self.masks.pop(p, None)
+            self.pending.pop(0)
+            done += 1
+        return skipped

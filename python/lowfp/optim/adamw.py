@@ -127,6 +127,12 @@ class AdamW(PackedOptimizer):
 
     _PICKLED = PackedOptimizer._PICKLED + ("_STATES", "_v_gran", "_v_block")
 
+    @property
+    def _DEVICE_SKIP(self) -> bool:  # noqa: N802 - PackedOptimizer's class flag
+        """CUDA steps skip on the device (lowfp.cuda.optim.DeviceSkip) when the fused kernel
+        steps them: element granularity (the reduced-v path steps in torch)."""
+        return self._v_gran == "element"
+
     def _check_overrides(self, group):
         super()._check_overrides(group)
         if self._v_gran != "element" and group.get("exp_avg_sq") is not None:
@@ -173,6 +179,9 @@ class AdamW(PackedOptimizer):
         decoupled, amsgrad = group["decoupled_weight_decay"], "max_exp_avg_sq" in self._STATES
         items, offsets, copies, scalars = [], [], [], {}
         l2, decay = (0.0, 1 - lr * wd) if decoupled else (wd, 1.0)
+
+        def scalars_at(t: int) -> tuple:
+            return (decay, l2, 1 - b1, b2, 1 - b2, eps, lr / (1 - b1**t), math.sqrt(1 - b2**t))
         for e in entries:
             w, g, kind, copy = e.views
             if copy is not None:
@@ -180,20 +189,21 @@ class AdamW(PackedOptimizer):
             t = e.t
             sc = scalars.get(t)
             if sc is None:  # the same for every tensor at step t: computed once
-                sc = scalars[t] = (decay, l2, 1 - b1, b2, 1 - b2, eps, lr / (1 - b1**t),
-                                   math.sqrt(1 - b2**t))
+                sc = scalars[t] = scalars_at(t)
             stream = (t << 32) | (e.index << 2)  # | 0: exp_avg, 1: exp_avg_sq, 2: param, 3: max
             states = e.args  # made current by _prepare
             items.append((w, g, states[0], states[1], sc, (stream, stream | 1), stream | 2, kind)
                          + ((states[2], stream | 3) if amsgrad else ()))
             offsets.append(0 if type(e.p) in _PLAIN else _dist.element_offset(e.p))
-        core = cuda_optim() if entries[0].p.is_cuda else _core
+        cuda = entries[0].p.is_cuda
+        core = cuda_optim() if cuda else _core
         if amsgrad:
             core.adamw_amsgrad_step_group(items, self._opt(group, "block_size"), self._seed,
                                           self._param_rounding == "stochastic", offsets)
         else:
             core.adamw_step_group(items, self._opt(group, "block_size"), self._seed,
-                                  self._param_rounding == "stochastic", offsets)
+                                  self._param_rounding == "stochastic", offsets,
+                                  **(self._step_context(entries, scalars_at) if cuda else {}))
         self._write_back(copies)
 
 
@@ -371,7 +381,8 @@ class AdamW(PackedOptimizer):
             st = self.state.get(p)
             if st:
                 state[i] = {"step": st["step"].clone(),
-                            **{n: self._decode(st, p, n).view_as(p) for n in self._STATES}}
+                            **{n: self._decode(st, p, n).view_as(p).to(p.device)
+                               for n in self._STATES}}  # on p's device, as torch keeps them
         groups = []
         for g in sd["param_groups"]:
             g = {k: v for k, v in g.items()

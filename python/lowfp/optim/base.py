@@ -231,14 +231,50 @@ class PackedOptimizer(torch.optim.Optimizer):
         self.skipped_steps = 0
         self._warned_skip = False
         self._plans: Dict[int, _Plan] = {}
+        self._dskip = None  # CUDA: the device-side skips (lowfp.cuda.optim.DeviceSkip)
+
+    #: Whether CUDA steps may skip on the device (every group's step is one fused kernel).
+    _DEVICE_SKIP = False
+
+    @property
+    def skipped_steps(self) -> int:
+        """Steps skipped for a non-finite gradient (CUDA: waits for outstanding steps)."""
+        self._sync_skips()
+        return self._skipped
+
+    @skipped_steps.setter
+    def skipped_steps(self, v: int) -> None:
+        self._skipped = v
+
+    def _sync_skips(self) -> None:
+        """Read back every outstanding CUDA step's skip (waits for the device)."""
+        ds = getattr(self, "_dskip", None)
+        if ds is not None and ds.pending:
+            self._count_skips(len(ds.resolve(block=True)))
+
+    def _count_skips(self, n: int) -> None:
+        if n:
+            self._skipped += n
+            self._warn_skip()
+
+    def _warn_skip(self) -> None:
+        if not self._warned_skip:
+            self._warned_skip = True
+            warnings.warn(f"{type(self).__name__}: a gradient holds NaN or inf; the step was "
+                          "skipped (nothing changed). Further skips are counted in "
+                          "skipped_steps without a warning; nonfinite='error' raises instead.",
+                          RuntimeWarning, stacklevel=5)
 
     def __getstate__(self) -> Dict[str, Any]:
+        self._sync_skips()
         state = super().__getstate__()
         state.update({k: getattr(self, k) for k in self._PICKLED if hasattr(self, k)})
         return state
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
+        skipped = state.pop("skipped_steps", 0)
         super().__setstate__(state)
+        self._skipped, self._dskip = skipped, None
         self._plans = {}
 
     def add_param_group(self, param_group: Dict[str, Any]) -> None:
@@ -444,11 +480,16 @@ class PackedOptimizer(torch.optim.Optimizer):
         """One optimization step (see torch.optim.Optimizer.step): every group's parameters
         with gradients, one fused call per group."""
         loss = run_closure(closure)
+        todo: Any = ()
         try:
-            for group, entries in self._prepare() or ():
+            todo = self._prepare() or ()
+            for group, entries in todo:
                 if entries:
                     self._step_group(group, entries)
         finally:
+            ds = self._dskip
+            if ds is not None and ds.bit >= 0:  # a CUDA step skipping on the device: close it
+                ds.end([e for _, es in todo for e in es])
             self._drop_views()
         return loss
 
@@ -460,8 +501,47 @@ class PackedOptimizer(torch.optim.Optimizer):
         """Whether the group's parameters keep states (SGD without momentum has none)."""
         return True
 
+    def _device_skip(self, entries: List[_Entry]) -> bool:
+        """CUDA steps that skip on the device (lowfp.cuda.optim.DeviceSkip): every entry on
+        one CUDA device, plain tensors, nonfinite="skip", an optimizer whose groups step in
+        fused kernels only. Opens the step (the check kernel) and returns True then."""
+        dev = entries[0].p.device if entries else None
+        if not (self._DEVICE_SKIP and self._nonfinite == "skip" and dev is not None
+                and dev.type == "cuda" and all(e.views is not None and type(e.p) in _PLAIN
+                                               and e.p.device == dev for e in entries)):
+            if self._dskip is not None and self._dskip.pending:  # back to host checks
+                self._sync_skips()
+                self._refresh_counts(entries)
+            return False
+        if self._dskip is None or self._dskip.device != dev:
+            self._sync_skips()
+            self._dskip = cuda_optim().DeviceSkip(dev)
+        ds = self._dskip
+        self._count_skips(len(ds.resolve(block=False)))
+        ds.begin(entries)
+        self._refresh_counts(entries)
+        return True
+
+    def _refresh_counts(self, entries: List[_Entry]) -> None:
+        """Entries whose step counter a device read-back corrected: their host mirrors too."""
+        ds = self._dskip
+        for e in entries:
+            if e.p in ds.dirty:
+                ds.dirty.discard(e.p)
+                if e.st is not None:
+                    e.t = int(e.st["step"])
+
+    def _step_context(self, entries: List[_Entry], scalars_at: Any = None) -> dict:
+        """Keyword arguments of a CUDA group step under the device skip (else none)."""
+        ds = self._dskip
+        if ds is None or ds.bit < 0:
+            return {}
+        return {"ctx": ds.context([e.p for e in entries], [e.t for e in entries], scalars_at)}
+
     def _grads_finite(self, entries: List[_Entry]) -> bool:
         """Apply the ``nonfinite`` policy; True when the step may proceed."""
+        if self._device_skip(entries):
+            return True
         gpu, views, kinds, others = [], [], [], []
         for e in entries:
             if e.views is None:
@@ -482,13 +562,7 @@ class PackedOptimizer(torch.optim.Optimizer):
             return True
         if self._nonfinite == "error":
             raise ValueError("grad: a gradient holds NaN or inf (nonfinite='error')")
-        self.skipped_steps += 1
-        if not self._warned_skip:
-            self._warned_skip = True
-            warnings.warn(f"{type(self).__name__}: a gradient holds NaN or inf; the step was "
-                          "skipped (nothing changed). Further skips are counted in "
-                          "skipped_steps without a warning; nonfinite='error' raises instead.",
-                          RuntimeWarning, stacklevel=3)
+        self._count_skips(1)
         return False
 
     def _drop_views(self) -> None:
@@ -534,6 +608,7 @@ class PackedOptimizer(torch.optim.Optimizer):
         """torch's state dict, plus what the bytes are: ``"<name>.codec"`` beside each
         quantized state, ``"lowfp"`` (layout version, optimizer class), and param-group codec
         overrides as plain data. Loads with ``torch.load(..., weights_only=True)``."""
+        self._sync_skips()  # CUDA: exact step counters
         sd = super().state_dict()
         for g in sd["param_groups"]:
             for arg in dict.fromkeys(self._CODEC_ARGS.values()):
@@ -572,6 +647,7 @@ class PackedOptimizer(torch.optim.Optimizer):
                 or "param_groups" not in state_dict:
             raise ValueError("state_dict: expected a dict with 'state' and 'param_groups' (as "
                              "Optimizer.state_dict() returns)")
+        self._sync_skips()  # outstanding CUDA steps must not correct the loaded counters
         sd = dict(state_dict)
         sd.pop("lowfp", None)
         # torch.distributed.checkpoint loads the non-tensor leaves of a nested state dict

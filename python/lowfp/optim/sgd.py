@@ -83,6 +83,11 @@ class SGD(PackedOptimizer):
     def _has_state(self, group: dict) -> bool:
         return group["momentum"] != 0
 
+    @property
+    def _DEVICE_SKIP(self) -> bool:  # noqa: N802 - PackedOptimizer's class flag
+        """CUDA steps skip on the device when every group steps in the fused kernel."""
+        return all(g["momentum"] != 0 for g in self.param_groups)
+
     def _step_group(self, group: dict, entries: list) -> None:
         lr, mom, wd = _scalar(group["lr"]), group["momentum"], group["weight_decay"]
         if mom == 0:
@@ -102,7 +107,9 @@ class SGD(PackedOptimizer):
             items.append((w, g, e.args[0], scalars, bool(group["nesterov"]), e.t == 1, stream,
                           stream | 2, kind))
             offsets.append(0 if type(e.p) in _PLAIN else _dist.element_offset(e.p))
-        core = cuda_optim() if entries[0].p.is_cuda else _core
+        cuda = entries[0].p.is_cuda
+        core = cuda_optim() if cuda else _core
         core.sgd_step_group(items, self._opt(group, "block_size"), self._seed,
-                            self._param_rounding == "stochastic", offsets)
+                            self._param_rounding == "stochastic", offsets,
+                            **(self._step_context(entries) if cuda else {}))
         self._write_back(copies)

@@ -735,3 +735,88 @@ LF_FN bool lf_log_levels(lf_u32 bits, bool is_signed, bool zero, float alpha, fl
         if (!(out[i] < out[i + 1])) return false;
     return true;
 }
+
+// ---------------------------------------------------------------- non-finite blocks (rust/block.rs)
+//
+// A block's amax travels as a key: bits 0..30 the max |x| bit pattern of its finite elements,
+// bit 31 set when it holds a NaN or ±inf. Keys combine with lf_amax_combine (associative and
+// commutative, so any reduction order gives the same key). Under nonfinite="ocp" a marked
+// block is quantized as a block of zeros and its scale becomes the float32 NaN 0x7FC00000
+// (E8M0 0xFF, E4M3 0x7F once stored); the e4m3 tensor scale comes from the finite elements
+// of every block (`global_scale` in Rust), i.e. the keys with bit 31 cleared.
+
+#define LF_AMAX_NONFINITE 0x80000000u
+#define LF_F32_NAN_BITS 0x7FC00000u
+
+/// The amax key of one element from its float32 bits.
+LF_FN lf_u32 lf_amax_key(lf_u32 bits) {
+    lf_u32 v = bits & 0x7FFFFFFFu;
+    return v >= 0x7F800000u ? LF_AMAX_NONFINITE : v;
+}
+
+/// Two amax keys as one: the larger finite max, the OR of the non-finite marks.
+LF_FN lf_u32 lf_amax_combine(lf_u32 a, lf_u32 b) {
+    lf_u32 fa = a & 0x7FFFFFFFu, fb = b & 0x7FFFFFFFu;
+    return ((a | b) & LF_AMAX_NONFINITE) | (fa > fb ? fa : fb);
+}
+
+/// The amax key of xs[0..len).
+LF_FN lf_u32 lf_amax_key_of(const float* xs, lf_u64 len) {
+    lf_u32 k = 0;
+    for (lf_u64 i = 0; i < len; ++i) k = lf_amax_combine(k, lf_amax_key(lf_f32_bits(xs[i])));
+    return k;
+}
+
+/// The tensor scale g of the e4m3 rule from the largest finite |x| (bits), else 1.
+LF_FN float lf_global_scale_of(int rule, lf_u32 finite_amax_bits, float elem_max) {
+    if (rule != LF_SCALE_E4M3) return 1.0f;
+    float t = lf_f32_from_bits(finite_amax_bits) / (elem_max * 448.0f);
+    return (t > 0.0f && t <= 3.4028234663852886e38f) ? t : 1.0f;
+}
+
+/// The scale of a block from its amax key: NaN for a marked block (the caller rejects such
+/// blocks under nonfinite="error" before the scale is used), else lf_block_scale.
+LF_FN float lf_block_scale_key(int rule, lf_u32 key, float elem_max, bool exmy, lf_u32 man_bits,
+                               float global) {
+    if (key & LF_AMAX_NONFINITE) return lf_f32_from_bits(LF_F32_NAN_BITS);
+    return lf_block_scale(rule, lf_f32_from_bits(key), elem_max, exmy, man_bits, global);
+}
+
+// ---------------------------------------------------------------- a log-quantile block (rust/block.rs)
+//
+// One block of a Log(quantile=q) codec, as quantize_group_in does it: the scale from the
+// block's amax (the scale rule, elem_max 1), y = x / (s·g), the base from the k-th smallest |x|
+// of the block's `real` elements (the rest is row padding), its levels, and the codes of y
+// (nearest or stochastic, random word at the element's index `start + j`). `zeroed`: the block
+// held a NaN or ±inf and is quantized as zeros (nonfinite="ocp"; the caller stores the NaN
+// scale). `lv` is scratch for the levels (LF_MAX_LOG_LEVELS floats). Returns false when the
+// levels collide (Rust's "alpha" error).
+
+#define LF_MAX_LOG_LEVELS 256
+
+LF_FN bool lf_logq_block(const float* xb, lf_u32 blen, lf_u32 real, bool zeroed, int rule,
+                         float global, lf_u32 bits, bool is_signed, bool zero, float quantile,
+                         int mode, lf_u64 seed, lf_u64 stream, lf_u64 start, float* lv,
+                         lf_u8* codes, float* scale_out, float* alpha_out) {
+    float amax = zeroed ? 0.0f : lf_f32_from_bits(lf_amax_key_of(xb, blen) & 0x7FFFFFFFu);
+    float s = lf_block_scale(rule, amax, 1.0f, false, 0u, global);
+    *scale_out = s;
+    float sd = s * global;
+    float v = 1.0f;
+    if (amax > 0.0f) {
+        lf_u32 k = lf_quantile_rank(quantile, real);
+        v = lf_f32_from_bits(lf_kth_smallest_abs_bits(xb, real, k)) / amax;
+    }
+    lf_u32 nz = lf_log_nonzero(bits, is_signed, zero);
+    float a = lf_f32_from_bits(lf_alpha_from_quantile_bits(v, nz));
+    *alpha_out = a;
+    bool ok = lf_log_levels(bits, is_signed, zero, a, lv);
+    lf_i32 nlev = (lf_i32)lf_log_nlev(bits, is_signed, zero);
+    for (lf_u32 j = 0; j < blen; ++j) {
+        float y = zeroed ? 0.0f : lf_block_normalize(xb[j], sd);
+        codes[j] = mode == LF_STOCHASTIC
+                       ? lf_table_stochastic(lv, nlev, y, lf_random_u32(seed, stream, start + j))
+                       : lf_table_nearest(lv, nlev, y);
+    }
+    return ok;
+}

@@ -131,6 +131,18 @@ extern "C" __global__ void lf_table_encode(const float* x, lf_u64 n, const float
     }
 }
 
+/// out[i] = levels[codes[i]] (float32 bits); codes with no level are flagged.
+extern "C" __global__ void lf_table_decode(const lf_u8* codes, lf_u64 n, const float* levels,
+                                           int nlev, float* out, lf_u32* bad,
+                                           lf_u64* first_bad) {
+    LF_GRID_LOOP(i, n) {
+        lf_u32 c = codes[i];
+        bool ok = (int)c < nlev;
+        lf_report(ok ? 0u : 1u, i, bad, first_bad);
+        out[i] = ok ? levels[c] : 0.0f;
+    }
+}
+
 // ---------------------------------------------------------------- packing
 
 /// One thread per output byte; codes ≥ 2^k are flagged (bad = 1, first_bad = code index).
@@ -152,8 +164,9 @@ extern "C" __global__ void lf_unpack(const lf_u8* packed, lf_u64 len, lf_u32 k, 
 
 // ---------------------------------------------------------------- blockwise
 
-/// One CUDA block per quantization block: amax as the max of |x| bit patterns (|x| orders
-/// like its bits); non-finite elements are flagged.
+/// One CUDA block per quantization block: its amax key (lf_amax_key: the max of the finite
+/// |x| bit patterns, |x| ordering like its bits, bit 31 marking a NaN or ±inf); non-finite
+/// elements are also flagged, so that nonfinite="error" can name the first one.
 extern "C" __global__ void lf_block_amax(const float* x, lf_u64 n, lf_u64 block, lf_u32* amax,
                                          lf_u32* bad, lf_u64* first_bad) {
     __shared__ lf_u32 red[256];
@@ -161,8 +174,27 @@ extern "C" __global__ void lf_block_amax(const float* x, lf_u64 n, lf_u64 block,
     lf_u64 lo = b * block, hi = lo + block < n ? lo + block : n;
     lf_u32 m = 0;
     for (lf_u64 i = lo + threadIdx.x; i < hi; i += blockDim.x) {
-        lf_u32 v = lf_f32_bits(x[i]) & 0x7FFFFFFFu;
-        lf_report(v >= 0x7F800000u ? 1u : 0u, i, bad, first_bad);
+        lf_u32 k = lf_amax_key(lf_f32_bits(x[i]));
+        lf_report(k & LF_AMAX_NONFINITE ? 1u : 0u, i, bad, first_bad);
+        m = lf_amax_combine(m, k);
+    }
+    red[threadIdx.x] = m;
+    __syncthreads();
+    for (unsigned s = blockDim.x / 2; s > 0; s >>= 1) {
+        if (threadIdx.x < s) red[threadIdx.x] = lf_amax_combine(red[threadIdx.x], red[threadIdx.x + s]);
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) amax[b] = red[0];
+}
+
+/// One block of 256 threads: the tensor scale g of the e4m3 rule (1 for the others) from the
+/// blocks' finite amaxes: g = amax / (M · 448) when positive and finite, else 1.
+extern "C" __global__ void lf_global_scale(const lf_u32* amax, lf_u64 nb, int rule,
+                                           float elem_max, float* g) {
+    __shared__ lf_u32 red[256];
+    lf_u32 m = 0;
+    for (lf_u64 i = threadIdx.x; i < nb; i += blockDim.x) {
+        lf_u32 v = amax[i] & 0x7FFFFFFFu;
         m = v > m ? v : m;
     }
     red[threadIdx.x] = m;
@@ -172,39 +204,14 @@ extern "C" __global__ void lf_block_amax(const float* x, lf_u64 n, lf_u64 block,
             red[threadIdx.x] = red[threadIdx.x + s];
         __syncthreads();
     }
-    if (threadIdx.x == 0) amax[b] = red[0];
-}
-
-/// One block of 256 threads: the tensor scale g of the e4m3 rule (1 for the others) from the
-/// block amaxes: g = amax / (M · 448) when positive and finite, else 1.
-extern "C" __global__ void lf_global_scale(const lf_u32* amax, lf_u64 nb, int rule,
-                                           float elem_max, float* g) {
-    __shared__ lf_u32 red[256];
-    lf_u32 m = 0;
-    for (lf_u64 i = threadIdx.x; i < nb; i += blockDim.x) m = amax[i] > m ? amax[i] : m;
-    red[threadIdx.x] = m;
-    __syncthreads();
-    for (unsigned s = blockDim.x / 2; s > 0; s >>= 1) {
-        if (threadIdx.x < s && red[threadIdx.x + s] > red[threadIdx.x])
-            red[threadIdx.x] = red[threadIdx.x + s];
-        __syncthreads();
-    }
-    if (threadIdx.x == 0) {
-        float v = 1.0f;
-        if (rule == LF_SCALE_E4M3) {
-            float t = lf_f32_from_bits(red[0]) / (elem_max * 448.0f);
-            v = (t > 0.0f && t <= 3.4028234663852886e38f) ? t : 1.0f;
-        }
-        *g = v;
-    }
+    if (threadIdx.x == 0) *g = lf_global_scale_of(rule, red[0], elem_max);
 }
 
 extern "C" __global__ void lf_block_scales(const lf_u32* amax, lf_u64 nb, int rule,
                                            float elem_max, int exmy, lf_u32 man_bits,
                                            const float* g, float* scales) {
     LF_GRID_LOOP(b, nb) {
-        scales[b] = lf_block_scale(rule, lf_f32_from_bits(amax[b]), elem_max, exmy != 0,
-                                   man_bits, *g);
+        scales[b] = lf_block_scale_key(rule, amax[b], elem_max, exmy != 0, man_bits, *g);
     }
 }
 
@@ -254,14 +261,60 @@ extern "C" __global__ void lf_block_codes(const float* x, lf_u64 n, lf_u64 block
 }
 
 /// out[i] = levels[code_i] · (scales[block] · g); codes with no level are flagged.
+/// per_block: the levels are per block (nlev floats each, from lf_block_logq_levels).
 extern "C" __global__ void lf_block_dequantize(const lf_u8* packed, lf_u64 len, lf_u32 k,
                                                lf_u64 n, lf_u64 block, const float* scales,
                                                float g, const float* levels, int nlev,
-                                               float* out, lf_u32* bad, lf_u64* first_bad) {
+                                               int per_block, float* out, lf_u32* bad,
+                                               lf_u64* first_bad) {
     LF_GRID_LOOP(i, n) {
         lf_u32 c = lf_unpack_code(packed, len, k, i);
         bool ok = (int)c < nlev;
         lf_report(ok ? 0u : 1u, i, bad, first_bad);
-        out[i] = ok ? levels[c] * (scales[i / block] * g) : 0.0f;
+        const float* lv = per_block ? levels + (i / block) * (lf_u64)nlev : levels;
+        out[i] = ok ? lv[c] * (scales[i / block] * g) : 0.0f;
+    }
+}
+
+// ---------------------------------------------------------------- log codecs with per-block bases
+
+/// One thread per quantization block of a Log(quantile=q) codec: scale, base, levels and
+/// codes (lf_logq_block). Rows (`row` > 0): blocks of `per_row` per row, the base from each
+/// block's real elements. ocp: marked blocks (amax key bit 31) quantize as zeros, NaN scale.
+/// Colliding levels are flagged in `bad` (bit 2).
+extern "C" __global__ void lf_block_logq(const float* x, lf_u64 n, lf_u64 block, lf_u64 row,
+                                         lf_u64 per_row, const lf_u32* amax, int ocp, int rule,
+                                         const float* g, lf_u32 bits, int is_signed, int zero,
+                                         float quantile, int mode, lf_u64 seed, lf_u64 stream,
+                                         lf_u8* codes, float* scales, float* alphas,
+                                         lf_u32* bad) {
+    float lv[LF_MAX_LOG_LEVELS];
+    lf_u64 nb = (n + block - 1) / block;
+    LF_GRID_LOOP(b, nb) {
+        lf_u64 lo = b * block;
+        lf_u32 blen = (lf_u32)(lo + block < n ? block : n - lo);
+        lf_u32 real = blen;
+        if (row > 0) {
+            lf_u64 at = (b % per_row) * block;
+            real = (lf_u32)(row - at < blen ? row - at : blen);
+        }
+        bool marked = (amax[b] & LF_AMAX_NONFINITE) != 0;
+        bool ok = lf_logq_block(x + lo, blen, real, ocp && marked, rule, *g, bits, is_signed != 0,
+                                zero != 0, quantile, mode, seed, stream, lo, lv, codes + lo,
+                                scales + b, alphas + b);
+        if (ocp && marked) scales[b] = lf_f32_from_bits(LF_F32_NAN_BITS);
+        if (!ok) atomicOr(bad, 4u);
+    }
+}
+
+/// One thread per block: the levels of a log code with the block's base alphas[b] into
+/// levels[b · nlev ..]; colliding levels are flagged (bad = 1, first_bad = the block).
+extern "C" __global__ void lf_block_logq_levels(const float* alphas, lf_u64 nb, lf_u32 bits,
+                                                int is_signed, int zero, float* levels,
+                                                lf_u32* bad, lf_u64* first_bad) {
+    lf_u32 nlev = lf_log_nlev(bits, is_signed != 0, zero != 0);
+    LF_GRID_LOOP(b, nb) {
+        bool ok = lf_log_levels(bits, is_signed != 0, zero != 0, alphas[b], levels + b * nlev);
+        lf_report(ok ? 0u : 1u, b, bad, first_bad);
     }
 }

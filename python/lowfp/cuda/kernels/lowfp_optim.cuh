@@ -84,7 +84,36 @@ struct lf_tensor_desc {
     lf_i64 nesterov, first;  // SGD, Muon
     double hp[8];            // float32 values held as doubles (exact): see lf_hp
     lf_state_desc st[2];
+    lf_i64 t;          // the step number as the host counts it (skips it has not seen yet too)
+    lf_u64 pending;    // the earlier steps (bits of lf_step_ctx's word) the host has not seen
 };
+
+/// How a step learns, on the device, whether it runs and its step number (device skip):
+/// - word: a device word with one bit per recent step (a ring of LF_SKIP_BITS steps); bit
+///   `bit` is this step's, set by lf_check_tile when a gradient element is NaN or ±inf. Then
+///   every tile returns before writing anything, as torch's fused optimizers do with
+///   found_inf. null: no device skip (the host checked).
+/// - The host counts a step before it knows whether it was skipped; a tensor's true step is
+///   t − popcount(word & pending). The streams' high 32 bits become that t (lowfp's streams
+///   are (t << 32) | low bits), SGD's `first` is t == 1, and the scalars hp[0..8) come from
+///   row t − t0 of `tab` (8 doubles per row, t0 ≤ t < t0 + ntab, computed by the host with
+///   the CPU step's own formula; null: the descriptor's hp). A t outside the table ORs 8
+///   into *bad and leaves the tensor as it was (the host sizes the table so it cannot be).
+#define LF_SKIP_BITS 30
+struct lf_step_ctx {
+    const lf_u32* word;
+    lf_i64 bit;
+    const double* tab;
+    lf_i64 t0, ntab;
+};
+
+/// Whether the values of a tile of a gradient are all finite: ORs `mark` into *flag if not.
+LF_FN void lf_check_tile(const lf_tensor_desc& t, lf_u64 start, lf_u32 len, lf_u32* flag,
+                         lf_u32 mark);
+
+/// The descriptor of this step under ctx (a copy; false: leave the tensor alone).
+LF_FN bool lf_resolve_step(const lf_tensor_desc& in, const lf_step_ctx& ctx, lf_tensor_desc* out,
+                           lf_u32* bad);
 
 /// The most log levels of a log-quantile state (bits ≤ 8).
 #define LF_MAX_LEVELS 256
@@ -315,6 +344,44 @@ LF_FN void lf_tile_pack(const lf_state_desc& st, const lf_tile& g, const lf_u8* 
     lf_u64 byte0 = g.start / 8 * kb;
     lf_u32 nbytes = (lf_u32)lf_packed_len(g.len, kb);
     LF_TILE_FOR(j, nbytes) ((lf_u8*)st.data)[byte0 + j] = lf_pack_byte(codes, g.len, kb, j);
+}
+
+LF_FN void lf_check_tile(const lf_tensor_desc& t, lf_u64 start, lf_u32 len, lf_u32* flag,
+                         lf_u32 mark) {
+    LF_TILE_FOR(j, len) {
+        float g = lf_load_f32(t.grad, start + j, t.pkind);
+        if ((lf_f32_bits(g) & 0x7F800000u) == 0x7F800000u) lf_flag(flag, mark);
+    }
+}
+
+LF_FN lf_i32 lf_popcount32(lf_u32 x) {
+#ifdef __CUDA_ARCH__
+    return __popc(x);
+#else
+    return __builtin_popcount(x);
+#endif
+}
+
+LF_FN bool lf_resolve_step(const lf_tensor_desc& in, const lf_step_ctx& ctx, lf_tensor_desc* out,
+                           lf_u32* bad) {
+    *out = in;
+    if (!ctx.word) return true;
+    lf_u32 w = *ctx.word;
+    if ((w >> ctx.bit) & 1u) return false;
+    lf_i64 t = in.t - lf_popcount32(w & (lf_u32)in.pending);
+    lf_u64 hi = (lf_u64)t << 32;
+    out->pstream = hi | (in.pstream & 0xFFFFFFFFull);
+    for (int k = 0; k < 2; ++k) out->st[k].stream = hi | (in.st[k].stream & 0xFFFFFFFFull);
+    out->first = t == 1;
+    if (ctx.tab) {
+        lf_i64 row = t - ctx.t0;
+        if (row < 0 || row >= ctx.ntab) {
+            lf_flag(bad, 8u);
+            return false;
+        }
+        for (int k = 0; k < 8; ++k) out->hp[k] = ctx.tab[row * 8 + k];
+    }
+    return true;
 }
 
 /// One tile of one tensor: elements [start, start + len) (start a multiple of `block`), the
