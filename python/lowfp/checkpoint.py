@@ -41,6 +41,7 @@ from .qtensor import (
     load_qtensors,
     qtensor_from_metadata,
     quantize_blockwise,
+    read_arrays,
     save_qtensors,
 )
 
@@ -282,7 +283,10 @@ def atomic_write(path: str, write: Callable[[str], None]) -> None:
         raise ValueError(f"path: no such directory: {d}")
     fd, tmp = tempfile.mkstemp(dir=d, prefix=".lowfp-", suffix=".tmp")
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
     try:
+        os.chmod(tmp, 0o666 & ~umask)  # as open() would create it, not mkstemp's 0600
         write(tmp)
         os.replace(tmp, path)
     finally:
@@ -405,6 +409,86 @@ def _decode(q: QTensor, dtype: str, framework: str) -> Any:
     return v if dtype == "float32" else q.dequantize(dtype)
 
 
+def torch_load(path: str, arg: str = "path") -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU, with lowfp's own messages.
+
+    Raises:
+        ValueError: torch is not installed, the file is corrupt or not a torch file, or it
+            holds pickled Python objects (a whole ``nn.Module``) that a weights-only load
+            refuses -- lowfp never unpickles code.
+    """
+    try:
+        import torch
+    except ImportError:
+        raise ValueError(f"{arg}: reading {path} needs torch: pip install torch (CPU only: "
+                         f"pip install torch --index-url https://download.pytorch.org/whl/cpu)"
+                         ) from None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # UnpicklingError, RuntimeError, EOFError, ... by torch version
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        if found:
+            raise ValueError(f"{arg}: {path} holds pickled Python objects ({found.group(1)}), "
+                             f"e.g. a whole model saved with torch.save(model); lowfp reads "
+                             f"tensors only: save model.state_dict() instead") from None
+        raise ValueError(f"{arg}: cannot read {path} as a torch checkpoint: the file is "
+                         f"corrupt, truncated or not written by torch.save") from None
+
+
+def load_quantized(path: str) -> Any:
+    """The structure stored in a file, QTensors left quantized (each with ``orig_dtype``).
+
+    A file not written by lowfp (a plain safetensors or torch state dict) gives its tensors
+    as they are.
+
+    Raises:
+        ValueError: unknown extension, unreadable file.
+    """
+    if _writer(path) == "torch":
+        def from_pt(tree: Any) -> Any:
+            if isinstance(tree, dict) and _PT_TAG in tree:
+                alphas = tree["alphas"]
+                q = qtensor_from_metadata(json.loads(tree[_PT_TAG]), tree["codes"].numpy(),
+                                          tree["scales"].numpy(),
+                                          None if alphas is None else alphas.numpy())
+                q.orig_dtype = tree.get("dtype", "float32")  # type: ignore[attr-defined]
+                return q
+            if isinstance(tree, dict):
+                return {k: from_pt(v) for k, v in tree.items()}
+            if isinstance(tree, (list, tuple)):
+                return type(tree)(from_pt(v) for v in tree)
+            return tree
+
+        return from_pt(torch_load(path))
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(path, framework="numpy") as f:
+            md = f.metadata() or {}
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"path: cannot read {path} as safetensors: {e}") from None
+    if "lowfp" not in md:
+        return read_arrays(path)
+    entries = load_qtensors(path)
+    ck = json.loads(md[_META]) if _META in md else {"tree": None, "dtypes": {}}
+    for k, v in entries.items():
+        if isinstance(v, QTensor):
+            v.orig_dtype = ck["dtypes"].get(k, "float32")  # type: ignore[attr-defined]
+    if ck["tree"] is None:
+        return entries
+
+    def build(node: Any) -> Any:
+        if isinstance(node, dict):
+            if set(node) == {"$tensor"}:
+                return entries[node["$tensor"]]
+            return {k: build(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [build(v) for v in node]
+        return node
+
+    return build(ck["tree"])
+
+
 def load_state_dict(path: str, dtype: str = "original", framework: str = "torch") -> Any:
     """Load a file written by :func:`save_state_dict` (or :func:`lowfp.save_qtensors`).
 
@@ -421,8 +505,7 @@ def load_state_dict(path: str, dtype: str = "original", framework: str = "torch"
         The saved structure (a dict of name → tensor for a flat state dict).
 
     Raises:
-        ValueError: dtype or framework not one of those, unknown extension, or not a lowfp
-            file.
+        ValueError: dtype or framework not one of those, unknown extension, unreadable file.
     """
     if dtype not in DTYPES:
         raise ValueError(f"dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")
@@ -430,49 +513,9 @@ def load_state_dict(path: str, dtype: str = "original", framework: str = "torch"
         raise ValueError(f"framework: expected 'torch' or 'numpy', got {framework!r}")
     want = None if dtype == "original" else dtype
 
-    def leaf(q: QTensor, orig: Optional[str]) -> Any:
-        return _decode(q, want or orig or "float32", framework)
+    def leaf(_path: Tuple[str, ...], t: Any) -> Any:
+        if isinstance(t, QTensor):
+            return _decode(t, want or getattr(t, "orig_dtype", "float32"), framework)
+        return _cast(t, want, framework)
 
-    if _writer(path) == "torch":
-        import torch
-
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-
-        def from_pt(tree: Any) -> Any:
-            if isinstance(tree, dict) and _PT_TAG in tree:
-                alphas = tree["alphas"]
-                q = qtensor_from_metadata(json.loads(tree[_PT_TAG]), tree["codes"].numpy(),
-                                          tree["scales"].numpy(),
-                                          None if alphas is None else alphas.numpy())
-                return leaf(q, tree.get("dtype"))
-            if isinstance(tree, dict):
-                return {k: from_pt(v) for k, v in tree.items()}
-            if isinstance(tree, (list, tuple)):
-                return type(tree)(from_pt(v) for v in tree)
-            if _is_torch(tree):
-                return _cast(tree, want, framework)
-            return tree
-
-        return from_pt(obj)
-    from safetensors import safe_open
-
-    with safe_open(path, framework="numpy") as f:
-        md = f.metadata() or {}
-    entries = load_qtensors(path)
-    ck = json.loads(md[_META]) if _META in md else {"tree": None, "dtypes": {}}
-    dtypes = ck["dtypes"]
-    out = {k: leaf(v, dtypes.get(k)) if isinstance(v, QTensor) else _cast(v, want, framework)
-           for k, v in entries.items()}
-    if ck["tree"] is None:
-        return out
-
-    def build(node: Any) -> Any:
-        if isinstance(node, dict):
-            if set(node) == {"$tensor"}:
-                return out[node["$tensor"]]
-            return {k: build(v) for k, v in node.items()}
-        if isinstance(node, list):
-            return [build(v) for v in node]
-        return node
-
-    return build(ck["tree"])
+    return _map(load_quantized(path), leaf)
