@@ -197,6 +197,13 @@ def quantize_state_dict(sd: Any, format: str = "mxfp8", filter: Optional[Filter]
     kw: Dict[str, Any] = {} if block_size is None else {"block_size": block_size}
     if scale is not None:
         kw["scale"] = scale
+    # the options are checked once, up front, even when no tensor is picked
+    try:
+        quantize_blockwise(np.zeros(1, np.float32), format, rounding=rounding, seed=seed, **kw)
+    except ValueError as e:
+        if str(e).split(":")[0] in ("block_size", "scale", "rounding", "seed"):
+            raise
+        raise ValueError(f"format: {format!r}: {e}") from None
     rep = Report()
 
     def one(path: Tuple[str, ...], t: Any) -> Any:
