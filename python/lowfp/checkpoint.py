@@ -231,7 +231,7 @@ def quantize_state_dict(sd: Any, format: str = "mxfp8", filter: Optional[Filter]
         except (ValueError, TypeError) as e:
             raise ValueError(f"tensor {name!r} (shape {tuple(t.shape)}, {_dtype_name(t)}): "
                              f"{e}") from None
-        q.orig_dtype = _dtype_name(t)  # type: ignore[attr-defined]  # "original" decodes to it
+        q.orig_dtype = _dtype_name(t)  # what dtype="original" decodes it back into
         rep.quantized.append(name)
         rep.bytes_after += q.nbytes
         return q
@@ -522,7 +522,7 @@ def load_state_dict(path: str, dtype: str = "original", framework: str = "torch"
 
     def leaf(_path: Tuple[str, ...], t: Any) -> Any:
         if isinstance(t, QTensor):
-            return _decode(t, want or getattr(t, "orig_dtype", "float32"), framework)
+            return _decode(t, want or str(getattr(t, "orig_dtype", "float32")), framework)
         return _cast(t, want, framework)
 
     return _map(load_quantized(path), leaf)

@@ -377,10 +377,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.quick:
         print(_SMOKE + "\n")
     for w in which:
-        if w == "codecs":
-            from .bench import codecs as mod
-        else:
-            from .bench import optim as mod
+        import importlib
+
+        mod = importlib.import_module(f".bench.{w}", __package__)
         rc = mod.main(extra) or rc
         print()
     if args.quick:
