@@ -36,7 +36,7 @@ def _fmt_table() -> str:
                      "y" if f.inf else "-", f.nan, f"{f.max:.6g}", f"{f.min_normal:.6g}",
                      f"{f.min_subnormal:.6g}", f"{f.eps:.6g}"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
 
 def cmd_formats(_: argparse.Namespace) -> int:
