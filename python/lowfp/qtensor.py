@@ -86,7 +86,7 @@ class QTensor:
     """A blockwise quantized tensor.
 
     Attributes:
-        codes: uint8 packed codes (layout in the README).
+        codes: uint8 packed codes (layout in docs/packing.md).
         scales: per-block scales: float32 ("absmax") or uint8 scale codes (E8M0 rules, "e4m3").
         alphas: float32 per-block log bases (quantile log codec) or None.
         global_scale: float32 tensor scale ("e4m3"), else 1.0.
