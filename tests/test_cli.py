@@ -193,7 +193,11 @@ def test_file_errors_are_one_line_and_leave_no_output(tmp_path):
              (["convert", str(tmp_path / "dir.pt"), str(out)], "is a directory"),
              (["convert", str(tmp_path / "good.npy"), str(out), "--format", "nvfp4",
                "--block", "32"], "--block: nvfp4 fixes the block size at 16"),
-             (["inspect", str(tmp_path / "x.txt")], "expected")]
+             (["inspect", str(tmp_path / "x.txt")], "expected"),
+             (["convert", str(tmp_path / "missing.safetensors"), str(out), "--to", "float32"],
+              "IN: no such file"),
+             (["convert", str(tmp_path / "bad.npy"), str(out), "--to", "float32"],
+              "IN: the extension decides")]
     try:
         import torch
 

@@ -83,14 +83,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
 _INPUTS = ".npy, .npz, .safetensors or a torch .pt/.pth/.bin state dict"
 
 
-def _read_input(path: str, arg: str) -> Any:
-    """The structure in a file: a dict name → array for .npy/.npz/plain safetensors, the
-    checkpoint's own (possibly nested) structure for torch files and lowfp files, whose
-    QTensors stay quantized."""
+def _check_in(path: str, arg: str) -> None:
     if os.path.isdir(path):
         raise ValueError(f"{arg}: {path} is a directory; expected a file ({_INPUTS})")
     if not os.path.exists(path):
         raise ValueError(f"{arg}: no such file: {path}")
+
+
+def _as_arg(e: ValueError, arg: str) -> ValueError:
+    """lowfp.checkpoint's "path: ..." message, naming the command-line argument instead."""
+    msg = str(e)
+    return ValueError(f"{arg}:{msg[5:]}" if msg.startswith("path:") else msg)
+
+
+def _read_input(path: str, arg: str) -> Any:
+    """The structure in a file: a dict name → array for .npy/.npz/plain safetensors, the
+    checkpoint's own (possibly nested) structure for torch files and lowfp files, whose
+    QTensors stay quantized."""
+    _check_in(path, arg)
     ext = os.path.splitext(path)[1].lower()
     if ext in (".npy", ".npz"):
         try:
@@ -107,8 +117,7 @@ def _read_input(path: str, arg: str) -> Any:
         if ext == ".bin":
             return checkpoint.torch_load(path)
     except ValueError as e:
-        msg = str(e)
-        raise ValueError(f"{arg}:{msg[5:]}" if msg.startswith("path:") else msg) from None
+        raise _as_arg(e, arg) from None
     raise ValueError(f"{arg}: expected {_INPUTS}, got {path}")
 
 
@@ -145,9 +154,12 @@ def cmd_convert(args: argparse.Namespace) -> int:
         if args.format or args.block or args.scale:
             raise ValueError("--to decodes a lowfp file: --format, --block and --scale do not "
                              "apply")
-        _read_input(args.IN, "IN")  # lowfp's own message for a missing / unreadable file
+        _check_in(args.IN, "IN")
         framework = "torch" if not args.OUT.lower().endswith(".safetensors") else "numpy"
-        tree = checkpoint.load_state_dict(args.IN, dtype=args.to, framework=framework)
+        try:
+            tree = checkpoint.load_state_dict(args.IN, dtype=args.to, framework=framework)
+        except ValueError as e:
+            raise _as_arg(e, "IN") from None
         n = len(_leaves(tree))
         checkpoint.write_tree(tree, args.OUT)
         print(f"{_plural(n, 'tensor')} → {args.OUT} (quantized ones decoded to "
