@@ -16,7 +16,8 @@ extras=${1:-}
 reqs=$("$PY" scripts/deps.py "$extras")  # fails loudly on an unknown extra
 need=()
 while IFS= read -r r; do [ -n "$r" ] && need+=("$r"); done <<< "$reqs"
-"$PY" -c "import maturin" >/dev/null 2>&1 || need+=("maturin>=1.5,<2")
+# `-m maturin` needs its binary beside this Python (a venv over system packages may lack it)
+"$PY" -m maturin --version >/dev/null 2>&1 || need+=("maturin>=1.5,<2")
 if [ ${#need[@]} -gt 0 ]; then
   rest=()
   for r in "${need[@]}"; do
