@@ -16,8 +16,6 @@ extras=${1:-}
 reqs=$("$PY" scripts/deps.py "$extras")  # fails loudly on an unknown extra
 need=()
 while IFS= read -r r; do [ -n "$r" ] && need+=("$r"); done <<< "$reqs"
-# `-m maturin` needs its binary beside this Python (a venv over system packages may lack it)
-"$PY" -m maturin --version >/dev/null 2>&1 || need+=("maturin>=1.5,<2")
 if [ ${#need[@]} -gt 0 ]; then
   rest=()
   for r in "${need[@]}"; do
@@ -34,6 +32,12 @@ if [ ${#need[@]} -gt 0 ]; then
     echo "== installing: ${need[*]}"
     "$PY" -m pip install -q "${need[@]}"
   fi
+fi
+# `-m maturin` needs its binary beside this Python: a venv over system packages sees the
+# system's maturin module without it, hence --ignore-installed
+if ! "$PY" -m maturin --version >/dev/null 2>&1; then
+  echo "== installing maturin"
+  "$PY" -m pip install -q --ignore-installed "maturin>=1.5,<2"
 fi
 command -v cargo >/dev/null || { echo "error: cargo (Rust toolchain) is required: https://rustup.rs" >&2; exit 1; }
 
