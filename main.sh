@@ -4,6 +4,6 @@
 # quick format table and round trip.
 set -euo pipefail
 cd "$(dirname "$0")"
-bash scripts/install.sh main
+bash scripts/install.sh experiments
 PY=${PYTHON:-python3}
 "$PY" -m lowfp experiment "$@"

@@ -822,8 +822,10 @@ fn decode_scaled(levels: &[f32], codes: &[u8], s: f32, out: &mut [f32]) -> Resul
         }
     }
     let n = codes.len().min(out.len());
+    // mutated only by the x86 SIMD prefix, which `portable` / non-x86 builds lack
+    #[cfg_attr(not(all(target_arch = "x86_64", not(feature = "portable"))), allow(unused_mut))]
     let mut done = 0;
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(all(target_arch = "x86_64", not(feature = "portable")))]
     if std::is_x86_feature_detected!("avx2") {
         // SAFETY: AVX2 checked just above; every code indexes `levels` (checked above, or
         // any u8 does for 256 levels); the slices hold n elements.
@@ -835,7 +837,7 @@ fn decode_scaled(levels: &[f32], codes: &[u8], s: f32, out: &mut [f32]) -> Resul
     Ok(())
 }
 
-#[cfg(target_arch = "x86_64")]
+#[cfg(all(target_arch = "x86_64", not(feature = "portable")))]
 mod lut_avx2 {
     use std::arch::x86_64::*;
 

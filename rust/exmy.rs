@@ -719,7 +719,7 @@ fn encode_chunk_body<I: Input, C: Code, const MODE: u8>(
 
 /// The chunk loop compiled for AVX2 (LLVM vectorizes the branch-free element code with
 /// variable shifts); chosen at run time where the CPU has it. Same results either way.
-#[cfg(target_arch = "x86_64")]
+#[cfg(all(target_arch = "x86_64", not(feature = "portable")))]
 #[target_feature(enable = "avx2")]
 unsafe fn encode_chunk_avx2<I: Input, C: Code, const MODE: u8>(
     enc: &Encoder,
@@ -738,7 +738,7 @@ pub(crate) fn encode_chunk<I: Input, C: Code, const MODE: u8>(
     start: usize,
     random: Random,
 ) -> Result<()> {
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(all(target_arch = "x86_64", not(feature = "portable")))]
     if std::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU supports AVX2, checked just above.
         return unsafe { encode_chunk_avx2::<I, C, MODE>(enc, x, out, start, random) };

@@ -180,7 +180,7 @@ pub fn quantile_abs(x: &[f32], q: f32, scratch: &mut Vec<f32>) -> f32 {
     let last = x.len() - 1;
     let k = ((q as f64 * last as f64).floor() as usize).min(last);
     if k < 16 {
-        #[cfg(target_arch = "x86_64")]
+        #[cfg(all(target_arch = "x86_64", not(feature = "portable")))]
         if x.len().is_multiple_of(8) && std::is_x86_feature_detected!("avx2") {
             // SAFETY: AVX2 checked just above.
             return unsafe { kth_avx2::kth_smallest_abs(x, k) };
@@ -227,7 +227,7 @@ fn kth_smallest_abs(x: &[f32], k: usize) -> f32 {
 /// `j, j + 8, j + 16, …` in a sorted column of vectors (one min/max pair per insertion step).
 /// Every one of the `k + 1` smallest keys overall is among its lane's `k + 1` smallest, so the
 /// k-th smallest of the `8 (k + 1)` survivors is the answer: the same value.
-#[cfg(target_arch = "x86_64")]
+#[cfg(all(target_arch = "x86_64", not(feature = "portable")))]
 mod kth_avx2 {
     use std::arch::x86_64::*;
 
@@ -334,7 +334,7 @@ mod tests {
                 let mut s: Vec<f32> = x.iter().map(|v| v.abs()).collect();
                 s.sort_by(f32::total_cmp);
                 assert_eq!(kth_smallest_abs(&x, k).to_bits(), s[k].to_bits(), "len {len} k {k}");
-                #[cfg(target_arch = "x86_64")]
+                #[cfg(all(target_arch = "x86_64", not(feature = "portable")))]
                 if len % 8 == 0 && std::is_x86_feature_detected!("avx2") {
                     // SAFETY: AVX2 checked just above.
                     let got = unsafe { kth_avx2::kth_smallest_abs(&x, k) };

@@ -122,7 +122,7 @@ const LANES: usize = 8;
 
 /// Fill `out` (a multiple of 4·LANES words) from counter index `idx` (a multiple of 4).
 fn fill_lanes(out: &mut [u32], stream: u64, idx: u64, k: [u32; 2]) {
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(all(target_arch = "x86_64", not(feature = "portable")))]
     if std::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU supports AVX2, checked just above.
         unsafe { avx2::fill(out, stream, idx, k) };
@@ -133,7 +133,7 @@ fn fill_lanes(out: &mut [u32], stream: u64, idx: u64, k: [u32; 2]) {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
+#[cfg(all(target_arch = "x86_64", not(feature = "portable")))]
 mod avx2 {
     use super::{counter, LANES, PHILOX_M0, PHILOX_M1, PHILOX_W0, PHILOX_W1};
     use std::arch::x86_64::*;

@@ -20,14 +20,14 @@ macro_rules! avx2_or_baseline {
             #[inline(always)]
             fn body $(<$(const $c: $ct),*>)? ($($arg: $ty),*) $(-> $ret)? $body
 
-            #[cfg(target_arch = "x86_64")]
+            #[cfg(all(target_arch = "x86_64", not(feature = "portable")))]
             #[allow(clippy::too_many_arguments)]
             #[target_feature(enable = "avx2")]
             unsafe fn avx2 $(<$(const $c: $ct),*>)? ($($arg: $ty),*) $(-> $ret)? {
                 body $(::<$($c),*>)? ($($arg),*)
             }
 
-            #[cfg(target_arch = "x86_64")]
+            #[cfg(all(target_arch = "x86_64", not(feature = "portable")))]
             if std::is_x86_feature_detected!("avx2") {
                 // SAFETY: the CPU supports AVX2, checked just above.
                 return unsafe { avx2 $(::<$($c),*>)? ($($arg),*) };

@@ -200,8 +200,10 @@ pub(crate) fn index_lookup<const DIV: bool>(
     out: &mut [u8],
 ) -> bool {
     let n = xs.len().min(out.len());
+    // mutated only by the x86 SIMD prefix, which `portable` / non-x86 builds lack
+    #[cfg_attr(not(all(target_arch = "x86_64", not(feature = "portable"))), allow(unused_mut))]
     let mut done = 0;
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(all(target_arch = "x86_64", not(feature = "portable")))]
     if std::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU supports AVX2, checked just above; the slices hold n elements.
         let (d, hit) = unsafe { idx_avx2::nearest::<DIV, true>(ent, &xs[..n], s, &mut out[..n]) };
@@ -315,7 +317,7 @@ impl Index {
 /// `#{i : keys[i] <= k}` over the first 16 keys (all 32 if `wide`), for keys sorted ascending
 /// with a pad (`i32::MAX`) among the keys used: the keys above `k` then form a nonempty
 /// suffix, whose start is the trailing zero count of the mask of `keys[i] > k`.
-#[cfg(target_arch = "x86_64")]
+#[cfg(all(target_arch = "x86_64", not(feature = "portable")))]
 #[inline(always)]
 fn count_le(keys: &Keys, wide: bool, k: i32) -> u32 {
     use std::arch::x86_64::*;
@@ -348,7 +350,7 @@ fn count_le(keys: &Keys, wide: bool, k: i32) -> u32 {
     }
 }
 
-#[cfg(not(target_arch = "x86_64"))]
+#[cfg(not(all(target_arch = "x86_64", not(feature = "portable"))))]
 #[inline(always)]
 fn count_le(keys: &Keys, wide: bool, k: i32) -> u32 {
     let n = if wide { SMALL_MAX } else { 16 };
@@ -548,8 +550,10 @@ impl Table {
     /// `j`, 8 elements at a time with AVX2 for tables of at most 16 levels (chosen at run time).
     pub fn stochastic_slice(&self, xs: &[f32], rs: &[u32], out: &mut [u8]) {
         let n = xs.len().min(rs.len()).min(out.len());
+        // mutated only by the x86 SIMD prefix, which `portable` / non-x86 builds lack
+        #[cfg_attr(not(all(target_arch = "x86_64", not(feature = "portable"))), allow(unused_mut))]
         let mut done = 0;
-        #[cfg(target_arch = "x86_64")]
+        #[cfg(all(target_arch = "x86_64", not(feature = "portable")))]
         if self.levels.len() <= 16 && std::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU supports AVX2, checked just above; the slices hold n elements.
             done = unsafe { sr_avx2::small(&self.levels, &xs[..n], &rs[..n], &mut out[..n]) };
@@ -586,8 +590,10 @@ impl Table {
         }
         // SAFETY: as in `nearest`.
         let ent: &Entries = unsafe { &*p };
+        // mutated only by the x86 SIMD prefix, which `portable` / non-x86 builds lack
+        #[cfg_attr(not(all(target_arch = "x86_64", not(feature = "portable"))), allow(unused_mut))]
         let mut done = 0;
-        #[cfg(target_arch = "x86_64")]
+        #[cfg(all(target_arch = "x86_64", not(feature = "portable")))]
         if std::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU supports AVX2, checked just above; the slices hold n elements.
             done = unsafe { idx_avx2::nearest::<DIV, false>(ent, &xs[..n], s, &mut out[..n]).0 };
@@ -634,7 +640,7 @@ fn check_levels(levels: &[f32]) -> Result<()> {
 /// it; otherwise the table is built. `levels` must pass [`Table::new`]'s checks.
 pub fn stochastic_levels(levels: Vec<f32>, xs: &[f32], rs: &[u32], out: &mut [u8]) -> Result<()> {
     check_levels(&levels)?;
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(all(target_arch = "x86_64", not(feature = "portable")))]
     if levels.len() <= 16 && std::is_x86_feature_detected!("avx2") {
         let n = xs.len().min(rs.len()).min(out.len());
         // SAFETY: the CPU supports AVX2, checked just above; the slices hold n elements.
@@ -655,7 +661,7 @@ pub fn stochastic_levels(levels: Vec<f32>, xs: &[f32], rs: &[u32], out: &mut [u8
 /// Direct-index lookups, 8 at a time: load the 8 entries, compare the low 16 bits of each
 /// pattern with the entry's `t` (both in 0..=0xffff, so a signed 32-bit compare is exact), and
 /// shift the entry right by 16 (code `c0`) or 24 (`c1`).
-#[cfg(target_arch = "x86_64")]
+#[cfg(all(target_arch = "x86_64", not(feature = "portable")))]
 mod idx_avx2 {
     use super::Entries;
     use std::arch::x86_64::*;
@@ -725,7 +731,7 @@ mod idx_avx2 {
 /// `a = l[cnt-1] <= x < b = l[cnt]` → `cnt - 1`, plus 1 iff `r + 1 <= t` for the definition's
 /// `t = (x - a) / (b - a) · 2^32` in f64, which is `r < trunc(t)` for an integer `r` and
 /// `t >= 0`.
-#[cfg(target_arch = "x86_64")]
+#[cfg(all(target_arch = "x86_64", not(feature = "portable")))]
 mod sr_avx2 {
     use std::arch::x86_64::*;
 

@@ -247,9 +247,13 @@ def test_files_written_before_axis_load_flat():
     from safetensors.numpy import load_file
 
     path = os.path.join(DATA, "qtensor_flat_v1.safetensors")
-    qs = lowfp.load_qtensors(path)
+    loaded = lowfp.load_qtensors(path)
     arrays = load_file(path)
+    qs = {k: v for k, v in loaded.items() if isinstance(v, lowfp.QTensor)}
     assert sorted(qs) == ["lin", "logq", "mx", "nv", "sr"]
+    # the plain arrays beside them come back as arrays
+    assert sorted(set(loaded) - set(qs)) == sorted(f"expected.{k}" for k in qs)
+    assert all(np.array_equal(loaded[k], arrays[k]) for k in set(loaded) - set(qs))
     for name, q in qs.items():
         assert q.axis is None
         assert same(q.dequantize(), arrays[f"expected.{name}"]), name

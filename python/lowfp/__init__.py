@@ -8,12 +8,15 @@ The public API (NumPy arrays and CPU torch tensors):
 - table codecs: :class:`Linear`, :class:`Dynamic`, :class:`Log`
 - blockwise: :func:`quantize_blockwise`, :class:`QTensor`, :func:`save_qtensors`,
   :func:`load_qtensors`, :data:`PRESETS`
+- checkpoints: :func:`save_state_dict`, :func:`load_state_dict` (quantize a state dict into a
+  .safetensors/.pt file and load it back for ``model.load_state_dict``)
 - threads: :func:`set_num_threads`, :func:`num_threads`
 - random keys: :func:`manual_seed` (resets the generator behind ``seed=None``)
 - research tools (need torch): :mod:`lowfp.qat`, :mod:`lowfp.stats`, :mod:`lowfp.geometry`
 """
 
 from ._seed import manual_seed
+from .checkpoint import load_state_dict, save_state_dict
 from .codec import (
     Dynamic,
     Linear,
@@ -45,6 +48,7 @@ __all__ = [
     "format",
     "formats",
     "load_qtensors",
+    "load_state_dict",
     "manual_seed",
     "num_threads",
     "pack",
@@ -52,6 +56,7 @@ __all__ = [
     "quantize_blockwise",
     "random_bits",
     "save_qtensors",
+    "save_state_dict",
     "set_num_threads",
     "unpack",
 ]

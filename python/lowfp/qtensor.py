@@ -86,7 +86,7 @@ class QTensor:
     """A blockwise quantized tensor.
 
     Attributes:
-        codes: uint8 packed codes (layout in the README).
+        codes: uint8 packed codes (layout in docs/packing.md).
         scales: per-block scales: float32 ("absmax") or uint8 scale codes (E8M0 rules, "e4m3").
         alphas: float32 per-block log bases (quantile log codec) or None.
         global_scale: float32 tensor scale ("e4m3"), else 1.0.
@@ -485,27 +485,127 @@ def quantize_blockwise(
 # ---------------------------------------------------------------- safetensors
 
 
-def save_qtensors(tensors: Dict[str, QTensor], path: str) -> None:
-    """Save QTensors to a safetensors file.
+def save_qtensors(tensors: Dict[str, Any], path: str,
+                  metadata: Optional[Dict[str, str]] = None) -> None:
+    """Save QTensors, and plain arrays beside them, to a safetensors file.
 
-    Each tensor ``name`` is stored as ``name.codes`` (uint8), ``name.scales`` and, when
+    Each QTensor ``name`` is stored as ``name.codes`` (uint8), ``name.scales`` and, when
     present, ``name.alphas``; the file metadata ``lowfp`` holds a JSON dict
-    name → :meth:`QTensor.metadata`. No pickles: any safetensors reader can load the arrays.
+    name → :meth:`QTensor.metadata`. A plain NumPy array (any safetensors dtype, bfloat16
+    through ml_dtypes) is stored under its own name. No pickles: any safetensors reader can
+    load the arrays.
+
+    Args:
+        tensors: name → QTensor or NumPy array.
+        path: the file to write.
+        metadata: extra str → str entries for the file header (``lowfp`` and ``format`` are
+            lowfp's own).
+
+    Raises:
+        ValueError: a plain array's name collides with a QTensor's stored arrays, or its dtype
+            has no safetensors name.
+        TypeError: a value is neither a QTensor nor a NumPy array.
     """
-    from safetensors.numpy import save_file
-
-    arrays, meta = {}, {}
+    arrays: Dict[str, np.ndarray] = {}
+    meta = {}
+    plain = {}
     for name, q in tensors.items():
-        arrays[f"{name}.codes"] = q.codes
-        arrays[f"{name}.scales"] = q.scales
-        if q.alphas is not None:
-            arrays[f"{name}.alphas"] = q.alphas
-        meta[name] = q.metadata()
-    save_file(arrays, path, metadata={"lowfp": json.dumps(meta), "format": "lowfp.qtensor.v1"})
+        if isinstance(q, QTensor):
+            arrays[f"{name}.codes"] = q.codes
+            arrays[f"{name}.scales"] = q.scales
+            if q.alphas is not None:
+                arrays[f"{name}.alphas"] = q.alphas
+            meta[name] = q.metadata()
+        elif isinstance(q, np.ndarray):
+            plain[name] = q
+        else:
+            raise TypeError(f"tensors[{name!r}]: expected a QTensor or a NumPy array, got "
+                            f"{type(q).__name__}")
+    for name in plain:
+        if name in arrays:
+            raise ValueError(f"tensors[{name!r}]: the name is taken by a QTensor's stored array")
+    arrays.update(plain)
+    header = dict(metadata or {})
+    header.update({"lowfp": json.dumps(meta), "format": "lowfp.qtensor.v1"})
+    write_arrays(arrays, path, header)
 
 
-def load_qtensors(path: str) -> Dict[str, QTensor]:
-    """Load QTensors written by :func:`save_qtensors`.
+#: safetensors dtype name ↔ NumPy dtype name (bfloat16 is ml_dtypes')
+_ST_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
+              "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U64": "uint64",
+              "U32": "uint32", "U16": "uint16", "U8": "uint8", "BOOL": "bool"}
+
+
+def _st_dtype(name: str, a: np.ndarray) -> str:
+    for st, np_name in _ST_DTYPES.items():
+        if a.dtype.name == np_name:
+            return st
+    raise ValueError(f"tensors[{name!r}]: dtype {a.dtype} has no safetensors name; expected "
+                     f"one of {', '.join(_ST_DTYPES.values())}")
+
+
+def _np_dtype(st: str) -> Any:
+    name = _ST_DTYPES.get(st)
+    if name is None:
+        raise ValueError(f"safetensors dtype {st} is not supported; expected one of "
+                         f"{', '.join(_ST_DTYPES)}")
+    if name == "bfloat16":
+        import ml_dtypes
+
+        return ml_dtypes.bfloat16
+    return np.dtype(name)
+
+
+def write_arrays(arrays: Dict[str, np.ndarray], path: str, metadata: Dict[str, str]) -> None:
+    """Write a safetensors file: 8-byte little-endian header length, the JSON header (dtype,
+    shape, data_offsets per array; ``__metadata__``) padded with spaces to 8 bytes, the data.
+    Written here rather than by ``safetensors.numpy`` because that has no bfloat16 and its
+    low-level API changed between versions."""
+    header: Dict[str, Any] = {"__metadata__": metadata}
+    datas, off = [], 0
+    for k, a in arrays.items():
+        a = np.ascontiguousarray(a)
+        if a.dtype.byteorder == ">":
+            a = a.astype(a.dtype.newbyteorder("<"))
+        header[k] = {"dtype": _st_dtype(k, a), "shape": list(a.shape),
+                     "data_offsets": [off, off + a.nbytes]}
+        datas.append(a)
+        off += a.nbytes
+    h = json.dumps(header, separators=(",", ":")).encode()
+    h += b" " * (-len(h) % 8)
+    with open(path, "wb") as fh:
+        fh.write(len(h).to_bytes(8, "little"))
+        fh.write(h)
+        for a in datas:
+            fh.write(a.tobytes())
+
+
+def read_arrays(path: str, skip: Any = ()) -> Dict[str, np.ndarray]:
+    """Every array of a safetensors file as NumPy (bfloat16 included), but those in ``skip``.
+
+    Reads the layout itself (8-byte header length, JSON header, data) because
+    ``safetensors.numpy`` has no bfloat16. The file's header must already have been checked
+    (``safe_open`` does).
+    """
+    out = {}
+    with open(path, "rb") as fh:
+        n = int.from_bytes(fh.read(8), "little")
+        header = json.loads(fh.read(n))
+        for k, v in header.items():
+            if k == "__metadata__" or k in skip:
+                continue
+            a, b = v["data_offsets"]
+            fh.seek(8 + n + a)
+            buf = bytearray(fh.read(b - a))  # writable, so torch.from_numpy takes it
+            out[k] = np.frombuffer(buf, _np_dtype(v["dtype"])).reshape(v["shape"])
+    return out
+
+
+def load_qtensors(path: str) -> Dict[str, Any]:
+    """Load QTensors written by :func:`save_qtensors`, and the plain arrays beside them.
+
+    Returns:
+        name → QTensor, or NumPy array for a plain array.
 
     Raises:
         ValueError: the file has no lowfp metadata.
@@ -517,19 +617,29 @@ def load_qtensors(path: str) -> Dict[str, QTensor]:
         if "lowfp" not in md:
             raise ValueError(f"path: {path} has no lowfp metadata (not written by lowfp)")
         meta = json.loads(md["lowfp"])
-        out = {}
+        out: Dict[str, Any] = {}
+        keys = set(f.keys())
         for name, m in meta.items():
-            keys = set(f.keys())
-            out[name] = QTensor(
-                codes=f.get_tensor(f"{name}.codes"),
-                scales=f.get_tensor(f"{name}.scales"),
-                alphas=f.get_tensor(f"{name}.alphas") if f"{name}.alphas" in keys else None,
-                global_scale=float(m["global_scale"]),
-                shape=tuple(m["shape"]),
-                codec=_codec_from_spec(m["codec"]),
-                block_size=int(m["block_size"]),
-                scale=m["scale"],
-                rounding=m.get("rounding", "nearest"),
-                axis=m.get("axis"),  # files written before axis= have none: flat blocks
-            )
+            out[name] = qtensor_from_metadata(
+                m, f.get_tensor(f"{name}.codes"), f.get_tensor(f"{name}.scales"),
+                f.get_tensor(f"{name}.alphas") if f"{name}.alphas" in keys else None)
+    owned = {f"{name}.{part}" for name in meta for part in ("codes", "scales", "alphas")}
+    out.update(read_arrays(path, skip=owned))
     return out
+
+
+def qtensor_from_metadata(m: dict, codes: np.ndarray, scales: np.ndarray,
+                          alphas: Optional[np.ndarray]) -> QTensor:
+    """The QTensor that :meth:`QTensor.metadata` ``m`` and its stored arrays describe."""
+    return QTensor(
+        codes=codes,
+        scales=scales,
+        alphas=alphas,
+        global_scale=float(m["global_scale"]),
+        shape=tuple(m["shape"]),
+        codec=_codec_from_spec(m["codec"]),
+        block_size=int(m["block_size"]),
+        scale=m["scale"],
+        rounding=m.get("rounding", "nearest"),
+        axis=m.get("axis"),  # files written before axis= have none: flat blocks
+    )
