@@ -238,13 +238,15 @@ def _seed_arg(seed: Any, uses_bits: bool) -> int:
     return _key("seed", seed)
 
 
-def _options(rounding, overflow, nan, negative, seed, stream, offset, random_bits, n):
+def _options(f, rounding, overflow, nan, negative, seed, stream, offset, random_bits, n):
+    """(encoder handle, seed, stream, offset, random bits or None): the core's arguments
+    after the element arrays, for format f."""
     if (random_bits is None and seed is None and type(stream) is int and type(offset) is int
             and stream == 0 and offset == 0
             and nan == "error" and negative == "error" and rounding != "stochastic"
             and rounding in _ROUNDING_SET and overflow in OVERFLOWS):
         # deterministic rounding with default options: no key, nothing else to check
-        return (rounding, overflow, False, False, 0, 0, 0, None)
+        return (f._encoder(rounding, overflow, False, False), 0, 0, 0, None)
     check_encode_options(rounding, overflow, nan, negative)
     seed = _seed_arg(seed, rounding == "stochastic" and random_bits is None)
     stream, offset = _key("stream", stream), _key("offset", offset)
@@ -258,7 +260,8 @@ def _options(rounding, overflow, nan, negative, seed, stream, offset, random_bit
                 f"random_bits: expected {n} uint32 values, got {rb.size} of dtype {rb.dtype}"
             )
         rb = rb.reshape(-1)
-    return (rounding, overflow, nan == "zero", negative == "clamp", seed, stream, offset, rb)
+    return (f._encoder(rounding, overflow, nan == "zero", negative == "clamp"), seed, stream,
+            offset, rb)
 
 
 def _wrap(out: np.ndarray, from_torch: bool, kind: Optional[str] = None):
@@ -328,7 +331,7 @@ def _from_f32(v: np.ndarray, kind: str, o: Optional[np.ndarray]) -> np.ndarray:
         return o
     f = format(kind)
     return _run(_core.encode, v, o, np.uint16, ("float32",),
-                (f._fields, "nearest", "nonfinite", False, False, 0, 0, 0, None), False)
+                (f._encoder("nearest", "nonfinite"), 0, 0, 0, None), False)
 
 
 def _float_result(o: np.ndarray, kind: str, from_torch: bool, given: Any):
@@ -400,20 +403,20 @@ def encode(
         return _as_dtype(r, format(fmt), True) if as_dtype else r
     f = format(fmt)
     a, kind, from_torch = _float_input(x)
-    opts = _options(rounding, overflow, nan, negative, seed, stream, offset, random_bits, a.size)
+    opts = _options(f, rounding, overflow, nan, negative, seed, stream, offset, random_bits,
+                    a.size)
     if as_dtype:
         _as_dtype(None, f, from_torch)  # fail before the work when there is no such dtype
     if out is None and a.flags.c_contiguous:  # the common case, inline
         o = np.empty(a.shape, f.code_dtype)
         try:
-            _core.encode(a.reshape(-1), kind, o.reshape(-1), f._fields, *opts)
+            _core.encode(a.reshape(-1), kind, o.reshape(-1), *opts)
         except ValueError as e:
             raise _core_error(e) from None
     else:
         o = None if out is None else _out_array(out, a.shape, f.code_dtype, (f.name,))
         try:
-            o = _run(_core.encode, a, o, f.code_dtype, (kind,), (f._fields, *opts),
-                     opts[0] == "stochastic")
+            o = _run(_core.encode, a, o, f.code_dtype, (kind,), opts, rounding == "stochastic")
         except ValueError as e:
             raise _core_error(e) from None
     if out is not None:
@@ -525,11 +528,11 @@ def decode(codes: Any, fmt: Optional[FormatLike] = None, *, dtype: Any = np.floa
     try:
         if wide and o is None and c.flags.c_contiguous:  # the common case, inline
             o = np.empty(c.shape, dt)
-            _core.decode(c.reshape(-1), o.reshape(-1), f._fields)
+            _core.decode(c.reshape(-1), o.reshape(-1), f._handle)
         elif wide:
-            o = _run(_core.decode, c, o, dt, (), (f._fields,), False)
+            o = _run(_core.decode, c, o, dt, (), (f._handle,), False)
         else:
-            v = _run(_core.decode, c, None, np.float32, (), (f._fields,), False)
+            v = _run(_core.decode, c, None, np.float32, (), (f._handle,), False)
             o = _from_f32(v, kind, o)
     except ValueError as e:
         raise _core_error(e) from None
@@ -569,10 +572,10 @@ def quantize(
     f = format(fmt)
     a, kind, from_torch = _float_input(x)
     check_exact_in(f, kind)
-    opts = _options(rounding, overflow, nan, negative, seed, stream, offset, random_bits, a.size)
+    opts = _options(f, rounding, overflow, nan, negative, seed, stream, offset, random_bits,
+                    a.size)
     try:
-        out = _run(_core.quantize, a, None, a.dtype, (kind,), (f._fields, *opts),
-                   opts[0] == "stochastic")
+        out = _run(_core.quantize, a, None, a.dtype, (kind,), opts, rounding == "stochastic")
     except ValueError as e:
         raise _core_error(e) from None
     return _wrap(out, from_torch, kind)
@@ -715,6 +718,16 @@ class _TableCodec(TableCodec):
     def _freeze(self) -> None:
         object.__setattr__(self, "_key", (type(self).__name__, *sorted(self.spec().items())))
 
+    @property
+    def _table(self) -> Any:
+        """The core's handle of these levels (``_core.Table``), built on first use and kept:
+        an 8-bit table builds a 256 KiB lookup index once, not once per call."""
+        t = self.__dict__.get("_table_handle")
+        if t is None:
+            t = _core.Table(self.levels.tolist())
+            object.__setattr__(self, "_table_handle", t)
+        return t
+
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError(f"{type(self).__name__} is immutable (a codec is a value); "
                              "build a new one instead")
@@ -759,7 +772,7 @@ class _TableCodec(TableCodec):
         elif kind == "float64":
             a = a.astype(np.float32, order="K")  # one correct rounding
         try:
-            out = _run(_core.table_encode, a, None, np.uint8, (self.levels.tolist(),),
+            out = _run(_core.table_encode, a, None, np.uint8, (self._table,),
                        (rounding, seed, stream, offset),
                        rounding == "stochastic")
         except ValueError as e:
@@ -804,7 +817,7 @@ class _TableCodec(TableCodec):
 
 
 def _to_f32(a: np.ndarray, kind: str) -> np.ndarray:
-    return _run(_core.decode, a, None, np.float32, (), (format(kind)._fields,), False)
+    return _run(_core.decode, a, None, np.float32, (), (format(kind)._handle,), False)
 
 
 class Linear(_TableCodec):

@@ -70,10 +70,12 @@ class Format:
         if self.inf is None:
             object.__setattr__(self, "inf", self.nan == "ieee")
         try:
-            name = _core.format_check(self._fields)
+            handle = _core.Format(*self._fields)
         except ValueError as e:
             raise ValueError(_py_range(str(e))) from None
-        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "_handle", handle)
+        object.__setattr__(self, "name", handle.name)
+        object.__setattr__(self, "_encoders", {})
 
     @cached_property
     def _fields(self) -> tuple:
@@ -89,7 +91,20 @@ class Format:
 
     @cached_property
     def _props(self) -> tuple:
-        return _core.format_props(self._fields)
+        return self._handle.props
+
+    def _encoder(self, rounding: str, overflow: str, nan_to_zero: bool = False,
+                 clamp_negative: bool = False) -> Any:
+        """The core's encoder for these options (``_core.Encoder``), built once per options
+        and kept on the format: at most 7 roundings x 2 overflows x 2 x 2 entries, since
+        the constructor rejects other options."""
+        key = (rounding, overflow, nan_to_zero, clamp_negative)
+        try:
+            return self._encoders[key]
+        except KeyError:
+            e = _core.Encoder(self._handle, rounding, overflow, nan_to_zero, clamp_negative)
+            self._encoders[key] = e
+            return e
 
     @property
     def bits(self) -> int:
@@ -146,7 +161,7 @@ class Format:
             raise ValueError(f"fmt: values needs a format of at most 16 bits, got {self.bits}")
         codes = np.arange(1 << self.bits, dtype=self.code_dtype)
         out = np.empty(codes.shape, np.float64)
-        _core.decode(codes, out, self._fields)
+        _core.decode(codes, out, self._handle)
         out.setflags(write=False)
         return out
 
@@ -258,7 +273,7 @@ def _lookup(fmt: Any, arg: str = "fmt") -> Format:
         pass
     if isinstance(fmt, str):
         try:
-            (e, m, b, s, i, n, sub), _ = _core.format_parse(fmt)
+            (e, m, b, s, i, n, sub) = _core.Format.parse(fmt).fields
         except ValueError as err:
             msg = _py_range(str(err))
             if msg.startswith("fmt: "):

@@ -22,7 +22,7 @@ from typing import Any, Dict, Optional, Tuple, Union
 import numpy as np
 
 from . import _core
-from ._common import E8M0_SCALES, SCALE_FORMATS
+from ._common import E8M0_SCALES, SCALE_FORMATS, block_handle
 from .codec import (
     ROUNDINGS,
     Dynamic,
@@ -188,7 +188,7 @@ class QTensor:
         count = self._count()
         buf = np.empty(rows * padded if count != self.size else count, np.float32)
         alphas = self.alphas if self.alphas is not None else np.empty(0, np.float32)
-        _core.blockwise_dequantize(self.codes, self._spec(), self._scales_f32(), alphas,
+        _core.blockwise_dequantize(self.codes, block_handle(self._spec()), self._scales_f32(), alphas,
                                    np.float32(self.global_scale), buf[:count])
         out = _unpad_rows(buf, self)
         out = _from_f32(out, kind, None)
@@ -466,7 +466,7 @@ def quantize_blockwise(
     else:
         flat = _pad_rows(a if a.dtype == np.float32 else a.astype(np.float32), q)
         flat = np.ascontiguousarray(flat, np.float32)
-    spec = q._spec()
+    spec = block_handle(q._spec())
     packed_len, nblocks, nalphas, _ = _core.blockwise_layout(spec, flat.size)
     packed = np.empty(packed_len, np.uint8)
     scales = np.empty(nblocks, np.float32)
