@@ -10,6 +10,7 @@ qtensor.py (tests/test_layering.py checks it). Nothing here imports NumPy-facing
 - the packed length of k-bit codes (the Rust core's formula, not a copy of it);
 - the format each blockwise scale rule stores its scales in;
 - the table codecs' marker base class and the levels of a table codec's spec dict;
+- the formats the CUDA mirror does not run yet (P3109-style infinities);
 - the core's handle of a blockwise spec dict (``_core.BlockSpec``), built once per spec.
 """
 
@@ -131,3 +132,13 @@ def block_handle(spec: Dict[str, Any]) -> Any:
     except TypeError:
         pass
     return h
+
+
+def check_cuda_format(f: Any, arg: str = "fmt") -> None:
+    """ValueError for a format the CUDA mirror cannot encode yet: infinities without IEEE NaNs
+    (P3109 style), whose inf code the kernels' format setup (``lf_make_enc``) does not
+    derive. Checked before dispatching to lowfp.cuda, so such a call fails instead of
+    returning other bits than the CPU core."""
+    if f.inf and f.nan != "ieee":
+        raise ValueError(f"{arg}: {f.name} (infinities without IEEE NaNs, P3109 style) runs on "
+                         "the CPU only in this build; pass a CPU tensor or NumPy array")

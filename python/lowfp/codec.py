@@ -35,6 +35,7 @@ import numpy as np
 
 from . import _core, _seed
 from ._common import OVERFLOWS, ROUNDINGS, TableCodec, check_encode_options, check_exact_in
+from ._common import check_cuda_format
 from ._common import check_choice as _check_choice
 from ._types import NanPolicy, Negative, Overflow, Rounding, TableRounding
 from .formats import _ML_DTYPES, FormatLike, _lookup, _py_range, format
@@ -392,6 +393,7 @@ def encode(
     """
     if (type(x) is not np.ndarray or random_bits is not None) and _on_cuda(x, random_bits):
         _no_out(out)
+        check_cuda_format(format(fmt))
         from . import cuda
 
         if seed is None:
@@ -498,6 +500,7 @@ def decode(codes: Any, fmt: Optional[FormatLike] = None, *, dtype: Any = np.floa
     kind = _result_dtype(dtype)
     if type(codes) is not np.ndarray and _on_cuda(codes):
         _no_out(out)
+        check_cuda_format(f)
         from . import cuda
 
         if kind in ("float32", "float64"):
@@ -562,6 +565,7 @@ def quantize(
             in that dtype (use decode(encode(x)) to get float32).
     """
     if (type(x) is not np.ndarray or random_bits is not None) and _on_cuda(x, random_bits):
+        check_cuda_format(format(fmt))
         from . import cuda
 
         if seed is None:

@@ -22,7 +22,7 @@ from typing import Any, Dict, Optional, Tuple, Union
 import numpy as np
 
 from . import _core
-from ._common import E8M0_SCALES, SCALE_FORMATS, block_handle
+from ._common import E8M0_SCALES, SCALE_FORMATS, block_handle, check_cuda_format
 from .codec import (
     ROUNDINGS,
     Dynamic,
@@ -188,8 +188,8 @@ class QTensor:
         count = self._count()
         buf = np.empty(rows * padded if count != self.size else count, np.float32)
         alphas = self.alphas if self.alphas is not None else np.empty(0, np.float32)
-        _core.blockwise_dequantize(self.codes, block_handle(self._spec()), self._scales_f32(), alphas,
-                                   np.float32(self.global_scale), buf[:count])
+        _core.blockwise_dequantize(self.codes, block_handle(self._spec()), self._scales_f32(),
+                                   alphas, np.float32(self.global_scale), buf[:count])
         out = _unpad_rows(buf, self)
         out = _from_f32(out, kind, None)
         return _wrap(out, getattr(self, "_from_torch", False), kind)
@@ -441,6 +441,9 @@ def quantize_blockwise(
     seed = _seed_arg(seed, rounding == "stochastic")
     if _on_cuda(x):
         from . import _blockwise_cuda as cuda
+
+        if isinstance(codec, Format):
+            check_cuda_format(codec, "codec")
 
         if nonfinite != "error":
             raise ValueError("nonfinite: 'ocp' runs on the CPU only so far; quantize a CPU "
