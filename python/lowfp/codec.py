@@ -34,8 +34,14 @@ from typing import Any, Optional, Tuple
 import numpy as np
 
 from . import _core, _seed
-from ._common import OVERFLOWS, ROUNDINGS, TableCodec, check_encode_options, check_exact_in
-from ._common import check_cuda_format
+from ._common import (
+    OVERFLOWS,
+    ROUNDINGS,
+    TableCodec,
+    check_cuda_format,
+    check_encode_options,
+    check_exact_in,
+)
 from ._common import check_choice as _check_choice
 from ._types import NanPolicy, Negative, Overflow, Rounding, TableRounding
 from .formats import _ML_DTYPES, FormatLike, _lookup, _py_range, format
