@@ -181,3 +181,21 @@ def test_cuda_inputs_are_refused_not_mis_encoded():
     x = torch.ones(4, device="cuda")
     with pytest.raises(ValueError, match="CPU only"):
         lowfp.encode(x, "p3109_k8p4")
+
+
+@pytest.mark.parametrize("k,p,tail", [(8, 4, "se"), (8, 3, "ue"), (8, 5, "sf"), (12, 5, "se")])
+def test_float32_and_float64_inputs_as_gfloat(k, p, tail):
+    # float32 runs the core's vectorized fast path, float64 the element path: both against
+    # gfloat on random bit patterns (every exponent) plus the midpoints next to max
+    fi, f = _fi(k, p, tail), lowfp.format(_name(k, p, tail))
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 2**32, 100_000, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    top = f.max + f.max * 2.0 ** -(p - 1) / 2 * np.array([0.5, 1, 1.5])  # ties at the top
+    x = np.concatenate([x, top.astype(np.float32), -top.astype(np.float32)])
+    if tail[0] == "u":
+        x = np.abs(x)
+    for xs in (x, x.astype(np.float64)):
+        for rounding, mode in MODES.items():
+            got = lowfp.encode(xs, f, rounding=rounding).astype(np.int64)
+            want = _gfloat_codes(fi, xs.astype(np.float64), mode, False)
+            assert np.array_equal(got, want), (xs.dtype, rounding)
