@@ -29,7 +29,7 @@ Design notes
 from __future__ import annotations
 
 import functools
-from typing import Any, Optional, Tuple
+from typing import Any, Optional, Tuple, overload
 
 import numpy as np
 
@@ -43,7 +43,7 @@ from ._common import (
     check_exact_in,
 )
 from ._common import check_choice as _check_choice
-from ._types import NanPolicy, Negative, Overflow, Rounding, TableRounding
+from ._types import ArrayT, NanPolicy, Negative, Overflow, PlainValues, Rounding, TableRounding
 from .formats import _ML_DTYPES, FormatLike, _lookup, _py_range, format
 
 _ROUNDING_SET = frozenset(ROUNDINGS)
@@ -348,6 +348,42 @@ def _float_result(o: np.ndarray, kind: str, from_torch: bool, given: Any):
     return _wrap(o, from_torch, kind)
 
 
+# Overloads: the result is the caller's kind of array (ndarray -> ndarray, Tensor -> Tensor);
+# numbers and lists give NumPy arrays. (CuPy arrays, untyped, pass as Any.)
+@overload
+def encode(
+    x: ArrayT,
+    fmt: FormatLike,
+    *,
+    rounding: Rounding = ...,
+    overflow: Overflow = ...,
+    seed: Optional[int] = ...,
+    stream: int = ...,
+    offset: int = ...,
+    random_bits: Any = ...,
+    nan: NanPolicy = ...,
+    negative: Negative = ...,
+    out: Any = ...,
+    as_dtype: bool = ...,
+) -> ArrayT: ...
+@overload
+def encode(
+    x: PlainValues,
+    fmt: FormatLike,
+    *,
+    rounding: Rounding = ...,
+    overflow: Overflow = ...,
+    seed: Optional[int] = ...,
+    stream: int = ...,
+    offset: int = ...,
+    random_bits: Any = ...,
+    nan: NanPolicy = ...,
+    negative: Negative = ...,
+    out: Any = ...,
+    as_dtype: bool = ...,
+) -> np.ndarray: ...
+
+
 def encode(
     x: Any,
     fmt: FormatLike,
@@ -464,6 +500,14 @@ def _typed_codes(codes: Any, from_torch: bool):
     return a, None
 
 
+@overload
+def decode(codes: ArrayT, fmt: Optional[FormatLike] = ..., *, dtype: Any = ...,
+           out: Any = ...) -> ArrayT: ...
+@overload
+def decode(codes: PlainValues, fmt: Optional[FormatLike] = ..., *, dtype: Any = ...,
+           out: Any = ...) -> np.ndarray: ...
+
+
 def decode(codes: Any, fmt: Optional[FormatLike] = None, *, dtype: Any = np.float32,
            out: Any = None):
     """Values of codes.
@@ -548,6 +592,36 @@ def decode(codes: Any, fmt: Optional[FormatLike] = None, *, dtype: Any = np.floa
     return _float_result(o, kind, from_torch, out)
 
 
+@overload
+def quantize(
+    x: ArrayT,
+    fmt: FormatLike,
+    *,
+    rounding: Rounding = ...,
+    overflow: Overflow = ...,
+    seed: Optional[int] = ...,
+    stream: int = ...,
+    offset: int = ...,
+    random_bits: Any = ...,
+    nan: NanPolicy = ...,
+    negative: Negative = ...,
+) -> ArrayT: ...
+@overload
+def quantize(
+    x: PlainValues,
+    fmt: FormatLike,
+    *,
+    rounding: Rounding = ...,
+    overflow: Overflow = ...,
+    seed: Optional[int] = ...,
+    stream: int = ...,
+    offset: int = ...,
+    random_bits: Any = ...,
+    nan: NanPolicy = ...,
+    negative: Negative = ...,
+) -> np.ndarray: ...
+
+
 def quantize(
     x: Any,
     fmt: FormatLike,
@@ -607,6 +681,12 @@ def _uint8_input(x: Any, arg: str, what: str) -> Tuple[np.ndarray, bool]:
     return a, from_torch
 
 
+@overload
+def pack(codes: ArrayT, bits: int) -> ArrayT: ...
+@overload
+def pack(codes: PlainValues, bits: int) -> np.ndarray: ...
+
+
 def pack(codes: Any, bits: int):
     """Pack k-bit codes into a little-endian, LSB-first byte stream (layout in the README).
 
@@ -636,6 +716,12 @@ def pack(codes: Any, bits: int):
     except ValueError as e:
         raise _core_error(e) from None
     return _wrap(out, from_torch)
+
+
+@overload
+def unpack(packed: ArrayT, bits: int, count: int) -> ArrayT: ...
+@overload
+def unpack(packed: PlainValues, bits: int, count: int) -> np.ndarray: ...
 
 
 def unpack(packed: Any, bits: int, count: int):
@@ -750,6 +836,13 @@ class _TableCodec(TableCodec):
     def __hash__(self) -> int:
         return hash(self._key)
 
+    @overload
+    def encode(self, x: ArrayT, *, rounding: TableRounding = ..., seed: Optional[int] = ...,
+               stream: int = ..., offset: int = ...) -> ArrayT: ...
+    @overload
+    def encode(self, x: PlainValues, *, rounding: TableRounding = ..., seed: Optional[int] = ...,
+               stream: int = ..., offset: int = ...) -> np.ndarray: ...
+
     def encode(self, x: Any, *, rounding: TableRounding = "nearest", seed: Optional[int] = None,
                stream: int = 0, offset: int = 0):
         """Codes (uint8) of normalized values x (values outside the table are clamped).
@@ -788,6 +881,11 @@ class _TableCodec(TableCodec):
         except ValueError as e:
             raise _core_error(e) from None
         return _wrap(out, from_torch)
+
+    @overload
+    def decode(self, codes: ArrayT, *, dtype: Any = ...) -> ArrayT: ...
+    @overload
+    def decode(self, codes: PlainValues, *, dtype: Any = ...) -> np.ndarray: ...
 
     def decode(self, codes: Any, *, dtype: Any = np.float32):
         """Values of codes.
