@@ -39,7 +39,9 @@ class Format:
         man_bits: explicit mantissa bits, 0..23.
         bias: exponent bias (default 2**(exp_bits-1) - 1, one more for nan="negzero").
         signed: whether there is a sign bit.
-        inf: whether ±inf exist (default: True exactly when nan == "ieee").
+        inf: whether ±inf exist (default: True exactly when nan == "ieee"). With
+            nan="negzero" or "max", inf is the magnitude code just below the NaN (IEEE P3109
+            style: ``Format(4, 3, nan="negzero", inf=True)`` is ``"p3109_k8p4"``).
         nan: "ieee" (NaNs in the all-ones exponent), "max" (only the all-ones code),
             "negzero" (the code 100…0, no −0) or "none".
         subnormals: False makes exponent field 0 a normal binade (no zero, as E8M0).
