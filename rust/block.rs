@@ -371,13 +371,15 @@ impl Spec {
                 pow2f(e8m0_exponent(self.scale, amax.to_bits(), emax, f.man_bits(), self.elem_max))
             }
             ScaleKind::E4m3 => {
-                let e4m3 = crate::formats::parse("float8_e4m3fn").expect("named");
-                let enc = Encoder::new(
-                    e4m3,
-                    EncodeOptions { overflow: Overflow::Saturate, ..Default::default() },
-                );
+                // built once per process, not once per block (16 elements)
+                static E4M3: std::sync::OnceLock<Encoder> = std::sync::OnceLock::new();
+                let enc = E4M3.get_or_init(|| {
+                    let e4m3 = crate::formats::parse("float8_e4m3fn").expect("named");
+                    let opts = EncodeOptions { overflow: Overflow::Saturate, ..Default::default() };
+                    Encoder::new(e4m3, opts)
+                });
                 let c = enc.encode_one_dyn(amax / self.elem_max / global, Rounding::Nearest, 0).0;
-                e4m3.decode_f64(c) as f32
+                enc.format().decode_f64(c) as f32
             }
         }
     }

@@ -390,6 +390,11 @@ impl Encoder {
         self.fmt
     }
 
+    /// The options it was built with.
+    pub fn options(&self) -> EncodeOptions {
+        self.opts
+    }
+
     /// Attach the sign to a magnitude code.
     #[inline(always)]
     fn signed_code(&self, neg: bool, mag: u32) -> u32 {

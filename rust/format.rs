@@ -17,6 +17,14 @@
 //!   nan = negzero  1 00…0 00…0 = the one NaN, no −0, no inf (signed only)
 //!   nan = none     every code is finite, no inf
 //!   ```
+//! - Infinities without IEEE NaNs (IEEE P3109 style): `inf` may also be set with
+//!   `nan = negzero` or `nan = max`; inf is then the magnitude code just below the NaN:
+//!   ```text
+//!   nan = negzero, inf   1 00…0 00…0 = NaN, S 11…1 11…1 = ±inf   (P3109 signed: 0x80, 0x7F/0xFF)
+//!   nan = max, inf       S 11…1 11…1 = NaN, S 11…1 11…0 = ±inf  (P3109 unsigned: 0xFF, 0xFE)
+//!   ```
+//!   Rejected: a separate NaN kind per P3109 variant (the encoder and decoder only need
+//!   "where is inf" and "where is NaN", which these two fields already say).
 
 use crate::error::{Error, Result};
 
@@ -94,10 +102,16 @@ impl Format {
         if man_bits > 23 {
             return Err(Error::value("man_bits", format!("expected 0..=23, got {man_bits}")));
         }
-        if inf && nan != NanKind::Ieee {
+        if inf && nan == NanKind::None {
             return Err(Error::value(
                 "inf",
-                format!("inf=True needs nan='ieee' (got nan='{}')", nan.name()),
+                "inf=True needs a NaN code (nan='ieee', 'negzero' or 'max'), got nan='none'",
+            ));
+        }
+        if inf && nan == NanKind::Max && exp_bits + man_bits < 2 {
+            return Err(Error::value(
+                "inf",
+                "inf=True with nan='max' needs at least 2 exponent + mantissa bits",
             ));
         }
         if nan == NanKind::Ieee && !inf {
@@ -209,6 +223,9 @@ impl Format {
     /// Largest magnitude code that is a finite number.
     pub fn max_code_mag(&self) -> u32 {
         let all = (1u32 << self.mag_bits()) - 1;
+        if self.inf && self.nan != NanKind::Ieee {
+            return self.inf_code_mag() - 1; // P3109 style: inf right below the NaN
+        }
         match self.nan {
             NanKind::Ieee => all - (1u32 << self.man_bits), // top binade reserved
             NanKind::Max => all - 1,
@@ -236,9 +253,15 @@ impl Format {
         }
     }
 
-    /// Magnitude code of +inf (only meaningful when `inf()`).
+    /// Magnitude code of +inf (only meaningful when `inf()`): the all-ones exponent with a
+    /// zero mantissa (IEEE), else the magnitude code right below the NaN (P3109 style).
     pub fn inf_code_mag(&self) -> u32 {
-        ((1u32 << self.exp_bits) - 1) << self.man_bits
+        let all = (1u32 << self.mag_bits()) - 1;
+        match self.nan {
+            NanKind::NegZero => all,
+            NanKind::Max => all - 1,
+            _ => ((1u32 << self.exp_bits) - 1) << self.man_bits,
+        }
     }
 
     /// The canonical NaN code for a given sign (sign ignored where the format has one NaN).
@@ -359,7 +382,8 @@ mod tests {
             Format::new(4, 24, 7, true, false, NanKind::Max, true).unwrap_err().arg,
             "man_bits"
         );
-        assert_eq!(Format::new(4, 3, 7, true, true, NanKind::Max, true).unwrap_err().arg, "inf");
+        assert_eq!(Format::new(4, 3, 7, true, true, NanKind::None, true).unwrap_err().arg, "inf");
+        assert_eq!(Format::new(1, 0, 0, false, true, NanKind::Max, true).unwrap_err().arg, "inf");
         assert_eq!(
             Format::new(4, 3, 7, false, false, NanKind::NegZero, true).unwrap_err().arg,
             "nan"
@@ -372,6 +396,22 @@ mod tests {
             Format::new(8, 23, 160, true, true, NanKind::Ieee, true).unwrap_err().arg,
             "bias"
         );
+    }
+
+    #[test]
+    fn p3109_special_codes() {
+        // P3109 binary8p4 (signed, extended): 0x80 NaN, 0x7F/0xFF ±inf, max at 0x7E
+        let f = Format::new(4, 3, 8, true, true, NanKind::NegZero, true).unwrap();
+        assert!(f.decode_f64(0x80).is_nan());
+        assert_eq!(f.decode_f64(0x7f), f64::INFINITY);
+        assert_eq!(f.decode_f64(0xff), f64::NEG_INFINITY);
+        assert_eq!(f.max(), 224.0); // 2^7 · 1.75
+        assert_eq!(f.decode_f64(0x00), 0.0);
+        // unsigned, extended: 0xFF NaN, 0xFE +inf, max at 0xFD
+        let u = Format::new(5, 3, 16, false, true, NanKind::Max, true).unwrap();
+        assert!(u.decode_f64(0xff).is_nan());
+        assert_eq!(u.decode_f64(0xfe), f64::INFINITY);
+        assert_eq!(u.max_code_mag(), 0xfd);
     }
 
     #[test]

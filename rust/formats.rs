@@ -4,15 +4,29 @@
 //!
 //! Spec grammar (lower case, no spaces):
 //! ```text
-//! e<X>m<Y>[b<bias>][ieee|fn|fnuz|f][u][ns]
+//! e<X>m<Y>[b<bias>][ieee|fn|fnuz|f|infuz|infn][u][ns]
 //!   ieee (or nothing)  inf and NaN in the all-ones exponent (IEEE 754 style)
 //!   fn                 finite, NaN = the all-ones code (OCP E4M3 style)
 //!   fnuz               finite, NaN = 1000…0, no −0; default bias 2^(X-1) (one more than IEEE)
 //!   f                  finite, no NaN at all (every code a number)
+//!   infuz              as fnuz, and ±inf = the all-ones magnitude (P3109 signed extended)
+//!   infn               as fn, and ±inf = the code below it (P3109 unsigned extended)
 //!   u                  unsigned (no sign bit)
 //!   ns                 no subnormals: exponent field 0 is a normal binade, no zero
 //!   b<bias>            explicit bias (may be negative: b-3); default 2^(X-1)-1
 //! ```
+//!
+//! IEEE P3109 formats (interim report; the names gfloat's `format_info_p3109` gives):
+//! ```text
+//! p3109_k<K>p<P>[s|u][e|f]   or   binary<K>p<P>[s|u][e|f]
+//!   K bits, precision P (P - 1 mantissa bits), s signed (default) / u unsigned,
+//!   e extended: with ±inf (default) / f finite; bias 2^(K-P-1) signed, 2^(K-P) unsigned;
+//!   signed: 0x00 = 0, 10…0 = NaN, 01…1 / 11…1 = ±inf (extended); unsigned: 1…1 = NaN,
+//!   1…10 = +inf (extended). Subnormals always.
+//! ```
+//! The extended ones are named `p3109_k<K>p<P>se` / `…ue`; a finite one is the same format
+//! as an existing spec (`p3109_k8p4sf` is `float8_e4m3fnuz`) and keeps that name.
+//!
 //! The OCP short aliases `e4m3`, `e2m1`, `e2m3`, `e3m2`, `e8m0` name the OCP formats
 //! (float8_e4m3fn, float4_e2m1fn, …), not the IEEE-style spec of the same letters; the
 //! IEEE-style one is spelled with `ieee` (e.g. `e2m1ieee`) or by its ml_dtypes name.
@@ -90,13 +104,25 @@ pub fn parse(name: &str) -> Result<Format> {
     if let Some((_, target)) = ALIASES.iter().find(|(a, _)| *a == s) {
         return parse(target);
     }
+    if let Some(r) = parse_p3109(&s) {
+        return r.map_err(|msg| {
+            Error::value(
+                "fmt",
+                format!(
+                    "unknown format {name:?}: {msg}; a P3109 format is \
+                     'p3109_k<K>p<P>[s|u][e|f]' or 'binary<K>p<P>[s|u][e|f]'"
+                ),
+            )
+        })?;
+    }
     parse_spec(&s).map_err(|msg| {
         Error::value(
             "fmt",
             format!(
                 "unknown format {name:?}: {msg}; expected a name from lowfp.formats() \
                  (e.g. 'float8_e4m3fn', 'bfloat16'), an alias ('e4m3', 'fp4', 'bf16', …) \
-                 or a spec 'e<X>m<Y>[b<bias>][ieee|fn|fnuz|f][u][ns]'"
+                 a spec 'e<X>m<Y>[b<bias>][ieee|fn|fnuz|f|infuz|infn][u][ns]' \
+                 or a P3109 name 'p3109_k<K>p<P>[s|u][e|f]'"
             ),
         )
     })?
@@ -131,7 +157,7 @@ fn parse_spec(s: &str) -> std::result::Result<Result<Format>, String> {
     }
     // "fns" is "f" + "ns", not "fn" + "s": try each variant and keep the first whose
     // remainder is a valid tail.
-    let (variant, signed, subnormals) = ["ieee", "fnuz", "fn", "f", ""]
+    let (variant, signed, subnormals) = ["ieee", "infuz", "infn", "fnuz", "fn", "f", ""]
         .iter()
         .find_map(|v| {
             let tail = rest.strip_prefix(v)?;
@@ -157,8 +183,49 @@ fn parse_spec(s: &str) -> std::result::Result<Result<Format>, String> {
     Ok(Format::new(x as u32, y as u32, bias as i32, signed, inf, nan, subnormals))
 }
 
+/// A P3109 name (`p3109_k8p4`, `binary8p4se`, …): None when `s` is not one; the outer
+/// `Err(String)` is a grammar error, the inner `Result` the field validation.
+fn parse_p3109(s: &str) -> Option<std::result::Result<Result<Format>, String>> {
+    let rest = s.strip_prefix("p3109_k").or_else(|| s.strip_prefix("binary"))?;
+    Some((|| {
+        let (k, rest) = take_int(rest);
+        let k = k.ok_or("missing the width K")?;
+        let rest = rest.strip_prefix('p').ok_or("missing 'p' after the width")?;
+        let (p, rest) = take_int(rest);
+        let p = p.ok_or("missing the precision P after 'p'")?;
+        let (signed, extended) = match rest {
+            "" | "s" | "e" | "se" => (true, true),
+            "sf" | "f" => (true, false),
+            "u" | "ue" => (false, true),
+            "uf" => (false, false),
+            r => return Err(format!("unexpected {r:?} after k{k}p{p}")),
+        };
+        if !(2..=32).contains(&k) || !(1..=k).contains(&p) || (signed && p == k) {
+            return Err(format!(
+                "P3109 needs 2 <= K and 1 <= P <= K (P < K when signed), got K={k}, P={p}"
+            ));
+        }
+        let exp_bits = (k - p + !signed as i64) as u32; // the sign bit takes one
+        let nan = if signed { NanKind::NegZero } else { NanKind::Max };
+        let bias = 1i32 << (exp_bits - 1).min(30);
+        Ok(Format::new(exp_bits, (p - 1) as u32, bias, signed, extended, nan, true))
+    })())
+}
+
+/// The P3109 name of an extended P3109 format (see the module docs), else None.
+fn p3109_name(f: &Format) -> Option<String> {
+    let p3109_nan = if f.signed() { NanKind::NegZero } else { NanKind::Max };
+    if !f.inf() || f.nan() != p3109_nan || !f.subnormals() || f.bias() != 1 << (f.exp_bits() - 1) {
+        return None;
+    }
+    let (k, p) = (f.bits(), f.man_bits() + 1);
+    Some(format!("p3109_k{k}p{p}{}e", if f.signed() { "s" } else { "u" }))
+}
+
 fn variant_fields(variant: &str) -> (bool, NanKind) {
     match variant {
+        "infuz" => (true, NanKind::NegZero),
+        "infn" => (true, NanKind::Max),
         "fn" => (false, NanKind::Max),
         "fnuz" => (false, NanKind::NegZero),
         "f" => (false, NanKind::None),
@@ -180,11 +247,16 @@ pub fn name(f: &Format) -> String {
     if let Some(e) = NAMED.iter().find(|e| named(e) == *f) {
         return e.0.to_string();
     }
-    let variant = match f.nan() {
-        NanKind::Ieee => "",
-        NanKind::Max => "fn",
-        NanKind::NegZero => "fnuz",
-        NanKind::None => "f",
+    if let Some(n) = p3109_name(f) {
+        return n;
+    }
+    let variant = match (f.nan(), f.inf()) {
+        (NanKind::Ieee, _) => "",
+        (NanKind::Max, false) => "fn",
+        (NanKind::NegZero, false) => "fnuz",
+        (NanKind::Max, true) => "infn",
+        (NanKind::NegZero, true) => "infuz",
+        (NanKind::None, _) => "f",
     };
     let mut s = format!("e{}m{}", f.exp_bits(), f.man_bits());
     if f.bias() != default_bias(f.exp_bits(), f.nan()) {
@@ -244,6 +316,8 @@ mod tests {
                         (false, NanKind::Max),
                         (false, NanKind::NegZero),
                         (false, NanKind::None),
+                        (true, NanKind::Max),
+                        (true, NanKind::NegZero),
                     ] {
                         for signed in [true, false] {
                             for sub in [true, false] {
@@ -259,6 +333,41 @@ mod tests {
         }
         assert!(n > 1000);
         assert_eq!(name(&parse("e2m1ieee").unwrap()), "e2m1ieee");
+    }
+
+    #[test]
+    fn p3109_names() {
+        let f = parse("p3109_k8p4").unwrap();
+        assert_eq!(f, Format::new(4, 3, 8, true, true, NanKind::NegZero, true).unwrap());
+        assert_eq!(name(&f), "p3109_k8p4se");
+        assert_eq!(parse("binary8p4").unwrap(), f);
+        assert_eq!(parse("e4m3infuz").unwrap(), f);
+        // the finite variant is the existing fnuz format
+        assert_eq!(name(&parse("p3109_k8p4sf").unwrap()), "float8_e4m3fnuz");
+        assert_eq!(name(&parse("p3109_k8p3sf").unwrap()), "float8_e5m2fnuz");
+        let u = parse("p3109_k8p4ue").unwrap();
+        assert_eq!(u, Format::new(5, 3, 16, false, true, NanKind::Max, true).unwrap());
+        assert_eq!(name(&u), "p3109_k8p4ue");
+        let p1 = parse("p3109_k8p1").unwrap();
+        assert_eq!((p1.exp_bits(), p1.man_bits(), p1.bias()), (7, 0, 64));
+        for k in 2..=16u32 {
+            for p in 1..=k {
+                for tail in ["se", "sf", "ue", "uf"] {
+                    let n = format!("p3109_k{k}p{p}{tail}");
+                    if let Ok(f) = parse(&n) {
+                        assert_eq!(parse(&name(&f)).unwrap(), f, "{n}");
+                        assert_eq!(f.bits(), k, "{n}");
+                    } else {
+                        let signed = tail.starts_with('s');
+                        let exp_bits = k - p + !signed as u32;
+                        assert!(signed && p == k || exp_bits > 8, "{n}");
+                    }
+                }
+            }
+        }
+        for bad in ["p3109_k8p9", "p3109_k8p8", "p3109_k1p1", "p3109_k8", "p3109_k8p4x"] {
+            assert_eq!(parse(bad).unwrap_err().arg, "fmt", "{bad}");
+        }
     }
 
     #[test]

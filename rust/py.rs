@@ -3,33 +3,63 @@
 //! enough to leave the calling thread: `detach_if`), call the core, map its one error type.
 //!
 //! The Python package (`python/lowfp`) checks dtypes and allocates outputs; this file
-//! only dispatches on the dtype it is handed. Formats cross the boundary as a tuple of
-//! their primary fields; blockwise specs as a dict, or as a `BlockSpec` built once from one.
+//! only dispatches on the dtype it is handed.
+//!
+//! Typed handles. Formats, ExMy encoders, table codecs and blockwise specs cross the boundary
+//! as `#[pyclass]` values (`Format`, `Encoder`, `Table`, `BlockSpec`) built once and kept by
+//! the Python objects they belong to (`lowfp.Format._handle`, a format's encoders by option,
+//! a table codec's `_table`, a QTensor codec's spec), so a call borrows a ready core value
+//! instead of re-parsing a tuple of fields, option strings and a level list every time.
+//! Handles are frozen (no borrow flag to check per call), compare and hash by value, and
+//! pickle through their constructor arguments. Rejected: one handle per call site (the
+//! same format would be validated again wherever it is used) and caches keyed by tuples
+//! inside the extension (a hash of the key per call, and no owner to tie their lifetime to).
+//!
+//! Errors. `From<Error> for PyErr` is the one mapping of core errors: the core only ever
+//! reports wrong *values* (ValueError). Wrong *types* are seen only here (an array of the
+//! wrong dtype, a spec that is not a dict, an option of the wrong kind) and are reported
+//! through `wrong_type` (TypeError). Both say "`arg`: what was expected, what was seen".
 
 use crate::error::Error;
 use crate::exmy::{
-    self, Bf16Bits, Code, EncodeOptions, Encoder, F16Bits, Input, Overflow, Random, Rounding,
+    self, Bf16Bits, Code, EncodeOptions, Encoder as CoreEncoder, F16Bits, Input, Overflow, Random,
+    Rounding,
 };
-use crate::format::{Format, NanKind};
+use crate::format::{Format as CoreFormat, NanKind};
 use crate::{block, dynamic, formats, linear, logfmt, optim, pack, par, table};
-use numpy::{Element, PyReadonlyArrayDyn, PyReadwriteArrayDyn};
+use numpy::{Element, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyReadwriteArrayDyn};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{PyDict, PyTuple};
+use std::sync::OnceLock;
 
-/// The one place core errors become Python exceptions.
-fn err(e: Error) -> PyErr {
-    PyValueError::new_err(format!("{}: {}", e.arg, e.msg))
+// ---------------------------------------------------------------- errors
+
+/// The one place core errors become Python exceptions: a wrong value.
+impl From<Error> for PyErr {
+    fn from(e: Error) -> PyErr {
+        PyValueError::new_err(e.to_string())
+    }
+}
+
+/// A wrong value found in the binding (same form as a core error).
+fn wrong_value(arg: &str, msg: impl Into<String>) -> PyErr {
+    Error::value(arg, msg).into()
+}
+
+/// An argument of the wrong type (only the binding sees types).
+fn wrong_type(arg: &str, msg: impl std::fmt::Display) -> PyErr {
+    PyTypeError::new_err(format!("{arg}: {msg}"))
 }
 
 type Fields = (u32, u32, i32, bool, bool, String, bool);
 
-fn fmt_of(f: Fields) -> PyResult<Format> {
-    let nan = NanKind::parse(&f.5).map_err(err)?;
-    Format::new(f.0, f.1, f.2, f.3, f.4, nan, f.6).map_err(err)
+fn fmt_of(f: Fields) -> PyResult<CoreFormat> {
+    let nan = NanKind::parse(&f.5)?;
+    Ok(CoreFormat::new(f.0, f.1, f.2, f.3, f.4, nan, f.6)?)
 }
 
-fn fields_of(f: &Format) -> Fields {
+fn fields_of(f: &CoreFormat) -> Fields {
     (
         f.exp_bits(),
         f.man_bits(),
@@ -42,33 +72,42 @@ fn fields_of(f: &Format) -> Fields {
 }
 
 fn ro<'py, T: Element>(a: &Bound<'py, PyAny>, arg: &str) -> PyResult<PyReadonlyArrayDyn<'py, T>> {
-    a.extract::<PyReadonlyArrayDyn<'py, T>>().map_err(|_| {
-        PyTypeError::new_err(format!(
-            "{arg}: expected a numpy array of {}",
-            std::any::type_name::<T>()
-        ))
+    a.extract::<PyReadonlyArrayDyn<'py, T>>()
+        .map_err(|_| wrong_type(arg, format!("expected a numpy array of {}", elem_name::<T>())))
+}
+
+/// A writeable array: TypeError for another type or dtype, ValueError when it is read-only
+/// (or already borrowed by this call).
+fn rw<'py, T: Element>(a: &Bound<'py, PyAny>, arg: &str) -> PyResult<PyReadwriteArrayDyn<'py, T>> {
+    let arr = a
+        .cast::<PyArrayDyn<T>>()
+        .map_err(|_| wrong_type(arg, format!("expected a numpy array of {}", elem_name::<T>())))?;
+    arr.try_readwrite().map_err(|_| {
+        wrong_value(arg, format!("expected a writeable numpy array of {}", elem_name::<T>()))
     })
 }
 
-fn rw<'py, T: Element>(a: &Bound<'py, PyAny>, arg: &str) -> PyResult<PyReadwriteArrayDyn<'py, T>> {
-    a.extract::<PyReadwriteArrayDyn<'py, T>>().map_err(|_| {
-        PyValueError::new_err(format!(
-            "{arg}: expected a writeable numpy array of {}",
-            std::any::type_name::<T>()
-        ))
-    })
+/// The NumPy name of an element type, for messages.
+fn elem_name<T>() -> &'static str {
+    match std::any::type_name::<T>() {
+        "f32" => "float32",
+        "f64" => "float64",
+        "u8" => "uint8",
+        "u16" => "uint16",
+        "u32" => "uint32",
+        t => t,
+    }
 }
 
 fn slice<'a, T: Element>(a: &'a PyReadonlyArrayDyn<'_, T>, arg: &str) -> PyResult<&'a [T]> {
-    a.as_slice().map_err(|_| PyValueError::new_err(format!("{arg}: expected a C-contiguous array")))
+    a.as_slice().map_err(|_| wrong_value(arg, "expected a C-contiguous array"))
 }
 
 fn slice_mut<'a, T: Element>(
     a: &'a mut PyReadwriteArrayDyn<'_, T>,
     arg: &str,
 ) -> PyResult<&'a mut [T]> {
-    a.as_slice_mut()
-        .map_err(|_| PyValueError::new_err(format!("{arg}: expected a C-contiguous array")))
+    a.as_slice_mut().map_err(|_| wrong_value(arg, "expected a C-contiguous array"))
 }
 
 /// Reinterpret a u16 slice as float16/bfloat16 bit patterns (both `repr(transparent)`).
@@ -92,33 +131,95 @@ fn detach_if<T: Send>(py: Python<'_>, elems: usize, f: impl FnOnce() -> T + Send
     }
 }
 
+fn py_bool(b: bool) -> &'static str {
+    if b {
+        "True"
+    } else {
+        "False"
+    }
+}
+
 // ---------------------------------------------------------------- formats
 
-#[pyfunction]
-fn format_parse(name: &str) -> PyResult<(Fields, String)> {
-    let f = formats::parse(name).map_err(err)?;
-    Ok((fields_of(&f), formats::name(&f)))
+/// A validated floating-point format (the core's `Format`), built once per Python
+/// `lowfp.Format` and passed to every codec call.
+#[pyclass(frozen, eq, hash, name = "Format", module = "lowfp._core")]
+#[derive(PartialEq, Eq, Hash, Clone)]
+struct Format {
+    f: CoreFormat,
 }
 
-#[pyfunction]
-fn format_check(fields: Fields) -> PyResult<String> {
-    Ok(formats::name(&fmt_of(fields)?))
-}
+#[pymethods]
+impl Format {
+    #[new]
+    #[pyo3(signature = (exp_bits, man_bits, bias, signed, inf, nan, subnormals))]
+    fn new(
+        exp_bits: u32,
+        man_bits: u32,
+        bias: i32,
+        signed: bool,
+        inf: bool,
+        nan: &str,
+        subnormals: bool,
+    ) -> PyResult<Self> {
+        let nan = NanKind::parse(nan)?;
+        Ok(Format { f: CoreFormat::new(exp_bits, man_bits, bias, signed, inf, nan, subnormals)? })
+    }
 
-#[pyfunction]
-#[allow(clippy::type_complexity)]
-fn format_props(fields: Fields) -> PyResult<(u32, f64, f64, f64, f64, i32, i32, u32)> {
-    let f = fmt_of(fields)?;
-    Ok((
-        f.bits(),
-        f.max(),
-        f.min_normal(),
-        f.min_subnormal(),
-        f.eps(),
-        f.emin(),
-        f.emax(),
-        f.max_code_mag(),
-    ))
+    /// The format of a name, alias or spec string (`"e4m3"`, `"e5m2b11"`, `"p3109_k8p4"`).
+    #[staticmethod]
+    fn parse(name: &str) -> PyResult<Self> {
+        Ok(Format { f: formats::parse(name)? })
+    }
+
+    /// (exp_bits, man_bits, bias, signed, inf, nan, subnormals).
+    #[getter]
+    fn fields(&self) -> Fields {
+        fields_of(&self.f)
+    }
+
+    /// The canonical name.
+    #[getter]
+    fn name(&self) -> String {
+        formats::name(&self.f)
+    }
+
+    /// (bits, max, min_normal, min_subnormal, eps, emin, emax, max_code_mag).
+    #[getter]
+    #[allow(clippy::type_complexity)]
+    fn props(&self) -> (u32, f64, f64, f64, f64, i32, i32, u32) {
+        let f = &self.f;
+        (
+            f.bits(),
+            f.max(),
+            f.min_normal(),
+            f.min_subnormal(),
+            f.eps(),
+            f.emin(),
+            f.emax(),
+            f.max_code_mag(),
+        )
+    }
+
+    /// The exact value of one code.
+    fn value(&self, code: u32) -> PyResult<f64> {
+        let n = self.f.num_codes();
+        if code as u64 >= n {
+            return Err(wrong_value("code", format!("expected 0..{}, got {code}", n - 1)));
+        }
+        Ok(self.f.decode_f64(code))
+    }
+
+    fn __reduce__<'py>(
+        slf: &Bound<'py, Self>,
+    ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyTuple>)> {
+        let fields = slf.get().fields();
+        Ok((slf.get_type().into_any(), fields.into_pyobject(slf.py())?))
+    }
+
+    fn __repr__(&self) -> String {
+        format!("<Format {}>", formats::name(&self.f))
+    }
 }
 
 #[pyfunction]
@@ -131,34 +232,124 @@ fn format_aliases() -> Vec<(&'static str, &'static str)> {
     formats::aliases().to_vec()
 }
 
-#[pyfunction]
-fn format_value(fields: Fields, code: u32) -> PyResult<f64> {
-    let f = fmt_of(fields)?;
-    if code as u64 >= f.num_codes() {
-        return Err(err(Error::value(
-            "code",
-            format!("expected 0..{}, got {code}", f.num_codes() - 1),
-        )));
-    }
-    Ok(f.decode_f64(code))
-}
-
 // ---------------------------------------------------------------- ExMy codec
 
-fn encoder(
-    fields: Fields,
-    rounding: &str,
-    overflow: &str,
-    nan_to_zero: bool,
-    clamp_negative: bool,
-) -> PyResult<Encoder> {
-    let opts = EncodeOptions {
-        rounding: Rounding::parse(rounding).map_err(err)?,
-        overflow: Overflow::parse(overflow).map_err(err)?,
-        nan_to_zero,
-        clamp_negative,
-    };
-    Ok(Encoder::new(fmt_of(fields)?, opts))
+/// An ExMy encoder: a format with its rounding and special-value options, built once per
+/// (format, options) and kept on the Python `Format`. Also holds, built on first use, the
+/// value tables `quantize` looks rounded codes up in.
+#[pyclass(frozen, name = "Encoder", module = "lowfp._core")]
+struct Encoder {
+    enc: CoreEncoder,
+    fmt: Py<Format>,
+    /// Value of every code as float32 / float64 (formats of at most 16 bits).
+    lut32: OnceLock<Vec<f32>>,
+    lut64: OnceLock<Vec<f64>>,
+    /// Bit pattern of every code's value as float16 / bfloat16 (`lut_bits`).
+    lut16: OnceLock<Vec<u16>>,
+    lutbf: OnceLock<Vec<u16>>,
+}
+
+#[pymethods]
+impl Encoder {
+    #[new]
+    #[pyo3(signature = (fmt, rounding="nearest", overflow="nonfinite", nan_to_zero=false, clamp_negative=false))]
+    fn new(
+        fmt: Bound<'_, Format>,
+        rounding: &str,
+        overflow: &str,
+        nan_to_zero: bool,
+        clamp_negative: bool,
+    ) -> PyResult<Self> {
+        let opts = EncodeOptions {
+            rounding: Rounding::parse(rounding)?,
+            overflow: Overflow::parse(overflow)?,
+            nan_to_zero,
+            clamp_negative,
+        };
+        Ok(Encoder {
+            enc: CoreEncoder::new(fmt.get().f, opts),
+            fmt: fmt.unbind(),
+            lut32: OnceLock::new(),
+            lut64: OnceLock::new(),
+            lut16: OnceLock::new(),
+            lutbf: OnceLock::new(),
+        })
+    }
+
+    /// The target format.
+    #[getter]
+    fn format(&self, py: Python<'_>) -> Py<Format> {
+        self.fmt.clone_ref(py)
+    }
+
+    /// The rounding mode's name.
+    #[getter]
+    fn rounding(&self) -> &'static str {
+        rounding_name(self.enc.options().rounding)
+    }
+
+    /// "nonfinite" or "saturate".
+    #[getter]
+    fn overflow(&self) -> &'static str {
+        match self.enc.options().overflow {
+            Overflow::NonFinite => "nonfinite",
+            Overflow::Saturate => "saturate",
+        }
+    }
+
+    #[getter]
+    fn nan_to_zero(&self) -> bool {
+        self.enc.options().nan_to_zero
+    }
+
+    #[getter]
+    fn clamp_negative(&self) -> bool {
+        self.enc.options().clamp_negative
+    }
+
+    fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<(Bound<'py, PyAny>, EncoderArgs)> {
+        let e = slf.get();
+        let py = slf.py();
+        Ok((
+            slf.get_type().into_any(),
+            (e.format(py), e.rounding(), e.overflow(), e.nan_to_zero(), e.clamp_negative()),
+        ))
+    }
+
+    fn __eq__(&self, other: &Bound<'_, PyAny>) -> bool {
+        other.cast::<Encoder>().is_ok_and(|o| {
+            let o = o.get();
+            o.enc.format() == self.enc.format() && o.enc.options() == self.enc.options()
+        })
+    }
+
+    fn __hash__(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.enc.format().hash(&mut h);
+        let o = self.enc.options();
+        (o.rounding.code(), o.overflow == Overflow::Saturate, o.nan_to_zero, o.clamp_negative)
+            .hash(&mut h);
+        h.finish()
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "<Encoder {} rounding={} overflow={} nan_to_zero={} clamp_negative={}>",
+            formats::name(&self.enc.format()),
+            self.rounding(),
+            self.overflow(),
+            py_bool(self.nan_to_zero()),
+            py_bool(self.clamp_negative())
+        )
+    }
+}
+
+/// The constructor arguments of an Encoder (pickling).
+type EncoderArgs = (Py<Format>, &'static str, &'static str, bool, bool);
+
+fn rounding_name(r: Rounding) -> &'static str {
+    Rounding::ALL.iter().find(|(_, m)| *m == r).map_or("?", |e| e.0)
 }
 
 fn random_of<'a>(bits: Option<&'a [u32]>, seed: u64, stream: u64, offset: u64) -> Random<'a> {
@@ -192,14 +383,21 @@ macro_rules! with_input {
                 let $xs: &[Bf16Bits] = as_bits(slice(&a, "x")?);
                 $body
             }
-            k => return Err(PyTypeError::new_err(format!("x: unsupported input kind {k:?}"))),
+            k => {
+                return Err(wrong_type(
+                    "x",
+                    format!(
+                        "expected kind 'float32', 'float64', 'float16' or 'bfloat16', got {k:?}"
+                    ),
+                ))
+            }
         }
     };
 }
 
 fn encode_into<I: Input>(
     py: Python<'_>,
-    enc: &Encoder,
+    enc: &CoreEncoder,
     xs: &[I],
     out: &Bound<'_, PyAny>,
     random: Random,
@@ -209,45 +407,45 @@ fn encode_into<I: Input>(
         ($t:ty) => {{
             let mut o = rw::<$t>(out, "out")?;
             let os = slice_mut(&mut o, "out")?;
-            detach_if(py, xs.len(), || exmy::encode(enc, xs, os, random)).map_err(err)
+            Ok(detach_if(py, xs.len(), || exmy::encode(enc, xs, os, random))?)
         }};
     }
     match width {
         1 => go!(u8),
         2 => go!(u16),
         4 => go!(u32),
-        _ => Err(PyTypeError::new_err("out: expected uint8, uint16 or uint32 codes")),
+        w => Err(wrong_type(
+            "out",
+            format!("expected uint8, uint16 or uint32 codes, got {w}-byte items"),
+        )),
     }
 }
 
+/// Encode `x` (float values of `kind`) into `out` (codes) with `encoder`.
 #[pyfunction]
 #[allow(clippy::too_many_arguments)]
-#[pyo3(signature = (x, kind, out, fields, rounding, overflow, nan_to_zero, clamp_negative, seed, stream, offset, random_bits=None))]
+#[pyo3(signature = (x, kind, out, encoder, seed, stream, offset, random_bits=None))]
 fn encode(
     py: Python<'_>,
     x: &Bound<'_, PyAny>,
     kind: &str,
     out: &Bound<'_, PyAny>,
-    fields: Fields,
-    rounding: &str,
-    overflow: &str,
-    nan_to_zero: bool,
-    clamp_negative: bool,
+    encoder: PyRef<'_, Encoder>,
     seed: u64,
     stream: u64,
     offset: u64,
     random_bits: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<()> {
-    let enc = encoder(fields, rounding, overflow, nan_to_zero, clamp_negative)?;
+    let enc = &encoder.enc;
     let rb = random_bits.map(|r| ro::<u32>(r, "random_bits")).transpose()?;
     let rbs = rb.as_ref().map(|r| slice(r, "random_bits")).transpose()?;
     let random = random_of(rbs, seed, stream, offset);
-    with_input!(x, kind, xs => encode_into(py, &enc, xs, out, random))
+    with_input!(x, kind, xs => encode_into(py, enc, xs, out, random))
 }
 
 fn decode_codes<C: Code + Element>(
     py: Python<'_>,
-    f: &Format,
+    f: &CoreFormat,
     codes: &Bound<'_, PyAny>,
     out: &Bound<'_, PyAny>,
 ) -> PyResult<()> {
@@ -255,88 +453,112 @@ fn decode_codes<C: Code + Element>(
     let cs = slice(&c, "codes")?;
     if let Ok(mut o) = out.extract::<PyReadwriteArrayDyn<f32>>() {
         let os = slice_mut(&mut o, "out")?;
-        return detach_if(py, cs.len(), || exmy::decode(f, cs, os)).map_err(err);
+        return Ok(detach_if(py, cs.len(), || exmy::decode(f, cs, os))?);
     }
     let mut o = rw::<f64>(out, "out")?;
     let os = slice_mut(&mut o, "out")?;
-    detach_if(py, cs.len(), || exmy::decode(f, cs, os)).map_err(err)
+    Ok(detach_if(py, cs.len(), || exmy::decode(f, cs, os))?)
 }
 
+/// Decode `codes` (uint8/16/32) of format `fmt` into `out` (float32 or float64).
 #[pyfunction]
 fn decode(
     py: Python<'_>,
     codes: &Bound<'_, PyAny>,
     out: &Bound<'_, PyAny>,
-    fields: Fields,
+    fmt: PyRef<'_, Format>,
 ) -> PyResult<()> {
-    let f = fmt_of(fields)?;
+    let f = &fmt.f;
     match codes.getattr("dtype")?.getattr("itemsize")?.extract::<usize>()? {
-        1 => decode_codes::<u8>(py, &f, codes, out),
-        2 => decode_codes::<u16>(py, &f, codes, out),
-        4 => decode_codes::<u32>(py, &f, codes, out),
-        _ => Err(PyTypeError::new_err("codes: expected uint8, uint16 or uint32")),
+        1 => decode_codes::<u8>(py, f, codes, out),
+        2 => decode_codes::<u16>(py, f, codes, out),
+        4 => decode_codes::<u32>(py, f, codes, out),
+        w => Err(wrong_type(
+            "codes",
+            format!("expected uint8, uint16 or uint32, got {w}-byte items"),
+        )),
     }
 }
 
 /// Output bit pattern (float16/bfloat16) of every code, by encoding each exact value.
-fn lut_bits(f: &Format, target: &str) -> PyResult<Vec<u16>> {
-    let t = formats::parse(target).map_err(err)?;
-    let e = Encoder::new(t, EncodeOptions { nan_to_zero: false, ..Default::default() });
+fn lut_bits(f: &CoreFormat, target: &str) -> crate::error::Result<Vec<u16>> {
+    let t = formats::parse(target)?;
+    let e = CoreEncoder::new(t, EncodeOptions { nan_to_zero: false, ..Default::default() });
     (0..f.num_codes() as u32)
         .map(|c| {
             let v = [f.decode_f64(c)];
             let mut o = [0u16];
-            exmy::encode(&e, &v, &mut o, Random::Bits(&[0])).map(|_| o[0]).map_err(err)
+            exmy::encode(&e, &v, &mut o, Random::Bits(&[0])).map(|_| o[0])
         })
         .collect()
 }
 
+/// A value table built once per encoder (`None` when `build` fails: reported by the caller).
+fn lut_once<T>(
+    cell: &OnceLock<Vec<T>>,
+    build: impl FnOnce() -> crate::error::Result<Vec<T>>,
+) -> PyResult<&[T]> {
+    if let Some(v) = cell.get() {
+        return Ok(v);
+    }
+    let v = build()?;
+    Ok(cell.get_or_init(|| v))
+}
+
+/// Round `x` to the encoder's format and write the rounded values into `out` (x's kind).
 #[pyfunction]
 #[allow(clippy::too_many_arguments)]
-#[pyo3(signature = (x, kind, out, fields, rounding, overflow, nan_to_zero, clamp_negative, seed, stream, offset, random_bits=None))]
+#[pyo3(signature = (x, kind, out, encoder, seed, stream, offset, random_bits=None))]
 fn quantize(
     py: Python<'_>,
     x: &Bound<'_, PyAny>,
     kind: &str,
     out: &Bound<'_, PyAny>,
-    fields: Fields,
-    rounding: &str,
-    overflow: &str,
-    nan_to_zero: bool,
-    clamp_negative: bool,
+    encoder: PyRef<'_, Encoder>,
     seed: u64,
     stream: u64,
     offset: u64,
     random_bits: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<()> {
-    let enc = encoder(fields, rounding, overflow, nan_to_zero, clamp_negative)?;
+    let e = &*encoder;
+    let enc = &e.enc;
     let f = enc.format();
     let rb = random_bits.map(|r| ro::<u32>(r, "random_bits")).transpose()?;
     let rbs = rb.as_ref().map(|r| slice(r, "random_bits")).transpose()?;
     let random = random_of(rbs, seed, stream, offset);
     let small = f.bits() <= 16;
+    let values = |c: u32| f.decode_f64(c);
     with_input!(x, kind, xs => {
         match kind {
             "float32" => {
-                let lut: Option<Vec<f32>> = small.then(|| (0..f.num_codes() as u32).map(|c| f.decode_f64(c) as f32).collect());
+                let lut = if small {
+                    Some(lut_once(&e.lut32, || Ok((0..f.num_codes() as u32).map(|c| values(c) as f32).collect()))?)
+                } else {
+                    None
+                };
                 let mut o = rw::<f32>(out, "out")?;
                 let os = slice_mut(&mut o, "out")?;
-                detach_if(py, xs.len(), || exmy::quantize(&enc, xs, os, random, lut.as_deref(), |v| v as f32)).map_err(err)
+                Ok(detach_if(py, xs.len(), || exmy::quantize(enc, xs, os, random, lut, |v| v as f32))?)
             }
             "float64" => {
-                let lut: Option<Vec<f64>> = small.then(|| (0..f.num_codes() as u32).map(|c| f.decode_f64(c)).collect());
+                let lut = if small {
+                    Some(lut_once(&e.lut64, || Ok((0..f.num_codes() as u32).map(values).collect()))?)
+                } else {
+                    None
+                };
                 let mut o = rw::<f64>(out, "out")?;
                 let os = slice_mut(&mut o, "out")?;
-                detach_if(py, xs.len(), || exmy::quantize(&enc, xs, os, random, lut.as_deref(), |v| v)).map_err(err)
+                Ok(detach_if(py, xs.len(), || exmy::quantize(enc, xs, os, random, lut, |v| v))?)
             }
             k => {
                 if !small {
-                    return Err(err(Error::value("fmt", format!("a {}-bit format is not exact in {k}", f.bits()))));
+                    return Err(wrong_value("fmt", format!("a {}-bit format is not exact in {k}", f.bits())));
                 }
-                let lut = lut_bits(&f, k)?;
+                let cell = if k == "float16" { &e.lut16 } else { &e.lutbf };
+                let lut = lut_once(cell, || lut_bits(&f, k))?;
                 let mut o = rw::<u16>(out, "out")?;
                 let os = slice_mut(&mut o, "out")?;
-                detach_if(py, xs.len(), || exmy::quantize(&enc, xs, os, random, Some(&lut), |_| 0)).map_err(err)
+                Ok(detach_if(py, xs.len(), || exmy::quantize(enc, xs, os, random, Some(lut), |_| 0))?)
             }
         }
     })
@@ -354,7 +576,7 @@ fn pack_codes(
     let cs = slice(&codes, "codes")?;
     let os = slice_mut(&mut out, "out")?;
     let n = cs.len();
-    detach_if(py, n, || par::install_if(n, || pack::pack(cs, bits, os))).map_err(err)
+    detach_if(py, n, || par::install_if(n, || pack::pack(cs, bits, os))).map_err(PyErr::from)
 }
 
 #[pyfunction]
@@ -368,13 +590,13 @@ fn unpack_codes(
     let ps = slice(&packed, "packed")?;
     let os = slice_mut(&mut out, "out")?;
     detach_if(py, count, || par::install_if(count, || pack::unpack(ps, bits, count, os)))
-        .map_err(err)
+        .map_err(PyErr::from)
 }
 
 #[pyfunction]
 fn packed_len(count: usize, bits: u32) -> PyResult<usize> {
     if !(1..=8).contains(&bits) {
-        return Err(err(Error::value("bits", format!("expected 1..=8, got {bits}"))));
+        return Err(wrong_value("bits", format!("expected 1..=8, got {bits}")));
     }
     Ok(pack::packed_len(count, bits))
 }
@@ -383,38 +605,67 @@ fn packed_len(count: usize, bits: u32) -> PyResult<usize> {
 
 #[pyfunction]
 fn linear_levels(bits: u32, signed: bool, zero: bool) -> PyResult<Vec<f32>> {
-    linear::linear_levels(bits, signed, zero).map_err(err)
+    linear::linear_levels(bits, signed, zero).map_err(PyErr::from)
 }
 
 #[pyfunction]
 fn dynamic_levels(bits: u32, signed: bool) -> PyResult<Vec<f32>> {
-    dynamic::dynamic_levels(bits, signed).map_err(err)
+    dynamic::dynamic_levels(bits, signed).map_err(PyErr::from)
 }
 
 #[pyfunction]
 fn log_levels(bits: u32, signed: bool, alpha: f32, zero: bool) -> PyResult<Vec<f32>> {
-    logfmt::log_levels(bits, signed, alpha, zero).map_err(err)
+    logfmt::log_levels(bits, signed, alpha, zero).map_err(PyErr::from)
 }
 
+/// A table codec (ascending levels; the code of a level is its index), built once per
+/// Python table codec: tables of more than 32 levels build a 256 KiB lookup index.
+#[pyclass(frozen, name = "Table", module = "lowfp._core")]
+struct Table {
+    t: table::Table,
+}
+
+#[pymethods]
+impl Table {
+    #[new]
+    fn new(levels: Vec<f32>) -> PyResult<Self> {
+        Ok(Table { t: table::Table::new(levels)? })
+    }
+
+    /// The levels, ascending.
+    #[getter]
+    fn levels(&self) -> Vec<f32> {
+        self.t.levels().to_vec()
+    }
+
+    fn __reduce__<'py>(slf: &Bound<'py, Self>) -> (Bound<'py, PyAny>, (Vec<f32>,)) {
+        (slf.get_type().into_any(), (slf.get().levels(),))
+    }
+
+    fn __repr__(&self) -> String {
+        format!("<Table of {} levels>", self.t.levels().len())
+    }
+}
+
+/// Encode float32 `x` into uint8 `out` with table codec `table`.
 #[pyfunction]
-#[pyo3(signature = (x, levels, out, rounding, seed, stream, offset))]
+#[pyo3(signature = (x, table, out, rounding, seed, stream, offset))]
 #[allow(clippy::too_many_arguments)]
 fn table_encode(
     py: Python<'_>,
     x: PyReadonlyArrayDyn<'_, f32>,
-    levels: Vec<f32>,
+    table: PyRef<'_, Table>,
     mut out: PyReadwriteArrayDyn<'_, u8>,
     rounding: &str,
     seed: u64,
     stream: u64,
     offset: u64,
 ) -> PyResult<()> {
-    let t = table::Table::new(levels).map_err(err)?;
-    let mode = Rounding::parse(rounding).map_err(err)?;
+    let t = &table.t;
+    let mode = Rounding::parse(rounding)?;
     let xs = slice(&x, "x")?;
     let os = slice_mut(&mut out, "out")?;
-    detach_if(py, xs.len(), || block::table_encode(&t, xs, os, mode, seed, stream, offset))
-        .map_err(err)
+    Ok(detach_if(py, xs.len(), || block::table_encode(t, xs, os, mode, seed, stream, offset))?)
 }
 
 // ---------------------------------------------------------------- blockwise
@@ -436,7 +687,7 @@ fn blockwise_quantize(
 ) -> PyResult<f32> {
     let spec = spec_arg(spec)?;
     let spec = spec.get();
-    let policy = block::NonFinite::parse(nonfinite).map_err(err)?;
+    let policy = block::NonFinite::parse(nonfinite)?;
     let xs = slice(&x, "x")?;
     let ps = slice_mut(&mut packed, "packed")?;
     let ss = slice_mut(&mut scales, "scales")?;
@@ -444,7 +695,7 @@ fn blockwise_quantize(
     detach_if(py, xs.len(), || {
         block::quantize_rows(spec, xs, row, policy, ps, ss, al, seed, stream)
     })
-    .map_err(err)
+    .map_err(PyErr::from)
 }
 
 #[pyfunction]
@@ -463,7 +714,8 @@ fn blockwise_dequantize(
     let ss = slice(&scales, "scales")?;
     let al = slice(&alphas, "alphas")?;
     let os = slice_mut(&mut out, "out")?;
-    detach_if(py, os.len(), || block::dequantize(spec, ps, ss, al, global_scale, os)).map_err(err)
+    detach_if(py, os.len(), || block::dequantize(spec, ps, ss, al, global_scale, os))
+        .map_err(PyErr::from)
 }
 
 /// A block spec from its Python description: a dict with keys codec, bits, signed,
@@ -490,18 +742,19 @@ fn block_spec(d: &Bound<'_, PyAny>) -> PyResult<block::Spec> {
             quantile: get("quantile")?.extract()?,
         },
         c => {
-            return Err(PyValueError::new_err(format!(
-                "codec: expected 'exmy', 'linear', 'dynamic' or 'log', got {c:?}"
-            )))
+            return Err(wrong_value(
+                "codec",
+                format!("expected 'exmy', 'linear', 'dynamic' or 'log', got {c:?}"),
+            ))
         }
     };
     block::Spec::new(
         elem,
         get("block")?.extract()?,
-        block::ScaleKind::parse(&get("scale")?.extract::<String>()?).map_err(err)?,
-        Rounding::parse(&get("rounding")?.extract::<String>()?).map_err(err)?,
+        block::ScaleKind::parse(&get("scale")?.extract::<String>()?)?,
+        Rounding::parse(&get("rounding")?.extract::<String>()?)?,
     )
-    .map_err(err)
+    .map_err(PyErr::from)
 }
 
 /// (packed bytes, blocks, bases, code bits) of `count` elements under `spec` (a BlockSpec
@@ -535,7 +788,7 @@ impl BlockSpec {
     fn new(spec: &Bound<'_, PyAny>) -> PyResult<Self> {
         let dict = spec
             .cast::<PyDict>()
-            .map_err(|_| PyTypeError::new_err("spec: expected a dict"))?
+            .map_err(|_| wrong_type("spec", "expected a dict or a BlockSpec"))?
             .copy()?;
         Ok(BlockSpec { spec: block_spec(dict.as_any())?, dict: dict.unbind() })
     }
@@ -600,14 +853,6 @@ impl BlockSpec {
     }
 }
 
-fn py_bool(b: bool) -> &'static str {
-    if b {
-        "True"
-    } else {
-        "False"
-    }
-}
-
 /// A spec argument: a BlockSpec (borrowed) or a dict (parsed for this call).
 enum SpecArg<'py> {
     Handle(Bound<'py, BlockSpec>),
@@ -654,9 +899,7 @@ fn state_arrays<'py>(obj: &Bound<'py, PyAny>, arg: &str) -> PyResult<StateArrays
         Bound<'py, PyAny>,
         Bound<'py, PyAny>,
     ) = obj.extract().map_err(|_| {
-        PyTypeError::new_err(format!(
-            "{arg}: expected a float32 array or (spec, packed, scales, alphas)"
-        ))
+        wrong_type(arg, "expected a float32 array or (spec, packed, scales, alphas)")
     })?;
     Ok(StateArrays::Quantized(
         spec_arg(&spec)?,
@@ -690,9 +933,10 @@ fn half_kind(kind: &str) -> PyResult<Option<optim::Half>> {
         "float32" => Ok(None),
         "bfloat16" => Ok(Some(optim::Half::Bf16)),
         "float16" => Ok(Some(optim::Half::F16)),
-        k => Err(PyTypeError::new_err(format!(
-            "param: expected float32, bfloat16 or float16 parameters, got {k}"
-        ))),
+        k => Err(wrong_type(
+            "param",
+            format!("expected float32, bfloat16 or float16 parameters, got {k}"),
+        )),
     }
 }
 
@@ -803,7 +1047,7 @@ fn muon_momentum(
     detach_if(py, gs.len(), || {
         optim::muon_momentum(beta, nesterov, gs, b, block, seed, stream, offset)
     })
-    .map_err(err)
+    .map_err(PyErr::from)
 }
 
 /// The AdamW scalars of an entry: (1 − lr·wd, l2, 1 − β1, β2, 1 − β2, eps, lr / bc1,
@@ -869,13 +1113,12 @@ fn run_group<const K: usize, T: Copy + Send>(
         for ((st, name), stream) in sts.iter_mut().zip(names).zip(streams) {
             states.push((state_of(st, name)?, name, *stream));
         }
-        let states: [_; K] = states
-            .try_into()
-            .map_err(|_| PyValueError::new_err("internal: state count differs from K"))?;
+        let states: [_; K] =
+            states.try_into().map_err(|_| wrong_value("internal", "state count differs from K"))?;
         let offset = offsets[items.len()];
         items.push(optim::Item { param, grad: Some(grad), states, ctx: *hp, offset });
     }
-    detach_if(py, total, || steps(items)).map_err(err)
+    detach_if(py, total, || steps(items)).map_err(PyErr::from)
 }
 
 /// Fused AdamW steps for a whole param group in one call (one parallel pass, GIL released;
@@ -953,10 +1196,9 @@ fn entry_offsets(offsets: Option<Vec<usize>>, n: usize) -> PyResult<Vec<usize>> 
     match offsets {
         None => Ok(vec![0; n]),
         Some(o) if o.len() == n => Ok(o),
-        Some(o) => Err(PyValueError::new_err(format!(
-            "offsets: expected one per entry ({n}), got {}",
-            o.len()
-        ))),
+        Some(o) => {
+            Err(wrong_value("offsets", format!("expected one per entry ({n}), got {}", o.len())))
+        }
     }
 }
 
@@ -986,11 +1228,10 @@ fn all_finite_many(
     kinds: Vec<String>,
 ) -> PyResult<bool> {
     if grads.len() != kinds.len() {
-        return Err(PyValueError::new_err(format!(
-            "kinds: expected one per array ({}), got {}",
-            grads.len(),
-            kinds.len()
-        )));
+        return Err(wrong_value(
+            "kinds",
+            format!("expected one per array ({}), got {}", grads.len(), kinds.len()),
+        ));
     }
     let mut f32s = Vec::new();
     let mut halves = Vec::new();
@@ -1015,7 +1256,7 @@ fn all_finite_many(
 
 #[pyfunction]
 fn set_num_threads(n: usize) -> PyResult<()> {
-    par::set_num_threads(n).map_err(err)
+    par::set_num_threads(n).map_err(PyErr::from)
 }
 
 #[pyfunction]
@@ -1038,12 +1279,8 @@ fn random_bits(
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add_function(wrap_pyfunction!(format_parse, m)?)?;
-    m.add_function(wrap_pyfunction!(format_check, m)?)?;
-    m.add_function(wrap_pyfunction!(format_props, m)?)?;
     m.add_function(wrap_pyfunction!(format_names, m)?)?;
     m.add_function(wrap_pyfunction!(format_aliases, m)?)?;
-    m.add_function(wrap_pyfunction!(format_value, m)?)?;
     m.add_function(wrap_pyfunction!(encode, m)?)?;
     m.add_function(wrap_pyfunction!(decode, m)?)?;
     m.add_function(wrap_pyfunction!(quantize, m)?)?;
@@ -1057,6 +1294,9 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(blockwise_quantize, m)?)?;
     m.add_function(wrap_pyfunction!(blockwise_dequantize, m)?)?;
     m.add_function(wrap_pyfunction!(blockwise_layout, m)?)?;
+    m.add_class::<Format>()?;
+    m.add_class::<Encoder>()?;
+    m.add_class::<Table>()?;
     m.add_class::<BlockSpec>()?;
     m.add_function(wrap_pyfunction!(adamw_step_group, m)?)?;
     m.add_function(wrap_pyfunction!(adamw_amsgrad_step_group, m)?)?;

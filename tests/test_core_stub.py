@@ -95,33 +95,59 @@ def test_constants_are_annotated_as_lists_of_str():
         assert isinstance(value, list) and all(isinstance(v, str) for v in value), name
 
 
+# one instance of each class, to read its bound methods' signatures
+_SPEC = {"codec": "linear", "bits": 8, "signed": True, "zero": True, "fields": (0,) * 7,
+         "alpha": 0.5, "quantile": 0.0, "block": 64, "scale": "absmax", "rounding": "nearest"}
+SAMPLES = {
+    "BlockSpec": lambda: _core.BlockSpec(_SPEC),
+    "Format": lambda: _core.Format.parse("e4m3"),
+    "Encoder": lambda: _core.Encoder(_core.Format.parse("e4m3")),
+    "Table": lambda: _core.Table([-1.0, 0.0, 1.0]),
+}
+
+
 def test_classes_match():
     classes = sorted(n for n in RUNTIME if inspect.isclass(getattr(_core, n)))
-    assert classes == ["BlockSpec"]
+    assert classes == sorted(SAMPLES)
     for cname in classes:
         cls = getattr(_core, cname)
+        obj = SAMPLES[cname]()
         node = STUB_DEFS[cname]
         assert isinstance(node, ast.ClassDef), cname
         methods = {m.name: m for m in node.body if isinstance(m, ast.FunctionDef)}
         runtime = {n for n in vars(cls) if not n.startswith("_")}
-        assert set(methods) - {"__new__", "__reduce__"} == runtime, cname
+        assert {m for m in methods if not m.startswith("_")} == runtime, cname
         # constructor: the class's own text signature, e.g. "(spec)"
         assert _stub_params(methods["__new__"], drop_first=True) == _runtime_params(cls)
         for mname, m in methods.items():
             attr = vars(cls).get(mname)
-            is_prop = any(ast.unparse(d) == "property" for d in m.decorator_list)
+            decorators = {ast.unparse(d) for d in m.decorator_list}
             if mname.startswith("__"):
                 continue
-            if is_prop:
+            if "property" in decorators:
                 assert inspect.isgetsetdescriptor(attr), f"{cname}.{mname}: not a property"
+                continue
+            if "staticmethod" in decorators:
+                assert isinstance(attr, staticmethod), f"{cname}.{mname}: not a staticmethod"
+                assert _stub_params(m) == _runtime_params(getattr(cls, mname)), cname
                 continue
             assert attr.__text_signature__, f"{cname}.{mname}"
             assert _stub_params(m, drop_first=True) == _runtime_params(
-                getattr(cls(_SPEC), mname)), f"{cname}.{mname}"
+                getattr(obj, mname)), f"{cname}.{mname}"
 
 
-_SPEC = {"codec": "linear", "bits": 8, "signed": True, "zero": True, "fields": (0,) * 7,
-         "alpha": 0.5, "quantile": 0.0, "block": 64, "scale": "absmax", "rounding": "nearest"}
+def test_handles_compare_hash_and_pickle_by_value():
+    import pickle
+
+    for cname, make in SAMPLES.items():
+        a, b = make(), make()
+        c = pickle.loads(pickle.dumps(a))
+        assert type(c) is type(a), cname
+        if cname in ("Format", "Encoder"):
+            assert a == b == c and hash(a) == hash(b) == hash(c), cname
+    assert _core.Format.parse("e4m3") != _core.Format.parse("e5m2")
+    f = _core.Format.parse("e4m3")
+    assert _core.Encoder(f, "up") != _core.Encoder(f, "down")
 
 
 def test_stub_detects_a_missing_function():

@@ -69,7 +69,8 @@ def test_bad_names(bad, exc, match):
 @pytest.mark.parametrize("kwargs,match", [
     (dict(exp_bits=0, man_bits=3), "exp_bits"),
     (dict(exp_bits=4, man_bits=30), "man_bits"),
-    (dict(exp_bits=4, man_bits=3, nan="max", inf=True), "inf"),
+    (dict(exp_bits=4, man_bits=3, nan="none", inf=True), "inf"),  # inf needs a NaN code
+    (dict(exp_bits=1, man_bits=0, nan="max", inf=True, signed=False), "inf"),
     (dict(exp_bits=4, man_bits=3, nan="negzero", signed=False), "nan"),
     (dict(exp_bits=8, man_bits=3, bias=200), "bias"),
     (dict(exp_bits=4, man_bits=3, nan="weird"), "nan"),

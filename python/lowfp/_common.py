@@ -9,7 +9,9 @@ qtensor.py (tests/test_layering.py checks it). Nothing here imports NumPy-facing
 - the limits that decide whether a format's values are exact in float16/bfloat16;
 - the packed length of k-bit codes (the Rust core's formula, not a copy of it);
 - the format each blockwise scale rule stores its scales in;
-- the table codecs' marker base class and the levels of a table codec's spec dict.
+- the table codecs' marker base class and the levels of a table codec's spec dict;
+- the formats the CUDA mirror does not run yet (P3109-style infinities);
+- the core's handle of a blockwise spec dict (``_core.BlockSpec``), built once per spec.
 """
 
 from __future__ import annotations
@@ -107,3 +109,36 @@ def table_levels(spec: Dict[str, Any]) -> np.ndarray:
     else:
         raise ValueError(f"codec: expected 'exmy', 'linear', 'dynamic' or 'log', got {codec!r}")
     return np.array(levels, np.float32)
+
+
+_BLOCK_HANDLES: Dict[tuple, Any] = {}
+_BLOCK_HANDLES_MAX = 256
+
+
+def block_handle(spec: Dict[str, Any]) -> Any:
+    """The ``_core.BlockSpec`` of a blockwise spec dict, built once per distinct spec (a spec
+    is plain data; its handle holds the tables, e.g. the 256 KiB index of 8-bit dynamic
+    codes, that parsing the dict on every call would rebuild). Raises what the core raises
+    for a bad spec."""
+    key = tuple(sorted(spec.items()))
+    try:
+        return _BLOCK_HANDLES[key]
+    except (KeyError, TypeError):  # TypeError: an unhashable value, parsed below
+        pass
+    h = _core.BlockSpec(spec)
+    try:
+        if len(_BLOCK_HANDLES) < _BLOCK_HANDLES_MAX:
+            _BLOCK_HANDLES[key] = h
+    except TypeError:
+        pass
+    return h
+
+
+def check_cuda_format(f: Any, arg: str = "fmt") -> None:
+    """ValueError for a format the CUDA mirror cannot encode yet: infinities without IEEE NaNs
+    (P3109 style), whose inf code the kernels' format setup (``lf_make_enc``) does not
+    derive. Checked before dispatching to lowfp.cuda, so such a call fails instead of
+    returning other bits than the CPU core."""
+    if f.inf and f.nan != "ieee":
+        raise ValueError(f"{arg}: {f.name} (infinities without IEEE NaNs, P3109 style) runs on "
+                         "the CPU only in this build; pass a CPU tensor or NumPy array")

@@ -45,41 +45,81 @@ SCALE_RULES: List[str]
 
 # ---------------------------------------------------------------- formats
 
-def format_parse(name: str) -> Tuple[_Fields, str]: ...
-def format_check(fields: _Fields) -> str: ...
-def format_props(
-    fields: _Fields,
-) -> Tuple[int, float, float, float, float, int, int, int]: ...
+class Format:
+    """A validated floating-point format, built once per lowfp.Format; compares and hashes by
+    its fields."""
+
+    def __new__(
+        cls,
+        exp_bits: int,
+        man_bits: int,
+        bias: int,
+        signed: bool,
+        inf: bool,
+        nan: str,
+        subnormals: bool,
+    ) -> Format: ...
+    @staticmethod
+    def parse(name: str) -> Format: ...
+    @property
+    def fields(self) -> _Fields: ...
+    @property
+    def name(self) -> str: ...
+    # (bits, max, min_normal, min_subnormal, eps, emin, emax, max_code_mag)
+    @property
+    def props(self) -> Tuple[int, float, float, float, float, int, int, int]: ...
+    def value(self, code: int) -> float: ...
+    def __reduce__(self) -> Tuple[type, _Fields]: ...
+    def __eq__(self, other: object) -> bool: ...
+    def __hash__(self) -> int: ...
+
 def format_names() -> List[str]: ...
 def format_aliases() -> List[Tuple[str, str]]: ...
-def format_value(fields: _Fields, code: int) -> float: ...
 
 # ---------------------------------------------------------------- ExMy codec
+
+class Encoder:
+    """An ExMy encoder (a format and its rounding options), built once per (format, options)
+    and kept on the lowfp.Format; holds the value tables quantize uses."""
+
+    def __new__(
+        cls,
+        fmt: Format,
+        rounding: str = "nearest",
+        overflow: str = "nonfinite",
+        nan_to_zero: bool = False,
+        clamp_negative: bool = False,
+    ) -> Encoder: ...
+    @property
+    def format(self) -> Format: ...
+    @property
+    def rounding(self) -> str: ...
+    @property
+    def overflow(self) -> str: ...
+    @property
+    def nan_to_zero(self) -> bool: ...
+    @property
+    def clamp_negative(self) -> bool: ...
+    def __reduce__(self) -> Tuple[type, Tuple[Format, str, str, bool, bool]]: ...
+    def __eq__(self, other: object) -> bool: ...
+    def __hash__(self) -> int: ...
 
 def encode(
     x: Any,
     kind: str,
     out: Any,
-    fields: _Fields,
-    rounding: str,
-    overflow: str,
-    nan_to_zero: bool,
-    clamp_negative: bool,
+    encoder: Encoder,
     seed: int,
     stream: int,
     offset: int,
     random_bits: Optional[NDArray[np.uint32]] = None,
 ) -> None: ...
-def decode(codes: Any, out: Any, fields: _Fields) -> None: ...
+def decode(codes: Any, out: Any, fmt: Format) -> None: ...
 def quantize(
     x: Any,
     kind: str,
     out: Any,
-    fields: _Fields,
-    rounding: str,
-    overflow: str,
-    nan_to_zero: bool,
-    clamp_negative: bool,
+    encoder: Encoder,
     seed: int,
     stream: int,
     offset: int,
@@ -99,9 +139,17 @@ def packed_len(count: int, bits: int) -> int: ...
 def linear_levels(bits: int, signed: bool, zero: bool) -> List[float]: ...
 def dynamic_levels(bits: int, signed: bool) -> List[float]: ...
 def log_levels(bits: int, signed: bool, alpha: float, zero: bool) -> List[float]: ...
+class Table:
+    """A table codec's levels with their lookup index, built once per table codec."""
+
+    def __new__(cls, levels: Sequence[float]) -> Table: ...
+    @property
+    def levels(self) -> List[float]: ...
+    def __reduce__(self) -> Tuple[type, Tuple[List[float]]]: ...
+
 def table_encode(
     x: NDArray[np.float32],
-    levels: Sequence[float],
+    table: Table,
     out: NDArray[np.uint8],
     rounding: str,
     seed: int,

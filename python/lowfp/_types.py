@@ -9,7 +9,12 @@ the rounding modes and scale rules, which the Rust core owns (``_core.ROUNDINGS`
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal, Sequence, TypeVar, Union
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 #: Rounding modes of the ExMy codecs, in the core's code order.
 Rounding = Literal["nearest", "nearest_away", "toward_zero", "up", "down", "stochastic",
@@ -25,4 +30,15 @@ Negative = Literal["error", "clamp"]
 #: Blockwise scale rules.
 Scale = Literal["absmax", "e8m0", "e8m0_ceil", "e8m0_even", "e8m0_rceil", "e4m3"]
 
-__all__ = ["NanPolicy", "Negative", "Overflow", "Rounding", "Scale", "TableRounding"]
+#: An array argument whose kind the result keeps: a NumPy array in, a NumPy array out; a torch
+#: tensor in, a torch tensor out (the ``typing.overload``s of encode, decode, quantize, pack,
+#: unpack and the table codecs).
+ArrayT = TypeVar("ArrayT", np.ndarray, "torch.Tensor")
+#: Python numbers and (nested) sequences: accepted like ``np.asarray`` would, with a NumPy
+#: result. (A fallback typed ``Any`` instead would match ``np.ndarray`` too, and mypy answers
+#: ``Any`` when two overloads match an argument whose type holds ``Any``, as a plain
+#: ``np.ndarray`` annotation does.)
+PlainValues = Union[Sequence[Any], float]
+
+__all__ = ["ArrayT", "NanPolicy", "Negative", "Overflow", "PlainValues", "Rounding", "Scale",
+           "TableRounding"]

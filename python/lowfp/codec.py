@@ -29,14 +29,21 @@ Design notes
 from __future__ import annotations
 
 import functools
-from typing import Any, Optional, Tuple
+from typing import Any, Optional, Tuple, overload
 
 import numpy as np
 
 from . import _core, _seed
-from ._common import OVERFLOWS, ROUNDINGS, TableCodec, check_encode_options, check_exact_in
+from ._common import (
+    OVERFLOWS,
+    ROUNDINGS,
+    TableCodec,
+    check_cuda_format,
+    check_encode_options,
+    check_exact_in,
+)
 from ._common import check_choice as _check_choice
-from ._types import NanPolicy, Negative, Overflow, Rounding, TableRounding
+from ._types import ArrayT, NanPolicy, Negative, Overflow, PlainValues, Rounding, TableRounding
 from .formats import _ML_DTYPES, FormatLike, _lookup, _py_range, format
 
 _ROUNDING_SET = frozenset(ROUNDINGS)
@@ -238,13 +245,15 @@ def _seed_arg(seed: Any, uses_bits: bool) -> int:
     return _key("seed", seed)
 
 
-def _options(rounding, overflow, nan, negative, seed, stream, offset, random_bits, n):
+def _options(f, rounding, overflow, nan, negative, seed, stream, offset, random_bits, n):
+    """(encoder handle, seed, stream, offset, random bits or None): the core's arguments
+    after the element arrays, for format f."""
     if (random_bits is None and seed is None and type(stream) is int and type(offset) is int
             and stream == 0 and offset == 0
             and nan == "error" and negative == "error" and rounding != "stochastic"
             and rounding in _ROUNDING_SET and overflow in OVERFLOWS):
         # deterministic rounding with default options: no key, nothing else to check
-        return (rounding, overflow, False, False, 0, 0, 0, None)
+        return (f._encoder(rounding, overflow, False, False), 0, 0, 0, None)
     check_encode_options(rounding, overflow, nan, negative)
     seed = _seed_arg(seed, rounding == "stochastic" and random_bits is None)
     stream, offset = _key("stream", stream), _key("offset", offset)
@@ -258,7 +267,8 @@ def _options(rounding, overflow, nan, negative, seed, stream, offset, random_bit
                 f"random_bits: expected {n} uint32 values, got {rb.size} of dtype {rb.dtype}"
             )
         rb = rb.reshape(-1)
-    return (rounding, overflow, nan == "zero", negative == "clamp", seed, stream, offset, rb)
+    return (f._encoder(rounding, overflow, nan == "zero", negative == "clamp"), seed, stream,
+            offset, rb)
 
 
 def _wrap(out: np.ndarray, from_torch: bool, kind: Optional[str] = None):
@@ -328,7 +338,7 @@ def _from_f32(v: np.ndarray, kind: str, o: Optional[np.ndarray]) -> np.ndarray:
         return o
     f = format(kind)
     return _run(_core.encode, v, o, np.uint16, ("float32",),
-                (f._fields, "nearest", "nonfinite", False, False, 0, 0, 0, None), False)
+                (f._encoder("nearest", "nonfinite"), 0, 0, 0, None), False)
 
 
 def _float_result(o: np.ndarray, kind: str, from_torch: bool, given: Any):
@@ -336,6 +346,42 @@ def _float_result(o: np.ndarray, kind: str, from_torch: bool, given: Any):
     if given is not None:
         return given
     return _wrap(o, from_torch, kind)
+
+
+# Overloads: the result is the caller's kind of array (ndarray -> ndarray, Tensor -> Tensor);
+# numbers and lists give NumPy arrays. (CuPy arrays, untyped, pass as Any.)
+@overload
+def encode(
+    x: ArrayT,
+    fmt: FormatLike,
+    *,
+    rounding: Rounding = ...,
+    overflow: Overflow = ...,
+    seed: Optional[int] = ...,
+    stream: int = ...,
+    offset: int = ...,
+    random_bits: Any = ...,
+    nan: NanPolicy = ...,
+    negative: Negative = ...,
+    out: Any = ...,
+    as_dtype: bool = ...,
+) -> ArrayT: ...
+@overload
+def encode(
+    x: PlainValues,
+    fmt: FormatLike,
+    *,
+    rounding: Rounding = ...,
+    overflow: Overflow = ...,
+    seed: Optional[int] = ...,
+    stream: int = ...,
+    offset: int = ...,
+    random_bits: Any = ...,
+    nan: NanPolicy = ...,
+    negative: Negative = ...,
+    out: Any = ...,
+    as_dtype: bool = ...,
+) -> np.ndarray: ...
 
 
 def encode(
@@ -389,6 +435,7 @@ def encode(
     """
     if (type(x) is not np.ndarray or random_bits is not None) and _on_cuda(x, random_bits):
         _no_out(out)
+        check_cuda_format(format(fmt))
         from . import cuda
 
         if seed is None:
@@ -400,20 +447,20 @@ def encode(
         return _as_dtype(r, format(fmt), True) if as_dtype else r
     f = format(fmt)
     a, kind, from_torch = _float_input(x)
-    opts = _options(rounding, overflow, nan, negative, seed, stream, offset, random_bits, a.size)
+    opts = _options(f, rounding, overflow, nan, negative, seed, stream, offset, random_bits,
+                    a.size)
     if as_dtype:
         _as_dtype(None, f, from_torch)  # fail before the work when there is no such dtype
     if out is None and a.flags.c_contiguous:  # the common case, inline
         o = np.empty(a.shape, f.code_dtype)
         try:
-            _core.encode(a.reshape(-1), kind, o.reshape(-1), f._fields, *opts)
+            _core.encode(a.reshape(-1), kind, o.reshape(-1), *opts)
         except ValueError as e:
             raise _core_error(e) from None
     else:
         o = None if out is None else _out_array(out, a.shape, f.code_dtype, (f.name,))
         try:
-            o = _run(_core.encode, a, o, f.code_dtype, (kind,), (f._fields, *opts),
-                     opts[0] == "stochastic")
+            o = _run(_core.encode, a, o, f.code_dtype, (kind,), opts, rounding == "stochastic")
         except ValueError as e:
             raise _core_error(e) from None
     if out is not None:
@@ -451,6 +498,14 @@ def _typed_codes(codes: Any, from_torch: bool):
     if a.dtype.itemsize == 1 and a.dtype.kind in "Vf" and a.dtype.name in _ML_DTYPES:
         return a.view(np.uint8), _lookup(a.dtype, "codes")
     return a, None
+
+
+@overload
+def decode(codes: ArrayT, fmt: Optional[FormatLike] = ..., *, dtype: Any = ...,
+           out: Any = ...) -> ArrayT: ...
+@overload
+def decode(codes: PlainValues, fmt: Optional[FormatLike] = ..., *, dtype: Any = ...,
+           out: Any = ...) -> np.ndarray: ...
 
 
 def decode(codes: Any, fmt: Optional[FormatLike] = None, *, dtype: Any = np.float32,
@@ -495,6 +550,7 @@ def decode(codes: Any, fmt: Optional[FormatLike] = None, *, dtype: Any = np.floa
     kind = _result_dtype(dtype)
     if type(codes) is not np.ndarray and _on_cuda(codes):
         _no_out(out)
+        check_cuda_format(f)
         from . import cuda
 
         if kind in ("float32", "float64"):
@@ -525,15 +581,45 @@ def decode(codes: Any, fmt: Optional[FormatLike] = None, *, dtype: Any = np.floa
     try:
         if wide and o is None and c.flags.c_contiguous:  # the common case, inline
             o = np.empty(c.shape, dt)
-            _core.decode(c.reshape(-1), o.reshape(-1), f._fields)
+            _core.decode(c.reshape(-1), o.reshape(-1), f._handle)
         elif wide:
-            o = _run(_core.decode, c, o, dt, (), (f._fields,), False)
+            o = _run(_core.decode, c, o, dt, (), (f._handle,), False)
         else:
-            v = _run(_core.decode, c, None, np.float32, (), (f._fields,), False)
+            v = _run(_core.decode, c, None, np.float32, (), (f._handle,), False)
             o = _from_f32(v, kind, o)
     except ValueError as e:
         raise _core_error(e) from None
     return _float_result(o, kind, from_torch, out)
+
+
+@overload
+def quantize(
+    x: ArrayT,
+    fmt: FormatLike,
+    *,
+    rounding: Rounding = ...,
+    overflow: Overflow = ...,
+    seed: Optional[int] = ...,
+    stream: int = ...,
+    offset: int = ...,
+    random_bits: Any = ...,
+    nan: NanPolicy = ...,
+    negative: Negative = ...,
+) -> ArrayT: ...
+@overload
+def quantize(
+    x: PlainValues,
+    fmt: FormatLike,
+    *,
+    rounding: Rounding = ...,
+    overflow: Overflow = ...,
+    seed: Optional[int] = ...,
+    stream: int = ...,
+    offset: int = ...,
+    random_bits: Any = ...,
+    nan: NanPolicy = ...,
+    negative: Negative = ...,
+) -> np.ndarray: ...
 
 
 def quantize(
@@ -559,6 +645,7 @@ def quantize(
             in that dtype (use decode(encode(x)) to get float32).
     """
     if (type(x) is not np.ndarray or random_bits is not None) and _on_cuda(x, random_bits):
+        check_cuda_format(format(fmt))
         from . import cuda
 
         if seed is None:
@@ -569,10 +656,10 @@ def quantize(
     f = format(fmt)
     a, kind, from_torch = _float_input(x)
     check_exact_in(f, kind)
-    opts = _options(rounding, overflow, nan, negative, seed, stream, offset, random_bits, a.size)
+    opts = _options(f, rounding, overflow, nan, negative, seed, stream, offset, random_bits,
+                    a.size)
     try:
-        out = _run(_core.quantize, a, None, a.dtype, (kind,), (f._fields, *opts),
-                   opts[0] == "stochastic")
+        out = _run(_core.quantize, a, None, a.dtype, (kind,), opts, rounding == "stochastic")
     except ValueError as e:
         raise _core_error(e) from None
     return _wrap(out, from_torch, kind)
@@ -592,6 +679,12 @@ def _uint8_input(x: Any, arg: str, what: str) -> Tuple[np.ndarray, bool]:
     if a.dtype != np.uint8:
         raise TypeError(f"{arg}: expected uint8 {what}, got dtype {a.dtype}")
     return a, from_torch
+
+
+@overload
+def pack(codes: ArrayT, bits: int) -> ArrayT: ...
+@overload
+def pack(codes: PlainValues, bits: int) -> np.ndarray: ...
 
 
 def pack(codes: Any, bits: int):
@@ -623,6 +716,12 @@ def pack(codes: Any, bits: int):
     except ValueError as e:
         raise _core_error(e) from None
     return _wrap(out, from_torch)
+
+
+@overload
+def unpack(packed: ArrayT, bits: int, count: int) -> ArrayT: ...
+@overload
+def unpack(packed: PlainValues, bits: int, count: int) -> np.ndarray: ...
 
 
 def unpack(packed: Any, bits: int, count: int):
@@ -715,6 +814,16 @@ class _TableCodec(TableCodec):
     def _freeze(self) -> None:
         object.__setattr__(self, "_key", (type(self).__name__, *sorted(self.spec().items())))
 
+    @property
+    def _table(self) -> Any:
+        """The core's handle of these levels (``_core.Table``), built on first use and kept:
+        an 8-bit table builds a 256 KiB lookup index once, not once per call."""
+        t = self.__dict__.get("_table_handle")
+        if t is None:
+            t = _core.Table(self.levels.tolist())
+            object.__setattr__(self, "_table_handle", t)
+        return t
+
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError(f"{type(self).__name__} is immutable (a codec is a value); "
                              "build a new one instead")
@@ -726,6 +835,13 @@ class _TableCodec(TableCodec):
 
     def __hash__(self) -> int:
         return hash(self._key)
+
+    @overload
+    def encode(self, x: ArrayT, *, rounding: TableRounding = ..., seed: Optional[int] = ...,
+               stream: int = ..., offset: int = ...) -> ArrayT: ...
+    @overload
+    def encode(self, x: PlainValues, *, rounding: TableRounding = ..., seed: Optional[int] = ...,
+               stream: int = ..., offset: int = ...) -> np.ndarray: ...
 
     def encode(self, x: Any, *, rounding: TableRounding = "nearest", seed: Optional[int] = None,
                stream: int = 0, offset: int = 0):
@@ -759,12 +875,17 @@ class _TableCodec(TableCodec):
         elif kind == "float64":
             a = a.astype(np.float32, order="K")  # one correct rounding
         try:
-            out = _run(_core.table_encode, a, None, np.uint8, (self.levels.tolist(),),
+            out = _run(_core.table_encode, a, None, np.uint8, (self._table,),
                        (rounding, seed, stream, offset),
                        rounding == "stochastic")
         except ValueError as e:
             raise _core_error(e) from None
         return _wrap(out, from_torch)
+
+    @overload
+    def decode(self, codes: ArrayT, *, dtype: Any = ...) -> ArrayT: ...
+    @overload
+    def decode(self, codes: PlainValues, *, dtype: Any = ...) -> np.ndarray: ...
 
     def decode(self, codes: Any, *, dtype: Any = np.float32):
         """Values of codes.
@@ -805,7 +926,7 @@ class _TableCodec(TableCodec):
 
 
 def _to_f32(a: np.ndarray, kind: str) -> np.ndarray:
-    return _run(_core.decode, a, None, np.float32, (), (format(kind)._fields,), False)
+    return _run(_core.decode, a, None, np.float32, (), (format(kind)._handle,), False)
 
 
 class Linear(_TableCodec):

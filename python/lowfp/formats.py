@@ -39,7 +39,9 @@ class Format:
         man_bits: explicit mantissa bits, 0..23.
         bias: exponent bias (default 2**(exp_bits-1) - 1, one more for nan="negzero").
         signed: whether there is a sign bit.
-        inf: whether ±inf exist (default: True exactly when nan == "ieee").
+        inf: whether ±inf exist (default: True exactly when nan == "ieee"). With
+            nan="negzero" or "max", inf is the magnitude code just below the NaN (IEEE P3109
+            style: ``Format(4, 3, nan="negzero", inf=True)`` is ``"p3109_k8p4"``).
         nan: "ieee" (NaNs in the all-ones exponent), "max" (only the all-ones code),
             "negzero" (the code 100…0, no −0) or "none".
         subnormals: False makes exponent field 0 a normal binade (no zero, as E8M0).
@@ -70,10 +72,12 @@ class Format:
         if self.inf is None:
             object.__setattr__(self, "inf", self.nan == "ieee")
         try:
-            name = _core.format_check(self._fields)
+            handle = _core.Format(*self._fields)
         except ValueError as e:
             raise ValueError(_py_range(str(e))) from None
-        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "_handle", handle)
+        object.__setattr__(self, "name", handle.name)
+        object.__setattr__(self, "_encoders", {})
 
     @cached_property
     def _fields(self) -> tuple:
@@ -89,7 +93,20 @@ class Format:
 
     @cached_property
     def _props(self) -> tuple:
-        return _core.format_props(self._fields)
+        return self._handle.props
+
+    def _encoder(self, rounding: str, overflow: str, nan_to_zero: bool = False,
+                 clamp_negative: bool = False) -> Any:
+        """The core's encoder for these options (``_core.Encoder``), built once per options
+        and kept on the format: at most 7 roundings x 2 overflows x 2 x 2 entries, since
+        the constructor rejects other options."""
+        key = (rounding, overflow, nan_to_zero, clamp_negative)
+        try:
+            return self._encoders[key]
+        except KeyError:
+            e = _core.Encoder(self._handle, rounding, overflow, nan_to_zero, clamp_negative)
+            self._encoders[key] = e
+            return e
 
     @property
     def bits(self) -> int:
@@ -146,7 +163,7 @@ class Format:
             raise ValueError(f"fmt: values needs a format of at most 16 bits, got {self.bits}")
         codes = np.arange(1 << self.bits, dtype=self.code_dtype)
         out = np.empty(codes.shape, np.float64)
-        _core.decode(codes, out, self._fields)
+        _core.decode(codes, out, self._handle)
         out.setflags(write=False)
         return out
 
@@ -258,7 +275,7 @@ def _lookup(fmt: Any, arg: str = "fmt") -> Format:
         pass
     if isinstance(fmt, str):
         try:
-            (e, m, b, s, i, n, sub), _ = _core.format_parse(fmt)
+            (e, m, b, s, i, n, sub) = _core.Format.parse(fmt).fields
         except ValueError as err:
             msg = _py_range(str(err))
             if msg.startswith("fmt: "):

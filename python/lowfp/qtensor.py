@@ -22,7 +22,7 @@ from typing import Any, Dict, Optional, Tuple, Union
 import numpy as np
 
 from . import _core
-from ._common import E8M0_SCALES, SCALE_FORMATS
+from ._common import E8M0_SCALES, SCALE_FORMATS, block_handle, check_cuda_format
 from .codec import (
     ROUNDINGS,
     Dynamic,
@@ -188,8 +188,8 @@ class QTensor:
         count = self._count()
         buf = np.empty(rows * padded if count != self.size else count, np.float32)
         alphas = self.alphas if self.alphas is not None else np.empty(0, np.float32)
-        _core.blockwise_dequantize(self.codes, self._spec(), self._scales_f32(), alphas,
-                                   np.float32(self.global_scale), buf[:count])
+        _core.blockwise_dequantize(self.codes, block_handle(self._spec()), self._scales_f32(),
+                                   alphas, np.float32(self.global_scale), buf[:count])
         out = _unpad_rows(buf, self)
         out = _from_f32(out, kind, None)
         return _wrap(out, getattr(self, "_from_torch", False), kind)
@@ -441,6 +441,8 @@ def quantize_blockwise(
     if _on_cuda(x):
         from . import _blockwise_cuda as cuda
 
+        if isinstance(codec, Format):
+            check_cuda_format(codec, "codec")
         probe = QTensor(np.empty(0, np.uint8), np.empty(0, np.float32), None, 1.0, shape, codec,
                         int(block_size), scale, rounding, ax)
         _core.blockwise_layout(probe._spec(), 0)  # validates codec, block size, scale, rounding
@@ -462,7 +464,7 @@ def quantize_blockwise(
     else:
         flat = _pad_rows(a if a.dtype == np.float32 else a.astype(np.float32), q)
         flat = np.ascontiguousarray(flat, np.float32)
-    spec = q._spec()
+    spec = block_handle(q._spec())
     packed_len, nblocks, nalphas, _ = _core.blockwise_layout(spec, flat.size)
     packed = np.empty(packed_len, np.uint8)
     scales = np.empty(nblocks, np.float32)
