@@ -28,7 +28,7 @@ import math
 import pathlib
 from typing import Dict, Optional, Tuple
 
-from . import Progress, pyplot, register, save_plot, write_csv
+from . import Claim, Progress, pyplot, register, rel, save_plot, write_csv
 from .fit import fit_with_jackknife
 
 MANTISSAS = (0, 1, 2, 3, 7)
@@ -58,8 +58,27 @@ def sweep_config():
 
 
 def components(optimizer: str) -> tuple:
-    """The quantized components swept for an optimizer (``c/nearest``: round to nearest)."""
-    return COMPONENTS + (NEAREST if optimizer == "Adam" else ())
+    """The quantized components swept for an optimizer (``c/nearest``: round to nearest; for
+    Muon ``v`` is its AdamW part's second moment)."""
+    return COMPONENTS + NEAREST
+
+
+def _mean_excess(mt: dict, o: str, comps) -> float:
+    return sum(mt["excess_low"][f"{o} {c}"] for c in comps) / len(comps)
+
+
+TANG = "Tang, Li, Zou: Adam/Muon under floating-point quantization"
+CLAIMS = (
+    Claim(TANG, "Muon is more robust to quantization than Adam (stochastic rounding)",
+          lambda mt: _mean_excess(mt, "Adam", COMPONENTS) - _mean_excess(mt, "Muon", COMPONENTS),
+          "Adam − Muon mean loss excess at m = 0 over grad/weight/m/v, stochastic", unit="%"),
+    Claim(TANG, "Muon is more robust to quantization than Adam (round to nearest)",
+          lambda mt: _mean_excess(mt, "Adam", NEAREST) - _mean_excess(mt, "Muon", NEAREST),
+          "Adam − Muon mean loss excess at m = 0 over weight/v, nearest", unit="%"),
+    Claim(TANG, "Adam is sensitive to weight rounding (nearest)",
+          lambda mt: mt["excess_low"]["Adam weight/nearest"],
+          "Adam loss excess, weights e8m0 nearest", min_effect=0.01, unit="%"),
+)
 
 
 def _optimizer(name: str, model, comp: Optional[str], man: Optional[int], seed: int):
@@ -98,11 +117,15 @@ def _evals(steps: int) -> Tuple[int, ...]:
     return tuple(sorted({max(1, steps // 4), max(1, steps // 2), steps}))
 
 
-@register("precision-sweep", default_steps=120,
-          summary="Adam vs Muon: final loss vs mantissa bits of grad/weight/m/v")
-def precision_sweep(steps: int, seed: int, out: pathlib.Path, progress: Progress) -> dict:
+@register("precision-sweep", default_steps=120, quick_steps=60, full_steps=480,
+          summary="Adam vs Muon: final loss vs mantissa bits of grad/weight/m/v",
+          claims=CLAIMS)
+def precision_sweep(steps: int, seed: int, out: pathlib.Path, progress: Progress,
+                    size: str = "default") -> dict:
     from .chartf import CharTransformer, load_text, split, torch_threads, train
 
+    global MANTISSAS
+    MANTISSAS = (0, 2, 7) if size == "quick" else (0, 1, 2, 3, 7)
     cfg = sweep_config()
     text = load_text(cfg.max_bytes)
     data = split(text)
@@ -204,21 +227,21 @@ def precision_sweep(steps: int, seed: int, out: pathlib.Path, progress: Progress
         "tables": [
             {"title": f"Validation loss after {steps} steps, by mantissa bits",
              "columns": ["optimizer", "quantized"] + [f"m = {m}" for m in MANTISSAS],
-             "rows": rows},
+             "rows": rows, "key": 2, "baseline": lambda k: (k[0], "float32")},
             {"title": "Huber fit: ln(final loss) = intercept + slope · mantissa bits",
              "columns": ["optimizer", "component", "slope", "slope 95% (jackknife)",
                          "intercept", "intercept 95% (jackknife)"],
-             "rows": fit_rows},
+             "rows": fit_rows, "key": 2},
             {"title": f"Fewest mantissa bits within {TOL:.0%} of float32, by step count",
              "columns": ["optimizer", "component"] + [f"{t} steps" for t in evals],
-             "rows": need_rows},
+             "rows": need_rows, "key": 2},
         ],
         "plots": [png, png2],
         "csv": [csv_runs, csv_curves],
         "findings": findings,
         "metrics": {
             "final": {f"{o} {c or 'fp32'} {_bits(m)}": d[steps] for (o, c, m), d in val.items()},
-            "excess_low": {f"{o} {c}": val[(o, c, low)][steps] / base[(o, steps)] - 1
+            "excess_low": {f"{o} {c}": rel(val[(o, c, low)][steps], base[(o, steps)])
                            for o in OPTIMIZERS for c in components(o)},
             "slope": {f"{o} {c}": (f.slope if f else float("nan")) for (o, c), f in fits.items()},
             "needed": {f"{o} {c}": [needed(o, c, t) for t in evals]
