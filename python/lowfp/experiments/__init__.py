@@ -348,6 +348,8 @@ def verdict(effects: Sequence[float], sign: int = 1, min_effect: float = 0.0) ->
     (t with 2 degrees of freedom), a screening rule, not a significance test.
     """
     fin = [e for e in effects if math.isfinite(e)]
+    if not fin:
+        return "not run"
     if len(fin) < 2:
         return "inconclusive"
     m, sd = mean_sd(fin)
@@ -560,4 +562,4 @@ def render_report(results: List[dict]) -> str:
 
 def _load() -> None:
     """Import the modules that register the experiments (once)."""
-    from . import low_bit_states, precision_sweep, sgd_shrinkage, swamping  # noqa: F401
+    from . import beta2, low_bit_states, mantissa_vs_steps, precision_sweep, sgd_shrinkage, swamping  # noqa: F401
