@@ -27,8 +27,8 @@ TANG = "Tang, Li, Zou: Adam/Muon under floating-point quantization"
 
 def _grow(comp: str, rounding: str):
     def effect(mt: dict) -> float:
-        b = mt["beta2s"]
-        return mt["excess"][f"{comp} {rounding} {b[-1]}"] - mt["excess"][f"{comp} {rounding} {b[0]}"]
+        b, e = mt["beta2s"], mt["excess"]
+        return e[f"{comp} {rounding} {b[-1]}"] - e[f"{comp} {rounding} {b[0]}"]
     return effect
 
 

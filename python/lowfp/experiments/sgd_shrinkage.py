@@ -9,9 +9,9 @@ flushes every component below 0.25 to zero; where almost every component is flus
 
 Here q_k is *controlled* by loss scaling: each step the gradient is multiplied by
 ``S_k = c · 6 / max|g_k|`` (the largest component lands at ``c`` times e2m1's largest value 6),
-rounded to e2m1 (nearest), and divided by ``S_k`` again. Smaller ``c`` flushes more components (smaller
-q_k; round-to-nearest lifts the survivors between 0.25 and 0.5 to 0.5, so q_k stays near 1
-down to c ≈ 1/8). ``c = 1/24`` puts the largest component at e2m1's flush
+rounded to e2m1 (nearest), and divided by ``S_k`` again. Smaller ``c`` flushes more
+components (smaller q_k; round-to-nearest lifts the survivors between 0.25 and 0.5 to 0.5, so
+q_k stays near 1 down to c ≈ 1/8). ``c = 1/24`` puts the largest component at e2m1's flush
 threshold, so nearly everything is flushed (the dead zone, a negative control); the unscaled
 run (``S = 1``) is the old experiment's setup. For each regime the run at the base step
 gives the mean shrinkage q̄; a second run uses the step ``η/q̄`` (capped at 4η, which the dead
