@@ -1,6 +1,7 @@
 """lowfp.optim.LowPrecision: quantized-training emulation around any torch optimizer."""
 
 import copy
+import math
 import os
 import subprocess
 import sys
@@ -398,3 +399,128 @@ def test_format_not_exact_in_dtype_fails_before_modifying():
     with pytest.raises(ValueError, match="cannot round torch.bfloat16"):
         opt.step()
     assert torch.equal(p.detach(), torch.ones(4, dtype=torch.bfloat16))
+
+
+# ---------------------------------------------------------------- tracking (track=True)
+
+
+def _sgd_tracked(lr, grad="e4m3", weight="bf16", steps=1, track=True, seed=0, start=False):
+    params = _params(seed, ((64, 32),))
+    opt = LowPrecision(torch.optim.SGD(params, lr=lr), grad=grad, weight=weight, track=track)
+    if start:
+        opt.quantize_weights()
+    for t in range(steps):
+        params[0].grad = _grads(params, t)[0]
+        opt.step()
+    return params, opt
+
+
+def test_tracker_rows_by_hand():
+    p0 = _params(0, ((64, 32),))[0].detach().clone()
+    g = _grads([p0], 0)[0]
+    params, opt = _sgd_tracked(lr=0.01)
+    rows = {r["tensor"]: r for r in opt.tracker.rows}
+    assert list(rows) == ["grad", "weight"] and all(r["step"] == 1 for r in rows.values())
+    assert opt.tracker.columns == list(lowfp.optim.lowprec.TRACK_COLUMNS)
+    d = lambda t: t.double()  # noqa: E731
+    qg = lowfp.quantize(g, "e4m3", overflow="saturate")
+    assert rows["grad"]["rel_error"] == pytest.approx(
+        float((d(qg) - d(g)).norm() / d(g).norm()), rel=1e-12)
+    assert rows["grad"]["shrinkage"] == pytest.approx(
+        float((d(qg) * d(g)).sum() / d(g).square().sum()), rel=1e-12)
+    assert rows["grad"]["flushed"] == float(((g != 0) & (qg == 0)).sum()) / g.numel()
+    assert rows["grad"]["numel"] == 64 * 32 and math.isnan(rows["grad"]["unchanged"])
+    t = p0 - 0.01 * qg  # SGD's unrounded new weight
+    r = lowfp.quantize(t, "bf16", overflow="saturate")
+    assert torch.equal(params[0].detach(), r)
+    moved = t != p0
+    assert rows["weight"]["unchanged"] == float((moved & (r == p0)).sum()) / float(moved.sum())
+    assert rows["weight"]["drift"] == pytest.approx(
+        float((d(r) - d(t)).norm() / d(t).norm()), rel=1e-6)
+    # (after one step the shadow is old + (t - old) in float32: t up to float32 rounding)
+
+
+def test_tracker_sees_swamping_and_flush():
+    # updates far below half a bfloat16 ulp: every moved element keeps its stored value, and
+    # the stored weights (rounded to bfloat16 first) fall behind the float32 shadow
+    _, opt = _sgd_tracked(lr=1e-6, grad=None, steps=4, start=True)
+    w = [r for r in opt.tracker.rows if r["tensor"] == "weight"]
+    assert [r["step"] for r in w] == [1, 2, 3, 4]
+    assert all(r["unchanged"] == 1.0 and r["rel_error"] > 0 for r in w)
+    assert 0 < w[0]["drift"] < w[1]["drift"] < w[2]["drift"] < w[3]["drift"]
+    # stochastic weight rounding moves some of them
+    _, opt = _sgd_tracked(lr=1e-4, grad=None, weight=Q("bf16", "stochastic"), steps=2)
+    assert 0 < opt.tracker.rows[-1]["unchanged"] < 1
+    # raw E2M1 gradients of size ~0.01: all flushed to zero, q_k = 0
+    params = _params(0, ((8, 8),))
+    opt = LowPrecision(torch.optim.SGD(params, lr=0.1), grad="e2m1", track=True)
+    params[0].grad = _grads(params, 0)[0] * 0.01
+    opt.step()
+    (row,) = opt.tracker.rows
+    assert row["flushed"] == 1.0 and row["shrinkage"] == 0.0 and row["rel_error"] == 1.0
+
+
+def test_tracker_states_csv_and_same_trajectory(tmp_path):
+    def run(track):
+        return _train(lambda ps: torch.optim.AdamW(ps, lr=1e-2), steps=3,
+                      wrap=lambda o: LowPrecision(o, grad="e5m2", weight="bf16",
+                                                  states={"exp_avg": "e4m3"}, track=track))
+
+    ref, _ = run(False)
+    got, opt = run(True)
+    assert all(torch.equal(a, b) for a, b in zip(ref, got))  # tracking changes nothing
+    tensors = opt.tracker.column("tensor")
+    assert tensors == ["grad", "exp_avg", "weight"] * 3
+    ea = [r for r in opt.tracker.rows if r["tensor"] == "exp_avg"]
+    assert all(0 < r["rel_error"] < 0.1 and 0 <= r["unchanged"] < 1 for r in ea)
+    path = tmp_path / "track.csv"
+    opt.tracker.to_csv(str(path))
+    lines = path.read_text().splitlines()
+    assert lines[0] == ",".join(lowfp.optim.lowprec.TRACK_COLUMNS) and len(lines) == 10
+    assert float(lines[1].split(",")[3]) == opt.tracker.rows[0]["rel_error"]
+
+
+def test_tracker_skipped_step_leaves_no_row():
+    params = _params(0, ((4, 4),))
+    opt = LowPrecision(torch.optim.SGD(params, lr=0.1), grad="e4m3", track=True)
+    params[0].grad = torch.full((4, 4), float("nan"))
+    opt.step()
+    assert opt.skipped_steps == 1 and len(opt.tracker) == 0
+    params[0].grad = torch.ones(4, 4)
+    opt.step()
+    assert opt.tracker.column("step") == [2]
+    assert LowPrecision(torch.optim.SGD(params, lr=0.1)).tracker is None
+    with pytest.raises(TypeError, match="track"):
+        LowPrecision(torch.optim.SGD(params, lr=0.1), track="yes")
+
+
+# ---------------------------------------------------------------- device dispatch (no GPU here)
+
+
+def test_cuda_tensors_round_on_device_when_lowfp_cuda_is_available(monkeypatch):
+    # The decision only: a CUDA tensor stays on its device when lowfp.cuda is available, goes
+    # through a CPU copy otherwise; the CUDA kernels themselves are not run here.
+    import types
+
+    import lowfp.cuda
+    from lowfp.optim import lowprec
+
+    fake_cuda = types.SimpleNamespace(device=torch.device("cuda", 0))
+    monkeypatch.setattr(lowfp.cuda, "available", lambda: True)
+    assert lowprec._device_rounds(fake_cuda)
+    monkeypatch.setattr(lowfp.cuda, "available", lambda: False)
+    assert not lowprec._device_rounds(fake_cuda)
+    assert not lowprec._device_rounds(torch.zeros(1))
+    # routed: lowfp.quantize receives the device tensor itself (a meta tensor stands in for
+    # a CUDA one: .cpu() on it would raise), and the result stays there
+    seen = []
+
+    def fake_quantize(x, fmt, **kw):
+        seen.append((x.device.type, kw["seed"], kw["stream"], kw["nan"]))
+        return x.clone()
+
+    monkeypatch.setattr(lowprec, "_device_rounds", lambda x: True)
+    monkeypatch.setattr(lowprec._codec, "quantize", fake_quantize)
+    lp = LowPrecision(torch.optim.SGD(_params(), lr=0.1), seed=9)
+    r = lp._round(torch.empty(3, device="meta"), Q("e4m3"), 5)
+    assert r.device.type == "meta" and seen == [("meta", 9, 5, "zero")]

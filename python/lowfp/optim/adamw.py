@@ -11,12 +11,16 @@ from __future__ import annotations
 import math
 from typing import Any, Optional
 
+import numpy as np
 import torch
 
 from .. import _core
 from ..codec import Dynamic, Linear, Log
 from . import distributed as _dist
 from .base import _PLAIN, PackedOptimizer, _scalar, check_lr, cuda_optim
+
+#: How the second moment is shared (``v_granularity``).
+V_GRANULARITIES = ("element", "row", "block", "tensor")
 
 __all__ = ["AdamW", "AdamW8bit", "AdamW4bit", "AdamWFp8", "SOLO", "solo_beta1"]
 
@@ -49,6 +53,17 @@ class AdamW(PackedOptimizer):
             (ValueError).
         param_rounding: how bfloat16/float16 parameters take the float32 update: "stochastic"
             (default, so small updates are not lost without an fp32 master copy) or "nearest".
+        v_granularity: how many elements share one second moment (blockwise Adam /
+            Adam-mini). "element" (default): Adam's, one per element (the fused step).
+            Otherwise each group of elements keeps one v, updated with the *mean* of g² over
+            the group: "row": one per index of the first axis (a Linear's output neuron;
+            1-D parameters form one group), "block": blocks of ``v_block_size`` consecutive
+            elements along each such row (a block never crosses rows), "tensor": one per
+            parameter. The reduced v (and AMSGrad's maximum) is stored in float32, shape
+            (groups,), so ``exp_avg_sq`` must stay None; the first moment keeps its codec.
+            These granularities step in torch (on the parameter's device; a packed first
+            moment is decoded and re-encoded by the CPU codec), not in the fused Rust step.
+        v_block_size: elements per block of ``v_granularity="block"`` (an int >= 1).
 
     A param group may set its own ``exp_avg``, ``exp_avg_sq``, ``block_size``, ``rounding``
     and ``min_quant_size``; the constructor's values are the defaults.
@@ -60,6 +75,7 @@ class AdamW(PackedOptimizer):
     """
 
     _STATES = ("exp_avg", "exp_avg_sq")
+    _v_gran, _v_block = "element", 128  # (instances pickled before v_granularity)
     _CODEC_ARGS = {"exp_avg": "exp_avg", "exp_avg_sq": "exp_avg_sq",
                    "max_exp_avg_sq": "exp_avg_sq"}
 
@@ -70,8 +86,20 @@ class AdamW(PackedOptimizer):
                  decoupled_weight_decay: bool = True, exp_avg: Any = None,
                  exp_avg_sq: Any = None, block_size: int = 256, rounding: str = "nearest",
                  seed: int = 0, min_quant_size: int = 4096, nonfinite: str = "skip",
-                 param_rounding: str = "stochastic"):
+                 param_rounding: str = "stochastic", v_granularity: str = "element",
+                 v_block_size: int = 128):
         check_lr(lr)
+        if v_granularity not in V_GRANULARITIES:
+            raise ValueError(f"v_granularity: expected one of {V_GRANULARITIES}, got "
+                             f"{v_granularity!r}")
+        if not isinstance(v_block_size, int) or isinstance(v_block_size, bool) \
+                or v_block_size < 1:
+            raise ValueError(f"v_block_size: expected an int >= 1, got {v_block_size!r}")
+        if v_granularity != "element" and exp_avg_sq is not None:
+            raise ValueError(f"exp_avg_sq: v_granularity={v_granularity!r} stores the reduced "
+                             "second moment in float32 (one value per group); leave "
+                             "exp_avg_sq=None (the first moment keeps its codec)")
+        self._v_gran, self._v_block = v_granularity, v_block_size
         if not eps >= 0.0:
             raise ValueError(f"eps: expected >= 0, got {eps}")
         b1, b2 = (_scalar(b) for b in betas)
@@ -97,16 +125,26 @@ class AdamW(PackedOptimizer):
                         decoupled_weight_decay=bool(decoupled_weight_decay))
         super().__init__(params, defaults)
 
-    _PICKLED = PackedOptimizer._PICKLED + ("_STATES",)
+    _PICKLED = PackedOptimizer._PICKLED + ("_STATES", "_v_gran", "_v_block")
 
     def _check_overrides(self, group):
         super()._check_overrides(group)
+        if self._v_gran != "element" and group.get("exp_avg_sq") is not None:
+            raise ValueError(f"exp_avg_sq: v_granularity={self._v_gran!r} keeps the reduced "
+                             "second moment in float32; a param group cannot set a codec for it")
         if "amsgrad" in group and bool(group["amsgrad"]) != ("max_exp_avg_sq" in self._STATES):
             raise ValueError("amsgrad: set it for the whole optimizer (the constructor's "
                              f"amsgrad={'max_exp_avg_sq' in self._STATES}), not per group")
 
     def _stepping(self, group: dict, plan) -> list:
         entries = super()._stepping(group, plan)
+        if self._v_gran != "element":
+            for e in entries:
+                if type(e.p) not in _PLAIN:
+                    raise ValueError(f"v_granularity: {self._v_gran!r} needs plain tensors "
+                                     f"(param {e.index - 1} is a {type(e.p).__name__}); use "
+                                     "'element' for sharded parameters")
+            return entries
         if "max_exp_avg_sq" in self._STATES and any(e.p.is_cuda for e in entries):
             raise ValueError("amsgrad: not available for CUDA parameters yet (the CUDA step "
                              "kernel has no third state); use amsgrad=False on the GPU")
@@ -127,6 +165,9 @@ class AdamW(PackedOptimizer):
 
     def _step_group(self, group: dict, entries: list) -> None:
         """One fused call for the group's parameters that have gradients."""
+        if self._v_gran != "element":
+            self._step_group_shared_v(group, entries)
+            return
         b1, b2 = (_scalar(b) for b in group["betas"])
         lr, wd, eps = _scalar(group["lr"]), group["weight_decay"], group["eps"]
         decoupled, amsgrad = group["decoupled_weight_decay"], "max_exp_avg_sq" in self._STATES
@@ -155,11 +196,173 @@ class AdamW(PackedOptimizer):
                                   self._param_rounding == "stochastic", offsets)
         self._write_back(copies)
 
+
+    # ------------------------------------------------------------ shared second moments
+
+    def _v_layout(self, p: torch.Tensor) -> tuple:
+        """(rows R, row length L, block B, blocks per row nb) of p's second-moment groups:
+        R * nb groups, group (r, j) holding row r's elements [j*B, min((j+1)*B, L))."""
+        n = p.numel()
+        rows = p.shape[0] if p.dim() >= 2 and self._v_gran != "tensor" else 1
+        length = n // rows if rows else 0
+        block = self._v_block if self._v_gran == "block" else max(length, 1)
+        return rows, length, block, -(-length // block) if length else 0
+
+    def _init_state(self, p: torch.Tensor, group: Optional[dict] = None) -> dict:
+        st = super()._init_state(p, group)
+        if self._v_gran != "element":
+            rows, _, _, nb = self._v_layout(p)
+            for name in self._STATES[1:]:  # exp_avg_sq (and max_exp_avg_sq): float32, reduced
+                st[name] = torch.zeros(rows * nb, dtype=torch.float32, device=p.device)
+        return st
+
+    def _group_mean_sq(self, g: torch.Tensor, layout: tuple) -> torch.Tensor:
+        """The mean of g*g over each group (g: float32 of shape (R, L)); shape (R * nb,)."""
+        rows, length, block, nb = layout
+        sq = g * g
+        pad = nb * block - length
+        if pad:
+            sq = torch.nn.functional.pad(sq, (0, pad))
+        sums = sq.reshape(rows, nb, block).sum(-1)
+        counts = torch.full((nb,), float(block), dtype=torch.float32, device=g.device)
+        counts[-1] = float(length - (nb - 1) * block)
+        return (sums / counts).reshape(-1)
+
+    @staticmethod
+    def _spread(v: torch.Tensor, layout: tuple) -> torch.Tensor:
+        """Per-group values (R * nb,) broadcast to the elements, shape (R, L)."""
+        rows, length, block, nb = layout
+        return v.reshape(rows, nb, 1).expand(rows, nb, block).reshape(rows, nb * block)[
+            :, :length]
+
+    def _step_group_shared_v(self, group: dict, entries: list) -> None:
+        """AdamW with v shared over groups of elements, in torch (the fused step's arithmetic
+        and order, with g*g replaced by its group mean)."""
+        from ..codec import quantize
+
+        b1, b2 = (_scalar(b) for b in group["betas"])
+        lr, wd, eps = _scalar(group["lr"]), group["weight_decay"], group["eps"]
+        decoupled, amsgrad = group["decoupled_weight_decay"], "max_exp_avg_sq" in self._STATES
+        l2, decay = (0.0, 1 - lr * wd) if decoupled else (wd, 1.0)
+        negate = bool(group.get("maximize", False))
+        for e in entries:
+            p, st, t = e.p, e.st, e.t
+            stream = (t << 32) | (e.index << 2)  # | 0: exp_avg, 2: param (as the fused step)
+            layout = self._v_layout(p)
+            rows, length = layout[0], layout[1]
+            if p.numel() == 0:
+                continue
+            w = p.detach().float().reshape(rows, length)
+            g = p.grad.detach().float().reshape(rows, length)
+            if negate:
+                g = -g
+            if l2:
+                g = g + l2 * w
+            w = w * decay
+            m = self._read_m(st, p).reshape(rows, length)
+            m = m + (1 - b1) * (g - m)
+            v = st["exp_avg_sq"]
+            v.mul_(b2).add_((1 - b2) * self._group_mean_sq(g, layout))
+            if amsgrad:
+                torch.maximum(st["max_exp_avg_sq"], v, out=st["max_exp_avg_sq"])
+                v = st["max_exp_avg_sq"]
+            denom = v.sqrt() / math.sqrt(1 - b2**t) + eps
+            w = w - (lr / (1 - b1**t)) * (m / self._spread(denom, layout))
+            self._write_m(st, p, m.reshape(-1), stream)
+            if p.dtype is torch.float32:
+                p.detach().copy_(w.view_as(p))
+            else:  # bfloat16/float16: rounded from float32 as the fused step rounds them
+                kind = "bfloat16" if p.dtype is torch.bfloat16 else "float16"
+                r = quantize(w.contiguous(), kind, rounding=self._param_rounding,
+                             seed=self._seed, stream=stream | 2)
+                p.detach().copy_(r.view_as(p))
+
+    def _read_m(self, st: dict, p: torch.Tensor) -> torch.Tensor:
+        """The first moment as float32 on p's device (decoded when packed)."""
+        if "exp_avg" in st:
+            return st["exp_avg"].reshape(-1)
+        return self._decode(st, p, "exp_avg").to(p.device)
+
+    def _write_m(self, st: dict, p: torch.Tensor, m: torch.Tensor, stream: int) -> None:
+        """Store the new first moment (encoded with its codec when packed; CPU codec)."""
+        if "exp_avg" in st:
+            st["exp_avg"].copy_(m.view_as(st["exp_avg"]))
+            return
+        spec = self._specs(p, self._group_of(p))[0]
+        parts = [st[f"exp_avg.{k}"] for k in ("codes", "scales", "alphas")]
+        host = [t if t.device.type == "cpu" else t.cpu() for t in parts]
+        _core.blockwise_quantize(np.ascontiguousarray(m.detach().cpu().numpy()), spec[2],
+                                 *(t.numpy() for t in host), self._seed, stream)
+        for t, h in zip(parts, host):
+            if h is not t:
+                t.copy_(h)
+
+    def dequantized_state(self, p: torch.Tensor, name: str) -> torch.Tensor:
+        """As :meth:`PackedOptimizer.dequantized_state`; with a shared second moment
+        (``v_granularity`` other than "element") ``exp_avg_sq`` and ``max_exp_avg_sq`` are
+        the float32 per-group values, shape (groups,)."""
+        if self._v_gran != "element" and name in self._STATES[1:]:
+            st = self.state.get(p)
+            if not st:
+                raise KeyError("p: this parameter has no state yet (no step has touched it)")
+            return st[name].detach().float().cpu().clone()
+        return super().dequantized_state(p, name)
+
+    def _state_lines(self) -> list:
+        lines = super()._state_lines()
+        if self._v_gran != "element":
+            how = {"row": "one per row (first axis)", "tensor": "one per tensor",
+                   "block": f"one per block of {self._v_block} along each row"}[self._v_gran]
+            for i, line in enumerate(lines):
+                for name in self._STATES[1:]:
+                    if line.startswith(name + ":"):
+                        lines[i] = (f"{name}: float32, {how} (v_granularity="
+                                    f"{self._v_gran!r}: mean of g^2 over the group)")
+        return lines
+
+    def state_dict(self) -> dict:
+        """As :meth:`PackedOptimizer.state_dict`, with the second moment's granularity in
+        ``sd["lowfp"]`` (``v_granularity``, ``v_block_size``)."""
+        sd = super().state_dict()
+        if isinstance(sd.get("lowfp"), dict):
+            sd["lowfp"] = dict(sd["lowfp"], v_granularity=self._v_gran,
+                               v_block_size=self._v_block)
+        return sd
+
+    def load_state_dict(self, state_dict: dict, *, requantize: bool = False) -> None:
+        """As :meth:`PackedOptimizer.load_state_dict`; a state dict saved with another
+        ``v_granularity`` (or block size) is a ValueError naming both (state dicts without
+        the key were saved with "element")."""
+        own = state_dict.get("lowfp") if isinstance(state_dict, dict) else None
+        own = own if isinstance(own, dict) else {}
+        theirs = (own.get("v_granularity", "element"), own.get("v_block_size", self._v_block))
+        mine = (self._v_gran, self._v_block)
+        if theirs[0] != mine[0] or (mine[0] == "block" and theirs[1] != mine[1]):
+            raise ValueError(f"state_dict: saved with v_granularity={theirs[0]!r} "
+                             f"(v_block_size={theirs[1]}), this optimizer has "
+                             f"v_granularity={mine[0]!r} (v_block_size={mine[1]})")
+        super().load_state_dict(state_dict, requantize=requantize)
+
+    def _convert(self, p, group, st, name: str, theirs: Optional[dict]) -> None:
+        if self._v_gran != "element" and name in self._STATES[1:]:
+            raise ValueError(f"state_dict: {name} cannot be converted to the shared second "
+                             f"moment of v_granularity={self._v_gran!r}")
+        super()._convert(p, group, st, name, theirs)
+
+    def _element_only(self, what: str) -> None:
+        if self._v_gran != "element":
+            raise ValueError(f"{what}: torch.optim.AdamW keeps one second moment per element; "
+                             f"this optimizer has v_granularity={self._v_gran!r}")
+
     # ------------------------------------------------------------ plain torch state
 
     def to_torch_state_dict(self) -> dict:
         """This optimizer's state as ``torch.optim.AdamW`` (or ``Adam``) holds it, in float32:
-        load it with ``torch.optim.AdamW(params).load_state_dict(...)``."""
+        load it with ``torch.optim.AdamW(params).load_state_dict(...)``.
+
+        Raises:
+            ValueError: ``v_granularity`` is not "element"."""
+        self._element_only("to_torch_state_dict")
         sd = self.state_dict()
         params = [p for g in self.param_groups for p in g["params"]]
         state = {}
@@ -181,8 +384,10 @@ class AdamW(PackedOptimizer):
 
         Raises:
             ValueError: the number of parameter groups or parameters does not match, or a
-                state is missing (``max_exp_avg_sq`` needs ``amsgrad`` on both sides).
+                state is missing (``max_exp_avg_sq`` needs ``amsgrad`` on both sides),
+                ``v_granularity`` is not "element".
         """
+        self._element_only("load_torch_state_dict")
         groups = state_dict["param_groups"]
         if len(groups) != len(self.param_groups) or any(
                 len(a["params"]) != len(b["params"]) for a, b in zip(groups, self.param_groups)):

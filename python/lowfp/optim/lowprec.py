@@ -29,17 +29,40 @@ Non-finite gradients (``nonfinite=``):
   through every quantizer unchanged (a format without NaN does not raise), so NaN/inf reach the
   weights and states as they would without the wrapper.
 
-Parameters on an accelerator are rounded through a CPU copy (lowfp's codecs run on the CPU).
+Devices: CUDA tensors are rounded on their device through lowfp's CUDA dispatch
+(``lowfp.quantize`` on a CUDA tensor runs :mod:`lowfp.cuda`, bit for bit the CPU's values) when
+:func:`lowfp.cuda.available` says CuPy sees a device; otherwise (no CuPy) and for other
+accelerators they go through a CPU copy. CPU tensors are rounded in place of the call as before.
+
+Tracking (``track=True``): at every step that is not skipped, :attr:`LowPrecision.tracker`
+gets one row per rounded kind of tensor (``"grad"``, ``"weight"``, each named state), summed
+over the parameters. With t the float value before rounding (the float32 *shadow* of the
+rounded tensor r = Q(t)) and ``old`` the stored value before the step:
+
+- ``rel_error`` = ||r - t|| / ||t||;
+- ``shrinkage`` = <r, t> / ||t||^2 (q_k of the analyses of SGD with low-precision gradients;
+  1 when nothing is lost, below 1 when rounding shrinks the tensor);
+- ``flushed`` = #(t != 0 and r == 0) / #(t != 0): the fraction flushed to zero;
+- ``unchanged`` (weights and states; NaN for gradients) = #(t != old and r == old) /
+  #(t != old): the fraction of the elements the update moved whose stored value it did not
+  change (swamping);
+- ``drift`` (weights; NaN otherwise) = ||w - s|| / ||s|| with s a persistent float32 shadow of
+  the weights that accumulates every step's unrounded update t - old from the first tracked
+  step: how far the stored weights have fallen behind float32 accumulation of the same updates.
+
+Ratios with a zero denominator are NaN. The tracker is not part of the state dict.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import zlib
 from collections import OrderedDict
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 from .. import codec as _codec
+from .._table import Table
 from ..formats import Format
 from ..formats import format as _format
 
@@ -48,7 +71,7 @@ try:
 except ImportError as e:  # pragma: no cover - torch is an optional extra
     raise ImportError("lowfp.optim needs torch: pip install 'lowfp[torch]'") from e
 
-__all__ = ["LowPrecision", "Q"]
+__all__ = ["LowPrecision", "Q", "Tracker"]
 
 _MASK = (1 << 64) - 1
 _KIND_GRAD = 0
@@ -127,6 +150,74 @@ def _state_kind(name: str) -> int:
     return 2 + zlib.crc32(name.encode("utf-8"))
 
 
+def _device_rounds(x: torch.Tensor) -> bool:
+    """Whether x is rounded on its own device (a CUDA tensor with lowfp.cuda available)
+    rather than through a CPU copy."""
+    if x.device.type != "cuda":
+        return False
+    from .. import cuda
+
+    return cuda.available()
+
+
+#: Columns of the tracker's rows.
+TRACK_COLUMNS = ("step", "tensor", "numel", "rel_error", "shrinkage", "flushed", "unchanged",
+                 "drift")
+
+
+class Tracker(Table):
+    """Per-step rounding statistics of a ``LowPrecision(track=True)`` run: a
+    :class:`lowfp._table.Table` whose rows have the columns :data:`TRACK_COLUMNS` (defined in
+    the module docstring); ``rows``, ``column(name)``, ``to_csv(path)``."""
+
+    def __init__(self):
+        super().__init__()
+        self._sums: Dict[str, List[torch.Tensor]] = {}
+        self._numel: Dict[str, int] = {}
+        self.shadow: Dict[torch.Tensor, torch.Tensor] = {}
+
+    def add(self, name: str, t: torch.Tensor, r: torch.Tensor,
+            old: Optional[torch.Tensor] = None, shadow: Optional[torch.Tensor] = None) -> None:
+        """Accumulate one tensor's sums for this step (float64, on the tensor's device)."""
+        t64, r64 = t.detach().double(), r.detach().double()
+        nz = t64 != 0
+        sums = [(r64 - t64).square().sum(), t64.square().sum(), (r64 * t64).sum(),
+                nz.sum(), (nz & (r64 == 0)).sum()]
+        if old is not None:
+            o64 = old.detach().double()
+            moved = t64 != o64
+            sums += [moved.sum(), (moved & (r64 == o64)).sum()]
+        if shadow is not None:
+            sums += [(r64 - shadow.double()).square().sum(), shadow.double().square().sum()]
+        acc = self._sums.get(name)  # summed on the device; read once per step in end_step
+        self._sums[name] = sums if acc is None else [a + b.to(a.device)
+                                                      for a, b in zip(acc, sums)]
+        self._numel[name] = self._numel.get(name, 0) + t.numel()
+
+    def discard(self) -> None:
+        """Drop the sums accumulated for the current step."""
+        self._sums.clear()
+        self._numel.clear()
+
+    def end_step(self, step: int) -> None:
+        """Turn the accumulated sums into one row per tensor kind."""
+        def ratio(a: float, b: float) -> float:
+            return a / b if b else math.nan
+
+        for name, sums in self._sums.items():
+            v = [float(x) for x in sums]
+            d2, t2, rt, nz, fl = v[:5]
+            rest = v[5:]
+            unchanged = ratio(rest[1], rest[0]) if name != "grad" and len(rest) >= 2 \
+                else math.nan
+            drift = math.sqrt(ratio(rest[-2], rest[-1])) if name == "weight" else math.nan
+            self.rows.append({"step": step, "tensor": name, "numel": self._numel[name],
+                              "rel_error": math.sqrt(ratio(d2, t2)), "shrinkage": ratio(rt, t2),
+                              "flushed": ratio(fl, nz), "unchanged": unchanged,
+                              "drift": drift})
+        self.discard()
+
+
 class LowPrecision(torch.optim.Optimizer):
     """Wrap a torch optimizer to emulate training with low-precision gradients, weights, states.
 
@@ -145,6 +236,9 @@ class LowPrecision(torch.optim.Optimizer):
         seed: key of the stochastic rounding, an int in [0, 2**64).
         nonfinite: ``"skip"`` (default) or ``"propagate"``: what a step with a NaN/inf
             gradient does (see the module docstring).
+        track: keep per-step rounding statistics in :attr:`tracker` (a :class:`Tracker`;
+            see the module docstring). Costs a few passes over the rounded tensors, a copy of
+            the weights and tracked states during the step and a float32 shadow of the weights.
 
     Only parameters that have a gradient at a step are rounded (the ones the inner optimizer
     updates); call :meth:`quantize_weights` once to round the initial weights too.
@@ -157,7 +251,7 @@ class LowPrecision(torch.optim.Optimizer):
     def __init__(self, optimizer: torch.optim.Optimizer, *, grad: QuantizerLike = None,
                  weight: QuantizerLike = None,
                  states: Optional[Dict[str, QuantizerLike]] = None, seed: int = 0,
-                 nonfinite: str = "skip"):
+                 nonfinite: str = "skip", track: bool = False):
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"optimizer: expected a torch.optim.Optimizer instance, got "
                             f"{type(optimizer).__name__}")
@@ -174,7 +268,11 @@ class LowPrecision(torch.optim.Optimizer):
         if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= _MASK:
             raise ValueError(f"seed: expected an int in [0, 2**64), got {seed!r}")
         _codec._check_choice("nonfinite", nonfinite, _NONFINITE)
+        if not isinstance(track, bool):
+            raise TypeError(f"track: expected a bool, got {type(track).__name__}")
         self.optimizer = optimizer
+        #: Per-step rounding statistics (``track=True``), else None.
+        self.tracker: Optional[Tracker] = Tracker() if track else None
         self.grad = _as_q(grad, "grad")
         self.weight = _as_q(weight, "weight")
         self.states: Dict[str, Q] = {}
@@ -308,12 +406,15 @@ class LowPrecision(torch.optim.Optimizer):
         """t rounded to q (a new tensor of t's dtype, device and shape); non-finite elements
         pass through unchanged."""
         x = t.detach()
-        cpu = x.cpu() if x.device.type != "cpu" else x
-        r = _codec.quantize(cpu, q.format, rounding=q.rounding, overflow=q.overflow,
+        here = x.device.type == "cpu" or _device_rounds(x)
+        src = x if here else x.cpu()
+        r = _codec.quantize(src, q.format, rounding=q.rounding, overflow=q.overflow,
                             seed=self.seed, stream=stream, nan="zero")
-        finite = torch.isfinite(cpu)
-        if not bool(finite.all()):
-            r = torch.where(finite, r, cpu)
+        finite = torch.isfinite(src)
+        if src.device.type != "cpu":  # no host sync on a device: select unconditionally
+            r = torch.where(finite, r, src)
+        elif not bool(finite.all()):
+            r = torch.where(finite, r, src)
         return r.to(x.device) if r.device != x.device else r
 
     def _check_states(self, names_seen: set) -> None:
@@ -365,18 +466,32 @@ class LowPrecision(torch.optim.Optimizer):
             g = p.grad
             if self.grad is not None:
                 g = self._round(g, self.grad, _stream(i, t, _KIND_GRAD))
+                if self.tracker is not None:
+                    self.tracker.add("grad", p.grad, g)
             if self.nonfinite == "skip" and finite:
                 finite = bool(torch.isfinite(g).all())
             rounded.append(g)
         if not finite:
             self._skipped += 1
+            if self.tracker is not None:
+                self.tracker.discard()  # a skipped step leaves no row
             return loss
         if self.grad is not None:
             for (_, p), g in zip(live, rounded):
                 p.grad.copy_(g)
         del rounded
 
-        # 2. the inner step
+        # 2. the inner step (tracking: the stored values it starts from)
+        before: Dict[Tuple[int, str], torch.Tensor] = {}
+        if self.tracker is not None:
+            for i, p in live:
+                st = self.optimizer.state.get(p, {})
+                for name in self.states:
+                    v = st.get(name)
+                    if torch.is_tensor(v) and v.is_floating_point():
+                        before[i, name] = v.detach().clone()
+                if self.weight is not None:
+                    before[i, "weight"] = p.detach().clone()
         self.optimizer.step()
 
         # 3. states and weights
@@ -395,7 +510,22 @@ class LowPrecision(torch.optim.Optimizer):
                 v = st.get(name)
                 if torch.is_tensor(v) and v.is_floating_point():
                     self._check_dtype(v, q, f"states[{name!r}]")
-                    v.copy_(self._round(v, q, _stream(i, t, _state_kind(name))))
+                    r = self._round(v, q, _stream(i, t, _state_kind(name)))
+                    if self.tracker is not None:
+                        old = before.get((i, name))
+                        self.tracker.add(name, v, r, torch.zeros_like(v) if old is None
+                                         else old)
+                    v.copy_(r)
             if self.weight is not None:
-                p.copy_(self._round(p, self.weight, _stream(i, t, _KIND_WEIGHT)))
+                r = self._round(p, self.weight, _stream(i, t, _KIND_WEIGHT))
+                if self.tracker is not None:
+                    old = before[i, "weight"]
+                    sh = self.tracker.shadow.get(p)
+                    if sh is None:
+                        sh = self.tracker.shadow[p] = old.to(torch.float32, copy=True)
+                    sh.add_(p.detach().float() - old.float())
+                    self.tracker.add("weight", p, r, old, sh)
+                p.copy_(r)
+        if self.tracker is not None:
+            self.tracker.end_step(t)
         return loss
