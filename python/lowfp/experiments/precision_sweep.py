@@ -32,6 +32,8 @@ from . import Claim, Progress, pyplot, register, rel, save_plot, write_csv
 from .fit import fit_with_jackknife
 
 MANTISSAS = (0, 1, 2, 3, 7)
+#: The mantissas of a run per size (set into MANTISSAS when it starts).
+MANTISSAS_BY_SIZE = {"quick": (0, 2, 7), "default": MANTISSAS, "full": MANTISSAS}
 COMPONENTS = ("grad", "weight", "m", "v")
 #: Adam only: the same sweep with round-to-nearest, for the two components the analyses call
 #: sensitive (a contrast: nearest rounding swamps small updates, stochastic rounding does not).
@@ -125,7 +127,7 @@ def precision_sweep(steps: int, seed: int, out: pathlib.Path, progress: Progress
     from .chartf import CharTransformer, load_text, split, torch_threads, train
 
     global MANTISSAS
-    MANTISSAS = (0, 2, 7) if size == "quick" else (0, 1, 2, 3, 7)
+    MANTISSAS = MANTISSAS_BY_SIZE[size]
     cfg = sweep_config()
     text = load_text(cfg.max_bytes)
     data = split(text)
