@@ -335,6 +335,8 @@ def mean_sd(xs: Sequence[float]) -> Tuple[float, float]:
 
 #: The decision rule's multiple of the standard error of the mean effect.
 RULE_SE = 2.0
+#: The verdicts :func:`verdict` gives.
+VERDICTS = ("reproduced", "not reproduced", "inconclusive", "not run")
 
 
 def verdict(effects: Sequence[float], sign: int = 1, min_effect: float = 0.0) -> str:
