@@ -506,11 +506,14 @@ def test_cuda_tensors_round_on_device_when_lowfp_cuda_is_available(monkeypatch):
     from lowfp.optim import lowprec
 
     fake_cuda = types.SimpleNamespace(device=torch.device("cuda", 0))
-    monkeypatch.setattr(lowfp.cuda, "available", lambda: True)
-    assert lowprec._device_rounds(fake_cuda)
-    monkeypatch.setattr(lowfp.cuda, "available", lambda: False)
-    assert not lowprec._device_rounds(fake_cuda)
-    assert not lowprec._device_rounds(torch.zeros(1))
+    try:
+        for answer in (True, False):
+            lowprec._cuda_available.cache_clear()  # asked once per process, so: clear
+            monkeypatch.setattr(lowfp.cuda, "available", lambda a=answer: a)
+            assert lowprec._device_rounds(fake_cuda) is answer
+            assert not lowprec._device_rounds(torch.zeros(1))
+    finally:
+        lowprec._cuda_available.cache_clear()
     # routed: lowfp.quantize receives the device tensor itself (a meta tensor stands in for
     # a CUDA one: .cpu() on it would raise), and the result stays there
     seen = []

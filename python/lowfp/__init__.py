@@ -10,6 +10,7 @@ The public API (NumPy arrays and CPU torch tensors):
   :func:`load_qtensors`, :data:`PRESETS`
 - threads: :func:`set_num_threads`, :func:`num_threads`
 - random keys: :func:`manual_seed` (resets the generator behind ``seed=None``)
+- research tools (need torch): :mod:`lowfp.qat`, :mod:`lowfp.stats`, :mod:`lowfp.geometry`
 """
 
 from ._seed import manual_seed

@@ -321,10 +321,11 @@ class AdamW(PackedOptimizer):
         return lines
 
     def state_dict(self) -> dict:
-        """As :meth:`PackedOptimizer.state_dict`, with the second moment's granularity in
-        ``sd["lowfp"]`` (``v_granularity``, ``v_block_size``)."""
+        """As :meth:`PackedOptimizer.state_dict`, with a shared second moment's granularity in
+        ``sd["lowfp"]`` (``v_granularity``, ``v_block_size``; absent for "element", so that
+        state dict is as before)."""
         sd = super().state_dict()
-        if isinstance(sd.get("lowfp"), dict):
+        if self._v_gran != "element" and isinstance(sd.get("lowfp"), dict):
             sd["lowfp"] = dict(sd["lowfp"], v_granularity=self._v_gran,
                                v_block_size=self._v_block)
         return sd

@@ -56,6 +56,7 @@ Ratios with a zero denominator are NaN. The tracker is not part of the state dic
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import zlib
 from collections import OrderedDict
@@ -150,14 +151,18 @@ def _state_kind(name: str) -> int:
     return 2 + zlib.crc32(name.encode("utf-8"))
 
 
-def _device_rounds(x: torch.Tensor) -> bool:
-    """Whether x is rounded on its own device (a CUDA tensor with lowfp.cuda available)
-    rather than through a CPU copy."""
-    if x.device.type != "cuda":
-        return False
+@functools.lru_cache(maxsize=None)
+def _cuda_available() -> bool:
+    """lowfp.cuda.available(), asked once per process (it tries to import CuPy)."""
     from .. import cuda
 
     return cuda.available()
+
+
+def _device_rounds(x: torch.Tensor) -> bool:
+    """Whether x is rounded on its own device (a CUDA tensor with lowfp.cuda available)
+    rather than through a CPU copy."""
+    return x.device.type == "cuda" and _cuda_available()
 
 
 #: Columns of the tracker's rows.
