@@ -516,3 +516,14 @@ def test_power_law_fit_with_noise_and_an_outlier():
         fit_power_law([1, 1, 2, 2], [1.0, 0.9, 0.8, 0.7])
     with pytest.raises(ValueError, match="alpha"):
         f.interval("B")
+
+
+def test_blockwise_lr_smoke(tmp_path, tiny_char):
+    from lowfp.experiments.blockwise_lr import CLAIMED
+
+    res = experiments.run_one("blockwise-lr", steps=4, out=tmp_path, progress=False)
+    m = res["metrics"]
+    assert m["at"] == [0, 1, 4] and len(m["sharp"]) == 3
+    assert all(set(s) == set(CLAIMED) and _finite(s) for s in m["sharp"])
+    assert _finite(m["val"]) and m["val"]["AdamW tuned"] == min(
+        m["val"][k] for k in m["val"] if k.startswith("AdamW 0"))
