@@ -269,7 +269,7 @@ def char_runs(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setattr(precision_sweep, "sweep_config", lambda: chartf.Config(**_TINY))
     mp.setitem(precision_sweep.MANTISSAS_BY_SIZE, "default", (0, 2, 7))
-    mp.setattr(low_bit_states, "states_config", lambda: chartf.Config(**_TINY))
+    mp.setattr(low_bit_states, "states_config", lambda size="default": chartf.Config(**_TINY))
     try:
         res = [experiments.run_one(n, steps=6, seed=0, out=out, progress=False)
                for n in ("precision-sweep", "low-bit-states")]

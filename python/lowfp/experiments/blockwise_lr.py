@@ -55,7 +55,7 @@ CLAIMS = (
 )
 
 
-@register("blockwise-lr", default_steps=400, quick_steps=150, full_steps=1600,
+@register("blockwise-lr", default_steps=400, quick_steps=100, full_steps=1600,
           summary="sharpness per block type over training; blockwise LR vs tuned AdamW",
           claims=CLAIMS)
 def blockwise_lr(steps: int, seed: int, out: pathlib.Path, progress: Progress,
@@ -136,8 +136,8 @@ def blockwise_lr(steps: int, seed: int, out: pathlib.Path, progress: Progress,
             "Hessian eigenvalue of each block type's parameters (lowfp.geometry.sharpness, 10 "
             f"power iterations, one fixed training batch) at steps {', '.join(map(str, at))} "
             f"of the lr {SHARP_LR:g} run. Blockwise LR = lowfp.geometry.blockwise_lr_groups "
-            "on the tuned lr (Embedding 10x, QK 8x, FFN 6x, VO 4x, Norm 1x, output layer 1x); 8-bit = "
-            "lowfp AdamW8bit (dynamic 8-bit m and v, every tensor quantized)."),
+            "on the tuned lr (Embedding 10x, QK 8x, FFN 6x, VO 4x, Norm 1x, output layer 1x); "
+            "8-bit = lowfp AdamW8bit (dynamic 8-bit m and v, every tensor quantized)."),
         "tables": [{"title": f"Validation loss after {steps} steps",
                     "columns": ["run", "val loss"], "rows": rows},
                    {"title": f"Sharpness per block type along the AdamW lr {SHARP_LR:g} run",

@@ -24,10 +24,14 @@ MUON_LR = 0.02
 BETAS = (0.9, 0.999)
 
 
-def states_config():
-    """The char transformer of this experiment: d = 64, 2 layers, context 64, batch 16."""
+def states_config(size: str = "default"):
+    """The char transformer of this experiment: d = 64, 2 layers, context 64, batch 16 (at
+    the quick size the sweeps' d = 32 model)."""
     from .chartf import Config
+    from .quantized import small_config
 
+    if size == "quick":
+        return small_config()
     return Config(d_model=64, layers=2, heads=4, context=64, batch=16)
 
 
@@ -108,7 +112,7 @@ def low_bit_states(steps: int, seed: int, out: pathlib.Path, progress: Progress,
                    size: str = "default") -> dict:
     from .chartf import CharTransformer, load_text, split, torch_threads, train
 
-    cfg = states_config()
+    cfg = states_config(size)
     text = load_text(cfg.max_bytes)
     data = split(text)
     configs = _configs()

@@ -50,7 +50,7 @@ def _evals(steps: int):
     return tuple(ts)
 
 
-@register("mantissa-vs-steps", default_steps=800, quick_steps=200, full_steps=3200,
+@register("mantissa-vs-steps", default_steps=800, quick_steps=150, full_steps=3200,
           summary="mantissa bits needed (all components, nearest) vs steps T, fit on log T",
           claims=CLAIMS)
 def mantissa_vs_steps(steps: int, seed: int, out: pathlib.Path, progress: Progress,

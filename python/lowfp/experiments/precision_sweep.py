@@ -33,7 +33,7 @@ from .fit import fit_with_jackknife
 
 MANTISSAS = (0, 1, 2, 3, 7)
 #: The mantissas of a run per size (set into MANTISSAS when it starts).
-MANTISSAS_BY_SIZE = {"quick": (0, 2, 7), "default": MANTISSAS, "full": MANTISSAS}
+MANTISSAS_BY_SIZE = {"quick": (0, 7), "default": MANTISSAS, "full": MANTISSAS}
 COMPONENTS = ("grad", "weight", "m", "v")
 #: Adam only: the same sweep with round-to-nearest, for the two components the analyses call
 #: sensitive (a contrast: nearest rounding swamps small updates, stochastic rounding does not).
@@ -47,16 +47,17 @@ EXP_BITS = 8
 
 
 def fmt(man: int) -> str:
-    """The e8 format with ``man`` mantissa bits: ``e8m<man>``; for 0 bits (powers of two) the
-    finite signed ``e8m0b128f`` (IEEE-style e8m0 has no NaN code, bias 127 would overflow)."""
-    return "e8m0b128f" if man == 0 else f"e{EXP_BITS}m{man}"
+    """The e8 format with ``man`` mantissa bits (:func:`lowfp.experiments.quantized.fmt`)."""
+    from .quantized import fmt as _fmt
+
+    return _fmt(man, EXP_BITS)
 
 
 def sweep_config():
     """The model of the sweep: the char transformer at d = 32 (many runs; see chartf)."""
-    from .chartf import Config
+    from .quantized import small_config
 
-    return Config(d_model=32, layers=2, heads=4, context=32, batch=16)
+    return small_config()
 
 
 def components(optimizer: str) -> tuple:
@@ -84,42 +85,18 @@ CLAIMS = (
 
 
 def _optimizer(name: str, model, comp: Optional[str], man: Optional[int], seed: int):
-    import torch
-
-    from ..optim import LowPrecision, Muon, Q
-    from .chartf import param_groups
+    from .quantized import build, q_or_none
 
     base, _, rounding = (comp or "").partition("/")
-    q = None if man is None else Q(fmt(man), rounding or "stochastic")
-    quant = {c: (q if c == base else None) for c in COMPONENTS}
-    if name == "Adam":
-        inner = torch.optim.AdamW(model.parameters(), lr=ADAM_LR, betas=BETAS, weight_decay=0.0,
-                                  foreach=False)
-        states = {"exp_avg": quant["m"], "exp_avg_sq": quant["v"]}
-    else:
-        mats, rest = param_groups(model)
-        # float32 AdamW states under their plain names (no packing) so LowPrecision sees them
-        inner = Muon([{"params": mats}, {"params": rest, "use_muon": False}], lr=MUON_LR,
-                     weight_decay=0.0,
-                     adamw_lr=ADAM_LR, adamw_betas=BETAS, seed=seed,
-                     adamw_kwargs={"min_quant_size": 1 << 62})
-        part = {"exp_avg": quant["m"], "exp_avg_sq": quant["v"]}
-        part = {k: v for k, v in part.items() if v is not None}
-        if part:
-            inner.adamw = LowPrecision(inner.adamw, states=part, seed=seed + 1)
-        states = {"momentum_buffer": quant["m"]}
-    states = {k: v for k, v in states.items() if v is not None}
-    opt = LowPrecision(inner, grad=quant["grad"], weight=quant["weight"], states=states,
-                       seed=seed)
-    opt.quantize_weights()
-    return opt
+    quant = {} if man is None else {base: q_or_none(man, rounding or "stochastic")}
+    return build(name, model, quant, seed, betas=BETAS, adam_lr=ADAM_LR, muon_lr=MUON_LR)
 
 
 def _evals(steps: int) -> Tuple[int, ...]:
     return tuple(sorted({max(1, steps // 4), max(1, steps // 2), steps}))
 
 
-@register("precision-sweep", default_steps=120, quick_steps=60, full_steps=480,
+@register("precision-sweep", default_steps=120, quick_steps=100, full_steps=480,
           summary="Adam vs Muon: final loss vs mantissa bits of grad/weight/m/v",
           claims=CLAIMS)
 def precision_sweep(steps: int, seed: int, out: pathlib.Path, progress: Progress,

@@ -84,7 +84,7 @@ def _make(name: str, model, seed: int):
     return torch.optim.SGD(model.parameters(), lr=0.3, momentum=0.9)
 
 
-@register("ptq", default_steps=400, quick_steps=150, full_steps=1600,
+@register("ptq", default_steps=400, quick_steps=120, full_steps=1600,
           summary="PTQ (MXFP4) of models trained by AdamW, Muon, SOLO, SGD vs MMR/kurtosis",
           claims=CLAIMS)
 def ptq(steps: int, seed: int, out: pathlib.Path, progress: Progress,

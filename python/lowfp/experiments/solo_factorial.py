@@ -62,7 +62,7 @@ CLAIMS = (
 )
 
 
-@register("solo-factorial", default_steps=400, quick_steps=150, full_steps=1600,
+@register("solo-factorial", default_steps=400, quick_steps=100, full_steps=1600,
           summary="SOLO at 3 bits: log vs linear v × nearest vs stochastic × β1 rule",
           claims=CLAIMS)
 def solo_factorial(steps: int, seed: int, out: pathlib.Path, progress: Progress,

@@ -169,7 +169,7 @@ CLAIMS = (
 )
 
 
-@register("swamping", default_steps=1000, quick_steps=300, full_steps=4000,
+@register("swamping", default_steps=1000, quick_steps=60, full_steps=4000,
           summary="2/3/4-bit second moments: linear (nearest) vs log (stochastic)",
           claims=CLAIMS)
 def swamping(steps: int, seed: int, out: pathlib.Path, progress: Progress,
