@@ -256,12 +256,36 @@ def run_seeds(name: str, seeds: Sequence[int] = (0, 1, 2), steps: Optional[int] 
     with _progress_fn(progress, name) as bar:
         for i, s in enumerate(seeds):
             bar(f"seed {s} ({i + 1}/{len(seeds)})")
-            per.append(run_one(name, steps, s, out / name / f"seed{s}", bar, size))
+            # the first seed's work, announced once for all seeds: the ETA covers the run
+            seeded = _SeedProgress(bar, len(seeds) if i == 0 else 0, f"seed {s}")
+            per.append(run_one(name, steps, s, out / name / f"seed{s}", seeded, size))
     agg = aggregate(EXPERIMENTS[name], per)
     agg["csv"] = write_aggregate_csv(agg, out)
     fn = getattr(EXPERIMENTS[name].fn, "aggregate_plot", None)
     agg["agg_plots"] = [] if fn is None else fn(per, out)
     return agg
+
+
+class _SeedProgress(Progress):
+    """The progress of one seed inside a multi-seed run: stages and steps go to the run's
+    line (the stage prefixed with the seed); ``add_total(n)`` adds ``n · factor`` (the number
+    of seeds for the first seed, 0 for the others, whose work is then already counted)."""
+
+    def __init__(self, bar: Progress, factor: int, prefix: str):  # noqa: D107
+        self._bar, self._factor, self._prefix = bar, factor, prefix
+
+    def add_total(self, n: int) -> None:
+        if self._factor:
+            self._bar.add_total(int(n) * self._factor)
+
+    def __call__(self, msg: str) -> None:
+        self._bar(f"{self._prefix}: {msg}")
+
+    def advance(self, n: int = 1) -> None:
+        self._bar.advance(n)
+
+    def close(self) -> None:
+        pass
 
 
 def run(names: Optional[Sequence[str]] = None, steps: Optional[int] = None,
