@@ -299,8 +299,9 @@ def main(argv=None) -> int:
     e = sub.add_parser("experiment", help="run reproducible multi-seed low-precision training "
                        "experiments and write a Markdown report with verdicts")
     e.add_argument("NAME", nargs="*", help="beta2, mantissa-vs-steps, linf, muon8bit, "
-                   "sgd-shrinkage, solo-factorial, precision-sweep, swamping, low-bit-states "
-                   "(default: a quick run of all of them, one report)")
+                   "sgd-shrinkage, solo-factorial, ptq, qat-scaling, blockwise-lr, "
+                   "precision-sweep, swamping, low-bit-states (default: a quick run of all of "
+                   "them, one report)")
     e.add_argument("--seeds", default="0,1,2",
                    help="comma-separated seeds (default 0,1,2); every table cell is mean ± sd "
                    "over them")
