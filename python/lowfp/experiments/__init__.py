@@ -1,25 +1,26 @@
-"""Reproducible experiments with lowfp's low-bit optimizers: ``lowfp experiment``.
+"""Reproducible multi-seed experiments with lowfp's formats and optimizers: ``lowfp experiment``.
 
-Each experiment is a function ``(steps, seed, out, progress) -> dict`` registered in
-:data:`EXPERIMENTS`. It writes a CSV of every curve and PNG plots into ``out`` and returns a
-result dict with the keys ``title``, ``description``, ``tables`` (a list of ``{"title",
-"columns", "rows"}``), ``plots`` and ``csv`` (file names in ``out``), ``findings`` (sentences
-stating the numbers) and ``metrics`` (the headline numbers, for tests). :func:`run` runs a
-selection of them and writes one Markdown report, ``out/report.md``.
+Each experiment is a function ``(steps, seed, out, progress, size) -> dict`` registered in
+:data:`EXPERIMENTS` with its step counts per size (quick: the main job's; default: a run by
+name, <= ~3 min on 2 quiet cores; full) and its paper :class:`Claim` s. One seed's result holds
+``title``, ``description``, ``tables`` (a list of ``{"title", "columns", "rows"}``, optionally
+``"key"``: the number of leading key columns, and ``"baseline"``: the key of the same seed's
+baseline row, or a function of a row key giving it), ``plots`` and ``csv`` (file names in
+``out``), ``findings`` and ``metrics`` (the numbers the claims read). :func:`run_seeds` runs one
+experiment on several seeds and :func:`aggregate` s them: every numeric cell as mean ± sd,
+paired differences against the baseline row of the same seed, and each claim's
+:func:`verdict`. :func:`run` runs a selection and writes ``out/report.md``, verdict tables per
+paper first (docs/experiments.md).
 
 Each experiment function receives a :class:`~lowfp.experiments.progress.Progress`: it calls
 ``progress.add_total(units)`` once it knows its work, ``progress(msg)`` at each stage and
-``progress.advance()`` per optimizer step (the line shows steps done/total, elapsed, ETA).
+``progress.advance()`` per optimizer step (the line shows steps done/total over all seeds,
+elapsed, ETA).
 
-Experiments (the order of a run of all of them, ``lowfp experiment`` with no name):
-    precision-sweep  Adam vs Muon on the char transformer (chartf.py): final loss vs mantissa
-                     bits of gradients, weights, m, v (one at a time, e8mM, stochastic
-                     rounding), Huber fits (fit.py), mantissa needed vs steps
-    sgd-shrinkage    SGD with gradients rounded to FP4/FP8/FP16 at 1x, 2x, 4x the step size
-    swamping         low-bit second moment (2/3/4-bit linear, nearest vs logarithmic,
-                     stochastic): the EMA itself under constant gradients, then AdamW training
-    low-bit-states   fp32 vs 8/4/3/2-bit AdamW, SOLO, Muon vs Muon8bit on the char transformer:
-                     loss curves and state bytes per parameter
+Experiments, in the order of a run of all of them: beta2, mantissa-vs-steps, linf, muon8bit,
+sgd-shrinkage, solo-factorial, ptq, qat-scaling, blockwise-lr, precision-sweep, swamping,
+low-bit-states (one module each; :mod:`.quantized` builds Adam/Muon with rounded components,
+:mod:`.chartf` is the char transformer, :mod:`.fit` the Huber fits).
 """
 
 from __future__ import annotations
