@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Install lowfp and run the main job on its built-in default: `lowfp experiment`, a short run of
-# every experiment, writing lowfp-experiments/report.md (+ CSVs and PNGs). `lowfp demo` is the
-# quick format table and round trip.
+# Install lowfp and run the main job: `lowfp experiment` with no name runs the quick size of
+# every experiment on seeds 0,1,2 and writes lowfp-experiments/report.md (verdict tables per
+# paper first, then every table as mean ± sd over the seeds, paired differences, CSVs, PNGs).
+# Extra arguments pass through, e.g. `bash main.sh --seeds 0,1,2,3,4` or
+# `bash main.sh beta2 --full`. See docs/experiments.md. `lowfp demo` is the quick format table.
 set -euo pipefail
 cd "$(dirname "$0")"
 bash scripts/install.sh experiments

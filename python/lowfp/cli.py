@@ -402,8 +402,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_experiment(args: argparse.Namespace) -> int:
     from . import experiments
 
+    try:
+        seeds = [int(x) for x in args.seeds.split(",") if x.strip() != ""]
+    except ValueError:
+        raise ValueError(f"--seeds: expected comma-separated non-negative integers, got "
+                         f"{args.seeds!r}") from None
+    if args.seed is not None:
+        seeds = [args.seed]
+    size = "full" if args.full else ("quick" if args.quick else None)
     t = time.perf_counter()
-    path = experiments.run(args.NAME, steps=args.steps, seed=args.seed, out=args.out)
+    path = experiments.run(args.NAME, steps=args.steps, seeds=seeds, out=args.out, size=size)
     print(f"report: {path} ({time.perf_counter() - t:.1f} s)")
     return 0
 
@@ -489,15 +497,25 @@ def main(argv=None) -> int:
                    help="elements / parameters (default 2^24; 2^16 with --quick)")
     b.add_argument("--repeat", type=int, default=None, help="timed runs (default 5)")
     b.set_defaults(fn=cmd_bench)
-    e = sub.add_parser("experiment", help="run reproducible low-bit optimizer experiments and "
-                       "write a Markdown report",
-                       description="Train small models with low-bit optimizers and write a "
-                       "Markdown report with CSVs and plots (needs torch and matplotlib).")
-    e.add_argument("NAME", nargs="*", help="precision-sweep, sgd-shrinkage, swamping, "
-                   "low-bit-states (default: a short run of all of them, one report)")
+    e = sub.add_parser("experiment", help="run reproducible multi-seed low-precision training "
+                       "experiments and write a Markdown report with verdicts",
+                       description="Train small models with (low-bit) optimizers over several "
+                       "seeds and write a Markdown report with verdicts per paper claim, CSVs "
+                       "and plots (needs torch and matplotlib).")
+    e.add_argument("NAME", nargs="*", help="beta2, mantissa-vs-steps, linf, muon8bit, "
+                   "sgd-shrinkage, solo-factorial, ptq, qat-scaling, blockwise-lr, "
+                   "precision-sweep, swamping, low-bit-states (default: a quick run of all of "
+                   "them, one report)")
+    e.add_argument("--seeds", default="0,1,2",
+                   help="comma-separated seeds (default 0,1,2); every table cell is mean ± sd "
+                   "over them")
+    e.add_argument("--seed", type=int, default=None, help="one seed (same as --seeds N)")
     e.add_argument("--steps", type=int, default=None,
-                   help="steps per run (default: each experiment's CPU-friendly default)")
-    e.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+                   help="steps per run (default: the size's; see docs/experiments.md)")
+    g = e.add_mutually_exclusive_group()
+    g.add_argument("--full", action="store_true", help="full size (longer runs)")
+    g.add_argument("--quick", action="store_true",
+                   help="the main job's quick size (the default when no NAME is given)")
     e.add_argument("--out", default="lowfp-experiments",
                    help="output directory for report.md, CSVs and PNGs (default "
                    "lowfp-experiments/)")

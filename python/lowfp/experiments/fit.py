@@ -1,5 +1,6 @@
-"""Robust straight-line fits for the experiment tables: Huber regression by IRLS with
-leave-one-out (jackknife) intervals.
+"""Robust fits for the experiment tables: Huber regression by IRLS with leave-one-out
+(jackknife) intervals, for straight lines and for the scaling law ``L(N) = E + A·N^(−alpha)``
+(:func:`fit_power_law`: linear in (E, A) for a fixed alpha, so alpha is profiled).
 
 A line ``y = a + b·x`` is fitted by iteratively reweighted least squares on Huber's loss
 (``c = 1.345``, 95% efficiency under normal errors), the residual scale re-estimated each
@@ -18,7 +19,8 @@ from typing import Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["HuberFit", "huber_line", "least_squares_line", "fit_with_jackknife"]
+__all__ = ["HuberFit", "huber_line", "least_squares_line", "fit_with_jackknife", "PowerLawFit",
+           "fit_power_law"]
 
 HUBER_C = 1.345
 _MAD_TO_SD = 0.6745
@@ -111,3 +113,116 @@ def fit_with_jackknife(x: Sequence[float], y: Sequence[float]) -> HuberFit:
     loo = np.array([huber_line(np.delete(xa, i), np.delete(ya, i)) for i in range(n)])
     se = np.sqrt((n - 1) / n * ((loo - loo.mean(axis=0)) ** 2).sum(axis=0))
     return HuberFit(a, b, float(se[0]), float(se[1]), int(n))
+
+
+# ------------------------------------------------------------------ power law with an offset
+
+
+@dataclasses.dataclass(frozen=True)
+class PowerLawFit:
+    """``L(N) = E + A·N^(−alpha)`` fitted by Huber regression, with leave-one-out (jackknife)
+    standard errors and ±1.96·SE intervals of each parameter."""
+
+    E: float
+    A: float
+    alpha: float
+    E_se: float
+    A_se: float
+    alpha_se: float
+    n: int
+
+    def __call__(self, N) -> np.ndarray:
+        return self.E + self.A * np.asarray(N, dtype=np.float64) ** (-self.alpha)
+
+    def interval(self, name: str) -> Tuple[float, float]:
+        """The ±1.96·SE interval of ``"E"``, ``"A"`` or ``"alpha"``."""
+        if name not in ("E", "A", "alpha"):
+            raise ValueError(f"name: expected 'E', 'A' or 'alpha', got {name!r}")
+        v, se = getattr(self, name), getattr(self, name + "_se")
+        return (v - 1.96 * se, v + 1.96 * se)
+
+
+def _huber_linear(X: np.ndarray, y: np.ndarray, c: float, max_iter: int = 50
+                  ) -> Tuple[np.ndarray, float]:
+    """Huber regression of y on the columns of X by IRLS (MAD scale); returns (coef, loss)."""
+    w = np.ones_like(y)
+    coef = np.linalg.lstsq(X, y, rcond=None)[0]
+    for _ in range(max_iter):
+        r = y - X @ coef
+        s = np.median(np.abs(r - np.median(r))) / _MAD_TO_SD
+        if s <= 1e-12 * max(1.0, float(np.abs(y).max())):
+            break
+        u = np.abs(r) / s
+        w = np.where(u <= c, 1.0, c / np.maximum(u, 1e-300))
+        sw = np.sqrt(w)
+        new = np.linalg.lstsq(X * sw[:, None], y * sw, rcond=None)[0]
+        done = np.abs(new - coef).sum() <= 1e-12 * (1.0 + np.abs(coef).sum())
+        coef = new
+        if done:
+            break
+    r = y - X @ coef
+    s = float(np.median(np.abs(r - np.median(r))) / _MAD_TO_SD)
+    if s <= 1e-12 * max(1.0, float(np.abs(y).max())):
+        return coef, float(0.5 * (r * r).sum())  # (almost) exact: Huber = least squares
+    a = np.abs(r)
+    return coef, float(np.where(a <= c * s, 0.5 * r * r, c * s * a - 0.5 * (c * s) ** 2).sum())
+
+
+def _power_law(N: np.ndarray, L: np.ndarray, c: float, alphas: np.ndarray
+               ) -> Tuple[float, float, float]:
+    """Profile fit: for each alpha the model is linear in (E, A); the best alpha of the grid is
+    refined by golden-section search between its neighbours."""
+    logn = np.log(N)
+
+    def at(alpha: float):
+        X = np.stack([np.ones_like(N), np.exp(-alpha * logn)], axis=1)
+        return _huber_linear(X, L, c)
+
+    losses = [at(a)[1] for a in alphas]
+    i = int(np.argmin(losses))
+    lo, hi = alphas[max(0, i - 1)], alphas[min(len(alphas) - 1, i + 1)]
+    g = (np.sqrt(5.0) - 1) / 2
+    x1, x2 = hi - g * (hi - lo), lo + g * (hi - lo)
+    f1, f2 = at(x1)[1], at(x2)[1]
+    for _ in range(60):
+        if f1 <= f2:
+            hi, x2, f2 = x2, x1, f1
+            x1 = hi - g * (hi - lo)
+            f1 = at(x1)[1]
+        else:
+            lo, x1, f1 = x1, x2, f2
+            x2 = lo + g * (hi - lo)
+            f2 = at(x2)[1]
+    alpha = (lo + hi) / 2
+    (E, A), _ = at(alpha)
+    return float(E), float(A), float(alpha)
+
+
+def fit_power_law(N: Sequence[float], L: Sequence[float], c: float = HUBER_C,
+                  alpha_range: Tuple[float, float] = (0.01, 3.0)) -> PowerLawFit:
+    """Fit ``L(N) = E + A·N^(−alpha)`` (a scaling law: loss vs parameters N) by Huber
+    regression of the residuals in L (IRLS with a MAD scale, as :func:`huber_line`), profiling
+    alpha over a log grid of ``alpha_range`` refined by golden-section search; leave-one-out
+    (jackknife) standard errors as :func:`fit_with_jackknife`.
+
+    Raises:
+        ValueError: fewer than 4 points, non-finite values, N ≤ 0, fewer than 3 distinct N.
+    """
+    Na, La = _check(N, L, 4)
+    if np.any(Na <= 0):
+        raise ValueError("N: expected positive sizes")
+    if np.unique(Na).size < 3:
+        raise ValueError("N: expected at least three distinct sizes")
+    lo, hi = alpha_range
+    if not 0 < lo < hi:
+        raise ValueError(f"alpha_range: expected 0 < low < high, got {alpha_range!r}")
+    alphas = np.exp(np.linspace(np.log(lo), np.log(hi), 120))
+    E, A, alpha = _power_law(Na, La, c, alphas)
+    n = Na.size
+    loo = []
+    for i in range(n):
+        Ni, Li = np.delete(Na, i), np.delete(La, i)
+        loo.append(_power_law(Ni, Li, c, alphas) if np.unique(Ni).size >= 3 else (E, A, alpha))
+    loo = np.array(loo)
+    se = np.sqrt((n - 1) / n * ((loo - loo.mean(axis=0)) ** 2).sum(axis=0))
+    return PowerLawFit(E, A, alpha, float(se[0]), float(se[1]), float(se[2]), int(n))

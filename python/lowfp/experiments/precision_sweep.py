@@ -28,10 +28,12 @@ import math
 import pathlib
 from typing import Dict, Optional, Tuple
 
-from . import Progress, pyplot, register, save_plot, write_csv
+from . import Claim, Progress, pyplot, register, rel, save_plot, write_csv
 from .fit import fit_with_jackknife
 
 MANTISSAS = (0, 1, 2, 3, 7)
+#: The mantissas of a run per size (set into MANTISSAS when it starts).
+MANTISSAS_BY_SIZE = {"quick": (0, 7), "default": MANTISSAS, "full": MANTISSAS}
 COMPONENTS = ("grad", "weight", "m", "v")
 #: Adam only: the same sweep with round-to-nearest, for the two components the analyses call
 #: sensitive (a contrast: nearest rounding swamps small updates, stochastic rounding does not).
@@ -45,64 +47,64 @@ EXP_BITS = 8
 
 
 def fmt(man: int) -> str:
-    """The e8 format with ``man`` mantissa bits: ``e8m<man>``; for 0 bits (powers of two) the
-    finite signed ``e8m0b128f`` (IEEE-style e8m0 has no NaN code, bias 127 would overflow)."""
-    return "e8m0b128f" if man == 0 else f"e{EXP_BITS}m{man}"
+    """The e8 format with ``man`` mantissa bits (:func:`lowfp.experiments.quantized.fmt`)."""
+    from .quantized import fmt as _fmt
+
+    return _fmt(man, EXP_BITS)
 
 
 def sweep_config():
     """The model of the sweep: the char transformer at d = 32 (many runs; see chartf)."""
-    from .chartf import Config
+    from .quantized import small_config
 
-    return Config(d_model=32, layers=2, heads=4, context=32, batch=16)
+    return small_config()
 
 
 def components(optimizer: str) -> tuple:
-    """The quantized components swept for an optimizer (``c/nearest``: round to nearest)."""
-    return COMPONENTS + (NEAREST if optimizer == "Adam" else ())
+    """The quantized components swept for an optimizer (``c/nearest``: round to nearest; for
+    Muon ``v`` is its AdamW part's second moment)."""
+    return COMPONENTS + NEAREST
+
+
+def _mean_excess(mt: dict, o: str, comps) -> float:
+    return sum(mt["excess_low"][f"{o} {c}"] for c in comps) / len(comps)
+
+
+TANG = "Tang, Li, Zou: Adam/Muon under floating-point quantization"
+CLAIMS = (
+    Claim(TANG, "Muon is more robust to quantization than Adam (stochastic rounding)",
+          lambda mt: _mean_excess(mt, "Adam", COMPONENTS) - _mean_excess(mt, "Muon", COMPONENTS),
+          "Adam − Muon mean loss excess at m = 0 over grad/weight/m/v, stochastic", unit="%"),
+    Claim(TANG, "Muon is more robust to quantization than Adam (round to nearest)",
+          lambda mt: _mean_excess(mt, "Adam", NEAREST) - _mean_excess(mt, "Muon", NEAREST),
+          "Adam − Muon mean loss excess at m = 0 over weight/v, nearest", unit="%"),
+    Claim(TANG, "Adam is sensitive to weight rounding (nearest)",
+          lambda mt: mt["excess_low"]["Adam weight/nearest"],
+          "Adam loss excess, weights e8m0 nearest", min_effect=0.01, unit="%"),
+)
 
 
 def _optimizer(name: str, model, comp: Optional[str], man: Optional[int], seed: int):
-    import torch
-
-    from ..optim import LowPrecision, Muon, Q
-    from .chartf import param_groups
+    from .quantized import build, q_or_none
 
     base, _, rounding = (comp or "").partition("/")
-    q = None if man is None else Q(fmt(man), rounding or "stochastic")
-    quant = {c: (q if c == base else None) for c in COMPONENTS}
-    if name == "Adam":
-        inner = torch.optim.AdamW(model.parameters(), lr=ADAM_LR, betas=BETAS, weight_decay=0.0,
-                                  foreach=False)
-        states = {"exp_avg": quant["m"], "exp_avg_sq": quant["v"]}
-    else:
-        mats, rest = param_groups(model)
-        # float32 AdamW states under their plain names (no packing) so LowPrecision sees them
-        inner = Muon([{"params": mats}, {"params": rest, "use_muon": False}], lr=MUON_LR,
-                     weight_decay=0.0,
-                     adamw_lr=ADAM_LR, adamw_betas=BETAS, seed=seed,
-                     adamw_kwargs={"min_quant_size": 1 << 62})
-        part = {"exp_avg": quant["m"], "exp_avg_sq": quant["v"]}
-        part = {k: v for k, v in part.items() if v is not None}
-        if part:
-            inner.adamw = LowPrecision(inner.adamw, states=part, seed=seed + 1)
-        states = {"momentum_buffer": quant["m"]}
-    states = {k: v for k, v in states.items() if v is not None}
-    opt = LowPrecision(inner, grad=quant["grad"], weight=quant["weight"], states=states,
-                       seed=seed)
-    opt.quantize_weights()
-    return opt
+    quant = {} if man is None else {base: q_or_none(man, rounding or "stochastic")}
+    return build(name, model, quant, seed, betas=BETAS, adam_lr=ADAM_LR, muon_lr=MUON_LR)
 
 
 def _evals(steps: int) -> Tuple[int, ...]:
     return tuple(sorted({max(1, steps // 4), max(1, steps // 2), steps}))
 
 
-@register("precision-sweep", default_steps=120,
-          summary="Adam vs Muon: final loss vs mantissa bits of grad/weight/m/v")
-def precision_sweep(steps: int, seed: int, out: pathlib.Path, progress: Progress) -> dict:
+@register("precision-sweep", default_steps=120, quick_steps=100, full_steps=480,
+          summary="Adam vs Muon: final loss vs mantissa bits of grad/weight/m/v",
+          claims=CLAIMS)
+def precision_sweep(steps: int, seed: int, out: pathlib.Path, progress: Progress,
+                    size: str = "default") -> dict:
     from .chartf import CharTransformer, load_text, split, torch_threads, train
 
+    global MANTISSAS
+    MANTISSAS = MANTISSAS_BY_SIZE[size]
     cfg = sweep_config()
     text = load_text(cfg.max_bytes)
     data = split(text)
@@ -204,21 +206,21 @@ def precision_sweep(steps: int, seed: int, out: pathlib.Path, progress: Progress
         "tables": [
             {"title": f"Validation loss after {steps} steps, by mantissa bits",
              "columns": ["optimizer", "quantized"] + [f"m = {m}" for m in MANTISSAS],
-             "rows": rows},
+             "rows": rows, "key": 2, "baseline": lambda k: (k[0], "float32")},
             {"title": "Huber fit: ln(final loss) = intercept + slope · mantissa bits",
              "columns": ["optimizer", "component", "slope", "slope 95% (jackknife)",
                          "intercept", "intercept 95% (jackknife)"],
-             "rows": fit_rows},
+             "rows": fit_rows, "key": 2},
             {"title": f"Fewest mantissa bits within {TOL:.0%} of float32, by step count",
              "columns": ["optimizer", "component"] + [f"{t} steps" for t in evals],
-             "rows": need_rows},
+             "rows": need_rows, "key": 2},
         ],
         "plots": [png, png2],
         "csv": [csv_runs, csv_curves],
         "findings": findings,
         "metrics": {
             "final": {f"{o} {c or 'fp32'} {_bits(m)}": d[steps] for (o, c, m), d in val.items()},
-            "excess_low": {f"{o} {c}": val[(o, c, low)][steps] / base[(o, steps)] - 1
+            "excess_low": {f"{o} {c}": rel(val[(o, c, low)][steps], base[(o, steps)])
                            for o in OPTIMIZERS for c in components(o)},
             "slope": {f"{o} {c}": (f.slope if f else float("nan")) for (o, c), f in fits.items()},
             "needed": {f"{o} {c}": [needed(o, c, t) for t in evals]

@@ -1,10 +1,22 @@
-"""SGD with low-precision gradients: FP4 (e2m1), FP8 (e4m3), FP16 and float32 gradients, at
-the base step size and at 2x and 4x, on a noisy linear regression.
+"""SGD with FP4 gradients whose shrinkage q_k is set by loss scaling: does a larger step recover?
 
-Rounding to a format without a scale flushes every gradient component below half the smallest
-subnormal to zero (0.25 for e2m1) and coarsens the rest: the quantized gradient is a shrunk,
-biased version of the true one, which slows SGD and leaves a floor; a larger step size is the
-obvious compensation. The experiment measures how much of that holds.
+The analysis of SGD under low-precision gradients (Yun et al.) writes the rounded gradient as a
+shrunk one: ``q_k = <Q(g_k), g_k> / ||g_k||²`` ≤ 1, and shows that SGD with step ``η`` then
+behaves like SGD with step ``q·η`` (slower), so a step ``η/q`` recovers the float32 speed,
+as long as q_k stays bounded away from 0. Rounding to FP4 (e2m1, round to nearest, no scale)
+flushes every component below 0.25 to zero; where almost every component is flushed
+(q_k → 0) the premise fails.
+
+Here q_k is *controlled* by loss scaling: each step the gradient is multiplied by
+``S_k = c · 6 / max|g_k|`` (the largest component lands at ``c`` times e2m1's largest value 6),
+rounded to e2m1 (nearest), and divided by ``S_k`` again. Smaller ``c`` flushes more
+components (smaller q_k; round-to-nearest lifts the survivors between 0.25 and 0.5 to 0.5, so
+q_k stays near 1 down to c ≈ 1/8). ``c = 1/24`` puts the largest component at e2m1's flush
+threshold, so nearly everything is flushed (the dead zone, a negative control); the unscaled
+run (``S = 1``) is the old experiment's setup. For each regime the run at the base step
+gives the mean shrinkage q̄; a second run uses the step ``η/q̄`` (capped at 4η, which the dead
+zone hits). Speed is the mean of log10 excess risk over the run (lower = faster); the
+"recovered fraction" is ``(L(FP4, η) − L(FP4, η/q̄)) / (L(FP4, η) − L(float32, η))``.
 """
 
 from __future__ import annotations
@@ -14,125 +26,161 @@ import pathlib
 
 import numpy as np
 
-from . import Progress, pyplot, record_points, register, save_plot, write_csv
+from . import Claim, Progress, pyplot, record_points, register, save_plot, write_csv
 
 DIM = 256
 BATCH = 32
 NOISE = 0.1
 LR = 0.01
-MULTS = (1, 2, 4)
-GRADS = (("fp32", None, None), ("FP16", "float16", "nearest"), ("FP8", "e4m3", "nearest"),
-         ("FP4", "e2m1", "nearest"), ("FP4 stoch.", "e2m1", "stochastic"))
+MAX_MULT = 4.0
+E2M1_MAX = 6.0
+#: (label, c): the largest scaled gradient component lands at c · 6; None = no scaling.
+REGIMES = (("c=1/10", 1 / 10), ("c=1/12", 1 / 12), ("c=1/16", 1 / 16),
+           ("c=1/24 (dead zone)", 1 / 24), ("unscaled", None))
+
+YUN = "Yun et al.: SGD with low-precision gradients"
 
 
-@register("sgd-shrinkage", default_steps=400,
-          summary="SGD with FP4/FP8/FP16 gradients at 1x, 2x, 4x the step size")
-def sgd_shrinkage(steps: int, seed: int, out: pathlib.Path, progress: Progress) -> dict:
+def _recovered(mt: dict, regime: str) -> float:
+    return mt["recovered"][regime]
+
+
+CLAIMS = (
+    Claim(YUN, "shrinkage slows SGD (FP4 gradients scaled to c = 1/16, q̄ ≈ 0.4)",
+          lambda mt: mt["L"]["c=1/16 1x"] - mt["L"]["fp32 1x"],
+          "mean log10 risk, FP4 − float32 at η"),
+    Claim(YUN, "a step η/q̄ recovers most of the gap (c = 1/12, q̄ ≈ 0.75)",
+          lambda mt: _recovered(mt, "c=1/12"),
+          "recovered fraction of the gap", min_effect=0.5, unit="%"),
+    Claim(YUN, "a step η/q̄ recovers most of the gap (c = 1/16, q̄ ≈ 0.4)",
+          lambda mt: _recovered(mt, "c=1/16"),
+          "recovered fraction of the gap", min_effect=0.5, unit="%"),
+    Claim(YUN, "negative control: in the dead zone (c = 1/24, q_k ≈ 0) a larger step (≤ 4x) "
+          "does NOT recover",
+          lambda mt: _recovered(mt, "c=1/24 (dead zone)"),
+          "recovered fraction of the gap", sign=-1, min_effect=-0.5, unit="%"),
+)
+
+
+def _run(steps, seed, lr, c, wstar, pts, progress):
+    """One SGD run; returns (risk records, mean q_k, mean fraction flushed to zero)."""
     import torch
 
-    from ..optim import LowPrecision, Q
+    from .. import quantize
 
-    progress.add_total(steps * len(GRADS) * len(MULTS))
+    w = torch.zeros(DIM, requires_grad=True)
+    opt = torch.optim.SGD([w], lr=lr)
+    data = torch.Generator().manual_seed(seed + 1)  # the same batches for every run
+    risk, qs, zs, nxt = [], [], [], 0
+    for s in range(1, steps + 1):
+        x = torch.randn(BATCH, DIM, generator=data)
+        y = x @ wstar + NOISE * torch.randn(BATCH, generator=data)
+        loss = ((x @ w - y) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        if c is not False:
+            g = w.grad
+            amax = float(g.abs().max())
+            scale = 1.0 if c is None else (c * E2M1_MAX / amax if amax > 0 else 1.0)
+            gq = quantize(g * scale, "e2m1", rounding="nearest", overflow="saturate") / scale
+            n2 = float((g * g).sum())
+            if n2 > 0:
+                qs.append(float((gq * g).sum()) / n2)
+                zs.append(float(((gq == 0) & (g != 0)).float().mean()))
+            w.grad = gq
+        opt.step()
+        progress.advance()
+        if s == pts[nxt]:
+            with torch.no_grad():
+                risk.append(float(((w - wstar) ** 2).sum()))  # exact excess risk (isotropic x)
+            nxt += 1
+    q = float(np.mean(qs)) if qs else 1.0
+    z = float(np.mean(zs)) if zs else 0.0
+    return risk, q, z
+
+
+def _speed(risk) -> float:
+    """Mean log10 excess risk over the records (a diverged run: +inf)."""
+    if not all(math.isfinite(r) for r in risk):
+        return float("inf")
+    return float(np.mean(np.log10(np.maximum(risk, 1e-30))))
+
+
+@register("sgd-shrinkage", default_steps=400, quick_steps=300, full_steps=2000,
+          summary="SGD with FP4 gradients, q_k set by loss scaling: does η/q recover?",
+          claims=CLAIMS)
+def sgd_shrinkage(steps: int, seed: int, out: pathlib.Path, progress: Progress,
+                  size: str = "default") -> dict:
+    import torch
+
+    progress.add_total(steps * (2 + 2 * len(REGIMES)))
     gen = torch.Generator().manual_seed(seed)
     wstar = torch.randn(DIM, generator=gen)
     initial = float((wstar**2).sum())
-    target = 0.01 * initial
     pts = record_points(steps)
-    curves = {}
-    rows = []
-    for label, fmt, rounding in GRADS:
-        for k in MULTS:
-            progress(f"SGD, {label} gradients, lr {k}x{LR}, {steps} steps")
-            w = torch.zeros(DIM, requires_grad=True)
-            inner = torch.optim.SGD([w], lr=LR * k)
-            opt = inner if fmt is None else LowPrecision(inner, grad=Q(fmt, rounding),
-                                                         seed=seed)
-            data = torch.Generator().manual_seed(seed + 1)  # the same batches for every run
-            risk, hit, nxt = [], None, 0
-            for s in range(1, steps + 1):
-                x = torch.randn(BATCH, DIM, generator=data)
-                y = x @ wstar + NOISE * torch.randn(BATCH, generator=data)
-                loss = ((x @ w - y) ** 2).mean()
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                progress.advance()
-                with torch.no_grad():
-                    r = float(((w - wstar) ** 2).sum())  # exact excess risk (isotropic x)
-                if hit is None and r <= target:
-                    hit = s
-                if s == pts[nxt]:
-                    risk.append(r)
-                    nxt += 1
-            tail = risk[-max(1, len(risk) // 10):]
-            final = float(np.mean(tail)) if all(map(math.isfinite, tail)) else float("nan")
-            curves[(label, k)] = risk
-            rows.append((label, f"{k}x ({LR * k:g})", final, "—" if hit is None else hit))
-    csv_name = write_csv(out / "sgd_shrinkage.csv", ["step", "grad", "lr", "excess_risk"],
-                         [(s, lab, LR * k, r) for (lab, k), rs in curves.items()
-                          for s, r in zip(pts, rs)])
+    curves, L, rows, recovered, qbar = {}, {}, [], {}, {}
+    for k in (1, 2):
+        progress(f"SGD float32 gradients, lr {k}x{LR}")
+        risk, _, _ = _run(steps, seed, LR * k, False, wstar, pts, progress)
+        curves[f"fp32 {k}x"] = risk
+        L[f"fp32 {k}x"] = _speed(risk)
+        rows.append(("float32", "—", f"{k}η", float(k), 1.0, 0.0, L[f"fp32 {k}x"], risk[-1]))
+    for label, c in REGIMES:
+        progress(f"SGD FP4 gradients, {label}, lr {LR}")
+        risk, q, z = _run(steps, seed, LR, c, wstar, pts, progress)
+        mult = min(MAX_MULT, 1.0 / max(q, 1e-6))
+        qbar[label] = q
+        curves[f"{label} 1x"] = risk
+        L[f"{label} 1x"] = _speed(risk)
+        rows.append(("FP4 e2m1", label, "η", 1.0, q, z, L[f"{label} 1x"], risk[-1]))
+        progress(f"SGD FP4 gradients, {label}, lr {mult:.3g}x{LR}")
+        risk2, q2, z2 = _run(steps, seed, LR * mult, c, wstar, pts, progress)
+        curves[f"{label} 1/q"] = risk2
+        L[f"{label} 1/q"] = _speed(risk2)
+        rows.append(("FP4 e2m1", label, "η/q̄", mult, q2, z2, L[f"{label} 1/q"], risk2[-1]))
+        gap = L[f"{label} 1x"] - L["fp32 1x"]
+        recovered[label] = ((L[f"{label} 1x"] - L[f"{label} 1/q"]) / gap
+                            if gap > 0 and math.isfinite(L[f"{label} 1/q"]) else
+                            (-1.0 if gap > 0 else float("nan")))
+    csv_name = write_csv(out / "sgd_shrinkage.csv", ["step", "run", "excess_risk"],
+                         [(s, lab, r) for lab, rs in curves.items() for s, r in zip(pts, rs)])
     plt = pyplot()
-    fig, ax = plt.subplots(1, len(MULTS), figsize=(14, 4), sharey=True)
-    for i, k in enumerate(MULTS):
-        for label, _, _ in GRADS:
-            ax[i].plot(pts, curves[(label, k)], ":" if "stoch" in label else "-", label=label)
-        ax[i].set(xlabel="step", yscale="log", title=f"SGD, lr = {k}×{LR}")
-        ax[i].grid(alpha=0.3)
-        ax[i].legend(fontsize=8)
-    ax[0].set_ylabel("excess risk ‖w − w*‖²")
+    fig, ax = plt.subplots(1, 2, figsize=(12, 4), sharey=True)
+    for lab, rs in curves.items():
+        i = 1 if lab.endswith("1/q") else 0
+        ax[i].plot(pts, rs, "k-" if lab.startswith("fp32") else "-", label=lab, lw=1)
+    ax[1].plot(pts, curves["fp32 1x"], "k--", lw=1, label="fp32 1x")
+    ax[0].set(xlabel="step", ylabel="excess risk ‖w − w*‖²", yscale="log",
+              title=f"SGD, FP4 gradients at η = {LR}")
+    ax[1].set(xlabel="step", yscale="log", title="FP4 gradients at η/q̄ (≤ 4η)")
+    for a in ax:
+        a.grid(alpha=0.3)
+        a.legend(fontsize=7)
     png = save_plot(fig, out / "sgd_shrinkage.png")
-
-    f = {(r[0], r[1].split("x")[0]): r for r in rows}
-    fin = lambda lab, k: f[(lab, str(k))][2]  # noqa: E731
-    hit = lambda lab, k: f[(lab, str(k))][3]  # noqa: E731
-    fp4, fp8, fp16, fp32 = fin("FP4", 1), fin("FP8", 1), fin("FP16", 1), fin("fp32", 1)
-    findings = []
-    slower = fp4 > 1.5 * max(fp8, fp16)
-    findings.append(
-        f"At the base step size ({LR}), after {steps} steps the excess risk is "
-        f"{fp4:.3g} with FP4 gradients vs {fp8:.3g} (FP8), {fp16:.3g} (FP16) and {fp32:.3g} "
-        f"(float32); steps to reach 1% of the initial {initial:.4g}: FP4 {hit('FP4', 1)}, "
-        f"FP8 {hit('FP8', 1)}, float32 {hit('fp32', 1)}. "
-        + ("FP4 ends at a higher floor, as expected." if slower else
-           "FP4 does NOT end clearly worse than FP8/FP16 here (less than 1.5x)."))
-    best_k = min(MULTS[1:], key=lambda k: fin("FP4", k) if math.isfinite(fin("FP4", k))
-                 else float("inf"))
-    fp4k = fin("FP4", best_k)
-    gap = fp4 - fp8
-    closed = (fp4 - fp4k) / gap if gap > 0 else float("nan")
-    if not slower:
-        verdict = "there is no clear FP4 gap to recover at this scale"
-    elif closed >= 0.5:
-        verdict = f"a {best_k}x step size recovers {closed:.0%} of FP4's gap to FP8"
-    elif closed > 0:
-        verdict = (f"a larger step size recovers only {closed:.0%} of FP4's gap to FP8 — "
-                   "not most of it")
-    else:
-        verdict = "a larger step size does NOT recover any of FP4's gap to FP8"
-    findings.append(
-        f"Larger steps: FP4 reaches {fin('FP4', 2):.3g} at 2x and {fin('FP4', 4):.3g} at 4x "
-        f"(FP8: {fin('FP8', 2):.3g}, {fin('FP8', 4):.3g}; float32: {fin('fp32', 2):.3g}, "
-        f"{fin('fp32', 4):.3g}); {verdict}.")
-    findings.append(
-        f"Stochastic rounding to FP4 (unbiased, no shrinkage) ends at {fin('FP4 stoch.', 1):.3g}"
-        f" / {fin('FP4 stoch.', 2):.3g} / {fin('FP4 stoch.', 4):.3g} at 1x/2x/4x, vs nearest "
-        f"{fp4:.3g} / {fin('FP4', 2):.3g} / {fin('FP4', 4):.3g}.")
+    findings = [
+        "Mean shrinkage q̄ per regime: " + ", ".join(f"{k} {v:.3f}" for k, v in qbar.items())
+        + "; recovered fraction of the gap to float32 with η/q̄: "
+        + ", ".join(f"{k} {v:+.0%}" for k, v in recovered.items()) + "."]
     return {
-        "title": "SGD with FP4/FP8/FP16 gradients",
+        "title": "SGD with FP4 gradients: shrinkage q_k set by loss scaling",
         "description": (
-            "Gradients rounded to a low-precision format without a scale (lowfp.optim."
-            "LowPrecision(torch.optim.SGD(...), grad=Q(fmt, rounding))) are shrunk toward zero: "
-            "every component below half the smallest subnormal (0.25 for e2m1) vanishes. Plain "
-            f"SGD on y = x·w* + {NOISE}·ε, x ~ N(0, I_{DIM}), w* ~ N(0, I), batch {BATCH}, "
-            f"squared loss, base lr {LR} and {', '.join(f'{k}x' for k in MULTS[1:])}; curves "
-            "are the exact excess risk ‖w − w*‖²; final = mean of the last 10% of records."),
+            "Gradients rounded to FP4 (e2m1, nearest, no per-block scale) after loss scaling "
+            "S_k = c·6/max|g_k| (the gradient is divided by S_k again), for c in 1/10, 1/12, "
+            "1/16 (q̄ from about 0.9 down to 0.4: inside the analysis' premise) and 1/24 (the "
+            "largest component lands at 0.25, e2m1's flush threshold: q_k ≈ 0, the dead zone, "
+            "a negative control), and unscaled (S = 1, the old setup: q_k falls as the "
+            "gradients shrink). Plain SGD on "
+            f"y = x·w* + {NOISE}·ε, x ~ N(0, I_{DIM}), w* ~ N(0, I), batch {BATCH}, squared "
+            f"loss, η = {LR}; each regime is rerun at η/q̄ (q̄ the mean q_k of the η run, "
+            f"capped at {MAX_MULT:g}η). q_k = <Q(g), g>/‖g‖², 'flushed' = fraction of nonzero "
+            "components rounded to 0; speed = mean log10 excess risk over the run."),
         "tables": [{"title": f"SGD after {steps} steps",
-                    "columns": ["gradient", "lr", "final excess risk",
-                                "steps to 1% of initial"],
-                    "rows": rows}],
+                    "columns": ["gradient", "scaling", "step", "lr multiple", "mean q_k",
+                                "flushed", "mean log10 risk", "final risk"],
+                    "rows": rows, "key": 3,
+                    "baseline": lambda k: ("float32", "—", "1η")}],
         "plots": [png],
         "csv": [csv_name],
         "findings": findings,
-        "metrics": {"final": {f"{r[0]} {r[1].split('x')[0]}x": r[2] for r in rows},
-                    "initial_risk": initial, "recovered": closed},
+        "metrics": {"L": L, "q": qbar, "recovered": recovered, "initial_risk": initial},
     }

@@ -13,7 +13,7 @@ import pathlib
 
 import numpy as np
 
-from . import Progress, pyplot, record_points, register, save_plot, write_csv
+from . import Claim, Progress, pyplot, record_points, register, save_plot, write_csv
 
 BITS = (2, 3, 4)
 N_EMA = 8192
@@ -156,9 +156,24 @@ def _train(steps: int, seed: int, out: pathlib.Path, progress: Progress):
     return summary, initial, csv_name, png
 
 
-@register("swamping", default_steps=1000,
-          summary="2/3/4-bit second moments: linear (nearest) vs log (stochastic)")
-def swamping(steps: int, seed: int, out: pathlib.Path, progress: Progress) -> dict:
+SOLO_PAPER = "SOLO: low-bit optimizers, EMA dynamics"
+CLAIMS = (
+    Claim(SOLO_PAPER, "linear v with nearest rounding swamps the EMA; log v with stochastic "
+          "rounding tracks it (2-bit)",
+          lambda mt: mt["ema"]["linear 2"]["rel_err"] - mt["ema"]["log 2"]["rel_err"],
+          "EMA rel. error (small half) linear 2-bit − log 2-bit", min_effect=0.1),
+    Claim(SOLO_PAPER, "log 2-bit v trains better than linear 2-bit v",
+          lambda mt: (mt["train"]["linear 2-bit"]["final"] - mt["train"]["log 2-bit"]["final"])
+          / mt["initial_risk"],
+          "final excess risk linear − log 2-bit v, / initial risk"),
+)
+
+
+@register("swamping", default_steps=1000, quick_steps=60, full_steps=4000,
+          summary="2/3/4-bit second moments: linear (nearest) vs log (stochastic)",
+          claims=CLAIMS)
+def swamping(steps: int, seed: int, out: pathlib.Path, progress: Progress,
+             size: str = "default") -> dict:
     progress.add_total(steps * (2 * len(_codecs()) + 1))  # EMA runs, then training runs
     ema, ema_csv, ema_png = _ema(steps, seed, out, progress)
     train, initial, tr_csv, tr_png = _train(steps, seed, out, progress)
@@ -211,11 +226,11 @@ def swamping(steps: int, seed: int, out: pathlib.Path, progress: Progress) -> di
             {"title": f"EMA after {steps} steps (smaller half = the 4096 smallest |g|)",
              "columns": ["bits", "codec", "rounding", "rel. error of mean v (small half)",
                          "v = 0 (small half)", "v = 0 (all)", "state bytes"],
-             "rows": ema},
+             "rows": ema, "key": 3},
             {"title": f"AdamW training, {steps} steps (final = mean of the last 10% of records)",
              "columns": ["second moment", "final excess risk", "best excess risk",
                          "v = 0 at end", "max abs(w)", "state bytes"],
-             "rows": train},
+             "rows": train, "baseline": ("fp32",)},
         ],
         "plots": [ema_png, tr_png],
         "csv": [ema_csv, tr_csv],
