@@ -34,6 +34,7 @@ use crate::error::{Error, Result};
 use crate::format::{Format, NanKind};
 use crate::par::{self, CHUNK};
 use crate::rng;
+use crate::simd::{self, CodeSlice};
 use crate::table::Entries;
 use std::sync::Mutex;
 
@@ -310,10 +311,18 @@ pub trait Code: Copy + Send + Sync + Default {
     fn as_u8(_x: &mut [Self]) -> Option<&mut [u8]> {
         None
     }
+    /// The slice as u16 codes (only for `u16` itself).
+    #[doc(hidden)]
+    fn as_u16(_x: &mut [Self]) -> Option<&mut [u16]> {
+        None
+    }
+    /// The slice by width.
+    #[doc(hidden)]
+    fn code_slice(x: &[Self]) -> CodeSlice<'_>;
 }
 
 macro_rules! impl_code {
-    ($t:ty, $bytes:expr) => {
+    ($t:ty, $bytes:expr, $halves:expr, $variant:ident) => {
         impl Code for $t {
             const BITS: u32 = <$t>::BITS;
             #[inline(always)]
@@ -327,12 +336,18 @@ macro_rules! impl_code {
             fn as_u8(x: &mut [$t]) -> Option<&mut [u8]> {
                 $bytes(x)
             }
+            fn as_u16(x: &mut [$t]) -> Option<&mut [u16]> {
+                $halves(x)
+            }
+            fn code_slice(x: &[$t]) -> CodeSlice<'_> {
+                CodeSlice::$variant(x)
+            }
         }
     };
 }
-impl_code!(u8, Some);
-impl_code!(u16, |_| None);
-impl_code!(u32, |_| None);
+impl_code!(u8, Some, |_| None, U8);
+impl_code!(u16, |_| None, Some, U16);
+impl_code!(u32, |_| None, |_| None, U32);
 
 // ---------------------------------------------------------------- the encoder
 
@@ -558,6 +573,12 @@ impl Encoder {
 }
 
 impl Encoder {
+    /// Whether the format is float16 itself with overflow to inf, so that round to nearest
+    /// is the IEEE conversion (`vcvtps2ph`).
+    fn is_f16_nearest(&self) -> bool {
+        is_f16_prefix(&self.fmt) && self.man == 10 && self.opts.overflow == Overflow::NonFinite
+    }
+
     /// Whether the format is a float32 prefix (bfloat16-like) with inf, so that round to
     /// nearest is the classic add-and-shift on the float32 bits.
     fn truncates(&self) -> bool {
@@ -678,6 +699,14 @@ fn encode_chunk_body<I: Input, C: Code, const MODE: u8>(
     if I::F32 && MODE == NEAREST && enc.truncates() {
         truncate_nearest(enc, x, out);
         return Ok(());
+    }
+    if MODE == NEAREST && enc.is_f16_nearest() {
+        // float32 → float16, round to nearest: the hardware conversion where there is one
+        if let (Some(xf), Some(o)) = (I::as_f32(x), C::as_u16(&mut *out)) {
+            if simd::narrow_f16(xf, o) {
+                return Ok(());
+            }
+        }
     }
     let mut bad = 0u32;
     let fast = if I::F32 { enc.fast(MODE) } else { None };
@@ -838,6 +867,11 @@ pub trait Float: Copy + Send + Sync {
     fn from_f64(v: f64) -> Self;
     /// From an f32 value.
     fn from_f32(v: f32) -> Self;
+    /// The slice as float32 (only for `f32` itself).
+    #[doc(hidden)]
+    fn as_f32_mut(_x: &mut [Self]) -> Option<&mut [f32]> {
+        None
+    }
 }
 impl Float for f32 {
     #[inline(always)]
@@ -847,6 +881,9 @@ impl Float for f32 {
     #[inline(always)]
     fn from_f32(v: f32) -> Self {
         v
+    }
+    fn as_f32_mut(x: &mut [f32]) -> Option<&mut [f32]> {
+        Some(x)
     }
 }
 impl Float for f64 {
@@ -863,6 +900,17 @@ impl Float for f64 {
 /// Formats whose codes are the leading bits of float32 patterns (bfloat16, e8m23, …).
 fn is_f32_prefix(f: &Format) -> bool {
     f.exp_bits() == 8 && f.bias() == 127 && f.signed() && f.nan() == NanKind::Ieee && f.subnormals()
+}
+
+/// Formats whose codes are the leading bits of float16 patterns (float16, float8_e5m2, …).
+fn is_f16_prefix(f: &Format) -> bool {
+    f.exp_bits() == 5
+        && f.bias() == 15
+        && f.signed()
+        && f.nan() == NanKind::Ieee
+        && f.inf()
+        && f.subnormals()
+        && (1..=10).contains(&f.man_bits())
 }
 
 /// Value of every code of `fmt` as f32 (formats up to 16 bits), in code order.
@@ -891,16 +939,32 @@ fn bad_code(fmt: &Format, i: usize, c: u32) -> Error {
 pub fn decode<C: Code, F: Float>(fmt: &Format, codes: &[C], out: &mut [F]) -> Result<()> {
     check_len("out", out.len(), codes.len())?;
     let limit = fmt.num_codes();
-    if is_f32_prefix(fmt) {
-        // bfloat16-like: the code is the top bits of the float32 pattern (NaNs keep payloads)
-        let shift = 23 - fmt.man_bits();
+    if is_f32_prefix(fmt) || is_f16_prefix(fmt) {
+        // bfloat16-like: the code is the top bits of the float32 pattern (NaNs keep payloads);
+        // float16-like: the top bits of a float16 pattern, widened exactly (NaN canonical)
+        let (f16, shift) = match is_f16_prefix(fmt) {
+            true => (true, 10 - fmt.man_bits()),
+            false => (false, 23 - fmt.man_bits()),
+        };
         return par::try_zip_chunks(codes, CHUNK, out, CHUNK, codes.len(), |k, cs, os| {
-            let mut bad = false;
-            for (o, &c) in os.iter_mut().zip(cs) {
-                bad |= c.to_u32() as u64 >= limit;
-                *o = F::from_f32(f32::from_bits(c.to_u32() << shift));
-            }
-            if !bad {
+            let any = match F::as_f32_mut(os) {
+                Some(o) if f16 => simd::widen_f16(C::code_slice(cs), shift, o),
+                Some(o) => simd::widen_f32(C::code_slice(cs), shift, o),
+                None => {
+                    let mut any = 0u32;
+                    for (o, &c) in os.iter_mut().zip(cs) {
+                        let c = c.to_u32();
+                        any |= c;
+                        let b = match f16 {
+                            true => simd::f16_to_f32_bits((c << shift) & 0xffff),
+                            false => c << shift,
+                        };
+                        *o = F::from_f32(f32::from_bits(b));
+                    }
+                    any
+                }
+            };
+            if (any as u64) < limit {
                 return Ok(());
             }
             let i = cs.iter().position(|c| c.to_u32() as u64 >= limit).unwrap_or(0);
