@@ -222,74 +222,82 @@ mod avx512 {
     use super::{counter, PHILOX_M0, PHILOX_M1, PHILOX_W0, PHILOX_W1};
     use std::arch::x86_64::*;
 
-    /// Philox blocks per group.
-    const L: usize = 16;
+    /// Philox blocks per vector: one block per 64-bit lane, its words in the low halves.
+    /// `vpmuludq` multiplies the low halves into full 64-bit products, so a round needs no
+    /// blends: `hi = p >> 32` and `lo = p` (the high half of `lo` is garbage that only ever
+    /// meets the next `vpmuludq`, which ignores it, and is dropped on output).
+    const L: usize = 8;
 
-    /// (high, low) halves of the 16 products `m · c` (lane-wise 32×32→64).
-    #[inline(always)]
-    unsafe fn mulhilo16(m: __m512i, c: __m512i) -> (__m512i, __m512i) {
-        let even = _mm512_mul_epu32(m, c); // lanes 0,2,…,14 as 64-bit products
-        let odd = _mm512_mul_epu32(m, _mm512_srli_epi64::<32>(c)); // lanes 1,3,…,15
-        let lo = _mm512_mask_blend_epi32(0xaaaa, even, _mm512_slli_epi64::<32>(odd));
-        let hi = _mm512_mask_blend_epi32(0xaaaa, _mm512_srli_epi64::<32>(even), odd);
-        (hi, lo)
-    }
-
-    /// As `avx2::fill`, 16 blocks (64 words) per group.
+    /// Two vectors of blocks (16 blocks, 64 words) per step, for two independent chains.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn fill(out: &mut [u32], stream: u64, idx: u64, k: [u32; 2]) {
-        let m0 = _mm512_set1_epi32(PHILOX_M0 as i32);
-        let m1 = _mm512_set1_epi32(PHILOX_M1 as i32);
-        let lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-        let s2 = _mm512_set1_epi32(stream as u32 as i32);
-        let s3 = _mm512_set1_epi32((stream >> 32) as u32 as i32);
-        for (j, group) in out.chunks_exact_mut(4 * L).enumerate() {
-            let b0 = idx.wrapping_add((j * L * 4) as u64) >> 2;
-            let (mut c0, mut c1) = if (b0 as u32).checked_add(L as u32 - 1).is_some() {
-                let lo = _mm512_add_epi32(_mm512_set1_epi32(b0 as u32 as i32), lane);
-                (lo, _mm512_set1_epi32((b0 >> 32) as u32 as i32))
+        let m0 = _mm512_set1_epi64(PHILOX_M0 as i64);
+        let m1 = _mm512_set1_epi64(PHILOX_M1 as i64);
+        let lane = _mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7);
+        let s2 = _mm512_set1_epi64(stream as u32 as i64);
+        let s3 = _mm512_set1_epi64((stream >> 32) as u32 as i64);
+        let mut keys = [[_mm512_setzero_si512(); 2]; 10];
+        let mut key = k;
+        for (r, kr) in keys.iter_mut().enumerate() {
+            if r > 0 {
+                key = [key[0].wrapping_add(PHILOX_W0), key[1].wrapping_add(PHILOX_W1)];
+            }
+            *kr = [_mm512_set1_epi64(key[0] as i64), _mm512_set1_epi64(key[1] as i64)];
+        }
+        // counters of blocks b .. b + 8 as (low word, high word) per 64-bit lane
+        let ctrs = |b: u64, first: u64| -> (__m512i, __m512i) {
+            if (b as u32).checked_add(L as u32 - 1).is_some() {
+                let lo = _mm512_add_epi64(_mm512_set1_epi64(b as u32 as i64), lane);
+                (lo, _mm512_set1_epi64((b >> 32) as u32 as i64))
             } else {
                 // the low word wraps within these lanes: build the counters one by one
-                let ctr = |l: usize| counter(stream, idx.wrapping_add(((j * L + l) * 4) as u64));
-                let lo: [u32; L] = std::array::from_fn(|l| ctr(l)[0]);
-                let hi: [u32; L] = std::array::from_fn(|l| ctr(l)[1]);
-                let ld = |r: &[u32; L]| _mm512_loadu_si512(r.as_ptr() as *const _);
+                let ctr = |l: usize| counter(stream, first.wrapping_add((l * 4) as u64));
+                let lo: [u64; L] = std::array::from_fn(|l| ctr(l)[0] as u64);
+                let hi: [u64; L] = std::array::from_fn(|l| ctr(l)[1] as u64);
+                let ld = |r: &[u64; L]| _mm512_loadu_si512(r.as_ptr() as *const _);
                 (ld(&lo), ld(&hi))
-            };
-            let (mut c2, mut c3) = (s2, s3);
-            let mut key = k;
-            for r in 0..10 {
-                if r > 0 {
-                    key = [key[0].wrapping_add(PHILOX_W0), key[1].wrapping_add(PHILOX_W1)];
-                }
-                let (hi0, lo0) = mulhilo16(m0, c0);
-                let (hi1, lo1) = mulhilo16(m1, c2);
-                let k0 = _mm512_set1_epi32(key[0] as i32);
-                let k1 = _mm512_set1_epi32(key[1] as i32);
-                c0 = _mm512_ternarylogic_epi32::<0x96>(hi1, c1, k0); // hi1 ^ c1 ^ k0
-                c1 = lo1;
-                c2 = _mm512_ternarylogic_epi32::<0x96>(hi0, c3, k1);
-                c3 = lo0;
             }
-            // transpose 4 rows × 16 lanes into lane after lane (4 words each): within each
-            // 128-bit block b, u_i holds lane 4b + i; then a 4×4 transpose of the blocks
-            let t0 = _mm512_unpacklo_epi32(c0, c1);
-            let t1 = _mm512_unpackhi_epi32(c0, c1);
-            let t2 = _mm512_unpacklo_epi32(c2, c3);
-            let t3 = _mm512_unpackhi_epi32(c2, c3);
-            let u0 = _mm512_unpacklo_epi64(t0, t2);
-            let u1 = _mm512_unpackhi_epi64(t0, t2);
-            let u2 = _mm512_unpacklo_epi64(t1, t3);
-            let u3 = _mm512_unpackhi_epi64(t1, t3);
-            let a = _mm512_shuffle_i32x4::<0x44>(u0, u1); // u0.b0 u0.b1 u1.b0 u1.b1
-            let b = _mm512_shuffle_i32x4::<0x44>(u2, u3);
-            let c = _mm512_shuffle_i32x4::<0xee>(u0, u1); // u0.b2 u0.b3 u1.b2 u1.b3
-            let d = _mm512_shuffle_i32x4::<0xee>(u2, u3);
+        };
+        // lanes [w0 | w1 << 32] and [w2 | w3 << 32] interleaved into 8 blocks of 4 words
+        let store = |p: *mut __m512i, c: [__m512i; 4]| {
+            let a = _mm512_mask_blend_epi32(0xaaaa, c[0], _mm512_slli_epi64::<32>(c[1]));
+            let b = _mm512_mask_blend_epi32(0xaaaa, c[2], _mm512_slli_epi64::<32>(c[3]));
+            let even = _mm512_unpacklo_epi64(a, b); // blocks 0, 2, 4, 6
+            let odd = _mm512_unpackhi_epi64(a, b); // blocks 1, 3, 5, 7
+            let i0 = _mm512_setr_epi64(0, 1, 8, 9, 2, 3, 10, 11);
+            let i1 = _mm512_setr_epi64(4, 5, 12, 13, 6, 7, 14, 15);
+            _mm512_storeu_si512(p, _mm512_permutex2var_epi64(even, i0, odd));
+            _mm512_storeu_si512(p.add(1), _mm512_permutex2var_epi64(even, i1, odd));
+        };
+        for (j, group) in out.chunks_exact_mut(8 * L).enumerate() {
+            let first = idx.wrapping_add((j * L * 8) as u64);
+            let second = first.wrapping_add((L * 4) as u64);
+            let (a0, a1) = ctrs(first >> 2, first);
+            let (b0, b1) = ctrs(second >> 2, second);
+            let mut a = [a0, a1, s2, s3];
+            let mut b = [b0, b1, s2, s3];
+            for kr in &keys {
+                let pa0 = _mm512_mul_epu32(m0, a[0]);
+                let pa1 = _mm512_mul_epu32(m1, a[2]);
+                let pb0 = _mm512_mul_epu32(m0, b[0]);
+                let pb1 = _mm512_mul_epu32(m1, b[2]);
+                // [hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0]
+                a = [
+                    _mm512_ternarylogic_epi64::<0x96>(_mm512_srli_epi64::<32>(pa1), a[1], kr[0]),
+                    pa1,
+                    _mm512_ternarylogic_epi64::<0x96>(_mm512_srli_epi64::<32>(pa0), a[3], kr[1]),
+                    pa0,
+                ];
+                b = [
+                    _mm512_ternarylogic_epi64::<0x96>(_mm512_srli_epi64::<32>(pb1), b[1], kr[0]),
+                    pb1,
+                    _mm512_ternarylogic_epi64::<0x96>(_mm512_srli_epi64::<32>(pb0), b[3], kr[1]),
+                    pb0,
+                ];
+            }
             let p = group.as_mut_ptr() as *mut __m512i;
-            _mm512_storeu_si512(p, _mm512_shuffle_i32x4::<0x88>(a, b)); // lanes 0-3
-            _mm512_storeu_si512(p.add(1), _mm512_shuffle_i32x4::<0xdd>(a, b)); // lanes 4-7
-            _mm512_storeu_si512(p.add(2), _mm512_shuffle_i32x4::<0x88>(c, d)); // lanes 8-11
-            _mm512_storeu_si512(p.add(3), _mm512_shuffle_i32x4::<0xdd>(c, d)); // lanes 12-15
+            store(p, a);
+            store(p.add(2), b);
         }
     }
 }

@@ -106,7 +106,11 @@ impl CodeSlice<'_> {
 
 /// `out[i] = f32::from_bits(widen(codes[i]))`; returns the OR of the codes.
 #[inline(always)]
-fn widen_loop<C: Copy + Into<u32>>(codes: &[C], out: &mut [f32], widen: impl Fn(u32) -> u32) -> u32 {
+fn widen_loop<C: Copy + Into<u32>>(
+    codes: &[C],
+    out: &mut [f32],
+    widen: impl Fn(u32) -> u32,
+) -> u32 {
     let mut any = 0u32;
     for (o, &c) in out.iter_mut().zip(codes) {
         any |= c.into();
@@ -262,7 +266,8 @@ mod f16c {
                 or |= c;
                 *b = (c << shift) as u16;
             }
-            let v: [f32; 8] = std::mem::transmute(widen8(_mm_loadu_si128(buf.as_ptr() as *const _)));
+            let v: [f32; 8] =
+                std::mem::transmute(widen8(_mm_loadu_si128(buf.as_ptr() as *const _)));
             out[i..].copy_from_slice(&v[..n - i]);
         }
         or
@@ -276,7 +281,8 @@ mod f16c {
         let abs = _mm256_and_si256(bits, _mm256_set1_epi32(0x7fff_ffff));
         let nan = _mm256_cmpgt_epi32(abs, _mm256_set1_epi32(0x7f80_0000));
         // the NaN mask as 8 u16 lanes (each 32-bit lane is all ones or all zeros)
-        let nan16 = _mm_packs_epi32(_mm256_castsi256_si128(nan), _mm256_extracti128_si256::<1>(nan));
+        let nan16 =
+            _mm_packs_epi32(_mm256_castsi256_si128(nan), _mm256_extracti128_si256::<1>(nan));
         let qnan = _mm_or_si128(_mm_and_si128(h, _mm_set1_epi16(-0x8000)), _mm_set1_epi16(0x7e00));
         _mm_blendv_epi8(h, qnan, nan16)
     }
