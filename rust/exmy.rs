@@ -666,12 +666,14 @@ struct Rne {
 }
 
 impl Encoder {
-    /// [`Rne`] where it applies: formats with subnormals whose whole range of float32 inputs
+    /// [`Rne`] where it applies: formats with subnormals and a mantissa whose whole range of float32 inputs
     /// (from 2^-126 up) lies above half their smallest subnormal (so float32 subnormals, and
     /// whether the CPU flushes them, do not matter: they round to zero either way).
     fn rne(&self) -> Option<Rne> {
         let (emin, m) = (self.emin, self.man as i32);
-        (self.subnormals && emin - m >= -124 && m <= 22).then(|| Rne {
+        // with no mantissa bits, "even" is the code's last exponent bit, which the general code
+        // does not use (its significand 1 is odd): so M ≥ 1
+        (self.subnormals && emin - m >= -124 && (1..=22).contains(&m)).then(|| Rne {
             min_normal: ((emin + 127) as u32) << 23,
             magic: f32::from_bits(((emin - m + 23 + 127) as u32) << 23),
             rebias: ((126 + emin) as u32) << 23,
@@ -1364,7 +1366,9 @@ mod tests {
                 }
             }
         }
-        for (name, f) in crate::formats::all() {
+        let specs = ["e2m0fu", "e3m0fn", "e2m1fu", "e5m1", "e1m6", "e8m1", "e5m10", "e6m9"];
+        let extra = specs.iter().map(|&n| (n, parse(n).unwrap()));
+        for (name, f) in crate::formats::all().into_iter().chain(extra) {
             for (_, mode) in Rounding::ALL {
                 let e = Encoder::new(
                     f,
