@@ -1472,7 +1472,19 @@ mod bench {
             let ds2 = best(&mut || unsafe {
                 encode_chunk_avx2::<f32, u8, STOCHASTIC>(&e, &x, &mut out, 0, random).unwrap()
             });
-            println!("{name}: stochastic avx2 loop {:.3}", g(ds2));
+            let bits: Vec<u32> = (0..n as u32).map(|i| i.wrapping_mul(0x9e37_79b9)).collect();
+            let db = best(&mut || {
+                encode_chunk::<f32, u8, STOCHASTIC>(&e, &x, &mut out, 0, Random::Bits(&bits))
+                    .unwrap()
+            });
+            let mut words = vec![0u32; n];
+            let dp = best(&mut || rng::fill_random_u32(1, 0, 0, &mut words));
+            println!(
+                "{name}: stochastic avx2 loop {:.3}, given bits {:.3}, philox alone {:.3}",
+                g(ds2),
+                g(db),
+                g(dp)
+            );
             println!(
                 "{name}: index {:.3}, nearest {:.3} (avx2 {:.3}), stochastic {:.3} G/s, one thread",
                 g(di),
