@@ -78,6 +78,13 @@ pub fn serial(elems: usize) -> bool {
     elems <= SERIAL_MAX
 }
 
+/// Whether self-contained chunk loops (no rayon call inside) run on the calling thread:
+/// small calls, and every call while the pool has one thread (handing work to a lone pool
+/// thread only adds a cross-thread wake-up; the chunks, and so the results, are the same).
+fn inline(elems: usize) -> bool {
+    serial(elems) || num_threads() == 1
+}
+
 /// `f` on every item: in the pool, or on the calling thread when the items hold at most
 /// `SERIAL_MAX` elements together (`elems`). Items must not depend on each other, so both
 /// give the same results; the first error (in item order) is returned serially, some
@@ -88,7 +95,7 @@ pub fn try_for_each_mut<T: Send, E: Send>(
     f: impl Fn(&mut T) -> std::result::Result<(), E> + Sync + Send,
 ) -> std::result::Result<(), E> {
     use rayon::prelude::*;
-    if serial(elems) {
+    if inline(elems) {
         items.iter_mut().try_for_each(f)
     } else {
         install(|| items.par_iter_mut().try_for_each(f))
@@ -110,7 +117,7 @@ pub fn try_zip_chunks<A: Sync, B: Send, E: Send>(
     f: impl Fn(usize, &[A], &mut [B]) -> std::result::Result<(), E> + Sync + Send,
 ) -> std::result::Result<(), E> {
     use rayon::prelude::*;
-    if serial(elems) {
+    if inline(elems) {
         a.chunks(ca).zip(b.chunks_mut(cb)).enumerate().try_for_each(|(k, (x, y))| f(k, x, y))
     } else {
         install(|| {

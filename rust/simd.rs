@@ -38,3 +38,354 @@ macro_rules! avx2_or_baseline {
 }
 
 pub(crate) use avx2_or_baseline;
+
+// ---------------------------------------------------------------- float16 ↔ float32
+//
+// Design:
+// - Decoding a format whose codes are the leading bits of float16 patterns (float16 itself,
+//   float8_e5m2, any e5mY with IEEE specials) is a shift into a float16 pattern and an exact
+//   widening to float32; NaN codes become the canonical quiet NaN with their sign, as the
+//   general decoder gives (payloads are not kept), so the bits equal the table path's.
+// - Encoding float32 to float16 with round to nearest even and overflow to inf is
+//   `vcvtps2ph` with immediate 0 (IEEE round to nearest even, subnormals kept, MXCSR's
+//   flush-to-zero not used); NaN inputs become the canonical quiet NaN with their sign, as
+//   the element encoder gives.
+// - F16C (with AVX2) where the CPU has it, chosen at run time; elsewhere, and for the tails,
+//   branch-free scalar code that LLVM vectorizes. Tests hold the two equal and equal to the
+//   element code. Rejected: a 64Ki-entry table for float16 (a gather per element, and 256 KiB
+//   of cache), and Rust's `f16` type (unstable).
+
+/// The float32 bits of the float16 pattern `h` (low 16 bits), NaN canonicalized
+/// (sign | 0x7fc00000).
+#[inline(always)]
+pub(crate) fn f16_to_f32_bits(h: u32) -> u32 {
+    let sign = (h & 0x8000) << 16;
+    let a = h & 0x7fff;
+    let normal = (a << 13) + ((127 - 15) << 23);
+    // a subnormal is a · 2^-24 with a < 2^10: exact in float32, and never itself subnormal
+    let sub = ((a as f32) * f32::from_bits((127 - 24) << 23)).to_bits();
+    let mag = if a > 0x7c00 {
+        0x7fc0_0000
+    } else if a == 0x7c00 {
+        0x7f80_0000
+    } else if a < 0x0400 {
+        sub
+    } else {
+        normal
+    };
+    mag | sign
+}
+
+/// Codes of one width, borrowed.
+#[doc(hidden)]
+#[derive(Clone, Copy)]
+pub enum CodeSlice<'a> {
+    U8(&'a [u8]),
+    U16(&'a [u16]),
+    U32(&'a [u32]),
+}
+
+impl CodeSlice<'_> {
+    fn len(&self) -> usize {
+        match self {
+            CodeSlice::U8(c) => c.len(),
+            CodeSlice::U16(c) => c.len(),
+            CodeSlice::U32(c) => c.len(),
+        }
+    }
+
+    #[inline(always)]
+    #[cfg_attr(not(all(target_arch = "x86_64", not(feature = "portable"))), allow(dead_code))]
+    fn get(&self, i: usize) -> u32 {
+        match self {
+            CodeSlice::U8(c) => c[i] as u32,
+            CodeSlice::U16(c) => c[i] as u32,
+            CodeSlice::U32(c) => c[i],
+        }
+    }
+}
+
+/// `out[i] = f32::from_bits(widen(codes[i]))`; returns the OR of the codes.
+#[inline(always)]
+fn widen_loop<C: Copy + Into<u32>>(
+    codes: &[C],
+    out: &mut [f32],
+    widen: impl Fn(u32) -> u32,
+) -> u32 {
+    let mut any = 0u32;
+    for (o, &c) in out.iter_mut().zip(codes) {
+        any |= c.into();
+        *o = f32::from_bits(widen(c.into()));
+    }
+    any
+}
+
+avx2_or_baseline! {
+    /// Float16-prefix codes (u8) to float32; returns the OR of the codes.
+    fn widen_f16_u8(codes: &[u8], shift: u32, out: &mut [f32]) -> u32 {
+        widen_loop(codes, out, |c| f16_to_f32_bits(c << shift))
+    }
+}
+
+avx2_or_baseline! {
+    /// Float16-prefix codes (u16) to float32; returns the OR of the codes.
+    fn widen_f16_u16(codes: &[u16], shift: u32, out: &mut [f32]) -> u32 {
+        widen_loop(codes, out, |c| f16_to_f32_bits(c << shift))
+    }
+}
+
+avx2_or_baseline! {
+    /// Float16-prefix codes (u32) to float32; returns the OR of the codes (codes ≥ 2^16
+    /// show there; their outputs are then replaced by the caller's error).
+    fn widen_f16_u32(codes: &[u32], shift: u32, out: &mut [f32]) -> u32 {
+        widen_loop(codes, out, |c| f16_to_f32_bits((c << shift) & 0xffff))
+    }
+}
+
+avx2_or_baseline! {
+    /// Float32-prefix codes (bfloat16-like, u8) to float32: `code << shift` is the float32
+    /// pattern (NaNs keep their payloads); returns the OR of the codes.
+    fn widen_f32_u8(codes: &[u8], shift: u32, out: &mut [f32]) -> u32 {
+        widen_loop(codes, out, |c| c << shift)
+    }
+}
+
+avx2_or_baseline! {
+    /// As `widen_f32_u8` for u16 codes.
+    fn widen_f32_u16(codes: &[u16], shift: u32, out: &mut [f32]) -> u32 {
+        widen_loop(codes, out, |c| c << shift)
+    }
+}
+
+avx2_or_baseline! {
+    /// As `widen_f32_u8` for u32 codes.
+    fn widen_f32_u32(codes: &[u32], shift: u32, out: &mut [f32]) -> u32 {
+        widen_loop(codes, out, |c| c << shift)
+    }
+}
+
+/// Codes of a float32-prefix format (`shift` = 23 − mantissa bits) to float32; returns the
+/// OR of the codes so that the caller can check their range.
+pub(crate) fn widen_f32(codes: CodeSlice, shift: u32, out: &mut [f32]) -> u32 {
+    match codes {
+        CodeSlice::U8(c) => widen_f32_u8(c, shift, out),
+        CodeSlice::U16(c) => widen_f32_u16(c, shift, out),
+        CodeSlice::U32(c) => widen_f32_u32(c, shift, out),
+    }
+}
+
+/// `out[i]` = the float32 value of the float16 pattern `codes[i] << shift` (NaN
+/// canonicalized), for codes of a format that is a float16 prefix (`shift` = 10 − mantissa
+/// bits); returns the OR of all codes so that the caller can check their range.
+pub(crate) fn widen_f16(codes: CodeSlice, shift: u32, out: &mut [f32]) -> u32 {
+    debug_assert_eq!(codes.len(), out.len());
+    #[cfg(all(target_arch = "x86_64", not(feature = "portable")))]
+    if std::is_x86_feature_detected!("f16c") && std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports F16C and AVX2, checked just above.
+        return unsafe { f16c::widen(codes, shift, out) };
+    }
+    widen_portable(codes, shift, out)
+}
+
+/// [`widen_f16`] without F16C.
+pub(crate) fn widen_portable(codes: CodeSlice, shift: u32, out: &mut [f32]) -> u32 {
+    match codes {
+        CodeSlice::U8(c) => widen_f16_u8(c, shift, out),
+        CodeSlice::U16(c) => widen_f16_u16(c, shift, out),
+        CodeSlice::U32(c) => widen_f16_u32(c, shift, out),
+    }
+}
+
+/// Encode float32 to float16 codes, round to nearest even, overflow to inf, NaN to the
+/// canonical quiet NaN with its sign, with F16C; `false` (nothing written) where the CPU
+/// has no F16C (the caller's element code then does it).
+pub(crate) fn narrow_f16(x: &[f32], out: &mut [u16]) -> bool {
+    debug_assert_eq!(x.len(), out.len());
+    #[cfg(all(target_arch = "x86_64", not(feature = "portable")))]
+    if std::is_x86_feature_detected!("f16c") && std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports F16C and AVX2, checked just above.
+        unsafe { f16c::narrow(x, out) };
+        return true;
+    }
+    false
+}
+
+#[cfg(all(target_arch = "x86_64", not(feature = "portable")))]
+mod f16c {
+    use super::CodeSlice;
+    use std::arch::x86_64::*;
+
+    /// Eight float16 patterns (u16 lanes of `h`) to float32, NaN canonicalized.
+    #[inline(always)]
+    unsafe fn widen8(h: __m128i) -> __m256 {
+        let v = _mm256_castps_si256(_mm256_cvtph_ps(h));
+        let abs = _mm256_and_si256(v, _mm256_set1_epi32(0x7fff_ffff));
+        let nan = _mm256_cmpgt_epi32(abs, _mm256_set1_epi32(0x7f80_0000));
+        let sign = _mm256_andnot_si256(_mm256_set1_epi32(0x7fff_ffff), v);
+        let qnan = _mm256_or_si256(sign, _mm256_set1_epi32(0x7fc0_0000));
+        _mm256_castsi256_ps(_mm256_blendv_epi8(v, qnan, nan))
+    }
+
+    /// Eight codes as u16 lanes, from `c` at `i` (8 available).
+    #[inline(always)]
+    unsafe fn load8(c: CodeSlice, i: usize) -> __m128i {
+        match c {
+            CodeSlice::U8(c) => _mm_cvtepu8_epi16(_mm_loadl_epi64(c.as_ptr().add(i) as *const _)),
+            CodeSlice::U16(c) => _mm_loadu_si128(c.as_ptr().add(i) as *const _),
+            CodeSlice::U32(c) => {
+                let v = _mm256_loadu_si256(c.as_ptr().add(i) as *const _);
+                // keep the low 16 bits of each lane (the OR of the codes reports the rest)
+                let v = _mm256_and_si256(v, _mm256_set1_epi32(0xffff));
+                _mm_packus_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v))
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2,f16c")]
+    pub(super) unsafe fn widen(codes: CodeSlice, shift: u32, out: &mut [f32]) -> u32 {
+        let n = out.len();
+        let count = _mm_cvtsi32_si128(shift as i32);
+        let mut any = _mm_setzero_si128();
+        let mut i = 0;
+        while i + 8 <= n {
+            let c = load8(codes, i);
+            any = _mm_or_si128(any, c);
+            let v = widen8(_mm_sll_epi16(c, count));
+            _mm256_storeu_ps(out.as_mut_ptr().add(i), v);
+            i += 8;
+        }
+        let lanes: [u16; 8] = std::mem::transmute(any);
+        let mut or = lanes.iter().fold(0u32, |a, &l| a | l as u32);
+        if let CodeSlice::U32(c) = codes {
+            or |= c[..i].iter().fold(0u32, |a, &l| a | l) & !0xffff;
+        }
+        if i < n {
+            // the tail through a padded block
+            let mut buf = [0u16; 8];
+            for (j, b) in buf.iter_mut().enumerate().take(n - i) {
+                let c = codes.get(i + j);
+                or |= c;
+                *b = (c << shift) as u16;
+            }
+            let v: [f32; 8] =
+                std::mem::transmute(widen8(_mm_loadu_si128(buf.as_ptr() as *const _)));
+            out[i..].copy_from_slice(&v[..n - i]);
+        }
+        or
+    }
+
+    /// Eight float32 values to float16 codes, NaN canonicalized.
+    #[inline(always)]
+    unsafe fn narrow8(x: __m256) -> __m128i {
+        let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(x);
+        let bits = _mm256_castps_si256(x);
+        let abs = _mm256_and_si256(bits, _mm256_set1_epi32(0x7fff_ffff));
+        let nan = _mm256_cmpgt_epi32(abs, _mm256_set1_epi32(0x7f80_0000));
+        // the NaN mask as 8 u16 lanes (each 32-bit lane is all ones or all zeros)
+        let nan16 =
+            _mm_packs_epi32(_mm256_castsi256_si128(nan), _mm256_extracti128_si256::<1>(nan));
+        let qnan = _mm_or_si128(_mm_and_si128(h, _mm_set1_epi16(-0x8000)), _mm_set1_epi16(0x7e00));
+        _mm_blendv_epi8(h, qnan, nan16)
+    }
+
+    #[target_feature(enable = "avx2,f16c")]
+    pub(super) unsafe fn narrow(x: &[f32], out: &mut [u16]) {
+        let n = x.len();
+        let mut i = 0;
+        while i + 8 <= n {
+            let h = narrow8(_mm256_loadu_ps(x.as_ptr().add(i)));
+            _mm_storeu_si128(out.as_mut_ptr().add(i) as *mut _, h);
+            i += 8;
+        }
+        if i < n {
+            let mut buf = [0f32; 8];
+            buf[..n - i].copy_from_slice(&x[i..]);
+            let h: [u16; 8] = std::mem::transmute(narrow8(_mm256_loadu_ps(buf.as_ptr())));
+            out[i..].copy_from_slice(&h[..n - i]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exmy::{EncodeOptions, Encoder};
+    use crate::formats::parse;
+
+    /// The general decoder's float32 bits of `code` (NaN: canonical, with its sign).
+    fn reference(name: &str, code: u32) -> u32 {
+        (parse(name).unwrap().decode_f64(code) as f32).to_bits()
+    }
+
+    #[test]
+    fn f16_widening_equals_the_general_decoder() {
+        for h in 0..=0xffffu32 {
+            assert_eq!(f16_to_f32_bits(h), reference("float16", h), "{h:#06x}");
+        }
+    }
+
+    #[test]
+    fn widen_paths_agree_on_every_width_and_length() {
+        let f16: Vec<u32> = (0..=0xffffu32).collect();
+        let e5m2: Vec<u32> = (0..=0xffu32).collect();
+        for (codes, shift, name) in [(&f16, 0, "float16"), (&e5m2, 8, "float8_e5m2")] {
+            let want: Vec<u32> = codes.iter().map(|&c| reference(name, c)).collect();
+            for len in [0usize, 1, 7, 8, 9, 31, 256, codes.len()] {
+                let (cs, want) = (&codes[..len.min(codes.len())], &want[..len.min(codes.len())]);
+                let n = cs.len();
+                let u16s: Vec<u16> = cs.iter().map(|&c| c as u16).collect();
+                let u8s: Vec<u8> = cs.iter().map(|&c| c as u8).collect();
+                let mut slices = vec![CodeSlice::U32(cs), CodeSlice::U16(&u16s)];
+                if shift == 8 {
+                    slices.push(CodeSlice::U8(&u8s));
+                }
+                for s in slices {
+                    for portable in [false, true] {
+                        let mut out = vec![0f32; n];
+                        let any = match portable {
+                            true => widen_portable(s, shift, &mut out),
+                            false => widen_f16(s, shift, &mut out),
+                        };
+                        let got: Vec<u32> = out.iter().map(|v| v.to_bits()).collect();
+                        assert_eq!(got, want, "{name} len {len} portable {portable}");
+                        assert_eq!(any, cs.iter().fold(0, |a, &c| a | c));
+                    }
+                }
+            }
+        }
+        // codes out of range show in the OR, on both paths
+        let bad = [1u32, 0x1_0000, 3, 4, 5, 6, 7, 8, 9];
+        let mut out = [0f32; 9];
+        assert_eq!(widen_f16(CodeSlice::U32(&bad), 0, &mut out) >> 16, 1);
+        assert_eq!(widen_portable(CodeSlice::U32(&bad), 0, &mut out) >> 16, 1);
+    }
+
+    #[test]
+    fn f16_narrowing_equals_the_element_encoder() {
+        let enc = Encoder::new(parse("float16").unwrap(), EncodeOptions::default());
+        // every sign, exponent and top mantissa bits, with low parts around the rounding
+        // boundaries of the 13 discarded bits (ties, ±1) and some others
+        let lows = [0u32, 1, 0x0fff, 0x1000, 0x1001, 0x1fff, 0x17ff, 0x0800, 0x0ff0, 0x1234];
+        let mut xs = Vec::new();
+        for hi in 0..=0xffffu32 {
+            for &lo in &lows {
+                xs.push(f32::from_bits((hi << 16) | (lo & 0xffff)));
+                xs.push(f32::from_bits((hi << 16) | ((lo ^ 0x2000) & 0xffff)));
+            }
+        }
+        let mut got = vec![0u16; xs.len()];
+        if !narrow_f16(&xs, &mut got) {
+            return; // no F16C here: nothing to compare
+        }
+        for (&x, &g) in xs.iter().zip(&got) {
+            let (want, _) = enc.encode_one_dyn(x, crate::exmy::Rounding::Nearest, 0);
+            assert_eq!(g as u32, want, "{:#010x}", x.to_bits());
+        }
+        // tails
+        for n in [1usize, 7, 9, 15] {
+            let mut o = vec![0u16; n];
+            assert!(narrow_f16(&xs[..n], &mut o));
+            assert_eq!(o, got[..n]);
+        }
+    }
+}

@@ -19,7 +19,7 @@ import numpy as np
 import lowfp
 from lowfp.experiments.progress import Progress
 
-FORMATS = ["float8_e4m3fn", "float8_e5m2", "float4_e2m1fn", "bfloat16"]
+FORMATS = ["float8_e4m3fn", "float8_e5m2", "float4_e2m1fn", "float16", "bfloat16"]
 SR_FORMATS = {"float8_e4m3fn": (4, 3), "float8_e5m2": (5, 2), "bfloat16": (8, 7)}
 GFLOAT_INFO = {"float8_e4m3fn": "format_info_ocp_e4m3", "float8_e5m2": "format_info_ocp_e5m2",
                "bfloat16": "format_info_bfloat16"}
@@ -61,13 +61,16 @@ def torch_dtype(name):
 
 
 def mld_dtype(name):
+    if name == "float16":
+        return np.dtype(np.float16)
     import ml_dtypes
     return np.dtype(getattr(ml_dtypes, name))
 
 
 def torch_empty(n, name):
     import torch
-    return torch.empty(n, dtype=torch_dtype(name))
+    return torch.empty(n, dtype=getattr(torch, name) if name.startswith("uint") else
+                       torch_dtype(name))
 
 
 def torch_codes(codes, name):
@@ -86,6 +89,11 @@ def cast(a, dtype):
     return lambda: a.astype(dtype)
 
 
+def cast_into(a, dtype):
+    out = np.empty(a.shape, dtype)
+    return lambda: np.copyto(out, a, casting="unsafe")
+
+
 def copy_into(out, src):
     return lambda: out.copy_(src)
 
@@ -93,26 +101,65 @@ def copy_into(out, src):
 # ------------------------------------------------------------------ row factories
 # A factory does the set-up and returns the zero-argument callable to time, or raises.
 
+# Like for like: every implementation is timed both allocating its result ("lowfp",
+# "ml_dtypes") and writing into a preallocated one ("lowfp out=", "ml_dtypes into" = np.copyto,
+# "torch" = out.copy_(src)). The cast rows give the memory limit: a plain widening or
+# narrowing cast between float32 and uint8/uint16 codes of the same width, into a
+# preallocated array, the best of NumPy and torch.
+
+def code_dtype(f):
+    return lowfp.format(f).code_dtype
+
+
+def limit_label(width, encode):
+    ty = f"uint{8 * width}"
+    return f"f32 → {ty} cast (memory limit)" if encode else f"{ty} → f32 cast (memory limit)"
+
+
+def torch_cast_into(src, dst):
+    import torch
+    t = torch.from_numpy(src.view(np.int16) if src.dtype == np.uint16 else src)
+    return copy_into(torch.from_numpy(np.empty(src.size, dst)), t)
+
+
+def limit_rows(x, encode):
+    for width in (1, 2):
+        ty = np.dtype(f"uint{8 * width}")
+        src, dst = (x, ty) if encode else (np.zeros(x.size, ty), np.dtype(np.float32))
+        yield limit_label(width, encode), {
+            "np.copyto": lambda s=src, d=dst: cast_into(s, d),
+            "torch": lambda s=src, d=dst: torch_cast_into(s, d),
+        }
+
+
 def enc_rows(x, xt):
+    yield from limit_rows(x, True)
     for f in FORMATS:
+        lim = limit_label(np.dtype(code_dtype(f)).itemsize, True)
         yield f, {
             "lowfp": lambda f=f: lambda: lowfp.encode(x, f),
+            "lowfp out=": lambda f=f: (lambda o: lambda: lowfp.encode(x, f, out=o))(
+                np.empty(x.size, code_dtype(f))),
             "ml_dtypes": lambda f=f: cast(x, mld_dtype(f)),
+            "ml_dtypes into": lambda f=f: cast_into(x, mld_dtype(f)),
             "torch": lambda f=f: copy_into(torch_empty(x.size, f), xt),
+            LIMIT: lim,
         }
-    u8 = np.empty(x.size, np.uint8)
-    yield "f32→uint8 cast (speed of light)", {
-        "np.copyto": lambda: lambda: np.copyto(u8, x, casting="unsafe")}
 
 
 def dec_rows(x, xt):
+    yield from limit_rows(x, False)
     for f in FORMATS:
         c = lowfp.encode(x, f)
         yield f, {
             "lowfp": lambda f=f, c=c: lambda: lowfp.decode(c, f),
+            "lowfp out=": lambda f=f, c=c: (lambda o: lambda: lowfp.decode(c, f, out=o))(
+                np.empty(x.size, np.float32)),
             "ml_dtypes": lambda f=f, c=c: cast(c.view(mld_dtype(f)), np.float32),
+            "ml_dtypes into": lambda f=f, c=c: cast_into(c.view(mld_dtype(f)), np.float32),
             "torch": lambda f=f, c=c: copy_into(torch_empty(x.size, "float32"),
                                                 torch_codes(c, f)),
+            LIMIT: limit_label(c.dtype.itemsize, False),
         }
 
 
@@ -128,7 +175,11 @@ def sr_rows(x, xt):
     for f, (e, m) in SR_FORMATS.items():
         yield f, {
             "lowfp SR": lambda f=f: lambda: lowfp.encode(x, f, rounding="stochastic", seed=1),
+            "lowfp SR out=": lambda f=f: (lambda o: lambda: lowfp.encode(
+                x, f, rounding="stochastic", seed=1, out=o))(np.empty(x.size, code_dtype(f))),
             "lowfp RNE": lambda f=f: lambda: lowfp.encode(x, f),
+            "lowfp RNE out=": lambda f=f: (lambda o: lambda: lowfp.encode(x, f, out=o))(
+                np.empty(x.size, code_dtype(f))),
             "qtorch": lambda e=e, m=m: qtorch_sr(xt, e, m),
             "gfloat ‡": lambda f=f: gfloat_sr(x[:GFLOAT_N], f),
         }
@@ -193,14 +244,21 @@ def blockwise_rows(x, xt):
             "bitsandbytes": lambda bs=bs: bnb(xt, bs, True)}
 
 
-SECTIONS = [  # title, row generator, ratio columns (numerator, denominator)
-    ("Encode f32 → format (codes)", enc_rows,
-     [("lowfp", "ml_dtypes"), ("lowfp", "torch")]),
-    ("Decode format → f32", dec_rows, [("lowfp", "ml_dtypes"), ("lowfp", "torch")]),
-    ("Stochastic rounding f32 → format", sr_rows,
-     [("lowfp SR", "qtorch"), ("lowfp SR", "gfloat ‡"), ("lowfp SR", "lowfp RNE")]),
-    ("Bit packing (uint8 codes ↔ packed bytes)", pack_rows, [("lowfp", None)]),
-    ("8-bit blockwise, dynamic map (absmax scales)", blockwise_rows,
+LIMIT = "memory limit row"  # key of a row's cast-limit row (not an implementation)
+BEST = "best anchor"  # ratio denominator: the fastest of ANCHORS in the same row
+ANCHORS = ("ml_dtypes", "ml_dtypes into", "torch")
+# ratio denominator: the row named by the row's LIMIT key, its fastest implementation
+LIMIT_COL = "memory limit"
+CODEC_RATIOS = [("lowfp", "ml_dtypes"), ("lowfp out=", BEST), ("lowfp out=", LIMIT_COL)]
+
+SECTIONS = [  # key, title, row generator, ratio columns (numerator, denominator)
+    ("encode", "Encode f32 → format (codes)", enc_rows, CODEC_RATIOS),
+    ("decode", "Decode format → f32", dec_rows, CODEC_RATIOS),
+    ("stochastic", "Stochastic rounding f32 → format", sr_rows,
+     [("lowfp SR", "qtorch"), ("lowfp SR", "gfloat ‡"), ("lowfp SR", "lowfp RNE"),
+      ("lowfp SR out=", "lowfp RNE out=")]),
+    ("pack", "Bit packing (uint8 codes ↔ packed bytes)", pack_rows, [("lowfp", None)]),
+    ("blockwise", "8-bit blockwise, dynamic map (absmax scales)", blockwise_rows,
      [("lowfp", "bitsandbytes")]),
 ]
 
@@ -239,6 +297,17 @@ def measure(factory, name, n, repeat, label, progress):
     return rate, None
 
 
+def ratio_cell(a, b, rate, row, limits):
+    """`rate[a] / denominator` as text, or — when either side is missing."""
+    if b == BEST:
+        den = max((rate[c] for c in ANCHORS if rate.get(c)), default=None)
+    elif b == LIMIT_COL:
+        den = limits.get(row.get(LIMIT))
+    else:
+        den = rate.get(b)
+    return f"{rate[a] / den:.2f}×" if rate.get(a) and den else "—"
+
+
 def run_section(title, rows_fn, ratios, x, xt, threads, repeat, notes, progress):
     progress(title)
     try:
@@ -246,11 +315,15 @@ def run_section(title, rows_fn, ratios, x, xt, threads, repeat, notes, progress)
     except Exception as e:  # noqa: BLE001
         print(f"## {title}\n\n{notes.ref(f'section skipped: {type(e).__name__}: {e}')}\n")
         return
-    cols = list(dict.fromkeys(k for _, impls in rows for k in impls))
+    cols = list(dict.fromkeys(k for _, impls in rows for k in impls if k != LIMIT))
+    cols.sort(key=lambda c: c.startswith("np.") or c == "torch")  # lowfp first, anchors last
     progress.add_total(sum(len(impls) for _, impls in rows) * len(threads))
     ratios = [(a, b) for a, b in ratios for b in ([b] if b else cols[1:])]
-    head = ["operation", "threads"] + [f"{c} G/s" for c in cols] + [f"{a} / {b}" for a, b in ratios]
+    names = {BEST: "best anchor", LIMIT_COL: "memory limit"}
+    head = (["operation", "threads"] + [f"{c} G/s" for c in cols]
+            + [f"{a} / {names.get(b, b)}" for a, b in ratios])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    limits = {}  # (label, threads) -> fastest rate of a memory-limit row
     for label, impls in rows:
         for t in threads:
             set_threads(t)
@@ -262,9 +335,9 @@ def run_section(title, rows_fn, ratios, x, xt, threads, repeat, notes, progress)
                 rate[c], why = measure(impls[c], c, x.size, repeat, f"{label} t={t}",
                                        progress)
                 cells.append(f"{rate[c]:.3f}" if why is None else notes.ref(why))
-            for a, b in ratios:
-                ok = rate.get(a) and rate.get(b)
-                cells.append(f"{rate[a] / rate[b]:.2f}×" if ok else "—")
+            limits[label, t] = max((r for r in rate.values() if r), default=None)
+            row = {LIMIT: (impls[LIMIT], t)} if LIMIT in impls else {}
+            cells += [ratio_cell(a, b, rate, row, limits) for a, b in ratios]
             lines.append(f"| {label} | {t} | " + " | ".join(cells) + " |")
     print(f"## {title}\n\n" + "\n".join(lines) + "\n", flush=True)
 
@@ -334,7 +407,10 @@ def main(argv=None):
     ap.add_argument("--threads", default="1,2", help="comma-separated thread counts")
     ap.add_argument("--repeat", type=int, default=5, help="timed runs; the best is kept")
     ap.add_argument("--quick", action="store_true", help="tiny run (2^16 elements, 2 repeats)")
+    ap.add_argument("--sections", default=",".join(k for k, *_ in SECTIONS) + ",small",
+                    help="comma-separated sections to run (default: all)")
     args = ap.parse_args(argv)
+    sections = args.sections.split(",")
     n, repeat = (1 << 16, 2) if args.quick else (args.n, args.repeat)
     threads = [int(t) for t in args.threads.split(",")]
     x = (np.random.default_rng(0).standard_normal(n, dtype=np.float32) * 4)
@@ -348,14 +424,21 @@ def main(argv=None):
           f"best of {repeat}; G/s = 10^9 elements per second.\n")
     notes = Notes()
     with Progress("bench codecs", unit="measurements") as progress:
-        for title, rows_fn, ratios in SECTIONS:
+        for key, title, rows_fn, ratios in SECTIONS:
+            if key not in sections:
+                continue
             run_section(title, rows_fn, ratios, x, xt, threads, repeat, notes, progress)
 
-    small_calls(threads)
+    if "small" in sections:
+        small_calls(threads)
     print("Notes:\n")
     print("- ml_dtypes and NumPy are single-threaded (NumPy cast loops): their numbers do not "
           "scale with threads.\n- torch writes into a preallocated tensor (`out.copy_(src)`); "
-          "lowfp and ml_dtypes allocate their output.\n- Stochastic rounding: lowfp returns "
+          "lowfp and ml_dtypes are timed both allocating their output and writing into a "
+          "preallocated one (`out=`, `np.copyto`).\n- best anchor: the fastest of ml_dtypes, "
+          "ml_dtypes into and torch in the same row; memory limit: the fastest plain cast "
+          "between float32 and unsigned codes of the same width (the cast rows), into a "
+          "preallocated array, at the same thread count.\n- Stochastic rounding: lowfp returns "
           "codes; qtorch and gfloat return rounded floats (gfloat's time includes drawing its "
           f"23-bit random numbers with NumPy).\n- ‡ gfloat (`round_ndarray`, vectorized NumPy) "
           f"is timed on the first {GFLOAT_N:,} elements; its rate is extrapolated.\n"
