@@ -12,9 +12,6 @@ import lowfp
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-# Pages written on other branches at the same time; the lead empties this set when they are
-# merged (a link to a page listed here is accepted only while the page does not exist).
-PENDING = {"docs/research.md", "docs/benchmarks_codecs.md"}
 
 
 def _blocks(page):
@@ -51,14 +48,7 @@ def test_relative_links_point_at_files(page):
             continue
         path = (page.parent / target.split("#")[0]).resolve()
         rel = path.relative_to(ROOT).as_posix() if path.is_relative_to(ROOT) else str(path)
-        if rel in PENDING and not path.exists():
-            continue
         assert path.exists(), f"{page.name}: link to {target} ({rel}) has no file"
-
-
-def test_pending_pages_are_not_yet_merged():
-    merged = sorted(p for p in PENDING if (ROOT / p).exists())
-    assert not merged, f"remove {merged} from PENDING in tests/test_readme.py: they exist now"
 
 
 def test_formats_page_shows_the_commands_output():
