@@ -135,6 +135,13 @@ class _Mirror:
         self.lib, self.core, self.emu = lib, core, emu
         self.mirrors = {}  # address of the live parameter (or Muon state) → mirrored arrays
         self.calls = 0
+        self.plans = []  # the kept GroupPlan of each emulated launch
+
+    @staticmethod
+    def _states(op, entries):
+        cols = [[e[2] for e in entries], [e[3] for e in entries]] if op == "adamw" else [
+            [e[2] for e in entries]]
+        return [s for col in cols for s in col]
 
     def __getattr__(self, name):
         return getattr(self.core, name)
@@ -158,13 +165,15 @@ class _Mirror:
                 pytest.fail(f"call {self.calls}: {what} differs at {i}: host {a[i]!r} "
                             f"rust {b[i]!r}")
 
-    def _host_step(self, op, descs, block, seed, stochastic):
-        """Step mirrored descriptors: the host driver, or the emulated kernel launch."""
+    def _host_step(self, op, descs, block, seed, stochastic, plan=None):
+        """Step mirrored descriptors: the host driver, or the emulated kernel launch (of
+        `plan` when given: the one the CUDA path builds over its kept GroupPlan)."""
         if self.emu is None:
             return self.lib.lf_host_step(copt.OPS[op], _ptr(descs), len(descs), block,
                                          copt.tile_size(block), seed, int(stochastic), None, 0,
                                          None, 0, 0)
-        plan = copt.launch_plan(op, descs, block, seed, stochastic)
+        if plan is None:
+            plan = copt.launch_plan(op, descs, block, seed, stochastic)
         bad = np.zeros(1, np.uint32)
         assert plan["smem"] <= 48 * 1024  # the default dynamic shared memory limit
         rc = self.emu.lf_emu_launch(plan["grid"], plan["smem"], plan["args"][0],
@@ -190,7 +199,12 @@ class _Mirror:
             return lv.ctypes.data
         build = copt.adamw_descs if op == "adamw" else copt.sgd_descs
         descs = build(mirrored, block, addr, levels, offsets)
-        bad = self._host_step(op, descs, block, seed, stochastic)
+        plan = None
+        if self.emu is not None:  # the launch the CUDA path makes (kept group plan)
+            plan = copt.prepare(op, mirrored, block, seed, stochastic, addr, levels, offsets)
+            key = (op, block, *map(id, self._states(op, mirrored)))
+            self.plans.append(copt._GROUP_PLANS.get(key))
+        bad = self._host_step(op, descs, block, seed, stochastic, plan)
         assert bad == 0
         kw = {} if offsets is None else {"offsets": offsets}
         getattr(self.core, f"{op}_step_group")(entries, block, seed, stochastic, **kw)
@@ -348,6 +362,9 @@ def test_emulated_launch_of_a_1000_tensor_group_matches_rust(kernel_mirror):
         ps = [torch.nn.Parameter(torch.randn(n).to(dtype)) for n in sizes]
         opt = lopt.AdamW8bit(ps, lr=1e-2, min_quant_size=200, rounding="stochastic", seed=9)
         _run(opt, ps, steps=3)
+        # the group's plan was built by its first step and kept: steps 2 and 3 ran it
+        plans = kernel_mirror.plans[-3:]
+        assert plans[0] is not None and all(gp is plans[0] for gp in plans)
     assert kernel_mirror.calls == 6
 
 
@@ -606,3 +623,59 @@ def test_descriptor_cache_follows_the_state_objects():
     bad = (spec, np.zeros(999, np.uint8), np.zeros(8, np.float32), np.zeros(0, np.float32))
     with pytest.raises(ValueError, match="momentum_buffer: expected 1000 elements, got 999"):
         copt.sgd_descs([(p, p, bad, (0.1,) * 4, False, True, 0, 0, "float32")], 128, addr, lv)
+
+
+def test_group_plan_is_kept_until_the_group_changes():
+    """The tile plan and state columns of a group are built once and kept while its states are
+    the same objects with the same sizes: a replaced state, a resized parameter (which is then
+    named), another block size rebuild it; every launch equals one built from scratch."""
+    spec = {"codec": "dynamic", "bits": 8, "signed": True, "block": 128, "scale": "absmax",
+            "rounding": "nearest"}
+    addr, lv = (lambda a, arg: a.ctypes.data), (lambda a: 0)
+    rng = np.random.default_rng(4)
+    sizes = [int(n) for n in rng.integers(1, 3000, 1000)]
+
+    def state(n, block=128):
+        return (dict(spec, block=block), np.zeros(-(-n // 1), np.uint8),
+                np.zeros(-(-n // block), np.float32), np.zeros(0, np.float32))
+    ps = [np.zeros(n, np.float32) for n in sizes]
+    ms, vs = [state(n) for n in sizes], [np.zeros(n, np.float32) for n in sizes]
+
+    def entries(t, ps=ps, ms=ms, vs=vs):
+        sc = (0.99, 0.0, 0.1, 0.999, 0.001, 1e-8, 0.01 / t, 0.5)
+        return [(p, p, m, v, sc, ((t << 32) | i << 2, (t << 32) | i << 2 | 1),
+                 (t << 32) | i << 2 | 2, "float32") for i, (p, m, v) in enumerate(zip(ps, ms, vs))]
+
+    def fresh(es, block=128):  # the launch built from scratch, nothing kept
+        return copt.launch_plan("adamw", copt.adamw_descs(es, block, addr, lv), block, 3, True)
+
+    def same(a, b):
+        assert a["grid"] == b["grid"] and a["smem"] == b["smem"] and a["args"] == b["args"]
+        np.testing.assert_array_equal(a["meta"], b["meta"])
+
+    def key(ms=ms, vs=vs, block=128):
+        return ("adamw", block, *map(id, ms), *map(id, vs))
+    plans = []
+    for t in (1, 2, 3):
+        es = entries(t)
+        got = copt.prepare("adamw", es, 128, 3, True, addr, lv)
+        plans.append(copt._GROUP_PLANS[key()])
+        same(got, fresh(es))
+    assert plans[1] is plans[0] and plans[2] is plans[0]
+    # a replaced state: rebuilt, with the new state's addresses
+    ms2 = list(ms)
+    ms2[500] = state(sizes[500])
+    es = entries(4, ms=ms2)
+    got = copt.prepare("adamw", es, 128, 3, True, addr, lv)
+    assert copt._GROUP_PLANS[key(ms=ms2)] is not plans[0]
+    same(got, fresh(es))
+    d = np.frombuffer(got["meta"][8 * 1001:].tobytes(), copt.TENSOR_DESC)
+    assert d["st"][500, 0]["data"] == ms2[500][1].ctypes.data
+    # a resized parameter: rebuilt, so its states are checked again and the mismatch named
+    ps2 = list(ps)
+    ps2[7] = np.zeros(sizes[7] + 1, np.float32)
+    with pytest.raises(ValueError, match="exp_avg: expected"):
+        copt.prepare("adamw", entries(5, ps=ps2), 128, 3, True, addr, lv)
+    # another block size: its own plan (here the states' block sizes do not match: named)
+    with pytest.raises(ValueError, match="block size 128 differs from the step's 256"):
+        copt.prepare("adamw", entries(6), 256, 3, True, addr, lv)
