@@ -69,7 +69,7 @@ def emu(tmp_path_factory):
     subprocess.run(cmd, check=True, capture_output=True, text=True)
     lib = ctypes.CDLL(str(out))
     lib.lf_emu_launch.argtypes = [U64, U64, ctypes.c_int, P, U64, U32, U32, U64, ctypes.c_int,
-                                  U32, U32, P, P, I64, P, I64, I64]
+                                  U32, U32, U32, P, P, I64, P, I64, I64]
     lib.lf_emu_check.argtypes = [U64, P, U64, U32, P, U32]
     return lib
 
@@ -139,9 +139,8 @@ class _Mirror:
 
     @staticmethod
     def _states(op, entries):
-        cols = [[e[2] for e in entries], [e[3] for e in entries]] if op == "adamw" else [
-            [e[2] for e in entries]]
-        return [s for col in cols for s in col]
+        cols = {"adamw": [2, 3], "adamw_amsgrad": [2, 3, 8], "sgd": [2]}[op]
+        return [e[k] for k in cols for e in entries]
 
     def __getattr__(self, name):
         return getattr(self.core, name)
@@ -197,7 +196,8 @@ class _Mirror:
         def levels(lv):
             lv_keep.append(lv)
             return lv.ctypes.data
-        build = copt.adamw_descs if op == "adamw" else copt.sgd_descs
+        build = {"adamw": copt.adamw_descs, "adamw_amsgrad": copt.adamw_amsgrad_descs,
+                 "sgd": copt.sgd_descs}[op]
         descs = build(mirrored, block, addr, levels, offsets)
         plan = None
         if self.emu is not None:  # the launch the CUDA path makes (kept group plan)
@@ -218,6 +218,11 @@ class _Mirror:
     def adamw_step_group(self, entries, block, seed, stochastic, offsets=None):
         self._group("adamw", entries, block, seed, stochastic, lambda e: [e[2], e[3]],
                     lambda e, p, g, s: (p, g, s[0], s[1], *e[4:]), offsets)
+
+    def adamw_amsgrad_step_group(self, entries, block, seed, stochastic, offsets=None):
+        self._group("adamw_amsgrad", entries, block, seed, stochastic,
+                    lambda e: [e[2], e[3], e[8]],
+                    lambda e, p, g, s: (p, g, s[0], s[1], *e[4:8], s[2], e[9]), offsets)
 
     def sgd_step_group(self, entries, block, seed, stochastic, offsets=None):
         self._group("sgd", entries, block, seed, stochastic, lambda e: [e[2]],
@@ -301,6 +306,26 @@ def test_adamw_steps_match_rust(mirror, preset, rounding):
         mirror.mirrors.clear()  # a fresh optimizer: mirror its new states
         _run(opt, f32 + bf16)
     assert mirror.calls == 2 * 2 * STEPS
+
+
+@pytest.mark.parametrize("launch", ["mirror", "kernel_mirror"])
+@pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
+@pytest.mark.parametrize("preset", ["fp32", "AdamW8bit", "AdamW4bit", "SOLO3"])
+def test_adamw_amsgrad_steps_match_rust(request, launch, preset, rounding):
+    """AMSGrad (a third state, the running maximum of v, with v's codec): N steps of the tile
+    function (host driver, then the emulated kernel launch) equal `adamw_amsgrad_step_group`
+    of the Rust core, float32 and bfloat16 parameters, both parameter roundings."""
+    m = request.getfixturevalue(launch)
+    f32, bf16 = _params(), _params(torch.bfloat16)
+    groups = [{"params": f32}, {"params": bf16, "weight_decay": 0.1, "decoupled": False}]
+    for param_rounding in ("stochastic", "nearest"):
+        opt = PRESETS[preset](groups, lr=1e-2, rounding=rounding, min_quant_size=1000,
+                              seed=321, param_rounding=param_rounding, amsgrad=True)
+        m.mirrors.clear()
+        _run(opt, f32 + bf16)
+        st = opt.state[f32[0]]
+        assert any(k.startswith("max_exp_avg_sq") for k in st)
+    assert m.calls == 2 * 2 * STEPS
 
 
 def test_adamw_float16_parameters_match_rust(mirror):

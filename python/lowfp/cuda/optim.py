@@ -1,6 +1,7 @@
 """Fused optimizer steps on CUDA tensors: the multi-tensor kernels of
 ``kernels/lowfp_optim.cu`` behind the entry formats of the Rust core's
-``_core.adamw_step_group`` / ``sgd_step_group`` / ``muon_momentum``.
+``_core.adamw_step_group`` / ``adamw_amsgrad_step_group`` / ``sgd_step_group`` /
+``muon_momentum``.
 
 One launch per call (a param group): the tensors' descriptors (addresses, sizes, the step's
 float32 scalars, streams, state layouts) go to the device as one byte array, and the kernel
@@ -26,7 +27,9 @@ from ..formats import format as _format
 from ._params import MODES, format_args
 
 #: LF_OP_* of lowfp_optim.cuh.
-OPS = {"adamw": 0, "sgd": 1, "muon": 2}
+OPS = {"adamw": 0, "sgd": 1, "muon": 2, "adamw_amsgrad": 3}
+#: LF_MAX_STATES of lowfp_optim.cuh: states per tensor (AMSGrad: m, v, v_max).
+MAX_STATES = 3
 #: LF_ST_* of lowfp_optim.cuh.
 ST_F32, ST_EXMY, ST_TABLE, ST_LOGQ = 1, 2, 3, 4
 #: LF_IN_* of the parameter kinds.
@@ -43,7 +46,8 @@ STATE_DESC = np.dtype([
 ])
 TENSOR_DESC = np.dtype([
     ("n", _U8), ("pkind", _I8), ("param", _U8), ("grad", _U8), ("pstream", _U8),
-    ("offset", _U8), ("nesterov", _I8), ("first", _I8), ("hp", _F8, (8,)), ("st", STATE_DESC, (2,)),
+    ("offset", _U8), ("nesterov", _I8), ("first", _I8), ("hp", _F8, (8,)),
+    ("st", STATE_DESC, (MAX_STATES,)),
     ("t", _I8), ("pending", _U8),
 ])
 #: LF_SKIP_BITS of lowfp_optim.cuh: steps whose skip the host may not have seen yet.
@@ -284,7 +288,7 @@ def group_plan(op: str, states: Sequence[Sequence], ns: Sequence[int], block: in
         _GROUP_PLANS[key] = _GROUP_PLANS.pop(key)  # most recently used last
         return gp
     m = len(ns)
-    st = np.zeros((m, 2), STATE_DESC)
+    st = np.zeros((m, MAX_STATES), STATE_DESC)
     for j, (col, arg) in enumerate(zip(states, args)):
         _fill_states(st[:, j], col, [0] * m, ns, block, addr, levels, arg)
     gp = GroupPlan((), nsa, st, tile_plan(nsa, st, block))
@@ -306,10 +310,14 @@ def _descs(op: str, entries: Sequence, block: int, addr, levels,
     if not len(entries):
         return out, None
     out["offset"] = _offsets(offsets, len(entries))
-    if op == "adamw":
+    if op in ("adamw", "adamw_amsgrad"):
         p, g, m, v, scalars, streams, pstream, kind = zip(*[e[:8] for e in entries])
-        cols, args = [m, v], ("exp_avg", "exp_avg_sq")
+        cols, args = [m, v], ["exp_avg", "exp_avg_sq"]
         sts = [[s[0] for s in streams], [s[1] for s in streams]]
+        if op == "adamw_amsgrad":  # (…, kind, max_exp_avg_sq, its stream)
+            cols.append([e[8] for e in entries])
+            args.append("max_exp_avg_sq")
+            sts.append([e[9] for e in entries])
         out["hp"] = _hp(scalars)
     else:
         p, g, b, hp, nesterov, first, stream, pstream, kind = zip(*entries)
@@ -333,6 +341,13 @@ def adamw_descs(entries: Sequence, block: int, addr, levels,
     scalars (8), (stream_m, stream_v), param_stream, kind); `offsets`: each tensor's first
     element in a larger one (FSDP shards), keying stochastic rounding as in Rust."""
     return _descs("adamw", entries, block, addr, levels, offsets)[0]
+
+
+def adamw_amsgrad_descs(entries: Sequence, block: int, addr, levels,
+                        offsets: Sequence[int] | None = None) -> np.ndarray:
+    """Descriptors of `_core.adamw_amsgrad_step_group` entries: an AdamW entry, then
+    (max_exp_avg_sq, its stream)."""
+    return _descs("adamw_amsgrad", entries, block, addr, levels, offsets)[0]
 
 
 def sgd_descs(entries: Sequence, block: int, addr, levels,
@@ -413,7 +428,7 @@ def _cuda_addr(device: Any) -> Callable[[Any], int]:
 
 def tile_plan(ns: np.ndarray, st: np.ndarray, block: int) -> Tuple[np.ndarray, int, list]:
     """(tile prefix, dynamic shared memory bytes, log-quantile level counts per state column)
-    of a launch over tensors of sizes `ns` with state columns `st` (STATE_DESC, m × 2)."""
+    of a launch over tensors of sizes `ns` with state columns `st` (STATE_DESC, m × 3)."""
     n = np.asarray(ns, np.uint64)
     tile = tile_size(block)
     tiles = (n + np.uint64(tile - 1)) // np.uint64(tile)
@@ -421,12 +436,14 @@ def tile_plan(ns: np.ndarray, st: np.ndarray, block: int) -> Tuple[np.ndarray, i
     np.cumsum(tiles, out=prefix[1:])
     nb = tile // block
     nlev = []
-    for k in range(2):
+    for k in range(MAX_STATES):
         logq = st["log_bits"][:, k][st["kind"][:, k] == ST_LOGQ]
         nlev.append(int(1 << int(logq.max())) if logq.size else 0)
-    # shared memory: vals (2 × tile f32), amax (2·nb u32), sel (3·nb u32), levels per log
-    # state (f32), codes (tile u8)
-    smem = 8 * tile + 20 * nb + 4 * nb * (nlev[0] + nlev[1]) + tile
+    # shared memory (lowfp_optim.cu), nv = 3 with a third state (AMSGrad) else 2: vals
+    # (nv × tile f32), amax (nv·nb u32), sel (3·nb u32), levels per log state (f32), codes
+    # (tile u8)
+    nv = 3 if (st["kind"][:, 2] != 0).any() else 2
+    smem = 4 * nv * tile + 4 * (nv + 3) * nb + 4 * nb * sum(nlev) + tile
     return prefix, (smem + 15) // 16 * 16, nlev
 
 
@@ -448,14 +465,15 @@ def launch_plan(op: str, descs: np.ndarray, block: int, seed: int, param_stochas
         parts.append(np.ascontiguousarray(tab, np.float64).reshape(-1).view(np.uint8))
     meta = np.concatenate(parts)
     args = (OPS[op], len(descs), block, tile_size(block), int(seed) & (2**64 - 1),
-            int(bool(param_stochastic)), nlev[0], nlev[1])
+            int(bool(param_stochastic)), nlev[0], nlev[1], nlev[2])
     return dict(grid=int(prefix[-1]), smem=smem, meta=meta, args=args, tab_offset=tab_offset)
 
 
 def prepare(op: str, entries: Sequence, block: int, seed: int, param_stochastic: bool, addr,
             levels, offsets: Sequence[int] | None = None,
             ctx: "StepContext | None" = None) -> Dict[str, Any]:
-    """The launch plan of one step of a group (`op`: "adamw" or "sgd"): descriptors from the
+    """The launch plan of one step of a group (`op`: "adamw", "adamw_amsgrad" or "sgd"):
+    descriptors from the
     entries over the group's kept GroupPlan, the device-skip inputs of `ctx`."""
     descs, gp = _descs(op, entries, block, addr, levels, offsets)
     tab = None
@@ -501,7 +519,7 @@ def _launch(op: str, descs: np.ndarray | None, block: int, seed: int, param_stoc
         plan = launch_plan(op, descs, block, seed, param_stochastic, tab)
     if plan["grid"] == 0:
         return
-    o, count, blk, tile, sd, ps, nl0, nl1 = plan["args"]
+    o, count, blk, tile, sd, ps, nl0, nl1, nl2 = plan["args"]
     dmeta = cp.asarray(plan["meta"])
     bad = cp.zeros(1, cp.uint32)
     word, bit, tab_ptr, t0, ntab = 0, 0, 0, 0, 0
@@ -512,8 +530,9 @@ def _launch(op: str, descs: np.ndarray | None, block: int, seed: int, param_stoc
     kernel = _module(cp.cuda.Device().id).get_function("lf_optim_step")
     kernel((plan["grid"],), (256,),
            (np.int32(o), dmeta, np.uint64(count), np.uint32(blk), np.uint32(tile), np.uint64(sd),
-            np.int32(ps), np.uint32(nl0), np.uint32(nl1), bad, np.uint64(word), np.int64(bit),
-            np.uint64(tab_ptr), np.int64(t0), np.int64(ntab)), shared_mem=plan["smem"])
+            np.int32(ps), np.uint32(nl0), np.uint32(nl1), np.uint32(nl2), bad, np.uint64(word),
+            np.int64(bit), np.uint64(tab_ptr), np.int64(t0), np.int64(ntab)),
+           shared_mem=plan["smem"])
     # `bad` (levels that collide: a log code with too many bits for its base; 8: a step
     # number outside the table) stays on the device; reading it would synchronize. The
     # optimizers' presets cannot reach it.
@@ -552,6 +571,34 @@ def adamw_step_group(entries: Sequence, block: int, seed: int, param_stochastic:
         plan = prepare("adamw", entries, block, seed, param_stochastic,
                        _cuda_addr(_torch_device(entries)), _device_levels(cp), offsets, ctx)
         _launch("adamw", None, block, seed, param_stochastic, cp, ctx, plan)
+
+
+def adamw_amsgrad_step_group(entries: Sequence, block: int, seed: int, param_stochastic: bool,
+                             offsets: Sequence[int] | None = None,
+                             ctx: "StepContext | None" = None) -> None:
+    """`_core.adamw_amsgrad_step_group` for CUDA tensors: one launch, on torch's current
+    stream.
+
+    Args:
+        entries: per tensor an adamw_step_group entry, then (max_exp_avg_sq, its stream): the
+            running maximum of the second moment, a float32 tensor or (spec, packed, scales,
+            alphas) like the other states.
+        block, seed, param_stochastic, offsets, ctx: as adamw_step_group.
+
+    Raises:
+        As adamw_step_group.
+    """
+    from ._loader import cupy
+    from .codec import _device_id, _stream
+
+    cp = cupy()
+    if not entries:
+        return
+    _check_capture()
+    with cp.cuda.Device(_device_id(entries[0][0])), _stream(entries[0][0]):
+        plan = prepare("adamw_amsgrad", entries, block, seed, param_stochastic,
+                       _cuda_addr(_torch_device(entries)), _device_levels(cp), offsets, ctx)
+        _launch("adamw_amsgrad", None, block, seed, param_stochastic, cp, ctx, plan)
 
 
 def sgd_step_group(entries: Sequence, block: int, seed: int, param_stochastic: bool,
