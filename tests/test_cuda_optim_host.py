@@ -524,7 +524,7 @@ class _Entry:
         self.st = {"step": torch.zeros(())}
 
 
-@pytest.mark.parametrize("op", ["adamw", "sgd"])
+@pytest.mark.parametrize("op", ["adamw", "sgd", "adamw_amsgrad"])
 @pytest.mark.parametrize("lag,steps", [(0, 6), (2, 12), (1000, 34)])
 def test_device_skip_protocol_matches_rust_skipping_on_the_host(host, emu, op, lag, steps):
     """The device skip end to end on the host: DeviceSkip (ring bits, pending masks, scalar
@@ -550,8 +550,10 @@ def test_device_skip_protocol_matches_rust_skipping_on_the_host(host, emu, op, l
         w = rng.standard_normal(n).astype(np.float32)
         if kind == "bfloat16":
             w = (w.view(np.uint32) >> 16).astype(np.uint16)
-        codecs = ((lowfp.Linear(8), lowfp.Log(3, zero=False, quantile=0.05)) if op == "adamw"
-                  else (lowfp.Dynamic(8),))
+        codecs = {"adamw": (lowfp.Linear(8), lowfp.Log(3, zero=False, quantile=0.05)),
+                  "adamw_amsgrad": (lowfp.Linear(8), lowfp.Log(3, zero=False, quantile=0.05),
+                                    lowfp.Log(3, zero=False, quantile=0.05)),
+                  "sgd": (lowfp.Dynamic(8),)}[op]
         sts = [_packed_state(c, n, block, "stochastic", rng) for c in codecs]
         rust.append([w, sts])
         dev.append([w.copy(), [(st[0], *(a.copy() for a in st[1:])) for st in sts]])
@@ -585,17 +587,19 @@ def test_device_skip_protocol_matches_rust_skipping_on_the_host(host, emu, op, l
         items = []
         for i, ((w, sts), e, g) in enumerate(zip(dev, entries, grads)):
             stream = (e.t << 32) | (i << 2)
-            if op == "adamw":
+            if op != "sgd":
                 items.append((w, g, sts[0], sts[1], scalars_at(e.t), (stream, stream | 1),
-                              stream | 2, kinds[i]))
+                              stream | 2, kinds[i])
+                              + ((sts[2], stream | 3) if len(sts) > 2 else ()))
             else:
                 items.append((w, g, sts[0], (0.05, 0.9, 1.0, 1e-3), True, e.t == 1, stream,
                               stream | 2, kinds[i]))
         addr = lambda a, arg: a.ctypes.data  # noqa: E731
-        build = copt.adamw_descs if op == "adamw" else copt.sgd_descs
+        build = {"adamw": copt.adamw_descs, "adamw_amsgrad": copt.adamw_amsgrad_descs,
+                 "sgd": copt.sgd_descs}[op]
         descs = build(items, block, addr, lambda lv: lv.ctypes.data)
         ctx = ds.context([e.p for e in entries], [e.t for e in entries],
-                         scalars_at if op == "adamw" else None)
+                         scalars_at if op != "sgd" else None)
         descs["pending"] = ctx.pending
         plan = copt.launch_plan(op, descs, block, seed, True, ctx.tab)
         bad = np.zeros(1, np.uint32)
@@ -612,9 +616,10 @@ def test_device_skip_protocol_matches_rust_skipping_on_the_host(host, emu, op, l
             ref = []
             for i, ((w, sts), g) in enumerate(zip(rust, grads)):
                 stream = (t_true << 32) | (i << 2)
-                if op == "adamw":
+                if op != "sgd":
                     ref.append((w, g, sts[0], sts[1], scalars_at(t_true), (stream, stream | 1),
-                                stream | 2, kinds[i]))
+                                stream | 2, kinds[i])
+                               + ((sts[2], stream | 3) if len(sts) > 2 else ()))
                 else:
                     ref.append((w, g, sts[0], (0.05, 0.9, 1.0, 1e-3), True, t_true == 1,
                                 stream, stream | 2, kinds[i]))
