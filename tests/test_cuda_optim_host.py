@@ -328,6 +328,22 @@ def test_adamw_amsgrad_steps_match_rust(request, launch, preset, rounding):
     assert m.calls == 2 * 2 * STEPS
 
 
+@pytest.mark.parametrize("launch", ["mirror", "kernel_mirror"])
+def test_p3109_state_formats_match_rust(request, launch):
+    """States in P3109 formats (infinities without IEEE NaNs: the signed one's largest finite
+    code is 0x7E, the unsigned one's 0xFD), saturating like every ExMy state: N steps equal
+    Rust's, with and without AMSGrad."""
+    m = request.getfixturevalue(launch)
+    ps = _params() + _params(torch.bfloat16)
+    for amsgrad in (False, True):
+        m.mirrors.clear()
+        opt = lopt.AdamW(ps, lr=1e-2, exp_avg=lowfp.format("p3109_k8p4se"),
+                         exp_avg_sq=lowfp.format("p3109_k8p3ue"), block_size=64,
+                         min_quant_size=1000, rounding="stochastic", amsgrad=amsgrad)
+        _run(opt, ps)
+    assert m.calls == 2 * STEPS
+
+
 def test_adamw_float16_parameters_match_rust(mirror):
     ps = _params(torch.float16)
     opt = lopt.AdamW8bit(ps, lr=1e-3, min_quant_size=0, rounding="stochastic")
