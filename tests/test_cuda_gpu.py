@@ -165,7 +165,7 @@ def _assert_bits_equal(a, b, what):
 
 @pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
 @pytest.mark.parametrize("preset", ["fp32", "AdamW8bit", "AdamW4bit", "AdamWFp8", "SOLO3",
-                                    "SOLO2"])
+                                    "SOLO2", "P3109"])
 def test_adamw_gpu_steps_equal_cpu_steps(preset, rounding, amsgrad=False):
     """N steps of every preset on CUDA tensors == N steps on the CPU (Rust), bit for bit:
     parameters (float32 and bfloat16, sizes not multiples of the block, one with float32

@@ -290,6 +290,8 @@ PRESETS = {
     "AdamWFp8": lambda ps, **kw: lopt.AdamWFp8(ps, **kw),
     "SOLO3": lambda ps, **kw: lopt.SOLO(ps, bits=3, **kw),
     "SOLO2": lambda ps, **kw: lopt.SOLO(ps, bits=2, **kw),
+    "P3109": lambda ps, **kw: lopt.AdamW(ps, exp_avg=lowfp.format("p3109_k8p4se"),
+                                         exp_avg_sq=lowfp.format("p3109_k8p3ue"), **kw),
 }
 
 
