@@ -305,7 +305,8 @@ def group_plan(op: str, states: Sequence[Sequence], ns: Sequence[int], block: in
 
 def _descs(op: str, entries: Sequence, block: int, addr, levels,
            offsets: Sequence[int] | None) -> Tuple[np.ndarray, GroupPlan | None]:
-    """(descriptors, group plan) of `_core.adamw_step_group` / `sgd_step_group` entries."""
+    """(descriptors, group plan) of `_core.adamw_step_group` / `adamw_amsgrad_step_group` /
+    `sgd_step_group` entries."""
     out = np.zeros(len(entries), TENSOR_DESC)
     if not len(entries):
         return out, None
@@ -473,8 +474,8 @@ def prepare(op: str, entries: Sequence, block: int, seed: int, param_stochastic:
             levels, offsets: Sequence[int] | None = None,
             ctx: "StepContext | None" = None) -> Dict[str, Any]:
     """The launch plan of one step of a group (`op`: "adamw", "adamw_amsgrad" or "sgd"):
-    descriptors from the
-    entries over the group's kept GroupPlan, the device-skip inputs of `ctx`."""
+    descriptors from the entries over the group's kept GroupPlan, the device-skip inputs of
+    `ctx`. The CUDA steps launch it; the host check runs it."""
     descs, gp = _descs(op, entries, block, addr, levels, offsets)
     tab = None
     if ctx is not None:

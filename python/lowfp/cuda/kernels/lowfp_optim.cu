@@ -1,6 +1,6 @@
 // lowfp_optim.cu — multi-tensor fused optimizer steps (AdamW with or without AMSGrad, SGD
-// momentum, Muon momentum),
-// compiled by CuPy (NVRTC, --fmad=false) with the kernels directory on the include path.
+// momentum, Muon momentum), compiled by CuPy (NVRTC, --fmad=false) with the kernels directory
+// on the include path.
 //
 // Design notes
 // - One launch per param group: `meta` holds the tile prefix (count + 1 u64: tiles before each
@@ -47,8 +47,9 @@ extern "C" __global__ void lf_optim_check(const unsigned char* meta, lf_u64 coun
 extern "C" __global__ void lf_optim_step(int op, const unsigned char* meta, lf_u64 count,
                                          lf_u32 block, lf_u32 tile, lf_u64 seed,
                                          int param_stochastic, lf_u32 nlev0, lf_u32 nlev1,
-                                         lf_u32 nlev2, lf_u32* bad, const lf_u32* word, lf_i64 bit,
-                                         const double* tab, lf_i64 t0, lf_i64 ntab) {
+                                         lf_u32 nlev2, lf_u32* bad, const lf_u32* word,
+                                         lf_i64 bit, const double* tab, lf_i64 t0,
+                                         lf_i64 ntab) {
     extern __shared__ float lf_smem[];
     const lf_u64* prefix = (const lf_u64*)meta;
     const lf_tensor_desc* descs = (const lf_tensor_desc*)(meta + 8 * (count + 1));
