@@ -165,8 +165,8 @@ def _assert_bits_equal(a, b, what):
 
 @pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
 @pytest.mark.parametrize("preset", ["fp32", "AdamW8bit", "AdamW4bit", "AdamWFp8", "SOLO3",
-                                    "SOLO2"])
-def test_adamw_gpu_steps_equal_cpu_steps(preset, rounding):
+                                    "SOLO2", "P3109"])
+def test_adamw_gpu_steps_equal_cpu_steps(preset, rounding, amsgrad=False):
     """N steps of every preset on CUDA tensors == N steps on the CPU (Rust), bit for bit:
     parameters (float32 and bfloat16, sizes not multiples of the block, one with float32
     states), packed codes, scales and bases."""
@@ -180,7 +180,7 @@ def test_adamw_gpu_steps_equal_cpu_steps(preset, rounding):
     for ps32, ps16 in ((c32, c16), (g32, g16)):
         groups = [{"params": ps32}, {"params": ps16, "weight_decay": 0.1, "decoupled": False}]
         opts.append(PRESETS[preset](groups, lr=1e-2, rounding=rounding, min_quant_size=1000,
-                                    seed=123))
+                                    seed=123, amsgrad=amsgrad))
     for t in range(STEPS):
         _same_grads(c32 + c16, g32 + g16, t)
         for opt in opts:
@@ -196,12 +196,25 @@ def test_adamw_gpu_steps_equal_cpu_steps(preset, rounding):
             _assert_bits_equal(sa[k], sb[k], f"param {i} state {k}")
 
 
-def test_adamw8bit_1000_tensors_one_launch():
+@pytest.mark.parametrize("preset", ["fp32", "AdamW8bit", "SOLO3"])
+def test_adamw_amsgrad_gpu_steps_equal_cpu_steps(preset):
+    """AMSGrad (the third state, v_max, in the same fused kernel): N GPU steps == N CPU
+    steps, bit for bit, as test_adamw_gpu_steps_equal_cpu_steps."""
+    test_adamw_gpu_steps_equal_cpu_steps(preset, "stochastic", amsgrad=True)
+
+
+def test_adamw8bit_1000_tensors_one_launch(monkeypatch):
     """A group of 1000 small tensors and three large ones (one kernel launch per step) equals
-    the CPU after 5 steps, with stochastic state and bfloat16 parameter rounding."""
+    the CPU after 5 steps, with stochastic state and bfloat16 parameter rounding; the group's
+    tile plan is built by its first step only."""
     from test_cuda_optim_host import STEPS
 
     import lowfp.optim
+    from lowfp.cuda import optim as copt
+
+    built = []
+    tile_plan = copt.tile_plan
+    monkeypatch.setattr(copt, "tile_plan", lambda *a: built.append(1) or tile_plan(*a))
 
     torch = _torch()
     rng = np.random.default_rng(5)
@@ -214,6 +227,7 @@ def test_adamw8bit_1000_tensors_one_launch():
         _same_grads(cpu, gpu, t)
         for opt in opts:
             opt.step()
+    assert len(built) == 1
     for i, (a, b) in enumerate(zip(cpu, gpu)):
         _assert_bits_equal(a, b, f"param {i}")
         for k in opts[0].state[a]:
@@ -332,7 +346,7 @@ def test_adamw_state_dict_moves_between_gpu_and_cpu():
 # ---------------------------------------------------------------- issue 16: device skip, options
 
 
-@pytest.mark.parametrize("make", ["AdamW8bit", "SOLO3", "SGD"])
+@pytest.mark.parametrize("make", ["AdamW8bit", "SOLO3", "SGD", "AdamW8bit_amsgrad"])
 def test_nonfinite_steps_skip_on_the_device_like_the_cpu(make):
     """Steps with a NaN or inf gradient are skipped on the device (no host synchronization:
     torch's sync debug mode raises on any synchronizing torch call inside step()), and 8 GPU
@@ -347,7 +361,8 @@ def test_nonfinite_steps_skip_on_the_device_like_the_cpu(make):
     torch = _torch()
     factories = dict(PRESETS, SGD=lambda ps, **kw: lowfp.optim.SGD(
         ps, momentum=0.9, momentum_codec=lowfp.Dynamic(8), lr=kw["lr"],
-        min_quant_size=kw["min_quant_size"], rounding="stochastic"))
+        min_quant_size=kw["min_quant_size"], rounding="stochastic"),
+        AdamW8bit_amsgrad=lambda ps, **kw: lowfp.optim.AdamW8bit(ps, amsgrad=True, **kw))
     cpu, gpu = _twin_params([(300, 70), (5000,), (64,)], torch.float32, seed=2)
     oc, og = (factories[make](ps, lr=1e-2, min_quant_size=1000) for ps in (cpu, gpu))
     for t in range(8):

@@ -35,7 +35,17 @@ SPECS = [
     "e1m0f", "e1m1fu", "e2m0fu", "e3m1", "e5m6b20f", "e8m3ns", "e6m9fnu", "e7m12fnuz",
     "e4m4fns", "e8m23u", "e2m5b0f", "e8m10", "e5m7b31fnuz", "e3m2b-3", "e8m2b140fn",
 ]
-FORMATS = [f.name for f in lowfp.formats()] + SPECS
+#: Infinities without IEEE NaNs (P3109 style: `nan="negzero"` signed, NaN at 1 00…0 and ±inf
+#: at S 11…1; `nan="max"` unsigned, NaN at 11…1 and +inf at 11…0): the P3109 extended formats
+#: of several widths and precisions (k19p11: > 16-bit codes) and generic ones with other
+#: biases, no subnormals and 1-bit fields.
+P3109 = [
+    "p3109_k8p1se", "p3109_k8p3se", "p3109_k8p4se", "p3109_k8p5se", "p3109_k8p7se",
+    "p3109_k8p1ue", "p3109_k8p4ue", "p3109_k8p8ue", "p3109_k3p1se", "p3109_k4p2ue",
+    "p3109_k6p3se", "p3109_k12p5se", "p3109_k16p8se", "p3109_k19p11se", "e3m2b5infnu",
+    "e3m2b2infuz", "e4m3infuzns", "e1m1infnu",
+]
+FORMATS = [f.name for f in lowfp.formats()] + SPECS + P3109
 
 U32 = ctypes.c_uint32
 U64 = ctypes.c_uint64
@@ -56,6 +66,7 @@ def host(tmp_path_factory):
     lib.lf_host_encode.argtypes = [P, ctypes.c_int, U64, U32, U32, I32, U32, ctypes.c_int,
                                    U64, U64, U64, P, P, ctypes.POINTER(U64)]
     lib.lf_host_encode.restype = U32
+    lib.lf_host_format_codes.argtypes = [U32, U32, I32, U32, P]
     lib.lf_host_decode.argtypes = [P, U64, U32, U32, I32, U32, ctypes.c_int, P]
     lib.lf_host_quantize.argtypes = [P, ctypes.c_int, U64, U32, U32, I32, U32, ctypes.c_int,
                                      U64, U64, U64, P]
@@ -195,6 +206,36 @@ def test_encode_bad_elements_flagged_like_rust(host, name, bad_value, flag):
 
 
 @pytest.mark.parametrize("name", FORMATS)
+def test_special_codes_match_rust(host, name):
+    """The codes the header's format setup derives (by NaN kind, P3109 style included) are the
+    Rust core's: the largest finite code decodes to `max` and is what `max` encodes to, the
+    inf code decodes to +inf and is what +inf encodes to, the NaN codes decode to NaN, and the
+    overflow code is where a value past max goes (inf, NaN, or max when saturating)."""
+    f = lowfp.format(name)
+    for overflow in ("nonfinite", "saturate"):
+        out = np.empty(5, np.uint32)
+        host.lf_host_format_codes(*format_args(f, overflow), _ptr(out))
+        max_code, inf_code, nan_pos, nan_neg, ovf = (int(c) for c in out)
+        dt = f.code_dtype
+        assert lowfp.decode(np.array([max_code], dt), f, dtype=np.float64)[0] == f.max
+        big = np.array([f.max, f.max * 4], np.float64)
+        want = lowfp.encode(big, f, overflow=overflow, nan="zero")
+        assert int(want[0]) == max_code
+        if f.inf:
+            assert lowfp.decode(np.array([inf_code], dt), f, dtype=np.float64)[0] == np.inf
+            assert int(lowfp.encode(np.array([np.inf]), f, overflow=overflow)[0]) == (
+                inf_code if overflow == "nonfinite" else max_code)
+        if f.nan != "none":
+            nans = lowfp.decode(np.array([nan_pos, nan_neg], dt), f, dtype=np.float64)
+            assert np.isnan(nans).all()
+            assert int(lowfp.encode(np.array([np.nan]), f)[0]) == nan_pos
+        if ovf != 0xFFFFFFFF:  # 0xFFFFFFFF: the header's marker for "NaN with the sign"
+            assert int(want[1]) == ovf
+        else:
+            assert int(want[1]) == nan_pos and overflow == "nonfinite" and not f.inf
+
+
+@pytest.mark.parametrize("name", FORMATS)
 def test_decode_every_code_matches_rust(host, name):
     f = lowfp.format(name)
     if f.bits <= 16:
@@ -299,6 +340,8 @@ BLOCKWISE = [
     ("float8_e4m3fn", 32, "e8m0_ceil"), ("float6_e2m3fn", 32, "e8m0_even"),
     ("float4_e2m1fn", 32, "e8m0_rceil"), ("float8_e5m2", 64, "e8m0_even"),
     ("e3m2b-3", 32, "e8m0_rceil"), ("e3m2b-3", 32, "e8m0_ceil"),
+    ("p3109_k8p4se", 32, "absmax"), ("p3109_k8p3se", 32, "e8m0_rceil"),
+    ("p3109_k6p3se", 64, "e4m3"),
 ]
 
 
@@ -374,7 +417,8 @@ def _with_nonfinite(n, block, seed):
 OCP_CASES = [("mxfp8", None, None), ("mxfp4", None, None), ("nvfp4", None, None),
              ("float8_e4m3fn", 128, "absmax"), ("float4_e2m1fn", 32, "e8m0_rceil"),
              ("float6_e2m3fn", 32, "e8m0_even"), ("float8_e5m2", 64, "e8m0_ceil"),
-             (lowfp.Linear(4), 64, "absmax"), (lowfp.Dynamic(8), 128, "e8m0")]
+             (lowfp.Linear(4), 64, "absmax"), (lowfp.Dynamic(8), 128, "e8m0"),
+             ("p3109_k8p4se", 32, "e8m0")]
 
 
 @pytest.mark.parametrize("codec,block,scale", OCP_CASES, ids=lambda v: repr(v))
@@ -499,7 +543,11 @@ def test_cuda_tensor_without_cupy_says_what_to_install(no_cupy):
                  lambda: lowfp.quantize_blockwise(x, "mxfp4", nonfinite="ocp"),
                  lambda: lowfp.quantize_blockwise(x, lowfp.Log(4, quantile=0.1)),
                  lambda: lowfp.decode(FakeCudaTensor("uint8"), "e4m3"),
-                 lambda: lowfp.pack(FakeCudaTensor("uint8"), 4)):
+                 lambda: lowfp.pack(FakeCudaTensor("uint8"), 4),
+                 # P3109 formats (infinities without IEEE NaNs) go to the device too
+                 lambda: lowfp.encode(x, "p3109_k8p4se"), lambda: lowfp.quantize(x, "p3109_k8p4ue"),
+                 lambda: lowfp.decode(FakeCudaTensor("uint8"), "p3109_k8p3se"),
+                 lambda: lowfp.quantize_blockwise(x, lowfp.format("p3109_k8p4se"), block_size=32)):
         with pytest.raises(ImportError, match=r"lowfp\[cuda\].*cupy-cuda12x"):
             call()
 

@@ -69,7 +69,7 @@ def emu(tmp_path_factory):
     subprocess.run(cmd, check=True, capture_output=True, text=True)
     lib = ctypes.CDLL(str(out))
     lib.lf_emu_launch.argtypes = [U64, U64, ctypes.c_int, P, U64, U32, U32, U64, ctypes.c_int,
-                                  U32, U32, P, P, I64, P, I64, I64]
+                                  U32, U32, U32, P, P, I64, P, I64, I64]
     lib.lf_emu_check.argtypes = [U64, P, U64, U32, P, U32]
     return lib
 
@@ -135,6 +135,12 @@ class _Mirror:
         self.lib, self.core, self.emu = lib, core, emu
         self.mirrors = {}  # address of the live parameter (or Muon state) → mirrored arrays
         self.calls = 0
+        self.plans = []  # the kept GroupPlan of each emulated launch
+
+    @staticmethod
+    def _states(op, entries):
+        cols = {"adamw": [2, 3], "adamw_amsgrad": [2, 3, 8], "sgd": [2]}[op]
+        return [e[k] for k in cols for e in entries]
 
     def __getattr__(self, name):
         return getattr(self.core, name)
@@ -158,13 +164,15 @@ class _Mirror:
                 pytest.fail(f"call {self.calls}: {what} differs at {i}: host {a[i]!r} "
                             f"rust {b[i]!r}")
 
-    def _host_step(self, op, descs, block, seed, stochastic):
-        """Step mirrored descriptors: the host driver, or the emulated kernel launch."""
+    def _host_step(self, op, descs, block, seed, stochastic, plan=None):
+        """Step mirrored descriptors: the host driver, or the emulated kernel launch (of
+        `plan` when given: the one the CUDA path builds over its kept GroupPlan)."""
         if self.emu is None:
             return self.lib.lf_host_step(copt.OPS[op], _ptr(descs), len(descs), block,
                                          copt.tile_size(block), seed, int(stochastic), None, 0,
                                          None, 0, 0)
-        plan = copt.launch_plan(op, descs, block, seed, stochastic)
+        if plan is None:
+            plan = copt.launch_plan(op, descs, block, seed, stochastic)
         bad = np.zeros(1, np.uint32)
         assert plan["smem"] <= 48 * 1024  # the default dynamic shared memory limit
         rc = self.emu.lf_emu_launch(plan["grid"], plan["smem"], plan["args"][0],
@@ -188,9 +196,15 @@ class _Mirror:
         def levels(lv):
             lv_keep.append(lv)
             return lv.ctypes.data
-        build = copt.adamw_descs if op == "adamw" else copt.sgd_descs
+        build = {"adamw": copt.adamw_descs, "adamw_amsgrad": copt.adamw_amsgrad_descs,
+                 "sgd": copt.sgd_descs}[op]
         descs = build(mirrored, block, addr, levels, offsets)
-        bad = self._host_step(op, descs, block, seed, stochastic)
+        plan = None
+        if self.emu is not None:  # the launch the CUDA path makes (kept group plan)
+            plan = copt.prepare(op, mirrored, block, seed, stochastic, addr, levels, offsets)
+            key = (op, block, *map(id, self._states(op, mirrored)))
+            self.plans.append(copt._GROUP_PLANS.get(key))
+        bad = self._host_step(op, descs, block, seed, stochastic, plan)
         assert bad == 0
         kw = {} if offsets is None else {"offsets": offsets}
         getattr(self.core, f"{op}_step_group")(entries, block, seed, stochastic, **kw)
@@ -204,6 +218,11 @@ class _Mirror:
     def adamw_step_group(self, entries, block, seed, stochastic, offsets=None):
         self._group("adamw", entries, block, seed, stochastic, lambda e: [e[2], e[3]],
                     lambda e, p, g, s: (p, g, s[0], s[1], *e[4:]), offsets)
+
+    def adamw_amsgrad_step_group(self, entries, block, seed, stochastic, offsets=None):
+        self._group("adamw_amsgrad", entries, block, seed, stochastic,
+                    lambda e: [e[2], e[3], e[8]],
+                    lambda e, p, g, s: (p, g, s[0], s[1], *e[4:8], s[2], e[9]), offsets)
 
     def sgd_step_group(self, entries, block, seed, stochastic, offsets=None):
         self._group("sgd", entries, block, seed, stochastic, lambda e: [e[2]],
@@ -271,6 +290,8 @@ PRESETS = {
     "AdamWFp8": lambda ps, **kw: lopt.AdamWFp8(ps, **kw),
     "SOLO3": lambda ps, **kw: lopt.SOLO(ps, bits=3, **kw),
     "SOLO2": lambda ps, **kw: lopt.SOLO(ps, bits=2, **kw),
+    "P3109": lambda ps, **kw: lopt.AdamW(ps, exp_avg=lowfp.format("p3109_k8p4se"),
+                                         exp_avg_sq=lowfp.format("p3109_k8p3ue"), **kw),
 }
 
 
@@ -287,6 +308,42 @@ def test_adamw_steps_match_rust(mirror, preset, rounding):
         mirror.mirrors.clear()  # a fresh optimizer: mirror its new states
         _run(opt, f32 + bf16)
     assert mirror.calls == 2 * 2 * STEPS
+
+
+@pytest.mark.parametrize("launch", ["mirror", "kernel_mirror"])
+@pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
+@pytest.mark.parametrize("preset", ["fp32", "AdamW8bit", "AdamW4bit", "SOLO3"])
+def test_adamw_amsgrad_steps_match_rust(request, launch, preset, rounding):
+    """AMSGrad (a third state, the running maximum of v, with v's codec): N steps of the tile
+    function (host driver, then the emulated kernel launch) equal `adamw_amsgrad_step_group`
+    of the Rust core, float32 and bfloat16 parameters, both parameter roundings."""
+    m = request.getfixturevalue(launch)
+    f32, bf16 = _params(), _params(torch.bfloat16)
+    groups = [{"params": f32}, {"params": bf16, "weight_decay": 0.1, "decoupled": False}]
+    for param_rounding in ("stochastic", "nearest"):
+        opt = PRESETS[preset](groups, lr=1e-2, rounding=rounding, min_quant_size=1000,
+                              seed=321, param_rounding=param_rounding, amsgrad=True)
+        m.mirrors.clear()
+        _run(opt, f32 + bf16)
+        st = opt.state[f32[0]]
+        assert any(k.startswith("max_exp_avg_sq") for k in st)
+    assert m.calls == 2 * 2 * STEPS
+
+
+@pytest.mark.parametrize("launch", ["mirror", "kernel_mirror"])
+def test_p3109_state_formats_match_rust(request, launch):
+    """States in P3109 formats (infinities without IEEE NaNs: the signed one's largest finite
+    code is 0x7E, the unsigned one's 0xFD), saturating like every ExMy state: N steps equal
+    Rust's, with and without AMSGrad."""
+    m = request.getfixturevalue(launch)
+    ps = _params() + _params(torch.bfloat16)
+    for amsgrad in (False, True):
+        m.mirrors.clear()
+        opt = lopt.AdamW(ps, lr=1e-2, exp_avg=lowfp.format("p3109_k8p4se"),
+                         exp_avg_sq=lowfp.format("p3109_k8p3ue"), block_size=64,
+                         min_quant_size=1000, rounding="stochastic", amsgrad=amsgrad)
+        _run(opt, ps)
+    assert m.calls == 2 * STEPS
 
 
 def test_adamw_float16_parameters_match_rust(mirror):
@@ -348,6 +405,9 @@ def test_emulated_launch_of_a_1000_tensor_group_matches_rust(kernel_mirror):
         ps = [torch.nn.Parameter(torch.randn(n).to(dtype)) for n in sizes]
         opt = lopt.AdamW8bit(ps, lr=1e-2, min_quant_size=200, rounding="stochastic", seed=9)
         _run(opt, ps, steps=3)
+        # the group's plan was built by its first step and kept: steps 2 and 3 ran it
+        plans = kernel_mirror.plans[-3:]
+        assert plans[0] is not None and all(gp is plans[0] for gp in plans)
     assert kernel_mirror.calls == 6
 
 
@@ -482,7 +542,7 @@ class _Entry:
         self.st = {"step": torch.zeros(())}
 
 
-@pytest.mark.parametrize("op", ["adamw", "sgd"])
+@pytest.mark.parametrize("op", ["adamw", "sgd", "adamw_amsgrad"])
 @pytest.mark.parametrize("lag,steps", [(0, 6), (2, 12), (1000, 34)])
 def test_device_skip_protocol_matches_rust_skipping_on_the_host(host, emu, op, lag, steps):
     """The device skip end to end on the host: DeviceSkip (ring bits, pending masks, scalar
@@ -508,8 +568,10 @@ def test_device_skip_protocol_matches_rust_skipping_on_the_host(host, emu, op, l
         w = rng.standard_normal(n).astype(np.float32)
         if kind == "bfloat16":
             w = (w.view(np.uint32) >> 16).astype(np.uint16)
-        codecs = ((lowfp.Linear(8), lowfp.Log(3, zero=False, quantile=0.05)) if op == "adamw"
-                  else (lowfp.Dynamic(8),))
+        codecs = {"adamw": (lowfp.Linear(8), lowfp.Log(3, zero=False, quantile=0.05)),
+                  "adamw_amsgrad": (lowfp.Linear(8), lowfp.Log(3, zero=False, quantile=0.05),
+                                    lowfp.Log(3, zero=False, quantile=0.05)),
+                  "sgd": (lowfp.Dynamic(8),)}[op]
         sts = [_packed_state(c, n, block, "stochastic", rng) for c in codecs]
         rust.append([w, sts])
         dev.append([w.copy(), [(st[0], *(a.copy() for a in st[1:])) for st in sts]])
@@ -543,17 +605,19 @@ def test_device_skip_protocol_matches_rust_skipping_on_the_host(host, emu, op, l
         items = []
         for i, ((w, sts), e, g) in enumerate(zip(dev, entries, grads)):
             stream = (e.t << 32) | (i << 2)
-            if op == "adamw":
+            if op != "sgd":
                 items.append((w, g, sts[0], sts[1], scalars_at(e.t), (stream, stream | 1),
-                              stream | 2, kinds[i]))
+                              stream | 2, kinds[i])
+                              + ((sts[2], stream | 3) if len(sts) > 2 else ()))
             else:
                 items.append((w, g, sts[0], (0.05, 0.9, 1.0, 1e-3), True, e.t == 1, stream,
                               stream | 2, kinds[i]))
         addr = lambda a, arg: a.ctypes.data  # noqa: E731
-        build = copt.adamw_descs if op == "adamw" else copt.sgd_descs
+        build = {"adamw": copt.adamw_descs, "adamw_amsgrad": copt.adamw_amsgrad_descs,
+                 "sgd": copt.sgd_descs}[op]
         descs = build(items, block, addr, lambda lv: lv.ctypes.data)
         ctx = ds.context([e.p for e in entries], [e.t for e in entries],
-                         scalars_at if op == "adamw" else None)
+                         scalars_at if op != "sgd" else None)
         descs["pending"] = ctx.pending
         plan = copt.launch_plan(op, descs, block, seed, True, ctx.tab)
         bad = np.zeros(1, np.uint32)
@@ -570,9 +634,10 @@ def test_device_skip_protocol_matches_rust_skipping_on_the_host(host, emu, op, l
             ref = []
             for i, ((w, sts), g) in enumerate(zip(rust, grads)):
                 stream = (t_true << 32) | (i << 2)
-                if op == "adamw":
+                if op != "sgd":
                     ref.append((w, g, sts[0], sts[1], scalars_at(t_true), (stream, stream | 1),
-                                stream | 2, kinds[i]))
+                                stream | 2, kinds[i])
+                               + ((sts[2], stream | 3) if len(sts) > 2 else ()))
                 else:
                     ref.append((w, g, sts[0], (0.05, 0.9, 1.0, 1e-3), True, t_true == 1,
                                 stream, stream | 2, kinds[i]))
@@ -606,3 +671,59 @@ def test_descriptor_cache_follows_the_state_objects():
     bad = (spec, np.zeros(999, np.uint8), np.zeros(8, np.float32), np.zeros(0, np.float32))
     with pytest.raises(ValueError, match="momentum_buffer: expected 1000 elements, got 999"):
         copt.sgd_descs([(p, p, bad, (0.1,) * 4, False, True, 0, 0, "float32")], 128, addr, lv)
+
+
+def test_group_plan_is_kept_until_the_group_changes():
+    """The tile plan and state columns of a group are built once and kept while its states are
+    the same objects with the same sizes: a replaced state, a resized parameter (which is then
+    named), another block size rebuild it; every launch equals one built from scratch."""
+    spec = {"codec": "dynamic", "bits": 8, "signed": True, "block": 128, "scale": "absmax",
+            "rounding": "nearest"}
+    addr, lv = (lambda a, arg: a.ctypes.data), (lambda a: 0)
+    rng = np.random.default_rng(4)
+    sizes = [int(n) for n in rng.integers(1, 3000, 1000)]
+
+    def state(n, block=128):
+        return (dict(spec, block=block), np.zeros(-(-n // 1), np.uint8),
+                np.zeros(-(-n // block), np.float32), np.zeros(0, np.float32))
+    ps = [np.zeros(n, np.float32) for n in sizes]
+    ms, vs = [state(n) for n in sizes], [np.zeros(n, np.float32) for n in sizes]
+
+    def entries(t, ps=ps, ms=ms, vs=vs):
+        sc = (0.99, 0.0, 0.1, 0.999, 0.001, 1e-8, 0.01 / t, 0.5)
+        return [(p, p, m, v, sc, ((t << 32) | i << 2, (t << 32) | i << 2 | 1),
+                 (t << 32) | i << 2 | 2, "float32") for i, (p, m, v) in enumerate(zip(ps, ms, vs))]
+
+    def fresh(es, block=128):  # the launch built from scratch, nothing kept
+        return copt.launch_plan("adamw", copt.adamw_descs(es, block, addr, lv), block, 3, True)
+
+    def same(a, b):
+        assert a["grid"] == b["grid"] and a["smem"] == b["smem"] and a["args"] == b["args"]
+        np.testing.assert_array_equal(a["meta"], b["meta"])
+
+    def key(ms=ms, vs=vs, block=128):
+        return ("adamw", block, *map(id, ms), *map(id, vs))
+    plans = []
+    for t in (1, 2, 3):
+        es = entries(t)
+        got = copt.prepare("adamw", es, 128, 3, True, addr, lv)
+        plans.append(copt._GROUP_PLANS[key()])
+        same(got, fresh(es))
+    assert plans[1] is plans[0] and plans[2] is plans[0]
+    # a replaced state: rebuilt, with the new state's addresses
+    ms2 = list(ms)
+    ms2[500] = state(sizes[500])
+    es = entries(4, ms=ms2)
+    got = copt.prepare("adamw", es, 128, 3, True, addr, lv)
+    assert copt._GROUP_PLANS[key(ms=ms2)] is not plans[0]
+    same(got, fresh(es))
+    d = np.frombuffer(got["meta"][8 * 1001:].tobytes(), copt.TENSOR_DESC)
+    assert d["st"][500, 0]["data"] == ms2[500][1].ctypes.data
+    # a resized parameter: rebuilt, so its states are checked again and the mismatch named
+    ps2 = list(ps)
+    ps2[7] = np.zeros(sizes[7] + 1, np.float32)
+    with pytest.raises(ValueError, match="exp_avg: expected"):
+        copt.prepare("adamw", entries(5, ps=ps2), 128, 3, True, addr, lv)
+    # another block size: its own plan (here the states' block sizes do not match: named)
+    with pytest.raises(ValueError, match="block size 128 differs from the step's 256"):
+        copt.prepare("adamw", entries(6), 256, 3, True, addr, lv)

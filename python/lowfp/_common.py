@@ -133,12 +133,3 @@ def block_handle(spec: Dict[str, Any]) -> Any:
         pass
     return h
 
-
-def check_cuda_format(f: Any, arg: str = "fmt") -> None:
-    """ValueError for a format the CUDA mirror cannot encode yet: infinities without IEEE NaNs
-    (P3109 style), whose inf code the kernels' format setup (``lf_make_enc``) does not
-    derive. Checked before dispatching to lowfp.cuda, so such a call fails instead of
-    returning other bits than the CPU core."""
-    if f.inf and f.nan != "ieee":
-        raise ValueError(f"{arg}: {f.name} (infinities without IEEE NaNs, P3109 style) runs on "
-                         "the CPU only in this build; pass a CPU tensor or NumPy array")

@@ -38,7 +38,6 @@ from ._common import (
     OVERFLOWS,
     ROUNDINGS,
     TableCodec,
-    check_cuda_format,
     check_encode_options,
     check_exact_in,
 )
@@ -435,7 +434,6 @@ def encode(
     """
     if (type(x) is not np.ndarray or random_bits is not None) and _on_cuda(x, random_bits):
         _no_out(out)
-        check_cuda_format(format(fmt))
         from . import cuda
 
         if seed is None:
@@ -550,7 +548,6 @@ def decode(codes: Any, fmt: Optional[FormatLike] = None, *, dtype: Any = np.floa
     kind = _result_dtype(dtype)
     if type(codes) is not np.ndarray and _on_cuda(codes):
         _no_out(out)
-        check_cuda_format(f)
         from . import cuda
 
         if kind in ("float32", "float64"):
@@ -645,7 +642,6 @@ def quantize(
             in that dtype (use decode(encode(x)) to get float32).
     """
     if (type(x) is not np.ndarray or random_bits is not None) and _on_cuda(x, random_bits):
-        check_cuda_format(format(fmt))
         from . import cuda
 
         if seed is None:

@@ -22,7 +22,7 @@ from typing import Any, Dict, Optional, Tuple, Union
 import numpy as np
 
 from . import _core
-from ._common import E8M0_SCALES, SCALE_FORMATS, block_handle, check_cuda_format
+from ._common import E8M0_SCALES, SCALE_FORMATS, block_handle
 from .codec import (
     ROUNDINGS,
     Dynamic,
@@ -441,8 +441,6 @@ def quantize_blockwise(
     if _on_cuda(x):
         from . import _blockwise_cuda as cuda
 
-        if isinstance(codec, Format):
-            check_cuda_format(codec, "codec")
         probe = QTensor(np.empty(0, np.uint8), np.empty(0, np.float32), None, 1.0, shape, codec,
                         int(block_size), scale, rounding, ax)
         _core.blockwise_layout(probe._spec(), 0)  # validates codec, block size, scale, rounding

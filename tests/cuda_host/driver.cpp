@@ -33,6 +33,18 @@ lf_u32 lf_host_encode(const void* x, int kind, lf_u64 n, lf_u32 exp_bits, lf_u32
     return all;
 }
 
+// The special codes of a format's setup: max_code, inf_code, nan_code(+), nan_code(-),
+// overflow_code (the setup `Format::max_code_mag` / `inf_code_mag` / `nan_code` mirror).
+void lf_host_format_codes(lf_u32 exp_bits, lf_u32 man_bits, lf_i32 bias, lf_u32 flags,
+                          lf_u32* out) {
+    lf_enc f = lf_make_enc(exp_bits, man_bits, bias, flags);
+    out[0] = f.max_code;
+    out[1] = f.inf_code;
+    out[2] = lf_nan_code(f, false);
+    out[3] = lf_nan_code(f, true);
+    out[4] = f.overflow_code;
+}
+
 // float32 bits of each code's value (payload: keep NaN payloads of float32-prefix formats).
 void lf_host_decode(const lf_u32* codes, lf_u64 n, lf_u32 exp_bits, lf_u32 man_bits,
                     lf_i32 bias, lf_u32 flags, int payload, lf_u32* out) {

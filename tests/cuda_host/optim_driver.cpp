@@ -22,15 +22,16 @@ lf_u32 lf_host_step(int op, const lf_tensor_desc* descs, lf_u64 count, lf_u32 bl
     lf_step_ctx ctx = {word, bit, tab, t0, ntab};
     lf_u32 bad = 0;
     lf_u32 nb = tile / block;
-    std::vector<float> vals0(tile), vals1(tile), lev0((lf_u64)nb * LF_MAX_LEVELS),
-        lev1((lf_u64)nb * LF_MAX_LEVELS);
+    std::vector<float> vals[LF_MAX_STATES], lev[LF_MAX_STATES];
     std::vector<lf_u8> codes(tile);
-    std::vector<lf_u32> amax(2 * nb), sel(3 * nb);
+    std::vector<lf_u32> amax(LF_MAX_STATES * nb), sel(3 * nb);
     lf_tile_scratch sc;
-    sc.vals[0] = vals0.data();
-    sc.vals[1] = vals1.data();
-    sc.levels[0] = lev0.data();
-    sc.levels[1] = lev1.data();
+    for (int k = 0; k < LF_MAX_STATES; ++k) {
+        vals[k].resize(tile);
+        lev[k].resize((lf_u64)nb * LF_MAX_LEVELS);
+        sc.vals[k] = vals[k].data();
+        sc.levels[k] = lev[k].data();
+    }
     sc.codes = codes.data();
     sc.amax = amax.data();
     sc.sel = sel.data();

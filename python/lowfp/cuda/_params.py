@@ -28,7 +28,11 @@ _SATURATE, _NAN_TO_ZERO, _CLAMP_NEGATIVE = 32, 64, 128
 def format_args(
     f: Format, overflow: str = "nonfinite", nan: str = "error", negative: str = "error"
 ) -> Tuple[int, int, int, int]:
-    """(exp_bits, man_bits, bias, flags) of ``lf_make_enc`` for a format and its options."""
+    """(exp_bits, man_bits, bias, flags) of ``lf_make_enc`` for a format and its options.
+
+    The flags carry `inf` and the NaN kind; ``lf_make_enc`` derives the special codes from
+    them as ``rust/format.rs`` does (``max_code_mag``, ``inf_code_mag``, ``nan_code``),
+    P3109-style formats (`inf` with ``nan="negzero"`` or ``"max"``) included."""
     flags = (
         (_SIGNED if f.signed else 0)
         | (_INF if f.inf else 0)

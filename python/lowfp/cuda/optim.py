@@ -1,6 +1,7 @@
 """Fused optimizer steps on CUDA tensors: the multi-tensor kernels of
 ``kernels/lowfp_optim.cu`` behind the entry formats of the Rust core's
-``_core.adamw_step_group`` / ``sgd_step_group`` / ``muon_momentum``.
+``_core.adamw_step_group`` / ``adamw_amsgrad_step_group`` / ``sgd_step_group`` /
+``muon_momentum``.
 
 One launch per call (a param group): the tensors' descriptors (addresses, sizes, the step's
 float32 scalars, streams, state layouts) go to the device as one byte array, and the kernel
@@ -26,7 +27,9 @@ from ..formats import format as _format
 from ._params import MODES, format_args
 
 #: LF_OP_* of lowfp_optim.cuh.
-OPS = {"adamw": 0, "sgd": 1, "muon": 2}
+OPS = {"adamw": 0, "sgd": 1, "muon": 2, "adamw_amsgrad": 3}
+#: LF_MAX_STATES of lowfp_optim.cuh: states per tensor (AMSGrad: m, v, v_max).
+MAX_STATES = 3
 #: LF_ST_* of lowfp_optim.cuh.
 ST_F32, ST_EXMY, ST_TABLE, ST_LOGQ = 1, 2, 3, 4
 #: LF_IN_* of the parameter kinds.
@@ -43,7 +46,8 @@ STATE_DESC = np.dtype([
 ])
 TENSOR_DESC = np.dtype([
     ("n", _U8), ("pkind", _I8), ("param", _U8), ("grad", _U8), ("pstream", _U8),
-    ("offset", _U8), ("nesterov", _I8), ("first", _I8), ("hp", _F8, (8,)), ("st", STATE_DESC, (2,)),
+    ("offset", _U8), ("nesterov", _I8), ("first", _I8), ("hp", _F8, (8,)),
+    ("st", STATE_DESC, (MAX_STATES,)),
     ("t", _I8), ("pending", _U8),
 ])
 #: LF_SKIP_BITS of lowfp_optim.cuh: steps whose skip the host may not have seen yet.
@@ -226,43 +230,132 @@ def _u64s(xs: Sequence[int]) -> np.ndarray:
     return np.array([int(x) & (2**64 - 1) for x in xs], np.uint64)
 
 
+def _hp(scalars: Sequence[tuple]) -> np.ndarray:
+    """float32 scalars (as the Rust bindings take them) as float64 rows; tensors of one step
+    share their scalar tuple, so each distinct tuple is converted once."""
+    rows: Dict[int, int] = {}
+    idx = [rows.setdefault(id(sc), len(rows)) for sc in scalars]
+    uniq = list({id(sc): sc for sc in scalars}.values())
+    return np.float32(uniq).astype(np.float64)[idx]
+
+
+# ---------------------------------------------------------------- group plans
+#
+# Design notes
+# - Most of a launch does not change between steps of a param group: each state's layout
+#   record and addresses, the tile prefix (tiles of whole state blocks before each tensor),
+#   the shared-memory size and the log-quantile level counts. A GroupPlan keeps them; a step
+#   fills only what changes (parameter and gradient addresses and kinds, scalars, streams,
+#   step numbers, pending masks, first-step flags) and reuses the rest, as the CPU step plan
+#   of lowfp.optim.base keeps its entries.
+# - Kept per (op, block, the states' identities), checked at every step: every state still
+#   the same object (weak references to its arrays: a replaced or reloaded state, or a new
+#   one reusing a dead one's id, rebuilds) and every parameter still of its size (a resized
+#   parameter rebuilds, which re-checks and names the mismatch). Rejected: a key handed down
+#   by the optimizer (it would tie this module to lowfp.optim's plan objects).
+
+#: LRU bound of _GROUP_PLANS (param groups alive at once in a process).
+_GROUP_PLANS_MAX = 256
+_GROUP_PLANS: "Dict[tuple, GroupPlan]" = {}
+
+
+class GroupPlan:
+    """What the launches of one param group share between steps: ``st`` (the STATE_DESC
+    columns, streams left 0), ``tiles`` (prefix, smem, nlev of the launch) and what keeps it
+    valid (``refs``: weak references to the states' arrays; ``ns``: the tensors' sizes)."""
+
+    __slots__ = ("refs", "ns", "st", "tiles")
+
+    def __init__(self, refs: tuple, ns: np.ndarray, st: np.ndarray, tiles: tuple):
+        self.refs, self.ns, self.st, self.tiles = refs, ns, st, tiles
+
+
+def _first(state: Any) -> Any:
+    return state[1] if isinstance(state, tuple) else state
+
+
+def group_plan(op: str, states: Sequence[Sequence], ns: Sequence[int], block: int, addr,
+               levels, args: Sequence[str]) -> GroupPlan:
+    """The GroupPlan of a group (`states`: per column the tensors' states; `ns`: the tensors'
+    sizes), from the cache when its states are the same objects with the same sizes, else
+    built (every state checked) and cached."""
+    flat_states = [s for col in states for s in col]
+    key = (op, block, *map(id, flat_states))
+    nsa = np.asarray(ns, np.uint64)
+    gp = _GROUP_PLANS.get(key)
+    if gp is not None and np.array_equal(gp.ns, nsa) and all(
+            r() is _first(s) for r, s in zip(gp.refs, flat_states)):
+        _GROUP_PLANS[key] = _GROUP_PLANS.pop(key)  # most recently used last
+        return gp
+    m = len(ns)
+    st = np.zeros((m, MAX_STATES), STATE_DESC)
+    for j, (col, arg) in enumerate(zip(states, args)):
+        _fill_states(st[:, j], col, [0] * m, ns, block, addr, levels, arg)
+    gp = GroupPlan((), nsa, st, tile_plan(nsa, st, block))
+    try:
+        gp.refs = tuple(weakref.ref(_first(s)) for s in flat_states)
+    except TypeError:  # not weakly referable (plain sequences): not kept
+        return gp
+    _GROUP_PLANS.pop(key, None)
+    while len(_GROUP_PLANS) >= _GROUP_PLANS_MAX:
+        del _GROUP_PLANS[next(iter(_GROUP_PLANS))]
+    _GROUP_PLANS[key] = gp
+    return gp
+
+
+def _descs(op: str, entries: Sequence, block: int, addr, levels,
+           offsets: Sequence[int] | None) -> Tuple[np.ndarray, GroupPlan | None]:
+    """(descriptors, group plan) of `_core.adamw_step_group` / `adamw_amsgrad_step_group` /
+    `sgd_step_group` entries."""
+    out = np.zeros(len(entries), TENSOR_DESC)
+    if not len(entries):
+        return out, None
+    out["offset"] = _offsets(offsets, len(entries))
+    if op in ("adamw", "adamw_amsgrad"):
+        p, g, m, v, scalars, streams, pstream, kind = zip(*[e[:8] for e in entries])
+        cols, args = [m, v], ["exp_avg", "exp_avg_sq"]
+        sts = [[s[0] for s in streams], [s[1] for s in streams]]
+        if op == "adamw_amsgrad":  # (…, kind, max_exp_avg_sq, its stream)
+            cols.append([e[8] for e in entries])
+            args.append("max_exp_avg_sq")
+            sts.append([e[9] for e in entries])
+        out["hp"] = _hp(scalars)
+    else:
+        p, g, b, hp, nesterov, first, stream, pstream, kind = zip(*entries)
+        cols, args, sts = [b], ("momentum_buffer",), [stream]
+        out["hp"][:, :4] = _hp(hp)[:, :4]
+        out["nesterov"] = [int(bool(x)) for x in nesterov]
+        out["first"] = [int(bool(x)) for x in first]
+    ns = _params(out, p, g, kind, addr)
+    gp = group_plan(op, cols, ns, block, addr, levels, args)
+    out["st"] = gp.st
+    for j, col in enumerate(sts):
+        out["st"][:, j]["stream"] = _u64s(col)
+    out["pstream"] = _u64s(pstream)
+    out["t"] = out["pstream"] >> np.uint64(32)  # lowfp's streams carry the step number
+    return out, gp
+
+
 def adamw_descs(entries: Sequence, block: int, addr, levels,
                 offsets: Sequence[int] | None = None) -> np.ndarray:
     """Descriptors of `_core.adamw_step_group` entries: (param, grad, exp_avg, exp_avg_sq,
     scalars (8), (stream_m, stream_v), param_stream, kind); `offsets`: each tensor's first
     element in a larger one (FSDP shards), keying stochastic rounding as in Rust."""
-    out = np.zeros(len(entries), TENSOR_DESC)
-    if not len(entries):
-        return out
-    out["offset"] = _offsets(offsets, len(entries))
-    p, g, m, v, scalars, streams, pstream, kind = zip(*[e[:8] for e in entries])
-    ns = _params(out, p, g, kind, addr)
-    out["hp"] = np.float32(scalars).astype(np.float64)  # as the Rust bindings take f32
-    out["pstream"] = _u64s(pstream)
-    out["t"] = out["pstream"] >> np.uint64(32)  # lowfp's streams carry the step number
-    _fill_states(out["st"][:, 0], m, [s[0] for s in streams], ns, block, addr, levels, "exp_avg")
-    _fill_states(out["st"][:, 1], v, [s[1] for s in streams], ns, block, addr, levels,
-                 "exp_avg_sq")
-    return out
+    return _descs("adamw", entries, block, addr, levels, offsets)[0]
+
+
+def adamw_amsgrad_descs(entries: Sequence, block: int, addr, levels,
+                        offsets: Sequence[int] | None = None) -> np.ndarray:
+    """Descriptors of `_core.adamw_amsgrad_step_group` entries: an AdamW entry, then
+    (max_exp_avg_sq, its stream)."""
+    return _descs("adamw_amsgrad", entries, block, addr, levels, offsets)[0]
 
 
 def sgd_descs(entries: Sequence, block: int, addr, levels,
               offsets: Sequence[int] | None = None) -> np.ndarray:
     """Descriptors of `_core.sgd_step_group` entries: (param, grad, momentum_buffer,
     (lr, momentum, 1 − dampening, weight_decay), nesterov, first, stream, param_stream, kind)."""
-    out = np.zeros(len(entries), TENSOR_DESC)
-    if not len(entries):
-        return out
-    out["offset"] = _offsets(offsets, len(entries))
-    p, g, b, hp, nesterov, first, stream, pstream, kind = zip(*entries)
-    ns = _params(out, p, g, kind, addr)
-    out["hp"][:, :4] = np.float32(hp).astype(np.float64)
-    out["nesterov"] = [int(bool(x)) for x in nesterov]
-    out["first"] = [int(bool(x)) for x in first]
-    out["pstream"] = _u64s(pstream)
-    out["t"] = out["pstream"] >> np.uint64(32)
-    _fill_states(out["st"][:, 0], b, stream, ns, block, addr, levels, "momentum_buffer")
-    return out
+    return _descs("sgd", entries, block, addr, levels, offsets)[0]
 
 
 def muon_descs(grad: Any, buf: Any, beta: float, nesterov: bool, block: int, stream: int,
@@ -334,34 +427,62 @@ def _cuda_addr(device: Any) -> Callable[[Any], int]:
     return addr
 
 
+def tile_plan(ns: np.ndarray, st: np.ndarray, block: int) -> Tuple[np.ndarray, int, list]:
+    """(tile prefix, dynamic shared memory bytes, log-quantile level counts per state column)
+    of a launch over tensors of sizes `ns` with state columns `st` (STATE_DESC, m × 3)."""
+    n = np.asarray(ns, np.uint64)
+    tile = tile_size(block)
+    tiles = (n + np.uint64(tile - 1)) // np.uint64(tile)
+    prefix = np.zeros(n.size + 1, np.uint64)
+    np.cumsum(tiles, out=prefix[1:])
+    nb = tile // block
+    nlev = []
+    for k in range(MAX_STATES):
+        logq = st["log_bits"][:, k][st["kind"][:, k] == ST_LOGQ]
+        nlev.append(int(1 << int(logq.max())) if logq.size else 0)
+    # shared memory (lowfp_optim.cu), nv = 3 with a third state (AMSGrad) else 2: vals
+    # (nv × tile f32), amax (nv·nb u32), sel (3·nb u32), levels per log state (f32), codes
+    # (tile u8)
+    nv = 3 if (st["kind"][:, 2] != 0).any() else 2
+    smem = 4 * nv * tile + 4 * (nv + 3) * nb + 4 * nb * sum(nlev) + tile
+    return prefix, (smem + 15) // 16 * 16, nlev
+
+
 def launch_plan(op: str, descs: np.ndarray, block: int, seed: int, param_stochastic: bool,
-                tab: np.ndarray | None = None) -> Dict[str, Any]:
+                tab: np.ndarray | None = None,
+                tiles: Tuple[np.ndarray, int, list] | None = None) -> Dict[str, Any]:
     """Everything one launch of ``lf_optim_step`` needs, as host data: ``grid`` (tiles in all),
     ``smem`` (dynamic shared memory bytes), ``meta`` (the tile prefix, the descriptors, then
     the scalar table `tab` (rows of 8 float64) if any, as bytes), ``tab_offset`` (the table's
-    byte offset in meta, or None) and the scalar ``args`` after ``meta``. The host check runs
-    this very plan."""
-    n = descs["n"].astype(np.uint64)
-    tile = tile_size(block)
-    tiles = (n + np.uint64(tile - 1)) // np.uint64(tile)
-    prefix = np.zeros(len(descs) + 1, np.uint64)
-    np.cumsum(tiles, out=prefix[1:])
-    nb = tile // block
-    nlev = [max([1 << int(d["st"][k]["log_bits"]) for d in descs
-                 if d["st"][k]["kind"] == ST_LOGQ] + [0]) for k in range(2)]
-    # shared memory: vals (2 × tile f32), amax (2·nb u32), sel (3·nb u32), levels per log
-    # state (f32), codes (tile u8)
-    smem = 8 * tile + 20 * nb + 4 * nb * (nlev[0] + nlev[1]) + tile
+    byte offset in meta, or None) and the scalar ``args`` after ``meta``. `tiles`: the
+    group's :func:`tile_plan` when kept (:class:`GroupPlan`), else built from `descs`. The
+    host check runs this very plan."""
+    prefix, smem, nlev = tiles if tiles is not None else tile_plan(descs["n"], descs["st"],
+                                                                   block)
     parts = [prefix.view(np.uint8), descs.view(np.uint8)]
     tab_offset = None
     if tab is not None:
         tab_offset = sum(p.size for p in parts)  # a multiple of 8: prefix and descriptors are
         parts.append(np.ascontiguousarray(tab, np.float64).reshape(-1).view(np.uint8))
     meta = np.concatenate(parts)
-    args = (OPS[op], len(descs), block, tile, int(seed) & (2**64 - 1), int(bool(param_stochastic)),
-            nlev[0], nlev[1])
-    return dict(grid=int(prefix[-1]), smem=(smem + 15) // 16 * 16, meta=meta, args=args,
-                tab_offset=tab_offset)
+    args = (OPS[op], len(descs), block, tile_size(block), int(seed) & (2**64 - 1),
+            int(bool(param_stochastic)), nlev[0], nlev[1], nlev[2])
+    return dict(grid=int(prefix[-1]), smem=smem, meta=meta, args=args, tab_offset=tab_offset)
+
+
+def prepare(op: str, entries: Sequence, block: int, seed: int, param_stochastic: bool, addr,
+            levels, offsets: Sequence[int] | None = None,
+            ctx: "StepContext | None" = None) -> Dict[str, Any]:
+    """The launch plan of one step of a group (`op`: "adamw", "adamw_amsgrad" or "sgd"):
+    descriptors from the entries over the group's kept GroupPlan, the device-skip inputs of
+    `ctx`. The CUDA steps launch it; the host check runs it."""
+    descs, gp = _descs(op, entries, block, addr, levels, offsets)
+    tab = None
+    if ctx is not None:
+        descs["pending"] = ctx.pending
+        tab = ctx.tab
+    return launch_plan(op, descs, block, seed, param_stochastic, tab,
+                       None if gp is None else gp.tiles)
 
 
 def check_plan(descs: np.ndarray, tile: int = 2048) -> Dict[str, Any]:
@@ -388,16 +509,18 @@ def _check_capture() -> None:
                            "step outside the captured region")
 
 
-def _launch(op: str, descs: np.ndarray, block: int, seed: int, param_stochastic: bool,
-            cp: Any, ctx: "StepContext | None" = None) -> None:
-    tab = None
-    if ctx is not None:
-        descs["pending"] = ctx.pending
-        tab = ctx.tab
-    plan = launch_plan(op, descs, block, seed, param_stochastic, tab)
+def _launch(op: str, descs: np.ndarray | None, block: int, seed: int, param_stochastic: bool,
+            cp: Any, ctx: "StepContext | None" = None,
+            plan: Dict[str, Any] | None = None) -> None:
+    if plan is None:
+        tab = None
+        if ctx is not None:
+            descs["pending"] = ctx.pending
+            tab = ctx.tab
+        plan = launch_plan(op, descs, block, seed, param_stochastic, tab)
     if plan["grid"] == 0:
         return
-    o, count, blk, tile, sd, ps, nl0, nl1 = plan["args"]
+    o, count, blk, tile, sd, ps, nl0, nl1, nl2 = plan["args"]
     dmeta = cp.asarray(plan["meta"])
     bad = cp.zeros(1, cp.uint32)
     word, bit, tab_ptr, t0, ntab = 0, 0, 0, 0, 0
@@ -408,8 +531,9 @@ def _launch(op: str, descs: np.ndarray, block: int, seed: int, param_stochastic:
     kernel = _module(cp.cuda.Device().id).get_function("lf_optim_step")
     kernel((plan["grid"],), (256,),
            (np.int32(o), dmeta, np.uint64(count), np.uint32(blk), np.uint32(tile), np.uint64(sd),
-            np.int32(ps), np.uint32(nl0), np.uint32(nl1), bad, np.uint64(word), np.int64(bit),
-            np.uint64(tab_ptr), np.int64(t0), np.int64(ntab)), shared_mem=plan["smem"])
+            np.int32(ps), np.uint32(nl0), np.uint32(nl1), np.uint32(nl2), bad, np.uint64(word),
+            np.int64(bit), np.uint64(tab_ptr), np.int64(t0), np.int64(ntab)),
+           shared_mem=plan["smem"])
     # `bad` (levels that collide: a log code with too many bits for its base; 8: a step
     # number outside the table) stays on the device; reading it would synchronize. The
     # optimizers' presets cannot reach it.
@@ -445,9 +569,37 @@ def adamw_step_group(entries: Sequence, block: int, seed: int, param_stochastic:
         return
     _check_capture()
     with cp.cuda.Device(_device_id(entries[0][0])), _stream(entries[0][0]):
-        descs = adamw_descs(entries, block, _cuda_addr(_torch_device(entries)),
-                            _device_levels(cp), offsets)
-        _launch("adamw", descs, block, seed, param_stochastic, cp, ctx)
+        plan = prepare("adamw", entries, block, seed, param_stochastic,
+                       _cuda_addr(_torch_device(entries)), _device_levels(cp), offsets, ctx)
+        _launch("adamw", None, block, seed, param_stochastic, cp, ctx, plan)
+
+
+def adamw_amsgrad_step_group(entries: Sequence, block: int, seed: int, param_stochastic: bool,
+                             offsets: Sequence[int] | None = None,
+                             ctx: "StepContext | None" = None) -> None:
+    """`_core.adamw_amsgrad_step_group` for CUDA tensors: one launch, on torch's current
+    stream.
+
+    Args:
+        entries: per tensor an adamw_step_group entry, then (max_exp_avg_sq, its stream): the
+            running maximum of the second moment, a float32 tensor or (spec, packed, scales,
+            alphas) like the other states.
+        block, seed, param_stochastic, offsets, ctx: as adamw_step_group.
+
+    Raises:
+        As adamw_step_group.
+    """
+    from ._loader import cupy
+    from .codec import _device_id, _stream
+
+    cp = cupy()
+    if not entries:
+        return
+    _check_capture()
+    with cp.cuda.Device(_device_id(entries[0][0])), _stream(entries[0][0]):
+        plan = prepare("adamw_amsgrad", entries, block, seed, param_stochastic,
+                       _cuda_addr(_torch_device(entries)), _device_levels(cp), offsets, ctx)
+        _launch("adamw_amsgrad", None, block, seed, param_stochastic, cp, ctx, plan)
 
 
 def sgd_step_group(entries: Sequence, block: int, seed: int, param_stochastic: bool,
@@ -471,9 +623,9 @@ def sgd_step_group(entries: Sequence, block: int, seed: int, param_stochastic: b
         return
     _check_capture()
     with cp.cuda.Device(_device_id(entries[0][0])), _stream(entries[0][0]):
-        descs = sgd_descs(entries, block, _cuda_addr(_torch_device(entries)), _device_levels(cp),
-                          offsets)
-        _launch("sgd", descs, block, seed, param_stochastic, cp, ctx)
+        plan = prepare("sgd", entries, block, seed, param_stochastic,
+                       _cuda_addr(_torch_device(entries)), _device_levels(cp), offsets, ctx)
+        _launch("sgd", None, block, seed, param_stochastic, cp, ctx, plan)
 
 
 def muon_momentum(grad: Any, buf: Any, beta: float, nesterov: bool, block: int, seed: int,

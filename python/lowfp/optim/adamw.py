@@ -150,10 +150,6 @@ class AdamW(PackedOptimizer):
                     raise ValueError(f"v_granularity: {self._v_gran!r} needs plain tensors "
                                      f"(param {e.index - 1} is a {type(e.p).__name__}); use "
                                      "'element' for sharded parameters")
-            return entries
-        if "max_exp_avg_sq" in self._STATES and any(e.p.is_cuda for e in entries):
-            raise ValueError("amsgrad: not available for CUDA parameters yet (the CUDA step "
-                             "kernel has no third state); use amsgrad=False on the GPU")
         return entries
 
     def _legacy_group(self, g: dict) -> dict:
@@ -197,13 +193,10 @@ class AdamW(PackedOptimizer):
             offsets.append(0 if type(e.p) in _PLAIN else _dist.element_offset(e.p))
         cuda = entries[0].p.is_cuda
         core = cuda_optim() if cuda else _core
-        if amsgrad:
-            core.adamw_amsgrad_step_group(items, self._opt(group, "block_size"), self._seed,
-                                          self._param_rounding == "stochastic", offsets)
-        else:
-            core.adamw_step_group(items, self._opt(group, "block_size"), self._seed,
-                                  self._param_rounding == "stochastic", offsets,
-                                  **(self._step_context(entries, scalars_at) if cuda else {}))
+        step = core.adamw_amsgrad_step_group if amsgrad else core.adamw_step_group
+        step(items, self._opt(group, "block_size"), self._seed,
+             self._param_rounding == "stochastic", offsets,
+             **(self._step_context(entries, scalars_at) if cuda else {}))
         self._write_back(copies)
 
 

@@ -184,15 +184,27 @@ LF_FN lf_enc lf_make_enc(lf_u32 exp_bits, lf_u32 man_bits, lf_i32 bias, lf_u32 f
     f.bits = (f.is_signed ? 1u : 0u) + f.mag_bits;
     f.sign_mask = f.is_signed ? (1u << (f.bits - 1)) : 0u;
     lf_u32 all = (lf_u32)((1ull << f.mag_bits) - 1);
+    // `Format::inf_code_mag`: the all-ones exponent with a zero mantissa (IEEE), else the
+    // magnitude code right below the NaN (P3109 style: ±inf at S 11…1 11…1 with the NaN at
+    // 1 00…0 00…0, or at S 11…1 11…0 with the NaN at S 11…1 11…1).
     switch (f.nan_kind) {
-        case LF_NAN_IEEE: f.max_code = all - (1u << man_bits); break;
-        case LF_NAN_MAX: f.max_code = all - 1; break;
-        default: f.max_code = all; break;
+        case LF_NAN_NEGZERO: f.inf_code = all; break;
+        case LF_NAN_MAX: f.inf_code = all - 1; break;
+        default: f.inf_code = ((1u << exp_bits) - 1) << man_bits; break;
+    }
+    // `Format::max_code_mag`: the largest finite magnitude code.
+    if (f.inf && f.nan_kind != LF_NAN_IEEE) {
+        f.max_code = f.inf_code - 1;  // P3109 style: inf right below the NaN
+    } else {
+        switch (f.nan_kind) {
+            case LF_NAN_IEEE: f.max_code = all - (1u << man_bits); break;
+            case LF_NAN_MAX: f.max_code = all - 1; break;
+            default: f.max_code = all; break;
+        }
     }
     f.emin = f.subnormals ? 1 - bias : -bias;
     lf_i32 field = (lf_i32)(f.max_code >> man_bits);
     f.emax = (f.subnormals && field == 0) ? f.emin - 1 : field - bias;
-    f.inf_code = ((1u << exp_bits) - 1) << man_bits;
     bool has_nan = f.nan_kind != LF_NAN_NONE;
     if (f.saturate) f.overflow_code = f.max_code;
     else if (f.inf) f.overflow_code = f.inf_code;

@@ -1,5 +1,6 @@
-// lowfp_optim.cu — multi-tensor fused optimizer steps (AdamW, SGD momentum, Muon momentum),
-// compiled by CuPy (NVRTC, --fmad=false) with the kernels directory on the include path.
+// lowfp_optim.cu — multi-tensor fused optimizer steps (AdamW with or without AMSGrad, SGD
+// momentum, Muon momentum), compiled by CuPy (NVRTC, --fmad=false) with the kernels directory
+// on the include path.
 //
 // Design notes
 // - One launch per param group: `meta` holds the tile prefix (count + 1 u64: tiles before each
@@ -8,8 +9,9 @@
 //   prefix, through lf_step_tile — the function the host check runs against the Rust core.
 // - The step's scalars live in the descriptors (data, not source): no recompiles when the
 //   learning rate changes. Nothing is read back: `bad` stays on the device.
-// - Shared memory (dynamic): vals[2][tile] f32 | amax[2·nb] u32 | sel[3·nb] u32 |
-//   levels0[nb·nlev0] f32 | levels1[nb·nlev1] f32 | codes[tile] u8.
+// - Shared memory (dynamic), nv = 3 for AMSGrad, else 2: vals[nv][tile] f32 | amax[nv·nb] u32 |
+//   sel[3·nb] u32 | levels0[nb·nlev0] f32 | levels1[nb·nlev1] f32 | levels2[nb·nlev2] f32 |
+//   codes[tile] u8.
 // - Device skip (lf_step_ctx in lowfp_optim.cuh): lf_optim_check ORs a device word when a
 //   gradient is not finite; lf_optim_step reads it and the device step counts, so no step
 //   waits for the host. Every thread of a block takes the same early return (the word is
@@ -45,8 +47,9 @@ extern "C" __global__ void lf_optim_check(const unsigned char* meta, lf_u64 coun
 extern "C" __global__ void lf_optim_step(int op, const unsigned char* meta, lf_u64 count,
                                          lf_u32 block, lf_u32 tile, lf_u64 seed,
                                          int param_stochastic, lf_u32 nlev0, lf_u32 nlev1,
-                                         lf_u32* bad, const lf_u32* word, lf_i64 bit,
-                                         const double* tab, lf_i64 t0, lf_i64 ntab) {
+                                         lf_u32 nlev2, lf_u32* bad, const lf_u32* word,
+                                         lf_i64 bit, const double* tab, lf_i64 t0,
+                                         lf_i64 ntab) {
     extern __shared__ float lf_smem[];
     const lf_u64* prefix = (const lf_u64*)meta;
     const lf_tensor_desc* descs = (const lf_tensor_desc*)(meta + 8 * (count + 1));
@@ -58,13 +61,16 @@ extern "C" __global__ void lf_optim_step(int op, const unsigned char* meta, lf_u
     lf_u64 start = (b - prefix[lo]) * tile;
     lf_u32 len = (lf_u32)(t.n - start < tile ? t.n - start : tile);
     lf_u32 nb = tile / block;
+    lf_u32 nv = op == LF_OP_ADAMW_AMSGRAD ? 3u : 2u;
     lf_tile_scratch sc;
     sc.vals[0] = lf_smem;
     sc.vals[1] = lf_smem + tile;
-    sc.amax = (lf_u32*)(lf_smem + 2 * tile);
-    sc.sel = sc.amax + 2 * nb;
-    sc.levels[0] = lf_smem + 2 * tile + 5 * nb;
+    sc.vals[2] = lf_smem + 2 * tile;  // used by AMSGrad only (nv = 3)
+    sc.amax = (lf_u32*)(lf_smem + nv * tile);
+    sc.sel = sc.amax + nv * nb;
+    sc.levels[0] = lf_smem + nv * tile + (nv + 3) * nb;
     sc.levels[1] = sc.levels[0] + nb * nlev0;
-    sc.codes = (lf_u8*)(sc.levels[1] + nb * nlev1);
+    sc.levels[2] = sc.levels[1] + nb * nlev1;
+    sc.codes = (lf_u8*)(sc.levels[2] + nb * nlev2);
     lf_step_tile(op, t, start, len, block, seed, param_stochastic != 0, sc, bad);
 }

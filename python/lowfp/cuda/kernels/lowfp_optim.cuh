@@ -52,6 +52,15 @@ LF_FN void lf_tile_inc(lf_u32* addr) { *addr += 1u; }
 #define LF_OP_ADAMW 0
 #define LF_OP_SGD 1
 #define LF_OP_MUON 2
+#define LF_OP_ADAMW_AMSGRAD 3  // AdamW with AMSGrad's running maximum of v (a third state)
+
+/// The most states of a tensor (AMSGrad: m, v, v_max).
+#define LF_MAX_STATES 3
+
+/// The number of states an optimizer keeps per tensor.
+LF_FN int lf_op_states(int op) {
+    return op == LF_OP_ADAMW_AMSGRAD ? 3 : op == LF_OP_ADAMW ? 2 : 1;
+}
 
 // State kinds.
 #define LF_ST_NONE 0  // absent (SGD and Muon use state 0 only)
@@ -60,7 +69,8 @@ LF_FN void lf_tile_inc(lf_u32* addr) { *addr += 1u; }
 #define LF_ST_TABLE 3 // blockwise, fixed levels (linear, dynamic, log with a fixed base)
 #define LF_ST_LOGQ 4  // blockwise, log levels with a per-block base from a quantile
 
-/// One optimizer state of a tensor (all fields 8 bytes; pointers as addresses).
+/// One optimizer state of a tensor (all fields 8 bytes; pointers as addresses); LF_ST_NONE
+/// (kind 0) for the states an optimizer does not keep.
 struct lf_state_desc {
     lf_i64 kind, mode, code_bits;
     lf_i64 exp_bits, man_bits, bias, flags;  // ExMy format (lf_make_enc)
@@ -83,7 +93,7 @@ struct lf_tensor_desc {
     lf_u64 offset;  // the tensor's first element in a larger one (an FSDP shard), else 0
     lf_i64 nesterov, first;  // SGD, Muon
     double hp[8];            // float32 values held as doubles (exact): see lf_hp
-    lf_state_desc st[2];
+    lf_state_desc st[LF_MAX_STATES];
     lf_i64 t;          // the step number as the host counts it (skips it has not seen yet too)
     lf_u64 pending;    // the earlier steps (bits of lf_step_ctx's word) the host has not seen
 };
@@ -167,10 +177,10 @@ LF_FN float lf_state_load(const lf_state_desc& s, const lf_enc& f, lf_u64 n, lf_
 
 /// Scratch of one tile (shared memory on the device).
 struct lf_tile_scratch {
-    float* vals[2];    // new state values, `tile` each (packed states only)
-    float* levels[2];  // log-quantile states: blocks per tile × that state's level count
+    float* vals[LF_MAX_STATES];    // new state values, `tile` each (packed states only)
+    float* levels[LF_MAX_STATES];  // log-quantile states: blocks per tile × its level count
     lf_u8* codes;      // `tile`
-    lf_u32* amax;      // 2 × blocks per tile
+    lf_u32* amax;      // (states) × blocks per tile
     lf_u32* sel;       // 3 × blocks per tile: the k-th smallest |value| search (lo, hi, count)
 };
 
@@ -180,10 +190,13 @@ LF_FN void lf_flag(lf_u32* bad, lf_u32 v) { atomicOr(bad, v); }
 LF_FN void lf_flag(lf_u32* bad, lf_u32 v) { *bad |= v; }
 #endif
 
-/// The element-wise update of rust/optim.rs (adamw_update, sgd_steps, muon_momentum).
-/// p: the parameter (Muon: the gradient, overwritten by the direction); s0, s1: the states.
-LF_FN void lf_update(int op, const lf_tensor_desc& t, float& p, float g, float& s0, float& s1) {
-    if (op == LF_OP_ADAMW) {
+/// The element-wise update of rust/optim.rs (adamw_update, adamw_amsgrad_update, sgd_steps,
+/// muon_momentum). p: the parameter (Muon: the gradient, overwritten by the direction);
+/// s[0..lf_op_states(op)): the states.
+LF_FN void lf_update(int op, const lf_tensor_desc& t, float& p, float g, float* s) {
+    float& s0 = s[0];
+    float& s1 = s[1];
+    if (op == LF_OP_ADAMW || op == LF_OP_ADAMW_AMSGRAD) {
         float decay = (float)t.hp[0], l2 = (float)t.hp[1], w1 = (float)t.hp[2];
         float beta2 = (float)t.hp[3], w2 = (float)t.hp[4], eps = (float)t.hp[5];
         float step_size = (float)t.hp[6], bc2_sqrt = (float)t.hp[7];
@@ -191,7 +204,12 @@ LF_FN void lf_update(int op, const lf_tensor_desc& t, float& p, float g, float& 
         p = p * decay;
         s0 = s0 + w1 * (gg - s0);
         s1 = beta2 * s1 + w2 * gg * gg;
-        float denom = LF_SQRTF(s1) / bc2_sqrt + eps;
+        float vd = s1;  // the denominator's second moment: v, or AMSGrad's max(v_max, v)
+        if (op == LF_OP_ADAMW_AMSGRAD) {
+            s[2] = s1 > s[2] ? s1 : s[2];  // as Rust: gradients are finite here
+            vd = s[2];
+        }
+        float denom = LF_SQRTF(vd) / bc2_sqrt + eps;
         p = p - step_size * (s0 / denom);
     } else if (op == LF_OP_SGD) {
         float lr = (float)t.hp[0], momentum = (float)t.hp[1], w = (float)t.hp[2];
@@ -244,7 +262,7 @@ LF_FN void lf_tile_update(int op, int nst, const lf_tensor_desc& t, const lf_til
                           const lf_tile_scratch& sc) {
     LF_TILE_FOR(j, g.len) {
         lf_u64 i = g.start + j;
-        float s[2] = {0.0f, 0.0f};
+        float s[LF_MAX_STATES] = {0.0f, 0.0f, 0.0f};
         for (int k = 0; k < nst; ++k) {
             const lf_state_desc& st = t.st[k];
             const float* lv = st.kind == LF_ST_LOGQ
@@ -255,7 +273,7 @@ LF_FN void lf_tile_update(int op, int nst, const lf_tensor_desc& t, const lf_til
         }
         float p = lf_load_f32(t.param, i, t.pkind);
         float gr = op == LF_OP_MUON ? 0.0f : lf_load_f32(t.grad, i, t.pkind);
-        lf_update(op, t, p, gr, s[0], s[1]);
+        lf_update(op, t, p, gr, s);
         lf_store_param(t, i, p, param_stochastic, seed);
         for (int k = 0; k < nst; ++k) {
             if (t.st[k].kind == LF_ST_F32) {
@@ -371,7 +389,8 @@ LF_FN bool lf_resolve_step(const lf_tensor_desc& in, const lf_step_ctx& ctx, lf_
     lf_i64 t = in.t - lf_popcount32(w & (lf_u32)in.pending);
     lf_u64 hi = (lf_u64)t << 32;
     out->pstream = hi | (in.pstream & 0xFFFFFFFFull);
-    for (int k = 0; k < 2; ++k) out->st[k].stream = hi | (in.st[k].stream & 0xFFFFFFFFull);
+    for (int k = 0; k < LF_MAX_STATES; ++k)
+        out->st[k].stream = hi | (in.st[k].stream & 0xFFFFFFFFull);
     out->first = t == 1;
     if (ctx.tab) {
         lf_i64 row = t - ctx.t0;
@@ -396,13 +415,13 @@ LF_FN void lf_step_tile(int op, const lf_tensor_desc& t, lf_u64 start, lf_u32 le
     g.block = block;
     g.nb = (len + block - 1) / block;
     g.b0 = start / block;
-    const int nst = op == LF_OP_ADAMW ? 2 : 1;
-    lf_enc enc[2];
+    const int nst = lf_op_states(op);
+    lf_enc enc[LF_MAX_STATES];
     for (int k = 0; k < nst; ++k) {
         enc[k] = t.st[k].kind == LF_ST_EXMY ? lf_state_enc(t.st[k]) : lf_enc_f16();
         if (t.st[k].kind == LF_ST_LOGQ) lf_tile_old_levels(t.st[k], g, sc.levels[k], bad);
     }
-    LF_TILE_FOR(b, 2 * g.nb) sc.amax[b] = 0u;
+    LF_TILE_FOR(b, (lf_u32)nst * g.nb) sc.amax[b] = 0u;
     LF_TILE_SYNC();
     lf_tile_update(op, nst, t, g, enc, seed, param_stochastic, sc);
     LF_TILE_SYNC();
