@@ -39,12 +39,13 @@ Design notes
 from __future__ import annotations
 
 import warnings
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 
 from .. import _core
+from .._types import TableRounding
 from ..codec import Dynamic, Linear, Log, _check_choice
 from ..formats import format as _format
 from ..qtensor import _codec_from_spec, _codec_spec
@@ -197,7 +198,7 @@ class PackedOptimizer(torch.optim.Optimizer):
     storage, fused steps (see the module docstring). Not used directly."""
 
     #: The per-parameter states, in order.
-    _STATES: tuple = ()
+    _STATES: Tuple[str, ...] = ()
     #: The constructor argument (and param-group key) naming each state's codec.
     _CODEC_ARGS: Dict[str, str] = {}
     #: Storage options a param group may override, with the attribute holding the default.
@@ -205,13 +206,15 @@ class PackedOptimizer(torch.optim.Optimizer):
                         "min_quant_size": "_min_quant"}
     #: Attributes beyond torch's ``defaults``/``state``/``param_groups`` that pickling and
     #: deepcopy keep (subclasses add theirs).
-    _PICKLED = ("_codecs", "_block", "_rounding", "_seed", "_min_quant", "_nonfinite",
-                "_param_rounding", "skipped_steps", "_warned_skip")
+    _PICKLED: Tuple[str, ...] = (
+        "_codecs", "_block", "_rounding", "_seed", "_min_quant", "_nonfinite", "_param_rounding",
+        "skipped_steps", "_warned_skip")
 
     # ------------------------------------------------------------ configuration
 
-    def _configure(self, codecs: Dict[str, Any], *, block_size: int, rounding: str, seed: Any,
-                   min_quant_size: Any, nonfinite: str, param_rounding: str) -> None:
+    def _configure(self, codecs: Dict[str, Any], *, block_size: int, rounding: TableRounding,
+                   seed: Any, min_quant_size: Any, nonfinite: str,
+                   param_rounding: TableRounding) -> None:
         """Validate and store the storage options and step policies (before torch's
         ``__init__`` adds the param groups)."""
         _check_choice("rounding", rounding, ("nearest", "stochastic"))
@@ -233,8 +236,10 @@ class PackedOptimizer(torch.optim.Optimizer):
         self._plans: Dict[int, _Plan] = {}
         self._dskip = None  # CUDA: the device-side skips (lowfp.cuda.optim.DeviceSkip)
 
-    #: Whether CUDA steps may skip on the device (every group's step is one fused kernel).
-    _DEVICE_SKIP = False
+    @property
+    def _DEVICE_SKIP(self) -> bool:  # noqa: N802 - a flag that subclasses override
+        """Whether CUDA steps may skip on the device (every group's step is one fused kernel)."""
+        return False
 
     @property
     def skipped_steps(self) -> int:
@@ -331,9 +336,9 @@ class PackedOptimizer(torch.optim.Optimizer):
                 # a sharded DTensor whose rows do not hold whole blocks keeps float32 states
                 and _dist.block_aligned(p, self._opt(group, "block_size")))
 
-    def _specs(self, p: torch.Tensor, group: dict) -> tuple:
+    def _specs(self, p: torch.Tensor, group: Optional[dict]) -> tuple:
         """Per state: None (float32) or (codec, spec dict, handle) for parameter p."""
-        out = []
+        out: List[Optional[tuple]] = []
         for name in self._STATES:
             if not self._quantized(p, name, group):
                 out.append(None)
