@@ -39,7 +39,7 @@ Design notes
 from __future__ import annotations
 
 import warnings
-from typing import Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -50,6 +50,9 @@ from ..codec import Dynamic, Linear, Log, _check_choice
 from ..formats import format as _format
 from ..qtensor import _codec_from_spec, _codec_spec
 from . import distributed as _dist
+
+if TYPE_CHECKING:
+    from ..cuda.optim import DeviceSkip
 
 __all__ = ["PackedOptimizer", "LAYOUT_VERSION"]
 
@@ -150,7 +153,8 @@ def _block_spec(codec: Any, block: int, rounding: str):
     key = (tuple(sorted(plain.items())), block, rounding)
     hit = _SPECS.get(key)
     if hit is None:
-        d = {"bits": 0, "signed": True, "zero": True, "alpha": 0.5, "quantile": 0.0}
+        d: Dict[str, Any] = {"bits": 0, "signed": True, "zero": True, "alpha": 0.5,
+                             "quantile": 0.0}
         d.update(_codec_spec(codec))
         d.update(block=block, scale="absmax", rounding=rounding)
         handle = _core.BlockSpec(d)
@@ -168,14 +172,17 @@ class _Entry:
     """One parameter of a group's step plan."""
 
     __slots__ = ("p", "index", "specs", "st", "args", "t", "views", "wview", "wptr", "slot")
+    slot: int  # the entry's index in its _Plan (set by the plan)
 
     def __init__(self, p: torch.Tensor, index: int, specs: tuple):
         self.p, self.index, self.specs = p, index, specs
-        self.st = None  # the state dict the cached args were made from
+        self.st: Optional[dict] = None  # the state dict the cached args were made from
         self.args: tuple = ()
         self.t = 0  # the step count, mirrored on the host
-        self.views = None  # this step's (param, grad, kind, write-back) from _views
-        self.wview, self.wptr = None, None  # the parameter's view and the address it shows
+        self.views: Optional[tuple] = None  # this step's (param, grad, kind, write-back)
+        # the parameter's view and the address it shows
+        self.wview: Any = None
+        self.wptr: Optional[int] = None
 
 
 class _Plan:
@@ -234,7 +241,7 @@ class PackedOptimizer(torch.optim.Optimizer):
         self.skipped_steps = 0
         self._warned_skip = False
         self._plans: Dict[int, _Plan] = {}
-        self._dskip = None  # CUDA: the device-side skips (lowfp.cuda.optim.DeviceSkip)
+        self._dskip: Optional[DeviceSkip] = None  # CUDA: the device-side skips
 
     @property
     def _DEVICE_SKIP(self) -> bool:  # noqa: N802 - a flag that subclasses override
@@ -547,7 +554,10 @@ class PackedOptimizer(torch.optim.Optimizer):
         """Apply the ``nonfinite`` policy; True when the step may proceed."""
         if self._device_skip(entries):
             return True
-        gpu, views, kinds, others = [], [], [], []
+        gpu: List[torch.Tensor] = []
+        views: List[np.ndarray] = []
+        kinds: List[str] = []
+        others: List[torch.Tensor] = []
         for e in entries:
             if e.views is None:
                 g = _dist.local(e.p.grad)
