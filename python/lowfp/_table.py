@@ -8,7 +8,7 @@ or written to CSV. Rejected: pandas (an extra dependency for a list of dicts).
 from __future__ import annotations
 
 import csv
-from typing import Any, Dict, Iterator, List
+from typing import Any, Dict, Iterator, List, Optional
 
 
 class Table:
@@ -18,7 +18,7 @@ class Table:
         rows: list of dicts (one per row; every row has the same keys, in ``columns`` order).
     """
 
-    def __init__(self, rows: List[Dict[str, Any]] = None):
+    def __init__(self, rows: Optional[List[Dict[str, Any]]] = None):
         self.rows: List[Dict[str, Any]] = list(rows or [])
 
     @property

@@ -449,6 +449,7 @@ def encode(
                     a.size)
     if as_dtype:
         _as_dtype(None, f, from_torch)  # fail before the work when there is no such dtype
+    o: Optional[np.ndarray]
     if out is None and a.flags.c_contiguous:  # the common case, inline
         o = np.empty(a.shape, f.code_dtype)
         try:
@@ -568,7 +569,7 @@ def decode(codes: Any, fmt: Optional[FormatLike] = None, *, dtype: Any = np.floa
             raise TypeError(f"codes: expected uint8, uint16 or uint32 codes, got dtype "
                             f"{c.dtype}")
         c = _native(c)
-    dt = _NP_DTYPE.get(kind)
+    dt: Optional[np.dtype] = _NP_DTYPE.get(kind)
     wide = dt is not None
     if not wide:
         dt = np.dtype(np.uint16)

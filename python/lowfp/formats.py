@@ -21,7 +21,7 @@ import difflib
 import re
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Dict, Optional, Union, cast
 
 import numpy as np
 
@@ -58,6 +58,9 @@ class Format:
     nan: str = "ieee"
     subnormals: bool = True
     name: str = field(init=False, compare=False)
+    if TYPE_CHECKING:  # set in __post_init__; not dataclass fields at run time
+        _handle: Any = field(init=False, repr=False, compare=False)
+        _encoders: Dict[tuple, Any] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.nan not in NAN_KINDS:
@@ -84,7 +87,7 @@ class Format:
         return (
             int(self.exp_bits),
             int(self.man_bits),
-            int(self.bias),
+            int(cast(int, self.bias)),  # set by __post_init__
             bool(self.signed),
             bool(self.inf),
             self.nan,
@@ -259,10 +262,10 @@ def _suggest(name: str) -> str:
     close = difflib.get_close_matches(name.lower(), words, n=3, cutoff=0.6)
     if not close:
         return ""
-    words = ", ".join(repr(c) for c in close[:-1]) + (" or " if len(close) > 1 else "")
-    words += repr(close[-1])
+    said = ", ".join(repr(c) for c in close[:-1]) + (" or " if len(close) > 1 else "")
+    said += repr(close[-1])
     note = " (presets are codecs of lowfp.quantize_blockwise)" if set(close) & set(PRESETS) else ""
-    return f"; did you mean {words}?{note}"
+    return f"; did you mean {said}?{note}"
 
 
 def _lookup(fmt: Any, arg: str = "fmt") -> Format:

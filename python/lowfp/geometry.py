@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Callable, Dict, Iterable, List, Optional, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 try:
     import torch
@@ -167,7 +167,7 @@ _VO = re.compile(r"(^|\.)(v_proj|o_proj|v_attn|value|out_proj|wv|wo|to_v|to_out|
 _ATTN_OUT = re.compile(r"(attn|attention).*(^|\.)(c_proj|proj|output)(\.|$)")
 _EMB = re.compile(r"(^|\.)(wte|wpe|embed\w*|tok_embeddings|\w*_embeddings?|shared)(\.|$)")
 _NORM = re.compile(r"(^|\.)(ln_?\w*|\w*norm\w*)(\.|$)")
-_NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase)
+_NORM_TYPES: Tuple[type, ...] = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase)
 if hasattr(nn, "RMSNorm"):
     _NORM_TYPES = _NORM_TYPES + (nn.RMSNorm,)
 
@@ -355,6 +355,7 @@ def sharpness(model: nn.Module, loss_fn: Callable[[nn.Module, Any], torch.Tensor
                 norm = math.sqrt(sum(float(x.double().square().sum()) for x in v))
                 v = [x / norm for x in v]
                 value = math.nan
+                hv: Sequence[torch.Tensor]
                 for _ in range(iters):
                     hv = torch.autograd.grad(gs, ps, grad_outputs=v, retain_graph=True,
                                              allow_unused=True)

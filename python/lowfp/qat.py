@@ -58,6 +58,7 @@ except ImportError as e:  # pragma: no cover - torch is an optional extra
 from . import codec as _codec
 from ._common import SCALE_FORMATS
 from ._table import Table
+from ._types import Overflow, Rounding
 from .formats import Format
 from .formats import format as _format
 from .optim.lowprec import _stream
@@ -99,10 +100,10 @@ class Quantizer:
     """
 
     fmt: Union[str, Format, Codec]
-    rounding: str = "nearest"
+    rounding: Rounding = "nearest"
     block_size: Optional[int] = None
     scale: Optional[str] = None
-    overflow: str = "saturate"
+    overflow: Overflow = "saturate"
     seed: Optional[int] = 0
 
     def __post_init__(self) -> None:
@@ -289,6 +290,7 @@ def fake_quantize(x: torch.Tensor, q: QuantizerLike, *, axis: int = -1,
 class _FakeQuantModule:
     """What the fake-quant modules add to their torch base class (set by :func:`prepare`)."""
 
+    weight: torch.Tensor  # the torch base class's
     weight_quantizer: Optional[Quantizer]
     act_quantizer: Optional[Quantizer]
     grad_quantizer: Optional[Quantizer]
@@ -343,6 +345,8 @@ class QLinear(_FakeQuantModule, nn.Linear):
 
 class _QConv(_FakeQuantModule):
     _ACT_AXIS = 1
+    bias: Optional[torch.Tensor]  # the nn.Conv*d base class's
+    _conv_forward: Callable[[torch.Tensor, torch.Tensor, Optional[torch.Tensor]], torch.Tensor]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._fq_forward(x, lambda x, w: self._conv_forward(x, w, self.bias))

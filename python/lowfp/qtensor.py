@@ -16,8 +16,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from dataclasses import dataclass
-from typing import Any, Dict, Optional, Tuple, Union
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -109,6 +109,8 @@ class QTensor:
     scale: str
     rounding: str = "nearest"
     axis: Optional[int] = None
+    if TYPE_CHECKING:  # set by quantize_blockwise on the instances it makes; no field at run time
+        _from_torch: bool = field(init=False, repr=False, compare=False)
 
     def _spec(self) -> dict:
         d = _codec_spec(self.codec)
@@ -189,7 +191,7 @@ class QTensor:
         buf = np.empty(rows * padded if count != self.size else count, np.float32)
         alphas = self.alphas if self.alphas is not None else np.empty(0, np.float32)
         _core.blockwise_dequantize(self.codes, block_handle(self._spec()), self._scales_f32(),
-                                   alphas, np.float32(self.global_scale), buf[:count])
+                                   alphas, float(np.float32(self.global_scale)), buf[:count])
         out = _unpad_rows(buf, self)
         out = _from_f32(out, kind, None)
         return _wrap(out, getattr(self, "_from_torch", False), kind)
@@ -285,6 +287,7 @@ def _copy(dst: Any, src: Any, q: QTensor, to_moved: bool) -> None:
     dst's last axis: a plain transposing copy of a 4096² float32 matrix takes ~3x as long
     (every read or write misses the cache)."""
     ax = q.axis
+    assert ax is not None  # callers move along an axis only
     lead = int(np.prod(q.shape[:ax], dtype=np.int64))
     inner = int(np.prod(q.shape[ax + 1:], dtype=np.int64))
     n = int(q.shape[ax])
@@ -359,9 +362,9 @@ def _nonfinite_error(e: ValueError, q: QTensor) -> ValueError:
     i, v = int(m.group(1)), m.group(2)
     rows, n, padded = q._rows()
     r, j = divmod(i, padded)
-    idx = list(np.unravel_index(r, q._moved_shape()[:-1]))
-    idx.insert(q.axis, j)
-    idx = tuple(int(k) for k in idx)
+    pos: List[int] = [int(k) for k in np.unravel_index(r, q._moved_shape()[:-1])]
+    pos.insert(q.axis, j)
+    idx = tuple(pos)
     return ValueError(f"x: element {idx} is {v}; blockwise quantization needs finite values "
                       "(nonfinite='ocp' makes such blocks NaN)")
 

@@ -132,10 +132,17 @@ def _rel(y: torch.Tensor, ref: torch.Tensor) -> float:
     return _ratio(float((y.double() - ref.double()).norm()), n)
 
 
+class LayerErrors(Table):
+    """The table :func:`layer_errors` returns: a :class:`lowfp._table.Table` with the
+    attribute ``output_error``."""
+
+    output_error: float
+
+
 @torch.no_grad()
 def layer_errors(model: nn.Module, batch: Any, fmt: _qat.QuantizerLike, *,
                  filter: _qat.Filter = None,
-                 output: Optional[Callable[[Any], torch.Tensor]] = None) -> Table:
+                 output: Optional[Callable[[Any], torch.Tensor]] = None) -> LayerErrors:
     """Per-layer quantization error, each layer's weights quantized alone vs all together.
 
     The weights are rounded as :func:`lowfp.qat.quantize_weights` rounds them; the model is
@@ -212,6 +219,6 @@ def layer_errors(model: nn.Module, batch: Any, fmt: _qat.QuantizerLike, *,
         for (_, m), w in zip(targets, originals):
             m.weight.copy_(w)
         model.train(training)
-    table = Table(rows)
+    table = LayerErrors(rows)
     table.output_error = _rel(all_out, ref_out)
     return table

@@ -13,6 +13,7 @@ import signal
 import sys
 import time
 from contextlib import contextmanager
+from typing import Any, Callable, Dict, List, Tuple
 
 import numpy as np
 
@@ -367,6 +368,7 @@ def small_calls(threads) -> None:
 
     x16 = np.linspace(-4, 4, 16, dtype=np.float32)
     c16 = lowfp.encode(x16, "e4m3")
+    rows: List[Tuple[str, Callable[[], Any]]]
     rows = [("lowfp encode f32 → e4m3", lambda: lowfp.encode(x16, "e4m3")),
             ("lowfp decode e4m3 → f32", lambda: lowfp.decode(c16, "e4m3"))]
     try:
@@ -386,7 +388,7 @@ def small_calls(threads) -> None:
                  ("torch float8_e4m3fn .to(float32)", lambda: t8.to(torch.float32))]
     except ImportError:
         pass
-    table = {name: [] for name, _ in rows}
+    table: Dict[str, List[float]] = {name: [] for name, _ in rows}
     for t in threads:
         set_threads(t)
         for name, fn in rows:

@@ -80,7 +80,7 @@ def state_bytes(opt) -> int:
                 # torchao keeps its states as tensor subclasses: count their inner tensors
                 inner = getattr(v, "__tensor_flatten__", None)
                 if inner is not None:
-                    names, _ = v.__tensor_flatten__()
+                    names, _ = inner()
                     total += sum(getattr(v, n).numel() * getattr(v, n).element_size()
                                  for n in names)
                 else:
@@ -224,7 +224,7 @@ def models(args) -> None:
     with Progress("bench optim (models)", total=len(cases) * len(MODEL_ROWS),
                   unit="runs") as progress:
         for label, shapes, mq in cases:
-            row = []
+            row: list[float | None] = []
             for name, factory in MODEL_ROWS:
                 progress(f"{label}: {name}")
                 try:

@@ -454,6 +454,7 @@ def dequantize_blockwise_arrays(packed: Any, scales_f32: Any, levels: Optional[n
     out, o = _empty(packed, (int(count),), "float32")
     flags = _Flags(packed)
     if logq is None:
+        assert levels is not None  # only a quantile log codec comes without levels
         lv = _device_levels(levels, packed)
         nlev, per_block = int(lv.size), 0
     else:

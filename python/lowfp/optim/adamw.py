@@ -9,12 +9,13 @@ class), each fixing its states' codecs and default block size, as bitsandbytes'
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 import torch
 
 from .. import _core
+from .._types import TableRounding
 from ..codec import Dynamic, Linear, Log
 from . import distributed as _dist
 from .base import _PLAIN, PackedOptimizer, _scalar, check_lr, cuda_optim
@@ -74,7 +75,7 @@ class AdamW(PackedOptimizer):
         TypeError: a codec of another type.
     """
 
-    _STATES = ("exp_avg", "exp_avg_sq")
+    _STATES: Tuple[str, ...] = ("exp_avg", "exp_avg_sq")
     _v_gran, _v_block = "element", 128  # (instances pickled before v_granularity)
     _CODEC_ARGS = {"exp_avg": "exp_avg", "exp_avg_sq": "exp_avg_sq",
                    "max_exp_avg_sq": "exp_avg_sq"}
@@ -84,9 +85,9 @@ class AdamW(PackedOptimizer):
                  foreach: Optional[bool] = None, capturable: bool = False,
                  differentiable: bool = False, fused: Optional[bool] = None,
                  decoupled_weight_decay: bool = True, exp_avg: Any = None,
-                 exp_avg_sq: Any = None, block_size: int = 256, rounding: str = "nearest",
+                 exp_avg_sq: Any = None, block_size: int = 256, rounding: TableRounding = "nearest",
                  seed: int = 0, min_quant_size: int = 4096, nonfinite: str = "skip",
-                 param_rounding: str = "stochastic", v_granularity: str = "element",
+                 param_rounding: TableRounding = "stochastic", v_granularity: str = "element",
                  v_block_size: int = 128):
         check_lr(lr)
         if v_granularity not in V_GRANULARITIES:
@@ -173,7 +174,8 @@ class AdamW(PackedOptimizer):
         b1, b2 = (_scalar(b) for b in group["betas"])
         lr, wd, eps = _scalar(group["lr"]), group["weight_decay"], group["eps"]
         decoupled, amsgrad = group["decoupled_weight_decay"], "max_exp_avg_sq" in self._STATES
-        items, offsets, copies, scalars = [], [], [], {}
+        items, offsets, copies = [], [], []
+        scalars: Dict[int, tuple] = {}
         l2, decay = (0.0, 1 - lr * wd) if decoupled else (wd, 1.0)
 
         def scalars_at(t: int) -> tuple:
@@ -294,8 +296,9 @@ class AdamW(PackedOptimizer):
         spec = self._specs(p, self._group_of(p))[0]
         parts = [st[f"exp_avg.{k}"] for k in ("codes", "scales", "alphas")]
         host = [t if t.device.type == "cpu" else t.cpu() for t in parts]
+        codes, scales, alphas = (t.numpy() for t in host)
         _core.blockwise_quantize(np.ascontiguousarray(m.detach().cpu().numpy()), spec[2],
-                                 *(t.numpy() for t in host), self._seed, stream)
+                                 codes, scales, alphas, self._seed, stream)
         for t, h in zip(parts, host):
             if h is not t:
                 t.copy_(h)
@@ -556,8 +559,8 @@ class SOLO(AdamW):
 
     def __init__(self, params, bits: int = 3, lr: float = 1e-3, betas=None, eps: float = 1e-8,
                  weight_decay: float = 1e-2, *, m_bits: Optional[int] = None,
-                 quantile: float = 0.05, block_size: int = 128, rounding: str = "stochastic",
-                 **kwargs):
+                 quantile: float = 0.05, block_size: int = 128,
+                 rounding: TableRounding = "stochastic", **kwargs):
         m_bits = bits if m_bits is None else m_bits
         b1 = solo_beta1(m_bits)  # validates m_bits
         solo_beta1(bits)

@@ -39,16 +39,20 @@ Design notes
 from __future__ import annotations
 
 import warnings
-from typing import Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 
 from .. import _core
+from .._types import TableRounding
 from ..codec import Dynamic, Linear, Log, _check_choice
 from ..formats import format as _format
 from ..qtensor import _codec_from_spec, _codec_spec
 from . import distributed as _dist
+
+if TYPE_CHECKING:
+    from ..cuda.optim import DeviceSkip
 
 __all__ = ["PackedOptimizer", "LAYOUT_VERSION"]
 
@@ -149,7 +153,8 @@ def _block_spec(codec: Any, block: int, rounding: str):
     key = (tuple(sorted(plain.items())), block, rounding)
     hit = _SPECS.get(key)
     if hit is None:
-        d = {"bits": 0, "signed": True, "zero": True, "alpha": 0.5, "quantile": 0.0}
+        d: Dict[str, Any] = {"bits": 0, "signed": True, "zero": True, "alpha": 0.5,
+                             "quantile": 0.0}
         d.update(_codec_spec(codec))
         d.update(block=block, scale="absmax", rounding=rounding)
         handle = _core.BlockSpec(d)
@@ -167,14 +172,17 @@ class _Entry:
     """One parameter of a group's step plan."""
 
     __slots__ = ("p", "index", "specs", "st", "args", "t", "views", "wview", "wptr", "slot")
+    slot: int  # the entry's index in its _Plan (set by the plan)
 
     def __init__(self, p: torch.Tensor, index: int, specs: tuple):
         self.p, self.index, self.specs = p, index, specs
-        self.st = None  # the state dict the cached args were made from
+        self.st: Optional[dict] = None  # the state dict the cached args were made from
         self.args: tuple = ()
         self.t = 0  # the step count, mirrored on the host
-        self.views = None  # this step's (param, grad, kind, write-back) from _views
-        self.wview, self.wptr = None, None  # the parameter's view and the address it shows
+        self.views: Optional[tuple] = None  # this step's (param, grad, kind, write-back)
+        # the parameter's view and the address it shows
+        self.wview: Any = None
+        self.wptr: Optional[int] = None
 
 
 class _Plan:
@@ -197,7 +205,7 @@ class PackedOptimizer(torch.optim.Optimizer):
     storage, fused steps (see the module docstring). Not used directly."""
 
     #: The per-parameter states, in order.
-    _STATES: tuple = ()
+    _STATES: Tuple[str, ...] = ()
     #: The constructor argument (and param-group key) naming each state's codec.
     _CODEC_ARGS: Dict[str, str] = {}
     #: Storage options a param group may override, with the attribute holding the default.
@@ -205,13 +213,15 @@ class PackedOptimizer(torch.optim.Optimizer):
                         "min_quant_size": "_min_quant"}
     #: Attributes beyond torch's ``defaults``/``state``/``param_groups`` that pickling and
     #: deepcopy keep (subclasses add theirs).
-    _PICKLED = ("_codecs", "_block", "_rounding", "_seed", "_min_quant", "_nonfinite",
-                "_param_rounding", "skipped_steps", "_warned_skip")
+    _PICKLED: Tuple[str, ...] = (
+        "_codecs", "_block", "_rounding", "_seed", "_min_quant", "_nonfinite", "_param_rounding",
+        "skipped_steps", "_warned_skip")
 
     # ------------------------------------------------------------ configuration
 
-    def _configure(self, codecs: Dict[str, Any], *, block_size: int, rounding: str, seed: Any,
-                   min_quant_size: Any, nonfinite: str, param_rounding: str) -> None:
+    def _configure(self, codecs: Dict[str, Any], *, block_size: int, rounding: TableRounding,
+                   seed: Any, min_quant_size: Any, nonfinite: str,
+                   param_rounding: TableRounding) -> None:
         """Validate and store the storage options and step policies (before torch's
         ``__init__`` adds the param groups)."""
         _check_choice("rounding", rounding, ("nearest", "stochastic"))
@@ -231,10 +241,12 @@ class PackedOptimizer(torch.optim.Optimizer):
         self.skipped_steps = 0
         self._warned_skip = False
         self._plans: Dict[int, _Plan] = {}
-        self._dskip = None  # CUDA: the device-side skips (lowfp.cuda.optim.DeviceSkip)
+        self._dskip: Optional[DeviceSkip] = None  # CUDA: the device-side skips
 
-    #: Whether CUDA steps may skip on the device (every group's step is one fused kernel).
-    _DEVICE_SKIP = False
+    @property
+    def _DEVICE_SKIP(self) -> bool:  # noqa: N802 - a flag that subclasses override
+        """Whether CUDA steps may skip on the device (every group's step is one fused kernel)."""
+        return False
 
     @property
     def skipped_steps(self) -> int:
@@ -331,9 +343,9 @@ class PackedOptimizer(torch.optim.Optimizer):
                 # a sharded DTensor whose rows do not hold whole blocks keeps float32 states
                 and _dist.block_aligned(p, self._opt(group, "block_size")))
 
-    def _specs(self, p: torch.Tensor, group: dict) -> tuple:
+    def _specs(self, p: torch.Tensor, group: Optional[dict]) -> tuple:
         """Per state: None (float32) or (codec, spec dict, handle) for parameter p."""
-        out = []
+        out: List[Optional[tuple]] = []
         for name in self._STATES:
             if not self._quantized(p, name, group):
                 out.append(None)
@@ -542,7 +554,10 @@ class PackedOptimizer(torch.optim.Optimizer):
         """Apply the ``nonfinite`` policy; True when the step may proceed."""
         if self._device_skip(entries):
             return True
-        gpu, views, kinds, others = [], [], [], []
+        gpu: List[torch.Tensor] = []
+        views: List[np.ndarray] = []
+        kinds: List[str] = []
+        others: List[torch.Tensor] = []
         for e in entries:
             if e.views is None:
                 g = _dist.local(e.p.grad)

@@ -41,7 +41,7 @@ parameters raise ValueError at the first step.
 from __future__ import annotations
 
 import sys
-from typing import Any, Dict, Iterable
+from typing import TYPE_CHECKING, Any, Dict, Iterable
 
 import torch
 
@@ -52,7 +52,13 @@ __all__ = ["is_dtensor", "check_param", "local", "block_aligned", "wrap_state_di
 
 # torch.distributed.tensor is imported only once a DTensor exists (it costs ~0.5 s to import):
 # no DTensor can exist before its module is imported, so is_dtensor looks it up in sys.modules.
-DTensor = Replicate = Shard = None
+if TYPE_CHECKING:
+    from torch.distributed.tensor import DTensor, Replicate, Shard
+    from typing_extensions import TypeGuard
+
+    from .base import PackedOptimizer
+else:
+    DTensor = Replicate = Shard = None
 
 
 def _load() -> None:
@@ -64,7 +70,7 @@ def _load() -> None:
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
 
 
-def is_dtensor(t: Any) -> bool:
+def is_dtensor(t: Any) -> TypeGuard[DTensor]:
     """True for a ``torch.distributed.tensor.DTensor``."""
     if type(t) in _PLAIN:  # the common case, without DTensor's slow isinstance check
         return False
@@ -80,7 +86,7 @@ def local(t: torch.Tensor) -> torch.Tensor:
     return t.to_local() if is_dtensor(t) else t
 
 
-def _sharded(p: torch.Tensor) -> bool:
+def _sharded(p: torch.Tensor) -> TypeGuard[DTensor]:
     return is_dtensor(p) and any(not isinstance(pl, Replicate) for pl in p.placements)
 
 
@@ -107,7 +113,7 @@ def check_flat(p: torch.Tensor) -> None:
             "cannot hold: use torch.distributed.fsdp.fully_shard (FSDP2) instead")
 
 
-def _check_placements(p: torch.Tensor) -> None:
+def _check_placements(p: DTensor) -> None:
     for what, t in (("param", p), ("grad", p.grad)):
         if t is None:
             continue
@@ -120,8 +126,9 @@ def _check_placements(p: torch.Tensor) -> None:
                     f"{what}: DTensor placements {tuple(t.placements)} are not supported; "
                     "lowfp.optim steps DTensors that are replicated or sharded on dim 0 "
                     "(FSDP2's fully_shard), where packed blocks stay inside rows")
-    if tuple(p.grad.placements if p.grad is not None else p.placements) != tuple(p.placements):
-        raise ValueError(f"grad: placements {tuple(p.grad.placements)} differ from the "
+    grad = p.grad  # None or, as checked above, a DTensor
+    if is_dtensor(grad) and tuple(grad.placements) != tuple(p.placements):
+        raise ValueError(f"grad: placements {tuple(grad.placements)} differ from the "
                          f"parameter's {tuple(p.placements)}")
 
 
@@ -140,7 +147,7 @@ def block_aligned(p: torch.Tensor, block: int) -> bool:
     return p.ndim >= 1 and cols > 0 and cols % block == 0
 
 
-def _as_dtensor(p: torch.Tensor, t: torch.Tensor, per_row: int) -> torch.Tensor:
+def _as_dtensor(p: DTensor, t: torch.Tensor, per_row: int) -> DTensor:
     """Wrap local t (flat, ``local_rows · per_row`` elements) as a (rows, per_row) DTensor
     placed like p. Shares t's storage."""
     rows, _ = _rows(p)
@@ -150,7 +157,7 @@ def _as_dtensor(p: torch.Tensor, t: torch.Tensor, per_row: int) -> torch.Tensor:
                               stride=(per_row, 1))
 
 
-def wrap_state_dict(optimizer: torch.optim.Optimizer, sd: Dict[str, Any]) -> Dict[str, Any]:
+def wrap_state_dict(optimizer: PackedOptimizer, sd: Dict[str, Any]) -> Dict[str, Any]:
     """DTensor states for DTensor parameters, for DCP.
 
     Args:
@@ -182,6 +189,7 @@ def wrap_state_dict(optimizer: torch.optim.Optimizer, sd: Dict[str, Any]) -> Dic
             else:
                 name, part = k.rsplit(".", 1)
                 spec = optimizer._spec(name, optimizer._group_of(p))
+                assert spec is not None  # a packed part: the state is quantized
                 if part == "alphas" and _core.blockwise_layout(spec, spec["block"])[2] == 0:
                     new[k] = t  # this codec has no per-block bases: empty on every rank
                 elif not _sharded(p):  # replicated: the same flat tensor on every rank
@@ -204,7 +212,7 @@ def unwrap_state(key: str, t: Any) -> Any:
     return t.reshape(-1) if "." in key else t
 
 
-def init_state(optimizer: torch.optim.Optimizer) -> None:
+def init_state(optimizer: PackedOptimizer) -> None:
     """Create the (zero) states of every parameter that has none, without a step.
 
     ``dcp.load`` fills the tensors of the state dict it is given, so a fresh optimizer must
@@ -225,7 +233,7 @@ def init_state(optimizer: torch.optim.Optimizer) -> None:
                 optimizer.state[p].update(optimizer._init_state(p))
 
 
-def _local_offset(p: torch.Tensor) -> int:
+def _local_offset(p: DTensor) -> int:
     """First global row of p's local shard."""
     from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 

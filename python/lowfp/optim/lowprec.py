@@ -64,6 +64,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 from .. import codec as _codec
 from .._table import Table
+from .._types import Overflow, Rounding
 from ..formats import Format
 from ..formats import format as _format
 
@@ -97,8 +98,8 @@ class Q:
     """
 
     fmt: Union[str, Format]
-    rounding: str = "nearest"
-    overflow: str = "saturate"
+    rounding: Rounding = "nearest"
+    overflow: Overflow = "saturate"
 
     def __post_init__(self) -> None:
         _format(self.fmt)  # raises ValueError naming the bad format
@@ -175,7 +176,7 @@ class Tracker(Table):
     :class:`lowfp._table.Table` whose rows have the columns :data:`TRACK_COLUMNS` (defined in
     the module docstring); ``rows``, ``column(name)``, ``to_csv(path)``."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__()
         self._sums: Dict[str, List[torch.Tensor]] = {}
         self._numel: Dict[str, int] = {}
@@ -305,7 +306,7 @@ class LowPrecision(torch.optim.Optimizer):
     # ------------------------------------------------------------ the inner optimizer's views
 
     @property
-    def param_groups(self) -> List[Dict[str, Any]]:  # type: ignore[override]
+    def param_groups(self) -> List[Dict[str, Any]]:
         return self.optimizer.param_groups
 
     @param_groups.setter
@@ -313,7 +314,7 @@ class LowPrecision(torch.optim.Optimizer):
         self.optimizer.param_groups = value
 
     @property
-    def state(self):  # type: ignore[override]
+    def state(self):
         return self.optimizer.state
 
     @state.setter
@@ -321,7 +322,7 @@ class LowPrecision(torch.optim.Optimizer):
         self.optimizer.state = value
 
     @property
-    def defaults(self) -> Dict[str, Any]:  # type: ignore[override]
+    def defaults(self) -> Dict[str, Any]:
         return self.optimizer.defaults
 
     @defaults.setter
@@ -386,7 +387,7 @@ class LowPrecision(torch.optim.Optimizer):
 
     def _params(self) -> List[Tuple[int, torch.Tensor]]:
         """(global index, parameter) over all groups, in order."""
-        out = []
+        out: List[Tuple[int, torch.Tensor]] = []
         for group in self.optimizer.param_groups:
             for p in group["params"]:
                 out.append((len(out), p))

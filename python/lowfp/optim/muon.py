@@ -12,6 +12,7 @@ from typing import Any, Dict, Optional
 import torch
 
 from .. import _core
+from .._types import TableRounding
 from ..codec import Linear, quantize
 from . import distributed as _dist
 from .adamw import AdamW
@@ -123,9 +124,9 @@ class Muon(PackedOptimizer):
                  adjust_lr_fn: Optional[str] = None, *, adamw_lr: float = 3e-4,
                  adamw_betas=(0.9, 0.95), adamw_eps: float = 1e-8,
                  adamw_weight_decay: float = 0.0, momentum_codec: Any = None,
-                 block_size: int = 2048, rounding: str = "nearest", seed: int = 0,
+                 block_size: int = 2048, rounding: TableRounding = "nearest", seed: int = 0,
                  adamw_kwargs: Optional[Dict[str, Any]] = None, nonfinite: str = "skip",
-                 param_rounding: str = "stochastic"):
+                 param_rounding: TableRounding = "stochastic"):
         check_lr(lr)
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"momentum: expected in [0, 1), got {momentum}")

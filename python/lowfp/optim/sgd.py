@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from .. import _core
+from .._types import TableRounding
 from . import distributed as _dist
 from .base import _PLAIN, PackedOptimizer, _scalar, check_lr, cuda_optim
 
@@ -50,9 +51,9 @@ class SGD(PackedOptimizer):
                  weight_decay: float = 0.0, nesterov: bool = False, *, maximize: bool = False,
                  foreach: Optional[bool] = None, differentiable: bool = False,
                  fused: Optional[bool] = None, momentum_codec: Any = None,
-                 block_size: int = 256, rounding: str = "nearest", seed: int = 0,
+                 block_size: int = 256, rounding: TableRounding = "nearest", seed: int = 0,
                  min_quant_size: int = 4096, nonfinite: str = "skip",
-                 param_rounding: str = "stochastic"):
+                 param_rounding: TableRounding = "stochastic"):
         check_lr(lr)
         if not momentum >= 0.0:
             raise ValueError(f"momentum: expected >= 0, got {momentum}")
