@@ -21,7 +21,7 @@ from typing import Any, Dict, Optional, Tuple, Union
 
 import numpy as np
 
-from . import _core
+from . import _core, _validate
 from ._common import E8M0_SCALES, SCALE_FORMATS
 from .codec import (
     ROUNDINGS,
@@ -511,29 +511,54 @@ def save_qtensors(tensors: Dict[str, QTensor], path: str) -> None:
 def load_qtensors(path: str) -> Dict[str, QTensor]:
     """Load QTensors written by :func:`save_qtensors`.
 
-    Raises:
-        ValueError: the file has no lowfp metadata.
-    """
-    from safetensors import safe_open
+    Every entry is checked before it is returned (``lowfp._validate.qtensor``): the metadata
+    schema, the element count against the bytes held, the arrays' dtypes and lengths, the
+    scales and that every code decodes.
 
-    with safe_open(path, framework="numpy") as f:
-        md = f.metadata() or {}
-        if "lowfp" not in md:
-            raise ValueError(f"path: {path} has no lowfp metadata (not written by lowfp)")
-        meta = json.loads(md["lowfp"])
-        out = {}
-        for name, m in meta.items():
+    Raises:
+        ValueError: the file is not a safetensors file, has no lowfp metadata, or an entry is
+            inconsistent (the message names the file, the tensor and the field).
+        TypeError: a metadata field or array has the wrong type.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(path, framework="numpy") as f:
+            md = f.metadata() or {}
+            if "lowfp" not in md:
+                raise ValueError(f"path: {path} has no lowfp metadata (not written by lowfp)")
+            meta = _file_meta(path, md)
             keys = set(f.keys())
-            out[name] = QTensor(
-                codes=f.get_tensor(f"{name}.codes"),
-                scales=f.get_tensor(f"{name}.scales"),
-                alphas=f.get_tensor(f"{name}.alphas") if f"{name}.alphas" in keys else None,
-                global_scale=float(m["global_scale"]),
-                shape=tuple(m["shape"]),
-                codec=_codec_from_spec(m["codec"]),
-                block_size=int(m["block_size"]),
-                scale=m["scale"],
-                rounding=m.get("rounding", "nearest"),
-                axis=m.get("axis"),  # files written before axis= have none: flat blocks
-            )
+            arrays = {}
+            for name in meta:
+                for part in ("codes", "scales", "alphas"):
+                    k = f"{name}.{part}"
+                    if k in keys:
+                        arrays[k] = f.get_tensor(k)
+                    elif part != "alphas":
+                        raise ValueError(f"{path}: tensor {name!r}: {part}: expected an array "
+                                         f"{k!r} in the file, found none")
+    except SafetensorError as e:
+        raise ValueError(f"path: {path} is not a valid safetensors file ({e})") from None
+    out = {}
+    for name, m in meta.items():
+        out[name] = QTensor(**_validate.qtensor(
+            m, arrays[f"{name}.codes"], arrays[f"{name}.scales"], arrays.get(f"{name}.alphas"),
+            f"{path}: tensor {name!r}"))
     return out
+
+
+def _file_meta(path: str, md: dict) -> dict:
+    """The file's lowfp metadata (name -> QTensor.metadata()), its version checked."""
+    version = md.get("format", _validate.QT_FORMATS[0])
+    if version not in _validate.QT_FORMATS:
+        raise _validate.fail(path, "format", f"one of {_validate.QT_FORMATS}", version)
+    try:
+        meta = json.loads(md["lowfp"])
+    except ValueError as e:
+        raise ValueError(f"{path}: lowfp metadata: expected JSON, got {md['lowfp'][:80]!r} "
+                         f"({e})") from None
+    if not isinstance(meta, dict):
+        raise TypeError(f"{path}: lowfp metadata: expected a JSON object (tensor name -> "
+                        f"QTensor metadata), got {type(meta).__name__}")
+    return meta
