@@ -383,6 +383,7 @@ mod tests {
             b"e5m2b11".to_vec(),
             b"e9m99999999999999999999".to_vec(),
             b"e3m3fnuz".to_vec(),
+            b"e33m2".to_vec(), // found by cargo fuzz: a shift overflow in default_bias
         ];
         for i in 0..cases {
             let len = if i % 4 == 0 { next() as usize % 2048 } else { next() as usize % 96 };

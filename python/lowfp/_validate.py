@@ -259,11 +259,12 @@ def qtensor(m: Any, codes: Any, scales: Any, alphas: Any, where: str) -> Dict[st
     bits = _core.blockwise_layout(handle, 0)[3]
     if not isinstance(codes, np.ndarray):
         raise _type_error(where, "codes", "a uint8 array", codes)
-    # the cap: a file declares at most as many elements as its codes can hold
-    if count > codes.size * 8 // bits:
-        raise found(where, "shape", f"at most {codes.size * 8 // bits} elements (what "
-                   f"{codes.size} bytes of {bits}-bit codes hold)",
-                   f"{list(shape)} ({count} stored elements)")
+    # the cap: a file declares at most as many elements as its codes can hold (a few more
+    # get the exact length error below)
+    cap = codes.size * 8 // bits
+    if count > cap + 8:
+        raise found(where, "shape", f"at most {cap} elements (what {codes.size} bytes of "
+                    f"{bits}-bit codes hold)", f"{list(shape)} ({count} stored elements)")
     packed_len, nblocks, nalphas, _ = _core.blockwise_layout(handle, count)
     _array(where, "codes", codes, np.uint8, packed_len)
     sdt = np.float32 if scale == "absmax" else np.uint8
