@@ -197,7 +197,13 @@ pub fn name(f: &Format) -> String {
     if variant.is_empty() && tail.is_empty() && ALIASES.iter().any(|(a, _)| *a == s) {
         s += "ieee"; // `e2m1` alone would mean the OCP alias
     }
-    s + variant + &tail
+    let full = s + variant + &tail;
+    if ALIASES.iter().any(|(a, _)| *a == full) {
+        // the spec spells an alias of another format ("e8m0fnu" is float8_e8m0fnu, which
+        // has no subnormals): write the bias out (found by the format_spec fuzz target)
+        return format!("e{}m{}b{}{variant}{tail}", f.exp_bits(), f.man_bits(), f.bias());
+    }
+    full
 }
 
 #[cfg(test)]

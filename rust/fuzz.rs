@@ -384,6 +384,7 @@ mod tests {
             b"e9m99999999999999999999".to_vec(),
             b"e3m3fnuz".to_vec(),
             b"e33m2".to_vec(), // found by cargo fuzz: a shift overflow in default_bias
+            b"e8m00fnu".to_vec(), // found by cargo fuzz: its name was the alias e8m0fnu
         ];
         for i in 0..cases {
             let len = if i % 4 == 0 { next() as usize % 2048 } else { next() as usize % 96 };
