@@ -460,7 +460,10 @@ pub fn quantize_rows(
     check("alphas", alphas.len(), spec.num_alphas(n))?;
     let rows = (row > 0).then(|| (row, spec.num_blocks(row)));
     if let Some((row, per_row)) = rows {
-        let padded = per_row * spec.block;
+        // checked: `row` comes from the caller (found by the block_spec fuzz target)
+        let padded = per_row.checked_mul(spec.block).ok_or_else(|| {
+            Error::value("row", format!("expected a row length of at most {n}, got {row}"))
+        })?;
         if n > 0 && (n < row || !(n - row).is_multiple_of(padded)) {
             return Err(Error::value(
                 "x",

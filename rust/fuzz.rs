@@ -393,6 +393,27 @@ mod tests {
         out
     }
 
+    /// Every input the fuzzers found a crash with (`fuzz/regressions/<target>-<what>`)
+    /// runs through its target without a panic.
+    #[test]
+    fn the_crashes_found_stay_fixed() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).expect("fuzz/regressions") {
+            let path = entry.unwrap().path();
+            let file = path.file_name().unwrap().to_string_lossy().to_string();
+            let (_, target) = TARGETS
+                .iter()
+                .find(|(name, _)| file.starts_with(&format!("{name}-")))
+                .unwrap_or_else(|| panic!("{file}: names no target"));
+            let input = std::fs::read(&path).unwrap();
+            let r = std::panic::catch_unwind(|| target(&input));
+            assert!(r.is_ok(), "{file} panics again");
+            seen += 1;
+        }
+        assert!(seen >= 3);
+    }
+
     #[test]
     fn targets_never_panic_on_the_seeded_corpus() {
         let corpus = corpus();
