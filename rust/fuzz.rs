@@ -350,8 +350,11 @@ pub fn optim_step(data: &[u8]) {
     };
 }
 
+/// A fuzz target's body.
+pub type Target = fn(&[u8]);
+
 /// The targets by name, as `fuzz/fuzz_targets/*.rs` and the seeded test call them.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("format_spec", format_spec),
     ("packed_decode", packed_decode),
     ("block_spec", block_spec),
