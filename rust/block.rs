@@ -885,7 +885,8 @@ pub fn table_encode(
     par::try_zip_chunks(x, CHUNK, out, CHUNK, x.len(), |k, xs, os| {
         if stochastic {
             let mut r = vec![0u32; xs.len()];
-            rng::fill_random_u32(seed, stream, offset + (k * CHUNK) as u64, &mut r);
+            // the counter wraps mod 2^64, as the keyed encoders of exmy.rs do
+            rng::fill_random_u32(seed, stream, offset.wrapping_add((k * CHUNK) as u64), &mut r);
             t.stochastic_slice(xs, &r, os);
         } else {
             t.nearest_slice(xs, os);
