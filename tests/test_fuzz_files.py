@@ -195,6 +195,7 @@ OPT_CASES = [
     (lo.AdamW, {"min_quant_size": 10**9}),  # float32 states
     (lo.SGD, {"lr": 0.1, "momentum": 0.9, "momentum_codec": lowfp.Dynamic(8),
               "block_size": 64}),
+    (lo.Muon8bit, {"block_size": 64}),  # the matrix in Muon, the vector in its AdamW
 ]
 _SHAPES = [(5, 40), (24,)]
 
@@ -204,7 +205,8 @@ def _opt(i):
     torch.manual_seed(0)
     ps = [torch.nn.Parameter(torch.randn(s)) for s in _SHAPES]
     kw = dict(kw)
-    kw.setdefault("min_quant_size", 0)
+    if cls is not lo.Muon8bit:
+        kw.setdefault("min_quant_size", 0)
     return ps, cls([{"params": ps[:1]}, {"params": ps[1:]}], **kw)
 
 

@@ -401,6 +401,23 @@ def param_groups(groups: Any, sizes: list) -> None:
         for k, (lo, hi, lo_open, hi_open) in _HPARAMS.items():
             if k in g:
                 _hparam(where, k, g[k], lo, hi, lo_open, hi_open)
+        for k in ("amsgrad", "maximize", "nesterov", "decoupled_weight_decay", "use_muon"):
+            if k in g:
+                boolean(where, k, g[k])
+        for k in ("capturable", "differentiable"):
+            if g.get(k, False) is not False:
+                raise fail(where, k, "False (lowfp steps keep the step count on the host and "
+                           "run outside autograd)", g[k])
+        if "ns_steps" in g:  # Muon: as its constructor takes them
+            integer(where, "ns_steps", g["ns_steps"], 0, 99)
+        if "ns_coefficients" in g:
+            c = g["ns_coefficients"]
+            if not isinstance(c, (list, tuple)) or len(c) != 3:
+                raise _type_error(where, "ns_coefficients", "3 numbers", c)
+            for j, v in enumerate(c):
+                real(where, f"ns_coefficients[{j}]", v)
+        if g.get("adjust_lr_fn") is not None:
+            choice(where, "adjust_lr_fn", g["adjust_lr_fn"], ("original", "match_rms_adamw"))
         if "betas" in g:
             b = g["betas"]
             if not isinstance(b, (list, tuple)) or len(b) != 2:
