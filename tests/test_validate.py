@@ -460,3 +460,40 @@ def test_valid_state_dicts_load_and_step_as_saved(cls, kw):
     o.step()
     o2.step()
     assert torch.equal(p, p2)
+
+
+def test_parameter_ids_listed_twice():
+    torch.manual_seed(0)
+    ps = [torch.nn.Parameter(torch.randn(300)), torch.nn.Parameter(torch.randn(24))]
+    o = lo.AdamW8bit([{"params": ps[:1]}, {"params": ps[1:]}], min_quant_size=0)
+    for p in ps:
+        p.grad = torch.randn(p.shape)
+    o.step()
+    sd = copy.deepcopy(o.state_dict())
+    sd["param_groups"][1]["params"] = [0]
+    before = copy.deepcopy(o.state_dict())
+    with pytest.raises(ValueError, match=r"param group 1: params: expected ids no other group "
+                                         r"lists, found \[0\] listed before"):
+        o.load_state_dict(sd)
+    assert _same(o.state_dict(), before)
+
+
+def test_muon_hyperparameters():
+    torch.manual_seed(0)
+    ps = [torch.nn.Parameter(torch.randn(8, 40)), torch.nn.Parameter(torch.randn(24))]
+    o = lo.Muon8bit(ps, block_size=64)
+    for p in ps:
+        p.grad = torch.randn(p.shape)
+    o.step()
+    for key, value, words in (("ns_steps", 10**9, "ns_steps: expected an int in [0, 99]"),
+                              ("ns_coefficients", (1.0, float("nan"), 2.0),
+                               "ns_coefficients[1]: expected a finite number"),
+                              ("adjust_lr_fn", "cubic", "adjust_lr_fn: expected one of")):
+        sd = copy.deepcopy(o.state_dict())
+        sd["param_groups"][0][key] = value
+        with pytest.raises(ValueError, match=words.replace("[", r"\[").replace("(", r"\(")):
+            o.load_state_dict(sd)
+    sd = copy.deepcopy(o.state_dict())
+    sd["adamw"]["state"][0]["exp_avg"] = torch.full((24,), float("nan"))
+    with pytest.raises(ValueError, match="exp_avg: values: expected finite values"):
+        o.load_state_dict(sd)

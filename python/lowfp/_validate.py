@@ -387,6 +387,7 @@ def param_groups(groups: Any, sizes: list) -> None:
     if len(groups) != len(sizes):
         raise found("state_dict", "param_groups", f"{len(sizes)} groups (as this optimizer "
                     "has)", f"{len(groups)} groups")
+    seen: set = set()
     for gi, g in enumerate(groups):
         where = f"state_dict: param group {gi}"
         if not isinstance(g, dict):
@@ -398,6 +399,10 @@ def param_groups(groups: Any, sizes: list) -> None:
         if len(ids) != sizes[gi] or len(set(ids)) != len(ids):
             raise found(where, "params", f"{sizes[gi]} distinct parameter ids (as this "
                         "optimizer's group has)", f"{len(ids)} ids, {len(set(ids))} distinct")
+        if seen & set(ids):
+            raise found(where, "params", "ids no other group lists",
+                        f"{sorted(seen & set(ids), key=str)} listed before")
+        seen |= set(ids)
         for k, (lo, hi, lo_open, hi_open) in _HPARAMS.items():
             if k in g:
                 _hparam(where, k, g[k], lo, hi, lo_open, hi_open)
