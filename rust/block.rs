@@ -538,7 +538,7 @@ pub fn quantize_rows(
         return Err(Error::value(
             "x",
             format!(
-                "block {b}: its scale amax / {} overflows float32; the format's range is too \
+                "block {b}: its scale amax / {:e} overflows float32; the format's range is too \
                  small for these values",
                 spec.elem_max
             ),

@@ -169,7 +169,7 @@ fn variant_fields(variant: &str) -> (bool, NanKind) {
 fn default_bias(exp_bits: u32, nan: NanKind) -> i32 {
     // the shift is capped: a spec such as "e33m2" must reach Format::new's exp_bits error,
     // not overflow here (found by the format_spec fuzz target)
-    let ieee = (1i32 << exp_bits.saturating_sub(1).min(30)) - 1;
+    let ieee = (1i32 << exp_bits.saturating_sub(1).min(9)) - 1;
     if nan == NanKind::NegZero {
         ieee + 1
     } else {

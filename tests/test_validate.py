@@ -497,3 +497,24 @@ def test_muon_hyperparameters():
     sd["adamw"]["state"][0]["exp_avg"] = torch.full((24,), float("nan"))
     with pytest.raises(ValueError, match="exp_avg: values: expected finite values"):
         o.load_state_dict(sd)
+
+
+# ------------------------------------------------------------------ what the fuzzers found
+
+
+def test_fuzz_findings_in_the_core():
+    # format_spec: "e33m2" overflowed a shift (a panic in debug builds)
+    with pytest.raises(ValueError, match="exp_bits: expected 1..=8, got 33"):
+        lowfp.format("e33m2")
+    # format_spec: the spec e8m00fnu (subnormals) was named "e8m0fnu", the alias of
+    # float8_e8m0fnu (no subnormals), so name() did not parse back to the format
+    f = lowfp.format("e8m00fnu")
+    assert f.name == "e8m0b127fnu" and lowfp.format(f.name) == f
+    assert f != lowfp.format("float8_e8m0fnu")
+    # block_spec: absmax scales of a format whose max is 2^-133 overflowed to inf and the
+    # block decoded to NaN
+    x = np.full(32, 4.0, np.float32)
+    with pytest.raises(ValueError, match=r"x: block 0: its scale amax / 9.\d+e-41 overflows"):
+        lowfp.quantize_blockwise(x, "e3m0b140fu", block_size=16)
+    q = lowfp.quantize_blockwise(x * 1e-40, "e3m0b140fu", block_size=16)  # in range: fine
+    assert np.isfinite(q.dequantize()).all()
