@@ -42,6 +42,8 @@ QT_SCALES = ("absmax", *E8M0_SCALES, "e4m3")
 QT_FORMATS = ("lowfp.qtensor.v1",)
 #: The largest number of dimensions a QTensor file may declare (NumPy's own limit).
 MAX_NDIM = 64
+#: The largest finite float32.
+F32_MAX = float(np.finfo(np.float32).max)
 #: Elements decoded per chunk when a loaded state is checked (bounded memory).
 _CHUNK = 1 << 20
 
@@ -372,6 +374,8 @@ def _hparam(where: str, k: str, v: Any, lo: float, hi: float, lo_open: bool,
                        f"a tensor of shape {tuple(v.shape)} {v.dtype}")
         v = float(v)
     f = real(where, k, v)
+    if abs(f) > F32_MAX:  # the steps compute in float32 (bfloat16 in Newton-Schulz)
+        raise fail(where, k, "a number within float32's range", v)
     if (f <= lo if lo_open else f < lo) or (f >= hi if hi_open else f > hi):
         rng = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
         raise fail(where, k, f"a number in {rng}", v)
@@ -420,7 +424,7 @@ def param_groups(groups: Any, sizes: list) -> None:
             if not isinstance(c, (list, tuple)) or len(c) != 3:
                 raise _type_error(where, "ns_coefficients", "3 numbers", c)
             for j, v in enumerate(c):
-                real(where, f"ns_coefficients[{j}]", v)
+                _hparam(where, f"ns_coefficients[{j}]", v, -math.inf, math.inf, True, True)
         if g.get("adjust_lr_fn") is not None:
             choice(where, "adjust_lr_fn", g["adjust_lr_fn"], ("original", "match_rms_adamw"))
         if "betas" in g:
