@@ -310,7 +310,8 @@ def state_dict_mutation(draw):
                     del s[k]
                 elif edit == "scalar":
                     s[k] = draw(WEIRD)
-        elif where == "group" and isinstance(sd.get("param_groups"), list):
+        elif where == "group" and isinstance(sd.get("param_groups"), list) \
+                and sd["param_groups"]:
             g = sd["param_groups"][draw(st.integers(0, len(sd["param_groups"]) - 1))]
             key = draw(st.sampled_from(sorted(g) + ["extra"]))
             if key == "params":

@@ -399,7 +399,8 @@ def test_nan_codes_of_a_float_state():
     # E4M3 code 0x7f is NaN: a state holding it would make the weights NaN
     msg = _load_fails(lambda sd: _st(sd)["exp_avg.codes"].__setitem__(5, 0x7F),
                       cls=lo.AdamWFp8)
-    assert "exp_avg: codes: expected finite values, found nan at element 5" in msg
+    assert "exp_avg: codes: expected finite values with |x| <= 1.845e+19 (whose squares are " \
+        "finite), found nan at element 5" in msg
 
 
 def test_codes_without_a_level_and_bad_bases():
@@ -416,9 +417,19 @@ def test_codes_without_a_level_and_bad_bases():
 def test_float32_states():
     kw = dict(min_quant_size=10**9)  # float32 states
     msg = _load_fails(lambda sd: _st(sd)["exp_avg"].__setitem__(9, float("inf")), **kw)
-    assert "exp_avg: values: expected finite values, found inf at element 9" in msg
+    assert "exp_avg: values: expected finite values with |x| <= 1.845e+19" in msg
+    assert "found inf at element 9" in msg
+    msg = _load_fails(lambda sd: _st(sd)["exp_avg"].__setitem__(9, 1e30), **kw)
+    assert "found 1.0000000150474662e+30 at element 9" in msg
+    # a first-moment scale so large that the decoded values' squares overflow
+    msg = _load_fails(lambda sd: _st(sd)["exp_avg.scales"].__setitem__(0, 3.4e38))
+    assert "exp_avg: codes: expected finite values with |x| <= 1.845e+19" in msg
     msg = _load_fails(lambda sd: _st(sd)["exp_avg_sq"].__setitem__(9, -1.0), **kw)
     assert "exp_avg_sq: values: expected finite values >= 0, found -1.0 at element 9" in msg
+    p, o = _trained(**kw)  # a large second moment is fine (v = g*g for |g| <= 1.8e19)
+    sd = o.state_dict()
+    _st(sd)["exp_avg_sq"][9] = 1e30
+    o.load_state_dict(sd)
     # a negative first moment is fine
     p, o = _trained(**kw)
     sd = o.state_dict()
@@ -495,7 +506,7 @@ def test_muon_hyperparameters():
             o.load_state_dict(sd)
     sd = copy.deepcopy(o.state_dict())
     sd["adamw"]["state"][0]["exp_avg"] = torch.full((24,), float("nan"))
-    with pytest.raises(ValueError, match="exp_avg: values: expected finite values"):
+    with pytest.raises(ValueError, match="exp_avg: values: expected finite values with"):
         o.load_state_dict(sd)
 
 

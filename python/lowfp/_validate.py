@@ -44,6 +44,8 @@ QT_FORMATS = ("lowfp.qtensor.v1",)
 MAX_NDIM = 64
 #: The largest finite float32.
 F32_MAX = float(np.finfo(np.float32).max)
+#: Its square root: the largest magnitude of a signed optimizer state (see _check_values).
+SQRT_F32_MAX = math.sqrt(F32_MAX)
 #: Elements decoded per chunk when a loaded state is checked (bounded memory).
 _CHUNK = 1 << 20
 
@@ -321,11 +323,24 @@ def _bases(where: str, field: str, a: np.ndarray) -> None:
         raise found(where, field, "per-block bases with 0 < alpha < 1", _at(a, i, "block"))
 
 
+def _check_values(where: str, field: str, a: np.ndarray, start: int, nonnegative: bool) -> None:
+    """Optimizer state values: finite, and >= 0 (``nonnegative``, second moments) or with
+    |x| <= sqrt(float32 max) (first moments, momenta: a value whose square overflows
+    float32 cannot come from gradients whose squares were finite, and it makes the step's
+    update overflow)."""
+    bad = ~np.isfinite(a) | ((a < 0) if nonnegative else (np.abs(a) > SQRT_F32_MAX))
+    if bad.any():
+        i = int(np.argmax(bad))
+        want = "finite values >= 0" if nonnegative else \
+            f"finite values with |x| <= {SQRT_F32_MAX:.4g} (whose squares are finite)"
+        raise found(where, field, want, f"{float(a[i])!r} at element {start + i}")
+
+
 def _decode_check(where: str, field: str, handle: Any, block: int, codes: np.ndarray,
                   scales: np.ndarray, alphas: np.ndarray, count: int, g: Any, *,
-                  finite: bool = False, nonnegative: bool = False) -> None:
+                  state: bool = False, nonnegative: bool = False) -> None:
     """Decode the stored elements in chunks of whole blocks: every code has a level, every
-    base gives a table; with ``finite`` (``nonnegative``) every value is finite (>= 0).
+    base gives a table; with ``state`` the values pass :func:`_check_values`.
     ``handle``: the blocks' ``_core.BlockSpec``, of ``block`` elements per block."""
     bits = _core.blockwise_layout(handle, 0)[3]
     step = max(block, _CHUNK // block * block)  # whole blocks: packed bytes are whole too
@@ -341,14 +356,8 @@ def _decode_check(where: str, field: str, handle: Any, block: int, codes: np.nda
                 alphas[b0:b1] if alphas.size else alphas, g, out)
         except ValueError as e:
             raise _wrap(where, field, e) from None
-        bad = ~np.isfinite(out) if finite else None
-        if nonnegative:
-            bad = (out < 0) if bad is None else (bad | (out < 0))
-        if bad is not None and bad.any():
-            i = int(np.argmax(bad))
-            raise found(where, field, ("finite values" if finite else "values")
-                        + (" >= 0" if nonnegative else ""),
-                        f"{float(out[i])!r} at element {start + i}")
+        if state:
+            _check_values(where, field, out, start, nonnegative)
 
 
 # ---------------------------------------------------------------- optimizer state dicts
@@ -481,22 +490,15 @@ def description(desc: Any, where: str, layout: int) -> Tuple[Any, int]:
 def state_values(where: str, st: Dict[str, Any], name: str, spec: Optional[tuple], n: int,
                  nonnegative: bool) -> None:
     """The values of one saved state (shapes and dtypes already checked against the
-    optimizer's): float32 values finite (>= 0 for ``nonnegative`` states); quantized: scales
-    finite and >= 0, per-block bases in (0, 1), every code decodes to a finite value (>= 0
-    for ``nonnegative`` states).
+    optimizer's): quantized: scales finite and >= 0, per-block bases in (0, 1), every code
+    decodes; the values (float32 or decoded) pass :func:`_check_values`.
 
     ``spec`` is the state's (spec dict, ``_core.BlockSpec``), None for float32 (``st[name]``).
     """
     w = f"{where} {name}"
     if spec is None:
-        a = st[name].detach().reshape(-1).cpu().numpy()
-        bad = ~np.isfinite(a)
-        if nonnegative:
-            bad |= a < 0
-        if bad.any():
-            i = int(np.argmax(bad))
-            raise found(w, "values", "finite values" + (" >= 0" if nonnegative else ""),
-                        _at(a, i, "element"))
+        _check_values(w, "values", st[name].detach().reshape(-1).cpu().numpy(), 0,
+                      nonnegative)
         return
     codes = st[f"{name}.codes"].detach().cpu().numpy()
     scales = st[f"{name}.scales"].detach().cpu().numpy()
@@ -508,4 +510,4 @@ def state_values(where: str, st: Dict[str, Any], name: str, spec: Optional[tuple
     if alphas.size:
         _bases(w, "alphas", alphas)
     _decode_check(w, "codes", spec[1], spec[0]["block"], codes, scales, alphas, n,
-                  np.float32(1.0), finite=True, nonnegative=nonnegative)
+                  np.float32(1.0), state=True, nonnegative=nonnegative)
