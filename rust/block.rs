@@ -531,10 +531,16 @@ pub fn quantize_rows(
         ),
         _ => e,
     })?;
-    // an absmax scale amax / M overflows float32 for a format whose max M is below 1 (an
-    // ExMy with a large bias): its block would decode to NaN (found by the block_spec fuzz
-    // target). One pass over the scales, not over x.
-    if let Some(b) = scales.iter().position(|s| s.is_infinite()) {
+    // amax / M overflows float32 for a format whose max M is below 1 (an ExMy with a large
+    // bias): an absmax scale, or the e4m3 rule's scale times its tensor scale, is inf, and
+    // the block would decode to NaN (found by the block_spec fuzz target). One pass over
+    // the scales; a block's values are read only when its scale is not finite (an OCP NaN
+    // block holds a non-finite value).
+    let bad = |(b, s): &(usize, &f32)| {
+        !(**s * global).is_finite()
+            && x[b * spec.block..n.min((b + 1) * spec.block)].iter().all(|v| v.is_finite())
+    };
+    if let Some((b, _)) = scales.iter().enumerate().find(bad) {
         return Err(Error::value(
             "x",
             format!(
