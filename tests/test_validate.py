@@ -362,6 +362,8 @@ def test_states_of_no_parameter():
     ("betas", 0.9, "betas: expected a pair"),
     ("eps", -1e-8, "eps: expected a number in [0.0, inf)"),
     ("weight_decay", float("inf"), "weight_decay: expected a finite number"),
+    ("eps", 2**64, "eps: expected a number within float32's range"),  # found by hypothesis
+    ("lr", 1e300, "lr: expected a number within float32's range"),
     ("params", [0, 0], "params: expected 1 distinct parameter ids"),
     ("block_size", torch.tensor([256, 256]), "block_size: expected an int or a str"),
 ])

@@ -383,8 +383,9 @@ def _hparam(where: str, k: str, v: Any, lo: float, hi: float, lo_open: bool,
                        f"a tensor of shape {tuple(v.shape)} {v.dtype}")
         v = float(v)
     f = real(where, k, v)
-    if abs(f) > F32_MAX:  # the steps compute in float32 (bfloat16 in Newton-Schulz)
-        raise fail(where, k, "a number within float32's range", v)
+    # the steps compute in float32 (bfloat16 in Newton-Schulz); torch takes ints as int64
+    if abs(f) > F32_MAX or (is_int(v) and not -2**63 <= v < 2**63):
+        raise fail(where, k, "a number within float32's range (an int within int64's)", v)
     if (f <= lo if lo_open else f < lo) or (f >= hi if hi_open else f > hi):
         rng = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
         raise fail(where, k, f"a number in {rng}", v)
