@@ -255,13 +255,12 @@ TENSOR_EDITS = ["truncate", "extend", "dtype", "reshape", "value", "byte", "dele
 def state_dict_mutation(draw):
     i = draw(st.integers(0, len(SAVED) - 1))
     sd = copy.deepcopy(SAVED[i])
-    hp_only = True
+    hyper = False  # a hyperparameter was changed
     for _ in range(draw(st.integers(1, 3))):
         where = draw(st.sampled_from(["state", "state", "state", "step", "codec", "group",
                                       "ids", "top"]))
         states = sd.get("state") if isinstance(sd.get("state"), dict) else {}
         if where in ("state", "step", "codec") and states:
-            hp_only = False
             sid = draw(st.sampled_from(sorted(states, key=str)))
             s = states[sid]
             if not isinstance(s, dict):
@@ -314,17 +313,14 @@ def state_dict_mutation(draw):
                 and sd["param_groups"]:
             g = sd["param_groups"][draw(st.integers(0, len(sd["param_groups"]) - 1))]
             key = draw(st.sampled_from(sorted(g) + ["extra"]))
-            if key == "params":
-                hp_only = False
+            hyper = hyper or key != "params"
             g[key] = draw(st.one_of(WEIRD, st.tuples(NONFINITE, NONFINITE)))
         elif where == "ids" and states:
-            hp_only = False
             sid = draw(st.sampled_from(sorted(states, key=str)))
             states[draw(st.sampled_from([99, -1, "0", "1", sid]))] = states.pop(sid)
         elif where == "top":
-            hp_only = False
             sd[draw(st.sampled_from(["state", "param_groups"]))] = draw(WEIRD)
-    return i, sd, hp_only
+    return i, sd, hyper
 
 
 def _run_after_load(i, sd):
@@ -348,12 +344,12 @@ def _run_after_load(i, sd):
 @FUZZ
 @given(state_dict_mutation())
 def test_mutated_optimizer_state_dicts(case):
-    i, sd, hp_only = case
+    i, sd, hyper = case
     original = copy.deepcopy(SAVED[i])
     outcome, ps, o = _run_after_load(i, sd)
     if outcome == "error":
         return
-    if not hp_only:  # (huge but valid hyperparameters are the user's, as in the constructor)
+    if not hyper:  # (huge but valid hyperparameters are the user's, as in the constructor)
         for p in ps:
             assert torch.isfinite(p).all(), "non-finite weights after a step"
     if _same(sd, original):
