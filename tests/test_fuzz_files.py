@@ -312,6 +312,8 @@ def state_dict_mutation(draw):
         elif where == "group" and isinstance(sd.get("param_groups"), list) \
                 and sd["param_groups"]:
             g = sd["param_groups"][draw(st.integers(0, len(sd["param_groups"]) - 1))]
+            if not isinstance(g, dict):
+                continue
             key = draw(st.sampled_from(sorted(g) + ["extra"]))
             hyper = hyper or key != "params"
             g[key] = draw(st.one_of(WEIRD, st.tuples(NONFINITE, NONFINITE)))
