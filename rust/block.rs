@@ -462,7 +462,10 @@ pub fn quantize_rows(
     check("alphas", alphas.len(), spec.num_alphas(n))?;
     let rows = (row > 0).then(|| (row, spec.num_blocks(row)));
     if let Some((row, per_row)) = rows {
-        let padded = per_row * spec.block;
+        // checked: `row` comes from the caller (found by the block_spec fuzz target)
+        let padded = per_row.checked_mul(spec.block).ok_or_else(|| {
+            Error::value("row", format!("expected a row length of at most {n}, got {row}"))
+        })?;
         if n > 0 && (n < row || !(n - row).is_multiple_of(padded)) {
             return Err(Error::value(
                 "x",
@@ -530,6 +533,25 @@ pub fn quantize_rows(
         ),
         _ => e,
     })?;
+    // amax / M overflows float32 for a format whose max M is below 1 (an ExMy with a large
+    // bias): an absmax scale, or the e4m3 rule's scale times its tensor scale, is inf, and
+    // the block would decode to NaN (found by the block_spec fuzz target). One pass over
+    // the scales; a block's values are read only when its scale is not finite (an OCP NaN
+    // block holds a non-finite value).
+    let bad = |(b, s): &(usize, &f32)| {
+        !(**s * global).is_finite()
+            && x[b * spec.block..n.min((b + 1) * spec.block)].iter().all(|v| v.is_finite())
+    };
+    if let Some((b, _)) = scales.iter().enumerate().find(bad) {
+        return Err(Error::value(
+            "x",
+            format!(
+                "block {b}: its scale amax / {:e} overflows float32; the format's range is too \
+                 small for these values",
+                spec.elem_max
+            ),
+        ));
+    }
     Ok(global)
 }
 
@@ -886,7 +908,8 @@ pub fn table_encode(
     par::try_zip_chunks(x, CHUNK, out, CHUNK, x.len(), |k, xs, os| {
         if stochastic {
             let mut r = vec![0u32; xs.len()];
-            rng::fill_random_u32(seed, stream, offset + (k * CHUNK) as u64, &mut r);
+            // the counter wraps mod 2^64, as the keyed encoders of exmy.rs do
+            rng::fill_random_u32(seed, stream, offset.wrapping_add((k * CHUNK) as u64), &mut r);
             t.stochastic_slice(xs, &r, os);
         } else {
             t.nearest_slice(xs, os);

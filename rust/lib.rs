@@ -10,6 +10,8 @@ pub mod error;
 pub mod exmy;
 pub mod format;
 pub mod formats;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod linear;
 pub mod logfmt;
 pub mod optim;

@@ -355,6 +355,12 @@ pub fn run_items<const K: usize, T: Sync>(
     for Item { param, grad, states, ctx, offset } in items {
         let n = param.len();
         total += n;
+        if offset.checked_add(n).is_none() {
+            return Err(Error::value(
+                "offsets",
+                format!("expected an element offset of at most {}, got {offset}", usize::MAX - n),
+            ));
+        }
         if let Some(grad) = grad {
             check_len("grad", grad.len(), n)?;
         }

@@ -457,7 +457,8 @@ def load_quantized(path: str) -> Any:
                 alphas = tree["alphas"]
                 q = qtensor_from_metadata(json.loads(tree[_PT_TAG]), tree["codes"].numpy(),
                                           tree["scales"].numpy(),
-                                          None if alphas is None else alphas.numpy())
+                                          None if alphas is None else alphas.numpy(),
+                                          f"{path}: a quantized tensor")
                 q.orig_dtype = tree.get("dtype", "float32")  # type: ignore[attr-defined]
                 return q
             if isinstance(tree, dict):

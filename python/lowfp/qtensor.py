@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
-from . import _core
+from . import _core, _validate
 from ._common import E8M0_SCALES, SCALE_FORMATS, block_handle
 from .codec import (
     ROUNDINGS,
@@ -610,39 +610,63 @@ def load_qtensors(path: str) -> Dict[str, Any]:
     Returns:
         name → QTensor, or NumPy array for a plain array.
 
-    Raises:
-        ValueError: the file has no lowfp metadata.
-    """
-    from safetensors import safe_open
+    Every entry is checked before it is returned (``lowfp._validate.qtensor``): the metadata
+    schema, the element count against the bytes held, the arrays' dtypes and lengths, the
+    scales and that every code decodes.
 
-    with safe_open(path, framework="numpy") as f:
-        md = f.metadata() or {}
-        if "lowfp" not in md:
-            raise ValueError(f"path: {path} has no lowfp metadata (not written by lowfp)")
-        meta = json.loads(md["lowfp"])
-        out: Dict[str, Any] = {}
-        keys = set(f.keys())
-        for name, m in meta.items():
-            out[name] = qtensor_from_metadata(
-                m, f.get_tensor(f"{name}.codes"), f.get_tensor(f"{name}.scales"),
-                f.get_tensor(f"{name}.alphas") if f"{name}.alphas" in keys else None)
+    Raises:
+        ValueError: the file is not a safetensors file, has no lowfp metadata, or an entry is
+            inconsistent (the message names the file, the tensor and the field).
+        TypeError: a metadata field or array has the wrong type.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(path, framework="numpy") as f:
+            md = f.metadata() or {}
+            if "lowfp" not in md:
+                raise ValueError(f"path: {path} has no lowfp metadata (not written by lowfp)")
+            meta = _file_meta(path, md)
+            keys = set(f.keys())
+            arrays = {}
+            for name in meta:
+                for part in ("codes", "scales", "alphas"):
+                    k = f"{name}.{part}"
+                    if k in keys:
+                        arrays[k] = f.get_tensor(k)
+                    elif part != "alphas":
+                        raise ValueError(f"{path}: tensor {name!r}: {part}: expected an array "
+                                         f"{k!r} in the file, found none")
+    except SafetensorError as e:
+        raise ValueError(f"path: {path} is not a valid safetensors file ({e})") from None
+    out: Dict[str, Any] = {}
+    for name, m in meta.items():
+        out[name] = qtensor_from_metadata(
+            m, arrays[f"{name}.codes"], arrays[f"{name}.scales"], arrays.get(f"{name}.alphas"),
+            f"{path}: tensor {name!r}")
     owned = {f"{name}.{part}" for name in meta for part in ("codes", "scales", "alphas")}
     out.update(read_arrays(path, skip=owned))
     return out
 
 
-def qtensor_from_metadata(m: dict, codes: np.ndarray, scales: np.ndarray,
-                          alphas: Optional[np.ndarray]) -> QTensor:
-    """The QTensor that :meth:`QTensor.metadata` ``m`` and its stored arrays describe."""
-    return QTensor(
-        codes=codes,
-        scales=scales,
-        alphas=alphas,
-        global_scale=float(m["global_scale"]),
-        shape=tuple(m["shape"]),
-        codec=_codec_from_spec(m["codec"]),
-        block_size=int(m["block_size"]),
-        scale=m["scale"],
-        rounding=m.get("rounding", "nearest"),
-        axis=m.get("axis"),  # files written before axis= have none: flat blocks
-    )
+def qtensor_from_metadata(m: Any, codes: Any, scales: Any, alphas: Any,
+                          where: str = "metadata") -> QTensor:
+    """The QTensor that :meth:`QTensor.metadata` ``m`` and its stored arrays describe, checked
+    first by ``lowfp._validate.qtensor`` (``where`` names the source in its errors)."""
+    return QTensor(**_validate.qtensor(m, codes, scales, alphas, where))
+
+
+def _file_meta(path: str, md: dict) -> dict:
+    """The file's lowfp metadata (name -> QTensor.metadata()), its version checked."""
+    version = md.get("format", _validate.QT_FORMATS[0])
+    if version not in _validate.QT_FORMATS:
+        raise _validate.fail(path, "format", f"one of {_validate.QT_FORMATS}", version)
+    try:
+        meta = json.loads(md["lowfp"])
+    except ValueError as e:
+        raise ValueError(f"{path}: lowfp metadata: expected JSON, got {md['lowfp'][:80]!r} "
+                         f"({e})") from None
+    if not isinstance(meta, dict):
+        raise TypeError(f"{path}: lowfp metadata: expected a JSON object (tensor name -> "
+                        f"QTensor metadata), got {type(meta).__name__}")
+    return meta

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from .. import _core
+from .. import _core, _validate
 from .._types import TableRounding
 from ..codec import Dynamic, Linear, Log, _check_choice
 from ..formats import format as _format
@@ -63,6 +63,9 @@ LAYOUT_VERSION = 2
 _KINDS = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 _PLAIN = (torch.nn.Parameter, torch.Tensor)  # not DTensors, FSDP1 flat parameters, …
 _PARTS = ("codes", "scales", "alphas")
+#: States that are never negative (the second moments of the Adam family): a saved one
+#: holding a negative value is an error, not a NaN step.
+_NONNEGATIVE = frozenset({"exp_avg_sq", "max_exp_avg_sq"})
 
 
 def flat(t: torch.Tensor):
@@ -656,7 +659,11 @@ class PackedOptimizer(torch.optim.Optimizer):
         Raises:
             ValueError: a saved state's codec, block size or layout differs from this
                 optimizer's (naming the parameter and both), the param groups' storage
-                overrides differ, or the state's shapes do not match. Nothing is loaded then.
+                overrides differ, or the state's shapes do not match; a value is out of
+                range (a hyperparameter, a step that is not an integer >= 0, a non-finite or
+                negative scale, a per-block base outside (0, 1), a code without a level, a
+                non-finite state, a negative second moment). Nothing is loaded then.
+            TypeError: a part of the state dict has the wrong type (codes not uint8, ...).
         """
         if not isinstance(state_dict, dict) or "state" not in state_dict \
                 or "param_groups" not in state_dict:
@@ -669,6 +676,9 @@ class PackedOptimizer(torch.optim.Optimizer):
         # (the codec descriptions) a second time under string keys ("0" beside 0): drop the
         # echoes, which torch's load would otherwise keep as states of no parameter.
         state = sd["state"]
+        if not isinstance(state, dict):
+            raise TypeError(f"state_dict: state: expected a dict (parameter id -> state), got "
+                            f"{type(state).__name__}")
         echoes = [k for k in state if isinstance(k, str) and k.isdigit() and int(k) in state]
         if echoes:
             sd["state"] = {k: v for k, v in state.items() if k not in echoes}
@@ -696,11 +706,23 @@ class PackedOptimizer(torch.optim.Optimizer):
         that parameter. Returns {(saved id, name): saved codec} for states to convert."""
         ids = self._saved_params(state_dict)
         convert = {}
+        # copies of the saved states (the step counters are normalized in them)
+        state_dict["state"] = dict(state_dict["state"])
         for i, saved in state_dict["state"].items():
             if i not in ids:
-                continue  # torch's own load reports the mismatch
+                raise ValueError(f"state_dict: state: expected states of the parameter ids the "
+                                 f"param groups list, got one for id {i!r}")
+            if not isinstance(saved, dict):
+                raise TypeError(f"state_dict: state {i!r}: expected a dict (state name -> "
+                                f"tensor), got {type(saved).__name__}")
+            saved = state_dict["state"][i] = dict(saved)
             p, group, pos = ids[i]
             what = f"parameter {pos} (shape {tuple(p.shape)})"
+            if any(torch.is_tensor(t) for t in saved.values()) or "step" in saved:
+                if "step" not in saved:
+                    raise _validate.missing(f"state_dict: {what}", "step",
+                                            "a step counter beside the states")
+                saved["step"] = _validate.step(f"state_dict: {what}", saved["step"])
             for name in self._STATES:
                 quantized = self._quantized(p, name, group)
                 mine = describe(self._codec_of(name, group), self._opt(group, "block_size")) \
@@ -709,9 +731,9 @@ class PackedOptimizer(torch.optim.Optimizer):
                     theirs = saved.get(f"{name}.codec")
                     if theirs is None:  # layout 1: read with this optimizer's codecs
                         continue
-                    if not isinstance(theirs, dict) or theirs.get("layout") != LAYOUT_VERSION:
-                        raise ValueError(f"state_dict: {name} of {what} has an unknown layout "
-                                         f"description {theirs!r}")
+                    # checked, and in its canonical form (what describe() writes)
+                    theirs = describe(*_validate.description(
+                        theirs, f"state_dict: {what} {name}", LAYOUT_VERSION))
                 elif name in saved:
                     theirs = None  # float32
                 else:
@@ -725,15 +747,41 @@ class PackedOptimizer(torch.optim.Optimizer):
                         "convert (decode, re-encode to nearest), or build the optimizer with "
                         "the saved codecs")
                 convert[(i, name)] = theirs
-            # the saved tensors' shapes and dtypes, before anything is loaded
-            self._check_layout(p, {k: _dist.unwrap_state(k, t) for k, t in saved.items()
-                                   if torch.is_tensor(t)}, group,
+            # the saved tensors' shapes, dtypes and values, before anything is loaded
+            tensors = {k: _dist.unwrap_state(k, t) for k, t in saved.items()
+                       if torch.is_tensor(t)}
+            self._check_layout(p, tensors, group,
                                skip={name for (j, name) in convert if j == i})
+            self._check_values(p, group, tensors, f"state_dict: {what}",
+                               {name: convert[(j, name)] for (j, name) in convert if j == i})
         return convert
+
+    def _check_values(self, p: torch.Tensor, group: dict, st: Dict[str, torch.Tensor],
+                      where: str, converted: dict) -> None:
+        """A saved state's values (its layout checked): see ``_validate.state_values``. A
+        state to convert is read with its saved codec (``converted``: name -> description,
+        None for float32), after its own layout is checked."""
+        if not st:
+            return
+        n = _dist.local(p).numel()
+        specs = self._specs(p, group)
+        for name, spec in zip(self._STATES, specs):
+            if name in converted:
+                theirs = converted[name]
+                bs = None if theirs is None else _block_spec(
+                    check_codec(theirs["codec"], name), theirs["block"], "nearest")
+                _check_parts(where, st, name, None if bs is None else bs[1], n)
+            else:
+                bs = None if spec is None else spec[1:]
+            if (name if bs is None else f"{name}.codes") not in st:
+                continue  # layout-checked: a state this parameter does not keep
+            _validate.state_values(where, st, name, bs, n, name in _NONNEGATIVE)
 
     def _check_saved_overrides(self, state_dict: Dict[str, Any]) -> list:
         """Each param group's storage overrides as configured; a ValueError if the saved
         groups' differ (torch's load replaces group values with the saved ones)."""
+        _validate.param_groups(state_dict["param_groups"],
+                               [len(g["params"]) for g in self.param_groups])
         keys = self._override_keys()
         codec_args = set(self._CODEC_ARGS.values())
         overrides = [{k: g[k] for k in keys if k in g} for g in self.param_groups]
@@ -743,8 +791,14 @@ class PackedOptimizer(torch.optim.Optimizer):
                 saved, ours = saved_group.get(k, unset), mine.get(k, unset)
                 if k in codec_args:
                     ours = ours if ours == unset else plain_codec(ours)
-                    if saved != unset and saved is not None and not isinstance(saved, dict):
+                    if isinstance(saved, dict):  # checked, in its canonical form
+                        saved = plain_codec(_validate.codec(
+                            saved, f"state_dict: param group {i}", k))
+                    elif saved != unset and saved is not None:
                         saved = plain_codec(check_codec(saved, k))
+                elif saved != unset and not isinstance(saved, (int, str)):
+                    raise TypeError(f"state_dict: param group {i}: {k}: expected an int or a "
+                                    f"str, got {type(saved).__name__}")
                 if saved != ours:
                     raise ValueError(f"state_dict: param group {i} was saved with {k}={saved!r},"
                                      f" this optimizer has {k}={ours!r}")
@@ -885,6 +939,27 @@ class PackedOptimizer(torch.optim.Optimizer):
         parameter against float32 states; the bytes of all state."""
         return "\n".join(self._state_lines() + self._count_lines()
                          + [f"state bytes: {self.state_nbytes()}"])
+
+
+def _check_parts(where: str, st: Dict[str, torch.Tensor], name: str, handle: Any,
+                 n: int) -> None:
+    """The tensors of a saved state to convert, against its saved codec (``handle``; None:
+    float32): present, 1-D, of the dtypes and lengths that codec stores ``n`` elements in."""
+    if handle is None:
+        want = {name: (torch.float32, n)}
+    else:
+        packed, blocks, alphas, _ = _core.blockwise_layout(handle, n)
+        want = {f"{name}.codes": (torch.uint8, packed), f"{name}.scales": (torch.float32, blocks),
+                f"{name}.alphas": (torch.float32, alphas)}
+    for k, (dtype, size) in want.items():
+        t = st.get(k)
+        if t is None:
+            raise _validate.missing(where, k, f"a {dtype} tensor of {size} elements")
+        if t.dtype != dtype:
+            raise TypeError(f"{where}: {k}: expected dtype {dtype}, got {t.dtype}")
+        if t.numel() != size or (handle is not None and t.dim() != 1):
+            raise _validate.found(where, k, f"{size} elements" + ("" if handle is None else
+                                  " in one dimension"), f"shape {tuple(t.shape)}")
 
 
 def _show(desc: Optional[dict]) -> str:
