@@ -253,7 +253,7 @@ def qtensor(m: Any, codes: Any, scales: Any, alphas: Any, where: str) -> Dict[st
         n = shape[axis]
         rows = size // n
         count = (rows - 1) * (-(-n // block) * block) + n
-    spec = {"bits": 0, "signed": True, "zero": True, "alpha": 0.5, "quantile": 0.0}
+    spec: Dict[str, Any] = {"bits": 0, "signed": True, "zero": True, "alpha": 0.5, "quantile": 0.0}
     spec.update(_codec_spec(c))
     spec.update(block=block, scale=scale, rounding=rounding)
     try:

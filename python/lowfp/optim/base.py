@@ -39,7 +39,7 @@ Design notes
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, AbstractSet, Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -153,6 +153,7 @@ def spec_dict(spec: Any) -> dict:
 def _block_spec(codec: Any, block: int, rounding: str):
     """(spec dict, ``_core.BlockSpec``) of a codec, built once per process."""
     plain = plain_codec(codec)
+    assert plain is not None  # the codec of a quantized state
     key = (tuple(sorted(plain.items())), block, rounding)
     hit = _SPECS.get(key)
     if hit is None:
@@ -435,6 +436,7 @@ class PackedOptimizer(torch.optim.Optimizer):
     def _check(self, p: torch.Tensor, index: int) -> None:
         """A parameter this optimizer can step (raises ValueError/TypeError naming it)."""
         g = p.grad
+        assert g is not None  # called for parameters with a gradient
         what = f"param {index - 1} (shape {tuple(p.shape)})"
         if g.is_sparse:
             raise ValueError(f"grad of {what}: sparse gradients are not supported")
@@ -540,6 +542,7 @@ class PackedOptimizer(torch.optim.Optimizer):
     def _refresh_counts(self, entries: List[_Entry]) -> None:
         """Entries whose step counter a device read-back corrected: their host mirrors too."""
         ds = self._dskip
+        assert ds is not None  # called while the device skip is on
         for e in entries:
             if e.p in ds.dirty:
                 ds.dirty.discard(e.p)
@@ -563,6 +566,7 @@ class PackedOptimizer(torch.optim.Optimizer):
         others: List[torch.Tensor] = []
         for e in entries:
             if e.views is None:
+                assert e.p.grad is not None  # the step's entries have gradients
                 g = _dist.local(e.p.grad)
                 (gpu if g.is_cuda else others).append(g)
             elif e.p.is_cuda:
@@ -601,6 +605,7 @@ class PackedOptimizer(torch.optim.Optimizer):
         p = e.p
         plain = type(p) in _PLAIN
         w = p if plain else _dist.local(p)
+        assert p.grad is not None  # the step's entries have gradients
         g = p.grad if plain else _dist.local(p.grad)
         if negate:
             g = torch.neg(g)
@@ -848,12 +853,13 @@ class PackedOptimizer(torch.optim.Optimizer):
         spec = self._specs(p, group)[self._STATES.index(name)]
         h = _block_spec(spec[0], self._opt(group, "block_size"), "nearest")[1]
         parts = [fresh[f"{name}.{k}"].cpu() for k in _PARTS]
-        _core.blockwise_quantize(value.numpy(), h, *(t.numpy() for t in parts), 0, 0)
+        codes, scales, alphas = (t.numpy() for t in parts)
+        _core.blockwise_quantize(value.numpy(), h, codes, scales, alphas, 0, 0)
         for k, t in zip(_PARTS, parts):
             st[f"{name}.{k}"] = t.to(p.device)
 
     def _check_layout(self, p: torch.Tensor, st: Dict[str, torch.Tensor], group: dict,
-                      skip: set = frozenset()) -> None:
+                      skip: AbstractSet[str] = frozenset()) -> None:
         """A saved state must have this optimizer's tensors for ``p`` (shapes, dtypes), but
         for the states named in ``skip`` (converted on load)."""
         if not st:
@@ -895,7 +901,7 @@ class PackedOptimizer(torch.optim.Optimizer):
         out = np.empty(_dist.local(p).numel(), np.float32)
         _core.blockwise_dequantize(st[f"{name}.codes"].cpu().numpy(),
                                    handle, st[f"{name}.scales"].cpu().numpy(),
-                                   st[f"{name}.alphas"].cpu().numpy(), np.float32(1.0), out)
+                                   st[f"{name}.alphas"].cpu().numpy(), 1.0, out)
         return torch.from_numpy(out)
 
     # ------------------------------------------------------------ reporting
