@@ -96,7 +96,7 @@ def _evals(steps: int) -> Tuple[int, ...]:
     return tuple(sorted({max(1, steps // 4), max(1, steps // 2), steps}))
 
 
-@register("precision-sweep", default_steps=120, quick_steps=100, full_steps=480,
+@register("precision-sweep", default_steps=120, quick_steps=60, full_steps=480,
           summary="Adam vs Muon: final loss vs mantissa bits of grad/weight/m/v",
           claims=CLAIMS)
 def precision_sweep(steps: int, seed: int, out: pathlib.Path, progress: Progress,
