@@ -112,7 +112,7 @@ def _run(opt_name: str, lr: float, a, wstar, steps: int, progress) -> float:
     return f / f0 if math.isfinite(f) else float("inf")
 
 
-@register("linf", default_steps=800, quick_steps=150, full_steps=3200,
+@register("linf", default_steps=800, quick_steps=100, full_steps=3200,
           summary="rotating a quadratic hurts Adam (also low-bit v), not SGD; blockwise v",
           claims=CLAIMS)
 def linf(steps: int, seed: int, out: pathlib.Path, progress: Progress,

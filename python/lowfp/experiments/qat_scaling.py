@@ -56,7 +56,7 @@ def _make(name: str, model, seed: int):
                 weight_decay=0.0, adamw_lr=3e-3, adamw_betas=(0.9, 0.999), seed=seed)
 
 
-@register("qat-scaling", default_steps=300, quick_steps=80, full_steps=1200,
+@register("qat-scaling", default_steps=300, quick_steps=60, full_steps=1200,
           summary="MXFP4 QAT per optimizer across widths; Huber fit of E + A·N^-alpha",
           claims=CLAIMS)
 def qat_scaling(steps: int, seed: int, out: pathlib.Path, progress: Progress,
