@@ -66,6 +66,10 @@ def test_sgd_shrinkage_smoke(tmp_path):
     assert 1.0 >= q["c=1/10"] > q["c=1/12"] > q["c=1/16"] > q["c=1/24 (dead zone)"]
     assert q["c=1/24 (dead zone)"] == 0.0  # the largest component lands at 0.25: all flushed
     assert res["metrics"]["recovered"]["c=1/24 (dead zone)"] == 0.0  # nothing moves
+    # q_k and the flushed fraction come from LowPrecision(track=True)'s tracker: in the dead
+    # zone every component is flushed (0.25 is a tie between 0 and 0.5, broken to even: 0)
+    dead = [r for r in res["tables"][0]["rows"] if r[1] == "c=1/24 (dead zone)"]
+    assert len(dead) == 2 and all(r[4] == 0.0 and r[5] == 1.0 for r in dead)
 
 
 def test_run_writes_a_report_with_verdicts_first(tmp_path):
@@ -419,8 +423,11 @@ def test_mantissa_vs_steps_smoke(tmp_path, tiny_char, monkeypatch):
                               size="quick")
     m = res["metrics"]
     assert m["evals"] == [4, 8, 16]  # T/8 = 2 dropped: inside the warm-up, 3 remain
-    assert all(n in (2, 10, 12) for n in m["needed"]["Adam"])
+    assert all(n in (2, 10, 12) for o in ("Adam", "Muon") for n in m["needed"][o])
     assert math.isfinite(m["slope"]["Adam"])
+    # Muon runs at quick size too: every claim has a finite effect
+    assert all(math.isfinite(c.effect(m))
+               for c in experiments.EXPERIMENTS["mantissa-vs-steps"].claims)
 
 
 def test_linf_rotation_leaves_sgd_unchanged(tmp_path):

@@ -232,14 +232,14 @@ def run_one(name: str, steps: Optional[int] = None, seed: int = 0,
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
     n = steps_for(name, size) if steps is None else steps
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     if isinstance(progress, Progress):
         res = exp.fn(n, int(seed), out, progress, size)
     else:
         with _progress_fn(progress, name) as bar:
             res = exp.fn(n, int(seed), out, bar, size)
     res.update(name=name, steps=n, seed=int(seed), size=size,
-               seconds=time.perf_counter() - t)
+               seconds=time.perf_counter() - t, cpu_seconds=time.process_time() - cpu)
     return res
 
 
@@ -451,7 +451,9 @@ def aggregate(exp: Experiment, per: List[dict]) -> dict:
                              verdict=verdict(effects, c.sign, c.min_effect)))
     return dict(name=exp.name, title=first["title"], description=first["description"],
                 steps=first["steps"], size=first["size"], seeds=[r["seed"] for r in per],
-                seconds=sum(r["seconds"] for r in per), tables=tables, verdicts=verdicts,
+                seconds=sum(r["seconds"] for r in per),
+                cpu_seconds=sum(r.get("cpu_seconds", math.nan) for r in per),
+                tables=tables, verdicts=verdicts,
                 per_seed=per, plots=[f"{exp.name}/seed{first['seed']}/{p}"
                                      for p in first["plots"]],
                 findings=first["findings"] if len(per) == 1 else [])
@@ -557,9 +559,11 @@ def render_report(results: List[dict]) -> str:
     from .. import __version__ as lowfp_version
 
     total = sum(r["seconds"] for r in results)
+    cpu = sum(r.get("cpu_seconds", math.nan) for r in results)
     lines = ["# lowfp experiments", "",
              f"lowfp {lowfp_version}, torch {torch.__version__}, Python "
-             f"{platform.python_version()}; {len(results)} experiment(s), {total:.1f} s in all. "
+             f"{platform.python_version()}; {len(results)} experiment(s), {total:.1f} s wall, "
+             f"{cpu:.1f} s CPU (all threads of this process) in all. "
              "Every number is also in a CSV file next to this report.", "",
              "## Verdicts", "",
              f"Decision rule (per claim, over the n seeds' paired effects: mean m, sd s, "
@@ -572,7 +576,8 @@ def render_report(results: List[dict]) -> str:
         seeds = ",".join(map(str, r["seeds"]))
         flag = {"quick": " --quick", "full": " --full", "default": ""}[r["size"]]
         lines += [f"## {r['name']}: {r['title']}", "",
-                  f"*{r['size']} size, {r['steps']} steps, seeds {seeds}, {r['seconds']:.1f} s. "
+                  f"*{r['size']} size, {r['steps']} steps, seeds {seeds}, "
+                  f"{r['seconds']:.1f} s wall, {r.get('cpu_seconds', math.nan):.1f} s CPU. "
                   f"Reproduce: `lowfp experiment {r['name']} --seeds {seeds}{flag}`*", "",
                   "**What it tests.** " + r["description"], ""]
         for t in r["tables"]:

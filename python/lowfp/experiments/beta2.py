@@ -48,7 +48,7 @@ CLAIMS = (
 )
 
 
-@register("beta2", default_steps=500, quick_steps=200, full_steps=2000,
+@register("beta2", default_steps=500, quick_steps=150, full_steps=2000,
           summary="Adam: loss excess from v / weight rounding vs β2, nearest vs stochastic",
           claims=CLAIMS)
 def beta2(steps: int, seed: int, out: pathlib.Path, progress: Progress,

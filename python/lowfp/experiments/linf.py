@@ -14,9 +14,10 @@ Optimizers (each at the best learning rate of a small grid, per seed and problem
 - Adam with a low-bit v and a float32 m (lowfp.optim.AdamW, every tensor quantized): 8-bit
   dynamic v (AdamW8bit's) or 4-bit zero-free linear v (AdamW4bit's), blocks of 128;
 - blockwise Adam: one v per block of 64 coordinates (the mean of g² over the block, as Adam-mini
-  and blockwise Adam do), written out here in eight lines of torch.
+  and blockwise Adam do): lowfp.optim.AdamW(v_granularity="block", v_block_size=64).
 
-Loss = f(w_T) / f(0) (log10 in the tables). The seed draws H, R and w*.
+Loss = f(w_T) / f(0) (log10 in the tables). The seed draws H and w*; R is
+:func:`lowfp.geometry.random_orthogonal` of the seed (a Haar-random rotation).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ _ADAM_GRID = (1e-2, 3e-2, 1e-1)
 GRIDS = {"SGD": (0.5, 1.0, 1.5), "Adam": _ADAM_GRID, "Adam 8-bit v": _ADAM_GRID,
          "Adam 4-bit v": _ADAM_GRID, f"blockwise Adam (v per {BLOCK})": _ADAM_GRID}
 XIE = "Xie et al.: Adam exploits ℓ∞ geometry"
+_ROT_SEED = 1_000_003  # the rotation's seed = this + the experiment's seed
 
 
 def _d(mt, opt):
@@ -63,39 +65,20 @@ CLAIMS = (
 )
 
 
-class _BlockAdam:
-    """Adam with one second moment per block of ``block`` coordinates (bias-corrected)."""
-
-    def __init__(self, w, lr, betas=(0.9, 0.999), eps=1e-8, block=BLOCK):
-        import torch
-
-        self.w, self.lr, self.betas, self.eps, self.block = w, lr, betas, eps, block
-        self.m = torch.zeros_like(w)
-        self.v = torch.zeros(w.numel() // block)
-        self.t = 0
-
-    def step(self, g):
-        b1, b2 = self.betas
-        self.t += 1
-        self.m.mul_(b1).add_(g, alpha=1 - b1)
-        self.v.mul_(b2).add_((g * g).view(-1, self.block).mean(1), alpha=1 - b2)
-        mh = self.m / (1 - b1**self.t)
-        vh = (self.v / (1 - b2**self.t)).repeat_interleave(self.block)
-        self.w.sub_(self.lr * mh / (vh.sqrt() + self.eps))
-
-
 def _problem(seed: int, rotated: bool):
     import torch
+
+    from ..geometry import random_orthogonal
 
     gen = torch.Generator().manual_seed(seed)
     h = 10.0 ** (-DECADES * torch.rand(DIM, generator=gen, dtype=torch.float64))
     wstar = torch.randn(DIM, generator=gen, dtype=torch.float64)
-    q, r = torch.linalg.qr(torch.randn(DIM, DIM, generator=gen, dtype=torch.float64))
-    rot = q * torch.sign(torch.diagonal(r))  # Haar-distributed orthogonal
-    a = (rot.T * h) @ rot if rotated else torch.diag(h)
-    a = a.float()
-    wstar = (rot.T @ wstar if rotated else wstar).float()  # same minimum distance either way
-    return a, wstar
+    if not rotated:
+        return torch.diag(h).float(), wstar.float()
+    # Haar-random; its own stream (the seed shifted), not the one H and w* are drawn from
+    rot = random_orthogonal(DIM, seed=_ROT_SEED + seed, dtype=torch.float64)
+    # the same minimum distance either way
+    return ((rot.T * h) @ rot).float(), (rot.T @ wstar).float()
 
 
 def _run(opt_name: str, lr: float, a, wstar, steps: int, progress) -> float:
@@ -106,34 +89,30 @@ def _run(opt_name: str, lr: float, a, wstar, steps: int, progress) -> float:
 
     w = torch.zeros(DIM)
     f0 = float(0.5 * wstar @ (a @ wstar))
-    if opt_name.startswith("blockwise"):
-        opt = _BlockAdam(w, lr)
-        for _ in range(steps):
-            opt.step(a @ (w - wstar))
-            progress.advance()
+    p = torch.nn.Parameter(w)
+    v = {"Adam 8-bit v": Dynamic(8, signed=False),
+         "Adam 4-bit v": Linear(4, signed=False, zero=False)}.get(opt_name)
+    if opt_name == "SGD":
+        opt = torch.optim.SGD([p], lr=lr)
+    elif opt_name.startswith("blockwise"):
+        opt = AdamW([p], lr=lr, weight_decay=0.0, v_granularity="block", v_block_size=BLOCK)
+    elif v is None:
+        opt = torch.optim.Adam([p], lr=lr)
     else:
-        p = torch.nn.Parameter(w)
-        v = {"Adam 8-bit v": Dynamic(8, signed=False),
-             "Adam 4-bit v": Linear(4, signed=False, zero=False)}.get(opt_name)
-        if opt_name == "SGD":
-            opt = torch.optim.SGD([p], lr=lr)
-        elif v is None:
-            opt = torch.optim.Adam([p], lr=lr)
-        else:
-            opt = AdamW([p], lr=lr, weight_decay=0.0, exp_avg_sq=v, block_size=128,
-                        min_quant_size=0)
-        for _ in range(steps):
-            with torch.no_grad():
-                p.grad = a @ (p.detach() - wstar)
-            opt.step()
-            progress.advance()
-        w = p.detach()
+        opt = AdamW([p], lr=lr, weight_decay=0.0, exp_avg_sq=v, block_size=128,
+                    min_quant_size=0)
+    for _ in range(steps):
+        with torch.no_grad():
+            p.grad = a @ (p.detach() - wstar)
+        opt.step()
+        progress.advance()
+    w = p.detach()
     d = w - wstar
     f = float(0.5 * d @ (a @ d))
     return f / f0 if math.isfinite(f) else float("inf")
 
 
-@register("linf", default_steps=800, quick_steps=150, full_steps=3200,
+@register("linf", default_steps=800, quick_steps=100, full_steps=3200,
           summary="rotating a quadratic hurts Adam (also low-bit v), not SGD; blockwise v",
           claims=CLAIMS)
 def linf(steps: int, seed: int, out: pathlib.Path, progress: Progress,
@@ -178,7 +157,9 @@ def linf(steps: int, seed: int, out: pathlib.Path, progress: Progress,
             + "; the Adams " + ", ".join(map(str, GRIDS["Adam"])) + "), per seed and problem;"
             " Adam β = (0.9, 0.999). Low-bit v: lowfp AdamW with float32 m and an 8-bit dynamic"
             " or 4-bit zero-free linear v (blocks of 128, absmax scales);"
-            f" blockwise Adam = one v per {BLOCK} coordinates. Loss = f(w_T)/f(0)."),
+            f" blockwise Adam = lowfp AdamW(v_granularity=\"block\", v_block_size={BLOCK}): one "
+            f"v per {BLOCK} coordinates. R = lowfp.geometry.random_orthogonal. "
+            "Loss = f(w_T)/f(0)."),
         "tables": [{"title": f"Best final loss after {steps} steps",
                     "columns": ["optimizer", "problem", "best lr", "f(w_T)/f(0)",
                                 "log10 f(w_T)/f(0)"],

@@ -105,7 +105,7 @@ CLAIMS = (
 )
 
 
-@register("low-bit-states", default_steps=200, quick_steps=100, full_steps=800,
+@register("low-bit-states", default_steps=200, quick_steps=80, full_steps=800,
           summary="fp32 vs 8/4/3/2-bit AdamW, SOLO, Muon vs Muon8bit: loss and bytes/param",
           claims=CLAIMS)
 def low_bit_states(steps: int, seed: int, out: pathlib.Path, progress: Progress,

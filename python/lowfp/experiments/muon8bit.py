@@ -85,7 +85,7 @@ CLAIMS = (
 )
 
 
-@register("muon8bit", default_steps=400, quick_steps=100, full_steps=1600,
+@register("muon8bit", default_steps=400, quick_steps=80, full_steps=1600,
           summary="Muon and AdamW with linear vs dynamic 8-bit states; memory",
           claims=CLAIMS)
 def muon8bit(steps: int, seed: int, out: pathlib.Path, progress: Progress,

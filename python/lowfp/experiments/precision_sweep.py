@@ -33,7 +33,7 @@ from .fit import fit_with_jackknife
 
 MANTISSAS = (0, 1, 2, 3, 7)
 #: The mantissas of a run per size (set into MANTISSAS when it starts).
-MANTISSAS_BY_SIZE = {"quick": (0, 7), "default": MANTISSAS, "full": MANTISSAS}
+MANTISSAS_BY_SIZE = {"quick": (0,), "default": MANTISSAS, "full": MANTISSAS}
 COMPONENTS = ("grad", "weight", "m", "v")
 #: Adam only: the same sweep with round-to-nearest, for the two components the analyses call
 #: sensitive (a contrast: nearest rounding swamps small updates, stochastic rounding does not).
@@ -96,7 +96,7 @@ def _evals(steps: int) -> Tuple[int, ...]:
     return tuple(sorted({max(1, steps // 4), max(1, steps // 2), steps}))
 
 
-@register("precision-sweep", default_steps=120, quick_steps=100, full_steps=480,
+@register("precision-sweep", default_steps=120, quick_steps=60, full_steps=480,
           summary="Adam vs Muon: final loss vs mantissa bits of grad/weight/m/v",
           claims=CLAIMS)
 def precision_sweep(steps: int, seed: int, out: pathlib.Path, progress: Progress,
@@ -243,7 +243,9 @@ def _need_cell(m: Optional[int]) -> str:
 def noise_level(val, base, steps: int, o: str) -> float:
     """Run-to-run spread of one optimizer: the largest |loss / float32 − 1| among its runs
     with the most mantissa bits (different stochastic-rounding draws, hardly any precision
-    lost)."""
+    lost); nan with one mantissa (the quick size: the claims need m = 0 only)."""
+    if len(MANTISSAS) < 2:
+        return math.nan
     top = MANTISSAS[-1]
     return max(abs(val[(o, c, top)][steps] / base[(o, steps)] - 1) for c in COMPONENTS)
 
@@ -254,16 +256,20 @@ def _findings(val, base, fits, needed, steps, evals) -> list:
     excess = {(o, c): val[(o, c, low)][steps] / base[(o, steps)] - 1
               for o in OPTIMIZERS for c in COMPONENTS}
     noise = {o: noise_level(val, base, steps, o) for o in OPTIMIZERS}
+    judge = all(math.isfinite(v) for v in noise.values())
     for o in OPTIMIZERS:
         order = sorted(COMPONENTS, key=lambda c: -excess[(o, c)]
                        if math.isfinite(excess[(o, c)]) else float("-inf"))
         hurt = [c for c in order if not excess[(o, c)] <= 2 * noise[o]]
+        spread = (f"run-to-run spread at m = {MANTISSAS[-1]}: {noise[o]:.1%}"
+                  if math.isfinite(noise[o]) else "no within-seed spread at this size")
         out.append(
-            f"{o} (float32 loss {base[(o, steps)]:.4g}; run-to-run spread at m = "
-            f"{MANTISSAS[-1]}: {noise[o]:.1%}): with {low} mantissa bits the loss changes by "
-            + ", ".join(f"{excess[(o, c)]:+.1%} ({c})" for c in order) + "; "
-            + (f"beyond twice the spread: {', '.join(hurt)}." if hurt else
-               "none beyond twice the spread."))
+            f"{o} (float32 loss {base[(o, steps)]:.4g}; {spread}): with {low} mantissa bits "
+            "the loss changes by "
+            + ", ".join(f"{excess[(o, c)]:+.1%} ({c})" for c in order)
+            + ("." if not math.isfinite(noise[o]) else
+               f"; beyond twice the spread: {', '.join(hurt)}." if hurt else
+               "; none beyond twice the spread."))
     mean = {o: sum(max(0.0, excess[(o, c)]) for c in COMPONENTS) / len(COMPONENTS)
             for o in OPTIMIZERS}
     robust = mean["Muon"] < mean["Adam"]
@@ -277,7 +283,9 @@ def _findings(val, base, fits, needed, steps, evals) -> list:
     out.append(
         f"Adam's weight and second-moment excess at m = {low}: {excess[('Adam', 'weight')]:+.1%}"
         f", {excess[('Adam', 'v')]:+.1%} — "
-        + ("both beyond the noise: weights and v are sensitive, as expected." if len(sens) == 2
+        + ("no within-seed spread to judge them by at this size (the verdicts over seeds "
+           "do)." if not judge else
+           "both beyond the noise: weights and v are sensitive, as expected." if len(sens) == 2
            else (f"only {sens[0]} beyond the noise." if sens else
                  "neither beyond the noise: with stochastic rounding and an 8-bit exponent "
                  "Adam is not measurably sensitive to them at this scale.")))
@@ -287,7 +295,8 @@ def _findings(val, base, fits, needed, steps, evals) -> list:
         f"Round-to-nearest instead (Adam, m = {low}): weight {rn['weight/nearest']:+.1%}, v "
         f"{rn['v/nearest']:+.1%} (stochastic: {excess[('Adam', 'weight')]:+.1%}, "
         f"{excess[('Adam', 'v')]:+.1%}) — "
-        + (f"nearest rounding is worse for {' and '.join(c.split('/')[0] for c in worse)}: "
+        + ("no within-seed spread to judge it by at this size." if not judge else
+           f"nearest rounding is worse for {' and '.join(c.split('/')[0] for c in worse)}: "
            "small updates are swamped, which stochastic rounding avoids." if worse else
            "nearest rounding is not clearly worse here."))
     grow = []
