@@ -15,12 +15,15 @@ cargo clippy -q --all-targets --features python -- -D warnings
 cargo clippy -q --all-targets --features portable -- -D warnings
 step "cargo test (the Rust core, no Python needed)"
 cargo test -q --release
+step "fuzz corpus, debug build (integer overflow panics there, as under cargo fuzz)"
+LOWFP_FUZZ_CASES=5000 cargo test -q --lib fuzz
 step "cargo test --features portable (the code aarch64 / Apple Silicon run)"
 cargo test -q --release --features portable
 step "install (scripts/install.sh test)"
 bash scripts/install.sh test
-step "ruff check; mypy"
+step "ruff check; ruff format --check; mypy"
 "$PY" -m ruff check python tests benches scripts
+"$PY" -m ruff format --check python tests benches scripts
 "$PY" -m mypy
 step "pytest"
 "$PY" -m pytest -q tests "$@"

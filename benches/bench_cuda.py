@@ -50,18 +50,30 @@ def main() -> None:
     dyn = lowfp.Dynamic(8)
     rows = [  # name, call, bytes read + written
         ("encode f32→e4m3 nearest", lambda: lowfp.encode(x, "e4m3"), 5 * n),
-        ("encode f32→e4m3 stochastic",
-         lambda: lowfp.encode(x, "e4m3", rounding="stochastic", seed=1), 5 * n),
+        (
+            "encode f32→e4m3 stochastic",
+            lambda: lowfp.encode(x, "e4m3", rounding="stochastic", seed=1),
+            5 * n,
+        ),
         ("encode f32→bf16 nearest", lambda: lowfp.encode(x, "bfloat16"), 6 * n),
         ("decode e4m3→f32", lambda: lowfp.decode(c8, "e4m3"), 5 * n),
         ("pack 4-bit", lambda: lowfp.pack(c4, 4), n + n // 2),
         ("unpack 4-bit", lambda: lowfp.unpack(p4, 4, n), n + n // 2),
-        ("quantize_blockwise mxfp4", lambda: lowfp.quantize_blockwise(x, "mxfp4"),
-         4 * n + n // 2 + n // 32),
-        ("quantize_blockwise nvfp4", lambda: lowfp.quantize_blockwise(x, "nvfp4"),
-         4 * n + n // 2 + n // 16),
-        ("quantize_blockwise mxfp8 ocp",
-         lambda: lowfp.quantize_blockwise(x, "mxfp8", nonfinite="ocp"), 5 * n + n // 32),
+        (
+            "quantize_blockwise mxfp4",
+            lambda: lowfp.quantize_blockwise(x, "mxfp4"),
+            4 * n + n // 2 + n // 32,
+        ),
+        (
+            "quantize_blockwise nvfp4",
+            lambda: lowfp.quantize_blockwise(x, "nvfp4"),
+            4 * n + n // 2 + n // 16,
+        ),
+        (
+            "quantize_blockwise mxfp8 ocp",
+            lambda: lowfp.quantize_blockwise(x, "mxfp8", nonfinite="ocp"),
+            5 * n + n // 32,
+        ),
         ("decode Dynamic(8) table", lambda: dyn.decode(c8), 5 * n),
         ("dequantize mxfp4", q.dequantize, 4 * n + n // 2 + n // 32),
     ]
@@ -71,7 +83,6 @@ def main() -> None:
         t = _time(cp, fn)
         bw = nbytes / t
         print(f"| {name:<30} | {t * 1e3:8.3f} | {bw / 1e9:7.0f} | {bw / copy_bw:7.0%} |")
-
 
 
 # ---------------------------------------------------------------- optimizer steps
@@ -121,19 +132,35 @@ def _muon_momentum_step(ps):
     from lowfp import _core
     from lowfp.cuda import optim as copt
 
-    spec = {"bits": 0, "signed": True, "zero": True, "alpha": 0.5, "quantile": 0.0,
-            **lowfp.Linear(8).spec(), "block": 2048, "scale": "absmax", "rounding": "nearest"}
+    spec = {
+        "bits": 0,
+        "signed": True,
+        "zero": True,
+        "alpha": 0.5,
+        "quantile": 0.0,
+        **lowfp.Linear(8).spec(),
+        "block": 2048,
+        "scale": "absmax",
+        "rounding": "nearest",
+    }
     bufs = []
     for p in ps:
         packed_len, nb, _, _ = _core.blockwise_layout(spec, p.numel())
-        bufs.append((spec, torch.zeros(packed_len, dtype=torch.uint8, device=p.device),
-                     torch.zeros(nb, device=p.device), torch.zeros(0, device=p.device)))
+        bufs.append(
+            (
+                spec,
+                torch.zeros(packed_len, dtype=torch.uint8, device=p.device),
+                torch.zeros(nb, device=p.device),
+                torch.zeros(0, device=p.device),
+            )
+        )
     dirs = [p.grad.detach().clone().view(-1) for p in ps]
 
     def step():
         for d, p, b in zip(dirs, ps, bufs):
             d.copy_(p.grad.view(-1))
             copt.muon_momentum(d, b, 0.95, True, 2048, 0, 1)
+
     return step
 
 
@@ -153,8 +180,7 @@ def optim_main() -> None:
     for name, make in _optimizers(torch):
         torch.cuda.empty_cache()
         g = torch.Generator(device="cuda").manual_seed(0)
-        ps = [torch.nn.Parameter(torch.randn(s, device="cuda", generator=g) * 0.02)
-              for s in shapes]
+        ps = [torch.nn.Parameter(torch.randn(s, device="cuda", generator=g) * 0.02) for s in shapes]
         for p in ps:
             p.grad = torch.randn(p.shape, device="cuda", generator=g) * 1e-3
         torch.cuda.synchronize()
@@ -178,8 +204,10 @@ def optim_main() -> None:
             print(f"| {name:<28} | failed: {type(e).__name__}: {str(e)[:60]}")
             continue
         peak = (torch.cuda.max_memory_allocated() - base) / 2**30
-        print(f"| {name:<28} | {float(np.median(times)):8.2f} | {float(np.median(host)):8.2f} | "
-              f"{peak:14.3f} |")
+        print(
+            f"| {name:<28} | {float(np.median(times)):8.2f} | {float(np.median(host)):8.2f} | "
+            f"{peak:14.3f} |"
+        )
         del ps, step
 
 

@@ -22,8 +22,13 @@ import time
 from pathlib import Path
 
 WIDTH, LAYERS = 1024, 4
-OPTIMIZERS = ("AdamW (float32 states)", "AdamW8bit", "AdamW4bit", "SOLO(bits=3)",
-              "Muon8bit (block 1024)")
+OPTIMIZERS = (
+    "AdamW (float32 states)",
+    "AdamW8bit",
+    "AdamW4bit",
+    "SOLO(bits=3)",
+    "Muon8bit (block 1024)",
+)
 
 
 def _optimizer(name, params):
@@ -43,8 +48,10 @@ def _groups(name, model):
     """Muon gets its two groups up front (matrices, the rest with use_muon=False)."""
     if not name.startswith("Muon"):
         return list(model.parameters())
-    return [{"params": [p for p in model.parameters() if p.ndim >= 2]},
-            {"params": [p for p in model.parameters() if p.ndim < 2], "use_muon": False}]
+    return [
+        {"params": [p for p in model.parameters() if p.ndim >= 2]},
+        {"params": [p for p in model.parameters() if p.ndim < 2], "use_muon": False},
+    ]
 
 
 def _model():
@@ -75,7 +82,8 @@ def _rank_main() -> None:
             # state dict) is invisible to ZeroRedundancyOptimizer's consolidated state dict
             model = _model()
             zero = ZeroRedundancyOptimizer(
-                _groups(name, model), optimizer_class=lambda ps, name=name: _optimizer(name, ps))
+                _groups(name, model), optimizer_class=lambda ps, name=name: _optimizer(name, ps)
+            )
             ld.init_state(zero.optim)
             zero_bytes = zero.optim.state_nbytes() / n
         model = _model()
@@ -99,11 +107,23 @@ def _launch(world: int, timeout: float = 300) -> dict:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
-               WORLD_SIZE=str(world), OMP_NUM_THREADS="1", LOWFP_NUM_THREADS="1")
-    procs = [subprocess.Popen([sys.executable, __file__, "--rank"], env=dict(env, RANK=str(r)),
-                              stdout=subprocess.PIPE if r == 0 else subprocess.DEVNULL, text=True)
-             for r in range(world)]
+    env = dict(
+        os.environ,
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        WORLD_SIZE=str(world),
+        OMP_NUM_THREADS="1",
+        LOWFP_NUM_THREADS="1",
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, __file__, "--rank"],
+            env=dict(env, RANK=str(r)),
+            stdout=subprocess.PIPE if r == 0 else subprocess.DEVNULL,
+            text=True,
+        )
+        for r in range(world)
+    ]
     try:
         out, _ = procs[0].communicate(timeout=timeout)
         for p in procs[1:]:
@@ -121,13 +141,17 @@ def main() -> None:
     t0 = time.monotonic()
     one = _launch(1)
     two = _launch(2)
-    print(f"{LAYERS} × Linear({WIDTH}, {WIDTH}): {one['params']:,} parameters; optimizer "
-          "state bytes per parameter on each rank\n")
-    print("| optimizer | 1 rank | ZeRO-1, 2 ranks (rank 0 / rank 1) | "
-          "FSDP2, 2 ranks (rank 0 / rank 1) |")
+    print(
+        f"{LAYERS} × Linear({WIDTH}, {WIDTH}): {one['params']:,} parameters; optimizer "
+        "state bytes per parameter on each rank\n"
+    )
+    print(
+        "| optimizer | 1 rank | ZeRO-1, 2 ranks (rank 0 / rank 1) | "
+        "FSDP2, 2 ranks (rank 0 / rank 1) |"
+    )
     print("|---|---|---|---|")
     for name in OPTIMIZERS:
-        (z1, f1), = one["rows"][name]
+        ((z1, f1),) = one["rows"][name]
         assert z1 == f1 or z1 != z1, (name, z1, f1)  # nan: not run under ZeRO
         (z0, fs0), (z1b, fs1) = two["rows"][name]
         zero = "not supported" if z0 != z0 else f"{z0:.3f} / {z1b:.3f}"

@@ -51,8 +51,10 @@ def requirements(extras: list) -> list:
         if extra in seen:
             continue
         if extra not in optional:
-            sys.exit(f"deps.py: unknown extra {extra!r}; pyproject.toml has "
-                     f"{', '.join(sorted(optional))}")
+            sys.exit(
+                f"deps.py: unknown extra {extra!r}; pyproject.toml has "
+                f"{', '.join(sorted(optional))}"
+            )
         seen.add(extra)
         for r in optional[extra]:
             m = re.match(rf"{re.escape(name)}\[([^\]]+)\]$", r)

@@ -66,8 +66,10 @@ def nvrtc_ptx(source: str, name: str, options) -> str:
     if lib is None:
         pytest.skip("libnvrtc not found (no CUDA toolkit or NVIDIA NVRTC wheel)")
     prog = ctypes.c_void_p()
-    assert lib.nvrtcCreateProgram(ctypes.byref(prog), source.encode(), name.encode(), 0, None,
-                                  None) == 0
+    assert (
+        lib.nvrtcCreateProgram(ctypes.byref(prog), source.encode(), name.encode(), 0, None, None)
+        == 0
+    )
     opts = [o.encode() for o in options]
     res = lib.nvrtcCompileProgram(prog, len(opts), (ctypes.c_char_p * len(opts))(*opts))
     size = ctypes.c_size_t()
@@ -97,8 +99,20 @@ def compile_host_driver(out_dir, driver, include_dir):
     if cxx is None:
         pytest.skip("no C++ compiler (g++, c++ or clang++) on PATH for the CUDA header check")
     out = Path(out_dir) / (Path(driver).stem + ".so")
-    cmd = [cxx, "-O2", "-std=c++17", "-ffp-contract=off", "-shared", "-fPIC", "-Wall",
-           "-Werror", f"-I{include_dir}", str(driver), "-o", str(out)]
+    cmd = [
+        cxx,
+        "-O2",
+        "-std=c++17",
+        "-ffp-contract=off",
+        "-shared",
+        "-fPIC",
+        "-Wall",
+        "-Werror",
+        f"-I{include_dir}",
+        str(driver),
+        "-o",
+        str(out),
+    ]
     subprocess.run(cmd, check=True, capture_output=True, text=True)
     return ctypes.CDLL(str(out))
 

@@ -15,8 +15,15 @@ def _blocks(x, b):
     return np.concatenate([x, np.zeros(pad, x.dtype)]).reshape(-1, b), pad
 
 
-@pytest.mark.parametrize("preset,fmt", [("mxfp8", "float8_e4m3fn"), ("mxfp6", "float6_e2m3fn"),
-                                        ("mxfp4", "float4_e2m1fn"), ("mxfp8_e5m2", "float8_e5m2")])
+@pytest.mark.parametrize(
+    "preset,fmt",
+    [
+        ("mxfp8", "float8_e4m3fn"),
+        ("mxfp6", "float6_e2m3fn"),
+        ("mxfp4", "float4_e2m1fn"),
+        ("mxfp8_e5m2", "float8_e5m2"),
+    ],
+)
 def test_mx_presets_match_a_numpy_ml_dtypes_reference(preset, fmt):
     q = lowfp.quantize_blockwise(X, preset)
     f = lowfp.format(fmt)
@@ -30,8 +37,10 @@ def test_mx_presets_match_a_numpy_ml_dtypes_reference(preset, fmt):
     np.testing.assert_array_equal(lowfp.unpack(q.codes, f.bits, X.size), codes)
     np.testing.assert_array_equal(lowfp.decode(q.scales, "e8m0"), s)
     assert q.scales.dtype == np.uint8 and q.scales.size == xb.shape[0]
-    want = (codes.astype(np.uint8).view(ML_DTYPES[fmt]).astype(np.float32).reshape(-1)
-            * np.repeat(s, 32)[: X.size])
+    want = (
+        codes.astype(np.uint8).view(ML_DTYPES[fmt]).astype(np.float32).reshape(-1)
+        * np.repeat(s, 32)[: X.size]
+    )
     np.testing.assert_array_equal(q.dequantize(), want)
     assert q.nbytes == (X.size * f.bits + 7) // 8 + xb.shape[0]
 
@@ -61,11 +70,20 @@ def _nearest(levels, y):
     return idx
 
 
-@pytest.mark.parametrize("codec", [lowfp.Linear(8), lowfp.Linear(4), lowfp.Linear(2),
-                                   lowfp.Linear(3, signed=False, zero=False),
-                                   lowfp.Dynamic(8), lowfp.Dynamic(4),
-                                   lowfp.Dynamic(8, signed=False),
-                                   lowfp.Log(3, alpha=0.3), lowfp.Log(4, signed=True, alpha=0.5)])
+@pytest.mark.parametrize(
+    "codec",
+    [
+        lowfp.Linear(8),
+        lowfp.Linear(4),
+        lowfp.Linear(2),
+        lowfp.Linear(3, signed=False, zero=False),
+        lowfp.Dynamic(8),
+        lowfp.Dynamic(4),
+        lowfp.Dynamic(8, signed=False),
+        lowfp.Log(3, alpha=0.3),
+        lowfp.Log(4, signed=True, alpha=0.5),
+    ],
+)
 @pytest.mark.parametrize("block", [64, 256])
 def test_table_codecs_absmax_match_reference(codec, block):
     x = np.abs(X) if not getattr(codec, "signed", True) else X
@@ -122,10 +140,12 @@ def test_stochastic_blockwise_is_unbiased_and_reproducible(rounding, threads):
 
 
 def test_safetensors_round_trip(tmp_path):
-    qs = {"a": lowfp.quantize_blockwise(X.reshape(100, 100), "mxfp4"),
-          "b": lowfp.quantize_blockwise(X, lowfp.Dynamic(8), block_size=2048),
-          "c": lowfp.quantize_blockwise(np.abs(X), lowfp.Log(2, quantile=0.05), block_size=64),
-          "d": lowfp.quantize_blockwise(X, "nvfp4")}
+    qs = {
+        "a": lowfp.quantize_blockwise(X.reshape(100, 100), "mxfp4"),
+        "b": lowfp.quantize_blockwise(X, lowfp.Dynamic(8), block_size=2048),
+        "c": lowfp.quantize_blockwise(np.abs(X), lowfp.Log(2, quantile=0.05), block_size=64),
+        "d": lowfp.quantize_blockwise(X, "nvfp4"),
+    }
     path = str(tmp_path / "q.safetensors")
     lowfp.save_qtensors(qs, path)
     back = lowfp.load_qtensors(path)
@@ -146,16 +166,19 @@ def test_bf16_and_torch_inputs():
     np.testing.assert_array_equal(q.codes, ref.codes)
 
 
-@pytest.mark.parametrize("kwargs,exc,match", [
-    (dict(codec="mxfp4", block_size=8), ValueError, "block_size"),
-    (dict(codec="mxfp4", block_size=8192), ValueError, "block_size"),
-    (dict(codec="mxfp4", block_size=100), ValueError, "block_size"),
-    (dict(codec="e4m3", scale="minmax"), ValueError, "scale"),
-    (dict(codec="bfloat16"), ValueError, "codec"),
-    (dict(codec=lowfp.Linear(4), rounding="up"), ValueError, "rounding"),
-    (dict(codec=lowfp.Linear(4), scale="e4m3"), ValueError, "scale"),
-    (dict(codec="nope"), ValueError, "unknown format"),
-])
+@pytest.mark.parametrize(
+    "kwargs,exc,match",
+    [
+        (dict(codec="mxfp4", block_size=8), ValueError, "block_size"),
+        (dict(codec="mxfp4", block_size=8192), ValueError, "block_size"),
+        (dict(codec="mxfp4", block_size=100), ValueError, "block_size"),
+        (dict(codec="e4m3", scale="minmax"), ValueError, "scale"),
+        (dict(codec="bfloat16"), ValueError, "codec"),
+        (dict(codec=lowfp.Linear(4), rounding="up"), ValueError, "rounding"),
+        (dict(codec=lowfp.Linear(4), scale="e4m3"), ValueError, "scale"),
+        (dict(codec="nope"), ValueError, "unknown format"),
+    ],
+)
 def test_errors(kwargs, exc, match):
     with pytest.raises(exc, match=match):
         lowfp.quantize_blockwise(X, **kwargs)

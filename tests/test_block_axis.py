@@ -56,8 +56,10 @@ CODECS = [
 
 
 @pytest.mark.parametrize("codec,kw", CODECS, ids=lambda v: repr(v)[:30])
-@pytest.mark.parametrize("shape,axis", [((3, 40), -1), ((3, 40), 0), ((2, 3, 21), 1),
-                                        ((4, 5, 37), 2), ((37,), 0), ((5, 64), 1)])
+@pytest.mark.parametrize(
+    "shape,axis",
+    [((3, 40), -1), ((3, 40), 0), ((2, 3, 21), 1), ((4, 5, 37), 2), ((37,), 0), ((5, 64), 1)],
+)
 def test_every_row_quantizes_as_it_would_alone(codec, kw, shape, axis):
     x = rng.standard_normal(shape).astype(np.float32)
     if isinstance(codec, lowfp.Log) and not codec.signed:
@@ -72,9 +74,9 @@ def test_every_row_quantizes_as_it_would_alone(codec, kw, shape, axis):
     for i, idx in enumerate(np.ndindex(m.shape[:-1])):
         alone = lowfp.quantize_blockwise(np.ascontiguousarray(m[idx]), codec, **kw)
         assert same(dm[idx], alone.dequantize()), idx
-        assert np.array_equal(q.scales[i * nb:(i + 1) * nb], alone.scales)
+        assert np.array_equal(q.scales[i * nb : (i + 1) * nb], alone.scales)
         if alone.alphas is not None:  # the quantile bases: padding zeros are not counted
-            assert same(q.alphas[i * nb:(i + 1) * nb], alone.alphas)
+            assert same(q.alphas[i * nb : (i + 1) * nb], alone.alphas)
 
 
 def test_padding_would_move_a_quantile_base_without_the_row_length():
@@ -112,10 +114,28 @@ def test_no_padding_needed_gives_the_flat_layout(shape):
         assert a.nbytes == b.nbytes and same(a.dequantize(), b.dequantize())
 
 
-@pytest.mark.parametrize("codec,bits", [("mxfp4", 4), ("mxfp6", 6), ("mxfp8", 8),
-                                        (lowfp.Linear(3), 3), (lowfp.Log(4, quantile=0.5), 4)])
-@pytest.mark.parametrize("shape,axis", [((3, 40), 1), ((3, 40), 0), ((2, 3, 5), 1),
-                                        ((7, 33), -1), ((0, 5), 1), ((3, 0), 1), ((2, 0), 0)])
+@pytest.mark.parametrize(
+    "codec,bits",
+    [
+        ("mxfp4", 4),
+        ("mxfp6", 6),
+        ("mxfp8", 8),
+        (lowfp.Linear(3), 3),
+        (lowfp.Log(4, quantile=0.5), 4),
+    ],
+)
+@pytest.mark.parametrize(
+    "shape,axis",
+    [
+        ((3, 40), 1),
+        ((3, 40), 0),
+        ((2, 3, 5), 1),
+        ((7, 33), -1),
+        ((0, 5), 1),
+        ((3, 0), 1),
+        ((2, 0), 0),
+    ],
+)
 def test_nbytes_counts_the_padded_codes_exactly(codec, bits, shape, axis):
     x = np.abs(rng.standard_normal(shape)).astype(np.float32)
     q = lowfp.quantize_blockwise(x, codec, axis=axis, block_size=32)
@@ -205,7 +225,7 @@ def test_stochastic_bits_are_keyed_by_the_stored_order():
     # the stored order: rows of 40 padded to 64 (the last row unpadded), quantized flat
     stored = np.zeros(2 * 64 + 40, np.float32)
     for r in range(3):
-        stored[64 * r:64 * r + 40] = x[r]
+        stored[64 * r : 64 * r + 40] = x[r]
     flat = lowfp.quantize_blockwise(stored, "mxfp4", rounding="stochastic", seed=9, axis=None)
     assert np.array_equal(q.codes, flat.codes) and np.array_equal(q.scales, flat.scales)
 
@@ -229,9 +249,11 @@ def test_stochastic_bits_do_not_depend_on_threads():
 
 def test_save_load_keeps_the_axis(tmp_path):
     x = rng.standard_normal((3, 5, 40)).astype(np.float32)
-    qs = {"a": lowfp.quantize_blockwise(x, "mxfp4", axis=1),
-          "b": lowfp.quantize_blockwise(x, "nvfp4"),
-          "c": lowfp.quantize_blockwise(x, lowfp.Log(4, quantile=0.2), block_size=16, axis=None)}
+    qs = {
+        "a": lowfp.quantize_blockwise(x, "mxfp4", axis=1),
+        "b": lowfp.quantize_blockwise(x, "nvfp4"),
+        "c": lowfp.quantize_blockwise(x, lowfp.Log(4, quantile=0.2), block_size=16, axis=None),
+    }
     path = str(tmp_path / "q.safetensors")
     lowfp.save_qtensors(qs, path)
     back = lowfp.load_qtensors(path)
@@ -279,15 +301,21 @@ def test_nonfinite_error_names_the_element():
         lowfp.quantize_blockwise(x, "mxfp4", nonfinite="nan")
 
 
-@pytest.mark.parametrize("codec,kw,nan_code", [
-    ("mxfp4", {}, 0xFF), ("mxfp8", {}, 0xFF),
-    ("mxfp8", {"scale": "e8m0_ceil"}, 0xFF), ("mxfp6", {"scale": "e8m0_even"}, 0xFF),
-    ("mxfp8_e5m2", {"scale": "e8m0_rceil"}, 0xFF),
-    (lowfp.Linear(8), {"scale": "e8m0", "block_size": 32}, 0xFF),
-    ("nvfp4", {"block_size": 32}, 0x7F),
-    ("mxfp4", {"scale": "absmax"}, None), (lowfp.Dynamic(8), {"block_size": 32}, None),
-    (lowfp.Log(4, signed=True, quantile=0.2), {"block_size": 32}, None),
-])
+@pytest.mark.parametrize(
+    "codec,kw,nan_code",
+    [
+        ("mxfp4", {}, 0xFF),
+        ("mxfp8", {}, 0xFF),
+        ("mxfp8", {"scale": "e8m0_ceil"}, 0xFF),
+        ("mxfp6", {"scale": "e8m0_even"}, 0xFF),
+        ("mxfp8_e5m2", {"scale": "e8m0_rceil"}, 0xFF),
+        (lowfp.Linear(8), {"scale": "e8m0", "block_size": 32}, 0xFF),
+        ("nvfp4", {"block_size": 32}, 0x7F),
+        ("mxfp4", {"scale": "absmax"}, None),
+        (lowfp.Dynamic(8), {"block_size": 32}, None),
+        (lowfp.Log(4, signed=True, quantile=0.2), {"block_size": 32}, None),
+    ],
+)
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 def test_ocp_policy_makes_nan_blocks(codec, kw, nan_code, bad):
     x = rng.standard_normal((3, 80)).astype(np.float32)
@@ -328,15 +356,18 @@ def test_ocp_policy_follows_the_axis():
     assert np.isfinite(d[:, [0, 2]]).all()
 
 
-@pytest.mark.parametrize("shape,axis", [((70, 130), 0), ((64, 256), 0), ((3, 100, 130), 1),
-                                        ((2, 80, 2, 70), 1), ((2, 3, 90, 200), 2)])
+@pytest.mark.parametrize(
+    "shape,axis",
+    [((70, 130), 0), ((64, 256), 0), ((3, 100, 130), 1), ((2, 80, 2, 70), 1), ((2, 3, 90, 200), 2)],
+)
 @pytest.mark.parametrize("order", ["C", "F"])
 def test_large_moved_axes_copy_in_strips(shape, axis, order):
     # inner extent >= 128 and axis >= 64: the strip copies, both ways, padded or not
     x = np.asarray(rng.standard_normal(shape).astype(np.float32), order=order)
     for block in (32, 16):
         q = lowfp.quantize_blockwise(x, "mxfp8", axis=axis, block_size=block)
-        ref = lowfp.quantize_blockwise(np.ascontiguousarray(np.moveaxis(x, axis, -1)), "mxfp8",
-                                       block_size=block)
+        ref = lowfp.quantize_blockwise(
+            np.ascontiguousarray(np.moveaxis(x, axis, -1)), "mxfp8", block_size=block
+        )
         assert np.array_equal(q.codes, ref.codes) and np.array_equal(q.scales, ref.scales)
         assert same(q.dequantize(), np.moveaxis(ref.dequantize(), -1, axis))

@@ -11,8 +11,9 @@ torch = pytest.importorskip("torch")
 
 def _model(dtype=torch.float32):
     torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(128, 64), torch.nn.LayerNorm(64),
-                               torch.nn.Linear(64, 64)).to(dtype)
+    return torch.nn.Sequential(
+        torch.nn.Linear(128, 64), torch.nn.LayerNorm(64), torch.nn.Linear(64, 64)
+    ).to(dtype)
 
 
 def _exact(x, fmt="mxfp4"):
@@ -66,15 +67,18 @@ def test_nested_checkpoint_keeps_its_structure_and_non_float_entries(tmp_path):
 
 def test_numpy_framework_and_a_custom_filter(tmp_path):
     rng = np.random.default_rng(0)
-    sd = {"w": rng.standard_normal((8, 64)).astype(np.float32),
-          "b": rng.standard_normal(64).astype(np.float32)}
+    sd = {
+        "w": rng.standard_normal((8, 64)).astype(np.float32),
+        "b": rng.standard_normal(64).astype(np.float32),
+    }
     path = str(tmp_path / "n.safetensors")
     rep = lowfp.save_state_dict(sd, path, "mxfp8", filter=lambda name, t: name == "b")
     assert rep.quantized == ["b"] and rep.kept == ["w"]
     back = lowfp.load_state_dict(path, framework="numpy")
     np.testing.assert_array_equal(back["w"], sd["w"])
-    np.testing.assert_array_equal(back["b"],
-                                  lowfp.quantize_blockwise(sd["b"], "mxfp8").dequantize())
+    np.testing.assert_array_equal(
+        back["b"], lowfp.quantize_blockwise(sd["b"], "mxfp8").dequantize()
+    )
     assert back["b"].dtype == np.float32
 
 
@@ -114,8 +118,9 @@ def test_errors_name_the_argument_and_leave_the_file(tmp_path):
         lowfp.load_state_dict(str(path), dtype="float64")
     with pytest.raises(ValueError, match="tensor 'bad'"):  # a per-tensor problem is named
         # finite in float64, infinite in the float32 that blockwise arithmetic uses
-        lowfp.save_state_dict({"bad": torch.full((64, 64), 1e300, dtype=torch.float64)},
-                              str(path), "mxfp4")
+        lowfp.save_state_dict(
+            {"bad": torch.full((64, 64), 1e300, dtype=torch.float64)}, str(path), "mxfp4"
+        )
     with pytest.raises(ValueError, match="rounding: expected one of"):
         lowfp.save_state_dict(sd, str(path), "mxfp4", rounding="nope")
     with pytest.raises(ValueError, match="format: 'e9m9'"):

@@ -10,8 +10,9 @@ import lowfp
 
 
 def run(*args):
-    return subprocess.run([sys.executable, "-m", "lowfp", *args], capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "lowfp", *args], capture_output=True, text=True, timeout=300
+    )
 
 
 def test_formats_table_lists_every_format():
@@ -111,9 +112,15 @@ def test_convert_refuses_to_overwrite_its_input(tmp_path):
 def test_convert_bf16_nested_checkpoint_with_a_mask_and_integers(tmp_path):
     torch = pytest.importorskip("torch")
     w = torch.randn(64, 128, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
-    ck = {"model": {"w": w, "ln": torch.ones(64, dtype=torch.bfloat16),
-                    "mask": torch.full((64, 64), float("-inf"))},
-          "step": 10, "ids": torch.arange(7)}
+    ck = {
+        "model": {
+            "w": w,
+            "ln": torch.ones(64, dtype=torch.bfloat16),
+            "mask": torch.full((64, 64), float("-inf")),
+        },
+        "step": 10,
+        "ids": torch.arange(7),
+    }
     torch.save(ck, tmp_path / "ck.pt")
     out = tmp_path / "ck.q.pt"
     r = run("convert", str(tmp_path / "ck.pt"), str(out), "--format", "nvfp4")
@@ -140,8 +147,20 @@ def test_convert_bf16_nested_checkpoint_with_a_mask_and_integers(tmp_path):
 def test_inspect_report_and_files(tmp_path):
     _, paths = _inputs(tmp_path)
     csv_path, json_path = tmp_path / "r.csv", tmp_path / "r.json"
-    r = run("inspect", str(paths[2]), "--format", "mxfp8", "--format", "e2m1", "--block", "32",
-            "--csv", str(csv_path), "--json", str(json_path))
+    r = run(
+        "inspect",
+        str(paths[2]),
+        "--format",
+        "mxfp8",
+        "--format",
+        "e2m1",
+        "--block",
+        "32",
+        "--csv",
+        str(csv_path),
+        "--json",
+        str(json_path),
+    )
     assert r.returncode == 0, r.stderr
     import json
 
@@ -181,30 +200,51 @@ def test_file_errors_are_one_line_and_leave_no_output(tmp_path):
     (tmp_path / "bad.npy").write_bytes(b"not an array")
     (tmp_path / "x.txt").write_text("hello")
     (tmp_path / "dir.pt").mkdir()
-    cases = [(["convert", str(tmp_path / "missing.npy"), str(out)], "no such file"),
-             (["convert", str(tmp_path / "bad.npy"), str(out)], "cannot read"),
-             (["convert", str(tmp_path / "good.npy"), str(out), "--format", "e9m9",
-               "--min-size", "0"], "e9m9"),
-             (["convert", str(tmp_path / "good.npy"), str(tmp_path / "no" / "o.pt")],
-              "no such directory"),
-             (["convert", str(tmp_path / "good.npy"), str(tmp_path / "o.st")], "extension"),
-             (["convert", str(tmp_path / "good.npy"), str(tmp_path / "dir.pt")],
-              "is a directory"),
-             (["convert", str(tmp_path / "dir.pt"), str(out)], "is a directory"),
-             (["convert", str(tmp_path / "good.npy"), str(out), "--format", "nvfp4",
-               "--block", "32"], "--block: nvfp4 fixes the block size at 16"),
-             (["inspect", str(tmp_path / "x.txt")], "expected"),
-             (["convert", str(tmp_path / "missing.safetensors"), str(out), "--to", "float32"],
-              "IN: no such file"),
-             (["convert", str(tmp_path / "bad.npy"), str(out), "--to", "float32"],
-              "IN: the extension decides")]
+    cases = [
+        (["convert", str(tmp_path / "missing.npy"), str(out)], "no such file"),
+        (["convert", str(tmp_path / "bad.npy"), str(out)], "cannot read"),
+        (
+            [
+                "convert",
+                str(tmp_path / "good.npy"),
+                str(out),
+                "--format",
+                "e9m9",
+                "--min-size",
+                "0",
+            ],
+            "e9m9",
+        ),
+        (
+            ["convert", str(tmp_path / "good.npy"), str(tmp_path / "no" / "o.pt")],
+            "no such directory",
+        ),
+        (["convert", str(tmp_path / "good.npy"), str(tmp_path / "o.st")], "extension"),
+        (["convert", str(tmp_path / "good.npy"), str(tmp_path / "dir.pt")], "is a directory"),
+        (["convert", str(tmp_path / "dir.pt"), str(out)], "is a directory"),
+        (
+            ["convert", str(tmp_path / "good.npy"), str(out), "--format", "nvfp4", "--block", "32"],
+            "--block: nvfp4 fixes the block size at 16",
+        ),
+        (["inspect", str(tmp_path / "x.txt")], "expected"),
+        (
+            ["convert", str(tmp_path / "missing.safetensors"), str(out), "--to", "float32"],
+            "IN: no such file",
+        ),
+        (
+            ["convert", str(tmp_path / "bad.npy"), str(out), "--to", "float32"],
+            "IN: the extension decides",
+        ),
+    ]
     try:
         import torch
 
         torch.save(torch.nn.Linear(2, 2), tmp_path / "module.pt")
         (tmp_path / "corrupt.pt").write_bytes(b"\x80\x02garbage" * 8)
-        cases += [(["convert", str(tmp_path / "module.pt"), str(out)], "state_dict()"),
-                  (["convert", str(tmp_path / "corrupt.pt"), str(out)], "corrupt")]
+        cases += [
+            (["convert", str(tmp_path / "module.pt"), str(out)], "state_dict()"),
+            (["convert", str(tmp_path / "corrupt.pt"), str(out)], "corrupt"),
+        ]
     except ImportError:
         pass
     for args, msg in cases:
@@ -228,10 +268,11 @@ def test_version_help_and_choices():
 
 
 def test_torch_commands_without_torch_give_an_install_hint():
-    code = ("import sys; sys.modules['torch'] = None; from lowfp.cli import main; "
-            "sys.exit(main(['experiment', '--steps', '1']))")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                       timeout=120)
+    code = (
+        "import sys; sys.modules['torch'] = None; from lowfp.cli import main; "
+        "sys.exit(main(['experiment', '--steps', '1']))"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "pip install torch" in r.stderr, r.stderr
     assert "download.pytorch.org/whl/cpu" in r.stderr and "report:" not in r.stdout
 
@@ -240,9 +281,13 @@ def test_bench_codecs_quick_prints_the_tables():
     r = run("bench", "codecs", "--quick")
     assert r.returncode == 0, r.stderr
     assert "65,536 float32 elements" in r.stdout
-    for title in ("## Encode f32 → format (codes)", "## Decode format → f32",
-                  "## Stochastic rounding f32 → format", "## Bit packing",
-                  "## 8-bit blockwise"):
+    for title in (
+        "## Encode f32 → format (codes)",
+        "## Decode format → f32",
+        "## Stochastic rounding f32 → format",
+        "## Bit packing",
+        "## 8-bit blockwise",
+    ):
         assert title in r.stdout
     assert "| float8_e4m3fn | 1 |" in r.stdout
     assert "[bench codecs] done:" in r.stderr and "Traceback" not in r.stderr
@@ -253,13 +298,19 @@ def test_bench_optim_quick_through_the_wrapper_script():
     import pathlib
 
     script = pathlib.Path(__file__).resolve().parent.parent / "benches" / "bench_optim.py"
-    r = subprocess.run([sys.executable, str(script), "--quick", "--only", "lowfp AdamW"],
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, str(script), "--quick", "--only", "lowfp AdamW"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
-    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ")
-            for line in r.stdout.splitlines() if line.startswith("| lowfp")}
-    assert set(rows) == {"lowfp AdamW fp32", "lowfp AdamW8bit", "lowfp AdamW4bit",
-                         "lowfp AdamWFp8"}
+    rows = {
+        line.split(" | ")[0].lstrip("| "): line.split(" | ")
+        for line in r.stdout.splitlines()
+        if line.startswith("| lowfp")
+    }
+    assert set(rows) == {"lowfp AdamW fp32", "lowfp AdamW8bit", "lowfp AdamW4bit", "lowfp AdamWFp8"}
     # 2^16 parameters: 8-bit codes for 2 states + a float32 scale per 256 = 2 + 8/256 bytes
     assert rows["lowfp AdamW8bit"][2] == "2.031"
     assert rows["lowfp AdamW4bit"][2] == "1.063"  # 4-bit codes, block 128: 1 + 8/128

@@ -44,8 +44,11 @@ def test_exmy_spec_carries_the_format_fields():
 
 def empty_state(spec, n):
     packed_len, nblocks, nalphas, _ = _core.blockwise_layout(spec, n)
-    return (np.zeros(packed_len, np.uint8), np.zeros(nblocks, np.float32),
-            np.zeros(nalphas, np.float32))
+    return (
+        np.zeros(packed_len, np.uint8),
+        np.zeros(nblocks, np.float32),
+        np.zeros(nalphas, np.float32),
+    )
 
 
 def quantized_state(spec, x, seed=0, stream=0):
@@ -56,6 +59,7 @@ def quantized_state(spec, x, seed=0, stream=0):
 
 # ---------------------------------------------------------------- BlockSpec itself
 
+
 @pytest.mark.parametrize("name,cm,cv", CODECS, ids=IDS)
 def test_blockspec_layout_matches_dict(name, cm, cv):
     for codec in (cm, cv):
@@ -64,7 +68,10 @@ def test_blockspec_layout_matches_dict(name, cm, cv):
         for n in (0, 1, 63, 64, 65, 1000, 4096):
             packed_len, nblocks, nalphas, bits = _core.blockwise_layout(d, n)
             assert (h.packed_len(n), h.num_blocks(n), h.num_alphas(n)) == (
-                packed_len, nblocks, nalphas)
+                packed_len,
+                nblocks,
+                nalphas,
+            )
             assert _core.blockwise_layout(h, n) == (packed_len, nblocks, nalphas, bits)
             assert h.code_bits == bits
         assert h.block == BLOCK
@@ -72,7 +79,8 @@ def test_blockspec_layout_matches_dict(name, cm, cv):
 
 def test_blockspec_repr_names_the_codec():
     assert repr(_core.BlockSpec(spec_dict(Dynamic(8, False)))) == (
-        "<BlockSpec dynamic bits=8 signed=False block=64 scale=absmax rounding=nearest>")
+        "<BlockSpec dynamic bits=8 signed=False block=64 scale=absmax rounding=nearest>"
+    )
     assert "exmy float8_e4m3fn" in repr(_core.BlockSpec(spec_dict("e4m3", "stochastic")))
     assert "log bits=4" in repr(_core.BlockSpec(spec_dict(Log(4, quantile=0.05))))
 
@@ -96,13 +104,16 @@ def test_blockspec_keeps_its_own_copy_of_the_dict():
     assert h.code_bits == 8 and h.to_dict()["codec"] == "dynamic"
 
 
-@pytest.mark.parametrize("change,match", [
-    ({"codec": "nope"}, "codec"),
-    ({"block": 60}, "block_size"),
-    ({"scale": "absmin"}, "scale"),
-    ({"rounding": "sideways"}, "rounding"),
-    ({"codec": "log", "quantile": 1.5}, "quantile"),
-])
+@pytest.mark.parametrize(
+    "change,match",
+    [
+        ({"codec": "nope"}, "codec"),
+        ({"block": 60}, "block_size"),
+        ({"scale": "absmin"}, "scale"),
+        ({"rounding": "sideways"}, "rounding"),
+        ({"codec": "log", "quantile": 1.5}, "quantile"),
+    ],
+)
 def test_blockspec_rejects_bad_specs(change, match):
     d = spec_dict(Dynamic(8, True))
     d.update(change)
@@ -122,11 +133,13 @@ def test_a_blockspec_of_another_block_size_is_rejected_by_a_step():
     p, g = np.zeros(256, np.float32), np.ones(256, np.float32)
     st = (h,) + empty_state(h, 256)
     with pytest.raises(ValueError, match="block size 128"):
-        _core.sgd_step_group([(p, g, st, (0.1, 0.9, 1.0, 0.0), False, True, 1, 2, "float32")],
-                             BLOCK, 0, False)
+        _core.sgd_step_group(
+            [(p, g, st, (0.1, 0.9, 1.0, 0.0), False, True, 1, 2, "float32")], BLOCK, 0, False
+        )
 
 
 # ---------------------------------------------------------------- same bytes as a dict
+
 
 @pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
 @pytest.mark.parametrize("name,cm,cv", CODECS, ids=IDS)
@@ -165,7 +178,7 @@ def adamw_entries(rng, cm, cv, rounding, use_handle, sizes=SIZES, kind="float32"
         if kind == "bfloat16":
             p = (p.view(np.uint32) >> 16).astype(np.uint16)
             g = (g.view(np.uint32) >> 16).astype(np.uint16)
-        scalars = (1 - 1e-3 * 1e-2, 0.0, 0.1, 0.999, 0.001, 1e-8, 1e-3 / 0.1, 0.999 ** 0.5)
+        scalars = (1 - 1e-3 * 1e-2, 0.0, 0.1, 0.999, 0.001, 1e-8, 1e-3 / 0.1, 0.999**0.5)
         entries.append((p, g, m, v, scalars, (8 * i, 8 * i + 1), 8 * i + 2, kind))
     return entries
 
@@ -210,8 +223,9 @@ def sgd_entries(rng, codec, rounding, use_handle, first):
         p = rng.standard_normal(n).astype(np.float32)
         g = rng.standard_normal(n).astype(np.float32)
         b = (spec,) + quantized_state(spec, rng.standard_normal(n).astype(np.float32))
-        entries.append((p, g, b, (0.01, 0.9, 0.9, 1e-4), i % 2 == 1, first, 4 * i, 4 * i + 1,
-                        "float32"))
+        entries.append(
+            (p, g, b, (0.01, 0.9, 0.9, 1e-4), i % 2 == 1, first, 4 * i, 4 * i + 1, "float32")
+        )
     return entries
 
 
@@ -243,6 +257,7 @@ def test_muon_momentum_same_bytes(name, cm, cv):
 
 
 # ---------------------------------------------------------------- small calls vs the pool
+
 
 @pytest.fixture
 def restore_threads():
@@ -278,10 +293,21 @@ def test_small_calls_equal_one_big_call(name, cm, cv, rounding, restore_threads)
         for k in range(n // piece):
             i, b = k * piece, k * piece // BLOCK
             sl = slice(i, i + piece)
-            m = (hm, pm[k * bm:(k + 1) * bm], sm[b:b + piece // BLOCK], am[k * km:(k + 1) * km])
-            v = (hv, pv[k * bv:(k + 1) * bv], sv[b:b + piece // BLOCK], av[k * kv:(k + 1) * kv])
-            _core.adamw_step_group([(p[sl], g[sl], m, v, scalars, streams, pstream, kind)],
-                                   BLOCK, 13, False, [i])
+            m = (
+                hm,
+                pm[k * bm : (k + 1) * bm],
+                sm[b : b + piece // BLOCK],
+                am[k * km : (k + 1) * km],
+            )
+            v = (
+                hv,
+                pv[k * bv : (k + 1) * bv],
+                sv[b : b + piece // BLOCK],
+                av[k * kv : (k + 1) * kv],
+            )
+            _core.adamw_step_group(
+                [(p[sl], g[sl], m, v, scalars, streams, pstream, kind)], BLOCK, 13, False, [i]
+            )
     results.append(arrays_of([e]))
     assert_same_arrays(results[0], results[1])
     assert_same_arrays(results[0], results[2])
@@ -294,30 +320,33 @@ def test_many_small_entries_alone_or_with_a_big_one(name, cm, cv):
     small = [64, 200, 1000, 130, 4096, 64, 512]
     assert sum(small) <= SERIAL_MAX
     alone = adamw_entries(np.random.default_rng(8), cm, cv, "stochastic", True, sizes=small)
-    mixed = adamw_entries(np.random.default_rng(8), cm, cv, "stochastic", True,
-                          sizes=small + [SERIAL_MAX + 1000])
+    mixed = adamw_entries(
+        np.random.default_rng(8), cm, cv, "stochastic", True, sizes=small + [SERIAL_MAX + 1000]
+    )
     for _ in range(2):
         _core.adamw_step_group(alone, BLOCK, 2, True)
         _core.adamw_step_group(mixed, BLOCK, 2, True)
-    assert_same_arrays(arrays_of(alone), arrays_of(mixed[:len(small)]))
+    assert_same_arrays(arrays_of(alone), arrays_of(mixed[: len(small)]))
 
 
 @pytest.mark.parametrize("kind", ["float32", "bfloat16", "float16"])
 @pytest.mark.parametrize("n", [0, 1, 100, SERIAL_MAX, SERIAL_MAX + 1, 300_000])
 def test_all_finite_small_and_big(n, kind):
     dtype = {"float32": np.float32, "bfloat16": np.uint16, "float16": np.uint16}[kind]
-    bad = {"float32": [np.nan, np.inf, -np.inf],
-           "bfloat16": [0x7fc0, 0x7f80, 0xff80, 0x7f81],
-           "float16": [0x7e00, 0x7c00, 0xfc00, 0x7c01]}[kind]
+    bad = {
+        "float32": [np.nan, np.inf, -np.inf],
+        "bfloat16": [0x7FC0, 0x7F80, 0xFF80, 0x7F81],
+        "float16": [0x7E00, 0x7C00, 0xFC00, 0x7C01],
+    }[kind]
     x = np.zeros(n, dtype)
     if kind == "float16":
-        x[:] = 0x7bff  # the largest finite float16
+        x[:] = 0x7BFF  # the largest finite float16
     elif kind == "bfloat16":
-        x[:] = 0x7f7f  # the largest finite bfloat16
+        x[:] = 0x7F7F  # the largest finite bfloat16
     else:
         x[:] = np.finfo(np.float32).max
     assert _core.all_finite(x, kind)
-    for pos in ({0, n // 2, n - 1} if n else set()):
+    for pos in {0, n // 2, n - 1} if n else set():
         for b in bad:
             y = x.copy()
             y[pos] = b
@@ -328,9 +357,11 @@ def test_all_finite_small_and_big(n, kind):
 def test_all_finite_many_finds_any_nonfinite_value(n):
     """One call over many arrays (float32 and 16-bit bits), small and parallel totals."""
     rng = np.random.default_rng(n)
-    arrays = [rng.standard_normal(n).astype(np.float32),
-              rng.standard_normal(n).astype(np.float32).view(np.uint32).astype(np.uint16),
-              (rng.standard_normal(n).astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)]
+    arrays = [
+        rng.standard_normal(n).astype(np.float32),
+        rng.standard_normal(n).astype(np.float32).view(np.uint32).astype(np.uint16),
+        (rng.standard_normal(n).astype(np.float32).view(np.uint32) >> 16).astype(np.uint16),
+    ]
     arrays[1] &= 0x3BFF  # float16 bits below 1.0: finite
     kinds = ["float32", "float16", "bfloat16"]
     assert _core.all_finite_many(arrays, kinds)

@@ -54,8 +54,10 @@ def _stub_params(fn: ast.FunctionDef, drop_first: bool = False) -> list:
 
 def _runtime_params(obj) -> list:
     sig = inspect.signature(obj)
-    return [(p.name, _NO_DEFAULT if p.default is p.empty else p.default)
-            for p in sig.parameters.values()]
+    return [
+        (p.name, _NO_DEFAULT if p.default is p.empty else p.default)
+        for p in sig.parameters.values()
+    ]
 
 
 STUB_DEFS = _stub_defs(_stub_tree().body)
@@ -96,8 +98,18 @@ def test_constants_are_annotated_as_lists_of_str():
 
 
 # one instance of each class, to read its bound methods' signatures
-_SPEC = {"codec": "linear", "bits": 8, "signed": True, "zero": True, "fields": (0,) * 7,
-         "alpha": 0.5, "quantile": 0.0, "block": 64, "scale": "absmax", "rounding": "nearest"}
+_SPEC = {
+    "codec": "linear",
+    "bits": 8,
+    "signed": True,
+    "zero": True,
+    "fields": (0,) * 7,
+    "alpha": 0.5,
+    "quantile": 0.0,
+    "block": 64,
+    "scale": "absmax",
+    "rounding": "nearest",
+}
 SAMPLES = {
     "BlockSpec": lambda: _core.BlockSpec(_SPEC),
     "Format": lambda: _core.Format.parse("e4m3"),
@@ -132,8 +144,9 @@ def test_classes_match():
                 assert _stub_params(m) == _runtime_params(getattr(cls, mname)), cname
                 continue
             assert attr.__text_signature__, f"{cname}.{mname}"
-            assert _stub_params(m, drop_first=True) == _runtime_params(
-                getattr(obj, mname)), f"{cname}.{mname}"
+            assert _stub_params(m, drop_first=True) == _runtime_params(getattr(obj, mname)), (
+                f"{cname}.{mname}"
+            )
 
 
 def test_handles_compare_hash_and_pickle_by_value():
@@ -152,6 +165,9 @@ def test_handles_compare_hash_and_pickle_by_value():
 
 def test_stub_detects_a_missing_function():
     # the check above fails when the module grows a function the stub lacks
-    body = [n for n in _stub_tree().body
-            if not (isinstance(n, ast.FunctionDef) and n.name == "packed_len")]
+    body = [
+        n
+        for n in _stub_tree().body
+        if not (isinstance(n, ast.FunctionDef) and n.name == "packed_len")
+    ]
     assert "packed_len" in RUNTIME - set(_stub_defs(body))

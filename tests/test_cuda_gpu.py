@@ -38,11 +38,14 @@ if not _WHY_NOT:
 from test_cuda_host import BLOCKWISE, FORMATS, TABLES  # noqa: E402  (shared parametrization)
 
 RNG = np.random.default_rng(2024)
-F32 = np.concatenate([
-    RNG.integers(0, 2**32, 2_000_000, dtype=np.uint64).astype(np.uint32).view(np.float32),
-    (np.exp2(RNG.uniform(-150, 128, 2_000_000)) * RNG.choice([-1.0, 1.0], 2_000_000)
-     ).astype(np.float32),
-])
+F32 = np.concatenate(
+    [
+        RNG.integers(0, 2**32, 2_000_000, dtype=np.uint64).astype(np.uint32).view(np.float32),
+        (np.exp2(RNG.uniform(-150, 128, 2_000_000)) * RNG.choice([-1.0, 1.0], 2_000_000)).astype(
+            np.float32
+        ),
+    ]
+)
 F16 = np.arange(1 << 16, dtype=np.uint16).view(np.float16)
 BF16_BITS = np.arange(1 << 16, dtype=np.uint16)
 KEY = dict(seed=0xDEADBEEF, stream=5, offset=31)
@@ -72,15 +75,21 @@ def test_encode_exhaustive_16bit_and_random_f32(name):
 @pytest.mark.parametrize("name", FORMATS)
 def test_decode_and_quantize(name):
     f = lowfp.format(name)
-    codes = (np.arange(1 << f.bits, dtype=np.uint32) if f.bits <= 16 else
-             RNG.integers(0, 1 << f.bits, 1 << 20, dtype=np.uint64).astype(np.uint32))
+    codes = (
+        np.arange(1 << f.bits, dtype=np.uint32)
+        if f.bits <= 16
+        else RNG.integers(0, 1 << f.bits, 1 << 20, dtype=np.uint64).astype(np.uint32)
+    )
     want = lowfp.decode(codes, f).view(np.uint32)
     got = cp.asnumpy(lowfp.decode(cp.asarray(codes), f)).view(np.uint32)
     np.testing.assert_array_equal(got, want)
     for rounding in ("nearest", "stochastic"):
         w = lowfp.quantize(F32, f, rounding=rounding, nan="zero", negative="clamp", **KEY)
-        g = cp.asnumpy(lowfp.quantize(cp.asarray(F32), f, rounding=rounding, nan="zero",
-                                      negative="clamp", **KEY))
+        g = cp.asnumpy(
+            lowfp.quantize(
+                cp.asarray(F32), f, rounding=rounding, nan="zero", negative="clamp", **KEY
+            )
+        )
         np.testing.assert_array_equal(g.view(np.uint32), w.view(np.uint32))
 
 
@@ -129,8 +138,9 @@ def test_blockwise(codec, block, scale):
         np.testing.assert_array_equal(qd.codes.cpu().numpy(), q.codes)
         np.testing.assert_array_equal(qd.scales.cpu().numpy(), q.scales)
         assert np.float32(qd.global_scale) == np.float32(q.global_scale)
-        np.testing.assert_array_equal(qd.dequantize().cpu().numpy().view(np.uint32),
-                                      q.dequantize().view(np.uint32))
+        np.testing.assert_array_equal(
+            qd.dequantize().cpu().numpy().view(np.uint32), q.dequantize().view(np.uint32)
+        )
 
 
 # ---------------------------------------------------------------- fused optimizer steps
@@ -164,8 +174,9 @@ def _assert_bits_equal(a, b, what):
 
 
 @pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
-@pytest.mark.parametrize("preset", ["fp32", "AdamW8bit", "AdamW4bit", "AdamWFp8", "SOLO3",
-                                    "SOLO2", "P3109"])
+@pytest.mark.parametrize(
+    "preset", ["fp32", "AdamW8bit", "AdamW4bit", "AdamWFp8", "SOLO3", "SOLO2", "P3109"]
+)
 def test_adamw_gpu_steps_equal_cpu_steps(preset, rounding, amsgrad=False):
     """N steps of every preset on CUDA tensors == N steps on the CPU (Rust), bit for bit:
     parameters (float32 and bfloat16, sizes not multiples of the block, one with float32
@@ -179,8 +190,11 @@ def test_adamw_gpu_steps_equal_cpu_steps(preset, rounding, amsgrad=False):
     opts = []
     for ps32, ps16 in ((c32, c16), (g32, g16)):
         groups = [{"params": ps32}, {"params": ps16, "weight_decay": 0.1, "decoupled": False}]
-        opts.append(PRESETS[preset](groups, lr=1e-2, rounding=rounding, min_quant_size=1000,
-                                    seed=123, amsgrad=amsgrad))
+        opts.append(
+            PRESETS[preset](
+                groups, lr=1e-2, rounding=rounding, min_quant_size=1000, seed=123, amsgrad=amsgrad
+            )
+        )
     for t in range(STEPS):
         _same_grads(c32 + c16, g32 + g16, t)
         for opt in opts:
@@ -218,11 +232,16 @@ def test_adamw8bit_1000_tensors_one_launch(monkeypatch):
 
     torch = _torch()
     rng = np.random.default_rng(5)
-    shapes = [(int(n),) for n in rng.integers(1, 5000, 1000)] + [(1 << 20,), (3001, 700),
-                                                                  (4, 1 << 18)]
+    shapes = [(int(n),) for n in rng.integers(1, 5000, 1000)] + [
+        (1 << 20,),
+        (3001, 700),
+        (4, 1 << 18),
+    ]
     cpu, gpu = _twin_params(shapes, torch.bfloat16)
-    opts = [lowfp.optim.AdamW8bit(ps, lr=1e-3, min_quant_size=512, rounding="stochastic")
-            for ps in (cpu, gpu)]
+    opts = [
+        lowfp.optim.AdamW8bit(ps, lr=1e-3, min_quant_size=512, rounding="stochastic")
+        for ps in (cpu, gpu)
+    ]
     for t in range(STEPS):
         _same_grads(cpu, gpu, t)
         for opt in opts:
@@ -245,11 +264,19 @@ def test_sgd_and_muon_momentum_kernels_equal_rust(nesterov):
     n, block = 100_003, 256
     rng = np.random.default_rng(9)
     for codec, op in ((lowfp.Dynamic(8), "sgd"), (lowfp.Linear(8), "muon")):
-        spec = {"bits": 0, "signed": True, "zero": True, "alpha": 0.5, "quantile": 0.0,
-                **codec.spec(), "block": block, "scale": "absmax", "rounding": "stochastic"}
+        spec = {
+            "bits": 0,
+            "signed": True,
+            "zero": True,
+            "alpha": 0.5,
+            "quantile": 0.0,
+            **codec.spec(),
+            "block": block,
+            "scale": "absmax",
+            "rounding": "stochastic",
+        }
         packed_len, nb, _, _ = _core.blockwise_layout(spec, n)
-        host = [np.zeros(packed_len, np.uint8), np.zeros(nb, np.float32),
-                np.zeros(0, np.float32)]
+        host = [np.zeros(packed_len, np.uint8), np.zeros(nb, np.float32), np.zeros(0, np.float32)]
         _core.blockwise_quantize(np.zeros(n, np.float32), spec, *host, 0, 0)
         p = rng.standard_normal(n).astype(np.float32)
         dev = [torch.from_numpy(a.copy()).cuda() for a in host]
@@ -259,10 +286,18 @@ def test_sgd_and_muon_momentum_kernels_equal_rust(nesterov):
             gd = torch.from_numpy(g.copy()).cuda()
             if op == "sgd":
                 hp, stream = (0.05, 0.9, 1.0, 1e-3), (t << 32) | 4
-                _core.sgd_step_group([(p, g, (spec, *host), hp, nesterov, t == 1, stream,
-                                       stream | 2, "float32")], block, 7, True)
-                copt.sgd_step_group([(pd, gd, (spec, *dev), hp, nesterov, t == 1, stream,
-                                      stream | 2, "float32")], block, 7, True)
+                _core.sgd_step_group(
+                    [(p, g, (spec, *host), hp, nesterov, t == 1, stream, stream | 2, "float32")],
+                    block,
+                    7,
+                    True,
+                )
+                copt.sgd_step_group(
+                    [(pd, gd, (spec, *dev), hp, nesterov, t == 1, stream, stream | 2, "float32")],
+                    block,
+                    7,
+                    True,
+                )
                 _assert_bits_equal(torch.from_numpy(p), pd, f"sgd param step {t}")
             else:
                 _core.muon_momentum(g, (spec, *host), 0.95, nesterov, block, 7, t << 32)
@@ -293,9 +328,18 @@ def test_sgd_and_muon_classes_on_gpu_equal_cpu(dtype):
     torch = _torch()
     dt = getattr(torch, dtype)
     for make, compare_weights in [
-        (lambda ps: lowfp.optim.SGD(ps, lr=0.05, momentum=0.9, nesterov=True, min_quant_size=0,
-                                    momentum_codec=lowfp.Dynamic(8), rounding="stochastic"),
-         True),
+        (
+            lambda ps: lowfp.optim.SGD(
+                ps,
+                lr=0.05,
+                momentum=0.9,
+                nesterov=True,
+                min_quant_size=0,
+                momentum_codec=lowfp.Dynamic(8),
+                rounding="stochastic",
+            ),
+            True,
+        ),
         (lambda ps: lowfp.optim.Muon8bit(ps, lr=0.02, block_size=256), False),
     ]:
         cpu, gpu = _twin_params([(64, 256), (96, 512)], dt, seed=4)
@@ -359,10 +403,18 @@ def test_nonfinite_steps_skip_on_the_device_like_the_cpu(make):
     import lowfp.optim
 
     torch = _torch()
-    factories = dict(PRESETS, SGD=lambda ps, **kw: lowfp.optim.SGD(
-        ps, momentum=0.9, momentum_codec=lowfp.Dynamic(8), lr=kw["lr"],
-        min_quant_size=kw["min_quant_size"], rounding="stochastic"),
-        AdamW8bit_amsgrad=lambda ps, **kw: lowfp.optim.AdamW8bit(ps, amsgrad=True, **kw))
+    factories = dict(
+        PRESETS,
+        SGD=lambda ps, **kw: lowfp.optim.SGD(
+            ps,
+            momentum=0.9,
+            momentum_codec=lowfp.Dynamic(8),
+            lr=kw["lr"],
+            min_quant_size=kw["min_quant_size"],
+            rounding="stochastic",
+        ),
+        AdamW8bit_amsgrad=lambda ps, **kw: lowfp.optim.AdamW8bit(ps, amsgrad=True, **kw),
+    )
     cpu, gpu = _twin_params([(300, 70), (5000,), (64,)], torch.float32, seed=2)
     oc, og = (factories[make](ps, lr=1e-2, min_quant_size=1000) for ps in (cpu, gpu))
     for t in range(8):
@@ -426,36 +478,51 @@ def test_cuda_graph_capture_is_refused_clearly():
             opt.step()
 
 
-@pytest.mark.parametrize("codec,block,scale", [
-    (lowfp.Log(4, quantile=0.3), 64, "absmax"), (lowfp.Log(3, signed=True, quantile=0.5), 256,
-                                                  "e8m0"),
-    (lowfp.Log(2, zero=False, quantile=0.05), 32, "absmax")], ids=repr)
+@pytest.mark.parametrize(
+    "codec,block,scale",
+    [
+        (lowfp.Log(4, quantile=0.3), 64, "absmax"),
+        (lowfp.Log(3, signed=True, quantile=0.5), 256, "e8m0"),
+        (lowfp.Log(2, zero=False, quantile=0.05), 32, "absmax"),
+    ],
+    ids=repr,
+)
 def test_quantile_log_blockwise_on_the_device(codec, block, scale):
     """Log(quantile=...) on CUDA tensors: flat and along an axis (rows padded), codes, scales,
     bases and dequantized values equal the CPU's."""
     torch = _torch()
-    x = (RNG.standard_normal((300, 1000)) * np.exp2(RNG.integers(-20, 20, (300, 1)))
-         ).astype(np.float32)
+    x = (RNG.standard_normal((300, 1000)) * np.exp2(RNG.integers(-20, 20, (300, 1)))).astype(
+        np.float32
+    )
     for axis in (-1, 0, None):
         for rounding in ("nearest", "stochastic"):
-            kw = dict(block_size=block, scale=scale, rounding=rounding, seed=4, stream=2,
-                      axis=axis)
+            kw = dict(block_size=block, scale=scale, rounding=rounding, seed=4, stream=2, axis=axis)
             q = lowfp.quantize_blockwise(x, codec, **kw)
             qd = lowfp.quantize_blockwise(torch.from_numpy(x).cuda(), codec, **kw)
             np.testing.assert_array_equal(qd.codes.cpu().numpy(), q.codes)
-            np.testing.assert_array_equal(qd.scales.cpu().numpy().view(np.uint8),
-                                          np.asarray(q.scales).view(np.uint8))
-            np.testing.assert_array_equal(qd.alphas.cpu().numpy().view(np.uint32),
-                                          q.alphas.view(np.uint32))
-            np.testing.assert_array_equal(qd.dequantize().cpu().numpy().view(np.uint32),
-                                          q.dequantize().view(np.uint32))
+            np.testing.assert_array_equal(
+                qd.scales.cpu().numpy().view(np.uint8), np.asarray(q.scales).view(np.uint8)
+            )
+            np.testing.assert_array_equal(
+                qd.alphas.cpu().numpy().view(np.uint32), q.alphas.view(np.uint32)
+            )
+            np.testing.assert_array_equal(
+                qd.dequantize().cpu().numpy().view(np.uint32), q.dequantize().view(np.uint32)
+            )
 
 
-@pytest.mark.parametrize("codec,block,scale", [("mxfp8", None, None), ("mxfp4", None, None),
-                                               ("nvfp4", None, None),
-                                               ("float8_e4m3fn", 128, "absmax"),
-                                               ("float4_e2m1fn", 32, "e8m0_rceil"),
-                                               (lowfp.Dynamic(8), 128, "e8m0")], ids=repr)
+@pytest.mark.parametrize(
+    "codec,block,scale",
+    [
+        ("mxfp8", None, None),
+        ("mxfp4", None, None),
+        ("nvfp4", None, None),
+        ("float8_e4m3fn", 128, "absmax"),
+        ("float4_e2m1fn", 32, "e8m0_rceil"),
+        (lowfp.Dynamic(8), 128, "e8m0"),
+    ],
+    ids=repr,
+)
 def test_nonfinite_ocp_blocks_on_the_device(codec, block, scale):
     torch = _torch()
     x = (RNG.standard_normal((64, 1000)) * 3).astype(np.float32)
@@ -465,11 +532,13 @@ def test_nonfinite_ocp_blocks_on_the_device(codec, block, scale):
         q = lowfp.quantize_blockwise(x, codec, axis=axis, **kw)
         qd = lowfp.quantize_blockwise(torch.from_numpy(x).cuda(), codec, axis=axis, **kw)
         np.testing.assert_array_equal(qd.codes.cpu().numpy(), q.codes)
-        np.testing.assert_array_equal(qd.scales.cpu().numpy().view(np.uint8),
-                                      np.asarray(q.scales).view(np.uint8))
+        np.testing.assert_array_equal(
+            qd.scales.cpu().numpy().view(np.uint8), np.asarray(q.scales).view(np.uint8)
+        )
         assert np.float32(qd.global_scale) == np.float32(q.global_scale)
-        np.testing.assert_array_equal(qd.dequantize().cpu().numpy().view(np.uint32),
-                                      q.dequantize().view(np.uint32))
+        np.testing.assert_array_equal(
+            qd.dequantize().cpu().numpy().view(np.uint32), q.dequantize().view(np.uint32)
+        )
 
 
 @pytest.mark.parametrize("codec", TABLES, ids=repr)
@@ -483,8 +552,9 @@ def test_table_decode_on_the_device(codec):
         assert torch.equal(got.view(torch.uint8).reshape(-1), w.reshape(-1)), dtype
         if dtype != "bfloat16":
             c = codec.decode(cp.asarray(codes), dtype=dtype)
-            np.testing.assert_array_equal(cp.asnumpy(c).view(np.uint8),
-                                          np.asarray(want).view(np.uint8))
+            np.testing.assert_array_equal(
+                cp.asnumpy(c).view(np.uint8), np.asarray(want).view(np.uint8)
+            )
     if codec.levels.size < 256:
         bad = codes.copy()
         bad[12345] = codec.levels.size
@@ -528,8 +598,9 @@ def test_torch_state_dict_transfer_with_cuda_states():
     tc, tg = torch.optim.AdamW(cpu, lr=1e-2), torch.optim.AdamW(gpu, lr=1e-2)
     tc.load_state_dict(sc)
     tg.load_state_dict(sg)
-    assert all(v.device.type == "cuda" for st in tg.state.values() for k, v in st.items()
-               if k != "step")
+    assert all(
+        v.device.type == "cuda" for st in tg.state.values() for k, v in st.items() if k != "step"
+    )
     oc2 = lowfp.optim.AdamW8bit(cpu, lr=1e-2, min_quant_size=0)
     og2 = lowfp.optim.AdamW8bit(gpu, lr=1e-2, min_quant_size=0)
     oc2.load_torch_state_dict(tc.state_dict())

@@ -23,8 +23,10 @@ CASES = [(8, True), (8, False), (4, True), (4, False)]
 
 
 def _torchao(bits, signed):
-    q = np.array(qu.create_dynamic_map(signed) if bits == 8
-                 else qu.create_dynamic_map(signed, 3, 4), np.float32)
+    q = np.array(
+        qu.create_dynamic_map(signed) if bits == 8 else qu.create_dynamic_map(signed, 3, 4),
+        np.float32,
+    )
     fn = qu.quantize_8bit_with_qmap if bits == 8 else qu.quantize_4bit_with_qmap
     return q, lambda x: fn(torch.from_numpy(x), torch.from_numpy(q)).numpy().astype(np.int64)
 

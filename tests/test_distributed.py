@@ -43,15 +43,27 @@ def optimizers():
         "adamw8": lambda ps: lo.AdamW8bit(ps, lr=1e-2),
         "adamw4": lambda ps: lo.AdamW4bit(ps, lr=1e-2),
         # AdamW with other codecs: e4m3 m, zero-free 4-bit linear v, block 128
-        "adamw_e4m3": lambda ps: lo.AdamW(ps, lr=1e-2, exp_avg="e4m3",
-                                          exp_avg_sq=lowfp.Linear(4, signed=False, zero=False),
-                                          block_size=128),
+        "adamw_e4m3": lambda ps: lo.AdamW(
+            ps,
+            lr=1e-2,
+            exp_avg="e4m3",
+            exp_avg_sq=lowfp.Linear(4, signed=False, zero=False),
+            block_size=128,
+        ),
         "solo": lambda ps: lo.SOLO(ps, lr=1e-2, seed=5),  # stochastic rounding
         "muon8": lambda model: lo.Muon8bit(
-            [{"params": [model.a.weight, model.b.weight]},
-             {"params": [p for n, p in model.named_parameters() if n not in ("a.weight",
-                                                                              "b.weight")],
-              "use_muon": False}], lr=0.02, block_size=256),
+            [
+                {"params": [model.a.weight, model.b.weight]},
+                {
+                    "params": [
+                        p for n, p in model.named_parameters() if n not in ("a.weight", "b.weight")
+                    ],
+                    "use_muon": False,
+                },
+            ],
+            lr=0.02,
+            block_size=256,
+        ),
     }
 
 
@@ -90,19 +102,31 @@ def _launch(world: int, out: Path) -> None:
     """Run this file as `world` ranks; fail with their logs on error or timeout."""
     import lowfp
 
-    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()),
-               WORLD_SIZE=str(world), OMP_NUM_THREADS="1", LOWFP_NUM_THREADS="1",
-               # the lowfp this test imported (the installed wheel, or the source tree with
-               # its built extension under PYTHONPATH=python), not blindly the source tree
-               PYTHONPATH=os.pathsep.join([str(Path(lowfp.__file__).parents[1]),
-                                           os.environ.get("PYTHONPATH", "")]))
+    env = dict(
+        os.environ,
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(_free_port()),
+        WORLD_SIZE=str(world),
+        OMP_NUM_THREADS="1",
+        LOWFP_NUM_THREADS="1",
+        # the lowfp this test imported (the installed wheel, or the source tree with
+        # its built extension under PYTHONPATH=python), not blindly the source tree
+        PYTHONPATH=os.pathsep.join(
+            [str(Path(lowfp.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]
+        ),
+    )
     procs, logs = [], []
     for rank in range(world):
         log = open(out / f"log_w{world}_r{rank}.txt", "w")
         logs.append(log)
-        procs.append(subprocess.Popen(
-            [sys.executable, __file__, str(out)], env=dict(env, RANK=str(rank)),
-            stdout=log, stderr=subprocess.STDOUT))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, __file__, str(out)],
+                env=dict(env, RANK=str(rank)),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        )
     deadline = time.monotonic() + TIMEOUT_S
     try:
         for p in procs:
@@ -117,9 +141,11 @@ def _launch(world: int, out: Path) -> None:
         for log in logs:
             log.close()
     if any(p.returncode != 0 for p in procs):
-        text = "\n".join(f"--- rank {r} (exit {p.returncode}):\n"
-                         + (out / f"log_w{world}_r{r}.txt").read_text()[-4000:]
-                         for r, p in enumerate(procs))
+        text = "\n".join(
+            f"--- rank {r} (exit {p.returncode}):\n"
+            + (out / f"log_w{world}_r{r}.txt").read_text()[-4000:]
+            for r, p in enumerate(procs)
+        )
         pytest.fail(f"{world}-rank world failed or timed out after {TIMEOUT_S} s:\n{text}")
 
 
@@ -134,6 +160,7 @@ def runs(tmp_path_factory):
 
     def load(name):
         return torch.load(out / f"{name}.pt", weights_only=True)
+
     return load
 
 
@@ -279,8 +306,10 @@ def _train(model, opt, steps, start, rank, world):
 def _params(model) -> dict:
     from lowfp.optim import distributed as ld
 
-    return {n: (p.full_tensor() if ld.is_dtensor(p) else p).detach().clone()
-            for n, p in model.named_parameters()}
+    return {
+        n: (p.full_tensor() if ld.is_dtensor(p) else p).detach().clone()
+        for n, p in model.named_parameters()
+    }
 
 
 def _make(name, model):
@@ -290,7 +319,8 @@ def _make(name, model):
 
 def _steps(opt) -> list:
     return [float(st["step"]) for st in opt.state.values()] + (
-        _steps(opt.adamw) if getattr(opt, "adamw", None) is not None else [])
+        _steps(opt.adamw) if getattr(opt, "adamw", None) is not None else []
+    )
 
 
 def _worker_ddp(rank, world, out, save):
@@ -314,10 +344,15 @@ def _worker_zero(rank, world, out, save):
     # Codec options go in through functools.partial (or a preset): keywords given to
     # ZeroRedundancyOptimizer itself become entries of its param groups, where codec objects
     # would keep its state dict from loading with weights_only=True.
-    kinds = {"adamw8": lo.AdamW8bit,
-             "adamw_e4m3": functools.partial(
-                 lo.AdamW, exp_avg="e4m3", exp_avg_sq=lowfp.Linear(4, signed=False, zero=False),
-                 block_size=128)}
+    kinds = {
+        "adamw8": lo.AdamW8bit,
+        "adamw_e4m3": functools.partial(
+            lo.AdamW,
+            exp_avg="e4m3",
+            exp_avg_sq=lowfp.Linear(4, signed=False, zero=False),
+            block_size=128,
+        ),
+    }
     for name in ZERO_OPTS:
         cls = kinds[name]
         model = DDP(make_net())
@@ -339,8 +374,13 @@ def _worker_zero(rank, world, out, save):
         opt2 = ZeroRedundancyOptimizer(model2.parameters(), optimizer_class=cls, lr=1e-2)
         opt2.load_state_dict(ck_data["optim"])
         _train(model2, opt2, STEPS - RESUME_AT, RESUME_AT, rank, world)
-        save(f"zero_{name}", params=_params(model.module), resumed=_params(model2.module),
-             nbytes=nbytes, consolidated_params=consolidated)
+        save(
+            f"zero_{name}",
+            params=_params(model.module),
+            resumed=_params(model2.module),
+            nbytes=nbytes,
+            consolidated_params=consolidated,
+        )
 
 
 def _fsdp_model(world):
@@ -406,8 +446,15 @@ def _worker_fsdp(rank, world, out, save):
         _dcp_load(model2, opt2, out / f"dcp_{name}")
         _train(model2, opt2, STEPS - RESUME_AT, RESUME_AT, rank, world)
         resumed = {n: p.to_local().detach().clone() for n, p in model2.named_parameters()}
-        save(f"fsdp_{name}", params=_params(model), states=_state_tensors(opt),
-             nbytes=opt.state_nbytes(), at_save=at_save, local=local, resumed_local=resumed)
+        save(
+            f"fsdp_{name}",
+            params=_params(model),
+            states=_state_tensors(opt),
+            nbytes=opt.state_nbytes(),
+            at_save=at_save,
+            local=local,
+            resumed_local=resumed,
+        )
 
 
 def _worker_misaligned(rank, world, save):
@@ -431,12 +478,19 @@ def _worker_misaligned(rank, world, save):
     before = w.to_local().clone()
     g = torch.ones_like(w.to_local())
     g[0, 0] = float("nan") if rank == 1 else 1.0
-    w.grad = DTensor.from_local(g, w.device_mesh, w.placements, run_check=False,
-                                shape=w.shape, stride=w.stride())
+    w.grad = DTensor.from_local(
+        g, w.device_mesh, w.placements, run_check=False, shape=w.shape, stride=w.stride()
+    )
     opt.step()
-    save("misaligned", keys=keys, types=[type(st[k]).__name__ for k in keys],
-         nbytes=opt.state_nbytes(), aligned=ld.block_aligned(lin.weight, 256),
-         skipped=opt.skipped_steps, unchanged=torch.equal(before, w.to_local()))
+    save(
+        "misaligned",
+        keys=keys,
+        types=[type(st[k]).__name__ for k in keys],
+        nbytes=opt.state_nbytes(),
+        aligned=ld.block_aligned(lin.weight, 256),
+        skipped=opt.skipped_steps,
+        unchanged=torch.equal(before, w.to_local()),
+    )
 
 
 def _worker_replicated(rank, world, save):
@@ -459,11 +513,17 @@ def _worker_replicated(rank, world, save):
     for o in opts:
         o.step()
     st = opts[0].state_dict()["state"][0]
-    save("replicated", equal=torch.equal(p.to_local(), q.detach()),
-         states_equal=all(torch.equal(ld.local(st[k]).reshape(-1), v.reshape(-1))
-                          for k, v in opts[1].state[q].items()),
-         types=sorted({type(v).__name__ for k, v in st.items()
-                       if k != "step" and torch.is_tensor(v)}))
+    save(
+        "replicated",
+        equal=torch.equal(p.to_local(), q.detach()),
+        states_equal=all(
+            torch.equal(ld.local(st[k]).reshape(-1), v.reshape(-1))
+            for k, v in opts[1].state[q].items()
+        ),
+        types=sorted(
+            {type(v).__name__ for k, v in st.items() if k != "step" and torch.is_tensor(v)}
+        ),
+    )
 
 
 def _worker_errors(rank, world, save):
@@ -497,8 +557,16 @@ def _worker_one(out, save):
         start = _params(model)
         opt = _make(name, model)
         _train(model, opt, STEPS, 0, 0, 1)
-        torch.save(dict(params=_params(model), start=start, states=_state_tensors(opt),
-                        nbytes=opt.state_nbytes(), steps=_steps(opt)), out / f"ref_{name}.pt")
+        torch.save(
+            dict(
+                params=_params(model),
+                start=start,
+                states=_state_tensors(opt),
+                nbytes=opt.state_nbytes(),
+                steps=_steps(opt),
+            ),
+            out / f"ref_{name}.pt",
+        )
     for name in FSDP_OPTS:
         model = _fsdp_model(1)
         opt = _make(name, model)

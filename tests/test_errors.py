@@ -8,14 +8,17 @@ import lowfp
 X = np.linspace(-2, 2, 11, dtype=np.float32)
 
 
-@pytest.mark.parametrize("x", [
-    np.arange(4, dtype=np.int32),
-    np.arange(4, dtype=np.uint8),
-    np.ones(3, np.complex64),
-    np.array([1.0, "a"], dtype=object),
-    np.ones(3, bool),
-    [1, 2, 3],
-])
+@pytest.mark.parametrize(
+    "x",
+    [
+        np.arange(4, dtype=np.int32),
+        np.arange(4, dtype=np.uint8),
+        np.ones(3, np.complex64),
+        np.array([1.0, "a"], dtype=object),
+        np.ones(3, bool),
+        [1, 2, 3],
+    ],
+)
 def test_wrong_input_dtypes(x):
     with pytest.raises(TypeError, match="x: expected float32, float64, float16 or bfloat16"):
         lowfp.encode(x, "e4m3")

@@ -55,8 +55,9 @@ def _check_against_ml(x: np.ndarray, name: str):
 
 
 @pytest.mark.parametrize("name", SMALL)
-@pytest.mark.parametrize("rounding", ["nearest", "nearest_away", "toward_zero", "up", "down",
-                                      "stochastic"])
+@pytest.mark.parametrize(
+    "rounding", ["nearest", "nearest_away", "toward_zero", "up", "down", "stochastic"]
+)
 def test_every_code_round_trips(name, rounding):
     f = lowfp.format(name)
     codes = np.arange(1 << f.bits, dtype=np.uint8)
@@ -98,8 +99,20 @@ def _boundary_f32(f: lowfp.Format) -> np.ndarray:
     """Ties, their neighbours, subnormal edges, max, overflow thresholds, ±0, inf, NaN."""
     v = np.unique(f.values[np.isfinite(f.values)])
     mids = (v[:-1] + v[1:]) / 2  # exact in float64; exact in float32 for ≤ 8-bit formats
-    edge = np.concatenate([v, mids, [f.max * 1.0625, f.max * 1.125, f.max * 2, f.max * 1e6,
-                                     f.min_subnormal / 2, f.min_subnormal / 4]])
+    edge = np.concatenate(
+        [
+            v,
+            mids,
+            [
+                f.max * 1.0625,
+                f.max * 1.125,
+                f.max * 2,
+                f.max * 1e6,
+                f.min_subnormal / 2,
+                f.min_subnormal / 4,
+            ],
+        ]
+    )
     e32 = edge.astype(np.float32)
     up = np.nextafter(e32, np.float32(np.inf))
     down = np.nextafter(e32, np.float32(-np.inf))
@@ -123,8 +136,9 @@ def test_random_and_boundary_float32_match_ml_dtypes(name):
 
 
 def test_e8m0_tiny_inputs():
-    x = np.array([2.0**-127 * 1.157, 2.0**-127 * 1.49, 2.0**-127 * 1.51, 2.0**-130, 1e-45],
-                 np.float32)
+    x = np.array(
+        [2.0**-127 * 1.157, 2.0**-127 * 1.49, 2.0**-127 * 1.51, 2.0**-130, 1e-45], np.float32
+    )
     assert list(lowfp.encode(x, "e8m0")) == [0, 0, 1, 0, 0]
 
 
@@ -144,10 +158,17 @@ def test_float64_rounds_once_where_ml_dtypes_rounds_twice():
 def _gfloat_info(f: lowfp.Format):
     high = {"ieee": 2**f.man_bits - 1, "max": 1, "negzero": 0, "none": 0}[f.nan]
     return gfloat.FormatInfo(
-        f.name, f.bits, f.man_bits + 1, bias=f.bias, is_signed=f.signed,
+        f.name,
+        f.bits,
+        f.man_bits + 1,
+        bias=f.bias,
+        is_signed=f.signed,
         domain=gfloat.types.Domain.Extended if f.inf else gfloat.types.Domain.Finite,
-        has_nz=f.nan != "negzero", num_high_nans=high, has_subnormals=f.subnormals,
-        is_twos_complement=False)
+        has_nz=f.nan != "negzero",
+        num_high_nans=high,
+        has_subnormals=f.subnormals,
+        is_twos_complement=False,
+    )
 
 
 GF_MODES = {
@@ -159,9 +180,28 @@ GF_MODES = {
 }
 
 # Formats gfloat and lowfp both define, beyond the named ones: various E/M/bias/variants.
-GENERIC = ["e3m3", "e2m2", "e5m1", "e4m2fnuz", "e3m4b5", "e4m0fn", "e6m1f", "e2m5fn",
-           "e5m3b20", "e4m4fnuz", "e3m2b-1", "e4m3fn", "e5m2", "e2m1", "e8m0", "e3m3u",
-           "e4m3fnu", "e5m6", "e1m4f", "e6m9"]
+GENERIC = [
+    "e3m3",
+    "e2m2",
+    "e5m1",
+    "e4m2fnuz",
+    "e3m4b5",
+    "e4m0fn",
+    "e6m1f",
+    "e2m5fn",
+    "e5m3b20",
+    "e4m4fnuz",
+    "e3m2b-1",
+    "e4m3fn",
+    "e5m2",
+    "e2m1",
+    "e8m0",
+    "e3m3u",
+    "e4m3fnu",
+    "e5m6",
+    "e1m4f",
+    "e6m9",
+]
 
 
 def _gfloat_values(f, x, mode, sat=False):
@@ -237,11 +277,13 @@ def test_generic_formats_float64_match_gfloat(name, mode):
     bad = np.flatnonzero(got[ok] != want[ok])
     assert bad.size == 0, f"x={x[ok][bad[0]]!r} got {got[ok][bad[0]]!r} want {want[ok][bad[0]]!r}"
     if f.has_zero:
-        np.testing.assert_array_equal(lowfp.quantize(xs, f, rounding=mode),
-                                      _exact_reference(f, xs, mode))
+        np.testing.assert_array_equal(
+            lowfp.quantize(xs, f, rounding=mode), _exact_reference(f, xs, mode)
+        )
     else:  # no zero: everything below the smallest value becomes the smallest value
-        np.testing.assert_array_equal(lowfp.quantize(xs, f, rounding=mode),
-                                      np.full(xs.size, f.min_normal))
+        np.testing.assert_array_equal(
+            lowfp.quantize(xs, f, rounding=mode), np.full(xs.size, f.min_normal)
+        )
 
 
 @pytest.mark.parametrize("name", ["e4m3", "e5m2", "e2m1", "e3m3", "e4m2fnuz"])
@@ -267,8 +309,9 @@ def test_quantize_keeps_dtype_and_torch_round_trip():
     codes = lowfp.encode(x, "e4m3")
     assert isinstance(codes, torch.Tensor) and codes.dtype == torch.uint8
     xs = torch.randn(10, 10)[:, ::2]  # non-contiguous input is copied, same answer
-    np.testing.assert_array_equal(lowfp.encode(xs, "e5m2").numpy(),
-                                  lowfp.encode(xs.contiguous().numpy(), "e5m2"))
+    np.testing.assert_array_equal(
+        lowfp.encode(xs, "e5m2").numpy(), lowfp.encode(xs.contiguous().numpy(), "e5m2")
+    )
 
 
 def test_quantize_float16_matches_encode_decode():
@@ -294,17 +337,19 @@ def test_shapes_are_kept():
 
 
 @settings(max_examples=400, deadline=None)
-@given(name=st.sampled_from(["e4m3", "e5m2", "e2m1", "e3m3", "e4m2fnuz", "e2m3", "e3m2u",
-                             "e4m3b11fnuz", "e1m2f"]),
-       mode=st.sampled_from(list(GF_MODES)),
-       frac=st.floats(0, 1, allow_nan=False))
+@given(
+    name=st.sampled_from(
+        ["e4m3", "e5m2", "e2m1", "e3m3", "e4m2fnuz", "e2m3", "e3m2u", "e4m3b11fnuz", "e1m2f"]
+    ),
+    mode=st.sampled_from(list(GF_MODES)),
+    frac=st.floats(0, 1, allow_nan=False),
+)
 def test_rounding_matches_exact_reference(name, mode, frac):
     """Any float64 inside the range rounds as exact rational arithmetic says."""
     f = lowfp.format(name)
     v = np.unique(f.values[np.isfinite(f.values)])
     x = np.array([v[0] + frac * (v[-1] - v[0])])
-    np.testing.assert_array_equal(lowfp.quantize(x, f, rounding=mode),
-                                  _exact_reference(f, x, mode))
+    np.testing.assert_array_equal(lowfp.quantize(x, f, rounding=mode), _exact_reference(f, x, mode))
 
 
 # ---------------------------------------------------------------- the direct index
@@ -347,7 +392,11 @@ def test_direct_index_leaves_errors_and_nan_options_to_the_encoder():
     zero = lowfp.encode(x, "float4_e2m1fn", nan="zero")
     assert zero[BIG - 3] == 0
     ok = np.arange(x.size) != BIG - 3
-    _assert_codes_equal(zero[ok], lowfp.encode(x[ok].astype(np.float64), "float4_e2m1fn"),
-                        x[ok], lowfp.format("float4_e2m1fn"))
+    _assert_codes_equal(
+        zero[ok],
+        lowfp.encode(x[ok].astype(np.float64), "float4_e2m1fn"),
+        x[ok],
+        lowfp.format("float4_e2m1fn"),
+    )
     with pytest.raises(ValueError, match="negative"):
         lowfp.encode(np.abs(x[ok]) * -1 - 1, "float8_e8m0fnu")

@@ -17,9 +17,13 @@ import lowfp  # noqa: E402
 from lowfp import experiments  # noqa: E402
 
 # the subprocesses run in a temporary directory: import this lowfp, wherever it lives
-_ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(
-    [str(pathlib.Path(lowfp.__file__).resolve().parent.parent)]
-    + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}
+_ENV = {
+    **os.environ,
+    "PYTHONPATH": os.pathsep.join(
+        [str(pathlib.Path(lowfp.__file__).resolve().parent.parent)]
+        + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    ),
+}
 
 
 def _csv_numbers(path):
@@ -50,8 +54,10 @@ def test_swamping_writes_files_and_linear_freezes(swamping):
         assert lin["zero_small"] > log["zero_small"]
         assert lin["rel_err"] > 0.9 > 0.3 > log["rel_err"]
     assert math.isfinite(res["metrics"]["train"]["fp32"]["final"])
-    assert res["metrics"]["train"]["linear 2-bit"]["zero"] > res["metrics"]["train"][
-        "log 2-bit"]["zero"]
+    assert (
+        res["metrics"]["train"]["linear 2-bit"]["zero"]
+        > res["metrics"]["train"]["log 2-bit"]["zero"]
+    )
     assert len(res["findings"]) >= 2 and all(res["findings"])
 
 
@@ -74,15 +80,15 @@ def test_sgd_shrinkage_smoke(tmp_path):
 
 def test_run_writes_a_report_with_verdicts_first(tmp_path):
     lines = []
-    path = experiments.run(["sgd-shrinkage"], steps=10, seeds=[0, 1], out=tmp_path,
-                           progress=lines.append)
+    path = experiments.run(
+        ["sgd-shrinkage"], steps=10, seeds=[0, 1], out=tmp_path, progress=lines.append
+    )
     text = path.read_text()
     assert path == tmp_path / "report.md"
     assert text.index("## Verdicts") < text.index("## sgd-shrinkage")
     assert "### Yun et al." in text and "| claim | experiment |" in text
     assert "mean ± sd over 2 seeds" in text and "Paired differences" in text
-    assert "![sgd-shrinkage/seed0/sgd_shrinkage.png](sgd-shrinkage/seed0/sgd_shrinkage.png)" \
-        in text
+    assert "![sgd-shrinkage/seed0/sgd_shrinkage.png](sgd-shrinkage/seed0/sgd_shrinkage.png)" in text
     assert (tmp_path / "sgd-shrinkage" / "seed1" / "sgd_shrinkage.csv").exists()
     cells = _csv_numbers(tmp_path / "sgd_shrinkage_cells.csv")
     assert {r["seed"] for r in cells} == {"0", "1"}
@@ -91,12 +97,18 @@ def test_run_writes_a_report_with_verdicts_first(tmp_path):
     assert lines and all(line.startswith("[sgd-shrinkage]") for line in lines)
 
 
-@pytest.mark.parametrize("kw", [dict(names=["nope"]), dict(names=["swamping"], steps=0),
-                                dict(names=["swamping"], steps=-3),
-                                dict(names=["swamping"], seeds=[]),
-                                dict(names=["swamping"], seeds=[1, 1]),
-                                dict(names=["swamping"], seeds=[-1]),
-                                dict(names=["swamping"], size="huge")])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(names=["nope"]),
+        dict(names=["swamping"], steps=0),
+        dict(names=["swamping"], steps=-3),
+        dict(names=["swamping"], seeds=[]),
+        dict(names=["swamping"], seeds=[1, 1]),
+        dict(names=["swamping"], seeds=[-1]),
+        dict(names=["swamping"], size="huge"),
+    ],
+)
 def test_bad_arguments_raise_value_error(tmp_path, kw):
     with pytest.raises(ValueError):
         experiments.run(**kw, out=tmp_path, progress=False)
@@ -104,8 +116,14 @@ def test_bad_arguments_raise_value_error(tmp_path, kw):
 
 
 def _cli(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "lowfp", "experiment", *args],
-                          capture_output=True, text=True, timeout=120, cwd=cwd, env=_ENV)
+    return subprocess.run(
+        [sys.executable, "-m", "lowfp", "experiment", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
+        env=_ENV,
+    )
 
 
 def test_cli_runs_swamping(tmp_path):
@@ -119,15 +137,24 @@ def test_cli_runs_swamping(tmp_path):
     assert "[swamping" in r.stderr  # progress lines
 
 
-@pytest.mark.parametrize("args", [("nope",), ("swamping", "--steps", "0"),
-                                  ("swamping", "--steps", "x"), ("swamping", "--seeds", "a"),
-                                  ("swamping", "--seeds", "1,1"),
-                                  ("swamping", "--quick", "--full")])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("nope",),
+        ("swamping", "--steps", "0"),
+        ("swamping", "--steps", "x"),
+        ("swamping", "--seeds", "a"),
+        ("swamping", "--seeds", "1,1"),
+        ("swamping", "--quick", "--full"),
+    ],
+)
 def test_cli_errors_exit_2(tmp_path, args):
     r = _cli(*args, "--out", "o", cwd=tmp_path)
     assert r.returncode == 2
-    assert r.stderr.strip().splitlines()[-1].startswith(("lowfp: error:", "usage:")) or \
-        "error:" in r.stderr
+    assert (
+        r.stderr.strip().splitlines()[-1].startswith(("lowfp: error:", "usage:"))
+        or "error:" in r.stderr
+    )
     assert "Traceback" not in r.stderr
 
 
@@ -275,8 +302,10 @@ def char_runs(tmp_path_factory):
     mp.setitem(precision_sweep.MANTISSAS_BY_SIZE, "default", (0, 2, 7))
     mp.setattr(low_bit_states, "states_config", lambda size="default": chartf.Config(**_TINY))
     try:
-        res = [experiments.run_one(n, steps=6, seed=0, out=out, progress=False)
-               for n in ("precision-sweep", "low-bit-states")]
+        res = [
+            experiments.run_one(n, steps=6, seed=0, out=out, progress=False)
+            for n in ("precision-sweep", "low-bit-states")
+        ]
     finally:
         mp.undo()
     return out, res
@@ -315,8 +344,7 @@ def test_low_bit_states_smoke_and_bytes_per_param_order(char_runs):
     val, b = res["metrics"]["val"], res["metrics"]["bytes_per_param"]
     assert all(math.isfinite(v) for v in val.values())
     # exact storage, deterministic: fewer bits, fewer bytes (scales and counters included)
-    assert b["AdamW fp32"] > 8.0 > b["AdamW8bit"] > b["AdamW4bit"] > b["log 3-bit"] \
-        > b["log 2-bit"]
+    assert b["AdamW fp32"] > 8.0 > b["AdamW8bit"] > b["AdamW4bit"] > b["log 3-bit"] > b["log 2-bit"]
     assert b["SOLO 3-bit"] == b["log 3-bit"] and b["SOLO 2-bit"] == b["log 2-bit"]
     assert b["linear 3-bit"] < b["log 3-bit"]  # log codes add a per-block base
     assert b["Muon8bit"] < b["Muon fp32"] < b["AdamW fp32"]
@@ -328,9 +356,19 @@ def test_low_bit_states_smoke_and_bytes_per_param_order(char_runs):
 def test_every_experiment_is_registered_in_the_default_order():
     experiments._load()
     assert set(experiments.EXPERIMENTS) <= set(experiments.ORDER)
-    assert {"beta2", "mantissa-vs-steps", "linf", "muon8bit", "sgd-shrinkage",
-            "solo-factorial", "ptq", "qat-scaling", "precision-sweep", "swamping",
-            "low-bit-states"} <= set(experiments.EXPERIMENTS)
+    assert {
+        "beta2",
+        "mantissa-vs-steps",
+        "linf",
+        "muon8bit",
+        "sgd-shrinkage",
+        "solo-factorial",
+        "ptq",
+        "qat-scaling",
+        "precision-sweep",
+        "swamping",
+        "low-bit-states",
+    } <= set(experiments.EXPERIMENTS)
     for e in experiments.EXPERIMENTS.values():
         assert e.quick_steps <= e.default_steps <= e.full_steps and e.claims
 
@@ -358,11 +396,22 @@ def test_verdict_rule():
 def _fake_experiment():
     def fn(steps, seed, out, progress, size="default"):
         base, other = 1.0 + seed, 2.0 + 3 * seed
-        return {"title": "fake", "description": "d", "plots": [], "csv": [], "findings": [],
-                "tables": [{"title": "t", "columns": ["name", "value", "text"],
-                            "rows": [("base", base, "x"), ("other", other, "y")],
-                            "baseline": ("base",)}],
-                "metrics": {"d": other - base}}
+        return {
+            "title": "fake",
+            "description": "d",
+            "plots": [],
+            "csv": [],
+            "findings": [],
+            "tables": [
+                {
+                    "title": "t",
+                    "columns": ["name", "value", "text"],
+                    "rows": [("base", base, "x"), ("other", other, "y")],
+                    "baseline": ("base",),
+                }
+            ],
+            "metrics": {"d": other - base},
+        }
 
     claim = experiments.Claim("Paper P", "other exceeds base", lambda mt: mt["d"], "other − base")
     return experiments.Experiment("fake", fn, 1, "fake", 1, 1, (claim,))
@@ -386,8 +435,9 @@ def test_aggregate_cells_paired_differences_and_verdicts():
     assert v["verdict"] == "reproduced"  # 3 − 2·2/√3 = 0.69 > 0
     text = experiments.render_report([agg])
     assert "### Paper P" in text and "**reproduced**" in text
-    assert "| other exceeds base | fake | other − base (claimed > 0) | +3 ± 2 (3) | +1 +3 +5 |" \
-        in text
+    assert (
+        "| other exceeds base | fake | other − base (claimed > 0) | +3 ± 2 (3) | +1 +3 +5 |" in text
+    )
 
 
 # ------------------------------------------------------------------ new experiments, smoke
@@ -419,15 +469,17 @@ def test_mantissa_vs_steps_smoke(tmp_path, tiny_char, monkeypatch):
     from lowfp.experiments import mantissa_vs_steps
 
     monkeypatch.setitem(mantissa_vs_steps.MANS, "quick", (2, 10))
-    res = experiments.run_one("mantissa-vs-steps", steps=16, out=tmp_path, progress=False,
-                              size="quick")
+    res = experiments.run_one(
+        "mantissa-vs-steps", steps=16, out=tmp_path, progress=False, size="quick"
+    )
     m = res["metrics"]
     assert m["evals"] == [4, 8, 16]  # T/8 = 2 dropped: inside the warm-up, 3 remain
     assert all(n in (2, 10, 12) for o in ("Adam", "Muon") for n in m["needed"][o])
     assert math.isfinite(m["slope"]["Adam"])
     # Muon runs at quick size too: every claim has a finite effect
-    assert all(math.isfinite(c.effect(m))
-               for c in experiments.EXPERIMENTS["mantissa-vs-steps"].claims)
+    assert all(
+        math.isfinite(c.effect(m)) for c in experiments.EXPERIMENTS["mantissa-vs-steps"].claims
+    )
 
 
 def test_linf_rotation_leaves_sgd_unchanged(tmp_path):
@@ -444,11 +496,17 @@ def test_linf_rotation_leaves_sgd_unchanged(tmp_path):
 def test_muon8bit_smoke_and_memory(tmp_path, tiny_char):
     res = experiments.run_one("muon8bit", steps=4, out=tmp_path, progress=False)
     b, val = res["metrics"]["bytes"], res["metrics"]["val"]
-    assert len(val) == 8 and all(math.isfinite(val[k]) for k in val if "linear" not in k
-                                 or "Muon 8-bit" in k)
+    assert len(val) == 8 and all(
+        math.isfinite(val[k]) for k in val if "linear" not in k or "Muon 8-bit" in k
+    )
     # exact storage: 8-bit states take fewer bytes; linear and dynamic codes take the same
-    assert b["Muon8bit + AdamW 8-bit dynamic"] == b["Muon8bit + AdamW 8-bit linear"] \
-        < b["Muon 8-bit linear"] == b["Muon 8-bit dynamic"] < b["Muon fp32"]
+    assert (
+        b["Muon8bit + AdamW 8-bit dynamic"]
+        == b["Muon8bit + AdamW 8-bit linear"]
+        < b["Muon 8-bit linear"]
+        == b["Muon 8-bit dynamic"]
+        < b["Muon fp32"]
+    )
     assert b["AdamW 8-bit dynamic"] == b["AdamW 8-bit linear"] < b["AdamW fp32"] / 3
 
 
@@ -493,7 +551,7 @@ def test_power_law_fit_recovers_known_parameters():
     from lowfp.experiments.fit import fit_power_law
 
     N = np.array([1e3, 3e3, 1e4, 3e4, 1e5, 3e5, 1e6])
-    L = 1.5 + 40.0 * N ** -0.4
+    L = 1.5 + 40.0 * N**-0.4
     f = fit_power_law(N, L)
     assert (f.E, f.A, f.alpha) == pytest.approx((1.5, 40.0, 0.4), rel=1e-6)
     assert f.alpha_se == pytest.approx(0.0, abs=1e-6)
@@ -506,7 +564,7 @@ def test_power_law_fit_with_noise_and_an_outlier():
     from lowfp.experiments.fit import fit_power_law
 
     N = np.geomspace(1e3, 1e6, 10)
-    L = 1.5 + 40.0 * N ** -0.4
+    L = 1.5 + 40.0 * N**-0.4
     rng = np.random.default_rng(0)
     y = L * (1 + rng.normal(0, 0.002, N.size))  # 0.2% noise
     y[4] += 0.5  # one diverged size
@@ -533,4 +591,5 @@ def test_blockwise_lr_smoke(tmp_path, tiny_char):
     assert m["at"] == [0, 1, 4] and len(m["sharp"]) == 3
     assert all(set(s) == set(CLAIMED) and _finite(s) for s in m["sharp"])
     assert _finite(m["val"]) and m["val"]["AdamW tuned"] == min(
-        m["val"][k] for k in m["val"] if k.startswith("AdamW 0"))
+        m["val"][k] for k in m["val"] if k.startswith("AdamW 0")
+    )

@@ -54,27 +54,33 @@ def test_generic_values_table():
     assert np.all(np.diff(f.values[np.isfinite(f.values)]) > 0)
 
 
-@pytest.mark.parametrize("bad,exc,match", [
-    ("float7", ValueError, "unknown format"),
-    ("e9m3", ValueError, "exp_bits"),
-    ("e4m3zz", ValueError, "unknown format"),
-    ("e4m3fnuzu", ValueError, "nan"),
-    (3, TypeError, "fmt"),
-])
+@pytest.mark.parametrize(
+    "bad,exc,match",
+    [
+        ("float7", ValueError, "unknown format"),
+        ("e9m3", ValueError, "exp_bits"),
+        ("e4m3zz", ValueError, "unknown format"),
+        ("e4m3fnuzu", ValueError, "nan"),
+        (3, TypeError, "fmt"),
+    ],
+)
 def test_bad_names(bad, exc, match):
     with pytest.raises(exc, match=match):
         lowfp.format(bad)
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(exp_bits=0, man_bits=3), "exp_bits"),
-    (dict(exp_bits=4, man_bits=30), "man_bits"),
-    (dict(exp_bits=4, man_bits=3, nan="none", inf=True), "inf"),  # inf needs a NaN code
-    (dict(exp_bits=1, man_bits=0, nan="max", inf=True, signed=False), "inf"),
-    (dict(exp_bits=4, man_bits=3, nan="negzero", signed=False), "nan"),
-    (dict(exp_bits=8, man_bits=3, bias=200), "bias"),
-    (dict(exp_bits=4, man_bits=3, nan="weird"), "nan"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(exp_bits=0, man_bits=3), "exp_bits"),
+        (dict(exp_bits=4, man_bits=30), "man_bits"),
+        (dict(exp_bits=4, man_bits=3, nan="none", inf=True), "inf"),  # inf needs a NaN code
+        (dict(exp_bits=1, man_bits=0, nan="max", inf=True, signed=False), "inf"),
+        (dict(exp_bits=4, man_bits=3, nan="negzero", signed=False), "nan"),
+        (dict(exp_bits=8, man_bits=3, bias=200), "bias"),
+        (dict(exp_bits=4, man_bits=3, nan="weird"), "nan"),
+    ],
+)
 def test_bad_fields(kwargs, match):
     with pytest.raises(ValueError, match=match):
         lowfp.Format(**kwargs)

@@ -40,29 +40,86 @@ FUZZ = settings(
 # ------------------------------------------------------------------ values a mutation writes
 
 WEIRD = st.one_of(
-    st.none(), st.booleans(),
-    st.sampled_from([0, 1, -1, 7, 8, 15, 16, 17, 32, 255, 256, 4096, 4097, 2**31, 2**32,
-                     2**40, 2**63 - 1, 2**63, 2**64, -(2**63)]),
-    st.integers(-10**6, 10**6),
-    st.sampled_from([0.0, -0.0, 0.5, 1.0, 1.5, -1.0, 1e-45, 1e38, 1e300, float("nan"),
-                     float("inf"), -float("inf")]),
+    st.none(),
+    st.booleans(),
+    st.sampled_from(
+        [
+            0,
+            1,
+            -1,
+            7,
+            8,
+            15,
+            16,
+            17,
+            32,
+            255,
+            256,
+            4096,
+            4097,
+            2**31,
+            2**32,
+            2**40,
+            2**63 - 1,
+            2**63,
+            2**64,
+            -(2**63),
+        ]
+    ),
+    st.integers(-(10**6), 10**6),
+    st.sampled_from(
+        [
+            0.0,
+            -0.0,
+            0.5,
+            1.0,
+            1.5,
+            -1.0,
+            1e-45,
+            1e38,
+            1e300,
+            float("nan"),
+            float("inf"),
+            -float("inf"),
+        ]
+    ),
     st.text(max_size=12),
-    st.sampled_from(["e4m3", "exmy", "linear", "dynamic", "log", "absmax", "e8m0", "e4m3fn",
-                     "nearest", "stochastic", "bfloat16", "float32", "e8m0fnu"]),
+    st.sampled_from(
+        [
+            "e4m3",
+            "exmy",
+            "linear",
+            "dynamic",
+            "log",
+            "absmax",
+            "e8m0",
+            "e4m3fn",
+            "nearest",
+            "stochastic",
+            "bfloat16",
+            "float32",
+            "e8m0fnu",
+        ]
+    ),
     st.lists(st.integers(-3, 2**33), max_size=4),
-    st.dictionaries(st.sampled_from(["codec", "bits", "format", "signed"]),
-                    st.integers(0, 9), max_size=3),
+    st.dictionaries(
+        st.sampled_from(["codec", "bits", "format", "signed"]), st.integers(0, 9), max_size=3
+    ),
 )
 
-NONFINITE = st.sampled_from([float("nan"), float("inf"), -float("inf"), -1.0, -0.0, 0.0,
-                             1e38, 3.4e38, 1e-45])
+NONFINITE = st.sampled_from(
+    [float("nan"), float("inf"), -float("inf"), -1.0, -0.0, 0.0, 1e38, 3.4e38, 1e-45]
+)
 
 # ------------------------------------------------------------------ QTensor files
 
 _X = np.random.default_rng(0).standard_normal((6, 40)).astype(np.float32)
 QT_CASES = [
-    ("mxfp8", {}), ("mxfp4", {"axis": 0}), ("nvfp4", {}),
-    (lowfp.Linear(3), {"block_size": 16}), (lowfp.Dynamic(4, False), {"axis": None}),
+    ("mxfp8", {}),
+    ("mxfp4", {"axis": 0}),
+    ("nvfp4", {}),
+    (lowfp.Linear(3), {"block_size": 16}),
+    (lowfp.Dynamic(4, False), {"axis": None}),
     (lowfp.Log(3, quantile=0.05), {"rounding": "stochastic", "seed": 1, "block_size": 16}),
     ("e4m3", {"scale": "e8m0_rceil", "block_size": 16}),
 ]
@@ -99,15 +156,33 @@ def qtensor_mutation(draw):
     fmt = "lowfp.qtensor.v1"
     raw = []
     for _ in range(draw(st.integers(1, 3))):
-        kind = draw(st.sampled_from(["field", "codec_field", "delete", "length", "dtype",
-                                     "shape2d", "drop", "values", "codes", "format",
-                                     "raw"]))
+        kind = draw(
+            st.sampled_from(
+                [
+                    "field",
+                    "codec_field",
+                    "delete",
+                    "length",
+                    "dtype",
+                    "shape2d",
+                    "drop",
+                    "values",
+                    "codes",
+                    "format",
+                    "raw",
+                ]
+            )
+        )
         if kind == "field":
             meta[draw(st.sampled_from(sorted(meta) + ["extra"]))] = draw(WEIRD)
         elif kind == "codec_field" and isinstance(meta.get("codec"), dict):
-            meta["codec"][draw(st.sampled_from(
-                ["codec", "bits", "signed", "zero", "alpha", "quantile", "format"]))] = \
-                draw(WEIRD)
+            meta["codec"][
+                draw(
+                    st.sampled_from(
+                        ["codec", "bits", "signed", "zero", "alpha", "quantile", "format"]
+                    )
+                )
+            ] = draw(WEIRD)
         elif kind == "delete" and meta:
             del meta[draw(st.sampled_from(sorted(meta)))]
         elif kind in ("length", "dtype", "shape2d", "values", "drop") and arrays:
@@ -117,9 +192,22 @@ def qtensor_mutation(draw):
                 n = draw(st.integers(-4, 4)) + a.size
                 arrays[k] = np.resize(a, max(n, 0))
             elif kind == "dtype":
-                arrays[k] = _dtype_change(a, draw(st.sampled_from(
-                    [np.float32, np.float16, np.float64, np.int8, np.uint16, np.int64,
-                     np.uint8])))
+                arrays[k] = _dtype_change(
+                    a,
+                    draw(
+                        st.sampled_from(
+                            [
+                                np.float32,
+                                np.float16,
+                                np.float64,
+                                np.int8,
+                                np.uint16,
+                                np.int64,
+                                np.uint8,
+                            ]
+                        )
+                    ),
+                )
             elif kind == "shape2d" and a.size % 2 == 0:
                 arrays[k] = a.reshape(2, -1)
             elif kind == "drop":
@@ -143,8 +231,11 @@ def qtensor_mutation(draw):
 
 def _same_arrays(a, b):
     return a.keys() == b.keys() and all(
-        a[k].dtype == b[k].dtype and a[k].shape == b[k].shape and np.array_equal(
-            a[k].view(np.uint8), b[k].view(np.uint8)) for k in a)
+        a[k].dtype == b[k].dtype
+        and a[k].shape == b[k].shape
+        and np.array_equal(a[k].view(np.uint8), b[k].view(np.uint8))
+        for k in a
+    )
 
 
 @FUZZ
@@ -175,11 +266,21 @@ def test_mutated_qtensor_files(case):
     v = q.dequantize()
     assert v.shape == tuple(q.shape) and v.dtype == np.float32
     assert q.nbytes == q.codes.nbytes + q.scales.nbytes + (
-        0 if q.alphas is None else q.alphas.nbytes) + (4 if q.scale == "e4m3" else 0)
+        0 if q.alphas is None else q.alphas.nbytes
+    ) + (4 if q.scale == "e4m3" else 0)
     m0, a0 = _parts(q0)
-    if not raw and q.metadata() == m0 and _same_arrays(
-            {k: v for k, v in (("t.codes", q.codes), ("t.scales", q.scales),
-                               ("t.alphas", q.alphas)) if v is not None}, a0):
+    if (
+        not raw
+        and q.metadata() == m0
+        and _same_arrays(
+            {
+                k: v
+                for k, v in (("t.codes", q.codes), ("t.scales", q.scales), ("t.alphas", q.alphas))
+                if v is not None
+            },
+            a0,
+        )
+    ):
         np.testing.assert_array_equal(v, q0.dequantize())  # same file, same values
 
 
@@ -189,13 +290,16 @@ torch = pytest.importorskip("torch")
 import lowfp.optim as lo  # noqa: E402
 
 OPT_CASES = [
-    (lo.AdamW8bit, {"block_size": 64}), (lo.AdamW4bit, {"block_size": 64}),
-    (lo.SOLO, {"block_size": 64}), (lo.AdamWFp8, {"block_size": 64}),
-    (lo.AdamW, {"amsgrad": True, "exp_avg": lowfp.Linear(4), "exp_avg_sq": "e3m2",
-                "block_size": 32}),
+    (lo.AdamW8bit, {"block_size": 64}),
+    (lo.AdamW4bit, {"block_size": 64}),
+    (lo.SOLO, {"block_size": 64}),
+    (lo.AdamWFp8, {"block_size": 64}),
+    (
+        lo.AdamW,
+        {"amsgrad": True, "exp_avg": lowfp.Linear(4), "exp_avg_sq": "e3m2", "block_size": 32},
+    ),
     (lo.AdamW, {"min_quant_size": 10**9}),  # float32 states
-    (lo.SGD, {"lr": 0.1, "momentum": 0.9, "momentum_codec": lowfp.Dynamic(8),
-              "block_size": 64}),
+    (lo.SGD, {"lr": 0.1, "momentum": 0.9, "momentum_codec": lowfp.Dynamic(8), "block_size": 64}),
     (lo.Muon8bit, {"block_size": 64}),  # the matrix in Muon, the vector in its AdamW
 ]
 _SHAPES = [(5, 40), (24,)]
@@ -237,14 +341,21 @@ def _bits(t):
 
 def _same(a, b):
     if isinstance(a, dict):
-        return isinstance(b, dict) and a.keys() == b.keys() and all(
-            _same(a[k], b[k]) for k in a)
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
     if isinstance(a, (list, tuple)):
-        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(
-            _same(x, y) for x, y in zip(a, b))
+        return (
+            isinstance(b, (list, tuple))
+            and len(a) == len(b)
+            and all(_same(x, y) for x, y in zip(a, b))
+        )
     if torch.is_tensor(a) or torch.is_tensor(b):  # bit for bit (NaN equals NaN)
-        return torch.is_tensor(a) and torch.is_tensor(b) and a.dtype == b.dtype \
-            and a.shape == b.shape and torch.equal(_bits(a), _bits(b))
+        return (
+            torch.is_tensor(a)
+            and torch.is_tensor(b)
+            and a.dtype == b.dtype
+            and a.shape == b.shape
+            and torch.equal(_bits(a), _bits(b))
+        )
     return type(a) is type(b) and (a == b or (a != a and b != b))
 
 
@@ -257,8 +368,9 @@ def state_dict_mutation(draw):
     sd = copy.deepcopy(SAVED[i])
     hyper = False  # a hyperparameter was changed
     for _ in range(draw(st.integers(1, 3))):
-        where = draw(st.sampled_from(["state", "state", "state", "step", "codec", "group",
-                                      "ids", "top"]))
+        where = draw(
+            st.sampled_from(["state", "state", "state", "step", "codec", "group", "ids", "top"])
+        )
         states = sd.get("state") if isinstance(sd.get("state"), dict) else {}
         if where in ("state", "step", "codec") and states:
             sid = draw(st.sampled_from(sorted(states, key=str)))
@@ -266,9 +378,14 @@ def state_dict_mutation(draw):
             if not isinstance(s, dict):
                 continue
             if where == "step":
-                s["step"] = draw(st.one_of(WEIRD, st.builds(torch.tensor, NONFINITE),
-                                           st.just(torch.tensor([1.0, 2.0])),
-                                           st.just(torch.tensor(3, dtype=torch.int64))))
+                s["step"] = draw(
+                    st.one_of(
+                        WEIRD,
+                        st.builds(torch.tensor, NONFINITE),
+                        st.just(torch.tensor([1.0, 2.0])),
+                        st.just(torch.tensor(3, dtype=torch.int64)),
+                    )
+                )
             elif where == "codec":
                 keys = [k for k in s if k.endswith(".codec")]
                 if keys:
@@ -276,9 +393,21 @@ def state_dict_mutation(draw):
                     if isinstance(s[k], dict) and draw(st.booleans()):
                         sub = draw(st.sampled_from(["codec", "block", "scale", "layout"]))
                         if sub == "codec" and isinstance(s[k]["codec"], dict):
-                            s[k]["codec"][draw(st.sampled_from(
-                                ["codec", "bits", "signed", "zero", "format", "alpha",
-                                 "quantile"]))] = draw(WEIRD)
+                            s[k]["codec"][
+                                draw(
+                                    st.sampled_from(
+                                        [
+                                            "codec",
+                                            "bits",
+                                            "signed",
+                                            "zero",
+                                            "format",
+                                            "alpha",
+                                            "quantile",
+                                        ]
+                                    )
+                                )
+                            ] = draw(WEIRD)
                         else:
                             s[k][sub] = draw(WEIRD)
                     else:
@@ -291,26 +420,37 @@ def state_dict_mutation(draw):
                 t = s[k]
                 edit = draw(st.sampled_from(TENSOR_EDITS))
                 if edit == "truncate" and t.numel():
-                    s[k] = t.reshape(-1)[:-draw(st.integers(1, min(4, t.numel())))]
+                    s[k] = t.reshape(-1)[: -draw(st.integers(1, min(4, t.numel())))]
                 elif edit == "extend":
                     s[k] = torch.cat([t.reshape(-1), t.reshape(-1)[:1].repeat(2)])
                 elif edit == "dtype":
-                    s[k] = t.to(draw(st.sampled_from(
-                        [torch.float32, torch.float16, torch.bfloat16, torch.float64,
-                         torch.uint8, torch.int8, torch.int64, torch.bool])))
+                    s[k] = t.to(
+                        draw(
+                            st.sampled_from(
+                                [
+                                    torch.float32,
+                                    torch.float16,
+                                    torch.bfloat16,
+                                    torch.float64,
+                                    torch.uint8,
+                                    torch.int8,
+                                    torch.int64,
+                                    torch.bool,
+                                ]
+                            )
+                        )
+                    )
                 elif edit == "reshape" and t.numel() % 2 == 0 and t.numel():
                     s[k] = t.reshape(2, -1)
                 elif edit == "value" and t.numel() and t.dtype == torch.float32:
                     t.reshape(-1)[draw(st.integers(0, t.numel() - 1))] = draw(NONFINITE)
                 elif edit == "byte" and t.numel() and t.dtype == torch.uint8:
-                    t.reshape(-1)[draw(st.integers(0, t.numel() - 1))] = draw(
-                        st.integers(0, 255))
+                    t.reshape(-1)[draw(st.integers(0, t.numel() - 1))] = draw(st.integers(0, 255))
                 elif edit == "delete":
                     del s[k]
                 elif edit == "scalar":
                     s[k] = draw(WEIRD)
-        elif where == "group" and isinstance(sd.get("param_groups"), list) \
-                and sd["param_groups"]:
+        elif where == "group" and isinstance(sd.get("param_groups"), list) and sd["param_groups"]:
             g = sd["param_groups"][draw(st.integers(0, len(sd["param_groups"]) - 1))]
             if not isinstance(g, dict):
                 continue

@@ -45,12 +45,16 @@ def test_rotation_hurts_adam_not_sgd():
     w0 = q.t() @ x0
     assert float(rot(w0)) == pytest.approx(float(_quadratic(x0)), rel=1e-12)
     sgd = dict(lr=1.5e-3)
-    plain, rotated = _descend(torch.optim.SGD, _quadratic, x0, **sgd), \
-        _descend(torch.optim.SGD, rot, w0, **sgd)
+    plain, rotated = (
+        _descend(torch.optim.SGD, _quadratic, x0, **sgd),
+        _descend(torch.optim.SGD, rot, w0, **sgd),
+    )
     assert rotated == pytest.approx(plain, rel=1e-8)  # gradient descent is equivariant
     adam = dict(lr=1e-2, betas=(0.9, 0.999))
-    plain, rotated = _descend(torch.optim.Adam, _quadratic, x0, **adam), \
-        _descend(torch.optim.Adam, rot, w0, **adam)
+    plain, rotated = (
+        _descend(torch.optim.Adam, _quadratic, x0, **adam),
+        _descend(torch.optim.Adam, rot, w0, **adam),
+    )
     assert rotated > 100 * plain  # Adam relies on the axes
 
 
@@ -128,10 +132,18 @@ def test_classify_parameters():
     llama.attention_norm = nn.Module()
     llama.attention_norm.weight = nn.Parameter(torch.ones(8))
     k = geometry.classify_parameters(llama)
-    assert [k[n] for n in ("tok_embeddings.weight", "attention.wq.weight", "attention.wk.weight",
-                           "attention.wv.weight", "attention.wo.weight",
-                           "feed_forward.w1.weight", "attention_norm.weight")] == \
-        ["embedding", "qk", "qk", "vo", "vo", "ffn", "norm"]
+    assert [
+        k[n]
+        for n in (
+            "tok_embeddings.weight",
+            "attention.wq.weight",
+            "attention.wk.weight",
+            "attention.wv.weight",
+            "attention.wo.weight",
+            "feed_forward.w1.weight",
+            "attention_norm.weight",
+        )
+    ] == ["embedding", "qk", "qk", "vo", "vo", "ffn", "norm"]
 
 
 def test_blockwise_lr_groups():
@@ -139,8 +151,9 @@ def test_blockwise_lr_groups():
     groups = geometry.blockwise_lr_groups(model, lr=1e-3)
     assert [g["name"] for g in groups] == ["embedding", "qk", "vo", "ffn", "norm", "other"]
     lrs = {g["name"]: g["lr"] for g in groups}
-    assert lrs == pytest.approx({"embedding": 1e-2, "qk": 8e-3, "vo": 4e-3, "ffn": 6e-3,
-                                 "norm": 1e-3, "other": 1e-3})
+    assert lrs == pytest.approx(
+        {"embedding": 1e-2, "qk": 8e-3, "vo": 4e-3, "ffn": 6e-3, "norm": 1e-3, "other": 1e-3}
+    )
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
     for opt in (torch.optim.AdamW(groups), lowfp.optim.AdamW(groups)):
         assert [g["lr"] for g in opt.param_groups] == [g["lr"] for g in groups]
@@ -176,7 +189,8 @@ def test_sharpness_of_a_quadratic():
     ev = torch.linalg.eigvalsh(H)
     top = float(ev[ev.abs().argmax()])
     assert sharpness(model, loss_fn, None, iters=300, tol=1e-12)["all"] == pytest.approx(
-        top, rel=1e-6)
+        top, rel=1e-6
+    )
     # param groups as blockwise_lr_groups makes them, and the model's mode is restored
     model.train()
     g = sharpness(model, loss_fn, None, [{"params": [model.a], "name": "x"}], iters=50)
@@ -185,8 +199,12 @@ def test_sharpness_of_a_quadratic():
         sharpness(model, loss_fn, None, iters=0)
     # a parameter the loss ignores, or is linear in, has a zero Hessian block
     model.unused, model.lin = nn.Parameter(torch.ones(3)), nn.Parameter(torch.ones(2))
-    s = sharpness(model, lambda m, b: loss_fn(m, b) + m.lin.sum(), None,
-                  {"u": [model.unused], "l": [model.lin], "a+u": [model.a, model.unused]},
-                  iters=100, tol=1e-12)
+    s = sharpness(
+        model,
+        lambda m, b: loss_fn(m, b) + m.lin.sum(),
+        None,
+        {"u": [model.unused], "l": [model.lin], "a+u": [model.a, model.unused]},
+        iters=100,
+        tol=1e-12,
+    )
     assert s["u"] == 0.0 and s["l"] == 0.0 and s["a+u"] == pytest.approx(7.0, rel=1e-6)
-

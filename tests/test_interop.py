@@ -70,12 +70,14 @@ def test_torch_float4_x2_bytes_are_lowfp_packed_codes():
 
 def test_importing_lowfp_imports_neither_torch_nor_ml_dtypes():
     root = os.path.dirname(os.path.dirname(os.path.abspath(lowfp.__file__)))
-    code = ("import sys, numpy as np, lowfp\n"
-            "x = np.linspace(-3, 3, 16, dtype=np.float32)\n"
-            "c = lowfp.encode(x, 'e4m3'); lowfp.decode(c, lowfp.format('fp4') and 'e4m3')\n"
-            "lowfp.encode(x, 'e4m3', rounding='stochastic'); lowfp.quantize_blockwise(x, 'mxfp4')\n"
-            "bad = [m for m in ('torch', 'ml_dtypes') if m in sys.modules]\n"
-            "assert not bad, bad\n")
+    code = (
+        "import sys, numpy as np, lowfp\n"
+        "x = np.linspace(-3, 3, 16, dtype=np.float32)\n"
+        "c = lowfp.encode(x, 'e4m3'); lowfp.decode(c, lowfp.format('fp4') and 'e4m3')\n"
+        "lowfp.encode(x, 'e4m3', rounding='stochastic'); lowfp.quantize_blockwise(x, 'mxfp4')\n"
+        "bad = [m for m in ('torch', 'ml_dtypes') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
     env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
 
@@ -126,17 +128,18 @@ def test_decode_format_checks():
 @pytest.mark.parametrize("name", SMALL_ML)
 def test_encode_as_dtype_gives_ml_dtypes_arrays(name):
     y = X * 0.25
-    got = lowfp.encode(y, name, as_dtype=True, overflow="saturate", nan="zero",
-                       negative="clamp")
+    got = lowfp.encode(y, name, as_dtype=True, overflow="saturate", nan="zero", negative="clamp")
     assert got.dtype == np.dtype(getattr(ml_dtypes, name)) and got.shape == y.shape
-    assert np.array_equal(got.view(np.uint8),
-                          lowfp.encode(y, name, overflow="saturate", nan="zero",
-                                       negative="clamp"))
+    assert np.array_equal(
+        got.view(np.uint8), lowfp.encode(y, name, overflow="saturate", nan="zero", negative="clamp")
+    )
 
 
 def test_encode_as_dtype_matches_the_ecosystem_casts():
-    assert np.array_equal(lowfp.encode(X, "e4m3", as_dtype=True).view(np.uint8),
-                          X.astype(ml_dtypes.float8_e4m3fn).view(np.uint8))
+    assert np.array_equal(
+        lowfp.encode(X, "e4m3", as_dtype=True).view(np.uint8),
+        X.astype(ml_dtypes.float8_e4m3fn).view(np.uint8),
+    )
     t = torch.from_numpy(X)
     got = lowfp.encode(t, torch.float8_e5m2, as_dtype=True)
     assert got.dtype == torch.float8_e5m2
@@ -178,8 +181,10 @@ def test_decode_to_16_bit_floats_rounds_once_like_a_cast(name):
     with np.errstate(over="ignore"):
         want16 = f32.astype(np.float16)
     assert _same(lowfp.decode(codes, f, dtype=np.float16), want16)
-    assert _same(lowfp.decode(codes, f, dtype="bfloat16").astype(np.float32),
-                 f32.astype(ml_dtypes.bfloat16).astype(np.float32))
+    assert _same(
+        lowfp.decode(codes, f, dtype="bfloat16").astype(np.float32),
+        f32.astype(ml_dtypes.bfloat16).astype(np.float32),
+    )
     t = lowfp.decode(torch.from_numpy(codes), f, dtype=torch.bfloat16)
     assert t.dtype == torch.bfloat16
     assert _same(t.float().numpy(), torch.from_numpy(f32).bfloat16().float().numpy())
@@ -210,8 +215,9 @@ def test_pack_unpack_random_bits_torch_in_torch_out():
     assert np.array_equal(r.numpy(), lowfp.random_bits(10, seed=3))
 
 
-@pytest.mark.parametrize("codec", [lowfp.Linear(4), lowfp.Dynamic(8), lowfp.Log(4, signed=True)],
-                         ids=repr)
+@pytest.mark.parametrize(
+    "codec", [lowfp.Linear(4), lowfp.Dynamic(8), lowfp.Log(4, signed=True)], ids=repr
+)
 def test_table_codecs_torch_in_torch_out(codec):
     x = torch.from_numpy(X / 8)
     c = codec.encode(x, rounding="stochastic", seed=11)

@@ -40,8 +40,9 @@ def imported_modules(path: Path, pkg: Path = PKG) -> set:
 
 
 def _imports_api(path: Path, pkg: Path = PKG) -> list:
-    return sorted(m for m in imported_modules(path, pkg)
-                  if any(m == a or m.startswith(a + ".") for a in API))
+    return sorted(
+        m for m in imported_modules(path, pkg) if any(m == a or m.startswith(a + ".") for a in API)
+    )
 
 
 BELOW_API = sorted((PKG / "cuda").glob("*.py")) + [PKG / "_common.py", PKG / "_types.py"]
@@ -57,9 +58,13 @@ def test_checker_sees_relative_and_lazy_imports(tmp_path):
     cuda = tmp_path / "lowfp" / "cuda"
     cuda.mkdir(parents=True)
     (cuda / "__init__.py").write_text(
-        "def f():\n    from ..codec import ROUNDINGS\n    from .. import qtensor\n")
+        "def f():\n    from ..codec import ROUNDINGS\n    from .. import qtensor\n"
+    )
     (cuda / "ok.py").write_text("from .._common import ROUNDINGS\nfrom . import codec\n")
     pkg = tmp_path / "lowfp"
     assert _imports_api(cuda / "__init__.py", pkg) == [
-        "lowfp.codec", "lowfp.codec.ROUNDINGS", "lowfp.qtensor"]
+        "lowfp.codec",
+        "lowfp.codec.ROUNDINGS",
+        "lowfp.qtensor",
+    ]
     assert _imports_api(cuda / "ok.py", pkg) == []  # lowfp.cuda.codec is not lowfp.codec

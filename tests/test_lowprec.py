@@ -45,8 +45,9 @@ INNER = {
     "adamw": lambda ps: torch.optim.AdamW(ps, lr=1e-2, weight_decay=0.1),
     "adam_amsgrad": lambda ps: torch.optim.Adam(ps, lr=1e-2, amsgrad=True),
     "sgd_momentum": lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, nesterov=True),
-    "lowfp_adamw": lambda ps: lowfp.optim.AdamW(ps, lr=1e-2, exp_avg="e4m3",
-                                                exp_avg_sq="e4m3", min_quant_size=16),
+    "lowfp_adamw": lambda ps: lowfp.optim.AdamW(
+        ps, lr=1e-2, exp_avg="e4m3", exp_avg_sq="e4m3", min_quant_size=16
+    ),
 }
 
 
@@ -79,11 +80,14 @@ def test_no_quantizers_muon_is_bit_identical():
 # ---------------------------------------------------------------- representability
 
 
-@pytest.mark.parametrize("fmt,rounding", [("bfloat16", "nearest"), ("e4m3", "stochastic"),
-                                          ("e5m2", "nearest"), ("e3m4", "stochastic")])
+@pytest.mark.parametrize(
+    "fmt,rounding",
+    [("bfloat16", "nearest"), ("e4m3", "stochastic"), ("e5m2", "nearest"), ("e3m4", "stochastic")],
+)
 def test_weights_representable_after_step(fmt, rounding):
-    params, opt = _train(INNER["adamw"],
-                         wrap=lambda o: LowPrecision(o, weight=Q(fmt, rounding), grad="e5m2"))
+    params, opt = _train(
+        INNER["adamw"], wrap=lambda o: LowPrecision(o, weight=Q(fmt, rounding), grad="e5m2")
+    )
     for p in params:
         assert _representable(p.detach(), fmt)
     # and the rounding did something: float32 AdamW weights are not all on the grid
@@ -91,12 +95,21 @@ def test_weights_representable_after_step(fmt, rounding):
     assert not all(torch.equal(a, b) for a, b in zip(ref, params))
 
 
-@pytest.mark.parametrize("name,states", [
-    ("adamw", {"exp_avg": Q("e4m3", "stochastic"), "exp_avg_sq": Q("e5m2")}),
-    ("adam_amsgrad", {"exp_avg": "bf16", "exp_avg_sq": {"fmt": "e5m2", "rounding": "stochastic"},
-                      "max_exp_avg_sq": "e5m2"}),
-    ("sgd_momentum", {"momentum_buffer": Q("e4m3", "stochastic")}),
-])
+@pytest.mark.parametrize(
+    "name,states",
+    [
+        ("adamw", {"exp_avg": Q("e4m3", "stochastic"), "exp_avg_sq": Q("e5m2")}),
+        (
+            "adam_amsgrad",
+            {
+                "exp_avg": "bf16",
+                "exp_avg_sq": {"fmt": "e5m2", "rounding": "stochastic"},
+                "max_exp_avg_sq": "e5m2",
+            },
+        ),
+        ("sgd_momentum", {"momentum_buffer": Q("e4m3", "stochastic")}),
+    ],
+)
 def test_states_representable_after_step(name, states):
     params, opt = _train(INNER[name], wrap=lambda o: LowPrecision(o, states=states, seed=3))
     for p in params:
@@ -106,10 +119,16 @@ def test_states_representable_after_step(name, states):
 
 def test_muon_momentum_and_weights_representable():
     shapes = ((16, 8), (4, 4))
-    params, opt = _train(lambda ps: torch.optim.Muon(ps, lr=0.02), shapes=shapes,
-                         wrap=lambda o: LowPrecision(
-                             o, grad="e4m3", weight=Q("bf16", "stochastic"),
-                             states={"momentum_buffer": Q("e4m3", "stochastic")}))
+    params, opt = _train(
+        lambda ps: torch.optim.Muon(ps, lr=0.02),
+        shapes=shapes,
+        wrap=lambda o: LowPrecision(
+            o,
+            grad="e4m3",
+            weight=Q("bf16", "stochastic"),
+            states={"momentum_buffer": Q("e4m3", "stochastic")},
+        ),
+    )
     for p in params:
         assert _representable(p.detach(), "bf16")
         assert _representable(opt.state[p]["momentum_buffer"], "e4m3")
@@ -128,8 +147,9 @@ def test_grads_rounded_in_place_before_step():
 def test_lowfp_adamw_small_states_quantized_large_skipped():
     # lowfp's AdamW keeps packed states ("exp_avg.codes", …) for tensors >= min_quant_size and
     # float32 "exp_avg" below: the named state is rounded where it exists
-    make = lambda ps: lowfp.optim.AdamW(ps, lr=1e-2, exp_avg="e4m3",  # noqa: E731
-                                        min_quant_size=64)
+    def make(ps):
+        return lowfp.optim.AdamW(ps, lr=1e-2, exp_avg="e4m3", min_quant_size=64)
+
     params, opt = _train(make, wrap=lambda o: LowPrecision(o, states={"exp_avg_sq": "e5m2"}))
     small = [p for p in params if p.numel() < 64]
     assert small
@@ -141,10 +161,17 @@ def test_lowfp_adamw_small_states_quantized_large_skipped():
 
 
 def _stochastic_run(seed):
-    params, _ = _train(INNER["adamw"], steps=4, wrap=lambda o: LowPrecision(
-        o, grad=Q("e4m3", "stochastic"), weight=Q("bf16", "stochastic"),
-        states={"exp_avg": Q("e4m3", "stochastic"), "exp_avg_sq": Q("e5m2", "stochastic")},
-        seed=seed))
+    params, _ = _train(
+        INNER["adamw"],
+        steps=4,
+        wrap=lambda o: LowPrecision(
+            o,
+            grad=Q("e4m3", "stochastic"),
+            weight=Q("bf16", "stochastic"),
+            states={"exp_avg": Q("e4m3", "stochastic"), "exp_avg_sq": Q("e5m2", "stochastic")},
+            seed=seed,
+        ),
+    )
     return params
 
 
@@ -181,18 +208,23 @@ def test_streams_differ_per_tensor_and_step():
 
 def test_reproducible_across_processes():
     # Python's str hash is randomized per process: the streams must not depend on it
-    code = ("import torch, lowfp.optim.lowprec as L\n"
-            "p = torch.nn.Parameter(torch.linspace(-1, 1, 64))\n"
-            "o = L.LowPrecision(torch.optim.Adam([p], lr=1e-3), weight=L.Q('bf16', 'stochastic'),"
-            " states={'exp_avg': L.Q('e4m3', 'stochastic')}, seed=5)\n"
-            "for t in range(3):\n"
-            "    p.grad = torch.cos(torch.arange(64.0) * (t + 1)); o.step()\n"
-            "print(p.detach().double().tolist(), o.state[p]['exp_avg'].double().tolist())\n")
+    code = (
+        "import torch, lowfp.optim.lowprec as L\n"
+        "p = torch.nn.Parameter(torch.linspace(-1, 1, 64))\n"
+        "o = L.LowPrecision(torch.optim.Adam([p], lr=1e-3), weight=L.Q('bf16', 'stochastic'),"
+        " states={'exp_avg': L.Q('e4m3', 'stochastic')}, seed=5)\n"
+        "for t in range(3):\n"
+        "    p.grad = torch.cos(torch.arange(64.0) * (t + 1)); o.step()\n"
+        "print(p.detach().double().tolist(), o.state[p]['exp_avg'].double().tolist())\n"
+    )
     outs = []
     for hs in ("1", "2"):
         env = dict(os.environ, PYTHONHASHSEED=hs)  # the same lowfp this test imports
-        outs.append(subprocess.run([sys.executable, "-c", code], env=env, check=True,
-                                   capture_output=True, text=True).stdout)
+        outs.append(
+            subprocess.run(
+                [sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True
+            ).stdout
+        )
     assert outs[0] == outs[1] and outs[0]
 
 
@@ -260,15 +292,22 @@ def test_adam_bf16_weights_stochastic_moves_where_nearest_stalls():
 
 
 def _snapshot(params, opt):
-    return ([p.detach().clone() for p in params],
-            [{k: torch.as_tensor(v).clone() for k, v in opt.state[p].items()} for p in params])
+    return (
+        [p.detach().clone() for p in params],
+        [{k: torch.as_tensor(v).clone() for k, v in opt.state[p].items()} for p in params],
+    )
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), 1e6])
 def test_nonfinite_skip_leaves_everything_untouched(bad):
     # 1e6 is finite but overflows e4m3 with overflow="nonfinite" (-> NaN): skipped as well
-    params, opt = _train(INNER["adamw"], steps=2, wrap=lambda o: LowPrecision(
-        o, grad=Q("e4m3", overflow="nonfinite"), weight="bf16", states={"exp_avg": "e4m3"}))
+    params, opt = _train(
+        INNER["adamw"],
+        steps=2,
+        wrap=lambda o: LowPrecision(
+            o, grad=Q("e4m3", overflow="nonfinite"), weight="bf16", states={"exp_avg": "e4m3"}
+        ),
+    )
     before = _snapshot(params, opt)
     grads = _grads(params, 9)
     grads[1][3] = bad
@@ -291,8 +330,13 @@ def test_nonfinite_skip_leaves_everything_untouched(bad):
 
 def test_nonfinite_propagate():
     p = torch.nn.Parameter(torch.zeros(8))
-    opt = LowPrecision(torch.optim.SGD([p], lr=1.0, momentum=0.5), grad="e2m1", weight="e2m1",
-                       states={"momentum_buffer": "e2m1"}, nonfinite="propagate")
+    opt = LowPrecision(
+        torch.optim.SGD([p], lr=1.0, momentum=0.5),
+        grad="e2m1",
+        weight="e2m1",
+        states={"momentum_buffer": "e2m1"},
+        nonfinite="propagate",
+    )
     g = torch.ones(8)
     g[2], g[5] = float("nan"), float("-inf")
     p.grad = g
@@ -332,8 +376,12 @@ def test_optimizer_interface():
 
 def test_state_dict_round_trip_continues_identically():
     wrap = lambda o: LowPrecision(  # noqa: E731
-        o, grad=Q("e4m3", "stochastic"), weight=Q("bf16", "stochastic"),
-        states={"exp_avg": Q("e4m3", "stochastic")}, seed=2)
+        o,
+        grad=Q("e4m3", "stochastic"),
+        weight=Q("bf16", "stochastic"),
+        states={"exp_avg": Q("e4m3", "stochastic")},
+        seed=2,
+    )
     params, opt = _train(INNER["adamw"], steps=3, wrap=wrap)
     sd = copy.deepcopy(opt.state_dict())
     assert sd["lowprec"] == {"step": 3, "skipped": 0}
@@ -425,9 +473,11 @@ def test_tracker_rows_by_hand():
     d = lambda t: t.double()  # noqa: E731
     qg = lowfp.quantize(g, "e4m3", overflow="saturate")
     assert rows["grad"]["rel_error"] == pytest.approx(
-        float((d(qg) - d(g)).norm() / d(g).norm()), rel=1e-12)
+        float((d(qg) - d(g)).norm() / d(g).norm()), rel=1e-12
+    )
     assert rows["grad"]["shrinkage"] == pytest.approx(
-        float((d(qg) * d(g)).sum() / d(g).square().sum()), rel=1e-12)
+        float((d(qg) * d(g)).sum() / d(g).square().sum()), rel=1e-12
+    )
     assert rows["grad"]["flushed"] == float(((g != 0) & (qg == 0)).sum()) / g.numel()
     assert rows["grad"]["numel"] == 64 * 32 and math.isnan(rows["grad"]["unchanged"])
     t = p0 - 0.01 * qg  # SGD's unrounded new weight
@@ -436,7 +486,8 @@ def test_tracker_rows_by_hand():
     moved = t != p0
     assert rows["weight"]["unchanged"] == float((moved & (r == p0)).sum()) / float(moved.sum())
     assert rows["weight"]["drift"] == pytest.approx(
-        float((d(r) - d(t)).norm() / d(t).norm()), rel=1e-6)
+        float((d(r) - d(t)).norm() / d(t).norm()), rel=1e-6
+    )
     # (after one step the shadow is old + (t - old) in float32: t up to float32 rounding)
 
 
@@ -462,9 +513,13 @@ def test_tracker_sees_swamping_and_flush():
 
 def test_tracker_states_csv_and_same_trajectory(tmp_path):
     def run(track):
-        return _train(lambda ps: torch.optim.AdamW(ps, lr=1e-2), steps=3,
-                      wrap=lambda o: LowPrecision(o, grad="e5m2", weight="bf16",
-                                                  states={"exp_avg": "e4m3"}, track=track))
+        return _train(
+            lambda ps: torch.optim.AdamW(ps, lr=1e-2),
+            steps=3,
+            wrap=lambda o: LowPrecision(
+                o, grad="e5m2", weight="bf16", states={"exp_avg": "e4m3"}, track=track
+            ),
+        )
 
     ref, _ = run(False)
     got, opt = run(True)

@@ -14,12 +14,15 @@ XF = np.asfortranarray(X)
 # ---------------------------------------------------------------- codecs are values
 
 
-@pytest.mark.parametrize("make,other", [
-    (lambda: lowfp.Linear(4), lambda: lowfp.Linear(4, signed=False)),
-    (lambda: lowfp.Dynamic(8), lambda: lowfp.Dynamic(8, signed=False)),
-    (lambda: lowfp.Log(4, alpha=0.25), lambda: lowfp.Log(4, alpha=0.5)),
-    (lambda: lowfp.Log(3, zero=False, quantile=0.05), lambda: lowfp.Log(3, zero=False)),
-])
+@pytest.mark.parametrize(
+    "make,other",
+    [
+        (lambda: lowfp.Linear(4), lambda: lowfp.Linear(4, signed=False)),
+        (lambda: lowfp.Dynamic(8), lambda: lowfp.Dynamic(8, signed=False)),
+        (lambda: lowfp.Log(4, alpha=0.25), lambda: lowfp.Log(4, alpha=0.5)),
+        (lambda: lowfp.Log(3, zero=False, quantile=0.05), lambda: lowfp.Log(3, zero=False)),
+    ],
+)
 def test_table_codecs_are_values(make, other):
     a, b, c = make(), make(), other()
     assert a == b and hash(a) == hash(b) and len({a, b}) == 1
@@ -68,9 +71,11 @@ def test_fortran_order_in_fortran_order_out():
 
 def test_fortran_stochastic_rounding_keys_by_logical_index():
     # the same logical array gives the same bits whatever its memory order
-    for fn in (lambda v: lowfp.encode(v, "e2m1", rounding="stochastic", seed=9),
-               lambda v: lowfp.quantize(v, "e2m1", rounding="stochastic", seed=9),
-               lambda v: lowfp.Dynamic(8).encode(v / 5, rounding="stochastic", seed=9)):
+    for fn in (
+        lambda v: lowfp.encode(v, "e2m1", rounding="stochastic", seed=9),
+        lambda v: lowfp.quantize(v, "e2m1", rounding="stochastic", seed=9),
+        lambda v: lowfp.Dynamic(8).encode(v / 5, rounding="stochastic", seed=9),
+    ):
         f, c = fn(XF), fn(X)
         assert f.flags.f_contiguous and np.array_equal(f, c)
 
@@ -113,9 +118,15 @@ def test_big_endian_codes_are_converted():
 # ---------------------------------------------------------------- messages
 
 
-@pytest.mark.parametrize("name,suggestion", [("mxfp44", "mxfp4"), ("e4m3fnn", "e4m3"),
-                                             ("float8_e4m3f", "float8_e4m3fn"),
-                                             ("bfloat", "bfloat16")])
+@pytest.mark.parametrize(
+    "name,suggestion",
+    [
+        ("mxfp44", "mxfp4"),
+        ("e4m3fnn", "e4m3"),
+        ("float8_e4m3f", "float8_e4m3fn"),
+        ("bfloat", "bfloat16"),
+    ],
+)
 def test_unknown_names_get_suggestions(name, suggestion):
     with pytest.raises(ValueError, match=rf"fmt: unknown format .*did you mean .*'{suggestion}'"):
         lowfp.format(name)
@@ -129,21 +140,28 @@ def _message(fn) -> str:
     return str(e.value)
 
 
-@pytest.mark.parametrize("call,want", [
-    (lambda: lowfp.Format(9, 3), "exp_bits: expected 1 <= exp_bits <= 8, got 9"),
-    (lambda: lowfp.format("e9m3"), "exp_bits: expected 1 <= exp_bits <= 8"),
-    (lambda: lowfp.format("e4m24"), "man_bits: expected 0 <= man_bits <= 23"),
-    (lambda: lowfp.pack(np.zeros(2, np.uint8), 9), "bits: expected an int with 1 <= bits <= 8"),
-    (lambda: lowfp.pack(np.array([1, 9], np.uint8), 3), "codes"),
-    (lambda: lowfp.decode(np.array([300], np.uint16), "e4m3"), "0 <= code <= 255"),
-    (lambda: lowfp.set_num_threads(5000), "n: expected 0 <= n <= 4096"),
-    (lambda: lowfp.random_bits(-1), "n: expected an int with n >= 0"),
-    (lambda: lowfp.encode(X, "e4m3", stream=-1), "stream: expected an int with 0 <= stream"),
-    (lambda: lowfp.quantize_blockwise(X, "e4m3", block_size=8),
-     "block_size: expected a multiple of 8 with 16 <= block_size <= 4096, got 8"),
-    (lambda: lowfp.quantize_blockwise(X, "mxfp44"), "codec: unknown format \"mxfp44\"; did you "
-                                                    "mean 'mxfp4'"),
-])
+@pytest.mark.parametrize(
+    "call,want",
+    [
+        (lambda: lowfp.Format(9, 3), "exp_bits: expected 1 <= exp_bits <= 8, got 9"),
+        (lambda: lowfp.format("e9m3"), "exp_bits: expected 1 <= exp_bits <= 8"),
+        (lambda: lowfp.format("e4m24"), "man_bits: expected 0 <= man_bits <= 23"),
+        (lambda: lowfp.pack(np.zeros(2, np.uint8), 9), "bits: expected an int with 1 <= bits <= 8"),
+        (lambda: lowfp.pack(np.array([1, 9], np.uint8), 3), "codes"),
+        (lambda: lowfp.decode(np.array([300], np.uint16), "e4m3"), "0 <= code <= 255"),
+        (lambda: lowfp.set_num_threads(5000), "n: expected 0 <= n <= 4096"),
+        (lambda: lowfp.random_bits(-1), "n: expected an int with n >= 0"),
+        (lambda: lowfp.encode(X, "e4m3", stream=-1), "stream: expected an int with 0 <= stream"),
+        (
+            lambda: lowfp.quantize_blockwise(X, "e4m3", block_size=8),
+            "block_size: expected a multiple of 8 with 16 <= block_size <= 4096, got 8",
+        ),
+        (
+            lambda: lowfp.quantize_blockwise(X, "mxfp44"),
+            "codec: unknown format \"mxfp44\"; did you mean 'mxfp4'",
+        ),
+    ],
+)
 def test_messages_name_the_argument_in_python_range_syntax(call, want):
     msg = _message(call)
     assert want in msg

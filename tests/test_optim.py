@@ -13,9 +13,11 @@ from conftest import run_steps  # noqa: E402
 
 def params(seed=0):
     torch.manual_seed(seed)
-    return [torch.nn.Parameter(torch.randn(6000)), torch.nn.Parameter(torch.randn(30, 7)),
-            torch.nn.Parameter(torch.randn(64, 128))]
-
+    return [
+        torch.nn.Parameter(torch.randn(6000)),
+        torch.nn.Parameter(torch.randn(30, 7)),
+        torch.nn.Parameter(torch.randn(64, 128)),
+    ]
 
 
 @pytest.mark.parametrize("decoupled,wd", [(True, 0.1), (False, 0.05), (True, 0.0)])
@@ -23,8 +25,14 @@ def test_float32_states_match_torch(decoupled, wd):
     ref_p, our_p = params(), params()
     ref_cls = torch.optim.AdamW if decoupled else torch.optim.Adam
     ref = ref_cls(ref_p, lr=1e-2, betas=(0.9, 0.99), eps=1e-8, weight_decay=wd, foreach=False)
-    ours = lo.AdamW(our_p, lr=1e-2, betas=(0.9, 0.99), eps=1e-8, weight_decay=wd,
-                    decoupled_weight_decay=decoupled)
+    ours = lo.AdamW(
+        our_p,
+        lr=1e-2,
+        betas=(0.9, 0.99),
+        eps=1e-8,
+        weight_decay=wd,
+        decoupled_weight_decay=decoupled,
+    )
     run_steps(ref, ref_p, 200)
     run_steps(ours, our_p, 200)
     for a, b in zip(ref_p, our_p):
@@ -67,8 +75,11 @@ def test_low_bit_states_train_like_float32():
 
 def test_state_bytes_per_parameter():
     p = [torch.nn.Parameter(torch.zeros(1 << 16))]
-    for factory, want in [(lo.AdamW8bit, 2 + 2 * 4 / 256), (lo.AdamW4bit, 1 + 2 * 4 / 128),
-                          (lambda q: lo.AdamW(q), 8.0)]:
+    for factory, want in [
+        (lo.AdamW8bit, 2 + 2 * 4 / 256),
+        (lo.AdamW4bit, 1 + 2 * 4 / 128),
+        (lambda q: lo.AdamW(q), 8.0),
+    ]:
         opt = factory(p)
         p[0].grad = torch.ones_like(p[0])
         opt.step()
@@ -79,14 +90,22 @@ def test_state_bytes_per_parameter():
 @pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
 def test_resume_is_bit_exact_and_weights_only(tmp_path, rounding):
     def make(ps):
-        return lo.AdamW(ps, lr=1e-2, exp_avg=lowfp.Linear(4),
-                        exp_avg_sq=lowfp.Log(3, quantile=0.05), block_size=64,
-                        rounding=rounding, seed=3)
+        return lo.AdamW(
+            ps,
+            lr=1e-2,
+            exp_avg=lowfp.Linear(4),
+            exp_avg_sq=lowfp.Log(3, quantile=0.05),
+            block_size=64,
+            rounding=rounding,
+            seed=3,
+        )
+
     a = params()
     oa = make(a)
     run_steps(oa, a, 20)
-    torch.save({"opt": oa.state_dict(), "params": [p.detach().clone() for p in a]},
-               tmp_path / "ck.pt")
+    torch.save(
+        {"opt": oa.state_dict(), "params": [p.detach().clone() for p in a]}, tmp_path / "ck.pt"
+    )
     run_steps(oa, a, 10, start=20)
     ck = torch.load(tmp_path / "ck.pt", weights_only=True)
     b = [torch.nn.Parameter(t) for t in ck["params"]]
@@ -102,13 +121,17 @@ def test_state_dict_from_another_configuration_is_rejected():
     oa = lo.AdamW8bit(a)
     run_steps(oa, a, 2)
     ob = lo.AdamW4bit(params())
-    with pytest.raises(ValueError, match=r"exp_avg of parameter 0 \(shape \(6000,\)\) was "
-                       r"saved as dynamic\(bits=8, signed=True\) in blocks of 256, this "
-                       r"optimizer stores it as dynamic\(bits=4, signed=True\) in blocks of 128"):
+    with pytest.raises(
+        ValueError,
+        match=r"exp_avg of parameter 0 \(shape \(6000,\)\) was "
+        r"saved as dynamic\(bits=8, signed=True\) in blocks of 256, this "
+        r"optimizer stores it as dynamic\(bits=4, signed=True\) in blocks of 128",
+    ):
         ob.load_state_dict(oa.state_dict())
     oc = lo.AdamW(params())
-    with pytest.raises(ValueError, match="exp_avg of parameter 0 .* this optimizer stores "
-                                         "it as float32"):
+    with pytest.raises(
+        ValueError, match="exp_avg of parameter 0 .* this optimizer stores it as float32"
+    ):
         oc.load_state_dict(oa.state_dict())
 
 
@@ -161,8 +184,12 @@ def test_solo_second_moment_tracks_where_linear_freezes(bits):
     torch.manual_seed(0)
     g = torch.exp(torch.empty(8192).uniform_(-7, 0))  # |g| from 1e-3 to 1
     exact = lo.AdamW([torch.nn.Parameter(torch.zeros(8192))], lr=0.0)
-    linear = lo.AdamW([torch.nn.Parameter(torch.zeros(8192))], lr=0.0, block_size=128,
-                      exp_avg_sq=lowfp.Linear(bits, signed=False))
+    linear = lo.AdamW(
+        [torch.nn.Parameter(torch.zeros(8192))],
+        lr=0.0,
+        block_size=128,
+        exp_avg_sq=lowfp.Linear(bits, signed=False),
+    )
     solo = lo.SOLO([torch.nn.Parameter(torch.zeros(8192))], bits=bits, lr=0.0, seed=1)
     for _ in range(100):
         for opt in (exact, linear, solo):
@@ -188,9 +215,16 @@ def test_solo_second_moment_tracks_where_linear_freezes(bits):
 def test_solo_trains_where_linear_2bit_v_does_not():
     fp32 = quadratic_loss(lambda p: lo.AdamW(p, lr=0.05, weight_decay=0))
     solo = quadratic_loss(lambda p: lo.SOLO(p, bits=2, lr=0.05, weight_decay=0))
-    naive = quadratic_loss(lambda p: lo.AdamW(p, lr=0.05, weight_decay=0, block_size=128,
-                                              exp_avg=lowfp.Linear(2),
-                                              exp_avg_sq=lowfp.Linear(2, signed=False)))
+    naive = quadratic_loss(
+        lambda p: lo.AdamW(
+            p,
+            lr=0.05,
+            weight_decay=0,
+            block_size=128,
+            exp_avg=lowfp.Linear(2),
+            exp_avg_sq=lowfp.Linear(2, signed=False),
+        )
+    )
     assert solo < naive, (solo, naive, fp32)
 
 
@@ -338,23 +372,48 @@ def test_shards_with_offsets_draw_the_whole_tensors_bits(preset):
 
         def state(p, name, group=group):
             st = opt_parts.state[p]
-            return (opt_parts._spec(name, group), *(_flat(st[f"{name}.{k}"])
-                                                    for k in ("codes", "scales", "alphas")))
+            return (
+                opt_parts._spec(name, group),
+                *(_flat(st[f"{name}.{k}"]) for k in ("codes", "scales", "alphas")),
+            )
 
-        scalars = (1 - kw["lr"] * group["weight_decay"], 0.0, 1 - b1, b2, 1 - b2, group["eps"],
-                   kw["lr"] / (1 - b1**t), math.sqrt(1 - b2**t))
+        scalars = (
+            1 - kw["lr"] * group["weight_decay"],
+            0.0,
+            1 - b1,
+            b2,
+            1 - b2,
+            group["eps"],
+            kw["lr"] / (1 - b1**t),
+            math.sqrt(1 - b2**t),
+        )
         stream = (t << 32) | (1 << 2)
-        entries = [(_flat(p), _flat(p.grad), state(p, "exp_avg"), state(p, "exp_avg_sq"),
-                    scalars,
-                    (stream, stream | 1), stream | 2, "bfloat16") for p in parts]
+        entries = [
+            (
+                _flat(p),
+                _flat(p.grad),
+                state(p, "exp_avg"),
+                state(p, "exp_avg_sq"),
+                scalars,
+                (stream, stream | 1),
+                stream | 2,
+                "bfloat16",
+            )
+            for p in parts
+        ]
         with torch.no_grad():
-            _core.adamw_step_group(entries, opt_parts._opt(group, "block_size"), kw["seed"],
-                                   True, offsets=[0, cut])
+            _core.adamw_step_group(
+                entries, opt_parts._opt(group, "block_size"), kw["seed"], True, offsets=[0, cut]
+            )
     assert torch.equal(whole.detach(), torch.cat([p.detach() for p in parts]))
-    for k in ("exp_avg.codes", "exp_avg.scales", "exp_avg_sq.codes", "exp_avg_sq.scales",
-              "exp_avg_sq.alphas"):
+    for k in (
+        "exp_avg.codes",
+        "exp_avg.scales",
+        "exp_avg_sq.codes",
+        "exp_avg_sq.scales",
+        "exp_avg_sq.alphas",
+    ):
         joined = torch.cat([opt_parts.state[p][k] for p in parts])
         assert torch.equal(opt_whole.state[whole][k], joined), k
     with pytest.raises(ValueError, match="offsets: expected one per entry"):
-        _core.adamw_step_group(entries, opt_parts._opt(group, "block_size"), 0, True,
-                               offsets=[0])
+        _core.adamw_step_group(entries, opt_parts._opt(group, "block_size"), 0, True, offsets=[0])

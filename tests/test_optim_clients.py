@@ -33,8 +33,9 @@ def assert_same(a, b, path="state"):
     with ``==``."""
     if torch.is_tensor(a) or torch.is_tensor(b):
         assert torch.is_tensor(a) and torch.is_tensor(b), path
-        assert a.dtype == b.dtype and a.shape == b.shape, f"{path}: {a.dtype}{tuple(a.shape)} " \
-            f"vs {b.dtype}{tuple(b.shape)}"
+        assert a.dtype == b.dtype and a.shape == b.shape, (
+            f"{path}: {a.dtype}{tuple(a.shape)} vs {b.dtype}{tuple(b.shape)}"
+        )
         assert torch.equal(a, b), f"{path}: tensors differ"
     elif isinstance(a, dict):
         assert isinstance(b, dict) and a.keys() == b.keys(), f"{path}: {a.keys()} vs {b.keys()}"
@@ -79,11 +80,12 @@ def quantized(opt, p, name="exp_avg"):
 #: tensor of the small models below).
 LAYOUT_OPTIMIZERS = {
     "AdamW8bit": lambda ps: lo.AdamW8bit(ps, lr=1e-2, min_quant_size=0),
-    "SGD-Linear8": lambda ps: lo.SGD(ps, lr=1e-2, momentum=0.9, momentum_codec=lowfp.Linear(8),
-                                     min_quant_size=0),
-    "Muon8bit": lambda ps: lo.Muon8bit(ps, lr=1e-2,
-                                       adamw_kwargs={"exp_avg": lowfp.Dynamic(8),
-                                                     "min_quant_size": 0}),
+    "SGD-Linear8": lambda ps: lo.SGD(
+        ps, lr=1e-2, momentum=0.9, momentum_codec=lowfp.Linear(8), min_quant_size=0
+    ),
+    "Muon8bit": lambda ps: lo.Muon8bit(
+        ps, lr=1e-2, adamw_kwargs={"exp_avg": lowfp.Dynamic(8), "min_quant_size": 0}
+    ),
 }
 
 
@@ -122,17 +124,35 @@ class TokenData(torch.utils.data.Dataset):
 def gpt2(hf, seed=0):
     """A tiny GPT-2 (dropout on) whose LM head is tied to the token embedding."""
     torch.manual_seed(seed)
-    cfg = hf.GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=64, n_positions=32,
-                        bos_token_id=0, eos_token_id=0)
+    cfg = hf.GPT2Config(
+        n_layer=2,
+        n_head=2,
+        n_embd=32,
+        vocab_size=64,
+        n_positions=32,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
     model = hf.GPT2LMHeadModel(cfg)
     assert model.lm_head.weight is model.transformer.wte.weight  # tie_word_embeddings
     return model
 
 
 def train_args(hf, out, **kw):
-    base = dict(output_dir=str(out), use_cpu=True, report_to=[], per_device_train_batch_size=8,
-                max_steps=8, learning_rate=1e-3, logging_steps=1, save_strategy="no", seed=0,
-                data_seed=0, dataloader_num_workers=0, disable_tqdm=True)
+    base = dict(
+        output_dir=str(out),
+        use_cpu=True,
+        report_to=[],
+        per_device_train_batch_size=8,
+        max_steps=8,
+        learning_rate=1e-3,
+        logging_steps=1,
+        save_strategy="no",
+        seed=0,
+        data_seed=0,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+    )
     base.update(kw)
     return hf.TrainingArguments(**base)
 
@@ -149,8 +169,12 @@ def test_trainer_adamw8bit_tied_gpt2(hf, tmp_path):
     before = [p.detach().clone() for p in params]
     opt = lo.AdamW8bit(model.parameters(), lr=1e-3, min_quant_size=0)
     sched = hf.get_linear_schedule_with_warmup(opt, num_warmup_steps=2, num_training_steps=8)
-    trainer = hf.Trainer(model=model, args=train_args(hf, tmp_path), train_dataset=TokenData(),
-                         optimizers=(opt, sched))
+    trainer = hf.Trainer(
+        model=model,
+        args=train_args(hf, tmp_path),
+        train_dataset=TokenData(),
+        optimizers=(opt, sched),
+    )
     out = trainer.train()
 
     assert inner(trainer.optimizer) is opt
@@ -170,9 +194,12 @@ def test_trainer_adamw8bit_tied_gpt2(hf, tmp_path):
 
 def test_trainer_optimizer_cls_and_kwargs(hf, tmp_path):
     model = gpt2(hf)
-    trainer = hf.Trainer(model=model, args=train_args(hf, tmp_path, max_steps=4, weight_decay=0.1),
-                         train_dataset=TokenData(),
-                         optimizer_cls_and_kwargs=(lo.AdamW8bit, {"lr": 1e-3}))
+    trainer = hf.Trainer(
+        model=model,
+        args=train_args(hf, tmp_path, max_steps=4, weight_decay=0.1),
+        train_dataset=TokenData(),
+        optimizer_cls_and_kwargs=(lo.AdamW8bit, {"lr": 1e-3}),
+    )
     trainer.train()
     opt = inner(trainer.optimizer)
     assert type(opt) is lo.AdamW8bit
@@ -205,9 +232,12 @@ def test_trainer_resume_is_bit_identical(hf, tmp_path):
         model = gpt2(hf)
         count = step_counter(hf)
         trainer = hf.Trainer(
-            model=model, args=train_args(hf, out, save_strategy="steps", save_steps=4),
-            train_dataset=TokenData(), callbacks=[count],
-            optimizer_cls_and_kwargs=(lo.AdamW8bit, {"lr": 1e-3, "min_quant_size": 0}))
+            model=model,
+            args=train_args(hf, out, save_strategy="steps", save_steps=4),
+            train_dataset=TokenData(),
+            callbacks=[count],
+            optimizer_cls_and_kwargs=(lo.AdamW8bit, {"lr": 1e-3, "min_quant_size": 0}),
+        )
         trainer.train(resume_from_checkpoint=resume)
         assert trainer.state.global_step == 8
         return model, inner(trainer.optimizer), count.steps
@@ -278,14 +308,24 @@ def lightning_module(L):
 
 def lightning_fit(L, root, steps, ckpt_path=None, save=None):
     module = lightning_module(L)
-    trainer = L.Trainer(max_steps=steps, accelerator="cpu", devices=1, logger=False,
-                        enable_progress_bar=False, enable_checkpointing=True,
-                        enable_model_summary=False, default_root_dir=str(root))
+    trainer = L.Trainer(
+        max_steps=steps,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=True,
+        enable_model_summary=False,
+        default_root_dir=str(root),
+    )
     data = torch.utils.data.TensorDataset(torch.zeros(8, 16))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=8, shuffle=False),
-                    ckpt_path=ckpt_path)
+        trainer.fit(
+            module,
+            torch.utils.data.DataLoader(data, batch_size=8, shuffle=False),
+            ckpt_path=ckpt_path,
+        )
         if save is not None:
             trainer.save_checkpoint(save)
     assert trainer.global_step == steps
@@ -309,8 +349,10 @@ def test_lightning_fit_checkpoint_resume(L, tmp_path):
 
     saved = torch.load(ckpt, weights_only=True)["optimizer_states"][0]
     assert saved["lowfp"] == {"layout": lo.LAYOUT_VERSION, "optimizer": "AdamW8bit"}
-    assert all(int(st["step"]) == 3 and st["exp_avg.codes"].dtype == torch.uint8
-               for st in saved["state"].values())
+    assert all(
+        int(st["step"]) == 3 and st["exp_avg.codes"].dtype == torch.uint8
+        for st in saved["state"].values()
+    )
 
 
 # ---------------------------------------------------------------- LR schedulers
@@ -324,6 +366,7 @@ def adamw_reference_step(p, g, st, group):
     float32. torch.optim.AdamW computes the same expression with lerp_/addcmul_ (fused
     multiply-adds), addcdiv_ ((lr'·m)/d), and a float32 sqrt, hence only rounding-level
     agreement with it."""
+
     def c(x):
         return torch.tensor(x, dtype=torch.float32)
 
@@ -342,8 +385,13 @@ def scheduled_run(opt, model, steps=20, sched=True, schedule=None):
     """Train `model` with `opt` on the regression batches; with `sched`, OneCycleLR drives the
     optimizer; with `schedule` (a list of (lr, betas)), each step's group values are set by
     hand. Returns the (lr, betas) each step ran with."""
-    s = (torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-2, total_steps=steps,
-                                             cycle_momentum=True) if sched else None)
+    s = (
+        torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=1e-2, total_steps=steps, cycle_momentum=True
+        )
+        if sched
+        else None
+    )
     used = []
     for i in range(steps):
         if schedule is not None:
@@ -369,8 +417,9 @@ def test_onecycle_float32_adamw_bit_exact_and_matches_torch():
     assert len({b for _, b in used}) > 5 and len({lr for lr, _ in used}) > 5
 
     # the exact reference, run on the same gradients with the schedule torch's scheduler made
-    states = [dict(t=0, m=torch.zeros_like(p), v=torch.zeros_like(p))
-              for p in ref_model.parameters()]
+    states = [
+        dict(t=0, m=torch.zeros_like(p), v=torch.zeros_like(p)) for p in ref_model.parameters()
+    ]
     group = dict(torch_opt.param_groups[0])
     for i, (lr, betas) in enumerate(torch_used):
         x, y = regression_batch(i)
@@ -508,8 +557,7 @@ def test_compiled_model_steps_its_original_parameters():
         ref.step()
     assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0]
     assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
-    assert all(quantized(opt, p) and int(opt.state[p]["step"]) == 10
-               for p in model.parameters())
+    assert all(quantized(opt, p) and int(opt.state[p]["step"]) == 10 for p in model.parameters())
     # the wrapper changes nothing the optimizer sees: the same gradients, the same bits
     assert_params_equal(model, twin)
     assert_same(opt.state_dict(), ref.state_dict())
@@ -520,8 +568,14 @@ def test_compiled_model_steps_its_original_parameters():
 
 def convnet(seed=0):
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3),
-                         nn.ReLU(), nn.Flatten(), nn.Linear(16 * 6 * 6, 10))
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 16, 3),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(16 * 6 * 6, 10),
+    )
 
 
 def test_channels_last_equals_contiguous(make_opt):

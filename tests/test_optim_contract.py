@@ -23,9 +23,11 @@ PRESETS = [lo.AdamW8bit, lo.AdamW4bit, lo.AdamWFp8, lo.SOLO, lo.Muon8bit]
 def params(seed=0, dtype=torch.float32):
     """A vector, a small matrix (float32 states below min_quant_size) and a large matrix."""
     torch.manual_seed(seed)
-    return [torch.nn.Parameter(torch.randn(6000).to(dtype)),
-            torch.nn.Parameter(torch.randn(30, 7).to(dtype)),
-            torch.nn.Parameter(torch.randn(64, 128).to(dtype))]
+    return [
+        torch.nn.Parameter(torch.randn(6000).to(dtype)),
+        torch.nn.Parameter(torch.randn(30, 7).to(dtype)),
+        torch.nn.Parameter(torch.randn(64, 128).to(dtype)),
+    ]
 
 
 # name → factory(params) of every optimizer, quantized and not
@@ -36,8 +38,9 @@ OPTIMIZERS = {
     "AdamWFp8": lambda ps: lo.AdamWFp8(ps, lr=1e-2),
     "SOLO3": lambda ps: lo.SOLO(ps, bits=3, lr=1e-2),
     "AdamW-amsgrad-8bit": lambda ps: lo.AdamW8bit(ps, lr=1e-2, amsgrad=True, min_quant_size=0),
-    "SGD": lambda ps: lo.SGD(ps, lr=1e-2, momentum=0.9, momentum_codec=lowfp.Linear(8),
-                             min_quant_size=0),
+    "SGD": lambda ps: lo.SGD(
+        ps, lr=1e-2, momentum=0.9, momentum_codec=lowfp.Linear(8), min_quant_size=0
+    ),
     "Muon8bit": lambda ps: lo.Muon8bit(ps, lr=1e-2, adamw_kwargs={"min_quant_size": 0}),
 }
 
@@ -72,6 +75,7 @@ def same_state(sa, sb):
 
 
 # ---------------------------------------------------------------- classes and signatures
+
 
 @pytest.mark.parametrize("cls", PRESETS)
 def test_presets_are_optimizer_classes(cls):
@@ -111,7 +115,7 @@ def test_adamw_takes_torch_signature():
 def test_muon_takes_torch_positional_order():
     ours = list(inspect.signature(lo.Muon).parameters)
     theirs = list(inspect.signature(torch.optim.Muon).parameters)
-    assert ours[:len(theirs)] == theirs
+    assert ours[: len(theirs)] == theirs
     for k, p in inspect.signature(torch.optim.Muon).parameters.items():
         if k != "params":
             assert inspect.signature(lo.Muon).parameters[k].default == p.default, k
@@ -150,8 +154,12 @@ def test_amsgrad_and_maximize_equal_torch(amsgrad, maximize):
     close_to_torch(a, b)
     if amsgrad:  # the running maximum of v: the same float32 EMA, max is exact
         for p, q in zip(a, b):
-            assert torch.allclose(ours.dequantized_state(p, "max_exp_avg_sq"),
-                                  ref.state[q]["max_exp_avg_sq"], rtol=1e-6, atol=0)
+            assert torch.allclose(
+                ours.dequantized_state(p, "max_exp_avg_sq"),
+                ref.state[q]["max_exp_avg_sq"],
+                rtol=1e-6,
+                atol=0,
+            )
 
 
 def test_amsgrad_max_state_is_stored_with_the_second_moments_codec():
@@ -198,12 +206,15 @@ def test_solo_works_at_every_advertised_width(bits):
 
 # ---------------------------------------------------------------- layouts and sizes
 
+
 def test_non_contiguous_and_channels_last_step_as_their_contiguous_copy(make):
     torch.manual_seed(1)
     base = [torch.randn(64, 32), torch.randn(8, 3, 5, 5), torch.randn(300)]
-    odd = [torch.nn.Parameter(base[0].t().contiguous().t()),  # transposed layout
-           torch.nn.Parameter(base[1].to(memory_format=torch.channels_last)),
-           torch.nn.Parameter(base[2].clone())]
+    odd = [
+        torch.nn.Parameter(base[0].t().contiguous().t()),  # transposed layout
+        torch.nn.Parameter(base[1].to(memory_format=torch.channels_last)),
+        torch.nn.Parameter(base[2].clone()),
+    ]
     dense = [torch.nn.Parameter(b.clone()) for b in base]
     assert not odd[0].is_contiguous() and not odd[1].is_contiguous()
     oa, ob = make(odd), make(dense)
@@ -232,6 +243,7 @@ def test_empty_parameters_step_in_every_optimizer(make):
 
 # ---------------------------------------------------------------- copies
 
+
 def test_deepcopy_and_pickle_step_like_the_original(make):
     ps = params()
     opt = make(ps)
@@ -252,6 +264,7 @@ def test_deepcopy_and_pickle_step_like_the_original(make):
 
 # ---------------------------------------------------------------- atomic steps
 
+
 def test_a_step_that_raises_changes_nothing(make):
     ps = params() + [torch.nn.Parameter(torch.zeros(10, dtype=torch.float64))]
     opt = make(ps)
@@ -266,8 +279,11 @@ def test_a_step_that_raises_changes_nothing(make):
     after = opt.state_dict()
     for i, st in sd["state"].items():
         for k, t in st.items():
-            assert (torch.equal(t, after["state"][i][k]) if torch.is_tensor(t)
-                    else t == after["state"][i][k]), k
+            assert (
+                torch.equal(t, after["state"][i][k])
+                if torch.is_tensor(t)
+                else t == after["state"][i][k]
+            ), k
     # the fixed run continues with the right bias correction: equal to a run that never failed
     ps[3].grad = None
     ref_ps = params()
@@ -294,6 +310,7 @@ def test_first_nonfinite_skip_warns_once():
 
 # ---------------------------------------------------------------- checkpoints
 
+
 def test_state_dict_describes_every_quantized_state(tmp_path):
     ps = params()
     opt = lo.AdamW8bit(ps, min_quant_size=1000)
@@ -302,15 +319,25 @@ def test_state_dict_describes_every_quantized_state(tmp_path):
     sd = torch.load(tmp_path / "o.pt", weights_only=True)
     assert sd["lowfp"] == {"layout": lo.LAYOUT_VERSION, "optimizer": "AdamW8bit"}
     assert sd["state"][0]["exp_avg.codec"] == {
-        "codec": {"codec": "dynamic", "bits": 8, "signed": True}, "block": 256,
-        "scale": "absmax", "layout": lo.LAYOUT_VERSION}
+        "codec": {"codec": "dynamic", "bits": 8, "signed": True},
+        "block": 256,
+        "scale": "absmax",
+        "layout": lo.LAYOUT_VERSION,
+    }
     assert sd["state"][0]["exp_avg_sq.codec"]["codec"]["signed"] is False
     assert "exp_avg.codec" not in sd["state"][1]  # 210 elements: float32 states
     assert "exp_avg.codec" not in opt.state[ps[0]]  # descriptions live in the checkpoint only
 
 
-@pytest.mark.parametrize("src,dst", [(lo.AdamW8bit, lo.AdamWFp8), (lo.AdamWFp8, lo.AdamW8bit),
-                                     (lo.AdamW8bit, lo.AdamW4bit), (lo.SOLO, lo.AdamW8bit)])
+@pytest.mark.parametrize(
+    "src,dst",
+    [
+        (lo.AdamW8bit, lo.AdamWFp8),
+        (lo.AdamWFp8, lo.AdamW8bit),
+        (lo.AdamW8bit, lo.AdamW4bit),
+        (lo.SOLO, lo.AdamW8bit),
+    ],
+)
 def test_a_preset_changed_between_save_and_load_is_an_error_or_an_explicit_conversion(src, dst):
     a = params()
     oa = src(a, lr=1e-2)
@@ -327,8 +354,7 @@ def test_a_preset_changed_between_save_and_load_is_an_error_or_an_explicit_conve
             want = dst([torch.nn.Parameter(q.detach().clone())])
             st = want._init_state(want.param_groups[0]["params"][0])
             st[name] = oa.dequantized_state(p, name).reshape(q.shape)
-            want._convert(want.param_groups[0]["params"][0], want.param_groups[0], st, name,
-                          None)
+            want._convert(want.param_groups[0]["params"][0], want.param_groups[0], st, name, None)
             for k, t in st.items():
                 if k.startswith(name + "."):
                     assert torch.equal(t, ob.state[q][k]), (name, k)
@@ -341,13 +367,32 @@ def test_state_dict_of_layout_1_loads_with_the_constructors_codecs():
     oa = lo.AdamW8bit(a, lr=1e-2)
     run_steps(oa, a, 3)
     sd = oa.state_dict()
-    old = {"state": {i: {k: v for k, v in st.items() if not k.endswith(".codec")}
-                     for i, st in sd["state"].items()},
-           "param_groups": [{**{k: v for k, v in g.items()
-                                if k not in ("decoupled_weight_decay", "amsgrad", "maximize",
-                                             "foreach", "capturable", "differentiable",
-                                             "fused")}, "decoupled": True}
-                            for g in sd["param_groups"]]}
+    old = {
+        "state": {
+            i: {k: v for k, v in st.items() if not k.endswith(".codec")}
+            for i, st in sd["state"].items()
+        },
+        "param_groups": [
+            {
+                **{
+                    k: v
+                    for k, v in g.items()
+                    if k
+                    not in (
+                        "decoupled_weight_decay",
+                        "amsgrad",
+                        "maximize",
+                        "foreach",
+                        "capturable",
+                        "differentiable",
+                        "fused",
+                    )
+                },
+                "decoupled": True,
+            }
+            for g in sd["param_groups"]
+        ],
+    }
     b = [torch.nn.Parameter(p.detach().clone()) for p in a]
     ob = lo.AdamW8bit(b, lr=1e-2)
     ob.load_state_dict(old)
@@ -387,10 +432,8 @@ def test_summary_reports_bytes_per_parameter_and_quantized_tensors():
 
 
 def test_import_does_not_load_torch_distributed_tensor():
-    code = ("import sys, lowfp.optim; "
-            "print('torch.distributed.tensor' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True)
+    code = "import sys, lowfp.optim; print('torch.distributed.tensor' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
 
@@ -399,8 +442,9 @@ def test_import_does_not_load_torch_distributed_tensor():
 LAYOUT1 = {
     "AdamW8bit": lambda ps: lo.AdamW8bit(ps, lr=1e-2, min_quant_size=0),
     "SOLO": lambda ps: lo.SOLO(ps, bits=3, lr=1e-2, min_quant_size=0),
-    "SGD": lambda ps: lo.SGD(ps, lr=1e-2, momentum=0.9, momentum_codec=lowfp.Linear(8),
-                             min_quant_size=0),
+    "SGD": lambda ps: lo.SGD(
+        ps, lr=1e-2, momentum=0.9, momentum_codec=lowfp.Linear(8), min_quant_size=0
+    ),
     "Muon8bit": lambda ps: lo.Muon8bit(ps, lr=0.02, adamw_kwargs={"min_quant_size": 0}),
 }
 
@@ -411,8 +455,7 @@ def test_state_dicts_written_before_codec_descriptions_resume_bit_for_bit(name):
 
     path = pathlib.Path(__file__).parent / "data" / "optim_layout1.pt"
     saved = torch.load(path, weights_only=True)[name]
-    assert not any(k.endswith(".codec") for st in saved["state_dict"]["state"].values()
-                   for k in st)
+    assert not any(k.endswith(".codec") for st in saved["state_dict"]["state"].values() for k in st)
     ps = [torch.nn.Parameter(w.clone()) for w in saved["weights3"]]
     opt = LAYOUT1[name](ps)
     opt.load_state_dict(saved["state_dict"])

@@ -14,11 +14,11 @@ def params(seed=0):
     return [torch.nn.Parameter(torch.randn(6000)), torch.nn.Parameter(torch.randn(64, 128))]
 
 
-
 def test_group_codecs_override_the_defaults_bit_for_bit():
     a, b = params()
-    mixed = lo.AdamW8bit([{"params": [a], "exp_avg": None, "exp_avg_sq": None}, {"params": [b]}],
-                         lr=1e-2)
+    mixed = lo.AdamW8bit(
+        [{"params": [a], "exp_avg": None, "exp_avg_sq": None}, {"params": [b]}], lr=1e-2
+    )
     run_steps(mixed, [a, b], 20)
     assert mixed.state[a]["exp_avg"].dtype == torch.float32
     assert "exp_avg.codes" not in mixed.state[a]
@@ -34,27 +34,39 @@ def test_group_codecs_override_the_defaults_bit_for_bit():
 
 def test_group_block_size_and_min_quant_size():
     a, b = params()
-    opt = lo.AdamW4bit([{"params": [a], "block_size": 64},
-                        {"params": [b], "min_quant_size": 10**6}])
+    opt = lo.AdamW4bit(
+        [{"params": [a], "block_size": 64}, {"params": [b], "min_quant_size": 10**6}]
+    )
     run_steps(opt, [a, b], 2)
-    assert opt.state[a]["exp_avg.scales"].numel() == -(-a.numel() // 64)   # 94 blocks of 64
-    assert opt.state[a]["exp_avg.codes"].numel() == a.numel() // 2         # 4 bits each
+    assert opt.state[a]["exp_avg.scales"].numel() == -(-a.numel() // 64)  # 94 blocks of 64
+    assert opt.state[a]["exp_avg.codes"].numel() == a.numel() // 2  # 4 bits each
     assert "exp_avg" in opt.state[b] and opt.state[b]["exp_avg"].dtype == torch.float32
     assert "param group 0 (1 tensors): block_size=64" in opt.summary()
 
 
 def test_overrides_survive_a_weights_only_checkpoint(tmp_path):
     def make(ps):
-        return lo.AdamW([{"params": [ps[0]], "exp_avg": lowfp.Linear(4), "rounding": "stochastic"},
-                         {"params": [ps[1]], "exp_avg_sq": "e4m3", "block_size": 128}],
-                        lr=1e-2, exp_avg=lowfp.Dynamic(8), exp_avg_sq=lowfp.Dynamic(8, False))
+        return lo.AdamW(
+            [
+                {"params": [ps[0]], "exp_avg": lowfp.Linear(4), "rounding": "stochastic"},
+                {"params": [ps[1]], "exp_avg_sq": "e4m3", "block_size": 128},
+            ],
+            lr=1e-2,
+            exp_avg=lowfp.Dynamic(8),
+            exp_avg_sq=lowfp.Dynamic(8, False),
+        )
+
     ps = params()
     opt = make(ps)
     run_steps(opt, ps, 5)
     torch.save(opt.state_dict(), tmp_path / "opt.pt")
     sd = torch.load(tmp_path / "opt.pt", weights_only=True)
-    assert sd["param_groups"][0]["exp_avg"] == {"codec": "linear", "bits": 4, "signed": True,
-                                                "zero": True}
+    assert sd["param_groups"][0]["exp_avg"] == {
+        "codec": "linear",
+        "bits": 4,
+        "signed": True,
+        "zero": True,
+    }
     ps2 = [p.detach().clone().requires_grad_() for p in ps]
     resumed = make(ps2)
     resumed.load_state_dict(sd)
@@ -74,17 +86,23 @@ def test_a_checkpoint_with_other_overrides_is_rejected_before_loading():
     with pytest.raises(ValueError, match="param group 0 was saved with block_size=128"):
         other.load_state_dict(sd)
     assert not other.state and other.param_groups[0]["block_size"] == 64
-    plain = lo.AdamW8bit([{"params": [ps[0]], "block_size": 128},
-                          {"params": [ps[1]], "exp_avg": None}])
+    plain = lo.AdamW8bit(
+        [{"params": [ps[0]], "block_size": 128}, {"params": [ps[1]], "exp_avg": None}]
+    )
     with pytest.raises(ValueError, match="param group 1 .* exp_avg=None"):
         plain.load_state_dict(sd)
 
 
-@pytest.mark.parametrize("group,arg", [({"block_size": 12}, "block_size"),
-                                       ({"exp_avg": "float32"}, "exp_avg"),
-                                       ({"exp_avg_sq": 3}, "exp_avg_sq"),
-                                       ({"rounding": "up"}, "rounding"),
-                                       ({"min_quant_size": -1}, "min_quant_size")])
+@pytest.mark.parametrize(
+    "group,arg",
+    [
+        ({"block_size": 12}, "block_size"),
+        ({"exp_avg": "float32"}, "exp_avg"),
+        ({"exp_avg_sq": 3}, "exp_avg_sq"),
+        ({"rounding": "up"}, "rounding"),
+        ({"min_quant_size": -1}, "min_quant_size"),
+    ],
+)
 def test_bad_overrides_name_the_key(group, arg):
     with pytest.raises((ValueError, TypeError), match=arg):
         lo.AdamW([{"params": [torch.nn.Parameter(torch.zeros(8))], **group}])
@@ -92,8 +110,13 @@ def test_bad_overrides_name_the_key(group, arg):
 
 def test_sgd_and_muon_momentum_overrides():
     a, b = params()
-    sgd = lo.SGD([{"params": [a], "momentum_codec": None}, {"params": [b]}], lr=0.01,
-                 momentum=0.9, momentum_codec=lowfp.Dynamic(8), min_quant_size=0)
+    sgd = lo.SGD(
+        [{"params": [a], "momentum_codec": None}, {"params": [b]}],
+        lr=0.01,
+        momentum=0.9,
+        momentum_codec=lowfp.Dynamic(8),
+        min_quant_size=0,
+    )
     run_steps(sgd, [a, b], 3)
     assert "momentum_buffer" in sgd.state[a] and "momentum_buffer.codes" in sgd.state[b]
     m = torch.nn.Parameter(torch.randn(64, 128))

@@ -18,16 +18,22 @@ NS = (3.4445, -4.7750, 2.0315)
 
 def params(seed=0):
     torch.manual_seed(seed)
-    return [torch.nn.Parameter(torch.randn(6000)), torch.nn.Parameter(torch.randn(30, 7)),
-            torch.nn.Parameter(torch.randn(64, 128))]
+    return [
+        torch.nn.Parameter(torch.randn(6000)),
+        torch.nn.Parameter(torch.randn(30, 7)),
+        torch.nn.Parameter(torch.randn(64, 128)),
+    ]
 
 
 def muon_params(seed=0):
     """Wide, tall and 3-D (conv-like) matrices and a bias."""
     torch.manual_seed(seed)
-    return [torch.nn.Parameter(torch.randn(32, 64)), torch.nn.Parameter(torch.randn(96, 16)),
-            torch.nn.Parameter(torch.randn(8, 4, 3)), torch.nn.Parameter(torch.randn(32))]
-
+    return [
+        torch.nn.Parameter(torch.randn(32, 64)),
+        torch.nn.Parameter(torch.randn(96, 16)),
+        torch.nn.Parameter(torch.randn(8, 4, 3)),
+        torch.nn.Parameter(torch.randn(32)),
+    ]
 
 
 @pytest.fixture
@@ -40,9 +46,15 @@ def restore_threads():
 # ---------------------------------------------------------------- SGD
 
 
-@pytest.mark.parametrize("momentum,dampening,wd,nesterov", [
-    (0.9, 0.0, 0.0, False), (0.9, 0.0, 1e-2, True), (0.8, 0.3, 5e-3, False),
-    (0.99, 0.0, 0.1, True)])
+@pytest.mark.parametrize(
+    "momentum,dampening,wd,nesterov",
+    [
+        (0.9, 0.0, 0.0, False),
+        (0.9, 0.0, 1e-2, True),
+        (0.8, 0.3, 5e-3, False),
+        (0.99, 0.0, 0.1, True),
+    ],
+)
 def test_sgd_float32_momentum_matches_torch(momentum, dampening, wd, nesterov):
     ref_p, our_p = params(), params()
     kw = dict(lr=1e-2, momentum=momentum, dampening=dampening, weight_decay=wd, nesterov=nesterov)
@@ -86,16 +98,19 @@ def regression_loss(opt_factory, steps=300):
 @functools.lru_cache(maxsize=None)
 def sgd_baselines():
     """(starting loss, fp32-momentum SGD's final loss), computed once."""
-    return (regression_loss(lambda p: SGD(p, lr=0.0)),
-            regression_loss(lambda p: SGD(p, lr=1e-4, momentum=0.9, nesterov=True)))
+    return (
+        regression_loss(lambda p: SGD(p, lr=0.0)),
+        regression_loss(lambda p: SGD(p, lr=1e-4, momentum=0.9, nesterov=True)),
+    )
 
 
 @pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
 def test_sgd_8bit_momentum_trains_like_float32(rounding):
     kw = dict(lr=1e-4, momentum=0.9, nesterov=True)
     start, base = sgd_baselines()
-    low = regression_loss(lambda p: SGD(p, momentum_codec=lowfp.Dynamic(8), rounding=rounding,
-                                         **kw))
+    low = regression_loss(
+        lambda p: SGD(p, momentum_codec=lowfp.Dynamic(8), rounding=rounding, **kw)
+    )
     assert base < 1e-5 * start  # fp32 fits the (underdetermined) training set
     # Stated tolerance: the 8-bit buffer must reach within 1.5x of fp32's final loss
     # (observed 1.02-1.04x: dynamic 8-bit codes hold the buffer to ~1% per element, and the
@@ -129,8 +144,9 @@ def reference_muon(ps, steps, lr, wd, beta, nesterov, adamw_lr, adamw_wd):
     a, b, c = NS
     mats = [p for p in ps if p.ndim >= 2]
     rest = [p for p in ps if p.ndim < 2]
-    adam = torch.optim.AdamW(rest, lr=adamw_lr, betas=(0.9, 0.95), eps=1e-8,
-                             weight_decay=adamw_wd, foreach=False)
+    adam = torch.optim.AdamW(
+        rest, lr=adamw_lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=adamw_wd, foreach=False
+    )
     bufs = [torch.zeros_like(p) for p in mats]
     beta32 = torch.tensor(beta, dtype=torch.float32)
     w = torch.tensor(1.0) - beta32
@@ -163,8 +179,15 @@ def test_muon_float32_matches_reference_step(nesterov):
     ref_p, our_p = muon_params(), muon_params()
     kw = dict(lr=0.02, wd=0.1, beta=0.95, nesterov=nesterov, adamw_lr=1e-2, adamw_wd=0.1)
     reference_muon(ref_p, 20, **kw)
-    opt = Muon(our_p, lr=0.02, momentum=0.95, nesterov=nesterov, weight_decay=0.1,
-               adamw_lr=1e-2, adamw_weight_decay=0.1)
+    opt = Muon(
+        our_p,
+        lr=0.02,
+        momentum=0.95,
+        nesterov=nesterov,
+        weight_decay=0.1,
+        adamw_lr=1e-2,
+        adamw_weight_decay=0.1,
+    )
     run_steps(opt, our_p, 20)
     assert [g["use_muon"] for g in opt.param_groups] == [True, False]
     for a, b in zip(ref_p[:3], our_p[:3]):
@@ -172,8 +195,9 @@ def test_muon_float32_matches_reference_step(nesterov):
         # torch operations: bit for bit.
         assert torch.equal(a, b)
     # The bias went to lowfp's AdamW, which matches torch's to float32 rounding (~1e-7/step).
-    np.testing.assert_allclose(our_p[3].detach().numpy(), ref_p[3].detach().numpy(),
-                               rtol=0, atol=1e-5)
+    np.testing.assert_allclose(
+        our_p[3].detach().numpy(), ref_p[3].detach().numpy(), rtol=0, atol=1e-5
+    )
 
 
 @pytest.mark.skipif(not hasattr(torch.optim, "Muon"), reason="torch.optim.Muon needs torch 2.9")
@@ -181,10 +205,16 @@ def test_muon_float32_matches_torch_muon():
     ref_p, our_p = muon_params(), muon_params()
     mats = [ref_p[0], ref_p[1]]
     ref = torch.optim.Muon(mats, lr=0.02, weight_decay=0.1, momentum=0.95, nesterov=True)
-    ref_adam = torch.optim.AdamW([ref_p[3]], lr=1e-2, betas=(0.9, 0.95), eps=1e-8,
-                                 weight_decay=0.1, foreach=False)
-    opt = Muon([our_p[0], our_p[1], our_p[3]], lr=0.02, weight_decay=0.1,
-               adamw_lr=1e-2, adamw_weight_decay=0.1)
+    ref_adam = torch.optim.AdamW(
+        [ref_p[3]], lr=1e-2, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1, foreach=False
+    )
+    opt = Muon(
+        [our_p[0], our_p[1], our_p[3]],
+        lr=0.02,
+        weight_decay=0.1,
+        adamw_lr=1e-2,
+        adamw_weight_decay=0.1,
+    )
     for s in range(20):
         g = torch.Generator().manual_seed(s)
         for a, b in zip(ref_p, our_p):
@@ -206,16 +236,21 @@ def test_muon_float32_matches_torch_muon():
         moved = (a - muon_params()[i]).abs().max().item()
         assert moved > 50 * tol  # the comparison is not vacuous
         np.testing.assert_allclose(b.detach().numpy(), a.detach().numpy(), rtol=0, atol=tol)
-    np.testing.assert_allclose(our_p[3].detach().numpy(), ref_p[3].detach().numpy(),
-                               rtol=0, atol=1e-5)
+    np.testing.assert_allclose(
+        our_p[3].detach().numpy(), ref_p[3].detach().numpy(), rtol=0, atol=1e-5
+    )
 
 
 def test_muon_leaves_grad_untouched_and_routes_groups():
     ps = muon_params()
-    opt = Muon([{"params": ps[:2], "lr": 0.01},
-                {"params": [ps[2]], "use_muon": False, "lr": 1e-3, "betas": (0.8, 0.9)},
-                {"params": [ps[3]]}], adamw_kwargs=dict(exp_avg=lowfp.Dynamic(8),
-                                                        min_quant_size=0))
+    opt = Muon(
+        [
+            {"params": ps[:2], "lr": 0.01},
+            {"params": [ps[2]], "use_muon": False, "lr": 1e-3, "betas": (0.8, 0.9)},
+            {"params": [ps[3]]},
+        ],
+        adamw_kwargs=dict(exp_avg=lowfp.Dynamic(8), min_quant_size=0),
+    )
     groups = [(g["use_muon"], len(g["params"]), g["lr"]) for g in opt.param_groups]
     assert groups == [(True, 2, 0.01), (False, 1, 1e-3), (False, 1, 3e-4)]
     assert opt.adamw.param_groups[0]["betas"] == (0.8, 0.9)
@@ -236,13 +271,13 @@ def mlp_loss(opt_factory, steps=150):
     """2-layer tanh MLP regressing a random teacher MLP (+ noise); returns the final loss."""
     torch.manual_seed(2)
     x = torch.randn(512, 64)
-    teacher = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.Tanh(),
-                                  torch.nn.Linear(128, 16))
+    teacher = torch.nn.Sequential(
+        torch.nn.Linear(64, 128), torch.nn.Tanh(), torch.nn.Linear(128, 16)
+    )
     with torch.no_grad():
         y = teacher(x) + 0.01 * torch.randn(512, 16)
     torch.manual_seed(3)
-    model = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.Tanh(),
-                                torch.nn.Linear(128, 16))
+    model = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.Tanh(), torch.nn.Linear(128, 16))
     opt = opt_factory(list(model.parameters()))
     for _ in range(steps):
         opt.zero_grad()
@@ -256,8 +291,10 @@ def mlp_loss(opt_factory, steps=150):
 @functools.lru_cache(maxsize=None)
 def muon_baselines():
     """(starting loss, fp32 Muon's final loss), computed once."""
-    return (mlp_loss(lambda p: Muon(p, lr=0.0, adamw_lr=0.0), steps=1),
-            mlp_loss(lambda p: Muon(p, lr=0.02, adamw_lr=3e-3)))
+    return (
+        mlp_loss(lambda p: Muon(p, lr=0.0, adamw_lr=0.0), steps=1),
+        mlp_loss(lambda p: Muon(p, lr=0.02, adamw_lr=3e-3)),
+    )
 
 
 @pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
@@ -291,15 +328,33 @@ def test_muon8bit_state_bytes_per_parameter():
 
 
 def _sgd8(ps):
-    return SGD(ps, lr=1e-2, momentum=0.9, momentum_codec=lowfp.Dynamic(8), block_size=64,
-               rounding="stochastic", seed=5, min_quant_size=0)
+    return SGD(
+        ps,
+        lr=1e-2,
+        momentum=0.9,
+        momentum_codec=lowfp.Dynamic(8),
+        block_size=64,
+        rounding="stochastic",
+        seed=5,
+        min_quant_size=0,
+    )
 
 
 def _muon8(ps):
-    return Muon8bit(ps, lr=0.02, weight_decay=0.01, block_size=128, rounding="stochastic",
-                    seed=7, adamw_kwargs=dict(exp_avg=lowfp.Dynamic(8),
-                                              exp_avg_sq=lowfp.Dynamic(8, signed=False),
-                                              rounding="stochastic", min_quant_size=0))
+    return Muon8bit(
+        ps,
+        lr=0.02,
+        weight_decay=0.01,
+        block_size=128,
+        rounding="stochastic",
+        seed=7,
+        adamw_kwargs=dict(
+            exp_avg=lowfp.Dynamic(8),
+            exp_avg_sq=lowfp.Dynamic(8, signed=False),
+            rounding="stochastic",
+            min_quant_size=0,
+        ),
+    )
 
 
 @pytest.mark.parametrize("factory,make", [(_sgd8, params), (_muon8, muon_params)])
@@ -313,15 +368,22 @@ def test_thread_count_does_not_change_results(restore_threads, factory, make):
     assert torch.equal(out[0], out[1])
 
 
-@pytest.mark.parametrize("factory,make", [(_sgd8, params), (_muon8, muon_params),
-                                          (lambda ps: SGD(ps, lr=1e-2, momentum=0.9), params),
-                                          (lambda ps: Muon(ps), muon_params)])
+@pytest.mark.parametrize(
+    "factory,make",
+    [
+        (_sgd8, params),
+        (_muon8, muon_params),
+        (lambda ps: SGD(ps, lr=1e-2, momentum=0.9), params),
+        (lambda ps: Muon(ps), muon_params),
+    ],
+)
 def test_resume_is_bit_exact_and_weights_only(tmp_path, factory, make):
     a = make()
     oa = factory(a)
     run_steps(oa, a, 10)
-    torch.save({"opt": oa.state_dict(), "params": [p.detach().clone() for p in a]},
-               tmp_path / "ck.pt")
+    torch.save(
+        {"opt": oa.state_dict(), "params": [p.detach().clone() for p in a]}, tmp_path / "ck.pt"
+    )
     run_steps(oa, a, 10, start=10)
     ck = torch.load(tmp_path / "ck.pt", weights_only=True)
     b = [torch.nn.Parameter(t) for t in ck["params"]]
@@ -342,10 +404,14 @@ def test_state_dict_from_another_configuration_is_rejected():
     s = params()
     osgd = SGD(s, lr=0.1, momentum=0.9)
     run_steps(osgd, s, 1)
-    with pytest.raises(ValueError, match="momentum_buffer of parameter 0 .* was saved as float32, "
-                                         "this optimizer stores it as exmy"):
-        SGD(params(), lr=0.1, momentum=0.9, momentum_codec="e4m3",
-            min_quant_size=0).load_state_dict(osgd.state_dict())
+    with pytest.raises(
+        ValueError,
+        match="momentum_buffer of parameter 0 .* was saved as float32, "
+        "this optimizer stores it as exmy",
+    ):
+        SGD(
+            params(), lr=0.1, momentum=0.9, momentum_codec="e4m3", min_quant_size=0
+        ).load_state_dict(osgd.state_dict())
 
 
 # ---------------------------------------------------------------- errors
@@ -378,9 +444,11 @@ def test_errors():
         Muon(m, adamw_betas=(1.0, 0.9))
     with pytest.raises(TypeError, match="adamw_kwargs"):
         Muon(m, adamw_kwargs=dict(lr=1.0))
-    for make, shape, bf16 in [(lambda q: SGD(q, lr=0.1, momentum=0.9), (10,), True),
-                              (lambda q: SGD(q, lr=0.1), (10,), True),
-                              (lambda q: Muon(q), (4, 4), True)]:
+    for make, shape, bf16 in [
+        (lambda q: SGD(q, lr=0.1, momentum=0.9), (10,), True),
+        (lambda q: SGD(q, lr=0.1), (10,), True),
+        (lambda q: Muon(q), (4, 4), True),
+    ]:
         q = [torch.nn.Parameter(torch.zeros(shape))]
         opt = make(q)
         q[0].grad = torch.zeros(shape).to_sparse()
@@ -404,8 +472,14 @@ def test_sgd_bfloat16_parameters_and_nonfinite_gradients():
     moved = {}
     for rounding in ("nearest", "stochastic"):
         p = torch.nn.Parameter(torch.full((8192,), 1.5, dtype=torch.bfloat16))
-        opt = SGD([p], lr=1e-4, momentum=0.9, momentum_codec=lowfp.Dynamic(8),
-                  param_rounding=rounding, seed=3)
+        opt = SGD(
+            [p],
+            lr=1e-4,
+            momentum=0.9,
+            momentum_codec=lowfp.Dynamic(8),
+            param_rounding=rounding,
+            seed=3,
+        )
         for _ in range(100):
             p.grad = torch.ones_like(p)
             opt.step()
@@ -455,8 +529,9 @@ def test_muon_16bit_small_updates_move_only_stochastically():
     for rounding in ("nearest", "stochastic", "float32"):
         dtype = torch.float32 if rounding == "float32" else torch.bfloat16
         p = torch.nn.Parameter(torch.full((64, 64), 1.5, dtype=dtype))
-        opt = Muon([p], lr=1e-3, param_rounding="nearest" if rounding == "float32" else rounding,
-                   seed=5)
+        opt = Muon(
+            [p], lr=1e-3, param_rounding="nearest" if rounding == "float32" else rounding, seed=5
+        )
         for _ in range(100):
             p.grad = g.to(dtype)
             opt.step()
@@ -489,8 +564,11 @@ def test_muon_nonfinite_gradients_skip_or_raise(where):
     after = opt.state_dict()
     for i, st in sd["state"].items():
         for k, t in st.items():
-            assert torch.equal(t, after["state"][i][k]) if torch.is_tensor(t) \
+            assert (
+                torch.equal(t, after["state"][i][k])
+                if torch.is_tensor(t)
                 else t == after["state"][i][k]
+            )
     strict = Muon(ps, lr=0.02, nonfinite="error")
     with pytest.raises(ValueError, match="NaN or inf"):
         strict.step()

@@ -21,9 +21,12 @@ from gfloat import RoundMode, decode_float, encode_ndarray, round_ndarray  # noq
 from gfloat.formats import format_info_p3109  # noqa: E402
 from gfloat.types import Domain, Signedness  # noqa: E402
 
-TAILS = {"se": (Signedness.Signed, Domain.Extended), "sf": (Signedness.Signed, Domain.Finite),
-         "ue": (Signedness.Unsigned, Domain.Extended),
-         "uf": (Signedness.Unsigned, Domain.Finite)}
+TAILS = {
+    "se": (Signedness.Signed, Domain.Extended),
+    "sf": (Signedness.Signed, Domain.Finite),
+    "ue": (Signedness.Unsigned, Domain.Extended),
+    "uf": (Signedness.Unsigned, Domain.Finite),
+}
 
 
 def _formats(ks):
@@ -41,10 +44,18 @@ def _formats(ks):
 ALL = _formats(range(2, 9)) + [(10, 4, "se"), (12, 5, "ue"), (16, 8, "se"), (16, 11, "uf")]
 # the formats each input is encoded to (every float16 and bfloat16 value)
 ENCODE = [(8, p, t) for p in (1, 3, 4, 5, 7) for t in TAILS] + [
-    (6, 3, "se"), (4, 2, "ue"), (3, 1, "se"), (12, 5, "se")]
-MODES = {"nearest": RoundMode.TiesToEven, "nearest_away": RoundMode.TiesToAway,
-         "toward_zero": RoundMode.TowardZero, "up": RoundMode.TowardPositive,
-         "down": RoundMode.TowardNegative}
+    (6, 3, "se"),
+    (4, 2, "ue"),
+    (3, 1, "se"),
+    (12, 5, "se"),
+]
+MODES = {
+    "nearest": RoundMode.TiesToEven,
+    "nearest_away": RoundMode.TiesToAway,
+    "toward_zero": RoundMode.TowardZero,
+    "up": RoundMode.TowardPositive,
+    "down": RoundMode.TowardNegative,
+}
 
 
 def _fi(k, p, tail):
@@ -109,8 +120,10 @@ def _gfloat_codes(fi, x64, mode, sat, srbits=None):
 def _check(k, p, tail, got, want, x64, fmt):
     diff = got != want
     if p > 1 or not diff.any():
-        assert not diff.any(), (f"{diff.sum()} differ, first at x={x64[diff][0]!r}: "
-                                f"lowfp {got[diff][0]:#x}, gfloat {want[diff][0]:#x}")
+        assert not diff.any(), (
+            f"{diff.sum()} differ, first at x={x64[diff][0]!r}: "
+            f"lowfp {got[diff][0]:#x}, gfloat {want[diff][0]:#x}"
+        )
         return
     # precision 1: only exact midpoints between the two codes' values differ, lowfp above
     a = lowfp.decode(got[diff].astype(fmt.code_dtype), fmt, dtype=np.float64)

@@ -6,21 +6,24 @@ import pytest
 import lowfp
 
 
-@pytest.mark.parametrize("bits,codes,golden", [
-    # 2-bit: element i at bits [2i, 2i+2). byte0 = e3 e2 e1 e0 = 00 11 10 01 = 0x39
-    (2, [1, 2, 3, 0, 1], b"\x39\x01"),
-    # 4-bit: element 0 in the low nibble
-    (4, [1, 2, 3], b"\x21\x03"),
-    # 3-bit: 8 codes in 3 bytes. Stream bits (LSB first):
-    #   e0=000 e1=100 e2=010 e3=110 e4=001 e5=101 e6=011 e7=111 (each written LSB first)
-    #   byte0 = bits 7..0 = 1 0 | 001 | 000 = 0x88, byte1 = 0xc6, byte2 = 0xfa
-    (3, [0, 1, 2, 3, 4, 5, 6, 7], b"\x88\xc6\xfa"),
-    (3, [5, 3], b"\x1d"),  # 5 = 101 at bits 0-2, 3 = 011 at bits 3-5: 0b00_011_101
-    # 6-bit: byte0 = e1's low 2 bits (01) above e0 (111111) = 0x7f
-    (6, [0x3F, 0x01, 0x2A, 0x15], b"\x7f\xa0\x56"),
-    (8, [7, 255], b"\x07\xff"),
-    (1, [1, 0, 1, 1, 0, 0, 0, 0, 1], b"\x0d\x01"),
-])
+@pytest.mark.parametrize(
+    "bits,codes,golden",
+    [
+        # 2-bit: element i at bits [2i, 2i+2). byte0 = e3 e2 e1 e0 = 00 11 10 01 = 0x39
+        (2, [1, 2, 3, 0, 1], b"\x39\x01"),
+        # 4-bit: element 0 in the low nibble
+        (4, [1, 2, 3], b"\x21\x03"),
+        # 3-bit: 8 codes in 3 bytes. Stream bits (LSB first):
+        #   e0=000 e1=100 e2=010 e3=110 e4=001 e5=101 e6=011 e7=111 (each written LSB first)
+        #   byte0 = bits 7..0 = 1 0 | 001 | 000 = 0x88, byte1 = 0xc6, byte2 = 0xfa
+        (3, [0, 1, 2, 3, 4, 5, 6, 7], b"\x88\xc6\xfa"),
+        (3, [5, 3], b"\x1d"),  # 5 = 101 at bits 0-2, 3 = 011 at bits 3-5: 0b00_011_101
+        # 6-bit: byte0 = e1's low 2 bits (01) above e0 (111111) = 0x7f
+        (6, [0x3F, 0x01, 0x2A, 0x15], b"\x7f\xa0\x56"),
+        (8, [7, 255], b"\x07\xff"),
+        (1, [1, 0, 1, 1, 0, 0, 0, 0, 1], b"\x0d\x01"),
+    ],
+)
 def test_golden_bytes(bits, codes, golden):
     packed = lowfp.pack(np.array(codes, np.uint8), bits)
     assert packed.tobytes() == golden

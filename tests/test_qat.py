@@ -29,8 +29,9 @@ def test_forward_is_decode_encode_bit_for_bit(fmt, rounding):
     x = _x(scale=40.0)
     q = qat.Quantizer(fmt, rounding)
     y = qat.fake_quantize(x, q, seed=7, stream=3)
-    ref = lowfp.decode(lowfp.encode(x, fmt, rounding=rounding, overflow="saturate", seed=7,
-                                    stream=3), fmt)
+    ref = lowfp.decode(
+        lowfp.encode(x, fmt, rounding=rounding, overflow="saturate", seed=7, stream=3), fmt
+    )
     assert torch.equal(_bits(y), _bits(ref))
 
 
@@ -54,8 +55,7 @@ def test_bfloat16_input_keeps_dtype_and_values():
 
 def test_ste_elementwise_clips_beyond_max():
     f = lowfp.format("e4m3")
-    x = torch.tensor([0.1, -3.0, f.max, -f.max, f.max * 1.01, -1000.0, 460.0],
-                     requires_grad=True)
+    x = torch.tensor([0.1, -3.0, f.max, -f.max, f.max * 1.01, -1000.0, 460.0], requires_grad=True)
     up = torch.arange(1.0, 8.0)
     qat.fake_quantize(x, "e4m3").backward(up)
     keep = torch.tensor([1, 1, 1, 1, 0, 0, 0], dtype=torch.bool)
@@ -89,8 +89,12 @@ def test_stochastic_is_unbiased_and_fresh():
     # sd <= 0.25 / sqrt(4000) = 0.004; 5 sd = 0.02.
     x = torch.tensor([1.1, 1.25, 1.4, 1.7, 1.95, -1.3])
     n = 4000
-    draws = torch.stack([qat.fake_quantize(x, qat.Quantizer("e2m1", "stochastic"), seed=5,
-                                           stream=k) for k in range(n)])
+    draws = torch.stack(
+        [
+            qat.fake_quantize(x, qat.Quantizer("e2m1", "stochastic"), seed=5, stream=k)
+            for k in range(n)
+        ]
+    )
     assert (draws.mean(0) - x).abs().max() < 5 * 0.25 / math.sqrt(n)
     assert not torch.equal(draws[0], draws[1])
     # a module draws fresh bits per call, and the same seed reproduces the sequence
@@ -115,8 +119,14 @@ def test_stochastic_blockwise_is_unbiased():
 
 def _net():
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv1d(4, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 30, 16),
-                         nn.ReLU(), nn.Linear(16, 3))
+    return nn.Sequential(
+        nn.Conv1d(4, 8, 3),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(8 * 30, 16),
+        nn.ReLU(),
+        nn.Linear(16, 3),
+    )
 
 
 def test_prepare_forward_matches_functional_and_state_dict_roundtrip():
@@ -149,11 +159,20 @@ def test_prepare_forward_matches_functional_and_state_dict_roundtrip():
 def test_filter_selects_modules():
     net = _net()
     seen = []
-    qat.prepare(net, weight="e4m3", filter=lambda m, n: seen.append(n) or isinstance(
-        m, nn.Linear) and n != "5")
+    qat.prepare(
+        net,
+        weight="e4m3",
+        filter=lambda m, n: seen.append(n) or isinstance(m, nn.Linear) and n != "5",
+    )
     assert seen == ["0", "3", "5"]
-    assert [type(m).__name__ for m in net] == ["Conv1d", "ReLU", "Flatten", "QLinear", "ReLU",
-                                               "Linear"]
+    assert [type(m).__name__ for m in net] == [
+        "Conv1d",
+        "ReLU",
+        "Flatten",
+        "QLinear",
+        "ReLU",
+        "Linear",
+    ]
     with pytest.raises(ValueError, match="filter"):
         qat.prepare(_net(), weight="e4m3", filter=lambda m, n: False)
     with pytest.raises(TypeError, match="filter"):
@@ -183,22 +202,26 @@ def test_weight_gradient_is_ste_through_quantized_weight():
 
 def test_quantize_weights_report():
     net = _net()
-    before = {n: m.weight.detach().clone() for n, m in net.named_modules()
-              if isinstance(m, nn.Linear)}
+    before = {
+        n: m.weight.detach().clone() for n, m in net.named_modules() if isinstance(m, nn.Linear)
+    }
     rep = qat.quantize_weights(net, "mxfp4", filter=lambda m, n: isinstance(m, nn.Linear))
     assert rep.column("name") == ["3", "5"] and rep.column("type") == ["Linear", "Linear"]
     for row in rep:
         w0, w = before[row["name"]], net.get_submodule(row["name"]).weight.detach()
         assert torch.equal(w, lowfp.quantize_blockwise(w0, "mxfp4").dequantize())
-        assert row["rel_error"] == pytest.approx(float((w.double() - w0.double()).norm()
-                                                       / w0.double().norm()), rel=1e-12)
+        assert row["rel_error"] == pytest.approx(
+            float((w.double() - w0.double()).norm() / w0.double().norm()), rel=1e-12
+        )
         assert row["rel_error"] > 0
     # the conv weight is blockwise along in_channels x kernel
     conv = _net()[0]
     w0 = conv.weight.detach().clone()
     qat.quantize_weights(conv, "mxfp4")
-    assert torch.equal(conv.weight, lowfp.quantize_blockwise(w0.reshape(8, -1), "mxfp4")
-                       .dequantize().reshape(8, 4, 3))
+    assert torch.equal(
+        conv.weight,
+        lowfp.quantize_blockwise(w0.reshape(8, -1), "mxfp4").dequantize().reshape(8, 4, 3),
+    )
 
 
 def test_quantize_weights_then_prepare_is_a_fixed_point():

@@ -96,8 +96,7 @@ def test_rules_match_torchao_to_mx(fmt, rule):
     torch = pytest.importorskip("torch")
     mx = pytest.importorskip("torchao.prototype.mx_formats.mx_tensor")
     config = pytest.importorskip("torchao.prototype.mx_formats.config")
-    mode = {"e8m0": "FLOOR", "e8m0_ceil": "CEIL", "e8m0_even": "EVEN",
-            "e8m0_rceil": "RCEIL"}[rule]
+    mode = {"e8m0": "FLOOR", "e8m0_ceil": "CEIL", "e8m0_even": "EVEN", "e8m0_rceil": "RCEIL"}[rule]
     elem = MX_ELEMS[fmt]
     elem = getattr(torch, elem) if hasattr(torch, elem) else elem
     amax = edge_amax(fmt)
@@ -183,5 +182,4 @@ def test_table_codecs_take_only_the_plain_e8m0_rule(rule):
 
 def test_unknown_rule_names_the_choices():
     with pytest.raises(ValueError, match="e8m0_rceil"):
-        lowfp.quantize_blockwise(np.ones(32, np.float32), "e4m3", block_size=32,
-                                 scale="e8m0_round")
+        lowfp.quantize_blockwise(np.ones(32, np.float32), "e4m3", block_size=32, scale="e8m0_round")

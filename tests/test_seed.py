@@ -14,23 +14,40 @@ Y = np.sin(np.arange(64, dtype=np.float32))
 # Codes computed by lowfp before seed=None became the default (commit 0ce3b3e): an explicit
 # seed must keep giving exactly these bits.
 GOLDEN = {
-    "encode": (lambda: lowfp.encode(X, "e4m3", rounding="stochastic", seed=1234),
-               "bebcbbb9b8b7b4b3b0aba59919262b3033343738393b3c3d"),
-    "encode_f64_key": (lambda: lowfp.encode(X.astype(np.float64), "e2m1", rounding="stochastic",
-                                            seed=2**64 - 1, stream=3, offset=5),
-                       "0b0b0b0a0a0a090a09090908010101010101020203020303"),
-    "linear": (lambda: lowfp.Linear(4).encode(X / 2, rounding="stochastic", seed=3),
-               "01020202030405050505060708080808090a0a0b0b0c0c0d"),
-    "dynamic": (lambda: lowfp.Dynamic(8).encode(X / 2, rounding="stochastic", seed=4, stream=2),
-                "0c11171b21252a30353a3f56a8bfc4caced3d8dee3e7edf2"),
-    "log": (lambda: lowfp.Log(4, signed=True).encode(X / 2, rounding="stochastic", seed=6),
-            "010101010101020202030305090b0b0c0c0d0d0d0d0e0e0d"),
-    "blockwise_linear": (lambda: lowfp.quantize_blockwise(Y, lowfp.Linear(4), block_size=16,
-                                                          rounding="stochastic", seed=5).codes,
-                         "d78d12c5ad03a3be1582dd1760dd2950eb4a20e96d10d88e02c59e03a3be0582"),
-    "blockwise_mxfp4": (lambda: lowfp.quantize_blockwise(Y, "mxfp4", rounding="stochastic",
-                                                         seed=8, stream=1).codes,
-                        "7027ff7c57fe5f67fd2f77f9af77f4df76e6ff74a7ff7127ff7d57fe5e77fd2f"),
+    "encode": (
+        lambda: lowfp.encode(X, "e4m3", rounding="stochastic", seed=1234),
+        "bebcbbb9b8b7b4b3b0aba59919262b3033343738393b3c3d",
+    ),
+    "encode_f64_key": (
+        lambda: lowfp.encode(
+            X.astype(np.float64), "e2m1", rounding="stochastic", seed=2**64 - 1, stream=3, offset=5
+        ),
+        "0b0b0b0a0a0a090a09090908010101010101020203020303",
+    ),
+    "linear": (
+        lambda: lowfp.Linear(4).encode(X / 2, rounding="stochastic", seed=3),
+        "01020202030405050505060708080808090a0a0b0b0c0c0d",
+    ),
+    "dynamic": (
+        lambda: lowfp.Dynamic(8).encode(X / 2, rounding="stochastic", seed=4, stream=2),
+        "0c11171b21252a30353a3f56a8bfc4caced3d8dee3e7edf2",
+    ),
+    "log": (
+        lambda: lowfp.Log(4, signed=True).encode(X / 2, rounding="stochastic", seed=6),
+        "010101010101020202030305090b0b0c0c0d0d0d0d0e0e0d",
+    ),
+    "blockwise_linear": (
+        lambda: (
+            lowfp.quantize_blockwise(
+                Y, lowfp.Linear(4), block_size=16, rounding="stochastic", seed=5
+            ).codes
+        ),
+        "d78d12c5ad03a3be1582dd1760dd2950eb4a20e96d10d88e02c59e03a3be0582",
+    ),
+    "blockwise_mxfp4": (
+        lambda: lowfp.quantize_blockwise(Y, "mxfp4", rounding="stochastic", seed=8, stream=1).codes,
+        "7027ff7c57fe5f67fd2f77f9af77f4df76e6ff74a7ff7127ff7d57fe5e77fd2f",
+    ),
 }
 
 
@@ -45,10 +62,17 @@ def test_explicit_seed_quantize_and_random_bits_as_before():
     want = bytes.fromhex(
         "0000c0bf0000c0bf0000c0bf000080bf000080bf000060bf000040bf000020bf000000bf0000c0be"
         "000080be000080bd0000803d0000403e0000a03e0000003f0000203f0000403f0000603f0000803f"
-        "0000a03f0000a03f0000c03f0000e03f")
+        "0000a03f0000a03f0000c03f0000e03f"
+    )
     assert got.tobytes() == want
     assert lowfp.random_bits(6, seed=7, stream=1, offset=2).tolist() == [
-        1336687403, 967634028, 3811124719, 3650029248, 3298120932, 1490301548]
+        1336687403,
+        967634028,
+        3811124719,
+        3650029248,
+        3298120932,
+        1490301548,
+    ]
 
 
 def test_keys_are_splitmix64():

@@ -18,7 +18,8 @@ SIZES = [16, 1000, SERIAL_MAX, SERIAL_MAX + 8, 5 * SERIAL_MAX + 24]
 def x():
     rng = np.random.default_rng(7)
     return (rng.standard_normal(SIZES[-1]) * np.exp2(rng.integers(-8, 8, SIZES[-1]))).astype(
-        np.float32)
+        np.float32
+    )
 
 
 @pytest.mark.parametrize("rounding", ["nearest", "stochastic", "toward_zero"])
@@ -27,14 +28,16 @@ def test_encode_quantize_prefixes_agree(x, threads, rounding):
     full = lowfp.encode(x, "e4m3", rounding=rounding, **key)
     fullq = lowfp.quantize(x, "e4m3", rounding=rounding, **key)
     for n in SIZES:
-        np.testing.assert_array_equal(lowfp.encode(x[:n], "e4m3", rounding=rounding, **key),
-                                      full[:n])
-        np.testing.assert_array_equal(lowfp.quantize(x[:n], "e4m3", rounding=rounding, **key),
-                                      fullq[:n])
+        np.testing.assert_array_equal(
+            lowfp.encode(x[:n], "e4m3", rounding=rounding, **key), full[:n]
+        )
+        np.testing.assert_array_equal(
+            lowfp.quantize(x[:n], "e4m3", rounding=rounding, **key), fullq[:n]
+        )
     # a small slice from the middle, keyed by its offset, is the same part of the big call
     np.testing.assert_array_equal(
-        lowfp.encode(x[5000:5016], "e4m3", rounding=rounding, offset=5000, **key),
-        full[5000:5016])
+        lowfp.encode(x[5000:5016], "e4m3", rounding=rounding, offset=5000, **key), full[5000:5016]
+    )
 
 
 @pytest.mark.parametrize("kind", [np.float64, np.float16])
@@ -42,8 +45,9 @@ def test_other_input_kinds(x, threads, kind):
     xs = x.astype(kind)
     full = lowfp.encode(xs, "e5m2", rounding="stochastic", seed=9)
     for n in SIZES[:3]:
-        np.testing.assert_array_equal(lowfp.encode(xs[:n], "e5m2", rounding="stochastic", seed=9),
-                                      full[:n])
+        np.testing.assert_array_equal(
+            lowfp.encode(xs[:n], "e5m2", rounding="stochastic", seed=9), full[:n]
+        )
 
 
 @pytest.mark.parametrize("fmt", ["e4m3", "bfloat16", "float16", "e8m0", "e3m4"])
@@ -81,11 +85,13 @@ def test_pack_unpack(threads, bits):
 
 @pytest.mark.parametrize("scale", ["absmax", "e8m0_rceil", "e4m3"])
 def test_blockwise(x, threads, scale):
-    big = lowfp.quantize_blockwise(x, "float4_e2m1fn", block_size=32, scale=scale,
-                                   rounding="stochastic", seed=3)
+    big = lowfp.quantize_blockwise(
+        x, "float4_e2m1fn", block_size=32, scale=scale, rounding="stochastic", seed=3
+    )
     n = SERIAL_MAX
-    small = lowfp.quantize_blockwise(x[:n], "float4_e2m1fn", block_size=32, scale=scale,
-                                     rounding="stochastic", seed=3)
+    small = lowfp.quantize_blockwise(
+        x[:n], "float4_e2m1fn", block_size=32, scale=scale, rounding="stochastic", seed=3
+    )
     if scale != "e4m3":  # the e4m3 tensor scale depends on the whole tensor
         np.testing.assert_array_equal(small.codes, big.codes[: small.codes.size])
         np.testing.assert_array_equal(small.scales, big.scales[: small.scales.size])
@@ -104,8 +110,9 @@ def test_random_bits(threads):
     full = lowfp.random_bits(SIZES[-1], seed=1, stream=2)
     for n in SIZES[:3]:
         np.testing.assert_array_equal(lowfp.random_bits(n, seed=1, stream=2), full[:n])
-    np.testing.assert_array_equal(lowfp.random_bits(16, seed=1, stream=2, offset=100),
-                                  full[100:116])
+    np.testing.assert_array_equal(
+        lowfp.random_bits(16, seed=1, stream=2, offset=100), full[100:116]
+    )
 
 
 def test_one_thread_after_set_num_threads(x):
@@ -116,6 +123,7 @@ def test_one_thread_after_set_num_threads(x):
         lowfp.set_num_threads(1)
         for _ in range(100):
             np.testing.assert_array_equal(
-                lowfp.encode(x[:16], "e4m3", rounding="stochastic", seed=1), want)
+                lowfp.encode(x[:16], "e4m3", rounding="stochastic", seed=1), want
+            )
     finally:
         lowfp.set_num_threads(old)

@@ -44,8 +44,14 @@ def test_bad_input():
 
 def _mlp():
     torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Dropout(0.5), nn.Linear(64, 64),
-                         nn.ReLU(), nn.Linear(64, 8))
+    return nn.Sequential(
+        nn.Linear(32, 64),
+        nn.ReLU(),
+        nn.Dropout(0.5),
+        nn.Linear(64, 64),
+        nn.ReLU(),
+        nn.Linear(64, 8),
+    )
 
 
 def test_weight_stats_table():
@@ -84,8 +90,7 @@ def test_layer_errors_by_hand_and_model_left_as_it_was():
 def test_layer_errors_filter_and_batch_kinds():
     net = _mlp()
     x = torch.randn(4, 32)
-    t = stats.layer_errors(net, (x,), qat.Quantizer("e4m3"),
-                           filter=lambda m, n: n == "5")
+    t = stats.layer_errors(net, (x,), qat.Quantizer("e4m3"), filter=lambda m, n: n == "5")
     assert t.column("name") == ["5"]
     assert t[0]["isolated"] == t[0]["accumulated"] == pytest.approx(t.output_error, rel=1e-12)
     assert t[0]["output_isolated"] == pytest.approx(t.output_error, rel=1e-12)

@@ -55,13 +55,16 @@ def test_same_seed_same_bits_any_thread_count_and_chunking():
         np.testing.assert_array_equal(r, results[0])
     # encoding in pieces with offsets gives the same codes as one call
     cut = [0, 1, 70_000, 123_457, 300_001]
-    pieces = [lowfp.encode(x[a:b], "e4m3", rounding="stochastic", seed=9, stream=2, offset=a)
-              for a, b in zip(cut[:-1], cut[1:])]
+    pieces = [
+        lowfp.encode(x[a:b], "e4m3", rounding="stochastic", seed=9, stream=2, offset=a)
+        for a, b in zip(cut[:-1], cut[1:])
+    ]
     np.testing.assert_array_equal(np.concatenate(pieces), results[0])
     # a different seed or stream changes the bits
     assert not np.array_equal(lowfp.encode(x, "e4m3", rounding="stochastic", seed=10), results[0])
     assert not np.array_equal(
-        lowfp.encode(x, "e4m3", rounding="stochastic", seed=9, stream=3), results[0])
+        lowfp.encode(x, "e4m3", rounding="stochastic", seed=9, stream=3), results[0]
+    )
 
 
 def test_random_bits_match_the_generator():

@@ -10,8 +10,9 @@ def test_dynamic_map_equals_bitsandbytes():
     F = pytest.importorskip("bitsandbytes.functional")
     for bits in (8, 4):
         for signed in (True, False):
-            want = F.create_dynamic_map(signed=signed, max_exponent_bits=bits - 1,
-                                        total_bits=bits).numpy()
+            want = F.create_dynamic_map(
+                signed=signed, max_exponent_bits=bits - 1, total_bits=bits
+            ).numpy()
             got = lowfp.Dynamic(bits, signed).levels
             # bitsandbytes pads the 4-bit map to 256 entries with zeros; its levels are the
             # distinct values
@@ -38,8 +39,9 @@ def test_log_levels():
 def test_levels_round_trip_and_stochastic_is_unbiased(codec):
     lv = codec.levels
     np.testing.assert_array_equal(codec.encode(lv), np.arange(lv.size))
-    np.testing.assert_array_equal(codec.encode(lv, rounding="stochastic", seed=3),
-                                  np.arange(lv.size))
+    np.testing.assert_array_equal(
+        codec.encode(lv, rounding="stochastic", seed=3), np.arange(lv.size)
+    )
     lo, hi = lv[-3], lv[-2]
     x = np.full(100_000, lo + (hi - lo) * 0.3, np.float32)
     y = codec.decode(codec.encode(x, rounding="stochastic", seed=1))

@@ -32,8 +32,11 @@ def reference(f: lowfp.Format, x: np.ndarray) -> np.ndarray:
     rm = gfloat.RoundMode
     sat = not f.has_nan  # lowfp's "nonfinite" saturates where there is no NaN
     tz = gfloat.round_ndarray(fi, x, rm.TowardZero, sat)
-    away = np.where(x < 0, gfloat.round_ndarray(fi, x, rm.TowardNegative, True),
-                    gfloat.round_ndarray(fi, x, rm.TowardPositive, True))
+    away = np.where(
+        x < 0,
+        gfloat.round_ndarray(fi, x, rm.TowardNegative, True),
+        gfloat.round_ndarray(fi, x, rm.TowardPositive, True),
+    )
     if f.man_bits == 0:
         odd = tz != 0  # every non-zero significand is 1
     else:
@@ -92,8 +95,9 @@ def test_random_float32_inputs(name):
 
 def test_overflow_as_toward_zero():
     x = np.array([480.0, -1e6, np.inf, -np.inf], np.float32)
-    np.testing.assert_array_equal(lowfp.encode(x, "e4m3", rounding="to_odd"),
-                                  lowfp.encode(x, "e4m3", rounding="toward_zero"))
+    np.testing.assert_array_equal(
+        lowfp.encode(x, "e4m3", rounding="to_odd"), lowfp.encode(x, "e4m3", rounding="toward_zero")
+    )
     # e5m2 has inf: a finite overflow shrinks to the max, inf stays inf (as toward_zero)
     y = np.array([1e6, np.inf], np.float32)
     assert list(lowfp.quantize(y, "e5m2", rounding="to_odd")) == [57344.0, np.inf]
@@ -128,8 +132,7 @@ def test_staged_rounding_is_exact():
 def test_core_lists_the_mode_and_blockwise_accepts_it():
     assert "to_odd" in _core.ROUNDINGS and _core.ROUNDINGS.index("to_odd") == 6
     x = np.linspace(-3, 5, 64, dtype=np.float32)
-    q = lowfp.quantize_blockwise(x, "float4_e2m1fn", block_size=32, scale="e8m0",
-                                 rounding="to_odd")
+    q = lowfp.quantize_blockwise(x, "float4_e2m1fn", block_size=32, scale="e8m0", rounding="to_odd")
     assert q.rounding == "to_odd"
 
 
@@ -140,8 +143,18 @@ def test_same_bits_on_one_and_two_threads(threads):
     np.testing.assert_array_equal(a[:16], lowfp.encode(x[:16], "e4m3", rounding="to_odd"))
 
 
-@pytest.mark.parametrize("name", ["float8_e4m3fn", "float8_e5m2", "float4_e2m1fn",
-                                  "float8_e8m0fnu", "e3m2fu", "bfloat16", "e5m7b31fnuz"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "float8_e4m3fn",
+        "float8_e5m2",
+        "float4_e2m1fn",
+        "float8_e8m0fnu",
+        "e3m2fu",
+        "bfloat16",
+        "e5m7b31fnuz",
+    ],
+)
 def test_cuda_header_matches_rust(monkeypatch, host, name):  # noqa: F811
     """The CUDA element header, compiled as host C++, rounds to odd as the Rust core does."""
     lib = host
@@ -149,9 +162,11 @@ def test_cuda_header_matches_rust(monkeypatch, host, name):  # noqa: F811
     f = lowfp.format(name)
     for kind, x in th.INPUTS.items():
         for overflow in ("nonfinite", "saturate"):
-            want = lowfp.encode(x, f, rounding="to_odd", overflow=overflow, nan="zero",
-                                negative="clamp")
+            want = lowfp.encode(
+                x, f, rounding="to_odd", overflow=overflow, nan="zero", negative="clamp"
+            )
             got, bad, _ = th.host_encode(lib, th._raw(x, kind), kind, f, "to_odd", overflow)
             assert bad == 0
-            np.testing.assert_array_equal(got, want.astype(np.uint32),
-                                          err_msg=f"{name} {kind} {overflow}")
+            np.testing.assert_array_equal(
+                got, want.astype(np.uint32), err_msg=f"{name} {kind} {overflow}"
+            )

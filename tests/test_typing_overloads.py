@@ -32,9 +32,15 @@ CASES = [
 
 
 def test_results_keep_the_array_kind(pytestconfig, tmp_path):
-    lines = ["from typing import Any", "import numpy as np", "import torch", "import lowfp",
-             "x = np.zeros(4, np.float32)", "t = torch.zeros(4)",
-             "a: np.ndarray = np.zeros(4, np.float32)"]
+    lines = [
+        "from typing import Any",
+        "import numpy as np",
+        "import torch",
+        "import lowfp",
+        "x = np.zeros(4, np.float32)",
+        "t = torch.zeros(4)",
+        "a: np.ndarray = np.zeros(4, np.float32)",
+    ]
     first = len(lines) + 1
     lines += [f"reveal_type({expr})" for expr, _ in CASES]
     bad = len(lines) + 1
@@ -42,15 +48,25 @@ def test_results_keep_the_array_kind(pytestconfig, tmp_path):
     snippet = tmp_path / "snippet.py"
     snippet.write_text("\n".join(lines) + "\n")
     # pytest's cache directory keeps mypy's (a cold run reads torch's stubs: ~15 s of CPU)
-    cache = pytestconfig.cache.mkdir("mypy") if getattr(pytestconfig, "cache", None) else (
-        tmp_path / "mypy")
+    cache = (
+        pytestconfig.cache.mkdir("mypy")
+        if getattr(pytestconfig, "cache", None)
+        else (tmp_path / "mypy")
+    )
     import os
 
     env = os.environ.get("MYPYPATH")
     os.environ["MYPYPATH"] = str(PYTHON)
     try:
-        out, err, _ = api.run(["--follow-imports=silent", "--cache-dir", str(cache),
-                               "--no-error-summary", str(snippet)])
+        out, err, _ = api.run(
+            [
+                "--follow-imports=silent",
+                "--cache-dir",
+                str(cache),
+                "--no-error-summary",
+                str(snippet),
+            ]
+        )
     finally:
         if env is None:
             del os.environ["MYPYPATH"]
@@ -63,7 +79,7 @@ def test_results_keep_the_array_kind(pytestconfig, tmp_path):
         if not num.isdigit():
             continue
         if msg.startswith("note: Revealed type is "):
-            revealed[int(num)] = msg[len('note: Revealed type is "'):-1]
+            revealed[int(num)] = msg[len('note: Revealed type is "') : -1]
         elif msg.startswith("error:"):
             errors.setdefault(int(num), msg)
     for i, (expr, want) in enumerate(CASES):

@@ -25,8 +25,18 @@ def _labels(shape, gran, block):
     return r if gran == "row" else torch.zeros(n, dtype=torch.long)
 
 
-def _reference(p0, grads, gran, block=8, lr=1e-2, betas=(0.9, 0.99), eps=1e-8, wd=0.1,
-               decoupled=True, amsgrad=False):
+def _reference(
+    p0,
+    grads,
+    gran,
+    block=8,
+    lr=1e-2,
+    betas=(0.9, 0.99),
+    eps=1e-8,
+    wd=0.1,
+    decoupled=True,
+    amsgrad=False,
+):
     """Blockwise Adam in float64: v of a group follows the mean of g^2 over the group."""
     lab = _labels(tuple(p0.shape), gran, block)
     G = int(lab.max()) + 1
@@ -43,8 +53,10 @@ def _reference(p0, grads, gran, block=8, lr=1e-2, betas=(0.9, 0.99), eps=1e-8, w
         else:
             g = g + wd * w
         m = b1 * m + (1 - b1) * g
-        v = b2 * v + (1 - b2) * torch.zeros(G, dtype=torch.float64).index_add_(0, lab, g * g) \
-            / counts
+        v = (
+            b2 * v
+            + (1 - b2) * torch.zeros(G, dtype=torch.float64).index_add_(0, lab, g * g) / counts
+        )
         vmax = torch.maximum(vmax, v)
         vv = vmax if amsgrad else v
         denom = (vv.sqrt() / math.sqrt(1 - b2**t) + eps)[lab]
@@ -61,8 +73,9 @@ def _run(shape, gran, steps=5, dtype=torch.float32, **kw):
     g = torch.Generator().manual_seed(0)
     p = torch.nn.Parameter(torch.randn(*shape, generator=g).to(dtype))
     p0 = p.detach().clone()
-    opt = AdamW([p], lr=kw.pop("lr", 1e-2), betas=(0.9, 0.99), weight_decay=0.1,
-                v_granularity=gran, **kw)
+    opt = AdamW(
+        [p], lr=kw.pop("lr", 1e-2), betas=(0.9, 0.99), weight_decay=0.1, v_granularity=gran, **kw
+    )
     grads = _grads(shape, steps)
     for gr in grads:
         p.grad = gr.to(dtype)
@@ -81,13 +94,18 @@ def test_matches_float64_reference(gran, shape):
     assert opt.state[p]["exp_avg_sq"].shape == (int(_labels(shape, gran, 8).max()) + 1,)
 
 
-@pytest.mark.parametrize("options", [dict(amsgrad=True), dict(decoupled_weight_decay=False),
-                                     dict(maximize=True)])
+@pytest.mark.parametrize(
+    "options", [dict(amsgrad=True), dict(decoupled_weight_decay=False), dict(maximize=True)]
+)
 def test_reference_with_options(options):
     p, p0, grads, opt = _run((6, 20), "row", **options)
-    ref, _ = _reference(p0, [-g for g in grads] if options.get("maximize") else grads, "row",
-                        amsgrad=options.get("amsgrad", False),
-                        decoupled=options.get("decoupled_weight_decay", True))
+    ref, _ = _reference(
+        p0,
+        [-g for g in grads] if options.get("maximize") else grads,
+        "row",
+        amsgrad=options.get("amsgrad", False),
+        decoupled=options.get("decoupled_weight_decay", True),
+    )
     assert torch.allclose(p.double(), ref, rtol=0, atol=1e-5)
 
 
@@ -101,13 +119,13 @@ def test_element_default_unchanged_and_block_of_one_is_element():
         opt.step()
     assert torch.equal(a, p)  # the fused step, untouched
     one, _, _, _ = _run((6, 20), "block", v_block_size=1)
-    assert torch.allclose(one, a, rtol=0, atol=1e-6) and not torch.equal(one, _run(
-        (6, 20), "row")[0])
+    assert torch.allclose(one, a, rtol=0, atol=1e-6) and not torch.equal(
+        one, _run((6, 20), "row")[0]
+    )
 
 
 def test_low_bit_first_moment_and_bytes():
-    p, p0, grads, opt = _run((16, 64), "row", exp_avg="e4m3", min_quant_size=16,
-                             block_size=256)
+    p, p0, grads, opt = _run((16, 64), "row", exp_avg="e4m3", min_quant_size=16, block_size=256)
     st = opt.state[p]
     assert "exp_avg.codes" in st and st["exp_avg_sq"].shape == (16,)
     m = opt.dequantized_state(p, "exp_avg")
@@ -118,8 +136,7 @@ def test_low_bit_first_moment_and_bytes():
     assert (p.double() - ref).abs().max() < 5e-3  # E4M3 m: close to the float64 run
     # bytes: 1024 codes + 4 float32 scales + 16 float32 v + the step counter
     assert opt.state_nbytes() == 1024 + 4 * 4 + 16 * 4 + 4
-    assert "one per row" in opt.summary() and f"state bytes: {opt.state_nbytes()}" in \
-        opt.summary()
+    assert "one per row" in opt.summary() and f"state bytes: {opt.state_nbytes()}" in opt.summary()
 
 
 def test_bfloat16_params():
@@ -130,13 +147,23 @@ def test_bfloat16_params():
 
 
 def test_state_dict_round_trip_continues_identically():
-    p, _, _, opt = _run((6, 20), "block", v_block_size=8, exp_avg="e4m3", min_quant_size=16,
-                        rounding="stochastic")
+    p, _, _, opt = _run(
+        (6, 20), "block", v_block_size=8, exp_avg="e4m3", min_quant_size=16, rounding="stochastic"
+    )
     buf = io.BytesIO()
     torch.save(opt.state_dict(), buf)
     p2 = torch.nn.Parameter(p.detach().clone())
-    opt2 = AdamW([p2], lr=1e-2, betas=(0.9, 0.99), weight_decay=0.1, v_granularity="block",
-                 v_block_size=8, exp_avg="e4m3", min_quant_size=16, rounding="stochastic")
+    opt2 = AdamW(
+        [p2],
+        lr=1e-2,
+        betas=(0.9, 0.99),
+        weight_decay=0.1,
+        v_granularity="block",
+        v_block_size=8,
+        exp_avg="e4m3",
+        min_quant_size=16,
+        rounding="stochastic",
+    )
     buf.seek(0)
     opt2.load_state_dict(torch.load(buf, weights_only=True))
     for gr in _grads((6, 20), 3, seed=7):
@@ -160,8 +187,9 @@ def test_loading_another_granularity_fails_before_loading():
         assert not other.state
     b8 = _run((6, 20), "block", v_block_size=8)[3].state_dict()
     with pytest.raises(ValueError, match="v_block_size=8"):
-        AdamW([torch.nn.Parameter(torch.zeros(6, 20))], v_granularity="block",
-              v_block_size=4).load_state_dict(b8)
+        AdamW(
+            [torch.nn.Parameter(torch.zeros(6, 20))], v_granularity="block", v_block_size=4
+        ).load_state_dict(b8)
 
 
 def test_bad_arguments():

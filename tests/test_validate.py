@@ -83,40 +83,73 @@ def test_missing_codec(tmp_path):
     assert "tensor 't': codec: expected a value" in msg and "found none" in msg
 
 
-@pytest.mark.parametrize("field, value, exc, words", [
-    ("codec", {"codec": "zip"}, ValueError, "codec.codec: expected one of"),
-    ("codec", {"codec": "exmy"}, ValueError, "the keys ['format']"),
-    ("codec", {"codec": "exmy", "format": "bfloat16"}, ValueError, "at most 8 bits"),
-    ("codec", {"codec": "exmy", "format": "e4m3x"}, ValueError, "codec: fmt:"),
-    ("codec", {"codec": "exmy", "format": 7}, TypeError, "codec.format: expected a format"),
-    ("codec", {"codec": "linear", "bits": 99, "signed": True, "zero": True}, ValueError,
-     "codec.bits: expected an int in [1, 8], got 99"),
-    ("codec", {"codec": "linear", "bits": 4, "signed": "yes", "zero": True}, TypeError,
-     "codec.signed: expected true or false"),
-    ("codec", {"codec": "log", "bits": 4, "signed": False, "zero": True, "alpha": 1.5,
-               "quantile": 0.0}, ValueError, "codec.alpha: expected 0 < alpha < 1"),
-    ("codec", {"codec": "log", "bits": 4, "signed": False, "zero": True, "alpha": 0.5,
-               "quantile": float("nan")}, ValueError, "codec.quantile: expected a finite"),
-    ("codec", {"codec": "dynamic", "bits": 5, "signed": True}, ValueError, "codec: bits:"),
-    ("block_size", 15, ValueError, "block_size: expected an int in [16, 4096], got 15"),
-    ("block_size", 8192, ValueError, "block_size: expected an int in [16, 4096]"),
-    ("block_size", 36, ValueError, "block_size: expected a multiple of 8"),
-    ("block_size", "32", TypeError, "block_size: expected an int"),
-    ("block_size", 32.0, TypeError, "block_size: expected an int"),
-    ("scale", "e9m0", ValueError, "scale: expected one of"),
-    ("scale", None, TypeError, "scale: expected one of"),
-    ("global_scale", 2.0, ValueError, "global_scale: expected 1.0"),
-    ("global_scale", "1", TypeError, "global_scale: expected a finite number"),
-    ("rounding", "sideways", ValueError, "rounding: expected one of"),
-    ("axis", 1, ValueError, "axis: expected an int in [0, 0], got 1"),
-    ("axis", -1, ValueError, "axis: expected an int in [0, 0], got -1"),
-    ("axis", True, TypeError, "axis: expected an int"),
-    ("shape", "64", TypeError, "shape: expected a list of ints"),
-    ("shape", [-64], ValueError, "shape[0]: expected an int in [0, "),
-    ("shape", [8.0, 8], TypeError, "shape[0]: expected an int"),
-    ("shape", [1] * 65, ValueError, "shape: expected at most 64 dimensions"),
-    ("extra", 1, ValueError, "metadata: expected only QTensor.metadata() keys"),
-])
+@pytest.mark.parametrize(
+    "field, value, exc, words",
+    [
+        ("codec", {"codec": "zip"}, ValueError, "codec.codec: expected one of"),
+        ("codec", {"codec": "exmy"}, ValueError, "the keys ['format']"),
+        ("codec", {"codec": "exmy", "format": "bfloat16"}, ValueError, "at most 8 bits"),
+        ("codec", {"codec": "exmy", "format": "e4m3x"}, ValueError, "codec: fmt:"),
+        ("codec", {"codec": "exmy", "format": 7}, TypeError, "codec.format: expected a format"),
+        (
+            "codec",
+            {"codec": "linear", "bits": 99, "signed": True, "zero": True},
+            ValueError,
+            "codec.bits: expected an int in [1, 8], got 99",
+        ),
+        (
+            "codec",
+            {"codec": "linear", "bits": 4, "signed": "yes", "zero": True},
+            TypeError,
+            "codec.signed: expected true or false",
+        ),
+        (
+            "codec",
+            {
+                "codec": "log",
+                "bits": 4,
+                "signed": False,
+                "zero": True,
+                "alpha": 1.5,
+                "quantile": 0.0,
+            },
+            ValueError,
+            "codec.alpha: expected 0 < alpha < 1",
+        ),
+        (
+            "codec",
+            {
+                "codec": "log",
+                "bits": 4,
+                "signed": False,
+                "zero": True,
+                "alpha": 0.5,
+                "quantile": float("nan"),
+            },
+            ValueError,
+            "codec.quantile: expected a finite",
+        ),
+        ("codec", {"codec": "dynamic", "bits": 5, "signed": True}, ValueError, "codec: bits:"),
+        ("block_size", 15, ValueError, "block_size: expected an int in [16, 4096], got 15"),
+        ("block_size", 8192, ValueError, "block_size: expected an int in [16, 4096]"),
+        ("block_size", 36, ValueError, "block_size: expected a multiple of 8"),
+        ("block_size", "32", TypeError, "block_size: expected an int"),
+        ("block_size", 32.0, TypeError, "block_size: expected an int"),
+        ("scale", "e9m0", ValueError, "scale: expected one of"),
+        ("scale", None, TypeError, "scale: expected one of"),
+        ("global_scale", 2.0, ValueError, "global_scale: expected 1.0"),
+        ("global_scale", "1", TypeError, "global_scale: expected a finite number"),
+        ("rounding", "sideways", ValueError, "rounding: expected one of"),
+        ("axis", 1, ValueError, "axis: expected an int in [0, 0], got 1"),
+        ("axis", -1, ValueError, "axis: expected an int in [0, 0], got -1"),
+        ("axis", True, TypeError, "axis: expected an int"),
+        ("shape", "64", TypeError, "shape: expected a list of ints"),
+        ("shape", [-64], ValueError, "shape[0]: expected an int in [0, "),
+        ("shape", [8.0, 8], TypeError, "shape[0]: expected an int"),
+        ("shape", [1] * 65, ValueError, "shape: expected at most 64 dimensions"),
+        ("extra", 1, ValueError, "metadata: expected only QTensor.metadata() keys"),
+    ],
+)
 def test_metadata_schema(tmp_path, field, value, exc, words):
     q = _q()
     m = dict(q.metadata(), **{field: value})
@@ -169,17 +202,25 @@ def test_arrays_dtypes_and_lengths(tmp_path):
     a = _arrays(q)
     msg = _load_err(tmp_path, {"t": q.metadata()}, dict(a, **{"t.codes": a["t.codes"][:-1]}))
     assert "codes: expected 64 elements in one dimension, found shape (63,)" in msg
-    msg = _load_err(tmp_path, {"t": q.metadata()},
-                    dict(a, **{"t.codes": a["t.codes"].astype(np.float32)}), TypeError)
+    msg = _load_err(
+        tmp_path,
+        {"t": q.metadata()},
+        dict(a, **{"t.codes": a["t.codes"].astype(np.float32)}),
+        TypeError,
+    )
     assert "codes: expected dtype uint8, got float32" in msg
-    msg = _load_err(tmp_path, {"t": q.metadata()},
-                    dict(a, **{"t.scales": a["t.scales"].astype(np.float32)}), TypeError)
+    msg = _load_err(
+        tmp_path,
+        {"t": q.metadata()},
+        dict(a, **{"t.scales": a["t.scales"].astype(np.float32)}),
+        TypeError,
+    )
     assert "scales: expected dtype uint8, got float32" in msg
-    msg = _load_err(tmp_path, {"t": q.metadata()},
-                    dict(a, **{"t.codes": a["t.codes"].reshape(8, 8)}))
+    msg = _load_err(
+        tmp_path, {"t": q.metadata()}, dict(a, **{"t.codes": a["t.codes"].reshape(8, 8)})
+    )
     assert "found shape (8, 8)" in msg
-    msg = _load_err(tmp_path, {"t": q.metadata()},
-                    dict(a, **{"t.alphas": np.ones(2, np.float32)}))
+    msg = _load_err(tmp_path, {"t": q.metadata()}, dict(a, **{"t.alphas": np.ones(2, np.float32)}))
     assert "alphas: expected none" in msg
 
 
@@ -229,16 +270,24 @@ def test_per_block_bases(tmp_path):
         al[1] = bad
         msg = _load_err(tmp_path, {"t": q.metadata()}, dict(a, **{"t.alphas": al}))
         assert "alphas: expected per-block bases with 0 < alpha < 1, found" in msg
-    msg = _load_err(tmp_path, {"t": q.metadata()}, {"t.codes": a["t.codes"],
-                                                    "t.scales": a["t.scales"]})
+    msg = _load_err(
+        tmp_path, {"t": q.metadata()}, {"t.codes": a["t.codes"], "t.scales": a["t.scales"]}
+    )
     assert "alphas: expected 2 per-block bases (a quantile log codec), found none" in msg
 
 
-@pytest.mark.parametrize("codec, kw", [
-    ("mxfp8", {}), ("mxfp4", {}), ("nvfp4", {}), ("e4m3", {"scale": "e8m0_rceil"}),
-    (lowfp.Linear(3), {}), (lowfp.Dynamic(4, False), {}),
-    (lowfp.Log(3, quantile=0.05), {"rounding": "stochastic", "seed": 1}),
-])
+@pytest.mark.parametrize(
+    "codec, kw",
+    [
+        ("mxfp8", {}),
+        ("mxfp4", {}),
+        ("nvfp4", {}),
+        ("e4m3", {"scale": "e8m0_rceil"}),
+        (lowfp.Linear(3), {}),
+        (lowfp.Dynamic(4, False), {}),
+        (lowfp.Log(3, quantile=0.05), {"rounding": "stochastic", "seed": 1}),
+    ],
+)
 @pytest.mark.parametrize("shape, axis", [((3, 40), -1), ((40, 3), 0), ((120,), None)])
 def test_valid_files_load_as_saved(tmp_path, codec, kw, shape, axis):
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
@@ -299,8 +348,10 @@ def _st(sd):
 def test_nan_scales_are_an_error():
     # issue 18: loaded silently, and the next step made the weights NaN
     msg = _load_fails(lambda sd: _st(sd)["exp_avg.scales"].__setitem__(3, float("nan")))
-    assert msg == ("state_dict: parameter 0 (shape (4096,)) exp_avg: scales: expected finite "
-                   "scales >= 0, found nan at block 3")
+    assert msg == (
+        "state_dict: parameter 0 (shape (4096,)) exp_avg: scales: expected finite "
+        "scales >= 0, found nan at block 3"
+    )
 
 
 def test_negative_second_moment_scales_are_an_error():
@@ -308,14 +359,17 @@ def test_negative_second_moment_scales_are_an_error():
     assert "exp_avg_sq: scales: expected finite scales >= 0, found -" in msg
 
 
-@pytest.mark.parametrize("step, words", [
-    (torch.tensor(-3.0), "step: expected an integer in [0, 4294967294], got -3.0"),
-    (torch.tensor(float("nan")), "got nan"),
-    (torch.tensor(1.5), "got 1.5"),
-    (torch.tensor(2.0**40), "got 1099511627776.0"),
-    (torch.tensor([1.0, 2.0]), "step: expected a one-element real tensor"),
-    (torch.tensor(True), "step: expected a one-element real tensor"),
-])
+@pytest.mark.parametrize(
+    "step, words",
+    [
+        (torch.tensor(-3.0), "step: expected an integer in [0, 4294967294], got -3.0"),
+        (torch.tensor(float("nan")), "got nan"),
+        (torch.tensor(1.5), "got 1.5"),
+        (torch.tensor(2.0**40), "got 1099511627776.0"),
+        (torch.tensor([1.0, 2.0]), "step: expected a one-element real tensor"),
+        (torch.tensor(True), "step: expected a one-element real tensor"),
+    ],
+)
 def test_bad_steps(step, words):
     # issue 18: a negative step gave "ValueError: math domain error"
     msg = _load_fails(lambda sd: _st(sd).__setitem__("step", step))
@@ -345,8 +399,9 @@ def test_missing_step_and_wrong_types():
 
 def test_float32_codes_are_an_error():
     # issue 18: "expected a writeable numpy array of u8"
-    msg = _load_fails(lambda sd: _st(sd).__setitem__("exp_avg.codes",
-                                                     _st(sd)["exp_avg.codes"].float()))
+    msg = _load_fails(
+        lambda sd: _st(sd).__setitem__("exp_avg.codes", _st(sd)["exp_avg.codes"].float())
+    )
     assert "'exp_avg.codes'" in msg and "torch.float32, expected (4096,) torch.uint8" in msg
 
 
@@ -355,42 +410,90 @@ def test_states_of_no_parameter():
     assert "expected states of the parameter ids the param groups list, got one for id 7" in msg
 
 
-@pytest.mark.parametrize("key, value, words", [
-    ("lr", float("nan"), "lr: expected a finite number"),
-    ("lr", -1.0, "lr: expected a number in [0.0, inf)"),
-    ("betas", (1.5, 0.9), "betas[0]: expected a number in [0.0, 1.0)"),
-    ("betas", 0.9, "betas: expected a pair"),
-    ("eps", -1e-8, "eps: expected a number in [0.0, inf)"),
-    ("weight_decay", float("inf"), "weight_decay: expected a finite number"),
-    ("eps", 2**64, "eps: expected a number within float32's range"),  # found by hypothesis
-    ("lr", 1e300, "lr: expected a number within float32's range"),
-    ("params", [0, 0], "params: expected 1 distinct parameter ids"),
-    ("block_size", torch.tensor([256, 256]), "block_size: expected an int or a str"),
-])
+@pytest.mark.parametrize(
+    "key, value, words",
+    [
+        ("lr", float("nan"), "lr: expected a finite number"),
+        ("lr", -1.0, "lr: expected a number in [0.0, inf)"),
+        ("betas", (1.5, 0.9), "betas[0]: expected a number in [0.0, 1.0)"),
+        ("betas", 0.9, "betas: expected a pair"),
+        ("eps", -1e-8, "eps: expected a number in [0.0, inf)"),
+        ("weight_decay", float("inf"), "weight_decay: expected a finite number"),
+        ("eps", 2**64, "eps: expected a number within float32's range"),  # found by hypothesis
+        ("lr", 1e300, "lr: expected a number within float32's range"),
+        ("params", [0, 0], "params: expected 1 distinct parameter ids"),
+        ("block_size", torch.tensor([256, 256]), "block_size: expected an int or a str"),
+    ],
+)
 def test_param_group_values(key, value, words):
-    exc = TypeError if key in ("betas", "block_size") and not isinstance(value, tuple) \
-        else ValueError
+    exc = (
+        TypeError if key in ("betas", "block_size") and not isinstance(value, tuple) else ValueError
+    )
     msg = _load_fails(lambda sd: sd["param_groups"][0].__setitem__(key, value), exc)
     assert "param group 0" in msg and words in msg, msg
 
 
-@pytest.mark.parametrize("desc, exc, words", [
-    ("dynamic", TypeError, "codec description: expected a dict"),
-    ({"codec": {"codec": "dynamic", "bits": 8, "signed": True}, "block": 256,
-      "scale": "absmax", "layout": 3}, ValueError, "codec description layout: expected 2"),
-    ({"codec": {"codec": "dynamic", "bits": 99, "signed": True}, "block": 256,
-      "scale": "absmax", "layout": 2}, ValueError, "codec description codec.bits"),
-    ({"codec": "dynamic", "block": 256, "scale": "absmax", "layout": 2}, TypeError,
-     "codec description codec: expected a dict"),
-    ({"codec": {"codec": "dynamic", "bits": 8, "signed": True}, "block": 100,
-      "scale": "absmax", "layout": 2}, ValueError, "codec description block: expected a "
-     "multiple of 8"),
-    ({"codec": {"codec": "dynamic", "bits": 8, "signed": True}, "block": 256,
-      "scale": "e8m0", "layout": 2}, ValueError, "codec description scale"),
-    ({"codec": {"codec": "dynamic", "bits": 8, "signed": True}, "block": 256,
-      "scale": "absmax", "layout": torch.tensor([2, 2])}, ValueError,
-     "codec description layout: expected 2"),
-])
+@pytest.mark.parametrize(
+    "desc, exc, words",
+    [
+        ("dynamic", TypeError, "codec description: expected a dict"),
+        (
+            {
+                "codec": {"codec": "dynamic", "bits": 8, "signed": True},
+                "block": 256,
+                "scale": "absmax",
+                "layout": 3,
+            },
+            ValueError,
+            "codec description layout: expected 2",
+        ),
+        (
+            {
+                "codec": {"codec": "dynamic", "bits": 99, "signed": True},
+                "block": 256,
+                "scale": "absmax",
+                "layout": 2,
+            },
+            ValueError,
+            "codec description codec.bits",
+        ),
+        (
+            {"codec": "dynamic", "block": 256, "scale": "absmax", "layout": 2},
+            TypeError,
+            "codec description codec: expected a dict",
+        ),
+        (
+            {
+                "codec": {"codec": "dynamic", "bits": 8, "signed": True},
+                "block": 100,
+                "scale": "absmax",
+                "layout": 2,
+            },
+            ValueError,
+            "codec description block: expected a multiple of 8",
+        ),
+        (
+            {
+                "codec": {"codec": "dynamic", "bits": 8, "signed": True},
+                "block": 256,
+                "scale": "e8m0",
+                "layout": 2,
+            },
+            ValueError,
+            "codec description scale",
+        ),
+        (
+            {
+                "codec": {"codec": "dynamic", "bits": 8, "signed": True},
+                "block": 256,
+                "scale": "absmax",
+                "layout": torch.tensor([2, 2]),
+            },
+            ValueError,
+            "codec description layout: expected 2",
+        ),
+    ],
+)
 def test_codec_descriptions(desc, exc, words):
     msg = _load_fails(lambda sd: _st(sd).__setitem__("exp_avg.codec", desc), exc)
     assert msg.startswith("state_dict: parameter 0 (shape (4096,)) exp_avg: "), msg
@@ -399,10 +502,11 @@ def test_codec_descriptions(desc, exc, words):
 
 def test_nan_codes_of_a_float_state():
     # E4M3 code 0x7f is NaN: a state holding it would make the weights NaN
-    msg = _load_fails(lambda sd: _st(sd)["exp_avg.codes"].__setitem__(5, 0x7F),
-                      cls=lo.AdamWFp8)
-    assert "exp_avg: codes: expected finite values with |x| <= 1.845e+19 (whose squares are " \
+    msg = _load_fails(lambda sd: _st(sd)["exp_avg.codes"].__setitem__(5, 0x7F), cls=lo.AdamWFp8)
+    assert (
+        "exp_avg: codes: expected finite values with |x| <= 1.845e+19 (whose squares are "
         "finite), found nan at element 5" in msg
+    )
 
 
 def test_codes_without_a_level_and_bad_bases():
@@ -410,6 +514,7 @@ def test_codes_without_a_level_and_bad_bases():
     def code7(sd):
         c = _st(sd)["exp_avg.codes"]
         c[0] = c[0] | 0x07
+
     msg = _load_fails(code7, cls=lo.SOLO)
     assert "exp_avg: codes: packed: code 7 is outside the codec's 7 levels" in msg
     msg = _load_fails(lambda sd: _st(sd)["exp_avg_sq.alphas"].__setitem__(0, 1.0), cls=lo.SOLO)
@@ -458,11 +563,17 @@ def test_requantized_states_are_checked_before_loading():
     o4.load_state_dict(o8.state_dict(), requantize=True)  # the valid one converts
 
 
-@pytest.mark.parametrize("cls, kw", [
-    (lo.AdamW8bit, {}), (lo.AdamW4bit, {}), (lo.AdamWFp8, {}), (lo.SOLO, {}),
-    (lo.AdamW, {"amsgrad": True, "exp_avg": "e4m3", "exp_avg_sq": lowfp.Linear(8, False)}),
-    (lo.SGD, {"lr": 0.1, "momentum": 0.9, "momentum_codec": lowfp.Dynamic(8)}),
-])
+@pytest.mark.parametrize(
+    "cls, kw",
+    [
+        (lo.AdamW8bit, {}),
+        (lo.AdamW4bit, {}),
+        (lo.AdamWFp8, {}),
+        (lo.SOLO, {}),
+        (lo.AdamW, {"amsgrad": True, "exp_avg": "e4m3", "exp_avg_sq": lowfp.Linear(8, False)}),
+        (lo.SGD, {"lr": 0.1, "momentum": 0.9, "momentum_codec": lowfp.Dynamic(8)}),
+    ],
+)
 def test_valid_state_dicts_load_and_step_as_saved(cls, kw):
     p, o = _trained(cls, **kw)
     p2 = torch.nn.Parameter(p.detach().clone())
@@ -485,8 +596,11 @@ def test_parameter_ids_listed_twice():
     sd = copy.deepcopy(o.state_dict())
     sd["param_groups"][1]["params"] = [0]
     before = copy.deepcopy(o.state_dict())
-    with pytest.raises(ValueError, match=r"param group 1: params: expected ids no other group "
-                                         r"lists, found \[0\] listed before"):
+    with pytest.raises(
+        ValueError,
+        match=r"param group 1: params: expected ids no other group "
+        r"lists, found \[0\] listed before",
+    ):
         o.load_state_dict(sd)
     assert _same(o.state_dict(), before)
 
@@ -498,10 +612,15 @@ def test_muon_hyperparameters():
     for p in ps:
         p.grad = torch.randn(p.shape)
     o.step()
-    for key, value, words in (("ns_steps", 10**9, "ns_steps: expected an int in [0, 99]"),
-                              ("ns_coefficients", (1.0, float("nan"), 2.0),
-                               "ns_coefficients[1]: expected a finite number"),
-                              ("adjust_lr_fn", "cubic", "adjust_lr_fn: expected one of")):
+    for key, value, words in (
+        ("ns_steps", 10**9, "ns_steps: expected an int in [0, 99]"),
+        (
+            "ns_coefficients",
+            (1.0, float("nan"), 2.0),
+            "ns_coefficients[1]: expected a finite number",
+        ),
+        ("adjust_lr_fn", "cubic", "adjust_lr_fn: expected one of"),
+    ):
         sd = copy.deepcopy(o.state_dict())
         sd["param_groups"][0][key] = value
         with pytest.raises(ValueError, match=words.replace("[", r"\[").replace("(", r"\(")):

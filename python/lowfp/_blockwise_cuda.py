@@ -15,8 +15,17 @@ from __future__ import annotations
 from typing import Any
 
 
-def quantize_blockwise(x: Any, codec: Any, block_size: int, scale: str, rounding: str, seed: int,
-                       stream: int, nonfinite: str = "error", probe: Any = None):
+def quantize_blockwise(
+    x: Any,
+    codec: Any,
+    block_size: int,
+    scale: str,
+    rounding: str,
+    seed: int,
+    stream: int,
+    nonfinite: str = "error",
+    probe: Any = None,
+):
     """Device half of :func:`lowfp.quantize_blockwise` (arguments already resolved and
     validated there): a QTensor whose codes, scales (and bases) are arrays on x's device.
 
@@ -33,14 +42,14 @@ def quantize_blockwise(x: Any, codec: Any, block_size: int, scale: str, rounding
         shape = tuple(probe.shape)
     try:
         packed, scales, g, alphas = cuda.quantize_blockwise_parts(
-            x, codec, int(block_size), scale, rounding, int(seed), int(stream), nonfinite, row)
+            x, codec, int(block_size), scale, rounding, int(seed), int(stream), nonfinite, row
+        )
     except ValueError as e:
         if probe is None or "needs finite values" not in str(e):
             raise
         raise _nonfinite_error(e, probe) from None
     axis = None if probe is None else probe.axis
-    return QTensor(packed, scales, alphas, g, shape, codec, int(block_size), scale, rounding,
-                   axis)
+    return QTensor(packed, scales, alphas, g, shape, codec, int(block_size), scale, rounding, axis)
 
 
 def dequantize(q: Any):

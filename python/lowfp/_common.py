@@ -58,8 +58,10 @@ def check_exact_in(f: Any, kind: str) -> None:
         return
     man, mx, tiny = EXACT_IN[kind]
     if f.bits > 16 or f.man_bits > man or f.max > mx or f.min_subnormal < tiny:
-        raise ValueError(f"fmt: values of {f.name} are not all exact in {kind}; "
-                         "use decode(encode(x, fmt)) for float32 results")
+        raise ValueError(
+            f"fmt: values of {f.name} are not all exact in {kind}; "
+            "use decode(encode(x, fmt)) for float32 results"
+        )
 
 
 #: The power-of-two (E8M0) block scale rules: OCP floor, then torchao's CEIL, EVEN, RCEIL.
@@ -104,8 +106,9 @@ def table_levels(spec: Dict[str, Any]) -> np.ndarray:
     elif codec == "dynamic":
         levels = _core.dynamic_levels(bits, bool(spec["signed"]))
     elif codec == "log":
-        levels = _core.log_levels(bits, bool(spec["signed"]), float(spec["alpha"]),
-                                  bool(spec["zero"]))
+        levels = _core.log_levels(
+            bits, bool(spec["signed"]), float(spec["alpha"]), bool(spec["zero"])
+        )
     else:
         raise ValueError(f"codec: expected 'exmy', 'linear', 'dynamic' or 'log', got {codec!r}")
     return np.array(levels, np.float32)
@@ -132,4 +135,3 @@ def block_handle(spec: Dict[str, Any]) -> Any:
     except TypeError:
         pass
     return h
-

@@ -17,8 +17,7 @@ if TYPE_CHECKING:
     import torch
 
 #: Rounding modes of the ExMy codecs, in the core's code order.
-Rounding = Literal["nearest", "nearest_away", "toward_zero", "up", "down", "stochastic",
-                   "to_odd"]
+Rounding = Literal["nearest", "nearest_away", "toward_zero", "up", "down", "stochastic", "to_odd"]
 #: Rounding modes of the table codecs (Linear, Dynamic, Log).
 TableRounding = Literal["nearest", "stochastic"]
 #: What a value beyond the format's range becomes.
@@ -40,5 +39,13 @@ ArrayT = TypeVar("ArrayT", np.ndarray, "torch.Tensor")
 #: ``np.ndarray`` annotation does.)
 PlainValues = Union[Sequence[Any], float]
 
-__all__ = ["ArrayT", "NanPolicy", "Negative", "Overflow", "PlainValues", "Rounding", "Scale",
-           "TableRounding"]
+__all__ = [
+    "ArrayT",
+    "NanPolicy",
+    "Negative",
+    "Overflow",
+    "PlainValues",
+    "Rounding",
+    "Scale",
+    "TableRounding",
+]

@@ -76,8 +76,9 @@ def _at(a: np.ndarray, i: int, unit: str = "index") -> str:
 
 
 def _type_error(where: str, field: str, expected: str, got: Any) -> TypeError:
-    return TypeError(f"{where}: {field}: expected {expected}, got {type(got).__name__} "
-                     f"{_show(got)}")
+    return TypeError(
+        f"{where}: {field}: expected {expected}, got {type(got).__name__} {_show(got)}"
+    )
 
 
 def is_int(v: Any) -> bool:
@@ -151,8 +152,12 @@ def codec(spec: Any, where: str, field: str = "codec"):
     required, optional = _CODEC_KEYS[kind]
     keys = set(spec) - {"codec"}
     if not required <= keys or not keys <= required | optional:
-        raise fail(where, field, f"the keys {sorted(required)} (and optionally "
-                   f"{sorted(optional)}) for a {kind!r} codec", sorted(map(str, keys)))
+        raise fail(
+            where,
+            field,
+            f"the keys {sorted(required)} (and optionally {sorted(optional)}) for a {kind!r} codec",
+            sorted(map(str, keys)),
+        )
     f = f"{field}."
     try:
         if kind == "exmy":
@@ -161,8 +166,7 @@ def codec(spec: Any, where: str, field: str = "codec"):
                 raise _type_error(where, f + "format", "a format name", name)
             fm = _format(name)
             if fm.bits > 8 or not fm.has_zero:
-                raise fail(where, f + "format", "a format of at most 8 bits with a zero",
-                           name)
+                raise fail(where, f + "format", "a format of at most 8 bits with a zero", name)
             return fm
         bits = integer(where, f + "bits", spec["bits"], 1, 8)
         signed = boolean(where, f + "signed", spec["signed"])
@@ -241,8 +245,7 @@ def qtensor(m: Any, codes: Any, scales: Any, alphas: Any, where: str) -> Dict[st
         if len(shape) == 0:
             raise fail(where, "axis", "None for a 0-d shape", axis)
         axis = integer(where, "axis", axis, 0, len(shape) - 1)
-    extra = set(m) - {"codec", "shape", "block_size", "scale", "rounding", "global_scale",
-                      "axis"}
+    extra = set(m) - {"codec", "shape", "block_size", "scale", "rounding", "global_scale", "axis"}
     if extra:
         raise fail(where, "metadata", "only QTensor.metadata() keys", sorted(extra))
     # the stored element count (rows padded to whole blocks), in Python integers
@@ -267,8 +270,12 @@ def qtensor(m: Any, codes: Any, scales: Any, alphas: Any, where: str) -> Dict[st
     # get the exact length error below)
     cap = codes.size * 8 // bits
     if count > cap + 8:
-        raise found(where, "shape", f"at most {cap} elements (what {codes.size} bytes of "
-                    f"{bits}-bit codes hold)", f"{list(shape)} ({count} stored elements)")
+        raise found(
+            where,
+            "shape",
+            f"at most {cap} elements (what {codes.size} bytes of {bits}-bit codes hold)",
+            f"{list(shape)} ({count} stored elements)",
+        )
     packed_len, nblocks, nalphas, _ = _core.blockwise_layout(handle, count)
     _array(where, "codes", codes, np.uint8, packed_len)
     sdt = np.float32 if scale == "absmax" else np.uint8
@@ -280,8 +287,12 @@ def qtensor(m: Any, codes: Any, scales: Any, alphas: Any, where: str) -> Dict[st
             raise missing(where, "alphas", f"{nalphas} per-block bases (a quantile log codec)")
         _array(where, "alphas", alphas, np.float32, nalphas)
     elif alphas is not None:
-        raise found(where, "alphas", "none (only a quantile log codec stores bases)",
-                    f"{np.asarray(alphas).size} values")
+        raise found(
+            where,
+            "alphas",
+            "none (only a quantile log codec stores bases)",
+            f"{np.asarray(alphas).size} values",
+        )
     if scale == "absmax":
         bad = ~(np.isnan(scales) | (np.isfinite(scales) & (scales >= 0)))
         what = "finite scales >= 0 (or NaN: a non-finite block)"
@@ -296,11 +307,29 @@ def qtensor(m: Any, codes: Any, scales: Any, alphas: Any, where: str) -> Dict[st
     if nalphas:
         _bases(where, "alphas", alphas)
     s32 = scales if scale == "absmax" else _decode_scales(scales, SCALE_FORMATS[scale])
-    _decode_check(where, "codes", handle, block, codes, s32,
-                  alphas if nalphas else np.empty(0, np.float32), count, np.float32(g))
-    return dict(codes=codes, scales=scales, alphas=alphas if nalphas else None,
-                global_scale=g, shape=shape, codec=c, block_size=block, scale=scale,
-                rounding=rounding, axis=axis)
+    _decode_check(
+        where,
+        "codes",
+        handle,
+        block,
+        codes,
+        s32,
+        alphas if nalphas else np.empty(0, np.float32),
+        count,
+        np.float32(g),
+    )
+    return dict(
+        codes=codes,
+        scales=scales,
+        alphas=alphas if nalphas else None,
+        global_scale=g,
+        shape=shape,
+        codec=c,
+        block_size=block,
+        scale=scale,
+        rounding=rounding,
+        axis=axis,
+    )
 
 
 def _codec_spec(c: Any) -> dict:
@@ -331,14 +360,28 @@ def _check_values(where: str, field: str, a: np.ndarray, start: int, nonnegative
     bad = ~np.isfinite(a) | ((a < 0) if nonnegative else (np.abs(a) > SQRT_F32_MAX))
     if bad.any():
         i = int(np.argmax(bad))
-        want = "finite values >= 0" if nonnegative else \
-            f"finite values with |x| <= {SQRT_F32_MAX:.4g} (whose squares are finite)"
+        want = (
+            "finite values >= 0"
+            if nonnegative
+            else f"finite values with |x| <= {SQRT_F32_MAX:.4g} (whose squares are finite)"
+        )
         raise found(where, field, want, f"{float(a[i])!r} at element {start + i}")
 
 
-def _decode_check(where: str, field: str, handle: Any, block: int, codes: np.ndarray,
-                  scales: np.ndarray, alphas: np.ndarray, count: int, g: Any, *,
-                  state: bool = False, nonnegative: bool = False) -> None:
+def _decode_check(
+    where: str,
+    field: str,
+    handle: Any,
+    block: int,
+    codes: np.ndarray,
+    scales: np.ndarray,
+    alphas: np.ndarray,
+    count: int,
+    g: Any,
+    *,
+    state: bool = False,
+    nonnegative: bool = False,
+) -> None:
     """Decode the stored elements in chunks of whole blocks: every code has a level, every
     base gives a table; with ``state`` the values pass :func:`_check_values`.
     ``handle``: the blocks' ``_core.BlockSpec``, of ``block`` elements per block."""
@@ -351,9 +394,13 @@ def _decode_check(where: str, field: str, handle: Any, block: int, codes: np.nda
         out = buf[:n]
         try:
             _core.blockwise_dequantize(
-                codes[start * bits // 8:start * bits // 8 + _core.packed_len(n, bits)], handle,
+                codes[start * bits // 8 : start * bits // 8 + _core.packed_len(n, bits)],
+                handle,
                 np.ascontiguousarray(scales[b0:b1], np.float32),
-                alphas[b0:b1] if alphas.size else alphas, g, out)
+                alphas[b0:b1] if alphas.size else alphas,
+                g,
+                out,
+            )
         except ValueError as e:
             raise _wrap(where, field, e) from None
         if state:
@@ -373,18 +420,21 @@ _HPARAMS = {
 }
 
 
-def _hparam(where: str, k: str, v: Any, lo: float, hi: float, lo_open: bool,
-            hi_open: bool) -> None:
+def _hparam(where: str, k: str, v: Any, lo: float, hi: float, lo_open: bool, hi_open: bool) -> None:
     import torch
 
     if torch.is_tensor(v):
         if v.numel() != 1 or v.is_complex() or v.dtype == torch.bool:
-            raise fail(where, k, "a real number (or a one-element tensor)",
-                       f"a tensor of shape {tuple(v.shape)} {v.dtype}")
+            raise fail(
+                where,
+                k,
+                "a real number (or a one-element tensor)",
+                f"a tensor of shape {tuple(v.shape)} {v.dtype}",
+            )
         v = float(v)
     f = real(where, k, v)
     # the steps compute in float32 (bfloat16 in Newton-Schulz); torch takes ints as int64
-    if abs(f) > F32_MAX or (is_int(v) and not -2**63 <= v < 2**63):
+    if abs(f) > F32_MAX or (is_int(v) and not -(2**63) <= v < 2**63):
         raise fail(where, k, "a number within float32's range (an int within int64's)", v)
     if (f <= lo if lo_open else f < lo) or (f >= hi if hi_open else f > hi):
         rng = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
@@ -399,8 +449,12 @@ def param_groups(groups: Any, sizes: list) -> None:
     if not isinstance(groups, (list, tuple)):
         raise _type_error("state_dict", "param_groups", "a list of dicts", groups)
     if len(groups) != len(sizes):
-        raise found("state_dict", "param_groups", f"{len(sizes)} groups (as this optimizer "
-                    "has)", f"{len(groups)} groups")
+        raise found(
+            "state_dict",
+            "param_groups",
+            f"{len(sizes)} groups (as this optimizer has)",
+            f"{len(groups)} groups",
+        )
     seen: set = set()
     for gi, g in enumerate(groups):
         where = f"state_dict: param group {gi}"
@@ -408,14 +462,23 @@ def param_groups(groups: Any, sizes: list) -> None:
             raise _type_error(where, "group", "a dict", g)
         ids = g.get("params")
         if not isinstance(ids, (list, tuple)) or not all(
-                isinstance(i, (int, str)) and not isinstance(i, bool) for i in ids):
+            isinstance(i, (int, str)) and not isinstance(i, bool) for i in ids
+        ):
             raise _type_error(where, "params", "a list of parameter ids", ids)
         if len(ids) != sizes[gi] or len(set(ids)) != len(ids):
-            raise found(where, "params", f"{sizes[gi]} distinct parameter ids (as this "
-                        "optimizer's group has)", f"{len(ids)} ids, {len(set(ids))} distinct")
+            raise found(
+                where,
+                "params",
+                f"{sizes[gi]} distinct parameter ids (as this optimizer's group has)",
+                f"{len(ids)} ids, {len(set(ids))} distinct",
+            )
         if seen & set(ids):
-            raise found(where, "params", "ids no other group lists",
-                        f"{sorted(seen & set(ids), key=str)} listed before")
+            raise found(
+                where,
+                "params",
+                "ids no other group lists",
+                f"{sorted(seen & set(ids), key=str)} listed before",
+            )
         seen |= set(ids)
         for k, (lo, hi, lo_open, hi_open) in _HPARAMS.items():
             if k in g:
@@ -425,8 +488,12 @@ def param_groups(groups: Any, sizes: list) -> None:
                 boolean(where, k, g[k])
         for k in ("capturable", "differentiable"):
             if g.get(k, False) is not False:
-                raise fail(where, k, "False (lowfp steps keep the step count on the host and "
-                           "run outside autograd)", g[k])
+                raise fail(
+                    where,
+                    k,
+                    "False (lowfp steps keep the step count on the host and run outside autograd)",
+                    g[k],
+                )
         if "ns_steps" in g:  # Muon: as its constructor takes them
             integer(where, "ns_steps", g["ns_steps"], 0, 99)
         if "ns_coefficients" in g:
@@ -457,8 +524,12 @@ def step(where: str, v: Any):
 
     if torch.is_tensor(v):
         if v.numel() != 1 or v.is_complex() or v.dtype == torch.bool:
-            raise fail(where, "step", "a one-element real tensor",
-                       f"a tensor of shape {tuple(v.shape)} {v.dtype}")
+            raise fail(
+                where,
+                "step",
+                "a one-element real tensor",
+                f"a tensor of shape {tuple(v.shape)} {v.dtype}",
+            )
         f = float(v.reshape(()))
     elif isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
         raise _type_error(where, "step", "an integer count (a number or a 0-d tensor)", v)
@@ -472,14 +543,12 @@ def step(where: str, v: Any):
 def description(desc: Any, where: str, layout: int) -> Tuple[Any, int]:
     """A quantized state's saved ``"<name>.codec"`` description: (codec, block size)."""
     if not isinstance(desc, dict):
-        raise _type_error(where, "codec description", "a dict (codec, block, scale, layout)",
-                          desc)
+        raise _type_error(where, "codec description", "a dict (codec, block, scale, layout)", desc)
     got = desc.get("layout")
     if not (is_int(got) and got == layout):
         raise fail(where, "codec description layout", f"{layout}", got)
     if set(desc) != {"codec", "block", "scale", "layout"}:
-        raise fail(where, "codec description", "the keys codec, block, scale, layout",
-                   sorted(desc))
+        raise fail(where, "codec description", "the keys codec, block, scale, layout", sorted(desc))
     c = codec(desc["codec"], where, "codec description codec")
     block = integer(where, "codec description block", desc["block"], 16, 4096)
     if block % 8:
@@ -488,8 +557,9 @@ def description(desc: Any, where: str, layout: int) -> Tuple[Any, int]:
     return c, block
 
 
-def state_values(where: str, st: Dict[str, Any], name: str, spec: Optional[tuple], n: int,
-                 nonnegative: bool) -> None:
+def state_values(
+    where: str, st: Dict[str, Any], name: str, spec: Optional[tuple], n: int, nonnegative: bool
+) -> None:
     """The values of one saved state (shapes and dtypes already checked against the
     optimizer's): quantized: scales finite and >= 0, per-block bases in (0, 1), every code
     decodes; the values (float32 or decoded) pass :func:`_check_values`.
@@ -498,8 +568,7 @@ def state_values(where: str, st: Dict[str, Any], name: str, spec: Optional[tuple
     """
     w = f"{where} {name}"
     if spec is None:
-        _check_values(w, "values", st[name].detach().reshape(-1).cpu().numpy(), 0,
-                      nonnegative)
+        _check_values(w, "values", st[name].detach().reshape(-1).cpu().numpy(), 0, nonnegative)
         return
     codes = st[f"{name}.codes"].detach().cpu().numpy()
     scales = st[f"{name}.scales"].detach().cpu().numpy()
@@ -510,5 +579,16 @@ def state_values(where: str, st: Dict[str, Any], name: str, spec: Optional[tuple
         raise found(w, "scales", "finite scales >= 0", _at(scales, i, "block"))
     if alphas.size:
         _bases(w, "alphas", alphas)
-    _decode_check(w, "codes", spec[1], spec[0]["block"], codes, scales, alphas, n,
-                  np.float32(1.0), state=True, nonnegative=nonnegative)
+    _decode_check(
+        w,
+        "codes",
+        spec[1],
+        spec[0]["block"],
+        codes,
+        scales,
+        alphas,
+        n,
+        np.float32(1.0),
+        state=True,
+        nonnegative=nonnegative,
+    )

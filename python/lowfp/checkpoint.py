@@ -60,8 +60,9 @@ _PT_TAG = "lowfp.qtensor.v1"
 Filter = Callable[[str, Any], bool]
 
 
-def make_filter(include: Optional[str] = None, exclude: Optional[str] = None,
-                min_size: int = MIN_SIZE) -> Filter:
+def make_filter(
+    include: Optional[str] = None, exclude: Optional[str] = None, min_size: int = MIN_SIZE
+) -> Filter:
     """The filter ``lowfp convert`` uses: quantize a float tensor when it has two or more
     dimensions and at least ``min_size`` elements, its name matches ``include`` (if given,
     ``re.search``) and does not match ``exclude`` (if given).
@@ -81,9 +82,12 @@ def make_filter(include: Optional[str] = None, exclude: Optional[str] = None,
 
     def keep(name: str, t: Any) -> bool:
         shape = tuple(t.shape)
-        return (len(shape) >= 2 and int(np.prod(shape, dtype=np.int64)) >= min_size
-                and (inc is None or inc.search(name) is not None)
-                and (exc is None or exc.search(name) is None))
+        return (
+            len(shape) >= 2
+            and int(np.prod(shape, dtype=np.int64)) >= min_size
+            and (inc is None or inc.search(name) is not None)
+            and (exc is None or exc.search(name) is None)
+        )
 
     return keep
 
@@ -182,9 +186,16 @@ def _name(path: Tuple[str, ...]) -> str:
 # ---------------------------------------------------------------- save
 
 
-def quantize_state_dict(sd: Any, format: str = "mxfp8", filter: Optional[Filter] = None, *,
-                        block_size: Optional[int] = None, scale: Optional[str] = None,
-                        rounding: str = "nearest", seed: Optional[int] = 0) -> Tuple[Any, Report]:
+def quantize_state_dict(
+    sd: Any,
+    format: str = "mxfp8",
+    filter: Optional[Filter] = None,
+    *,
+    block_size: Optional[int] = None,
+    scale: Optional[str] = None,
+    rounding: str = "nearest",
+    seed: Optional[int] = 0,
+) -> Tuple[Any, Report]:
     """The structure of ``sd`` with the tensors ``filter`` picks replaced by QTensors.
 
     Args and Raises: as :func:`save_state_dict` (without the file).
@@ -221,16 +232,16 @@ def quantize_state_dict(sd: Any, format: str = "mxfp8", filter: Optional[Filter]
             return t
         if not _all_finite(t):
             rep.kept.append(name)
-            rep.notes.append(f"{name}: holds NaN or ±inf; kept in {_dtype_name(t)}, not "
-                             f"quantized")
+            rep.notes.append(f"{name}: holds NaN or ±inf; kept in {_dtype_name(t)}, not quantized")
             rep.bytes_after += _nbytes(t)
             return t
         src = t.detach().cpu() if _is_torch(t) else t
         try:
             q = quantize_blockwise(src, format, rounding=rounding, seed=seed, **kw)
         except (ValueError, TypeError) as e:
-            raise ValueError(f"tensor {name!r} (shape {tuple(t.shape)}, {_dtype_name(t)}): "
-                             f"{e}") from None
+            raise ValueError(
+                f"tensor {name!r} (shape {tuple(t.shape)}, {_dtype_name(t)}): {e}"
+            ) from None
         q.orig_dtype = _dtype_name(t)  # what dtype="original" decodes it back into
         rep.quantized.append(name)
         rep.bytes_after += q.nbytes
@@ -261,18 +272,24 @@ def _check_preset(fmt: Any, block_size: Optional[int], scale: Optional[str]) -> 
         return
     elem, b, s = PRESETS[fmt.lower()]
     if block_size is not None and block_size != b:
-        raise ValueError(f"block_size: {fmt} fixes the block size at {b}, got {block_size}; "
-                         f"for another block size name the parts: format {elem}, scale {s}")
+        raise ValueError(
+            f"block_size: {fmt} fixes the block size at {b}, got {block_size}; "
+            f"for another block size name the parts: format {elem}, scale {s}"
+        )
     if scale is not None and scale != s:
-        raise ValueError(f"scale: {fmt} fixes the scale rule at {s}, got {scale}; for another "
-                         f"rule name the parts: format {elem}, block size {b}")
+        raise ValueError(
+            f"scale: {fmt} fixes the scale rule at {s}, got {scale}; for another "
+            f"rule name the parts: format {elem}, block size {b}"
+        )
 
 
 def _writer(path: str) -> str:
     ext = os.path.splitext(path)[1].lower()
     if ext not in EXTENSIONS:
-        raise ValueError(f"path: the extension decides the writer: expected "
-                         f"{', '.join(EXTENSIONS)}, got {path!r}")
+        raise ValueError(
+            f"path: the extension decides the writer: expected "
+            f"{', '.join(EXTENSIONS)}, got {path!r}"
+        )
     return "safetensors" if ext == ".safetensors" else "torch"
 
 
@@ -313,10 +330,13 @@ def write_tree(tree: Any, path: str) -> None:
 
         def pt_leaf(_path: Tuple[str, ...], t: Any) -> Any:
             if isinstance(t, QTensor):
-                return {_PT_TAG: json.dumps(t.metadata()),
-                        "dtype": getattr(t, "orig_dtype", "float32"),
-                        "codes": torch.from_numpy(t.codes), "scales": torch.from_numpy(t.scales),
-                        "alphas": None if t.alphas is None else torch.from_numpy(t.alphas)}
+                return {
+                    _PT_TAG: json.dumps(t.metadata()),
+                    "dtype": getattr(t, "orig_dtype", "float32"),
+                    "codes": torch.from_numpy(t.codes),
+                    "scales": torch.from_numpy(t.scales),
+                    "alphas": None if t.alphas is None else torch.from_numpy(t.alphas),
+                }
             return _to_torch(t)
 
         obj = _map(tree, pt_leaf)
@@ -345,20 +365,32 @@ def _check_json(tree: Any, path: Tuple[str, ...] = ()) -> None:
     if isinstance(tree, dict):
         for k, v in tree.items():
             if not isinstance(k, str):
-                raise ValueError(f"sd[{_name(path)!r}]: key {k!r} is not a string, which a "
-                                 f"safetensors file cannot keep; write a .pt file")
+                raise ValueError(
+                    f"sd[{_name(path)!r}]: key {k!r} is not a string, which a "
+                    f"safetensors file cannot keep; write a .pt file"
+                )
             _check_json(v, path + (k,))
     elif isinstance(tree, list):
         for i, v in enumerate(tree):
             _check_json(v, path + (str(i),))
     elif not isinstance(tree, (str, int, float, bool, type(None))):
-        raise ValueError(f"sd[{_name(path)!r}]: a {type(tree).__name__} cannot be stored in "
-                         f"safetensors (tensors and JSON values only); write a .pt file")
+        raise ValueError(
+            f"sd[{_name(path)!r}]: a {type(tree).__name__} cannot be stored in "
+            f"safetensors (tensors and JSON values only); write a .pt file"
+        )
 
 
-def save_state_dict(sd: Any, path: str, format: str = "mxfp8", filter: Optional[Filter] = None,
-                    *, block_size: Optional[int] = None, scale: Optional[str] = None,
-                    rounding: str = "nearest", seed: Optional[int] = 0) -> Report:
+def save_state_dict(
+    sd: Any,
+    path: str,
+    format: str = "mxfp8",
+    filter: Optional[Filter] = None,
+    *,
+    block_size: Optional[int] = None,
+    scale: Optional[str] = None,
+    rounding: str = "nearest",
+    seed: Optional[int] = 0,
+) -> Report:
     """Quantize a (possibly nested) state dict into a file.
 
     Args:
@@ -381,8 +413,9 @@ def save_state_dict(sd: Any, path: str, format: str = "mxfp8", filter: Optional[
             that cannot be quantized (the message names it).
     """
     _writer(path)
-    tree, rep = quantize_state_dict(sd, format, filter, block_size=block_size, scale=scale,
-                                    rounding=rounding, seed=seed)
+    tree, rep = quantize_state_dict(
+        sd, format, filter, block_size=block_size, scale=scale, rounding=rounding, seed=seed
+    )
     write_tree(tree, path)
     return rep
 
@@ -427,19 +460,24 @@ def torch_load(path: str, arg: str = "path") -> Any:
     try:
         import torch
     except ImportError:
-        raise ValueError(f"{arg}: reading {path} needs torch: pip install torch (CPU only: "
-                         f"pip install torch --index-url https://download.pytorch.org/whl/cpu)"
-                         ) from None
+        raise ValueError(
+            f"{arg}: reading {path} needs torch: pip install torch (CPU only: "
+            f"pip install torch --index-url https://download.pytorch.org/whl/cpu)"
+        ) from None
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # UnpicklingError, RuntimeError, EOFError, ... by torch version
         found = re.search(r"GLOBAL ([\w.]+)", str(e))
         if found:
-            raise ValueError(f"{arg}: {path} holds pickled Python objects ({found.group(1)}), "
-                             f"e.g. a whole model saved with torch.save(model); lowfp reads "
-                             f"tensors only: save model.state_dict() instead") from None
-        raise ValueError(f"{arg}: cannot read {path} as a torch checkpoint: the file is "
-                         f"corrupt, truncated or not written by torch.save") from None
+            raise ValueError(
+                f"{arg}: {path} holds pickled Python objects ({found.group(1)}), "
+                f"e.g. a whole model saved with torch.save(model); lowfp reads "
+                f"tensors only: save model.state_dict() instead"
+            ) from None
+        raise ValueError(
+            f"{arg}: cannot read {path} as a torch checkpoint: the file is "
+            f"corrupt, truncated or not written by torch.save"
+        ) from None
 
 
 def load_quantized(path: str) -> Any:
@@ -452,13 +490,17 @@ def load_quantized(path: str) -> Any:
         ValueError: unknown extension, unreadable file.
     """
     if _writer(path) == "torch":
+
         def from_pt(tree: Any) -> Any:
             if isinstance(tree, dict) and _PT_TAG in tree:
                 alphas = tree["alphas"]
-                q = qtensor_from_metadata(json.loads(tree[_PT_TAG]), tree["codes"].numpy(),
-                                          tree["scales"].numpy(),
-                                          None if alphas is None else alphas.numpy(),
-                                          f"{path}: a quantized tensor")
+                q = qtensor_from_metadata(
+                    json.loads(tree[_PT_TAG]),
+                    tree["codes"].numpy(),
+                    tree["scales"].numpy(),
+                    None if alphas is None else alphas.numpy(),
+                    f"{path}: a quantized tensor",
+                )
                 q.orig_dtype = tree.get("dtype", "float32")  # type: ignore[attr-defined]
                 return q
             if isinstance(tree, dict):

@@ -66,8 +66,9 @@ def _on_cuda(*xs: Any) -> bool:
 
 def _no_out(out: Any) -> None:
     if out is not None:
-        raise ValueError("out: not supported for CUDA inputs (the result is allocated on the "
-                         "input's device)")
+        raise ValueError(
+            "out: not supported for CUDA inputs (the result is allocated on the input's device)"
+        )
 
 
 def _torch_to_numpy(x: Any, arg: str) -> Tuple[np.ndarray, str]:
@@ -84,7 +85,7 @@ def _torch_to_numpy(x: Any, arg: str) -> Tuple[np.ndarray, str]:
     x = x.detach()
     if x.dtype == torch.bfloat16:
         return x.view(torch.int16).numpy().view(np.uint16), "bfloat16"
-    return x.numpy(), str(x.dtype)[len("torch."):]
+    return x.numpy(), str(x.dtype)[len("torch.") :]
 
 
 def _native(a: np.ndarray) -> np.ndarray:
@@ -93,8 +94,11 @@ def _native(a: np.ndarray) -> np.ndarray:
 
 
 # Native float dtypes by dtype object: a dict lookup (dtype.name costs about 1 us).
-_KIND_OF = {np.dtype(np.float32): "float32", np.dtype(np.float64): "float64",
-            np.dtype(np.float16): "float16"}
+_KIND_OF = {
+    np.dtype(np.float32): "float32",
+    np.dtype(np.float64): "float64",
+    np.dtype(np.float16): "float16",
+}
 _CODE_DTYPES = frozenset(np.dtype(t) for t in (np.uint8, np.uint16, np.uint32))
 _NP_DTYPE = {k: np.dtype(k) for k in ("float32", "float64")}
 
@@ -139,14 +143,15 @@ def _is_fortran(a: np.ndarray) -> bool:
     return f.f_contiguous and not f.c_contiguous
 
 
-def _out_array(out: Any, shape: tuple, dtype: Any, accept: tuple = (),
-               arg: str = "out") -> np.ndarray:
+def _out_array(
+    out: Any, shape: tuple, dtype: Any, accept: tuple = (), arg: str = "out"
+) -> np.ndarray:
     """A caller's output buffer (NumPy array or CPU tensor, C- or Fortran-contiguous),
     checked and seen as a NumPy array of `dtype`; arrays of a dtype named in `accept` (of the
     same width) are viewed as `dtype`, e.g. float8 codes or float16 values as their bits."""
     dtype = np.dtype(dtype)
     if _is_torch(out):
-        name = str(out.dtype)[len("torch."):]
+        name = str(out.dtype)[len("torch.") :]
         if name.startswith("float8_") and name in accept:
             import torch
 
@@ -171,8 +176,15 @@ def _out_array(out: Any, shape: tuple, dtype: Any, accept: tuple = (),
     return o
 
 
-def _run(core_fn, a: np.ndarray, o: Optional[np.ndarray], dtype: Any, pre: tuple,
-         post: tuple, index_keyed: bool) -> np.ndarray:
+def _run(
+    core_fn,
+    a: np.ndarray,
+    o: Optional[np.ndarray],
+    dtype: Any,
+    pre: tuple,
+    post: tuple,
+    index_keyed: bool,
+) -> np.ndarray:
     """core_fn(src, *pre, dst, *post) over a (C- or F-contiguous) and the output o (None:
     allocate one), in an order the core reads flat; returns the output in a's order (o itself
     when given).
@@ -247,10 +259,19 @@ def _seed_arg(seed: Any, uses_bits: bool) -> int:
 def _options(f, rounding, overflow, nan, negative, seed, stream, offset, random_bits, n):
     """(encoder handle, seed, stream, offset, random bits or None): the core's arguments
     after the element arrays, for format f."""
-    if (random_bits is None and seed is None and type(stream) is int and type(offset) is int
-            and stream == 0 and offset == 0
-            and nan == "error" and negative == "error" and rounding != "stochastic"
-            and rounding in _ROUNDING_SET and overflow in OVERFLOWS):
+    if (
+        random_bits is None
+        and seed is None
+        and type(stream) is int
+        and type(offset) is int
+        and stream == 0
+        and offset == 0
+        and nan == "error"
+        and negative == "error"
+        and rounding != "stochastic"
+        and rounding in _ROUNDING_SET
+        and overflow in OVERFLOWS
+    ):
         # deterministic rounding with default options: no key, nothing else to check
         return (f._encoder(rounding, overflow, False, False), 0, 0, 0, None)
     check_encode_options(rounding, overflow, nan, negative)
@@ -266,8 +287,13 @@ def _options(f, rounding, overflow, nan, negative, seed, stream, offset, random_
                 f"random_bits: expected {n} uint32 values, got {rb.size} of dtype {rb.dtype}"
             )
         rb = rb.reshape(-1)
-    return (f._encoder(rounding, overflow, nan == "zero", negative == "clamp"), seed, stream,
-            offset, rb)
+    return (
+        f._encoder(rounding, overflow, nan == "zero", negative == "clamp"),
+        seed,
+        stream,
+        offset,
+        rb,
+    )
 
 
 def _wrap(out: np.ndarray, from_torch: bool, kind: Optional[str] = None):
@@ -288,15 +314,23 @@ def _np_bfloat16() -> np.dtype:
     try:
         import ml_dtypes
     except ImportError:
-        raise ImportError("dtype: NumPy bfloat16 arrays need ml_dtypes (pip install "
-                          "ml_dtypes); or pass a torch tensor, or use dtype=float32") from None
+        raise ImportError(
+            "dtype: NumPy bfloat16 arrays need ml_dtypes (pip install "
+            "ml_dtypes); or pass a torch tensor, or use dtype=float32"
+        ) from None
     return np.dtype(ml_dtypes.bfloat16)
 
 
 # The float dtypes results can be returned in, by any accepted spelling (filled lazily).
-_RESULT_DTYPES = {np.float32: "float32", np.float64: "float64", np.float16: "float16",
-                  "float32": "float32", "float64": "float64", "float16": "float16",
-                  "bfloat16": "bfloat16"}
+_RESULT_DTYPES = {
+    np.float32: "float32",
+    np.float64: "float64",
+    np.float16: "float16",
+    "float32": "float32",
+    "float64": "float64",
+    "float16": "float16",
+    "bfloat16": "bfloat16",
+}
 
 
 def _result_dtype(dtype: Any) -> str:
@@ -307,7 +341,7 @@ def _result_dtype(dtype: Any) -> str:
         pass
     t = type(dtype)
     if t.__name__ == "dtype" and t.__module__ == "torch":
-        name = str(dtype)[len("torch."):]
+        name = str(dtype)[len("torch.") :]
     else:
         try:
             name = np.dtype(dtype).name
@@ -336,8 +370,15 @@ def _from_f32(v: np.ndarray, kind: str, o: Optional[np.ndarray]) -> np.ndarray:
         o[...] = v
         return o
     f = format(kind)
-    return _run(_core.encode, v, o, np.uint16, ("float32",),
-                (f._encoder("nearest", "nonfinite"), 0, 0, 0, None), False)
+    return _run(
+        _core.encode,
+        v,
+        o,
+        np.uint16,
+        ("float32",),
+        (f._encoder("nearest", "nonfinite"), 0, 0, 0, None),
+        False,
+    )
 
 
 def _float_result(o: np.ndarray, kind: str, from_torch: bool, given: Any):
@@ -438,15 +479,24 @@ def encode(
 
         if seed is None:
             seed = _seed_arg(None, rounding == "stochastic" and random_bits is None)
-        r = cuda.encode(x, fmt, rounding=rounding, overflow=overflow, seed=seed, stream=stream,
-                        offset=offset, random_bits=random_bits, nan=nan, negative=negative)
+        r = cuda.encode(
+            x,
+            fmt,
+            rounding=rounding,
+            overflow=overflow,
+            seed=seed,
+            stream=stream,
+            offset=offset,
+            random_bits=random_bits,
+            nan=nan,
+            negative=negative,
+        )
         if as_dtype and not _is_torch(r):
             raise ValueError("as_dtype: CuPy arrays have no low-precision float dtypes")
         return _as_dtype(r, format(fmt), True) if as_dtype else r
     f = format(fmt)
     a, kind, from_torch = _float_input(x)
-    opts = _options(f, rounding, overflow, nan, negative, seed, stream, offset, random_bits,
-                    a.size)
+    opts = _options(f, rounding, overflow, nan, negative, seed, stream, offset, random_bits, a.size)
     if as_dtype:
         _as_dtype(None, f, from_torch)  # fail before the work when there is no such dtype
     o: Optional[np.ndarray]
@@ -485,7 +535,7 @@ def _typed_codes(codes: Any, from_torch: bool):
     """(uint codes, Format or None): codes held in a low-precision dtype (ml_dtypes
     float8/float6/float4 arrays, torch float8 tensors) are viewed as their bits, no copy."""
     if from_torch:
-        name = str(codes.dtype)[len("torch."):]
+        name = str(codes.dtype)[len("torch.") :]
         if name.startswith("float8_"):
             import torch
 
@@ -500,15 +550,18 @@ def _typed_codes(codes: Any, from_torch: bool):
 
 
 @overload
-def decode(codes: ArrayT, fmt: Optional[FormatLike] = ..., *, dtype: Any = ...,
-           out: Any = ...) -> ArrayT: ...
+def decode(
+    codes: ArrayT, fmt: Optional[FormatLike] = ..., *, dtype: Any = ..., out: Any = ...
+) -> ArrayT: ...
 @overload
-def decode(codes: PlainValues, fmt: Optional[FormatLike] = ..., *, dtype: Any = ...,
-           out: Any = ...) -> np.ndarray: ...
+def decode(
+    codes: PlainValues, fmt: Optional[FormatLike] = ..., *, dtype: Any = ..., out: Any = ...
+) -> np.ndarray: ...
 
 
-def decode(codes: Any, fmt: Optional[FormatLike] = None, *, dtype: Any = np.float32,
-           out: Any = None):
+def decode(
+    codes: Any, fmt: Optional[FormatLike] = None, *, dtype: Any = np.float32, out: Any = None
+):
     """Values of codes.
 
     Args:
@@ -538,12 +591,16 @@ def decode(codes: Any, fmt: Optional[FormatLike] = None, *, dtype: Any = np.floa
     codes, typed = _typed_codes(codes, from_torch)
     if typed is not None:
         if fmt is not None and format(fmt) != typed:
-            raise ValueError(f"fmt: {format(fmt).name} disagrees with the codes' dtype "
-                             f"({typed.name}); view the codes as uint8 to reinterpret them")
+            raise ValueError(
+                f"fmt: {format(fmt).name} disagrees with the codes' dtype "
+                f"({typed.name}); view the codes as uint8 to reinterpret them"
+            )
         f = typed
     elif fmt is None:
-        raise TypeError("fmt: required for integer codes (only codes in a low-precision "
-                        "dtype such as ml_dtypes.float8_e4m3fn carry their format)")
+        raise TypeError(
+            "fmt: required for integer codes (only codes in a low-precision "
+            "dtype such as ml_dtypes.float8_e4m3fn carry their format)"
+        )
     else:
         f = format(fmt)
     kind = _result_dtype(dtype)
@@ -566,8 +623,7 @@ def decode(codes: Any, fmt: Optional[FormatLike] = None, *, dtype: Any = np.floa
     c = _contiguous(codes)
     if c.dtype not in _CODE_DTYPES:
         if c.dtype.kind != "u" or c.dtype.itemsize > 4:
-            raise TypeError(f"codes: expected uint8, uint16 or uint32 codes, got dtype "
-                            f"{c.dtype}")
+            raise TypeError(f"codes: expected uint8, uint16 or uint32 codes, got dtype {c.dtype}")
         c = _native(c)
     dt: Optional[np.dtype] = _NP_DTYPE.get(kind)
     wide = dt is not None
@@ -647,14 +703,22 @@ def quantize(
 
         if seed is None:
             seed = _seed_arg(None, rounding == "stochastic" and random_bits is None)
-        return cuda.quantize(x, fmt, rounding=rounding, overflow=overflow, seed=seed,
-                             stream=stream, offset=offset, random_bits=random_bits, nan=nan,
-                             negative=negative)
+        return cuda.quantize(
+            x,
+            fmt,
+            rounding=rounding,
+            overflow=overflow,
+            seed=seed,
+            stream=stream,
+            offset=offset,
+            random_bits=random_bits,
+            nan=nan,
+            negative=negative,
+        )
     f = format(fmt)
     a, kind, from_torch = _float_input(x)
     check_exact_in(f, kind)
-    opts = _options(f, rounding, overflow, nan, negative, seed, stream, offset, random_bits,
-                    a.size)
+    opts = _options(f, rounding, overflow, nan, negative, seed, stream, offset, random_bits, a.size)
     try:
         out = _run(_core.quantize, a, None, a.dtype, (kind,), opts, rounding == "stochastic")
     except ValueError as e:
@@ -752,8 +816,9 @@ def unpack(packed: Any, bits: int, count: int):
     return _wrap(out, from_torch)
 
 
-def random_bits(n: int, *, seed: Optional[int] = None, stream: int = 0, offset: int = 0,
-                like: Any = None):
+def random_bits(
+    n: int, *, seed: Optional[int] = None, stream: int = 0, offset: int = 0, like: Any = None
+):
     """The uint32 random bits stochastic rounding uses for elements offset .. offset+n-1.
 
     Args:
@@ -822,8 +887,9 @@ class _TableCodec(TableCodec):
         return t
 
     def __setattr__(self, name: str, value: Any) -> None:
-        raise AttributeError(f"{type(self).__name__} is immutable (a codec is a value); "
-                             "build a new one instead")
+        raise AttributeError(
+            f"{type(self).__name__} is immutable (a codec is a value); build a new one instead"
+        )
 
     def __eq__(self, other: Any) -> bool:
         if not isinstance(other, _TableCodec):
@@ -834,14 +900,35 @@ class _TableCodec(TableCodec):
         return hash(self._key)
 
     @overload
-    def encode(self, x: ArrayT, *, rounding: TableRounding = ..., seed: Optional[int] = ...,
-               stream: int = ..., offset: int = ...) -> ArrayT: ...
+    def encode(
+        self,
+        x: ArrayT,
+        *,
+        rounding: TableRounding = ...,
+        seed: Optional[int] = ...,
+        stream: int = ...,
+        offset: int = ...,
+    ) -> ArrayT: ...
     @overload
-    def encode(self, x: PlainValues, *, rounding: TableRounding = ..., seed: Optional[int] = ...,
-               stream: int = ..., offset: int = ...) -> np.ndarray: ...
+    def encode(
+        self,
+        x: PlainValues,
+        *,
+        rounding: TableRounding = ...,
+        seed: Optional[int] = ...,
+        stream: int = ...,
+        offset: int = ...,
+    ) -> np.ndarray: ...
 
-    def encode(self, x: Any, *, rounding: TableRounding = "nearest", seed: Optional[int] = None,
-               stream: int = 0, offset: int = 0):
+    def encode(
+        self,
+        x: Any,
+        *,
+        rounding: TableRounding = "nearest",
+        seed: Optional[int] = None,
+        stream: int = 0,
+        offset: int = 0,
+    ):
         """Codes (uint8) of normalized values x (values outside the table are clamped).
 
         Args:
@@ -872,9 +959,15 @@ class _TableCodec(TableCodec):
         elif kind == "float64":
             a = a.astype(np.float32, order="K")  # one correct rounding
         try:
-            out = _run(_core.table_encode, a, None, np.uint8, (self._table,),
-                       (rounding, seed, stream, offset),
-                       rounding == "stochastic")
+            out = _run(
+                _core.table_encode,
+                a,
+                None,
+                np.uint8,
+                (self._table,),
+                (rounding, seed, stream, offset),
+                rounding == "stochastic",
+            )
         except ValueError as e:
             raise _core_error(e) from None
         return _wrap(out, from_torch)
@@ -945,8 +1038,12 @@ class Linear(_TableCodec):
             levels = _core.linear_levels(bits, signed, zero)
         except ValueError as e:
             raise _core_error(e) from None
-        for k, v in (("bits", bits), ("signed", signed), ("zero", zero),
-                     ("_levels", np.array(levels, np.float32))):
+        for k, v in (
+            ("bits", bits),
+            ("signed", signed),
+            ("zero", zero),
+            ("_levels", np.array(levels, np.float32)),
+        ):
             object.__setattr__(self, k, v)
         self._levels.setflags(write=False)
         self._freeze()
@@ -976,8 +1073,11 @@ class Dynamic(_TableCodec):
         if isinstance(bits, bool) or bits not in (4, 8):
             raise ValueError(f"bits: expected 4 or 8, got {bits!r}")
         bits, signed = int(bits), bool(signed)
-        for k, v in (("bits", bits), ("signed", signed),
-                     ("_levels", np.array(_core.dynamic_levels(bits, signed), np.float32))):
+        for k, v in (
+            ("bits", bits),
+            ("signed", signed),
+            ("_levels", np.array(_core.dynamic_levels(bits, signed), np.float32)),
+        ):
             object.__setattr__(self, k, v)
         self._levels.setflags(write=False)
         self._freeze()
@@ -1010,8 +1110,14 @@ class Log(_TableCodec):
     alpha: float
     quantile: Optional[float]
 
-    def __init__(self, bits: int, signed: bool = False, zero: bool = True, alpha: float = 0.5,
-                 quantile: Optional[float] = None):
+    def __init__(
+        self,
+        bits: int,
+        signed: bool = False,
+        zero: bool = True,
+        alpha: float = 0.5,
+        quantile: Optional[float] = None,
+    ):
         bits, signed, zero = _bits_arg(bits), bool(signed), bool(zero)
         alpha = float(alpha)
         if quantile is not None and not 0.0 < quantile < 1.0:
@@ -1020,8 +1126,14 @@ class Log(_TableCodec):
             levels = _core.log_levels(bits, signed, alpha, zero)
         except ValueError as e:
             raise _core_error(e) from None
-        for k, v in (("bits", bits), ("signed", signed), ("zero", zero), ("alpha", alpha),
-                     ("quantile", quantile), ("_levels", np.array(levels, np.float32))):
+        for k, v in (
+            ("bits", bits),
+            ("signed", signed),
+            ("zero", zero),
+            ("alpha", alpha),
+            ("quantile", quantile),
+            ("_levels", np.array(levels, np.float32)),
+        ):
             object.__setattr__(self, k, v)
         self._levels.setflags(write=False)
         self._freeze()
@@ -1032,12 +1144,20 @@ class Log(_TableCodec):
         return self._levels
 
     def spec(self) -> dict:
-        return {"codec": "log", "bits": self.bits, "signed": self.signed, "zero": self.zero,
-                "alpha": self.alpha, "quantile": float(self.quantile or 0.0)}
+        return {
+            "codec": "log",
+            "bits": self.bits,
+            "signed": self.signed,
+            "zero": self.zero,
+            "alpha": self.alpha,
+            "quantile": float(self.quantile or 0.0),
+        }
 
     def __repr__(self) -> str:
-        return (f"Log(bits={self.bits}, signed={self.signed}, zero={self.zero}, "
-                f"alpha={self.alpha}, quantile={self.quantile})")
+        return (
+            f"Log(bits={self.bits}, signed={self.signed}, zero={self.zero}, "
+            f"alpha={self.alpha}, quantile={self.quantile})"
+        )
 
 
 def set_num_threads(n: int) -> None:

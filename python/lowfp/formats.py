@@ -98,8 +98,9 @@ class Format:
     def _props(self) -> tuple:
         return self._handle.props
 
-    def _encoder(self, rounding: str, overflow: str, nan_to_zero: bool = False,
-                 clamp_negative: bool = False) -> Any:
+    def _encoder(
+        self, rounding: str, overflow: str, nan_to_zero: bool = False, clamp_negative: bool = False
+    ) -> Any:
         """The core's encoder for these options (``_core.Encoder``), built once per options
         and kept on the format: at most 7 roundings x 2 overflows x 2 x 2 entries, since
         the constructor rejects other options."""
@@ -186,8 +187,9 @@ class Format:
         try:
             import ml_dtypes
         except ImportError:
-            raise ImportError(f"ml_dtype: {self.name} arrays need ml_dtypes "
-                              "(pip install ml_dtypes)") from None
+            raise ImportError(
+                f"ml_dtype: {self.name} arrays need ml_dtypes (pip install ml_dtypes)"
+            ) from None
         return np.dtype(getattr(ml_dtypes, self.name))
 
     @property
@@ -215,13 +217,34 @@ class Format:
 FormatLike = Union[str, Format, Any]  # Any: a NumPy/ml_dtypes or torch dtype
 
 # The formats with a dtype of the same name in ml_dtypes / torch (the names of the table).
-_ML_DTYPES = frozenset((
-    "float8_e4m3fn", "float8_e4m3", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz",
-    "float8_e4m3b11fnuz", "float8_e3m4", "float8_e8m0fnu", "float6_e2m3fn", "float6_e3m2fn",
-    "float4_e2m1fn", "bfloat16"))
-_TORCH_DTYPES = frozenset((
-    "float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz", "float8_e8m0fnu",
-    "bfloat16", "float16", "float32"))
+_ML_DTYPES = frozenset(
+    (
+        "float8_e4m3fn",
+        "float8_e4m3",
+        "float8_e5m2",
+        "float8_e4m3fnuz",
+        "float8_e5m2fnuz",
+        "float8_e4m3b11fnuz",
+        "float8_e3m4",
+        "float8_e8m0fnu",
+        "float6_e2m3fn",
+        "float6_e3m2fn",
+        "float4_e2m1fn",
+        "bfloat16",
+    )
+)
+_TORCH_DTYPES = frozenset(
+    (
+        "float8_e4m3fn",
+        "float8_e5m2",
+        "float8_e4m3fnuz",
+        "float8_e5m2fnuz",
+        "float8_e8m0fnu",
+        "bfloat16",
+        "float16",
+        "float32",
+    )
+)
 
 _CACHE: dict = {}  # name or dtype -> Format; formats are immutable values
 _CACHE_MAX = 1024
@@ -246,7 +269,7 @@ def _dtype_name(fmt: Any) -> Optional[str]:
     Neither torch nor ml_dtypes is imported: a torch dtype is recognized by its type."""
     t = type(fmt)
     if t.__name__ == "dtype" and t.__module__ == "torch":
-        return str(fmt)[len("torch."):]
+        return str(fmt)[len("torch.") :]
     if isinstance(fmt, np.dtype):
         return fmt.name
     if isinstance(fmt, type) and issubclass(fmt, np.generic):
@@ -255,7 +278,7 @@ def _dtype_name(fmt: Any) -> Optional[str]:
 
 
 def _suggest(name: str) -> str:
-    """" Did you mean …?" over the table's names, its aliases and the blockwise presets."""
+    """ " Did you mean …?" over the table's names, its aliases and the blockwise presets."""
     from .qtensor import PRESETS  # only on the error path (qtensor imports this module)
 
     words = list(_core.format_names()) + [a for a, _ in _core.format_aliases()] + list(PRESETS)
@@ -282,7 +305,7 @@ def _lookup(fmt: Any, arg: str = "fmt") -> Format:
         except ValueError as err:
             msg = _py_range(str(err))
             if msg.startswith("fmt: "):
-                msg = f"{arg}: " + msg[len("fmt: "):]
+                msg = f"{arg}: " + msg[len("fmt: ") :]
             if "unknown format" in msg:
                 hint = _suggest(fmt)
                 if hint:
@@ -294,16 +317,21 @@ def _lookup(fmt: Any, arg: str = "fmt") -> Format:
     else:
         name = _dtype_name(fmt)
         if name is None:
-            raise TypeError(f"{arg}: expected a format name, a lowfp.Format or a NumPy, "
-                            f"ml_dtypes or torch dtype, got {type(fmt).__name__}")
+            raise TypeError(
+                f"{arg}: expected a format name, a lowfp.Format or a NumPy, "
+                f"ml_dtypes or torch dtype, got {type(fmt).__name__}"
+            )
         if name == "float4_e2m1fn_x2":
             raise ValueError(
                 f"{arg}: torch.float4_e2m1fn_x2 holds two float4_e2m1fn codes per element (a "
                 "packed byte), not one value; use fmt='float4_e2m1fn' with "
-                "lowfp.unpack(t.view(torch.uint8), 4, 2 * t.numel()) to read its codes")
+                "lowfp.unpack(t.view(torch.uint8), 4, 2 * t.numel()) to read its codes"
+            )
         if name not in _ML_DTYPES and name not in _TORCH_DTYPES:
-            raise ValueError(f"{arg}: dtype {name} is not a lowfp format; expected one of "
-                             f"{sorted(_ML_DTYPES | _TORCH_DTYPES)}")
+            raise ValueError(
+                f"{arg}: dtype {name} is not a lowfp format; expected one of "
+                f"{sorted(_ML_DTYPES | _TORCH_DTYPES)}"
+            )
         f = _lookup(name, arg)
     if len(_CACHE) < _CACHE_MAX:
         _CACHE[fmt] = f

@@ -36,15 +36,24 @@ try:
 except ImportError as e:  # pragma: no cover - torch is an optional extra
     raise ImportError("lowfp.geometry needs torch: pip install 'lowfp[torch]'") from e
 
-__all__ = ["random_orthogonal", "rotate_loss", "Rotated", "BLOCK_TYPES", "DEFAULT_MULTIPLIERS",
-           "classify_parameters", "blockwise_lr_groups", "sharpness"]
+__all__ = [
+    "random_orthogonal",
+    "rotate_loss",
+    "Rotated",
+    "BLOCK_TYPES",
+    "DEFAULT_MULTIPLIERS",
+    "classify_parameters",
+    "blockwise_lr_groups",
+    "sharpness",
+]
 
 
 # ---------------------------------------------------------------- rotations
 
 
-def random_orthogonal(n: int, *, seed: int = 0, dtype: torch.dtype = torch.float32,
-                      device: Any = None) -> torch.Tensor:
+def random_orthogonal(
+    n: int, *, seed: int = 0, dtype: torch.dtype = torch.float32, device: Any = None
+) -> torch.Tensor:
     """A Haar-random n x n orthogonal matrix, the same for the same seed on every machine.
 
     Raises:
@@ -59,8 +68,13 @@ def random_orthogonal(n: int, *, seed: int = 0, dtype: torch.dtype = torch.float
     return q.to(dtype=dtype, device=device)
 
 
-def rotate_loss(loss_fn: Callable[[torch.Tensor], torch.Tensor], n: int, *, seed: int = 0,
-                dtype: torch.dtype = torch.float32):
+def rotate_loss(
+    loss_fn: Callable[[torch.Tensor], torch.Tensor],
+    n: int,
+    *,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+):
     """A loss of a flat vector, seen in a rotated basis.
 
     Args:
@@ -101,9 +115,14 @@ class Rotated(nn.Module):
         ValueError: a selected parameter is larger than max_size; nothing is selected.
     """
 
-    def __init__(self, module: nn.Module, *, seed: int = 0,
-                 filter: Optional[Callable[[str, torch.Tensor], bool]] = None,
-                 max_size: int = 4096):
+    def __init__(
+        self,
+        module: nn.Module,
+        *,
+        seed: int = 0,
+        filter: Optional[Callable[[str, torch.Tensor], bool]] = None,
+        max_size: int = 4096,
+    ):
         super().__init__()
         self.module = module
         self.names: List[str] = []
@@ -112,9 +131,11 @@ class Rotated(nn.Module):
             if not p.requires_grad or (filter is not None and not filter(name, p)):
                 continue
             if p.numel() > max_size:
-                raise ValueError(f"max_size: parameter {name!r} has {p.numel()} elements, more "
-                                 f"than max_size={max_size} (Q would take numel² elements); "
-                                 "raise max_size or leave it out with filter")
+                raise ValueError(
+                    f"max_size: parameter {name!r} has {p.numel()} elements, more "
+                    f"than max_size={max_size} (Q would take numel² elements); "
+                    "raise max_size or leave it out with filter"
+                )
             self.names.append(name)
         if not self.names:
             raise ValueError("filter: no parameter selected")
@@ -129,12 +150,13 @@ class Rotated(nn.Module):
     def weights(self) -> Dict[str, torch.Tensor]:
         """{name: W = Q w} in the original shapes (differentiable in w)."""
         params = dict(self.module.named_parameters())
-        return {name: (getattr(self, f"q{i}") @ w).view(params[name].shape)
-                for i, (name, w) in enumerate(zip(self.names, self.rotated))}
+        return {
+            name: (getattr(self, f"q{i}") @ w).view(params[name].shape)
+            for i, (name, w) in enumerate(zip(self.names, self.rotated))
+        }
 
     def forward(self, *args, **kwargs):
-        return torch.func.functional_call(self.module, self.weights(), args, kwargs,
-                                          strict=False)
+        return torch.func.functional_call(self.module, self.weights(), args, kwargs, strict=False)
 
     @torch.no_grad()
     def sync(self) -> nn.Module:
@@ -154,14 +176,22 @@ BLOCK_TYPES = ("embedding", "qk", "vo", "ffn", "norm", "other")
 #: github.com/Wongboo/BlockwiseLearningRate): Norm 1, VO 4, FFN 6, QK 8, Embedding 10 times the
 #: base learning rate (the base being the norm layers'); "other" (output heads, fused QKV
 #: projections, unrecognized parameters) is ours: 1.
-DEFAULT_MULTIPLIERS = {"embedding": 10.0, "qk": 8.0, "vo": 4.0, "ffn": 6.0, "norm": 1.0,
-                       "other": 1.0}
+DEFAULT_MULTIPLIERS = {
+    "embedding": 10.0,
+    "qk": 8.0,
+    "vo": 4.0,
+    "ffn": 6.0,
+    "norm": 1.0,
+    "other": 1.0,
+}
 
 # Name patterns (tested in this order against the lower-cased qualified parameter name, by
 # dot-separated components): the usual spellings of nanoGPT/GPT-2, LLaMA (Meta's and Hugging
 # Face's) and torch.nn.TransformerEncoderLayer.
-_FFN = re.compile(r"(^|\.)(mlp|ffn|feed_?forward|fc[12]?|c_fc|gate_proj|up_proj|down_proj|"
-                  r"intermediate|linear[12]|w[123])(\.|$)")
+_FFN = re.compile(
+    r"(^|\.)(mlp|ffn|feed_?forward|fc[12]?|c_fc|gate_proj|up_proj|down_proj|"
+    r"intermediate|linear[12]|w[123])(\.|$)"
+)
 _QK = re.compile(r"(^|\.)(q_proj|k_proj|q_attn|k_attn|query|key|wq|wk|to_q|to_k|q|k)(\.|$)")
 _VO = re.compile(r"(^|\.)(v_proj|o_proj|v_attn|value|out_proj|wv|wo|to_v|to_out|v|o)(\.|$)")
 _ATTN_OUT = re.compile(r"(attn|attention).*(^|\.)(c_proj|proj|output)(\.|$)")
@@ -175,10 +205,14 @@ if hasattr(nn, "RMSNorm"):
 def _kind(module: nn.Module, name: str) -> str:
     n = name.lower()
     if isinstance(module, (nn.Embedding, nn.EmbeddingBag)) or (
-            not isinstance(module, nn.Linear) and _EMB.search(n)):
+        not isinstance(module, nn.Linear) and _EMB.search(n)
+    ):
         return "embedding"
-    if isinstance(module, _NORM_TYPES) or type(module).__name__.lower().endswith("norm") \
-            or _NORM.search(n.rpartition(".")[0] + "."):
+    if (
+        isinstance(module, _NORM_TYPES)
+        or type(module).__name__.lower().endswith("norm")
+        or _NORM.search(n.rpartition(".")[0] + ".")
+    ):
         return "norm"
     if _FFN.search(n):
         return "ffn"
@@ -226,8 +260,9 @@ def classify_parameters(model: nn.Module) -> Dict[str, str]:
     return {name: _kind(owner[name], name) for name, _ in model.named_parameters()}
 
 
-def blockwise_lr_groups(model: nn.Module, multipliers: Optional[Dict[str, float]] = None, *,
-                        lr: float) -> List[Dict[str, Any]]:
+def blockwise_lr_groups(
+    model: nn.Module, multipliers: Optional[Dict[str, float]] = None, *, lr: float
+) -> List[Dict[str, Any]]:
     """Param groups with a learning rate per block type (blockwise LR).
 
     Args:
@@ -248,8 +283,7 @@ def blockwise_lr_groups(model: nn.Module, multipliers: Optional[Dict[str, float]
     mult = dict(DEFAULT_MULTIPLIERS)
     for k, v in (multipliers or {}).items():
         if k not in BLOCK_TYPES:
-            raise ValueError(f"multipliers: unknown block type {k!r}; expected among "
-                             f"{BLOCK_TYPES}")
+            raise ValueError(f"multipliers: unknown block type {k!r}; expected among {BLOCK_TYPES}")
         if not (isinstance(v, (int, float)) and v >= 0 and math.isfinite(v)):
             raise ValueError(f"multipliers[{k!r}]: expected a finite number >= 0, got {v!r}")
         mult[k] = float(v)
@@ -259,8 +293,9 @@ def blockwise_lr_groups(model: nn.Module, multipliers: Optional[Dict[str, float]
     for kind in BLOCK_TYPES:
         ps = [params[n] for n, k in kinds.items() if k == kind and params[n].requires_grad]
         if ps:
-            out.append({"params": ps, "lr": lr * mult[kind], "name": kind,
-                        "lr_multiplier": mult[kind]})
+            out.append(
+                {"params": ps, "lr": lr * mult[kind], "name": kind, "lr_multiplier": mult[kind]}
+            )
     return out
 
 
@@ -281,8 +316,10 @@ def _named_groups(model: nn.Module, groups: Groups) -> Dict[str, List[torch.Tens
                 raise TypeError("groups: a list must hold param-group dicts with 'params'")
             out[str(g.get("name", i))] = list(g["params"])
         return out
-    raise TypeError(f"groups: expected None, a dict of name -> parameters or a list of param "
-                    f"groups, got {type(groups).__name__}")
+    raise TypeError(
+        f"groups: expected None, a dict of name -> parameters or a list of param "
+        f"groups, got {type(groups).__name__}"
+    )
 
 
 def _math_attention():
@@ -297,9 +334,16 @@ def _math_attention():
     return sdpa_kernel([SDPBackend.MATH])
 
 
-def sharpness(model: nn.Module, loss_fn: Callable[[nn.Module, Any], torch.Tensor], batch: Any,
-              groups: Groups = None, *, iters: int = 20, seed: int = 0,
-              tol: float = 1e-4) -> Dict[str, float]:
+def sharpness(
+    model: nn.Module,
+    loss_fn: Callable[[nn.Module, Any], torch.Tensor],
+    batch: Any,
+    groups: Groups = None,
+    *,
+    iters: int = 20,
+    seed: int = 0,
+    tol: float = 1e-4,
+) -> Dict[str, float]:
     """The top eigenvalue of the Hessian block of each parameter group (power iteration).
 
     For each group g, power iteration on v -> H_gg v, the Hessian-vector product of the loss
@@ -345,8 +389,11 @@ def sharpness(model: nn.Module, loss_fn: Callable[[nn.Module, Any], torch.Tensor
             for name, ps in named.items():
                 v = [torch.randn(p.shape, generator=gen, dtype=torch.float64).to(p) for p in ps]
                 # parameters the loss is at most linear in have a zero Hessian block: left out
-                live = [i for i, p in enumerate(ps)
-                        if grad_of[id(p)] is not None and grad_of[id(p)].requires_grad]
+                live = [
+                    i
+                    for i, p in enumerate(ps)
+                    if grad_of[id(p)] is not None and grad_of[id(p)].requires_grad
+                ]
                 if not live:
                     out[name] = 0.0
                     continue
@@ -357,8 +404,9 @@ def sharpness(model: nn.Module, loss_fn: Callable[[nn.Module, Any], torch.Tensor
                 value = math.nan
                 hv: Sequence[torch.Tensor]
                 for _ in range(iters):
-                    hv = torch.autograd.grad(gs, ps, grad_outputs=v, retain_graph=True,
-                                             allow_unused=True)
+                    hv = torch.autograd.grad(
+                        gs, ps, grad_outputs=v, retain_graph=True, allow_unused=True
+                    )
                     hv = [torch.zeros_like(p) if h is None else h for p, h in zip(ps, hv)]
                     new = sum(float((a.double() * b.double()).sum()) for a, b in zip(v, hv))
                     norm = math.sqrt(sum(float(h.double().square().sum()) for h in hv))

@@ -64,8 +64,17 @@ from .formats import format as _format
 from .optim.lowprec import _stream
 from .qtensor import PRESETS, SCALES, Codec, quantize_blockwise
 
-__all__ = ["Quantizer", "fake_quantize", "prepare", "unprepare", "quantize_weights",
-           "QLinear", "QConv1d", "QConv2d", "QConv3d"]
+__all__ = [
+    "Quantizer",
+    "fake_quantize",
+    "prepare",
+    "unprepare",
+    "quantize_weights",
+    "QLinear",
+    "QConv1d",
+    "QConv2d",
+    "QConv3d",
+]
 
 _KIND_WEIGHT, _KIND_ACT, _KIND_GRAD = 0, 1, 2
 _BLOCK_ROUNDINGS = ("nearest", "stochastic")
@@ -110,39 +119,52 @@ class Quantizer:
         preset = isinstance(self.fmt, str) and self.fmt.lower() in PRESETS
         table = isinstance(self.fmt, _codec.TableCodec)
         if not (preset or table or isinstance(self.fmt, (str, Format))):
-            raise TypeError(f"fmt: expected a format name, a lowfp.Format, a blockwise preset "
-                            f"({', '.join(PRESETS)}) or a Linear/Dynamic/Log codec, got "
-                            f"{type(self.fmt).__name__}")
+            raise TypeError(
+                f"fmt: expected a format name, a lowfp.Format, a blockwise preset "
+                f"({', '.join(PRESETS)}) or a Linear/Dynamic/Log codec, got "
+                f"{type(self.fmt).__name__}"
+            )
         if not (preset or table):
             _format(self.fmt)  # ValueError naming the format
         blockwise = preset or table or self.block_size is not None or self.scale is not None
-        _codec._check_choice("rounding", self.rounding,
-                             _BLOCK_ROUNDINGS if blockwise else _codec.ROUNDINGS)
+        _codec._check_choice(
+            "rounding", self.rounding, _BLOCK_ROUNDINGS if blockwise else _codec.ROUNDINGS
+        )
         _codec._check_choice("overflow", self.overflow, _codec.OVERFLOWS)
         if self.scale is not None:
             _codec._check_choice("scale", self.scale, SCALES)
-        if self.seed is not None and (not isinstance(self.seed, int) or isinstance(
-                self.seed, bool) or not 0 <= self.seed < 2**64):
+        if self.seed is not None and (
+            not isinstance(self.seed, int)
+            or isinstance(self.seed, bool)
+            or not 0 <= self.seed < 2**64
+        ):
             raise ValueError(f"seed: expected None or an int in [0, 2**64), got {self.seed!r}")
         if blockwise:  # the codec, block size and scale rule, checked once on a probe
-            quantize_blockwise(torch.zeros(1), self._codec(), block_size=self._block(),
-                               scale=self._scale())
+            quantize_blockwise(
+                torch.zeros(1), self._codec(), block_size=self._block(), scale=self._scale()
+            )
 
     @property
     def blockwise(self) -> bool:
         """Whether values are scaled per block (a preset, a table codec, a block size or a
         scale rule), rather than rounded as they are."""
-        return (isinstance(self.fmt, _codec.TableCodec)
-                or (isinstance(self.fmt, str) and self.fmt.lower() in PRESETS)
-                or self.block_size is not None or self.scale is not None)
+        return (
+            isinstance(self.fmt, _codec.TableCodec)
+            or (isinstance(self.fmt, str) and self.fmt.lower() in PRESETS)
+            or self.block_size is not None
+            or self.scale is not None
+        )
 
     def _preset(self) -> Optional[tuple]:
         return PRESETS.get(self.fmt.lower()) if isinstance(self.fmt, str) else None
 
     def _codec(self):
         p = self._preset()
-        return _format(p[0]) if p else (self.fmt if isinstance(self.fmt, _codec.TableCodec)
-                                        else _format(self.fmt))
+        return (
+            _format(p[0])
+            if p
+            else (self.fmt if isinstance(self.fmt, _codec.TableCodec) else _format(self.fmt))
+        )
 
     def _block(self) -> int:
         p = self._preset()
@@ -171,9 +193,11 @@ def _as_quantizer(spec: QuantizerLike, arg: str) -> Optional[Quantizer]:
             return Quantizer(spec)
         except ValueError as e:
             raise ValueError(f"{arg}: {e}") from None
-    raise TypeError(f"{arg}: expected None, a format or preset name, a lowfp.Format, a "
-                    f"Linear/Dynamic/Log codec or a lowfp.qat.Quantizer, got "
-                    f"{type(spec).__name__}")
+    raise TypeError(
+        f"{arg}: expected None, a format or preset name, a lowfp.Format, a "
+        f"Linear/Dynamic/Log codec or a lowfp.qat.Quantizer, got "
+        f"{type(spec).__name__}"
+    )
 
 
 # ---------------------------------------------------------------- the rounding itself
@@ -196,14 +220,22 @@ def _block_bound(q, x: torch.Tensor, block: int) -> torch.Tensor:
     return per_row.repeat_interleave(block, dim=1)[:, :n].reshape(x.shape)
 
 
-def _round(x: torch.Tensor, q: Quantizer, seed: Optional[int], stream: int
-           ) -> Tuple[torch.Tensor, Any]:
+def _round(
+    x: torch.Tensor, q: Quantizer, seed: Optional[int], stream: int
+) -> Tuple[torch.Tensor, Any]:
     """(Q(x) in float32, the bound M: a float or a tensor of x's shape); blocks along the last
     axis of x."""
     x32 = x.detach().float().contiguous()
     if not q.blockwise:
-        r = _codec.quantize(x32, q._codec(), rounding=q.rounding, overflow=q.overflow,
-                            seed=seed, stream=stream, nan="zero")
+        r = _codec.quantize(
+            x32,
+            q._codec(),
+            rounding=q.rounding,
+            overflow=q.overflow,
+            seed=seed,
+            stream=stream,
+            nan="zero",
+        )
         finite = torch.isfinite(x32)
         if not bool(finite.all()):
             r = torch.where(finite, r, x32)  # NaN/inf pass through, as LowPrecision's
@@ -211,8 +243,16 @@ def _round(x: torch.Tensor, q: Quantizer, seed: Optional[int], stream: int
     if x32.numel() == 0:
         return x32.clone(), float("inf")
     flat = x32.reshape(1) if x32.dim() == 0 else x32
-    qt = quantize_blockwise(flat, q._codec(), block_size=q._block(), scale=q._scale(),
-                            rounding=q.rounding, seed=seed, stream=stream, axis=-1)
+    qt = quantize_blockwise(
+        flat,
+        q._codec(),
+        block_size=q._block(),
+        scale=q._scale(),
+        rounding=q.rounding,
+        seed=seed,
+        stream=stream,
+        axis=-1,
+    )
     r = _to_torch(qt.dequantize(), x.device).reshape(x.shape)
     return r, _block_bound(qt, flat, q._block()).reshape(x.shape)
 
@@ -228,8 +268,12 @@ class _FakeQuant(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gy):
         (keep,) = ctx.saved_tensors
-        return torch.where(keep, gy, torch.zeros((), dtype=gy.dtype, device=gy.device)), \
-            None, None, None
+        return (
+            torch.where(keep, gy, torch.zeros((), dtype=gy.dtype, device=gy.device)),
+            None,
+            None,
+            None,
+        )
 
 
 class _QuantGrad(torch.autograd.Function):
@@ -247,8 +291,14 @@ class _QuantGrad(torch.autograd.Function):
         return r.to(gy.dtype).movedim(-1, ctx.axis), None, None, None, None
 
 
-def fake_quantize(x: torch.Tensor, q: QuantizerLike, *, axis: int = -1,
-                  seed: Optional[int] = None, stream: int = 0) -> torch.Tensor:
+def fake_quantize(
+    x: torch.Tensor,
+    q: QuantizerLike,
+    *,
+    axis: int = -1,
+    seed: Optional[int] = None,
+    stream: int = 0,
+) -> torch.Tensor:
     """``Q(x)`` forward, the clipped straight-through estimator backward.
 
     Args:
@@ -272,8 +322,10 @@ def fake_quantize(x: torch.Tensor, q: QuantizerLike, *, axis: int = -1,
     """
     q = _as_quantizer(q, "q")
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-        raise TypeError(f"x: expected a floating-point torch tensor, got "
-                        f"{getattr(x, 'dtype', type(x).__name__)}")
+        raise TypeError(
+            f"x: expected a floating-point torch tensor, got "
+            f"{getattr(x, 'dtype', type(x).__name__)}"
+        )
     if q is None:
         return x
     if q.blockwise and x.dim() > 0:
@@ -311,27 +363,31 @@ class _FakeQuantModule:
             return self.weight
         seed, stream = self._key(q, _KIND_WEIGHT, self.fq_calls if calls is None else calls)
         w = self.weight
-        return fake_quantize(w.reshape(w.shape[0], -1), q, seed=seed, stream=stream
-                             ).reshape(w.shape)
+        return fake_quantize(w.reshape(w.shape[0], -1), q, seed=seed, stream=stream).reshape(
+            w.shape
+        )
 
     def _fq_forward(self, x: torch.Tensor, run: Callable) -> torch.Tensor:
         calls = self.fq_calls
         self.fq_calls = calls + 1
         if self.act_quantizer is not None:
             seed, stream = self._key(self.act_quantizer, _KIND_ACT, calls)
-            x = fake_quantize(x, self.act_quantizer, axis=self._ACT_AXIS, seed=seed,
-                              stream=stream)
+            x = fake_quantize(x, self.act_quantizer, axis=self._ACT_AXIS, seed=seed, stream=stream)
         out = run(x, self.quantized_weight(calls))
         if self.grad_quantizer is not None and out.requires_grad:
             seed, stream = self._key(self.grad_quantizer, _KIND_GRAD, calls)
-            out = _QuantGrad.apply(out, self.grad_quantizer, seed, stream,
-                                   self._ACT_AXIS if out.dim() > 1 else -1)
+            out = _QuantGrad.apply(
+                out, self.grad_quantizer, seed, stream, self._ACT_AXIS if out.dim() > 1 else -1
+            )
         return out
 
     def extra_repr(self) -> str:
         base = super().extra_repr()  # type: ignore[misc]
-        parts = [f"{k}={getattr(self, k + '_quantizer')}" for k in ("weight", "act", "grad")
-                 if getattr(self, k + "_quantizer") is not None]
+        parts = [
+            f"{k}={getattr(self, k + '_quantizer')}"
+            for k in ("weight", "act", "grad")
+            if getattr(self, k + "_quantizer") is not None
+        ]
         return ", ".join([base] + parts)
 
 
@@ -376,14 +432,25 @@ def _targets(model: nn.Module, filter: Filter, arg: str = "filter"):
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
     if filter is not None and not callable(filter):
-        raise TypeError(f"{arg}: expected None or a callable (module, name) -> bool, got "
-                        f"{type(filter).__name__}")
-    return [(n, m) for n, m in model.named_modules()
-            if (type(m) in _SWAP or type(m) in _BASE) and (filter is None or filter(m, n))]
+        raise TypeError(
+            f"{arg}: expected None or a callable (module, name) -> bool, got "
+            f"{type(filter).__name__}"
+        )
+    return [
+        (n, m)
+        for n, m in model.named_modules()
+        if (type(m) in _SWAP or type(m) in _BASE) and (filter is None or filter(m, n))
+    ]
 
 
-def prepare(model: nn.Module, weight: QuantizerLike = None, act: QuantizerLike = None,
-            grad: QuantizerLike = None, *, filter: Filter = None) -> nn.Module:
+def prepare(
+    model: nn.Module,
+    weight: QuantizerLike = None,
+    act: QuantizerLike = None,
+    grad: QuantizerLike = None,
+    *,
+    filter: Filter = None,
+) -> nn.Module:
     """Make a model quantization-aware, in place.
 
     Every ``nn.Linear``, ``nn.Conv1d``, ``nn.Conv2d`` and ``nn.Conv3d`` (exact types) that
@@ -406,17 +473,17 @@ def prepare(model: nn.Module, weight: QuantizerLike = None, act: QuantizerLike =
         TypeError: model is not a module; a quantizer or filter of the wrong type.
         ValueError: a bad quantizer; no module matched (nothing would be quantized).
     """
-    qs = {k: _as_quantizer(v, k) for k, v in (("weight", weight), ("act", act),
-                                              ("grad", grad))}
+    qs = {k: _as_quantizer(v, k) for k, v in (("weight", weight), ("act", act), ("grad", grad))}
     targets = _targets(model, filter)
     if not targets:
-        raise ValueError("filter: no nn.Linear / nn.Conv1d / Conv2d / Conv3d module of the "
-                         "model was selected; nothing would be quantized")
+        raise ValueError(
+            "filter: no nn.Linear / nn.Conv1d / Conv2d / Conv3d module of the "
+            "model was selected; nothing would be quantized"
+        )
     for i, (_, m) in enumerate(targets):
         if type(m) in _SWAP:
             m.__class__ = _SWAP[type(m)]
-        m.weight_quantizer, m.act_quantizer, m.grad_quantizer = qs["weight"], qs["act"], \
-            qs["grad"]
+        m.weight_quantizer, m.act_quantizer, m.grad_quantizer = qs["weight"], qs["act"], qs["grad"]
         m.fq_index, m.fq_calls = i, 0
     return model
 
@@ -427,8 +494,13 @@ def unprepare(model: nn.Module) -> nn.Module:
     for _, m in _targets(model, None):
         if type(m) in _BASE:
             m.__class__ = _BASE[type(m)]
-            for k in ("weight_quantizer", "act_quantizer", "grad_quantizer", "fq_index",
-                      "fq_calls"):
+            for k in (
+                "weight_quantizer",
+                "act_quantizer",
+                "grad_quantizer",
+                "fq_index",
+                "fq_calls",
+            ):
                 m.__dict__.pop(k, None)
     return model
 
@@ -461,18 +533,28 @@ def quantize_weights(model: nn.Module, fmt: QuantizerLike, *, filter: Filter = N
     rows = []
     targets = _targets(model, filter)
     if not targets:
-        raise ValueError("filter: no nn.Linear / nn.Conv1d / Conv2d / Conv3d module of the "
-                         "model was selected; nothing would be quantized")
+        raise ValueError(
+            "filter: no nn.Linear / nn.Conv1d / Conv2d / Conv3d module of the "
+            "model was selected; nothing would be quantized"
+        )
     for i, (name, m) in enumerate(targets):
         w = m.weight
         seed, stream = (None, 0) if q.seed is None else (q.seed, _stream(i, 0, _KIND_WEIGHT))
-        r = fake_quantize(w.detach().reshape(w.shape[0], -1), q, seed=seed, stream=stream
-                          ).reshape(w.shape)
-        d = (r.double() - w.double())
+        r = fake_quantize(w.detach().reshape(w.shape[0], -1), q, seed=seed, stream=stream).reshape(
+            w.shape
+        )
+        d = r.double() - w.double()
         norm = float(w.double().norm())
-        rows.append({"name": name, "type": _BASE.get(type(m), type(m)).__name__,
-                     "shape": "x".join(str(s) for s in w.shape), "numel": w.numel(),
-                     "quantizer": str(q), "rel_error": float(d.norm()) / norm if norm else 0.0,
-                     "max_abs_error": float(d.abs().max()) if d.numel() else 0.0})
+        rows.append(
+            {
+                "name": name,
+                "type": _BASE.get(type(m), type(m)).__name__,
+                "shape": "x".join(str(s) for s in w.shape),
+                "numel": w.numel(),
+                "quantizer": str(q),
+                "rel_error": float(d.norm()) / norm if norm else 0.0,
+                "max_abs_error": float(d.abs().max()) if d.numel() else 0.0,
+            }
+        )
         w.copy_(r)
     return Table(rows)

@@ -76,8 +76,9 @@ def _codec_from_spec(spec: dict) -> Codec:
     if kind == "dynamic":
         return Dynamic(spec["bits"], spec["signed"])
     if kind == "log":
-        return Log(spec["bits"], spec["signed"], spec["zero"], spec["alpha"],
-                   spec["quantile"] or None)
+        return Log(
+            spec["bits"], spec["signed"], spec["zero"], spec["alpha"], spec["quantile"] or None
+        )
     raise ValueError(f"codec: unknown codec kind {kind!r}")
 
 
@@ -190,8 +191,14 @@ class QTensor:
         count = self._count()
         buf = np.empty(rows * padded if count != self.size else count, np.float32)
         alphas = self.alphas if self.alphas is not None else np.empty(0, np.float32)
-        _core.blockwise_dequantize(self.codes, block_handle(self._spec()), self._scales_f32(),
-                                   alphas, float(np.float32(self.global_scale)), buf[:count])
+        _core.blockwise_dequantize(
+            self.codes,
+            block_handle(self._spec()),
+            self._scales_f32(),
+            alphas,
+            float(np.float32(self.global_scale)),
+            buf[:count],
+        )
         out = _unpad_rows(buf, self)
         out = _from_f32(out, kind, None)
         return _wrap(out, getattr(self, "_from_torch", False), kind)
@@ -201,31 +208,40 @@ class QTensor:
         if self.axis is None:
             return tuple(self.shape)
         sh = list(self.shape)
-        return tuple(sh[:self.axis] + sh[self.axis + 1:] + [sh[self.axis]])
+        return tuple(sh[: self.axis] + sh[self.axis + 1 :] + [sh[self.axis]])
 
     # np.asarray(q) would build a 0-d object array (or NumPy would try ufuncs on it); a
     # QTensor is packed codes + scales, so ask for what is meant instead.
     __array_ufunc__ = None
 
     def __array__(self, dtype: Any = None, copy: Any = None):
-        raise TypeError("QTensor: cannot be converted to a NumPy array implicitly (it holds "
-                        "packed codes and per-block scales); call q.dequantize() for its "
-                        "values, or read q.codes / q.scales")
+        raise TypeError(
+            "QTensor: cannot be converted to a NumPy array implicitly (it holds "
+            "packed codes and per-block scales); call q.dequantize() for its "
+            "values, or read q.codes / q.scales"
+        )
 
     def metadata(self) -> dict:
         """JSON-able description (everything but the arrays)."""
-        return {"codec": {k: v for k, v in _codec_spec(self.codec).items() if k != "fields"},
-                "shape": list(self.shape), "block_size": self.block_size, "scale": self.scale,
-                "global_scale": float(self.global_scale), "rounding": self.rounding,
-                "axis": self.axis}
+        return {
+            "codec": {k: v for k, v in _codec_spec(self.codec).items() if k != "fields"},
+            "shape": list(self.shape),
+            "block_size": self.block_size,
+            "scale": self.scale,
+            "global_scale": float(self.global_scale),
+            "rounding": self.rounding,
+            "axis": self.axis,
+        }
 
     def save(self, path: str, name: str = "tensor") -> None:
         """Write this tensor to a safetensors file (see :func:`save_qtensors`)."""
         save_qtensors({name: self}, path)
 
     def __repr__(self) -> str:
-        return (f"QTensor(shape={self.shape}, axis={self.axis}, codec={self.codec!r}, "
-                f"block_size={self.block_size}, scale={self.scale!r}, nbytes={self.nbytes})")
+        return (
+            f"QTensor(shape={self.shape}, axis={self.axis}, codec={self.codec!r}, "
+            f"block_size={self.block_size}, scale={self.scale!r}, nbytes={self.nbytes})"
+        )
 
 
 def _axis_arg(axis: Any, shape: tuple) -> Optional[int]:
@@ -289,7 +305,7 @@ def _copy(dst: Any, src: Any, q: QTensor, to_moved: bool) -> None:
     ax = q.axis
     assert ax is not None  # callers move along an axis only
     lead = int(np.prod(q.shape[:ax], dtype=np.int64))
-    inner = int(np.prod(q.shape[ax + 1:], dtype=np.int64))
+    inner = int(np.prod(q.shape[ax + 1 :], dtype=np.int64))
     n = int(q.shape[ax])
     if not isinstance(dst, np.ndarray) or inner < 128 or n < 64:
         dst[...] = _moveaxis(src, ax, -1) if to_moved else _moveaxis(src, -1, ax)
@@ -297,11 +313,11 @@ def _copy(dst: Any, src: Any, q: QTensor, to_moved: bool) -> None:
     if to_moved:  # (lead, inner, n) <- (lead, n, inner)
         d, s = _view(dst, (lead, inner, n)), src.reshape(lead, n, inner).transpose(0, 2, 1)
         for j in range(0, n, 64):  # strips of dst's last axis: 64 whole rows of src each
-            d[:, :, j:j + 64] = s[:, :, j:j + 64]
+            d[:, :, j : j + 64] = s[:, :, j : j + 64]
     else:  # (lead, n, inner) <- (lead, inner, n)
         d, s = _view(dst, (lead, n, inner)), src.reshape(lead, inner, n).transpose(0, 2, 1)
         for j in range(0, inner, 64):  # strips of dst's last axis, again
-            d[:, :, j:j + 64] = s[:, :, j:j + 64]
+            d[:, :, j : j + 64] = s[:, :, j : j + 64]
 
 
 def _pad_rows(a: Any, q: QTensor):
@@ -341,7 +357,7 @@ def _unpad_rows(v: Any, q: QTensor):
     if padded != n and rows > 1:
         if v.shape[0] < rows * padded:  # the last row's padding is not stored
             full = _xp_zeros(v, rows * padded)
-            full[:v.shape[0]] = v
+            full[: v.shape[0]] = v
             v = full
         v = v.reshape(rows, padded)[:, :n]
     v = v.reshape(q._moved_shape())
@@ -365,8 +381,10 @@ def _nonfinite_error(e: ValueError, q: QTensor) -> ValueError:
     pos: List[int] = [int(k) for k in np.unravel_index(r, q._moved_shape()[:-1])]
     pos.insert(q.axis, j)
     idx = tuple(pos)
-    return ValueError(f"x: element {idx} is {v}; blockwise quantization needs finite values "
-                      "(nonfinite='ocp' makes such blocks NaN)")
+    return ValueError(
+        f"x: element {idx} is {v}; blockwise quantization needs finite values "
+        "(nonfinite='ocp' makes such blocks NaN)"
+    )
 
 
 @_public_errors(fmt="codec")
@@ -444,22 +462,43 @@ def quantize_blockwise(
     if _on_cuda(x):
         from . import _blockwise_cuda as cuda
 
-        probe = QTensor(np.empty(0, np.uint8), np.empty(0, np.float32), None, 1.0, shape, codec,
-                        int(block_size), scale, rounding, ax)
+        probe = QTensor(
+            np.empty(0, np.uint8),
+            np.empty(0, np.float32),
+            None,
+            1.0,
+            shape,
+            codec,
+            int(block_size),
+            scale,
+            rounding,
+            ax,
+        )
         _core.blockwise_layout(probe._spec(), 0)  # validates codec, block size, scale, rounding
         if probe._count() == probe.size and probe._moved_shape() == shape:
             xs = x
         else:  # rows padded on the device, then the stored order quantized flat
             xs = _pad_rows(x.float() if _is_torch(x) else x.astype("float32"), probe)
-        q = cuda.quantize_blockwise(xs, codec, int(block_size), scale, rounding, seed, stream,
-                                    nonfinite, probe)
+        q = cuda.quantize_blockwise(
+            xs, codec, int(block_size), scale, rounding, seed, stream, nonfinite, probe
+        )
         q.shape, q.axis = shape, ax
         return q
     a, kind, _ = _float_input(x)
     if kind in ("float16", "bfloat16"):
         a = decode(a.reshape(-1), kind).reshape(shape)  # exact in float32
-    q = QTensor(np.empty(0, np.uint8), np.empty(0, np.float32), None, 1.0, shape, codec,
-                int(block_size), scale, rounding, ax)
+    q = QTensor(
+        np.empty(0, np.uint8),
+        np.empty(0, np.float32),
+        None,
+        1.0,
+        shape,
+        codec,
+        int(block_size),
+        scale,
+        rounding,
+        ax,
+    )
     if ax is None:
         flat = np.ascontiguousarray(a.reshape(-1), np.float32)
     else:
@@ -472,8 +511,9 @@ def quantize_blockwise(
     alphas = np.empty(nalphas, np.float32)
     row = q._rows()[1] if ax is not None else 0
     try:
-        g = _core.blockwise_quantize(flat, spec, packed, scales, alphas, int(seed), int(stream),
-                                     row, nonfinite)
+        g = _core.blockwise_quantize(
+            flat, spec, packed, scales, alphas, int(seed), int(stream), row, nonfinite
+        )
     except ValueError as e:
         if "needs finite values" not in str(e):
             raise
@@ -488,8 +528,9 @@ def quantize_blockwise(
 # ---------------------------------------------------------------- safetensors
 
 
-def save_qtensors(tensors: Dict[str, Any], path: str,
-                  metadata: Optional[Dict[str, str]] = None) -> None:
+def save_qtensors(
+    tensors: Dict[str, Any], path: str, metadata: Optional[Dict[str, str]] = None
+) -> None:
     """Save QTensors, and plain arrays beside them, to a safetensors file.
 
     Each QTensor ``name`` is stored as ``name.codes`` (uint8), ``name.scales`` and, when
@@ -522,8 +563,9 @@ def save_qtensors(tensors: Dict[str, Any], path: str,
         elif isinstance(q, np.ndarray):
             plain[name] = q
         else:
-            raise TypeError(f"tensors[{name!r}]: expected a QTensor or a NumPy array, got "
-                            f"{type(q).__name__}")
+            raise TypeError(
+                f"tensors[{name!r}]: expected a QTensor or a NumPy array, got {type(q).__name__}"
+            )
     for name in plain:
         if name in arrays:
             raise ValueError(f"tensors[{name!r}]: the name is taken by a QTensor's stored array")
@@ -534,24 +576,39 @@ def save_qtensors(tensors: Dict[str, Any], path: str,
 
 
 #: safetensors dtype name ↔ NumPy dtype name (bfloat16 is ml_dtypes')
-_ST_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
-              "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U64": "uint64",
-              "U32": "uint32", "U16": "uint16", "U8": "uint8", "BOOL": "bool"}
+_ST_DTYPES = {
+    "F64": "float64",
+    "F32": "float32",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "I64": "int64",
+    "I32": "int32",
+    "I16": "int16",
+    "I8": "int8",
+    "U64": "uint64",
+    "U32": "uint32",
+    "U16": "uint16",
+    "U8": "uint8",
+    "BOOL": "bool",
+}
 
 
 def _st_dtype(name: str, a: np.ndarray) -> str:
     for st, np_name in _ST_DTYPES.items():
         if a.dtype.name == np_name:
             return st
-    raise ValueError(f"tensors[{name!r}]: dtype {a.dtype} has no safetensors name; expected "
-                     f"one of {', '.join(_ST_DTYPES.values())}")
+    raise ValueError(
+        f"tensors[{name!r}]: dtype {a.dtype} has no safetensors name; expected "
+        f"one of {', '.join(_ST_DTYPES.values())}"
+    )
 
 
 def _np_dtype(st: str) -> Any:
     name = _ST_DTYPES.get(st)
     if name is None:
-        raise ValueError(f"safetensors dtype {st} is not supported; expected one of "
-                         f"{', '.join(_ST_DTYPES)}")
+        raise ValueError(
+            f"safetensors dtype {st} is not supported; expected one of {', '.join(_ST_DTYPES)}"
+        )
     if name == "bfloat16":
         import ml_dtypes
 
@@ -570,8 +627,11 @@ def write_arrays(arrays: Dict[str, np.ndarray], path: str, metadata: Dict[str, s
         a = np.ascontiguousarray(a)
         if a.dtype.byteorder == ">":
             a = a.astype(a.dtype.newbyteorder("<"))
-        header[k] = {"dtype": _st_dtype(k, a), "shape": list(a.shape),
-                     "data_offsets": [off, off + a.nbytes]}
+        header[k] = {
+            "dtype": _st_dtype(k, a),
+            "shape": list(a.shape),
+            "data_offsets": [off, off + a.nbytes],
+        }
         datas.append(a)
         off += a.nbytes
     h = json.dumps(header, separators=(",", ":")).encode()
@@ -635,22 +695,29 @@ def load_qtensors(path: str) -> Dict[str, Any]:
                     if k in keys:
                         arrays[k] = f.get_tensor(k)
                     elif part != "alphas":
-                        raise ValueError(f"{path}: tensor {name!r}: {part}: expected an array "
-                                         f"{k!r} in the file, found none")
+                        raise ValueError(
+                            f"{path}: tensor {name!r}: {part}: expected an array "
+                            f"{k!r} in the file, found none"
+                        )
     except SafetensorError as e:
         raise ValueError(f"path: {path} is not a valid safetensors file ({e})") from None
     out: Dict[str, Any] = {}
     for name, m in meta.items():
         out[name] = qtensor_from_metadata(
-            m, arrays[f"{name}.codes"], arrays[f"{name}.scales"], arrays.get(f"{name}.alphas"),
-            f"{path}: tensor {name!r}")
+            m,
+            arrays[f"{name}.codes"],
+            arrays[f"{name}.scales"],
+            arrays.get(f"{name}.alphas"),
+            f"{path}: tensor {name!r}",
+        )
     owned = {f"{name}.{part}" for name in meta for part in ("codes", "scales", "alphas")}
     out.update(read_arrays(path, skip=owned))
     return out
 
 
-def qtensor_from_metadata(m: Any, codes: Any, scales: Any, alphas: Any,
-                          where: str = "metadata") -> QTensor:
+def qtensor_from_metadata(
+    m: Any, codes: Any, scales: Any, alphas: Any, where: str = "metadata"
+) -> QTensor:
     """The QTensor that :meth:`QTensor.metadata` ``m`` and its stored arrays describe, checked
     first by ``lowfp._validate.qtensor`` (``where`` names the source in its errors)."""
     return QTensor(**_validate.qtensor(m, codes, scales, alphas, where))
@@ -664,9 +731,12 @@ def _file_meta(path: str, md: dict) -> dict:
     try:
         meta = json.loads(md["lowfp"])
     except ValueError as e:
-        raise ValueError(f"{path}: lowfp metadata: expected JSON, got {md['lowfp'][:80]!r} "
-                         f"({e})") from None
+        raise ValueError(
+            f"{path}: lowfp metadata: expected JSON, got {md['lowfp'][:80]!r} ({e})"
+        ) from None
     if not isinstance(meta, dict):
-        raise TypeError(f"{path}: lowfp metadata: expected a JSON object (tensor name -> "
-                        f"QTensor metadata), got {type(meta).__name__}")
+        raise TypeError(
+            f"{path}: lowfp metadata: expected a JSON object (tensor name -> "
+            f"QTensor metadata), got {type(meta).__name__}"
+        )
     return meta

@@ -38,8 +38,10 @@ __all__ = ["max_to_mean", "max_to_median", "kurtosis", "weight_stats", "layer_er
 
 def _flat64(w: Any, arg: str = "w") -> torch.Tensor:
     if not isinstance(w, torch.Tensor) or not (w.is_floating_point()):
-        raise TypeError(f"{arg}: expected a floating-point torch tensor, got "
-                        f"{getattr(w, 'dtype', type(w).__name__)}")
+        raise TypeError(
+            f"{arg}: expected a floating-point torch tensor, got "
+            f"{getattr(w, 'dtype', type(w).__name__)}"
+        )
     if w.numel() == 0:
         raise ValueError(f"{arg}: expected a non-empty tensor")
     return w.detach().reshape(-1).double()
@@ -109,9 +111,16 @@ def weight_stats(model: nn.Module, *, filter: _qat.Filter = None) -> Table:
     rows = []
     for name, m in _qat._targets(model, filter):
         w = m.weight
-        rows.append({"name": name, "type": _qat._BASE.get(type(m), type(m)).__name__,
-                     "numel": w.numel(), "max_to_mean": max_to_mean(w),
-                     "max_to_median": max_to_median(w), "kurtosis": kurtosis(w)})
+        rows.append(
+            {
+                "name": name,
+                "type": _qat._BASE.get(type(m), type(m)).__name__,
+                "numel": w.numel(),
+                "max_to_mean": max_to_mean(w),
+                "max_to_median": max_to_median(w),
+                "kurtosis": kurtosis(w),
+            }
+        )
     return Table(rows)
 
 
@@ -123,8 +132,10 @@ def _first_tensor(out: Any) -> torch.Tensor:
         return out.logits
     if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
         return out[0]
-    raise TypeError(f"output: cannot find the output tensor in a {type(out).__name__}; pass "
-                    "output=callable(model_output) -> tensor")
+    raise TypeError(
+        f"output: cannot find the output tensor in a {type(out).__name__}; pass "
+        "output=callable(model_output) -> tensor"
+    )
 
 
 def _rel(y: torch.Tensor, ref: torch.Tensor) -> float:
@@ -140,9 +151,14 @@ class LayerErrors(Table):
 
 
 @torch.no_grad()
-def layer_errors(model: nn.Module, batch: Any, fmt: _qat.QuantizerLike, *,
-                 filter: _qat.Filter = None,
-                 output: Optional[Callable[[Any], torch.Tensor]] = None) -> LayerErrors:
+def layer_errors(
+    model: nn.Module,
+    batch: Any,
+    fmt: _qat.QuantizerLike,
+    *,
+    filter: _qat.Filter = None,
+    output: Optional[Callable[[Any], torch.Tensor]] = None,
+) -> LayerErrors:
     """Per-layer quantization error, each layer's weights quantized alone vs all together.
 
     The weights are rounded as :func:`lowfp.qat.quantize_weights` rounds them; the model is
@@ -174,20 +190,27 @@ def layer_errors(model: nn.Module, batch: Any, fmt: _qat.QuantizerLike, *,
         raise TypeError("fmt: expected a quantizer, got None")
     targets = _qat._targets(model, filter)
     if not targets:
-        raise ValueError("filter: no nn.Linear / nn.Conv1d / Conv2d / Conv3d module of the "
-                         "model was selected")
+        raise ValueError(
+            "filter: no nn.Linear / nn.Conv1d / Conv2d / Conv3d module of the model was selected"
+        )
     pick = output or _first_tensor
     originals = [m.weight.detach().clone() for _, m in targets]
     rounded = []
     for i, (_, m) in enumerate(targets):
-        seed, stream = ((None, 0) if q.seed is None
-                        else (q.seed, _qat._stream(i, 0, _qat._KIND_WEIGHT)))
+        seed, stream = (
+            (None, 0) if q.seed is None else (q.seed, _qat._stream(i, 0, _qat._KIND_WEIGHT))
+        )
         w = m.weight
-        rounded.append(_qat.fake_quantize(w.detach().reshape(w.shape[0], -1), q, seed=seed,
-                                          stream=stream).reshape(w.shape))
+        rounded.append(
+            _qat.fake_quantize(
+                w.detach().reshape(w.shape[0], -1), q, seed=seed, stream=stream
+            ).reshape(w.shape)
+        )
     seen: dict = {}
-    hooks = [m.register_forward_hook(lambda mod, inp, out, i=i: seen.__setitem__(i, out))
-             for i, (_, m) in enumerate(targets)]
+    hooks = [
+        m.register_forward_hook(lambda mod, inp, out, i=i: seen.__setitem__(i, out))
+        for i, (_, m) in enumerate(targets)
+    ]
 
     def run(quantized: set):
         for i, (_, m) in enumerate(targets):
@@ -199,8 +222,9 @@ def layer_errors(model: nn.Module, batch: Any, fmt: _qat.QuantizerLike, *,
             out = model(*batch)
         else:
             out = model(batch)
-        return pick(out).detach().clone(), {i: _first_tensor(o).detach().clone()
-                                            for i, o in seen.items()}
+        return pick(out).detach().clone(), {
+            i: _first_tensor(o).detach().clone() for i, o in seen.items()
+        }
 
     training = model.training
     model.eval()
@@ -210,9 +234,14 @@ def layer_errors(model: nn.Module, batch: Any, fmt: _qat.QuantizerLike, *,
         rows = []
         for i, (name, _) in enumerate(targets):
             one_out, one = run({i})
-            rows.append({"name": name, "isolated": _rel(one[i], ref[i]),
-                         "accumulated": _rel(acc[i], ref[i]),
-                         "output_isolated": _rel(one_out, ref_out)})
+            rows.append(
+                {
+                    "name": name,
+                    "isolated": _rel(one[i], ref[i]),
+                    "accumulated": _rel(acc[i], ref[i]),
+                    "output_isolated": _rel(one_out, ref_out),
+                }
+            )
     finally:
         for h in hooks:
             h.remove()

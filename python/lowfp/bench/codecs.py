@@ -22,8 +22,11 @@ from lowfp.experiments.progress import Progress
 
 FORMATS = ["float8_e4m3fn", "float8_e5m2", "float4_e2m1fn", "float16", "bfloat16"]
 SR_FORMATS = {"float8_e4m3fn": (4, 3), "float8_e5m2": (5, 2), "bfloat16": (8, 7)}
-GFLOAT_INFO = {"float8_e4m3fn": "format_info_ocp_e4m3", "float8_e5m2": "format_info_ocp_e5m2",
-               "bfloat16": "format_info_bfloat16"}
+GFLOAT_INFO = {
+    "float8_e4m3fn": "format_info_ocp_e4m3",
+    "float8_e5m2": "format_info_ocp_e5m2",
+    "bfloat16": "format_info_bfloat16",
+}
 GFLOAT_N = 1 << 20  # gfloat is timed on this many elements only; its rate is extrapolated
 
 
@@ -45,6 +48,7 @@ def best_time(fn, repeat):
 def time_limit(seconds):
     def _raise(*_):
         raise TimeoutError(f"no result within {seconds} s")
+
     old = signal.signal(signal.SIGALRM, _raise)
     signal.alarm(seconds)
     try:
@@ -56,6 +60,7 @@ def time_limit(seconds):
 
 def torch_dtype(name):
     import torch
+
     if name == "float4_e2m1fn":
         raise NA("torch has float4_e2m1fn_x2 only (two values packed per byte)")
     return getattr(torch, name)
@@ -65,17 +70,21 @@ def mld_dtype(name):
     if name == "float16":
         return np.dtype(np.float16)
     import ml_dtypes
+
     return np.dtype(getattr(ml_dtypes, name))
 
 
 def torch_empty(n, name):
     import torch
-    return torch.empty(n, dtype=getattr(torch, name) if name.startswith("uint") else
-                       torch_dtype(name))
+
+    return torch.empty(
+        n, dtype=getattr(torch, name) if name.startswith("uint") else torch_dtype(name)
+    )
 
 
 def torch_codes(codes, name):
     import torch
+
     raw = codes.view(np.int16) if codes.dtype == np.uint16 else codes
     return torch.from_numpy(raw).view(torch_dtype(name))
 
@@ -108,6 +117,7 @@ def copy_into(out, src):
 # narrowing cast between float32 and uint8/uint16 codes of the same width, into a
 # preallocated array, the best of NumPy and torch.
 
+
 def code_dtype(f):
     return lowfp.format(f).code_dtype
 
@@ -119,6 +129,7 @@ def limit_label(width, encode):
 
 def torch_cast_into(src, dst):
     import torch
+
     t = torch.from_numpy(src.view(np.int16) if src.dtype == np.uint16 else src)
     return copy_into(torch.from_numpy(np.empty(src.size, dst)), t)
 
@@ -127,63 +138,82 @@ def limit_rows(x, encode):
     for width in (1, 2):
         ty = np.dtype(f"uint{8 * width}")
         src, dst = (x, ty) if encode else (np.zeros(x.size, ty), np.dtype(np.float32))
-        yield limit_label(width, encode), {
-            "np.copyto": lambda s=src, d=dst: cast_into(s, d),
-            "torch": lambda s=src, d=dst: torch_cast_into(s, d),
-        }
+        yield (
+            limit_label(width, encode),
+            {
+                "np.copyto": lambda s=src, d=dst: cast_into(s, d),
+                "torch": lambda s=src, d=dst: torch_cast_into(s, d),
+            },
+        )
 
 
 def enc_rows(x, xt):
     yield from limit_rows(x, True)
     for f in FORMATS:
         lim = limit_label(np.dtype(code_dtype(f)).itemsize, True)
-        yield f, {
-            "lowfp": lambda f=f: lambda: lowfp.encode(x, f),
-            "lowfp out=": lambda f=f: (lambda o: lambda: lowfp.encode(x, f, out=o))(
-                np.empty(x.size, code_dtype(f))),
-            "ml_dtypes": lambda f=f: cast(x, mld_dtype(f)),
-            "ml_dtypes into": lambda f=f: cast_into(x, mld_dtype(f)),
-            "torch": lambda f=f: copy_into(torch_empty(x.size, f), xt),
-            LIMIT: lim,
-        }
+        yield (
+            f,
+            {
+                "lowfp": lambda f=f: lambda: lowfp.encode(x, f),
+                "lowfp out=": lambda f=f: (lambda o: lambda: lowfp.encode(x, f, out=o))(
+                    np.empty(x.size, code_dtype(f))
+                ),
+                "ml_dtypes": lambda f=f: cast(x, mld_dtype(f)),
+                "ml_dtypes into": lambda f=f: cast_into(x, mld_dtype(f)),
+                "torch": lambda f=f: copy_into(torch_empty(x.size, f), xt),
+                LIMIT: lim,
+            },
+        )
 
 
 def dec_rows(x, xt):
     yield from limit_rows(x, False)
     for f in FORMATS:
         c = lowfp.encode(x, f)
-        yield f, {
-            "lowfp": lambda f=f, c=c: lambda: lowfp.decode(c, f),
-            "lowfp out=": lambda f=f, c=c: (lambda o: lambda: lowfp.decode(c, f, out=o))(
-                np.empty(x.size, np.float32)),
-            "ml_dtypes": lambda f=f, c=c: cast(c.view(mld_dtype(f)), np.float32),
-            "ml_dtypes into": lambda f=f, c=c: cast_into(c.view(mld_dtype(f)), np.float32),
-            "torch": lambda f=f, c=c: copy_into(torch_empty(x.size, "float32"),
-                                                torch_codes(c, f)),
-            LIMIT: limit_label(c.dtype.itemsize, False),
-        }
+        yield (
+            f,
+            {
+                "lowfp": lambda f=f, c=c: lambda: lowfp.decode(c, f),
+                "lowfp out=": lambda f=f, c=c: (lambda o: lambda: lowfp.decode(c, f, out=o))(
+                    np.empty(x.size, np.float32)
+                ),
+                "ml_dtypes": lambda f=f, c=c: cast(c.view(mld_dtype(f)), np.float32),
+                "ml_dtypes into": lambda f=f, c=c: cast_into(c.view(mld_dtype(f)), np.float32),
+                "torch": lambda f=f, c=c: copy_into(
+                    torch_empty(x.size, "float32"), torch_codes(c, f)
+                ),
+                LIMIT: limit_label(c.dtype.itemsize, False),
+            },
+        )
 
 
 def gfloat_sr(xs, f):
     import gfloat
     import gfloat.formats
+
     fi, rng = getattr(gfloat.formats, GFLOAT_INFO[f]), np.random.default_rng(1)
-    return lambda: gfloat.round_ndarray(fi, xs, gfloat.RoundMode.Stochastic,
-                                        srbits=rng.integers(0, 1 << 23, xs.size), srnumbits=23)
+    return lambda: gfloat.round_ndarray(
+        fi, xs, gfloat.RoundMode.Stochastic, srbits=rng.integers(0, 1 << 23, xs.size), srnumbits=23
+    )
 
 
 def sr_rows(x, xt):
     for f, (e, m) in SR_FORMATS.items():
-        yield f, {
-            "lowfp SR": lambda f=f: lambda: lowfp.encode(x, f, rounding="stochastic", seed=1),
-            "lowfp SR out=": lambda f=f: (lambda o: lambda: lowfp.encode(
-                x, f, rounding="stochastic", seed=1, out=o))(np.empty(x.size, code_dtype(f))),
-            "lowfp RNE": lambda f=f: lambda: lowfp.encode(x, f),
-            "lowfp RNE out=": lambda f=f: (lambda o: lambda: lowfp.encode(x, f, out=o))(
-                np.empty(x.size, code_dtype(f))),
-            "qtorch": lambda e=e, m=m: qtorch_sr(xt, e, m),
-            "gfloat ‡": lambda f=f: gfloat_sr(x[:GFLOAT_N], f),
-        }
+        yield (
+            f,
+            {
+                "lowfp SR": lambda f=f: lambda: lowfp.encode(x, f, rounding="stochastic", seed=1),
+                "lowfp SR out=": lambda f=f: (
+                    lambda o: lambda: lowfp.encode(x, f, rounding="stochastic", seed=1, out=o)
+                )(np.empty(x.size, code_dtype(f))),
+                "lowfp RNE": lambda f=f: lambda: lowfp.encode(x, f),
+                "lowfp RNE out=": lambda f=f: (lambda o: lambda: lowfp.encode(x, f, out=o))(
+                    np.empty(x.size, code_dtype(f))
+                ),
+                "qtorch": lambda e=e, m=m: qtorch_sr(xt, e, m),
+                "gfloat ‡": lambda f=f: gfloat_sr(x[:GFLOAT_N], f),
+            },
+        )
 
 
 def np_pack(c, bits):
@@ -202,7 +232,7 @@ def np_unpack(p, bits, count):
     if 8 % bits == 0:
         shifts = np.arange(0, 8, bits, dtype=np.uint8)
         return ((p[:, None] >> shifts) & np.uint8((1 << bits) - 1)).reshape(-1)[:count]
-    b = np.unpackbits(p, bitorder="little")[:count * bits].reshape(-1, bits)
+    b = np.unpackbits(p, bitorder="little")[: count * bits].reshape(-1, bits)
     return np.packbits(b, axis=1, bitorder="little").reshape(-1)
 
 
@@ -218,16 +248,25 @@ def pack_rows(x, xt):
         c = np.random.default_rng(bits).integers(0, 1 << bits, n, dtype=np.uint8)
         p = lowfp.pack(c, bits)
         ref = "NumPy packbits" if 8 % bits else "NumPy shift-or"
-        yield f"pack {bits}-bit", {
-            "lowfp": lambda c=c, b=bits: lambda: lowfp.pack(c, b),
-            ref: lambda c=c, b=bits, p=p: checked(lambda: np_pack(c, b), p)}
-        yield f"unpack {bits}-bit", {
-            "lowfp": lambda p=p, b=bits: lambda: lowfp.unpack(p, b, n),
-            ref: lambda c=c, b=bits, p=p: checked(lambda: np_unpack(p, b, n), c)}
+        yield (
+            f"pack {bits}-bit",
+            {
+                "lowfp": lambda c=c, b=bits: lambda: lowfp.pack(c, b),
+                ref: lambda c=c, b=bits, p=p: checked(lambda: np_pack(c, b), p),
+            },
+        )
+        yield (
+            f"unpack {bits}-bit",
+            {
+                "lowfp": lambda p=p, b=bits: lambda: lowfp.unpack(p, b, n),
+                ref: lambda c=c, b=bits, p=p: checked(lambda: np_unpack(p, b, n), c),
+            },
+        )
 
 
 def bnb(xt, bs, dequantize):
     import bitsandbytes.functional as bnbf
+
     if not dequantize:
         return lambda: bnbf.quantize_blockwise(xt, blocksize=bs)
     q, state = bnbf.quantize_blockwise(xt, blocksize=bs)
@@ -237,12 +276,20 @@ def bnb(xt, bs, dequantize):
 def blockwise_rows(x, xt):
     dyn = lowfp.Dynamic(8)
     for bs in (256, 2048):
-        yield f"quantize, block {bs}", {
-            "lowfp": lambda bs=bs: lambda: lowfp.quantize_blockwise(x, dyn, block_size=bs),
-            "bitsandbytes": lambda bs=bs: bnb(xt, bs, False)}
-        yield f"dequantize, block {bs}", {
-            "lowfp": lambda bs=bs: lowfp.quantize_blockwise(x, dyn, block_size=bs).dequantize,
-            "bitsandbytes": lambda bs=bs: bnb(xt, bs, True)}
+        yield (
+            f"quantize, block {bs}",
+            {
+                "lowfp": lambda bs=bs: lambda: lowfp.quantize_blockwise(x, dyn, block_size=bs),
+                "bitsandbytes": lambda bs=bs: bnb(xt, bs, False),
+            },
+        )
+        yield (
+            f"dequantize, block {bs}",
+            {
+                "lowfp": lambda bs=bs: lowfp.quantize_blockwise(x, dyn, block_size=bs).dequantize,
+                "bitsandbytes": lambda bs=bs: bnb(xt, bs, True),
+            },
+        )
 
 
 LIMIT = "memory limit row"  # key of a row's cast-limit row (not an implementation)
@@ -255,16 +302,29 @@ CODEC_RATIOS = [("lowfp", "ml_dtypes"), ("lowfp out=", BEST), ("lowfp out=", LIM
 SECTIONS = [  # key, title, row generator, ratio columns (numerator, denominator)
     ("encode", "Encode f32 → format (codes)", enc_rows, CODEC_RATIOS),
     ("decode", "Decode format → f32", dec_rows, CODEC_RATIOS),
-    ("stochastic", "Stochastic rounding f32 → format", sr_rows,
-     [("lowfp SR", "qtorch"), ("lowfp SR", "gfloat ‡"), ("lowfp SR", "lowfp RNE"),
-      ("lowfp SR out=", "lowfp RNE out=")]),
+    (
+        "stochastic",
+        "Stochastic rounding f32 → format",
+        sr_rows,
+        [
+            ("lowfp SR", "qtorch"),
+            ("lowfp SR", "gfloat ‡"),
+            ("lowfp SR", "lowfp RNE"),
+            ("lowfp SR out=", "lowfp RNE out="),
+        ],
+    ),
     ("pack", "Bit packing (uint8 codes ↔ packed bytes)", pack_rows, [("lowfp", None)]),
-    ("blockwise", "8-bit blockwise, dynamic map (absmax scales)", blockwise_rows,
-     [("lowfp", "bitsandbytes")]),
+    (
+        "blockwise",
+        "8-bit blockwise, dynamic map (absmax scales)",
+        blockwise_rows,
+        [("lowfp", "bitsandbytes")],
+    ),
 ]
 
 
 # ------------------------------------------------------------------ driver
+
 
 class Notes(list):
     def ref(self, text):
@@ -277,6 +337,7 @@ def set_threads(t):
     lowfp.set_num_threads(t)
     try:
         import torch
+
         torch.set_num_threads(t)
     except ImportError:
         pass
@@ -321,8 +382,11 @@ def run_section(title, rows_fn, ratios, x, xt, threads, repeat, notes, progress)
     progress.add_total(sum(len(impls) for _, impls in rows) * len(threads))
     ratios = [(a, b) for a, b in ratios for b in ([b] if b else cols[1:])]
     names = {BEST: "best anchor", LIMIT_COL: "memory limit"}
-    head = (["operation", "threads"] + [f"{c} G/s" for c in cols]
-            + [f"{a} / {names.get(b, b)}" for a, b in ratios])
+    head = (
+        ["operation", "threads"]
+        + [f"{c} G/s" for c in cols]
+        + [f"{a} / {names.get(b, b)}" for a, b in ratios]
+    )
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     limits = {}  # (label, threads) -> fastest rate of a memory-limit row
     for label, impls in rows:
@@ -333,8 +397,7 @@ def run_section(title, rows_fn, ratios, x, xt, threads, repeat, notes, progress)
                 if c not in impls:
                     cells.append("—")
                     continue
-                rate[c], why = measure(impls[c], c, x.size, repeat, f"{label} t={t}",
-                                       progress)
+                rate[c], why = measure(impls[c], c, x.size, repeat, f"{label} t={t}", progress)
                 cells.append(f"{rate[c]:.3f}" if why is None else notes.ref(why))
             limits[label, t] = max((r for r in rate.values() if r), default=None)
             row = {LIMIT: (impls[LIMIT], t)} if LIMIT in impls else {}
@@ -369,14 +432,18 @@ def small_calls(threads) -> None:
     x16 = np.linspace(-4, 4, 16, dtype=np.float32)
     c16 = lowfp.encode(x16, "e4m3")
     rows: List[Tuple[str, Callable[[], Any]]]
-    rows = [("lowfp encode f32 → e4m3", lambda: lowfp.encode(x16, "e4m3")),
-            ("lowfp decode e4m3 → f32", lambda: lowfp.decode(c16, "e4m3"))]
+    rows = [
+        ("lowfp encode f32 → e4m3", lambda: lowfp.encode(x16, "e4m3")),
+        ("lowfp decode e4m3 → f32", lambda: lowfp.decode(c16, "e4m3")),
+    ]
     try:
         import ml_dtypes
 
         e4 = np.dtype(ml_dtypes.float8_e4m3fn)
-        rows += [("ml_dtypes astype f32 → e4m3", lambda: x16.astype(e4)),
-                 ("ml_dtypes astype e4m3 → f32", lambda: c16.view(e4).astype(np.float32))]
+        rows += [
+            ("ml_dtypes astype f32 → e4m3", lambda: x16.astype(e4)),
+            ("ml_dtypes astype e4m3 → f32", lambda: c16.view(e4).astype(np.float32)),
+        ]
     except ImportError:
         pass
     try:
@@ -384,8 +451,10 @@ def small_calls(threads) -> None:
 
         t16 = torch.from_numpy(x16)
         t8 = t16.to(torch.float8_e4m3fn)
-        rows += [("torch .to(float8_e4m3fn)", lambda: t16.to(torch.float8_e4m3fn)),
-                 ("torch float8_e4m3fn .to(float32)", lambda: t8.to(torch.float32))]
+        rows += [
+            ("torch .to(float8_e4m3fn)", lambda: t16.to(torch.float8_e4m3fn)),
+            ("torch float8_e4m3fn .to(float32)", lambda: t8.to(torch.float32)),
+        ]
     except ImportError:
         pass
     table: Dict[str, List[float]] = {name: [] for name, _ in rows}
@@ -395,35 +464,43 @@ def small_calls(threads) -> None:
             best = min(timeit.repeat(fn, number=20000, repeat=5)) / 20000
             table[name].append(best * 1e6)
     head = " | ".join(f"µs, {t} thread{'s' if t > 1 else ''}" for t in threads)
-    print(f"## Small calls (16 elements, per call)\n\n| call | {head} |\n|---"
-          + "|---" * len(threads) + "|")
+    print(
+        f"## Small calls (16 elements, per call)\n\n| call | {head} |\n|---"
+        + "|---" * len(threads)
+        + "|"
+    )
     for name, vals in table.items():
         print(f"| {name} | " + " | ".join(f"{v:.2f}" for v in vals) + " |")
     print()
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="lowfp bench codecs",
-                                 description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="lowfp bench codecs", description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=1 << 24, help="elements (default 2^24)")
     ap.add_argument("--threads", default="1,2", help="comma-separated thread counts")
     ap.add_argument("--repeat", type=int, default=5, help="timed runs; the best is kept")
     ap.add_argument("--quick", action="store_true", help="tiny run (2^16 elements, 2 repeats)")
-    ap.add_argument("--sections", default=",".join(k for k, *_ in SECTIONS) + ",small",
-                    help="comma-separated sections to run (default: all)")
+    ap.add_argument(
+        "--sections",
+        default=",".join(k for k, *_ in SECTIONS) + ",small",
+        help="comma-separated sections to run (default: all)",
+    )
     args = ap.parse_args(argv)
     sections = args.sections.split(",")
     n, repeat = (1 << 16, 2) if args.quick else (args.n, args.repeat)
     threads = [int(t) for t in args.threads.split(",")]
-    x = (np.random.default_rng(0).standard_normal(n, dtype=np.float32) * 4)
+    x = np.random.default_rng(0).standard_normal(n, dtype=np.float32) * 4
     try:
         import torch
+
         xt = torch.from_numpy(x)
     except ImportError:
         xt = None
 
-    print(f"# lowfp codec throughput\n\n{n:,} float32 elements (standard normal × 4, seed 0), "
-          f"best of {repeat}; G/s = 10^9 elements per second.\n")
+    print(
+        f"# lowfp codec throughput\n\n{n:,} float32 elements (standard normal × 4, seed 0), "
+        f"best of {repeat}; G/s = 10^9 elements per second.\n"
+    )
     notes = Notes()
     with Progress("bench codecs", unit="measurements") as progress:
         for key, title, rows_fn, ratios in SECTIONS:
@@ -434,21 +511,25 @@ def main(argv=None):
     if "small" in sections:
         small_calls(threads)
     print("Notes:\n")
-    print("- ml_dtypes and NumPy are single-threaded (NumPy cast loops): their numbers do not "
-          "scale with threads.\n- torch writes into a preallocated tensor (`out.copy_(src)`); "
-          "lowfp and ml_dtypes are timed both allocating their output and writing into a "
-          "preallocated one (`out=`, `np.copyto`).\n- best anchor: the fastest of ml_dtypes, "
-          "ml_dtypes into and torch in the same row; memory limit: the fastest plain cast "
-          "between float32 and unsigned codes of the same width (the cast rows), into a "
-          "preallocated array, at the same thread count.\n- Stochastic rounding: lowfp returns "
-          "codes; qtorch and gfloat return rounded floats (gfloat's time includes drawing its "
-          f"23-bit random numbers with NumPy).\n- ‡ gfloat (`round_ndarray`, vectorized NumPy) "
-          f"is timed on the first {GFLOAT_N:,} elements; its rate is extrapolated.\n"
-          "- — : not applicable for this row.")
+    print(
+        "- ml_dtypes and NumPy are single-threaded (NumPy cast loops): their numbers do not "
+        "scale with threads.\n- torch writes into a preallocated tensor (`out.copy_(src)`); "
+        "lowfp and ml_dtypes are timed both allocating their output and writing into a "
+        "preallocated one (`out=`, `np.copyto`).\n- best anchor: the fastest of ml_dtypes, "
+        "ml_dtypes into and torch in the same row; memory limit: the fastest plain cast "
+        "between float32 and unsigned codes of the same width (the cast rows), into a "
+        "preallocated array, at the same thread count.\n- Stochastic rounding: lowfp returns "
+        "codes; qtorch and gfloat return rounded floats (gfloat's time includes drawing its "
+        f"23-bit random numbers with NumPy).\n- ‡ gfloat (`round_ndarray`, vectorized NumPy) "
+        f"is timed on the first {GFLOAT_N:,} elements; its rate is extrapolated.\n"
+        "- — : not applicable for this row."
+    )
     for i, text in enumerate(notes, 1):
         print(f"- [{i}] {text}")
     print(f"\nCommand: `{' '.join([os.path.basename(sys.executable)] + sys.argv)}`  ")
-    print(f"Machine: {platform.processor() or cpu_name()}, os.cpu_count() = {os.cpu_count()}, "
-          f"Python {platform.python_version()}  ")
+    print(
+        f"Machine: {platform.processor() or cpu_name()}, os.cpu_count() = {os.cpu_count()}, "
+        f"Python {platform.python_version()}  "
+    )
     print(f"Versions: {versions()}")
     return 0

@@ -81,8 +81,9 @@ def state_bytes(opt) -> int:
                 inner = getattr(v, "__tensor_flatten__", None)
                 if inner is not None:
                     names, _ = inner()
-                    total += sum(getattr(v, n).numel() * getattr(v, n).element_size()
-                                 for n in names)
+                    total += sum(
+                        getattr(v, n).numel() * getattr(v, n).element_size() for n in names
+                    )
                 else:
                     total += v.numel() * v.element_size()
     return total
@@ -110,8 +111,20 @@ def measure(factory, n: int, repeat: int, shape: tuple):
 def gpt2_small_shapes() -> list:
     """The 148 parameter shapes of GPT-2 small (124M parameters; tied head)."""
     d, v, ctx, layers = 768, 50257, 1024, 12
-    per_layer = [(d,), (d,), (d, 3 * d), (3 * d,), (d, d), (d,), (d,), (d,), (d, 4 * d),
-                 (4 * d,), (4 * d, d), (d,)]
+    per_layer = [
+        (d,),
+        (d,),
+        (d, 3 * d),
+        (3 * d,),
+        (d, d),
+        (d,),
+        (d,),
+        (d,),
+        (d, 4 * d),
+        (4 * d,),
+        (4 * d, d),
+        (d,),
+    ]
     return [(v, d), (ctx, d)] + per_layer * layers + [(d,), (d,)]
 
 
@@ -127,11 +140,15 @@ MODEL_ROWS = [
 def model_cases(quick: bool) -> list:
     """(label, shapes, min_quant_size) of the many-tensor cases."""
     if quick:
-        return [("30 × 8192", [(8192,)] * 30, 4096), ("200 × 64, min_quant_size=0",
-                                                       [(64,)] * 200, 0)]
-    return [("300 × 8192", [(8192,)] * 300, 4096),
-            ("2000 × 64, min_quant_size=0", [(64,)] * 2000, 0),
-            ("GPT-2 small (148 tensors, 124M)", gpt2_small_shapes(), 4096)]
+        return [
+            ("30 × 8192", [(8192,)] * 30, 4096),
+            ("200 × 64, min_quant_size=0", [(64,)] * 200, 0),
+        ]
+    return [
+        ("300 × 8192", [(8192,)] * 300, 4096),
+        ("2000 × 64, min_quant_size=0", [(64,)] * 2000, 0),
+        ("GPT-2 small (148 tensors, 124M)", gpt2_small_shapes(), 4096),
+    ]
 
 
 def measure_model(factory, shapes: list, min_quant: int, repeat: int) -> float:
@@ -144,6 +161,7 @@ def measure_model(factory, shapes: list, min_quant: int, repeat: int) -> float:
 
 def import_seconds(repeat: int = 3) -> tuple:
     """(best seconds of `import torch`, best of `import torch, lowfp.optim`), fresh processes."""
+
     def best(code):
         out = []
         for _ in range(repeat):
@@ -151,27 +169,35 @@ def import_seconds(repeat: int = 3) -> tuple:
             subprocess.run([sys.executable, "-c", code], check=True)
             out.append(time.perf_counter() - t)
         return min(out)
+
     return best("import torch"), best("import torch, lowfp.optim")
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="lowfp bench optim",
-                                 description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="lowfp bench optim", description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=1 << 24, help="parameters (default 16Mi)")
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="threads (default all)")
     ap.add_argument("--repeat", type=int, default=5, help="timed steps (default 5)")
-    ap.add_argument("--quick", action="store_true",
-                    help="smoke run: 2^16 parameters, a 64x64 Muon matrix, 1 timed step")
-    ap.add_argument("--only", default=None,
-                    help="run only the rows whose name contains this text (e.g. lowfp)")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: 2^16 parameters, a 64x64 Muon matrix, 1 timed step",
+    )
+    ap.add_argument(
+        "--only", default=None, help="run only the rows whose name contains this text (e.g. lowfp)"
+    )
     args = ap.parse_args(argv)
     rows = [r for r in ROWS if args.only is None or args.only in r[0]]
     if not rows:
-        raise ValueError(f"--only: no optimizer row contains {args.only!r}; rows: "
-                         + ", ".join(r[0] for r in ROWS))
+        raise ValueError(
+            f"--only: no optimizer row contains {args.only!r}; rows: "
+            + ", ".join(r[0] for r in ROWS)
+        )
     if args.n < 1 or args.repeat < 1 or args.threads < 1:
-        raise ValueError("--n, --repeat, --threads: expected positive integers, got "
-                         f"{args.n}, {args.repeat}, {args.threads}")
+        raise ValueError(
+            "--n, --repeat, --threads: expected positive integers, got "
+            f"{args.n}, {args.repeat}, {args.threads}"
+        )
     if args.quick:
         args.n, args.repeat = 1 << 16, 1
     old_threads = torch.get_num_threads()
@@ -204,15 +230,19 @@ def main(argv=None) -> int:
         ratio = f"{ms / base:.2f}×" if base and "[1]" not in name else "—"
         print(f"| {name} | {ms:.1f} | {bpp:.3f} | {ratio} |")
     print()
-    print(f"[1] one {matrix[0]}×{matrix[1]} matrix: fused momentum (Rust) + "
-          "5 Newton–Schulz steps (torch, bfloat16), which dominate on a CPU.")
+    print(
+        f"[1] one {matrix[0]}×{matrix[1]} matrix: fused momentum (Rust) + "
+        "5 Newton–Schulz steps (torch, bfloat16), which dominate on a CPU."
+    )
     for note in notes:
         print(f"- {note}")
     if args.only is None:
         models(args)
     print(f"\nCommand: `{' '.join([os.path.basename(sys.executable)] + sys.argv)}`  ")
-    print(f"Machine: {platform.machine()}, {os.cpu_count()} cores; torch {torch.__version__}, "
-          f"lowfp {lowfp.__version__}")
+    print(
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores; torch {torch.__version__}, "
+        f"lowfp {lowfp.__version__}"
+    )
     return 0
 
 
@@ -221,8 +251,9 @@ def models(args) -> None:
     cases = model_cases(args.quick)
     torch.set_num_threads(args.threads)
     table = []
-    with Progress("bench optim (models)", total=len(cases) * len(MODEL_ROWS),
-                  unit="runs") as progress:
+    with Progress(
+        "bench optim (models)", total=len(cases) * len(MODEL_ROWS), unit="runs"
+    ) as progress:
         for label, shapes, mq in cases:
             row: list[float | None] = []
             for name, factory in MODEL_ROWS:
@@ -238,9 +269,15 @@ def models(args) -> None:
     print("|---" * (len(MODEL_ROWS) + 1) + "|")
     for label, row in table:
         base = row[0]
-        cells = [f"{ms:.1f}" + (f" ({ms / base:.2f}×)" if base and i else "")
-                 if ms is not None else "n/a" for i, ms in enumerate(row)]
+        cells = [
+            f"{ms:.1f}" + (f" ({ms / base:.2f}×)" if base and i else "")
+            if ms is not None
+            else "n/a"
+            for i, ms in enumerate(row)
+        ]
         print(f"| {label} | " + " | ".join(cells) + " |")
     t_torch, t_both = import_seconds(1 if args.quick else 3)
-    print(f"\n`import torch`: {t_torch:.2f} s; `import torch, lowfp.optim`: {t_both:.2f} s "
-          f"(lowfp.optim adds {t_both - t_torch:+.2f} s; best of fresh processes)")
+    print(
+        f"\n`import torch`: {t_torch:.2f} s; `import torch, lowfp.optim`: {t_both:.2f} s "
+        f"(lowfp.optim adds {t_both - t_torch:+.2f} s; best of fresh processes)"
+    )

@@ -43,9 +43,22 @@ from .codec import (
     unpack,
 )
 
-__all__ = ["INSTALL_HINT", "KERNELS_DIR", "available", "decode", "dequantize", "encode", "is_cupy",
-           "is_torch_cuda", "on_device", "pack", "quantize", "quantize_blockwise_parts",
-           "random_bits", "unpack"]
+__all__ = [
+    "INSTALL_HINT",
+    "KERNELS_DIR",
+    "available",
+    "decode",
+    "dequantize",
+    "encode",
+    "is_cupy",
+    "is_torch_cuda",
+    "on_device",
+    "pack",
+    "quantize",
+    "quantize_blockwise_parts",
+    "random_bits",
+    "unpack",
+]
 
 
 def available() -> bool:
@@ -81,9 +94,17 @@ def _codec_table(codec: Any) -> tuple:
     return None, int(f.bits), f, float(f.max)
 
 
-def quantize_blockwise_parts(x: Any, codec: Any, block_size: int, scale: str, rounding: str,
-                             seed: int, stream: int, nonfinite: str = "error",
-                             row: int = 0) -> tuple:
+def quantize_blockwise_parts(
+    x: Any,
+    codec: Any,
+    block_size: int,
+    scale: str,
+    rounding: str,
+    seed: int,
+    stream: int,
+    nonfinite: str = "error",
+    row: int = 0,
+) -> tuple:
     """Device half of :func:`lowfp.quantize_blockwise` (arguments already resolved and
     validated there): (packed codes, scales, tensor scale g as a float, bases or None),
     arrays on x's device, the scales stored as the rule stores them (float32 for "absmax",
@@ -95,15 +116,28 @@ def quantize_blockwise_parts(x: Any, codec: Any, block_size: int, scale: str, ro
     levels, code_bits, elem, elem_max = _codec_table(codec)
     a, kind = _to_cupy(x, "x")
     if kind not in ("float32", "float64", "float16", "bfloat16"):
-        raise TypeError(f"x: expected float32, float64, float16 or bfloat16 values, "
-                        f"got dtype {kind}")
+        raise TypeError(
+            f"x: expected float32, float64, float16 or bfloat16 values, got dtype {kind}"
+        )
     x32 = x
     if kind != "float32":  # 16-bit floats widen exactly; float64 rounds once (to nearest)
         x32 = x.float() if is_torch_cuda(x) else x.astype("float32")
     x32 = x32.reshape(-1)
     packed, scales, g, alphas = quantize_blockwise_arrays(
-        x32, elem, levels, elem_max, code_bits, int(block_size), scale, rounding, int(seed),
-        int(stream), nonfinite, _quantile_log(codec), int(row))
+        x32,
+        elem,
+        levels,
+        elem_max,
+        code_bits,
+        int(block_size),
+        scale,
+        rounding,
+        int(seed),
+        int(stream),
+        nonfinite,
+        _quantile_log(codec),
+        int(row),
+    )
     if scale in SCALE_FORMATS:
         scales = encode(scales, SCALE_FORMATS[scale])
     return packed, scales, g, alphas
@@ -125,15 +159,25 @@ def dequantize(q: Any):
         levels, code_bits = np.ascontiguousarray(f.values, np.float32), int(f.bits)
     fmt = SCALE_FORMATS.get(q.scale)
     s = q.scales if fmt is None else decode(q.scales, fmt)
-    out = dequantize_blockwise_arrays(q.codes, s, levels, code_bits, int(q.block_size),
-                                      float(q.global_scale), int(q.size),
-                                      q.alphas if logq is not None else None, logq)
+    out = dequantize_blockwise_arrays(
+        q.codes,
+        s,
+        levels,
+        code_bits,
+        int(q.block_size),
+        float(q.global_scale),
+        int(q.size),
+        q.alphas if logq is not None else None,
+        logq,
+    )
     return out.reshape(q.shape)
 
 
 def __getattr__(name: str):
     if name == "quantize_blockwise":  # moved up a layer: this package does not build QTensors
-        raise AttributeError("lowfp.cuda.quantize_blockwise moved to "
-                             "lowfp._blockwise_cuda.quantize_blockwise (lowfp.cuda returns "
-                             "arrays: quantize_blockwise_parts; qtensor.py builds the QTensor)")
+        raise AttributeError(
+            "lowfp.cuda.quantize_blockwise moved to "
+            "lowfp._blockwise_cuda.quantize_blockwise (lowfp.cuda returns "
+            "arrays: quantize_blockwise_parts; qtensor.py builds the QTensor)"
+        )
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

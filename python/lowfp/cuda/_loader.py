@@ -18,8 +18,7 @@ KERNELS_DIR = Path(__file__).resolve().parent / "kernels"
 SOURCES = ("lowfp_elem.cuh", "lowfp_kernels.cu")
 #: NVRTC options: no contraction of a*b+c into fma (the host check builds with
 #: -ffp-contract=off), IEEE division and square root (NVRTC's defaults, stated).
-OPTIONS = ("--std=c++17", "--fmad=false", "--prec-div=true", "--prec-sqrt=true",
-           f"-I{KERNELS_DIR}")
+OPTIONS = ("--std=c++17", "--fmad=false", "--prec-div=true", "--prec-sqrt=true", f"-I{KERNELS_DIR}")
 
 INSTALL_HINT = "install lowfp[cuda] (or the CuPy wheel for your CUDA, e.g. cupy-cuda12x)"
 
@@ -44,8 +43,7 @@ def source(main: str = "lowfp_kernels.cu", files: Tuple[str, ...] = SOURCES) -> 
 
 
 @lru_cache(maxsize=None)
-def module(device_id: int, main: str = "lowfp_kernels.cu",
-           files: Tuple[str, ...] = SOURCES) -> Any:
+def module(device_id: int, main: str = "lowfp_kernels.cu", files: Tuple[str, ...] = SOURCES) -> Any:
     """`main` compiled for device `device_id` (once per process; CuPy caches on disk too)."""
     cp = cupy()
     try:
@@ -54,7 +52,8 @@ def module(device_id: int, main: str = "lowfp_kernels.cu",
     except Exception as e:  # NVRTC missing or a CuPy built for another CUDA than the driver's
         raise RuntimeError(
             f"lowfp.cuda could not compile {main} with CuPy ({type(e).__name__}: {e}); "
-            f"check that CuPy matches your CUDA version: {INSTALL_HINT}") from e
+            f"check that CuPy matches your CUDA version: {INSTALL_HINT}"
+        ) from e
     return mod
 
 

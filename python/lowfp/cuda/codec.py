@@ -177,22 +177,27 @@ def _encode_errors(flags: _Flags, x: Any, f, n: int, can_fail: bool) -> None:
         return
     v = float(x.reshape(-1)[i].item()) if not is_torch_cuda(x) else float(x.reshape(-1)[i])
     if v != v:
-        raise ValueError(f"x: element {i} is NaN and format {f.name} has no NaN; pass "
-                         "nan='zero' to map NaN to 0")
-    raise ValueError(f"x: element {i} is negative and format {f.name} is unsigned; pass "
-                     "negative='clamp' to clamp to 0")
+        raise ValueError(
+            f"x: element {i} is NaN and format {f.name} has no NaN; pass nan='zero' to map NaN to 0"
+        )
+    raise ValueError(
+        f"x: element {i} is negative and format {f.name} is unsigned; pass "
+        "negative='clamp' to clamp to 0"
+    )
 
 
-def _encode_impl(x, fmt, rounding, overflow, seed, stream, offset, random_bits, nan, negative,
-                 quantize: bool):
+def _encode_impl(
+    x, fmt, rounding, overflow, seed, stream, offset, random_bits, nan, negative, quantize: bool
+):
     f = format(fmt)
     check_encode_options(rounding, overflow, nan, negative)
     if random_bits is not None:
         if rounding != "stochastic":
             raise ValueError("random_bits: only used with rounding='stochastic'")
         if not (on_device(x) and on_device(random_bits)):
-            raise ValueError("random_bits: expected x and random_bits both on the CPU or both "
-                             "on one CUDA device")
+            raise ValueError(
+                "random_bits: expected x and random_bits both on the CPU or both on one CUDA device"
+            )
         check_same_device(x=x, random_bits=random_bits)
     _check_dtype(x, "x", tuple(KINDS), "float32, float64, float16 or bfloat16 values")
     a, kind = _to_cupy(x, "x")
@@ -200,8 +205,9 @@ def _encode_impl(x, fmt, rounding, overflow, seed, stream, offset, random_bits, 
     if random_bits is not None:
         rb, rb_kind = _to_cupy(random_bits, "random_bits")
         if rb_kind != "uint32" or rb.size != a.size:
-            raise ValueError(f"random_bits: expected {a.size} uint32 values, got {rb.size} "
-                             f"of dtype {rb_kind}")
+            raise ValueError(
+                f"random_bits: expected {a.size} uint32 values, got {rb.size} of dtype {rb_kind}"
+            )
         use_rb = 1
     if quantize:
         check_exact_in(f, kind)
@@ -213,30 +219,70 @@ def _encode_impl(x, fmt, rounding, overflow, seed, stream, offset, random_bits, 
         out_bytes = np.dtype(code_dtype).itemsize
     flags = _Flags(x)
     n = a.size
-    _launch("lf_encode", n, (a, np.int32(KINDS[kind]), _u64(n), *_fmt_scalars(
-        f, overflow, nan, negative), np.int32(MODES[rounding]), _u64(seed), _u64(stream),
-        _u64(offset), rb, np.int32(use_rb), o, np.int32(out_bytes), np.int32(int(quantize)),
-        flags.bad, flags.first), x)
+    _launch(
+        "lf_encode",
+        n,
+        (
+            a,
+            np.int32(KINDS[kind]),
+            _u64(n),
+            *_fmt_scalars(f, overflow, nan, negative),
+            np.int32(MODES[rounding]),
+            _u64(seed),
+            _u64(stream),
+            _u64(offset),
+            rb,
+            np.int32(use_rb),
+            o,
+            np.int32(out_bytes),
+            np.int32(int(quantize)),
+            flags.bad,
+            flags.first,
+        ),
+        x,
+    )
     can_fail = (nan == "error" and f.nan == "none") or (negative == "error" and not f.signed)
     _encode_errors(flags, x, f, n, can_fail)
     return out
 
 
-def encode(x: Any, fmt: FormatLike, *, rounding: str = "nearest", overflow: str = "nonfinite",
-           seed: int = 0, stream: int = 0, offset: int = 0, random_bits: Any = None,
-           nan: str = "error", negative: str = "error"):
+def encode(
+    x: Any,
+    fmt: FormatLike,
+    *,
+    rounding: str = "nearest",
+    overflow: str = "nonfinite",
+    seed: int = 0,
+    stream: int = 0,
+    offset: int = 0,
+    random_bits: Any = None,
+    nan: str = "error",
+    negative: str = "error",
+):
     """:func:`lowfp.encode` on a CUDA tensor / CuPy array; codes of ``fmt.code_dtype`` on the
     same device, in the caller's type."""
-    return _encode_impl(x, fmt, rounding, overflow, seed, stream, offset, random_bits, nan,
-                        negative, quantize=False)
+    return _encode_impl(
+        x, fmt, rounding, overflow, seed, stream, offset, random_bits, nan, negative, quantize=False
+    )
 
 
-def quantize(x: Any, fmt: FormatLike, *, rounding: str = "nearest", overflow: str = "nonfinite",
-             seed: int = 0, stream: int = 0, offset: int = 0, random_bits: Any = None,
-             nan: str = "error", negative: str = "error"):
+def quantize(
+    x: Any,
+    fmt: FormatLike,
+    *,
+    rounding: str = "nearest",
+    overflow: str = "nonfinite",
+    seed: int = 0,
+    stream: int = 0,
+    offset: int = 0,
+    random_bits: Any = None,
+    nan: str = "error",
+    negative: str = "error",
+):
     """:func:`lowfp.quantize` on a CUDA tensor / CuPy array (rounded values in x's dtype)."""
-    return _encode_impl(x, fmt, rounding, overflow, seed, stream, offset, random_bits, nan,
-                        negative, quantize=True)
+    return _encode_impl(
+        x, fmt, rounding, overflow, seed, stream, offset, random_bits, nan, negative, quantize=True
+    )
 
 
 def decode(codes: Any, fmt: FormatLike, *, dtype: Any = np.float32):
@@ -250,14 +296,29 @@ def decode(codes: Any, fmt: FormatLike, *, dtype: Any = np.float32):
     out, o = _empty(codes, tuple(c.shape), dt.name)
     flags = _Flags(codes)
     n = c.size
-    _launch("lf_decode", n, (c, np.int32(c.itemsize), _u64(n), *_fmt_scalars(f), o,
-                             np.int32(dt == np.float64), flags.bad, flags.first), codes)
+    _launch(
+        "lf_decode",
+        n,
+        (
+            c,
+            np.int32(c.itemsize),
+            _u64(n),
+            *_fmt_scalars(f),
+            o,
+            np.int32(dt == np.float64),
+            flags.bad,
+            flags.first,
+        ),
+        codes,
+    )
     if n and c.itemsize * 8 > f.bits:
         bad, i = flags.read()
         if bad:
             v = int(c.reshape(-1)[i].item())
-            raise ValueError(f"codes: element {i} is {v}, but a {f.bits}-bit format has codes "
-                             f"0..{(1 << f.bits) - 1}")
+            raise ValueError(
+                f"codes: element {i} is {v}, but a {f.bits}-bit format has codes "
+                f"0..{(1 << f.bits) - 1}"
+            )
     return out
 
 
@@ -282,8 +343,12 @@ def pack(codes: Any, bits: int):
     length = packed_len(n, bits)
     out, o = _empty(codes, (length,), "uint8")
     flags = _Flags(codes)
-    _launch("lf_pack", length, (c, _u64(n), np.uint32(bits), o, _u64(length), flags.bad,
-                                flags.first), codes)
+    _launch(
+        "lf_pack",
+        length,
+        (c, _u64(n), np.uint32(bits), o, _u64(length), flags.bad, flags.first),
+        codes,
+    )
     if bits < 8 and n:
         bad, i = flags.read()
         if bad:
@@ -298,8 +363,9 @@ def unpack(packed: Any, bits: int, count: int):
     p, kind = _to_cupy(packed, "packed")
     length = packed_len(count, bits)
     if p.size != length:
-        raise ValueError(f"packed: expected {length} bytes for {count} {bits}-bit codes, "
-                         f"got {p.size}")
+        raise ValueError(
+            f"packed: expected {length} bytes for {count} {bits}-bit codes, got {p.size}"
+        )
     out, o = _empty(packed, (int(count),), "uint8")
     _launch("lf_unpack", int(count), (p, _u64(length), np.uint32(bits), _u64(count), o), packed)
     return out
@@ -314,8 +380,7 @@ def _device_levels(levels: np.ndarray, like: Any):
         return cp.asarray(np.ascontiguousarray(levels, np.float32))
 
 
-def table_encode(levels: np.ndarray, x: Any, rounding: str, seed: int, stream: int,
-                 offset: int):
+def table_encode(levels: np.ndarray, x: Any, rounding: str, seed: int, stream: int, offset: int):
     """Codes (uint8) of a table codec for float32/16/bf16 device values (NaN rejected)."""
     _check_dtype(x, "x", ("float32",), "float32 values (a CUDA table encode)")
     a, kind = _to_cupy(x, "x")
@@ -323,9 +388,24 @@ def table_encode(levels: np.ndarray, x: Any, rounding: str, seed: int, stream: i
     out, o = _empty(x, tuple(a.shape), "uint8")
     flags = _Flags(x)
     n = a.size
-    _launch("lf_table_encode", n, (a, _u64(n), lv, np.int32(lv.size),
-                                   np.int32(rounding == "stochastic"), _u64(seed), _u64(stream),
-                                   _u64(offset), o, flags.bad, flags.first), x)
+    _launch(
+        "lf_table_encode",
+        n,
+        (
+            a,
+            _u64(n),
+            lv,
+            np.int32(lv.size),
+            np.int32(rounding == "stochastic"),
+            _u64(seed),
+            _u64(stream),
+            _u64(offset),
+            o,
+            flags.bad,
+            flags.first,
+        ),
+        x,
+    )
     if n:
         bad, i = flags.read()
         if bad:
@@ -348,14 +428,17 @@ def table_decode(levels: np.ndarray, codes: Any, kind: str = "float32"):
     out, o = _empty(codes, tuple(c.shape), "float32")
     flags = _Flags(codes)
     n = c.size
-    _launch("lf_table_decode", n, (c, _u64(n), lv, np.int32(lv.size), o, flags.bad,
-                                   flags.first), codes)
+    _launch(
+        "lf_table_decode", n, (c, _u64(n), lv, np.int32(lv.size), o, flags.bad, flags.first), codes
+    )
     if n and lv.size < 256:
         bad, i = flags.read()
         if bad:
             v = int(c.reshape(-1)[i].item())
-            raise ValueError(f"codes: element {i} is {v}, but the codec has {lv.size} levels "
-                             f"(codes 0..{lv.size - 1})")
+            raise ValueError(
+                f"codes: element {i} is {v}, but the codec has {lv.size} levels "
+                f"(codes 0..{lv.size - 1})"
+            )
     if kind == "float32":
         return out
     if is_torch_cuda(out):
@@ -368,11 +451,21 @@ def table_decode(levels: np.ndarray, codes: Any, kind: str = "float32"):
 # ---------------------------------------------------------------- blockwise
 
 
-def quantize_blockwise_arrays(x: Any, elem, levels: Optional[np.ndarray], elem_max: float,
-                              code_bits: int, block: int, scale: str, rounding: str, seed: int,
-                              stream: int, nonfinite: str = "error",
-                              logq: Optional[Tuple[int, bool, bool, float]] = None,
-                              row: int = 0):
+def quantize_blockwise_arrays(
+    x: Any,
+    elem,
+    levels: Optional[np.ndarray],
+    elem_max: float,
+    code_bits: int,
+    block: int,
+    scale: str,
+    rounding: str,
+    seed: int,
+    stream: int,
+    nonfinite: str = "error",
+    logq: Optional[Tuple[int, bool, bool, float]] = None,
+    row: int = 0,
+):
     """(packed codes, float32 scales, tensor scale g as a float, bases or None) of a float32
     device array; `elem` is the element Format (None for a table codec with `levels`, or for
     a log codec with a per-block base: `logq` = (bits, signed, zero, quantile)).
@@ -401,47 +494,106 @@ def quantize_blockwise_arrays(x: Any, elem, levels: Optional[np.ndarray], elem_m
         return packed, scales, 1.0, alphas
     exmy = elem is not None
     lv = _device_levels(levels if levels is not None else np.zeros(1, np.float32), x)
-    fa = (_fmt_scalars(elem, "saturate", "error", "clamp") if exmy
-          else (np.uint32(0), np.uint32(0), np.int32(0), np.uint32(0)))
+    fa = (
+        _fmt_scalars(elem, "saturate", "error", "clamp")
+        if exmy
+        else (np.uint32(0), np.uint32(0), np.int32(0), np.uint32(0))
+    )
     rule = np.int32(SCALE_RULES[scale])
     with cp.cuda.Device(_device_id(x)), _stream(x):
-        _loader.kernel("lf_block_amax")((nb,), (_THREADS,),
-                                        (a, _u64(n), _u64(block), amax, flags.bad, flags.first))
-        _loader.kernel("lf_global_scale")((1,), (_THREADS,),
-                                          (amax, _u64(nb), rule, np.float32(elem_max), g))
+        _loader.kernel("lf_block_amax")(
+            (nb,), (_THREADS,), (a, _u64(n), _u64(block), amax, flags.bad, flags.first)
+        )
+        _loader.kernel("lf_global_scale")(
+            (1,), (_THREADS,), (amax, _u64(nb), rule, np.float32(elem_max), g)
+        )
     if logq is None:
         man_bits = np.uint32(elem.man_bits if exmy else 0)
-        _launch("lf_block_scales", nb, (amax, _u64(nb), rule, np.float32(elem_max),
-                                        np.int32(exmy), man_bits, g, s), x)
-        _launch("lf_block_codes", n, (a, _u64(n), _u64(block), s, g, *fa, lv,
-                                      np.int32(lv.size), np.int32(MODES[rounding]), _u64(seed),
-                                      _u64(stream), codes), x)
+        _launch(
+            "lf_block_scales",
+            nb,
+            (amax, _u64(nb), rule, np.float32(elem_max), np.int32(exmy), man_bits, g, s),
+            x,
+        )
+        _launch(
+            "lf_block_codes",
+            n,
+            (
+                a,
+                _u64(n),
+                _u64(block),
+                s,
+                g,
+                *fa,
+                lv,
+                np.int32(lv.size),
+                np.int32(MODES[rounding]),
+                _u64(seed),
+                _u64(stream),
+                codes,
+            ),
+            x,
+        )
     else:
         bits, signed, zero, quantile = logq
         per_row = -(-row // block) if row else 0
-        _launch("lf_block_logq", nb, (a, _u64(n), _u64(block), _u64(row), _u64(per_row), amax,
-                                      np.int32(nonfinite == "ocp"), rule, g, np.uint32(bits),
-                                      np.int32(bool(signed)), np.int32(bool(zero)),
-                                      np.float32(quantile), np.int32(MODES[rounding]),
-                                      _u64(seed), _u64(stream), codes, s, al, flags.bad), x)
-    _launch("lf_pack", length, (codes, _u64(n), np.uint32(code_bits), p, _u64(length),
-                                flags.bad, flags.first), x)
+        _launch(
+            "lf_block_logq",
+            nb,
+            (
+                a,
+                _u64(n),
+                _u64(block),
+                _u64(row),
+                _u64(per_row),
+                amax,
+                np.int32(nonfinite == "ocp"),
+                rule,
+                g,
+                np.uint32(bits),
+                np.int32(bool(signed)),
+                np.int32(bool(zero)),
+                np.float32(quantile),
+                np.int32(MODES[rounding]),
+                _u64(seed),
+                _u64(stream),
+                codes,
+                s,
+                al,
+                flags.bad,
+            ),
+            x,
+        )
+    _launch(
+        "lf_pack",
+        length,
+        (codes, _u64(n), np.uint32(code_bits), p, _u64(length), flags.bad, flags.first),
+        x,
+    )
     if nonfinite == "error" or logq is not None:
         bad, i = flags.read()  # non-finite inputs (bit 0), colliding log levels (bit 2)
         if nonfinite == "error" and bad & 1:
             v = float(a[i].item())
-            raise ValueError(f"x: element {i} is {v}; blockwise quantization needs finite "
-                             "values")
+            raise ValueError(f"x: element {i} is {v}; blockwise quantization needs finite values")
         if bad & 4:
-            raise ValueError("codec: the levels of a block's base collide (too many bits for "
-                             "the base float32 can hold apart)")
+            raise ValueError(
+                "codec: the levels of a block's base collide (too many bits for "
+                "the base float32 can hold apart)"
+            )
     return packed, scales, float(g.get()[0]), alphas
 
 
-def dequantize_blockwise_arrays(packed: Any, scales_f32: Any, levels: Optional[np.ndarray],
-                                code_bits: int, block: int, global_scale: float, count: int,
-                                alphas: Any = None,
-                                logq: Optional[Tuple[int, bool, bool, float]] = None):
+def dequantize_blockwise_arrays(
+    packed: Any,
+    scales_f32: Any,
+    levels: Optional[np.ndarray],
+    code_bits: int,
+    block: int,
+    global_scale: float,
+    count: int,
+    alphas: Any = None,
+    logq: Optional[Tuple[int, bool, bool, float]] = None,
+):
     """float32 device array of `count` values: levels[code] · (scale · g); for a log codec
     with per-block bases (`logq` = (bits, signed, zero, quantile), `alphas` one per block)
     each block's levels are computed from its base first."""
@@ -469,21 +621,47 @@ def dequantize_blockwise_arrays(packed: Any, scales_f32: Any, levels: Optional[n
         per_block = 1
         with cp.cuda.Device(_device_id(packed)), _stream(packed):
             lv = cp.empty(nb * nlev, cp.float32)
-        _launch("lf_block_logq_levels", nb, (al, _u64(nb), np.uint32(bits),
-                                             np.int32(bool(signed)), np.int32(bool(zero)), lv,
-                                             flags.bad, flags.first), packed)
+        _launch(
+            "lf_block_logq_levels",
+            nb,
+            (
+                al,
+                _u64(nb),
+                np.uint32(bits),
+                np.int32(bool(signed)),
+                np.int32(bool(zero)),
+                lv,
+                flags.bad,
+                flags.first,
+            ),
+            packed,
+        )
         if nb:
             bad, i = flags.read()
             if bad:
                 raise ValueError(f"alphas: the levels of block {i}'s base collide")
-    _launch("lf_block_dequantize", count, (p, _u64(p.size), np.uint32(code_bits), _u64(count),
-                                           _u64(block), s, np.float32(global_scale), lv,
-                                           np.int32(nlev), np.int32(per_block), o, flags.bad,
-                                           flags.first),
-            packed)
+    _launch(
+        "lf_block_dequantize",
+        count,
+        (
+            p,
+            _u64(p.size),
+            np.uint32(code_bits),
+            _u64(count),
+            _u64(block),
+            s,
+            np.float32(global_scale),
+            lv,
+            np.int32(nlev),
+            np.int32(per_block),
+            o,
+            flags.bad,
+            flags.first,
+        ),
+        packed,
+    )
     if count and nlev < (1 << code_bits):
         bad, i = flags.read()
         if bad:
-            raise ValueError(f"packed: element {i} has a code outside the codec's {nlev} "
-                             "levels")
+            raise ValueError(f"packed: element {i} has a code outside the codec's {nlev} levels")
     return out

@@ -38,18 +38,44 @@ PKINDS = {"float32": 0, "float16": 2, "bfloat16": 3}
 MAX_LEVELS = 256
 
 _I8, _U8, _F8 = "<i8", "<u8", "<f8"
-STATE_DESC = np.dtype([
-    ("kind", _I8), ("mode", _I8), ("code_bits", _I8), ("exp_bits", _I8), ("man_bits", _I8),
-    ("bias", _I8), ("flags", _I8), ("nlev", _I8), ("log_bits", _I8), ("log_signed", _I8),
-    ("log_zero", _I8), ("elem_max", _F8), ("quantile", _F8), ("stream", _U8), ("data", _U8),
-    ("scales", _U8), ("alphas", _U8), ("levels", _U8),
-])
-TENSOR_DESC = np.dtype([
-    ("n", _U8), ("pkind", _I8), ("param", _U8), ("grad", _U8), ("pstream", _U8),
-    ("offset", _U8), ("nesterov", _I8), ("first", _I8), ("hp", _F8, (8,)),
-    ("st", STATE_DESC, (MAX_STATES,)),
-    ("t", _I8), ("pending", _U8),
-])
+STATE_DESC = np.dtype(
+    [
+        ("kind", _I8),
+        ("mode", _I8),
+        ("code_bits", _I8),
+        ("exp_bits", _I8),
+        ("man_bits", _I8),
+        ("bias", _I8),
+        ("flags", _I8),
+        ("nlev", _I8),
+        ("log_bits", _I8),
+        ("log_signed", _I8),
+        ("log_zero", _I8),
+        ("elem_max", _F8),
+        ("quantile", _F8),
+        ("stream", _U8),
+        ("data", _U8),
+        ("scales", _U8),
+        ("alphas", _U8),
+        ("levels", _U8),
+    ]
+)
+TENSOR_DESC = np.dtype(
+    [
+        ("n", _U8),
+        ("pkind", _I8),
+        ("param", _U8),
+        ("grad", _U8),
+        ("pstream", _U8),
+        ("offset", _U8),
+        ("nesterov", _I8),
+        ("first", _I8),
+        ("hp", _F8, (8,)),
+        ("st", STATE_DESC, (MAX_STATES,)),
+        ("t", _I8),
+        ("pending", _U8),
+    ]
+)
 #: LF_SKIP_BITS of lowfp_optim.cuh: steps whose skip the host may not have seen yet.
 SKIP_BITS = 30
 
@@ -71,23 +97,37 @@ def _spec_static(key: Tuple) -> Tuple[Dict[str, Any], np.ndarray | None]:
     codec = spec["codec"]
     mode = MODES[spec["rounding"]]
     if spec.get("scale", "absmax") != "absmax":
-        raise ValueError(f"scale: the fused GPU steps use 'absmax' state scales, got "
-                         f"{spec['scale']!r}")
+        raise ValueError(
+            f"scale: the fused GPU steps use 'absmax' state scales, got {spec['scale']!r}"
+        )
     if mode not in (MODES["nearest"], MODES["stochastic"]):
-        raise ValueError(f"rounding: expected 'nearest' or 'stochastic' state rounding, got "
-                         f"{spec['rounding']!r}")
+        raise ValueError(
+            f"rounding: expected 'nearest' or 'stochastic' state rounding, got {spec['rounding']!r}"
+        )
     out = dict(mode=mode, elem_max=1.0)
     if codec == "exmy":
         f = _format(spec["format"])
         e, m, b, flags = format_args(f, "saturate", "error", "clamp")
-        out.update(kind=ST_EXMY, code_bits=int(f.bits), exp_bits=e, man_bits=m, bias=b,
-                   flags=flags, elem_max=float(np.float32(f.max)))
+        out.update(
+            kind=ST_EXMY,
+            code_bits=int(f.bits),
+            exp_bits=e,
+            man_bits=m,
+            bias=b,
+            flags=flags,
+            elem_max=float(np.float32(f.max)),
+        )
         return out, None
     bits = int(spec["bits"])
     out.update(code_bits=bits)
     if codec == "log" and float(spec.get("quantile") or 0.0) > 0.0:
-        out.update(kind=ST_LOGQ, log_bits=bits, log_signed=int(bool(spec["signed"])),
-                   log_zero=int(bool(spec["zero"])), quantile=_f32(spec["quantile"]))
+        out.update(
+            kind=ST_LOGQ,
+            log_bits=bits,
+            log_signed=int(bool(spec["signed"])),
+            log_zero=int(bool(spec["zero"])),
+            quantile=_f32(spec["quantile"]),
+        )
         return out, None
     levels = table_levels(spec)
     out.update(kind=ST_TABLE, nlev=int(levels.size))
@@ -98,8 +138,16 @@ def _spec_key(spec: Dict[str, Any]) -> Tuple:
     return tuple(sorted((k, v) for k, v in spec.items() if k != "fields"))
 
 
-def fill_state(d: np.void, state: Any, stream: int, addr: Callable[[Any], int],
-               levels: Callable[[np.ndarray], int], n: int, block: int, arg: str) -> None:
+def fill_state(
+    d: np.void,
+    state: Any,
+    stream: int,
+    addr: Callable[[Any], int],
+    levels: Callable[[np.ndarray], int],
+    n: int,
+    block: int,
+    arg: str,
+) -> None:
     """Fill one state descriptor from a state argument of the Rust entry format: a float32
     array, or (spec, packed, scales, alphas). `addr(array, arg)` gives an array's address,
     `levels(table)` the address of a table's levels where the kernel can read them."""
@@ -151,8 +199,13 @@ def _state_fields(state: Any, n: int, block: int, addr: Callable, arg: str) -> t
         _check_len(arg, packed, packed_len(n, bits))
         _check_len(arg, scales, nb)
         _check_len(arg, alphas, nb if kind == ST_LOGQ else 0)
-        out = (addr(packed, arg), addr(scales, arg),
-               addr(alphas, arg) if kind == ST_LOGQ else 0, rec, lv)
+        out = (
+            addr(packed, arg),
+            addr(scales, arg),
+            addr(alphas, arg) if kind == ST_LOGQ else 0,
+            rec,
+            lv,
+        )
     try:
         ref = weakref.ref(first)
     except TypeError:  # not weakly referable (a plain sequence): not cached
@@ -163,8 +216,16 @@ def _state_fields(state: Any, n: int, block: int, addr: Callable, arg: str) -> t
     return out
 
 
-def _fill_states(st: np.ndarray, states: Sequence, streams: Sequence[int], ns: Sequence[int],
-                 block: int, addr: Callable, levels: Callable, arg: str) -> None:
+def _fill_states(
+    st: np.ndarray,
+    states: Sequence,
+    streams: Sequence[int],
+    ns: Sequence[int],
+    block: int,
+    addr: Callable,
+    levels: Callable,
+    arg: str,
+) -> None:
     """Fill the STATE_DESC column `st` (one record per tensor) from the tensors' states: one
     Python pass for their addresses (each state checked once, then cached), then whole
     columns at once (field by field record writes cost ~0.5 ms per tensor: a 1000-tensor
@@ -215,8 +276,7 @@ def _params(out: np.ndarray, ps: Sequence, gs: Sequence, kinds: Sequence[str], a
     pa, ga = np.zeros(m, np.uint64), np.zeros(m, np.uint64)
     for i, (p, g, kind) in enumerate(zip(ps, gs, kinds)):
         if kind not in PKINDS:
-            raise TypeError(f"param: expected float32, bfloat16 or float16 parameters, got "
-                            f"{kind}")
+            raise TypeError(f"param: expected float32, bfloat16 or float16 parameters, got {kind}")
         n = p.numel() if hasattr(p, "numel") else int(p.size)
         if g is not None:
             _check_len("grad", g, n)
@@ -274,8 +334,15 @@ def _first(state: Any) -> Any:
     return state[1] if isinstance(state, tuple) else state
 
 
-def group_plan(op: str, states: Sequence[Sequence], ns: Sequence[int], block: int, addr,
-               levels, args: Sequence[str]) -> GroupPlan:
+def group_plan(
+    op: str,
+    states: Sequence[Sequence],
+    ns: Sequence[int],
+    block: int,
+    addr,
+    levels,
+    args: Sequence[str],
+) -> GroupPlan:
     """The GroupPlan of a group (`states`: per column the tensors' states; `ns`: the tensors'
     sizes), from the cache when its states are the same objects with the same sizes, else
     built (every state checked) and cached."""
@@ -283,8 +350,11 @@ def group_plan(op: str, states: Sequence[Sequence], ns: Sequence[int], block: in
     key = (op, block, *map(id, flat_states))
     nsa = np.asarray(ns, np.uint64)
     gp = _GROUP_PLANS.get(key)
-    if gp is not None and np.array_equal(gp.ns, nsa) and all(
-            r() is _first(s) for r, s in zip(gp.refs, flat_states)):
+    if (
+        gp is not None
+        and np.array_equal(gp.ns, nsa)
+        and all(r() is _first(s) for r, s in zip(gp.refs, flat_states))
+    ):
         _GROUP_PLANS[key] = _GROUP_PLANS.pop(key)  # most recently used last
         return gp
     m = len(ns)
@@ -303,8 +373,9 @@ def group_plan(op: str, states: Sequence[Sequence], ns: Sequence[int], block: in
     return gp
 
 
-def _descs(op: str, entries: Sequence, block: int, addr, levels,
-           offsets: Sequence[int] | None) -> Tuple[np.ndarray, GroupPlan | None]:
+def _descs(
+    op: str, entries: Sequence, block: int, addr, levels, offsets: Sequence[int] | None
+) -> Tuple[np.ndarray, GroupPlan | None]:
     """(descriptors, group plan) of `_core.adamw_step_group` / `adamw_amsgrad_step_group` /
     `sgd_step_group` entries."""
     out = np.zeros(len(entries), TENSOR_DESC)
@@ -336,30 +407,42 @@ def _descs(op: str, entries: Sequence, block: int, addr, levels,
     return out, gp
 
 
-def adamw_descs(entries: Sequence, block: int, addr, levels,
-                offsets: Sequence[int] | None = None) -> np.ndarray:
+def adamw_descs(
+    entries: Sequence, block: int, addr, levels, offsets: Sequence[int] | None = None
+) -> np.ndarray:
     """Descriptors of `_core.adamw_step_group` entries: (param, grad, exp_avg, exp_avg_sq,
     scalars (8), (stream_m, stream_v), param_stream, kind); `offsets`: each tensor's first
     element in a larger one (FSDP shards), keying stochastic rounding as in Rust."""
     return _descs("adamw", entries, block, addr, levels, offsets)[0]
 
 
-def adamw_amsgrad_descs(entries: Sequence, block: int, addr, levels,
-                        offsets: Sequence[int] | None = None) -> np.ndarray:
+def adamw_amsgrad_descs(
+    entries: Sequence, block: int, addr, levels, offsets: Sequence[int] | None = None
+) -> np.ndarray:
     """Descriptors of `_core.adamw_amsgrad_step_group` entries: an AdamW entry, then
     (max_exp_avg_sq, its stream)."""
     return _descs("adamw_amsgrad", entries, block, addr, levels, offsets)[0]
 
 
-def sgd_descs(entries: Sequence, block: int, addr, levels,
-              offsets: Sequence[int] | None = None) -> np.ndarray:
+def sgd_descs(
+    entries: Sequence, block: int, addr, levels, offsets: Sequence[int] | None = None
+) -> np.ndarray:
     """Descriptors of `_core.sgd_step_group` entries: (param, grad, momentum_buffer,
     (lr, momentum, 1 − dampening, weight_decay), nesterov, first, stream, param_stream, kind)."""
     return _descs("sgd", entries, block, addr, levels, offsets)[0]
 
 
-def muon_descs(grad: Any, buf: Any, beta: float, nesterov: bool, block: int, stream: int,
-               addr, levels, offset: int = 0) -> np.ndarray:
+def muon_descs(
+    grad: Any,
+    buf: Any,
+    beta: float,
+    nesterov: bool,
+    block: int,
+    stream: int,
+    addr,
+    levels,
+    offset: int = 0,
+) -> np.ndarray:
     """The descriptor of `_core.muon_momentum(grad, buf, beta, nesterov, block, seed, stream)`:
     the float32 gradient is the "parameter" the direction overwrites."""
     out = np.zeros(1, TENSOR_DESC)
@@ -401,6 +484,7 @@ def _device_levels(cp: Any) -> Callable[[np.ndarray], int]:
         if key not in _LEVELS:
             _LEVELS[key] = cp.asarray(lv)
         return int(_LEVELS[key].data.ptr)
+
     return get
 
 
@@ -417,13 +501,17 @@ def _cuda_addr(device: Any) -> Callable[[Any], int]:
             return int(a.data_ptr())
         if is_cupy(a):
             if not a.flags.c_contiguous:
-                raise ValueError(f"{arg}: a non-contiguous CuPy array; pass "
-                                 "cupy.ascontiguousarray(...)")
+                raise ValueError(
+                    f"{arg}: a non-contiguous CuPy array; pass cupy.ascontiguousarray(...)"
+                )
             return int(a.data.ptr)
         where = getattr(a, "device", "the CPU")
-        raise TypeError(f"{arg}: expected a CUDA torch tensor or CuPy array, got "
-                        f"{type(a).__name__} on {where}; keep every tensor of a step on the "
-                        "parameters' device")
+        raise TypeError(
+            f"{arg}: expected a CUDA torch tensor or CuPy array, got "
+            f"{type(a).__name__} on {where}; keep every tensor of a step on the "
+            "parameters' device"
+        )
+
     return addr
 
 
@@ -448,31 +536,53 @@ def tile_plan(ns: np.ndarray, st: np.ndarray, block: int) -> Tuple[np.ndarray, i
     return prefix, (smem + 15) // 16 * 16, nlev
 
 
-def launch_plan(op: str, descs: np.ndarray, block: int, seed: int, param_stochastic: bool,
-                tab: np.ndarray | None = None,
-                tiles: Tuple[np.ndarray, int, list] | None = None) -> Dict[str, Any]:
+def launch_plan(
+    op: str,
+    descs: np.ndarray,
+    block: int,
+    seed: int,
+    param_stochastic: bool,
+    tab: np.ndarray | None = None,
+    tiles: Tuple[np.ndarray, int, list] | None = None,
+) -> Dict[str, Any]:
     """Everything one launch of ``lf_optim_step`` needs, as host data: ``grid`` (tiles in all),
     ``smem`` (dynamic shared memory bytes), ``meta`` (the tile prefix, the descriptors, then
     the scalar table `tab` (rows of 8 float64) if any, as bytes), ``tab_offset`` (the table's
     byte offset in meta, or None) and the scalar ``args`` after ``meta``. `tiles`: the
     group's :func:`tile_plan` when kept (:class:`GroupPlan`), else built from `descs`. The
     host check runs this very plan."""
-    prefix, smem, nlev = tiles if tiles is not None else tile_plan(descs["n"], descs["st"],
-                                                                   block)
+    prefix, smem, nlev = tiles if tiles is not None else tile_plan(descs["n"], descs["st"], block)
     parts = [prefix.view(np.uint8), descs.view(np.uint8)]
     tab_offset = None
     if tab is not None:
         tab_offset = sum(p.size for p in parts)  # a multiple of 8: prefix and descriptors are
         parts.append(np.ascontiguousarray(tab, np.float64).reshape(-1).view(np.uint8))
     meta = np.concatenate(parts)
-    args = (OPS[op], len(descs), block, tile_size(block), int(seed) & (2**64 - 1),
-            int(bool(param_stochastic)), nlev[0], nlev[1], nlev[2])
+    args = (
+        OPS[op],
+        len(descs),
+        block,
+        tile_size(block),
+        int(seed) & (2**64 - 1),
+        int(bool(param_stochastic)),
+        nlev[0],
+        nlev[1],
+        nlev[2],
+    )
     return dict(grid=int(prefix[-1]), smem=smem, meta=meta, args=args, tab_offset=tab_offset)
 
 
-def prepare(op: str, entries: Sequence, block: int, seed: int, param_stochastic: bool, addr,
-            levels, offsets: Sequence[int] | None = None,
-            ctx: "StepContext | None" = None) -> Dict[str, Any]:
+def prepare(
+    op: str,
+    entries: Sequence,
+    block: int,
+    seed: int,
+    param_stochastic: bool,
+    addr,
+    levels,
+    offsets: Sequence[int] | None = None,
+    ctx: "StepContext | None" = None,
+) -> Dict[str, Any]:
     """The launch plan of one step of a group (`op`: "adamw", "adamw_amsgrad" or "sgd"):
     descriptors from the entries over the group's kept GroupPlan, the device-skip inputs of
     `ctx`. The CUDA steps launch it; the host check runs it."""
@@ -481,8 +591,9 @@ def prepare(op: str, entries: Sequence, block: int, seed: int, param_stochastic:
     if ctx is not None:
         descs["pending"] = ctx.pending
         tab = ctx.tab
-    return launch_plan(op, descs, block, seed, param_stochastic, tab,
-                       None if gp is None else gp.tiles)
+    return launch_plan(
+        op, descs, block, seed, param_stochastic, tab, None if gp is None else gp.tiles
+    )
 
 
 def check_plan(descs: np.ndarray, tile: int = 2048) -> Dict[str, Any]:
@@ -492,8 +603,11 @@ def check_plan(descs: np.ndarray, tile: int = 2048) -> Dict[str, Any]:
     tiles = (n + np.uint64(tile - 1)) // np.uint64(tile)
     prefix = np.zeros(len(descs) + 1, np.uint64)
     np.cumsum(tiles, out=prefix[1:])
-    return dict(grid=int(prefix[-1]), meta=np.concatenate([prefix.view(np.uint8),
-                                                           descs.view(np.uint8)]), tile=tile)
+    return dict(
+        grid=int(prefix[-1]),
+        meta=np.concatenate([prefix.view(np.uint8), descs.view(np.uint8)]),
+        tile=tile,
+    )
 
 
 def _check_capture() -> None:
@@ -504,14 +618,23 @@ def _check_capture() -> None:
     except ImportError:  # CuPy arrays without torch: no torch capture to be inside of
         return
     if torch.cuda.is_current_stream_capturing():
-        raise RuntimeError("lowfp.optim: a CUDA step cannot be captured in a CUDA graph (its "
-                           "descriptors and scalars are uploaded from the host at every step); "
-                           "step outside the captured region")
+        raise RuntimeError(
+            "lowfp.optim: a CUDA step cannot be captured in a CUDA graph (its "
+            "descriptors and scalars are uploaded from the host at every step); "
+            "step outside the captured region"
+        )
 
 
-def _launch(op: str, descs: np.ndarray | None, block: int, seed: int, param_stochastic: bool,
-            cp: Any, ctx: "StepContext | None" = None,
-            plan: Dict[str, Any] | None = None) -> None:
+def _launch(
+    op: str,
+    descs: np.ndarray | None,
+    block: int,
+    seed: int,
+    param_stochastic: bool,
+    cp: Any,
+    ctx: "StepContext | None" = None,
+    plan: Dict[str, Any] | None = None,
+) -> None:
     if plan is None:
         tab = None
         if ctx is not None:
@@ -529,11 +652,29 @@ def _launch(op: str, descs: np.ndarray | None, block: int, seed: int, param_stoc
         if plan["tab_offset"] is not None:
             tab_ptr, t0, ntab = int(dmeta.data.ptr) + plan["tab_offset"], ctx.t0, len(ctx.tab)
     kernel = _module(cp.cuda.Device().id).get_function("lf_optim_step")
-    kernel((plan["grid"],), (256,),
-           (np.int32(o), dmeta, np.uint64(count), np.uint32(blk), np.uint32(tile), np.uint64(sd),
-            np.int32(ps), np.uint32(nl0), np.uint32(nl1), np.uint32(nl2), bad, np.uint64(word),
-            np.int64(bit), np.uint64(tab_ptr), np.int64(t0), np.int64(ntab)),
-           shared_mem=plan["smem"])
+    kernel(
+        (plan["grid"],),
+        (256,),
+        (
+            np.int32(o),
+            dmeta,
+            np.uint64(count),
+            np.uint32(blk),
+            np.uint32(tile),
+            np.uint64(sd),
+            np.int32(ps),
+            np.uint32(nl0),
+            np.uint32(nl1),
+            np.uint32(nl2),
+            bad,
+            np.uint64(word),
+            np.int64(bit),
+            np.uint64(tab_ptr),
+            np.int64(t0),
+            np.int64(ntab),
+        ),
+        shared_mem=plan["smem"],
+    )
     # `bad` (levels that collide: a log code with too many bits for its base; 8: a step
     # number outside the table) stays on the device; reading it would synchronize. The
     # optimizers' presets cannot reach it.
@@ -544,9 +685,14 @@ def _torch_device(entries: Sequence) -> Any:
     return getattr(p, "device", None)
 
 
-def adamw_step_group(entries: Sequence, block: int, seed: int, param_stochastic: bool,
-                     offsets: Sequence[int] | None = None,
-                     ctx: "StepContext | None" = None) -> None:
+def adamw_step_group(
+    entries: Sequence,
+    block: int,
+    seed: int,
+    param_stochastic: bool,
+    offsets: Sequence[int] | None = None,
+    ctx: "StepContext | None" = None,
+) -> None:
     """`_core.adamw_step_group` for CUDA tensors: one launch, on torch's current stream.
 
     Args:
@@ -569,14 +715,28 @@ def adamw_step_group(entries: Sequence, block: int, seed: int, param_stochastic:
         return
     _check_capture()
     with cp.cuda.Device(_device_id(entries[0][0])), _stream(entries[0][0]):
-        plan = prepare("adamw", entries, block, seed, param_stochastic,
-                       _cuda_addr(_torch_device(entries)), _device_levels(cp), offsets, ctx)
+        plan = prepare(
+            "adamw",
+            entries,
+            block,
+            seed,
+            param_stochastic,
+            _cuda_addr(_torch_device(entries)),
+            _device_levels(cp),
+            offsets,
+            ctx,
+        )
         _launch("adamw", None, block, seed, param_stochastic, cp, ctx, plan)
 
 
-def adamw_amsgrad_step_group(entries: Sequence, block: int, seed: int, param_stochastic: bool,
-                             offsets: Sequence[int] | None = None,
-                             ctx: "StepContext | None" = None) -> None:
+def adamw_amsgrad_step_group(
+    entries: Sequence,
+    block: int,
+    seed: int,
+    param_stochastic: bool,
+    offsets: Sequence[int] | None = None,
+    ctx: "StepContext | None" = None,
+) -> None:
     """`_core.adamw_amsgrad_step_group` for CUDA tensors: one launch, on torch's current
     stream.
 
@@ -597,13 +757,28 @@ def adamw_amsgrad_step_group(entries: Sequence, block: int, seed: int, param_sto
         return
     _check_capture()
     with cp.cuda.Device(_device_id(entries[0][0])), _stream(entries[0][0]):
-        plan = prepare("adamw_amsgrad", entries, block, seed, param_stochastic,
-                       _cuda_addr(_torch_device(entries)), _device_levels(cp), offsets, ctx)
+        plan = prepare(
+            "adamw_amsgrad",
+            entries,
+            block,
+            seed,
+            param_stochastic,
+            _cuda_addr(_torch_device(entries)),
+            _device_levels(cp),
+            offsets,
+            ctx,
+        )
         _launch("adamw_amsgrad", None, block, seed, param_stochastic, cp, ctx, plan)
 
 
-def sgd_step_group(entries: Sequence, block: int, seed: int, param_stochastic: bool,
-                   offsets: Sequence[int] | None = None, ctx: "StepContext | None" = None) -> None:
+def sgd_step_group(
+    entries: Sequence,
+    block: int,
+    seed: int,
+    param_stochastic: bool,
+    offsets: Sequence[int] | None = None,
+    ctx: "StepContext | None" = None,
+) -> None:
     """`_core.sgd_step_group` for CUDA tensors: one launch, on torch's current stream.
 
     Args:
@@ -623,13 +798,30 @@ def sgd_step_group(entries: Sequence, block: int, seed: int, param_stochastic: b
         return
     _check_capture()
     with cp.cuda.Device(_device_id(entries[0][0])), _stream(entries[0][0]):
-        plan = prepare("sgd", entries, block, seed, param_stochastic,
-                       _cuda_addr(_torch_device(entries)), _device_levels(cp), offsets, ctx)
+        plan = prepare(
+            "sgd",
+            entries,
+            block,
+            seed,
+            param_stochastic,
+            _cuda_addr(_torch_device(entries)),
+            _device_levels(cp),
+            offsets,
+            ctx,
+        )
         _launch("sgd", None, block, seed, param_stochastic, cp, ctx, plan)
 
 
-def muon_momentum(grad: Any, buf: Any, beta: float, nesterov: bool, block: int, seed: int,
-                  stream: int, offset: int = 0) -> None:
+def muon_momentum(
+    grad: Any,
+    buf: Any,
+    beta: float,
+    nesterov: bool,
+    block: int,
+    seed: int,
+    stream: int,
+    offset: int = 0,
+) -> None:
     """`_core.muon_momentum` for CUDA tensors: the direction replaces `grad` in place.
 
     Args:
@@ -645,8 +837,17 @@ def muon_momentum(grad: Any, buf: Any, beta: float, nesterov: bool, block: int, 
 
     cp = cupy()
     with cp.cuda.Device(_device_id(grad)), _stream(grad):
-        descs = muon_descs(grad, buf, beta, nesterov, block, stream,
-                           _cuda_addr(getattr(grad, "device", None)), _device_levels(cp), offset)
+        descs = muon_descs(
+            grad,
+            buf,
+            beta,
+            nesterov,
+            block,
+            stream,
+            _cuda_addr(getattr(grad, "device", None)),
+            _device_levels(cp),
+            offset,
+        )
         _launch("muon", descs, block, seed, False, cp)
 
 
@@ -681,8 +882,7 @@ class StepContext:
 
     __slots__ = ("word", "bit", "pending", "tab", "t0")
 
-    def __init__(self, word: int, bit: int, pending: np.ndarray, tab: np.ndarray | None,
-                 t0: int):
+    def __init__(self, word: int, bit: int, pending: np.ndarray, tab: np.ndarray | None, t0: int):
         self.word, self.bit, self.pending, self.tab, self.t0 = word, bit, pending, tab, t0
 
 
@@ -735,13 +935,21 @@ class DeviceSkip:
         with cp.cuda.Device(self.device.index), _stream(self.word):
             dmeta = cp.asarray(plan["meta"])
             kernel = _module(cp.cuda.Device().id).get_function("lf_optim_check")
-            kernel((plan["grid"],), (256,), (dmeta, np.uint64(len(descs)),
-                                             np.uint32(plan["tile"]),
-                                             np.uint64(self.word.data_ptr()),
-                                             np.uint32(self.bit)))
+            kernel(
+                (plan["grid"],),
+                (256,),
+                (
+                    dmeta,
+                    np.uint64(len(descs)),
+                    np.uint32(plan["tile"]),
+                    np.uint64(self.word.data_ptr()),
+                    np.uint32(self.bit),
+                ),
+            )
 
-    def context(self, params: Sequence, ts: Sequence[int],
-                scalars_at: Callable[[int], tuple] | None) -> StepContext:
+    def context(
+        self, params: Sequence, ts: Sequence[int], scalars_at: Callable[[int], tuple] | None
+    ) -> StepContext:
         """The StepContext of a group: its params, their step numbers as the host counts them
         (this step included), and the optimizer's scalars as a function of t (None: none
         depend on t)."""
@@ -750,8 +958,9 @@ class DeviceSkip:
         if scalars_at is not None and len(ts):
             lag = max(bin(int(m)).count("1") for m in pending) if len(pending) else 0
             t0 = max(1, min(ts) - lag)
-            tab = np.array([[_f32(v) for v in scalars_at(t)] for t in range(t0, max(ts) + 1)],
-                           np.float64)
+            tab = np.array(
+                [[_f32(v) for v in scalars_at(t)] for t in range(t0, max(ts) + 1)], np.float64
+            )
         return StepContext(self.word.data_ptr(), self.bit, pending, tab, t0)
 
     def end(self, entries: Sequence) -> None:

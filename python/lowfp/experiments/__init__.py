@@ -33,9 +33,22 @@ import sys
 import time
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
-__all__ = ["EXPERIMENTS", "Experiment", "Claim", "register", "run", "run_one", "run_seeds",
-           "aggregate", "verdict", "mean_sd", "rel", "write_csv", "save_plot",
-           "markdown_table"]
+__all__ = [
+    "EXPERIMENTS",
+    "Experiment",
+    "Claim",
+    "register",
+    "run",
+    "run_one",
+    "run_seeds",
+    "aggregate",
+    "verdict",
+    "mean_sd",
+    "rel",
+    "write_csv",
+    "save_plot",
+    "markdown_table",
+]
 
 from .progress import Progress  # noqa: E402 - the progress line every experiment reports to
 
@@ -74,22 +87,45 @@ class Experiment:
 #: name → :class:`Experiment`.
 EXPERIMENTS: Dict[str, Experiment] = {}
 #: The order of a run of every experiment.
-ORDER = ("beta2", "mantissa-vs-steps", "linf", "muon8bit", "sgd-shrinkage", "solo-factorial",
-         "ptq", "qat-scaling", "blockwise-lr", "precision-sweep", "swamping", "low-bit-states")
+ORDER = (
+    "beta2",
+    "mantissa-vs-steps",
+    "linf",
+    "muon8bit",
+    "sgd-shrinkage",
+    "solo-factorial",
+    "ptq",
+    "qat-scaling",
+    "blockwise-lr",
+    "precision-sweep",
+    "swamping",
+    "low-bit-states",
+)
 SIZES = ("quick", "default", "full")
 
 
-def register(name: str, default_steps: int, summary: str, quick_steps: Optional[int] = None,
-             full_steps: Optional[int] = None, claims: Sequence[Claim] = ()):
+def register(
+    name: str,
+    default_steps: int,
+    summary: str,
+    quick_steps: Optional[int] = None,
+    full_steps: Optional[int] = None,
+    claims: Sequence[Claim] = (),
+):
     """Decorator: add an experiment function ``fn(steps, seed, out, progress, size)`` to
     :data:`EXPERIMENTS`. ``quick_steps`` (the main job's, default ``default_steps``) and
     ``full_steps`` (``--full``, default 4 × ``default_steps``)."""
 
     def deco(fn):
         EXPERIMENTS[name] = Experiment(
-            name, fn, int(default_steps), summary,
+            name,
+            fn,
+            int(default_steps),
+            summary,
             int(default_steps if quick_steps is None else quick_steps),
-            int(4 * default_steps if full_steps is None else full_steps), tuple(claims))
+            int(4 * default_steps if full_steps is None else full_steps),
+            tuple(claims),
+        )
         return fn
 
     return deco
@@ -212,20 +248,26 @@ def steps_for(name: str, size: str = "default") -> int:
     """The step count of experiment ``name`` at ``size`` (quick, default, full)."""
     _load()
     exp = EXPERIMENTS[name]
-    return {"quick": exp.quick_steps, "default": exp.default_steps,
-            "full": exp.full_steps}[_check_size(size)]
+    return {"quick": exp.quick_steps, "default": exp.default_steps, "full": exp.full_steps}[
+        _check_size(size)
+    ]
 
 
-def run_one(name: str, steps: Optional[int] = None, seed: int = 0,
-            out: Union[str, pathlib.Path] = "lowfp-experiments",
-            progress: Union[bool, Callable[[str], None], None, Progress] = True,
-            size: str = "default") -> dict:
+def run_one(
+    name: str,
+    steps: Optional[int] = None,
+    seed: int = 0,
+    out: Union[str, pathlib.Path] = "lowfp-experiments",
+    progress: Union[bool, Callable[[str], None], None, Progress] = True,
+    size: str = "default",
+) -> dict:
     """Run one experiment on one seed (the size's steps when ``steps`` is None); returns its
     result dict (the CSVs and PNGs are written into ``out``)."""
     _load()
     if name not in EXPERIMENTS:
-        raise ValueError(f"experiment: unknown name {name!r}; expected one of "
-                         f"{', '.join(EXPERIMENTS)}")
+        raise ValueError(
+            f"experiment: unknown name {name!r}; expected one of {', '.join(EXPERIMENTS)}"
+        )
     steps = _check_steps(steps)
     _check_size(size)
     exp = EXPERIMENTS[name]
@@ -238,15 +280,25 @@ def run_one(name: str, steps: Optional[int] = None, seed: int = 0,
     else:
         with _progress_fn(progress, name) as bar:
             res = exp.fn(n, int(seed), out, bar, size)
-    res.update(name=name, steps=n, seed=int(seed), size=size,
-               seconds=time.perf_counter() - t, cpu_seconds=time.process_time() - cpu)
+    res.update(
+        name=name,
+        steps=n,
+        seed=int(seed),
+        size=size,
+        seconds=time.perf_counter() - t,
+        cpu_seconds=time.process_time() - cpu,
+    )
     return res
 
 
-def run_seeds(name: str, seeds: Sequence[int] = (0, 1, 2), steps: Optional[int] = None,
-              out: Union[str, pathlib.Path] = "lowfp-experiments",
-              progress: Union[bool, Callable[[str], None], None] = True,
-              size: str = "default") -> dict:
+def run_seeds(
+    name: str,
+    seeds: Sequence[int] = (0, 1, 2),
+    steps: Optional[int] = None,
+    out: Union[str, pathlib.Path] = "lowfp-experiments",
+    progress: Union[bool, Callable[[str], None], None] = True,
+    size: str = "default",
+) -> dict:
     """Run one experiment on every seed (each seed's files under ``out/<name>/seed<k>/``) and
     aggregate: every numeric table cell as mean ± sd over the seeds, paired differences against
     the same-seed baseline row, a verdict per claim. Returns the aggregate dict (see
@@ -289,11 +341,15 @@ class _SeedProgress(Progress):
         pass
 
 
-def run(names: Optional[Sequence[str]] = None, steps: Optional[int] = None,
-        seeds: Union[int, Sequence[int]] = (0, 1, 2),
-        out: Union[str, pathlib.Path] = "lowfp-experiments",
-        progress: Union[bool, Callable[[str], None], None] = True,
-        size: Optional[str] = None, seed: Optional[int] = None) -> pathlib.Path:
+def run(
+    names: Optional[Sequence[str]] = None,
+    steps: Optional[int] = None,
+    seeds: Union[int, Sequence[int]] = (0, 1, 2),
+    out: Union[str, pathlib.Path] = "lowfp-experiments",
+    progress: Union[bool, Callable[[str], None], None] = True,
+    size: Optional[str] = None,
+    seed: Optional[int] = None,
+) -> pathlib.Path:
     """Run the named experiments (all when ``names`` is empty/None) on every seed, write
     ``out/report.md`` (verdict tables per paper first) and return its path.
 
@@ -314,8 +370,9 @@ def run(names: Optional[Sequence[str]] = None, steps: Optional[int] = None,
     names = list(names or all_names)
     bad = [n for n in names if n not in EXPERIMENTS]
     if bad:
-        raise ValueError(f"experiment: unknown name {bad[0]!r}; expected one of "
-                         f"{', '.join(all_names)}")
+        raise ValueError(
+            f"experiment: unknown name {bad[0]!r}; expected one of {', '.join(all_names)}"
+        )
     _check_steps(steps)
     _check_size(size)
     if seed is not None:
@@ -329,18 +386,33 @@ def run(names: Optional[Sequence[str]] = None, steps: Optional[int] = None,
     t0 = time.perf_counter()
     for i, n in enumerate(dict.fromkeys(names)):
         if progress is True and len(names) > 1:
-            sys.stderr.write(f"[lowfp experiment] {i + 1}/{len(names)}: {n}, seeds "
-                             f"{','.join(map(str, seeds))}, {size} size, "
-                             f"{time.perf_counter() - t0:.0f} s so far\n")
+            sys.stderr.write(
+                f"[lowfp experiment] {i + 1}/{len(names)}: {n}, seeds "
+                f"{','.join(map(str, seeds))}, {size} size, "
+                f"{time.perf_counter() - t0:.0f} s so far\n"
+            )
         results.append(run_seeds(n, seeds, steps, out, progress, size))
     path = out / "report.md"
     path.write_text(render_report(results))
-    write_csv(out / "verdicts.csv",
-              ["paper", "claim", "experiment", "effect", "mean", "sd", "n", "per_seed",
-               "verdict"],
-              [(v["paper"], v["claim"], r["name"], v["what"], v["mean"], v["sd"], v["n"],
-                " ".join(f"{e:.4g}" for e in v["effects"]), v["verdict"])
-               for r in results for v in r["verdicts"]])
+    write_csv(
+        out / "verdicts.csv",
+        ["paper", "claim", "experiment", "effect", "mean", "sd", "n", "per_seed", "verdict"],
+        [
+            (
+                v["paper"],
+                v["claim"],
+                r["name"],
+                v["what"],
+                v["mean"],
+                v["sd"],
+                v["n"],
+                " ".join(f"{e:.4g}" for e in v["effects"]),
+                v["verdict"],
+            )
+            for r in results
+            for v in r["verdicts"]
+        ],
+    )
     return path
 
 
@@ -429,9 +501,14 @@ def aggregate(exp: Experiment, per: List[dict]) -> dict:
                     u = list(dict.fromkeys(fmt_num(v) for v in vals))
                     row.append(u[0] if len(u) == 1 else " / ".join(fmt_num(v) for v in vals))
             rows.append(row)
-        tables.append({"title": t["title"] + (f" (mean ± sd over {len(per)} seeds)"
-                                              if len(per) > 1 else ""),
-                       "columns": t["columns"], "rows": rows})
+        tables.append(
+            {
+                "title": t["title"]
+                + (f" (mean ± sd over {len(per)} seeds)" if len(per) > 1 else ""),
+                "columns": t["columns"],
+                "rows": rows,
+            }
+        )
         base = t.get("baseline")
         if base is not None and len(per) > 1:
             tables.append(_paired(t, ti, per, k, base))
@@ -445,18 +522,36 @@ def aggregate(exp: Experiment, per: List[dict]) -> dict:
                 e = float("nan")
             effects.append(e)
         m, sd = mean_sd(effects)
-        verdicts.append(dict(paper=c.paper, claim=c.text, what=c.what, sign=c.sign,
-                             min_effect=c.min_effect, unit=c.unit, effects=effects, mean=m,
-                             sd=sd, n=sum(1 for e in effects if math.isfinite(e)),
-                             verdict=verdict(effects, c.sign, c.min_effect)))
-    return dict(name=exp.name, title=first["title"], description=first["description"],
-                steps=first["steps"], size=first["size"], seeds=[r["seed"] for r in per],
-                seconds=sum(r["seconds"] for r in per),
-                cpu_seconds=sum(r.get("cpu_seconds", math.nan) for r in per),
-                tables=tables, verdicts=verdicts,
-                per_seed=per, plots=[f"{exp.name}/seed{first['seed']}/{p}"
-                                     for p in first["plots"]],
-                findings=first["findings"] if len(per) == 1 else [])
+        verdicts.append(
+            dict(
+                paper=c.paper,
+                claim=c.text,
+                what=c.what,
+                sign=c.sign,
+                min_effect=c.min_effect,
+                unit=c.unit,
+                effects=effects,
+                mean=m,
+                sd=sd,
+                n=sum(1 for e in effects if math.isfinite(e)),
+                verdict=verdict(effects, c.sign, c.min_effect),
+            )
+        )
+    return dict(
+        name=exp.name,
+        title=first["title"],
+        description=first["description"],
+        steps=first["steps"],
+        size=first["size"],
+        seeds=[r["seed"] for r in per],
+        seconds=sum(r["seconds"] for r in per),
+        cpu_seconds=sum(r.get("cpu_seconds", math.nan) for r in per),
+        tables=tables,
+        verdicts=verdicts,
+        per_seed=per,
+        plots=[f"{exp.name}/seed{first['seed']}/{p}" for p in first["plots"]],
+        findings=first["findings"] if len(per) == 1 else [],
+    )
 
 
 def _pm(m: float, sd: float, n: int) -> str:
@@ -496,9 +591,12 @@ def _paired(t: dict, ti: int, per: List[dict], k: int, base) -> dict:
             row.append(_pm(m, sd, len(vals)) + (f" ({bad} n/a)" if bad else ""))
         rows.append(row)
     what = "the row named in the first column(s)" if callable(base) else " / ".join(base)
-    return {"title": f"Paired differences: {t['title']} minus the same seed's baseline "
-                     f"({what}), mean ± sd over {len(per)} seeds",
-            "columns": list(cols[:k]) + [cols[j] for j in keep], "rows": rows}
+    return {
+        "title": f"Paired differences: {t['title']} minus the same seed's baseline "
+        f"({what}), mean ± sd over {len(per)} seeds",
+        "columns": list(cols[:k]) + [cols[j] for j in keep],
+        "rows": rows,
+    }
 
 
 def write_aggregate_csv(agg: dict, out: pathlib.Path) -> List[str]:
@@ -512,13 +610,25 @@ def write_aggregate_csv(agg: dict, out: pathlib.Path) -> List[str]:
             for row in t["rows"]:
                 for j in range(k, len(row)):
                     if _is_num(row[j]):
-                        rows.append((t["title"], " / ".join(map(str, row[:k])),
-                                     t["columns"][j], r["seed"], float(row[j])))
+                        rows.append(
+                            (
+                                t["title"],
+                                " / ".join(map(str, row[:k])),
+                                t["columns"][j],
+                                r["seed"],
+                                float(row[j]),
+                            )
+                        )
     a = write_csv(out / f"{name}_cells.csv", ["table", "row", "column", "seed", "value"], rows)
-    b = write_csv(out / f"{name}_verdicts.csv",
-                  ["paper", "claim", "effect", "seed", "value", "verdict"],
-                  [(v["paper"], v["claim"], v["what"], s, e, v["verdict"])
-                   for v in agg["verdicts"] for s, e in zip(agg["seeds"], v["effects"])])
+    b = write_csv(
+        out / f"{name}_verdicts.csv",
+        ["paper", "claim", "effect", "seed", "value", "verdict"],
+        [
+            (v["paper"], v["claim"], v["what"], s, e, v["verdict"])
+            for v in agg["verdicts"]
+            for s, e in zip(agg["seeds"], v["effects"])
+        ],
+    )
     return [a, b]
 
 
@@ -537,16 +647,23 @@ def verdict_tables(results: List[dict]) -> List[str]:
             papers.setdefault(v["paper"], []).append((r, v))
     lines = []
     for paper, items in papers.items():
-        lines += [f"### {paper}", "",
-                  "| claim | experiment | effect (per seed, paired) | mean ± sd (n) | "
-                  "per seed | verdict |", "|---|---|---|---|---|---|"]
+        lines += [
+            f"### {paper}",
+            "",
+            "| claim | experiment | effect (per seed, paired) | mean ± sd (n) | "
+            "per seed | verdict |",
+            "|---|---|---|---|---|---|",
+        ]
         for r, v in items:
             scale = 100.0 if v["unit"] == "%" else 1.0
             per = " ".join(f"{e * scale:+.3g}" for e in v["effects"])
             pred = ("> " if v["sign"] > 0 else "< ") + (
-                f"{v['sign'] * v['min_effect'] * scale:+.3g}" if v["min_effect"] else "0")
-            lines.append(f"| {v['claim']} | {r['name']} | {v['what']} (claimed {pred}) | "
-                         f"{_effect_cell(v)} ({v['n']}) | {per} | **{v['verdict']}** |")
+                f"{v['sign'] * v['min_effect'] * scale:+.3g}" if v["min_effect"] else "0"
+            )
+            lines.append(
+                f"| {v['claim']} | {r['name']} | {v['what']} (claimed {pred}) | "
+                f"{_effect_cell(v)} ({v['n']}) | {per} | **{v['verdict']}** |"
+            )
         lines.append("")
     return lines
 
@@ -560,26 +677,37 @@ def render_report(results: List[dict]) -> str:
 
     total = sum(r["seconds"] for r in results)
     cpu = sum(r.get("cpu_seconds", math.nan) for r in results)
-    lines = ["# lowfp experiments", "",
-             f"lowfp {lowfp_version}, torch {torch.__version__}, Python "
-             f"{platform.python_version()}; {len(results)} experiment(s), {total:.1f} s wall, "
-             f"{cpu:.1f} s CPU (all threads of this process) in all. "
-             "Every number is also in a CSV file next to this report.", "",
-             "## Verdicts", "",
-             f"Decision rule (per claim, over the n seeds' paired effects: mean m, sd s, "
-             f"se = s/√n): **reproduced** if the claimed sign · m − {RULE_SE:g}·se exceeds the "
-             f"claimed minimum effect; **not reproduced** if the claimed sign · m + "
-             f"{RULE_SE:g}·se falls below it; otherwise **inconclusive**. A diverged run "
-             f"counts as a +{DIVERGED:.0%} loss excess.", ""]
+    lines = [
+        "# lowfp experiments",
+        "",
+        f"lowfp {lowfp_version}, torch {torch.__version__}, Python "
+        f"{platform.python_version()}; {len(results)} experiment(s), {total:.1f} s wall, "
+        f"{cpu:.1f} s CPU (all threads of this process) in all. "
+        "Every number is also in a CSV file next to this report.",
+        "",
+        "## Verdicts",
+        "",
+        f"Decision rule (per claim, over the n seeds' paired effects: mean m, sd s, "
+        f"se = s/√n): **reproduced** if the claimed sign · m − {RULE_SE:g}·se exceeds the "
+        f"claimed minimum effect; **not reproduced** if the claimed sign · m + "
+        f"{RULE_SE:g}·se falls below it; otherwise **inconclusive**. A diverged run "
+        f"counts as a +{DIVERGED:.0%} loss excess.",
+        "",
+    ]
     lines += verdict_tables(results)
     for r in results:
         seeds = ",".join(map(str, r["seeds"]))
         flag = {"quick": " --quick", "full": " --full", "default": ""}[r["size"]]
-        lines += [f"## {r['name']}: {r['title']}", "",
-                  f"*{r['size']} size, {r['steps']} steps, seeds {seeds}, "
-                  f"{r['seconds']:.1f} s wall, {r.get('cpu_seconds', math.nan):.1f} s CPU. "
-                  f"Reproduce: `lowfp experiment {r['name']} --seeds {seeds}{flag}`*", "",
-                  "**What it tests.** " + r["description"], ""]
+        lines += [
+            f"## {r['name']}: {r['title']}",
+            "",
+            f"*{r['size']} size, {r['steps']} steps, seeds {seeds}, "
+            f"{r['seconds']:.1f} s wall, {r.get('cpu_seconds', math.nan):.1f} s CPU. "
+            f"Reproduce: `lowfp experiment {r['name']} --seeds {seeds}{flag}`*",
+            "",
+            "**What it tests.** " + r["description"],
+            "",
+        ]
         for t in r["tables"]:
             lines += [f"**{t['title']}**", "", markdown_table(t["columns"], t["rows"]), ""]
         for p in r.get("agg_plots", []) + r["plots"]:
@@ -587,15 +715,29 @@ def render_report(results: List[dict]) -> str:
         if r["findings"]:
             lines += ["**Findings.**", ""] + [f"- {f}" for f in r["findings"]] + [""]
         if r.get("csv"):
-            lines += ["CSV: " + ", ".join(f"[{c}]({c})" for c in r["csv"]) + f"; per seed under "
-                      f"{r['name']}/seed<k>/", ""]
+            lines += [
+                "CSV: " + ", ".join(f"[{c}]({c})" for c in r["csv"]) + f"; per seed under "
+                f"{r['name']}/seed<k>/",
+                "",
+            ]
     return "\n".join(lines)
 
 
 #: The modules that register experiments.
-MODULES = ("beta2", "mantissa_vs_steps", "linf", "muon8bit", "sgd_shrinkage", "solo_factorial",
-           "ptq", "qat_scaling", "blockwise_lr", "precision_sweep", "swamping",
-           "low_bit_states")
+MODULES = (
+    "beta2",
+    "mantissa_vs_steps",
+    "linf",
+    "muon8bit",
+    "sgd_shrinkage",
+    "solo_factorial",
+    "ptq",
+    "qat_scaling",
+    "blockwise_lr",
+    "precision_sweep",
+    "swamping",
+    "low_bit_states",
+)
 
 
 def _load() -> None:

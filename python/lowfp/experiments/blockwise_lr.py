@@ -37,29 +37,60 @@ def _rho(order: dict) -> float:
 
 
 CLAIMS = (
-    Claim(PAPER, "sharpness is ordered Emb < QK < FFN < VO < Norm at the end of training",
-          lambda mt: _rho(mt["sharp"][-1]), "Spearman ρ(measured, claimed order), last point",
-          min_effect=0.5),
-    Claim(PAPER, "... and already early (at T/4)", lambda mt: _rho(mt["sharp"][1]),
-          "Spearman ρ(measured, claimed order) at T/4", min_effect=0.5),
-    Claim(PAPER, "Norm blocks are far sharper than embeddings (> 10x)",
-          lambda mt: math.log10(mt["sharp"][-1]["norm"] / mt["sharp"][-1]["embedding"])
-          if mt["sharp"][-1]["embedding"] > 0 else float("nan"),
-          "log10 sharpness Norm / Embedding, last point", min_effect=1.0, unit="decades"),
-    Claim(PAPER, "blockwise LR beats a tuned AdamW (float32 states)",
-          lambda mt: mt["val"]["AdamW tuned"] - mt["val"]["blockwise LR"],
-          "val loss tuned AdamW − blockwise LR", unit="nats"),
-    Claim(PAPER, "blockwise LR beats AdamW with 8-bit states too",
-          lambda mt: mt["val"]["AdamW8bit"] - mt["val"]["blockwise LR, AdamW8bit"],
-          "val loss AdamW8bit − blockwise LR AdamW8bit", unit="nats"),
+    Claim(
+        PAPER,
+        "sharpness is ordered Emb < QK < FFN < VO < Norm at the end of training",
+        lambda mt: _rho(mt["sharp"][-1]),
+        "Spearman ρ(measured, claimed order), last point",
+        min_effect=0.5,
+    ),
+    Claim(
+        PAPER,
+        "... and already early (at T/4)",
+        lambda mt: _rho(mt["sharp"][1]),
+        "Spearman ρ(measured, claimed order) at T/4",
+        min_effect=0.5,
+    ),
+    Claim(
+        PAPER,
+        "Norm blocks are far sharper than embeddings (> 10x)",
+        lambda mt: (
+            math.log10(mt["sharp"][-1]["norm"] / mt["sharp"][-1]["embedding"])
+            if mt["sharp"][-1]["embedding"] > 0
+            else float("nan")
+        ),
+        "log10 sharpness Norm / Embedding, last point",
+        min_effect=1.0,
+        unit="decades",
+    ),
+    Claim(
+        PAPER,
+        "blockwise LR beats a tuned AdamW (float32 states)",
+        lambda mt: mt["val"]["AdamW tuned"] - mt["val"]["blockwise LR"],
+        "val loss tuned AdamW − blockwise LR",
+        unit="nats",
+    ),
+    Claim(
+        PAPER,
+        "blockwise LR beats AdamW with 8-bit states too",
+        lambda mt: mt["val"]["AdamW8bit"] - mt["val"]["blockwise LR, AdamW8bit"],
+        "val loss AdamW8bit − blockwise LR AdamW8bit",
+        unit="nats",
+    ),
 )
 
 
-@register("blockwise-lr", default_steps=400, quick_steps=100, full_steps=1600,
-          summary="sharpness per block type over training; blockwise LR vs tuned AdamW",
-          claims=CLAIMS)
-def blockwise_lr(steps: int, seed: int, out: pathlib.Path, progress: Progress,
-                 size: str = "default") -> dict:
+@register(
+    "blockwise-lr",
+    default_steps=400,
+    quick_steps=100,
+    full_steps=1600,
+    summary="sharpness per block type over training; blockwise LR vs tuned AdamW",
+    claims=CLAIMS,
+)
+def blockwise_lr(
+    steps: int, seed: int, out: pathlib.Path, progress: Progress, size: str = "default"
+) -> dict:
     import torch
 
     from ..geometry import blockwise_lr_groups, sharpness
@@ -76,8 +107,14 @@ def blockwise_lr(steps: int, seed: int, out: pathlib.Path, progress: Progress,
 
     def measure(model):
         groups = blockwise_lr_groups(model, lr=1.0)
-        s = sharpness(model, lambda m, b: m.loss(*b), probe,
-                      [g for g in groups if g["name"] in CLAIMED], iters=10, seed=seed)
+        s = sharpness(
+            model,
+            lambda m, b: m.loss(*b),
+            probe,
+            [g for g in groups if g["name"] in CLAIMED],
+            iters=10,
+            seed=seed,
+        )
         return {k: float(v) for k, v in s.items()}
 
     with torch_threads(1):
@@ -94,27 +131,48 @@ def blockwise_lr(steps: int, seed: int, out: pathlib.Path, progress: Progress,
                 if lr == SHARP_LR and count[0] in at[1:]:
                     sh.append(measure(model))
 
-            rec = train(model, opt, data, cfg, steps, seed + 7, eval_at=(steps,),
-                        on_step=on_step)
+            rec = train(model, opt, data, cfg, steps, seed + 7, eval_at=(steps,), on_step=on_step)
             val[f"AdamW {lr:g}"] = rec["val_loss"][-1]
             if sh:
                 sharp = sh
-        best = min(LRS, key=lambda lr: val[f"AdamW {lr:g}"]
-                   if math.isfinite(val[f"AdamW {lr:g}"]) else float("inf"))
+        best = min(
+            LRS,
+            key=lambda lr: (
+                val[f"AdamW {lr:g}"] if math.isfinite(val[f"AdamW {lr:g}"]) else float("inf")
+            ),
+        )
         val["AdamW tuned"] = val[f"AdamW {best:g}"]
-        runs = [("blockwise LR", lambda m: torch.optim.AdamW(
-                    blockwise_lr_groups(m, lr=best), lr=best, weight_decay=0.0)),
-                ("AdamW8bit", lambda m: AdamW8bit(m.parameters(), lr=best, weight_decay=0.0,
-                                                  min_quant_size=0, seed=seed)),
-                ("blockwise LR, AdamW8bit", lambda m: AdamW8bit(
-                    blockwise_lr_groups(m, lr=best), lr=best, weight_decay=0.0,
-                    min_quant_size=0, seed=seed))]
+        runs = [
+            (
+                "blockwise LR",
+                lambda m: torch.optim.AdamW(
+                    blockwise_lr_groups(m, lr=best), lr=best, weight_decay=0.0
+                ),
+            ),
+            (
+                "AdamW8bit",
+                lambda m: AdamW8bit(
+                    m.parameters(), lr=best, weight_decay=0.0, min_quant_size=0, seed=seed
+                ),
+            ),
+            (
+                "blockwise LR, AdamW8bit",
+                lambda m: AdamW8bit(
+                    blockwise_lr_groups(m, lr=best),
+                    lr=best,
+                    weight_decay=0.0,
+                    min_quant_size=0,
+                    seed=seed,
+                ),
+            ),
+        ]
         for label, make in runs:
             progress(label)
             model = CharTransformer(cfg, seed)
             opt = make(model)
-            val[label] = train(model, opt, data, cfg, steps, seed + 7, eval_at=(steps,),
-                               on_step=progress.advance)["val_loss"][-1]
+            val[label] = train(
+                model, opt, data, cfg, steps, seed + 7, eval_at=(steps,), on_step=progress.advance
+            )["val_loss"][-1]
     rows = [(k, v) for k, v in val.items()]
     sh_rows = [(t, *[s[k] for k in CLAIMED]) for t, s in zip(at, sharp)]
     csv_name = write_csv(out / "blockwise_lr_sharpness.csv", ["step", *CLAIMED], sh_rows)
@@ -122,8 +180,12 @@ def blockwise_lr(steps: int, seed: int, out: pathlib.Path, progress: Progress,
     fig, ax = plt.subplots(figsize=(6, 4))
     for k in CLAIMED:
         ax.plot(at, [max(abs(s[k]), 1e-8) for s in sharp], "o-", label=k)
-    ax.set(yscale="log", xlabel="step", ylabel="top Hessian eigenvalue (|.|)",
-           title=f"sharpness per block type, AdamW lr {SHARP_LR:g}")
+    ax.set(
+        yscale="log",
+        xlabel="step",
+        ylabel="top Hessian eigenvalue (|.|)",
+        title=f"sharpness per block type, AdamW lr {SHARP_LR:g}",
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     png = save_plot(fig, out / "blockwise_lr.png")
@@ -137,11 +199,20 @@ def blockwise_lr(steps: int, seed: int, out: pathlib.Path, progress: Progress,
             f"power iterations, one fixed training batch) at steps {', '.join(map(str, at))} "
             f"of the lr {SHARP_LR:g} run. Blockwise LR = lowfp.geometry.blockwise_lr_groups "
             "on the tuned lr (Embedding 10x, QK 8x, FFN 6x, VO 4x, Norm 1x, output layer 1x); "
-            "8-bit = lowfp AdamW8bit (dynamic 8-bit m and v, every tensor quantized)."),
-        "tables": [{"title": f"Validation loss after {steps} steps",
-                    "columns": ["run", "val loss"], "rows": rows},
-                   {"title": f"Sharpness per block type along the AdamW lr {SHARP_LR:g} run",
-                    "columns": ["step", *CLAIMED], "rows": sh_rows}],
+            "8-bit = lowfp AdamW8bit (dynamic 8-bit m and v, every tensor quantized)."
+        ),
+        "tables": [
+            {
+                "title": f"Validation loss after {steps} steps",
+                "columns": ["run", "val loss"],
+                "rows": rows,
+            },
+            {
+                "title": f"Sharpness per block type along the AdamW lr {SHARP_LR:g} run",
+                "columns": ["step", *CLAIMED],
+                "rows": sh_rows,
+            },
+        ],
         "plots": [png],
         "csv": [csv_name],
         "findings": [],
@@ -154,10 +225,11 @@ def aggregate_plot(per: list, out: pathlib.Path) -> list:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for k in CLAIMED:
-        ms = [mean_sd([math.log10(max(abs(p["metrics"]["sharp"][i][k]), 1e-8)) for p in per])
-              for i in range(len(at))]
-        ax.errorbar(at, [m for m, _ in ms], yerr=[s for _, s in ms], fmt="o-", capsize=3,
-                    label=k)
+        ms = [
+            mean_sd([math.log10(max(abs(p["metrics"]["sharp"][i][k]), 1e-8)) for p in per])
+            for i in range(len(at))
+        ]
+        ax.errorbar(at, [m for m, _ in ms], yerr=[s for _, s in ms], fmt="o-", capsize=3, label=k)
     ax.set(xlabel="step", ylabel="log10 sharpness (mean ± sd)", title=f"{len(per)} seeds")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

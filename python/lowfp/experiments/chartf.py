@@ -31,21 +31,79 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["MODULES", "Config", "CharTransformer", "load_text", "batches", "param_groups",
-           "evaluate", "train", "torch_threads"]
+__all__ = [
+    "MODULES",
+    "Config",
+    "CharTransformer",
+    "load_text",
+    "batches",
+    "param_groups",
+    "evaluate",
+    "train",
+    "torch_threads",
+]
 
 #: Pure-Python standard-library modules present in every CPython ≥ 3.9 (sorted, fixed).
 MODULES = (
-    "abc.py", "argparse.py", "ast.py", "base64.py", "bisect.py", "calendar.py", "cmd.py",
-    "code.py", "codecs.py", "colorsys.py", "contextlib.py", "copy.py", "csv.py",
-    "dataclasses.py", "datetime.py", "difflib.py", "dis.py", "enum.py", "filecmp.py",
-    "fnmatch.py", "fractions.py", "functools.py", "getopt.py", "gettext.py", "glob.py",
-    "gzip.py", "heapq.py", "hmac.py", "inspect.py", "ipaddress.py", "keyword.py",
-    "linecache.py", "locale.py", "numbers.py", "operator.py", "optparse.py", "pathlib.py",
-    "pickle.py", "pprint.py", "queue.py", "random.py", "reprlib.py", "secrets.py", "shlex.py",
-    "shutil.py", "statistics.py", "string.py", "tempfile.py", "textwrap.py", "threading.py",
-    "timeit.py", "tokenize.py", "traceback.py", "types.py", "typing.py", "uuid.py",
-    "warnings.py", "weakref.py", "zipfile.py",
+    "abc.py",
+    "argparse.py",
+    "ast.py",
+    "base64.py",
+    "bisect.py",
+    "calendar.py",
+    "cmd.py",
+    "code.py",
+    "codecs.py",
+    "colorsys.py",
+    "contextlib.py",
+    "copy.py",
+    "csv.py",
+    "dataclasses.py",
+    "datetime.py",
+    "difflib.py",
+    "dis.py",
+    "enum.py",
+    "filecmp.py",
+    "fnmatch.py",
+    "fractions.py",
+    "functools.py",
+    "getopt.py",
+    "gettext.py",
+    "glob.py",
+    "gzip.py",
+    "heapq.py",
+    "hmac.py",
+    "inspect.py",
+    "ipaddress.py",
+    "keyword.py",
+    "linecache.py",
+    "locale.py",
+    "numbers.py",
+    "operator.py",
+    "optparse.py",
+    "pathlib.py",
+    "pickle.py",
+    "pprint.py",
+    "queue.py",
+    "random.py",
+    "reprlib.py",
+    "secrets.py",
+    "shlex.py",
+    "shutil.py",
+    "statistics.py",
+    "string.py",
+    "tempfile.py",
+    "textwrap.py",
+    "threading.py",
+    "timeit.py",
+    "tokenize.py",
+    "traceback.py",
+    "types.py",
+    "typing.py",
+    "uuid.py",
+    "warnings.py",
+    "weakref.py",
+    "zipfile.py",
 )
 
 
@@ -79,8 +137,9 @@ class Config:
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{k}: expected a positive integer, got {v!r}")
         if self.d_model % self.heads:
-            raise ValueError(f"heads: expected a divisor of d_model={self.d_model}, "
-                             f"got {self.heads}")
+            raise ValueError(
+                f"heads: expected a divisor of d_model={self.d_model}, got {self.heads}"
+            )
 
 
 def load_text(max_bytes: int = Config.max_bytes, stdlib: Optional[str] = None) -> bytes:
@@ -104,8 +163,10 @@ def load_text(max_bytes: int = Config.max_bytes, stdlib: Optional[str] = None) -
             break
     text = b"".join(parts)[:max_bytes]
     if len(text) < 1 << 16:
-        raise ValueError(f"stdlib: expected the Python standard library's sources under {root}, "
-                         f"found {len(text)} bytes of them")
+        raise ValueError(
+            f"stdlib: expected the Python standard library's sources under {root}, "
+            f"found {len(text)} bytes of them"
+        )
     return text
 
 
@@ -201,8 +262,9 @@ def param_groups(model: CharTransformer) -> Tuple[List[nn.Parameter], List[nn.Pa
 
 
 @torch.no_grad()
-def evaluate(model: CharTransformer, val: torch.Tensor, cfg: Config, n_batches: int = 8,
-             seed: int = 12345) -> float:
+def evaluate(
+    model: CharTransformer, val: torch.Tensor, cfg: Config, n_batches: int = 8, seed: int = 12345
+) -> float:
     """Mean validation loss (nats per byte) over ``n_batches`` fixed batches."""
     model.eval()
     it = batches(val, cfg, seed)
@@ -211,10 +273,19 @@ def evaluate(model: CharTransformer, val: torch.Tensor, cfg: Config, n_batches: 
     return total
 
 
-def train(model: CharTransformer, opt, data: Tuple[torch.Tensor, torch.Tensor], cfg: Config,
-          steps: int, seed: int, eval_at: Tuple[int, ...] = (), record_every: int = 1,
-          on_step: Optional[Callable[[], None]] = None, warmup: int = WARMUP,
-          clip: Optional[float] = CLIP) -> Dict[str, list]:
+def train(
+    model: CharTransformer,
+    opt,
+    data: Tuple[torch.Tensor, torch.Tensor],
+    cfg: Config,
+    steps: int,
+    seed: int,
+    eval_at: Tuple[int, ...] = (),
+    record_every: int = 1,
+    on_step: Optional[Callable[[], None]] = None,
+    warmup: int = WARMUP,
+    clip: Optional[float] = CLIP,
+) -> Dict[str, list]:
     """Train for ``steps`` steps on batches keyed by ``seed`` (the same batches for every
     optimizer). Returns ``{"step", "loss"}`` (training loss every ``record_every`` steps) and
     ``{"eval_step", "val_loss"}`` at the steps of ``eval_at``. A non-finite training loss stops

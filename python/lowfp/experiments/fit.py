@@ -19,8 +19,14 @@ from typing import Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["HuberFit", "huber_line", "least_squares_line", "fit_with_jackknife", "PowerLawFit",
-           "fit_power_law"]
+__all__ = [
+    "HuberFit",
+    "huber_line",
+    "least_squares_line",
+    "fit_with_jackknife",
+    "PowerLawFit",
+    "fit_power_law",
+]
 
 HUBER_C = 1.345
 _MAD_TO_SD = 0.6745
@@ -54,8 +60,13 @@ def least_squares_line(x: Sequence[float], y: Sequence[float]) -> Tuple[float, f
     return _wls(xa, ya, np.ones_like(xa))
 
 
-def huber_line(x: Sequence[float], y: Sequence[float], c: float = HUBER_C,
-               max_iter: int = 100, tol: float = 1e-10) -> Tuple[float, float]:
+def huber_line(
+    x: Sequence[float],
+    y: Sequence[float],
+    c: float = HUBER_C,
+    max_iter: int = 100,
+    tol: float = 1e-10,
+) -> Tuple[float, float]:
     """(intercept, slope) minimizing Huber's loss of the scaled residuals, by IRLS.
 
     Raises:
@@ -96,8 +107,10 @@ class HuberFit:
 
     @property
     def intercept_interval(self) -> Tuple[float, float]:
-        return (self.intercept - 1.96 * self.intercept_se,
-                self.intercept + 1.96 * self.intercept_se)
+        return (
+            self.intercept - 1.96 * self.intercept_se,
+            self.intercept + 1.96 * self.intercept_se,
+        )
 
 
 def fit_with_jackknife(x: Sequence[float], y: Sequence[float]) -> HuberFit:
@@ -142,8 +155,9 @@ class PowerLawFit:
         return (v - 1.96 * se, v + 1.96 * se)
 
 
-def _huber_linear(X: np.ndarray, y: np.ndarray, c: float, max_iter: int = 50
-                  ) -> Tuple[np.ndarray, float]:
+def _huber_linear(
+    X: np.ndarray, y: np.ndarray, c: float, max_iter: int = 50
+) -> Tuple[np.ndarray, float]:
     """Huber regression of y on the columns of X by IRLS (MAD scale); returns (coef, loss)."""
     w = np.ones_like(y)
     coef = np.linalg.lstsq(X, y, rcond=None)[0]
@@ -168,8 +182,9 @@ def _huber_linear(X: np.ndarray, y: np.ndarray, c: float, max_iter: int = 50
     return coef, float(np.where(a <= c * s, 0.5 * r * r, c * s * a - 0.5 * (c * s) ** 2).sum())
 
 
-def _power_law(N: np.ndarray, L: np.ndarray, c: float, alphas: np.ndarray
-               ) -> Tuple[float, float, float]:
+def _power_law(
+    N: np.ndarray, L: np.ndarray, c: float, alphas: np.ndarray
+) -> Tuple[float, float, float]:
     """Profile fit: for each alpha the model is linear in (E, A); the best alpha of the grid is
     refined by golden-section search between its neighbours."""
     logn = np.log(N)
@@ -198,8 +213,12 @@ def _power_law(N: np.ndarray, L: np.ndarray, c: float, alphas: np.ndarray
     return float(E), float(A), float(alpha)
 
 
-def fit_power_law(N: Sequence[float], L: Sequence[float], c: float = HUBER_C,
-                  alpha_range: Tuple[float, float] = (0.01, 3.0)) -> PowerLawFit:
+def fit_power_law(
+    N: Sequence[float],
+    L: Sequence[float],
+    c: float = HUBER_C,
+    alpha_range: Tuple[float, float] = (0.01, 3.0),
+) -> PowerLawFit:
     """Fit ``L(N) = E + A·N^(−alpha)`` (a scaling law: loss vs parameters N) by Huber
     regression of the residuals in L (IRLS with a MAD scale, as :func:`huber_line`), profiling
     alpha over a log grid of ``alpha_range`` refined by golden-section search; leave-one-out

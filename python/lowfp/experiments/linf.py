@@ -31,8 +31,13 @@ DIM = 256
 BLOCK = 64
 DECADES = 3.0
 _ADAM_GRID = (1e-2, 3e-2, 1e-1)
-GRIDS = {"SGD": (0.5, 1.0, 1.5), "Adam": _ADAM_GRID, "Adam 8-bit v": _ADAM_GRID,
-         "Adam 4-bit v": _ADAM_GRID, f"blockwise Adam (v per {BLOCK})": _ADAM_GRID}
+GRIDS = {
+    "SGD": (0.5, 1.0, 1.5),
+    "Adam": _ADAM_GRID,
+    "Adam 8-bit v": _ADAM_GRID,
+    "Adam 4-bit v": _ADAM_GRID,
+    f"blockwise Adam (v per {BLOCK})": _ADAM_GRID,
+}
 XIE = "Xie et al.: Adam exploits ℓ∞ geometry"
 _ROT_SEED = 1_000_003  # the rotation's seed = this + the experiment's seed
 
@@ -42,26 +47,53 @@ def _d(mt, opt):
 
 
 CLAIMS = (
-    Claim(XIE, "rotating the loss hurts Adam", lambda mt: _d(mt, "Adam"),
-          "log10 loss rotated − axis-aligned, Adam", min_effect=1.0, unit="decades"),
-    Claim(XIE, "rotating the loss does not change SGD", lambda mt: abs(_d(mt, "SGD")),
-          "|log10 loss rotated − axis-aligned|, SGD", sign=-1, min_effect=-0.1,
-          unit="decades"),
-    Claim(XIE, "Adam beats SGD on the axis-aligned loss",
-          lambda mt: mt["log10"]["SGD axis"] - mt["log10"]["Adam axis"],
-          "log10 loss SGD − Adam, axis-aligned", unit="decades"),
-    Claim(XIE, "rotation hurts Adam with an 8-bit v too",
-          lambda mt: _d(mt, "Adam 8-bit v"),
-          "log10 loss rotated − axis-aligned, 8-bit dynamic v", min_effect=1.0,
-          unit="decades"),
-    Claim(XIE, "rotation hurts Adam with a 4-bit v too",
-          lambda mt: _d(mt, "Adam 4-bit v"),
-          "log10 loss rotated − axis-aligned, 4-bit linear v", min_effect=1.0,
-          unit="decades"),
-    Claim(XIE, f"blockwise Adam (one v per {BLOCK}) loses part of Adam's axis-aligned gain",
-          lambda mt: mt["log10"][f"blockwise Adam (v per {BLOCK}) axis"]
-          - mt["log10"]["Adam axis"],
-          "log10 loss blockwise − per-element Adam, axis-aligned", unit="decades"),
+    Claim(
+        XIE,
+        "rotating the loss hurts Adam",
+        lambda mt: _d(mt, "Adam"),
+        "log10 loss rotated − axis-aligned, Adam",
+        min_effect=1.0,
+        unit="decades",
+    ),
+    Claim(
+        XIE,
+        "rotating the loss does not change SGD",
+        lambda mt: abs(_d(mt, "SGD")),
+        "|log10 loss rotated − axis-aligned|, SGD",
+        sign=-1,
+        min_effect=-0.1,
+        unit="decades",
+    ),
+    Claim(
+        XIE,
+        "Adam beats SGD on the axis-aligned loss",
+        lambda mt: mt["log10"]["SGD axis"] - mt["log10"]["Adam axis"],
+        "log10 loss SGD − Adam, axis-aligned",
+        unit="decades",
+    ),
+    Claim(
+        XIE,
+        "rotation hurts Adam with an 8-bit v too",
+        lambda mt: _d(mt, "Adam 8-bit v"),
+        "log10 loss rotated − axis-aligned, 8-bit dynamic v",
+        min_effect=1.0,
+        unit="decades",
+    ),
+    Claim(
+        XIE,
+        "rotation hurts Adam with a 4-bit v too",
+        lambda mt: _d(mt, "Adam 4-bit v"),
+        "log10 loss rotated − axis-aligned, 4-bit linear v",
+        min_effect=1.0,
+        unit="decades",
+    ),
+    Claim(
+        XIE,
+        f"blockwise Adam (one v per {BLOCK}) loses part of Adam's axis-aligned gain",
+        lambda mt: mt["log10"][f"blockwise Adam (v per {BLOCK}) axis"] - mt["log10"]["Adam axis"],
+        "log10 loss blockwise − per-element Adam, axis-aligned",
+        unit="decades",
+    ),
 )
 
 
@@ -90,8 +122,10 @@ def _run(opt_name: str, lr: float, a, wstar, steps: int, progress) -> float:
     w = torch.zeros(DIM)
     f0 = float(0.5 * wstar @ (a @ wstar))
     p = torch.nn.Parameter(w)
-    v = {"Adam 8-bit v": Dynamic(8, signed=False),
-         "Adam 4-bit v": Linear(4, signed=False, zero=False)}.get(opt_name)
+    v = {
+        "Adam 8-bit v": Dynamic(8, signed=False),
+        "Adam 4-bit v": Linear(4, signed=False, zero=False),
+    }.get(opt_name)
     if opt_name == "SGD":
         opt = torch.optim.SGD([p], lr=lr)
     elif opt_name.startswith("blockwise"):
@@ -99,8 +133,7 @@ def _run(opt_name: str, lr: float, a, wstar, steps: int, progress) -> float:
     elif v is None:
         opt = torch.optim.Adam([p], lr=lr)
     else:
-        opt = AdamW([p], lr=lr, weight_decay=0.0, exp_avg_sq=v, block_size=128,
-                    min_quant_size=0)
+        opt = AdamW([p], lr=lr, weight_decay=0.0, exp_avg_sq=v, block_size=128, min_quant_size=0)
     for _ in range(steps):
         with torch.no_grad():
             p.grad = a @ (p.detach() - wstar)
@@ -112,11 +145,17 @@ def _run(opt_name: str, lr: float, a, wstar, steps: int, progress) -> float:
     return f / f0 if math.isfinite(f) else float("inf")
 
 
-@register("linf", default_steps=800, quick_steps=100, full_steps=3200,
-          summary="rotating a quadratic hurts Adam (also low-bit v), not SGD; blockwise v",
-          claims=CLAIMS)
-def linf(steps: int, seed: int, out: pathlib.Path, progress: Progress,
-         size: str = "default") -> dict:
+@register(
+    "linf",
+    default_steps=800,
+    quick_steps=100,
+    full_steps=3200,
+    summary="rotating a quadratic hurts Adam (also low-bit v), not SGD; blockwise v",
+    claims=CLAIMS,
+)
+def linf(
+    steps: int, seed: int, out: pathlib.Path, progress: Progress, size: str = "default"
+) -> dict:
     progress.add_total(steps * 2 * sum(len(g) for g in GRIDS.values()))
     best, rows, log10 = {}, [], {}
     grid_rows = []
@@ -134,14 +173,17 @@ def linf(steps: int, seed: int, out: pathlib.Path, progress: Progress,
         for where in ("axis", "rotated"):
             lr, f = best[(name, where)]
             rows.append((name, where, lr, f, log10[f"{name} {where}"]))
-    csv_name = write_csv(out / "linf.csv", ["optimizer", "problem", "lr", "loss_ratio"],
-                         grid_rows)
+    csv_name = write_csv(out / "linf.csv", ["optimizer", "problem", "lr", "loss_ratio"], grid_rows)
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     names = list(GRIDS)
     for j, where in enumerate(("axis", "rotated")):
-        ax.bar([i + 0.4 * j for i in range(len(names))],
-               [log10[f"{n} {where}"] for n in names], width=0.4, label=where)
+        ax.bar(
+            [i + 0.4 * j for i in range(len(names))],
+            [log10[f"{n} {where}"] for n in names],
+            width=0.4,
+            label=where,
+        )
     ax.set_xticks([i + 0.2 for i in range(len(names))], names, fontsize=8)
     ax.set(ylabel="log10 f(w_T)/f(0) (best lr)", title=f"quadratic, d = {DIM}, {steps} steps")
     ax.legend()
@@ -153,18 +195,26 @@ def linf(steps: int, seed: int, out: pathlib.Path, progress: Progress,
             f"f(w) = ½(w − w*)ᵀRᵀHR(w − w*), d = {DIM}, H diagonal log-uniform over "
             f"{DECADES:g} decades (largest 1), R = I (axis-aligned) or Haar-random orthogonal "
             f"(rotated); w0 = 0, full-batch gradients, {steps} steps. Each optimizer at the "
-            "best learning rate of its grid (SGD " + ", ".join(map(str, GRIDS["SGD"]))
-            + "; the Adams " + ", ".join(map(str, GRIDS["Adam"])) + "), per seed and problem;"
+            "best learning rate of its grid (SGD "
+            + ", ".join(map(str, GRIDS["SGD"]))
+            + "; the Adams "
+            + ", ".join(map(str, GRIDS["Adam"]))
+            + "), per seed and problem;"
             " Adam β = (0.9, 0.999). Low-bit v: lowfp AdamW with float32 m and an 8-bit dynamic"
             " or 4-bit zero-free linear v (blocks of 128, absmax scales);"
-            f" blockwise Adam = lowfp AdamW(v_granularity=\"block\", v_block_size={BLOCK}): one "
+            f' blockwise Adam = lowfp AdamW(v_granularity="block", v_block_size={BLOCK}): one '
             f"v per {BLOCK} coordinates. R = lowfp.geometry.random_orthogonal. "
-            "Loss = f(w_T)/f(0)."),
-        "tables": [{"title": f"Best final loss after {steps} steps",
-                    "columns": ["optimizer", "problem", "best lr", "f(w_T)/f(0)",
-                                "log10 f(w_T)/f(0)"],
-                    "rows": rows, "key": 2,
-                    "baseline": lambda k: (k[0], "axis")}],
+            "Loss = f(w_T)/f(0)."
+        ),
+        "tables": [
+            {
+                "title": f"Best final loss after {steps} steps",
+                "columns": ["optimizer", "problem", "best lr", "f(w_T)/f(0)", "log10 f(w_T)/f(0)"],
+                "rows": rows,
+                "key": 2,
+                "baseline": lambda k: (k[0], "axis"),
+            }
+        ],
         "plots": [png],
         "csv": [csv_name],
         "findings": [],
@@ -178,8 +228,14 @@ def aggregate_plot(per: list, out: pathlib.Path) -> list:
     names = list(GRIDS)
     for j, where in enumerate(("axis", "rotated")):
         ms = [mean_sd([p["metrics"]["log10"][f"{n} {where}"] for p in per]) for n in names]
-        ax.bar([i + 0.4 * j for i in range(len(names))], [m for m, _ in ms],
-               yerr=[s for _, s in ms], width=0.4, label=where, capsize=3)
+        ax.bar(
+            [i + 0.4 * j for i in range(len(names))],
+            [m for m, _ in ms],
+            yerr=[s for _, s in ms],
+            width=0.4,
+            label=where,
+            capsize=3,
+        )
     ax.set_xticks([i + 0.2 for i in range(len(names))], names, fontsize=8)
     ax.set(ylabel="log10 f(w_T)/f(0), mean ± sd", title=f"quadratic, {len(per)} seeds")
     ax.legend()

@@ -20,8 +20,11 @@ from . import Claim, Progress, mean_sd, pyplot, register, save_plot, write_csv
 from .fit import huber_line
 
 TOL = 0.01
-MANS = {"quick": (4, 7, 10), "default": (3, 4, 5, 6, 7, 8, 10, 12),
-        "full": (3, 4, 5, 6, 7, 8, 10, 12)}
+MANS = {
+    "quick": (4, 7, 10),
+    "default": (3, 4, 5, 6, 7, 8, 10, 12),
+    "full": (3, 4, 5, 6, 7, 8, 10, 12),
+}
 OPTS = {"quick": ("Adam", "Muon"), "default": ("Adam", "Muon"), "full": ("Adam", "Muon")}
 TANG = "Tang, Li, Zou: Adam/Muon under floating-point quantization"
 
@@ -33,12 +36,20 @@ def _muon_minus_adam(mt: dict) -> float:
 
 
 CLAIMS = (
-    Claim(TANG, "the mantissa bits needed grow with log T (Adam, all components, nearest)",
-          lambda mt: mt["slope"]["Adam"], "Huber slope of needed bits on log2 T (per seed)",
-          unit="bits/doubling"),
-    Claim(TANG, "Muon needs fewer mantissa bits than Adam (all components, nearest)",
-          _muon_minus_adam, "needed bits Adam − Muon at the largest T",
-          unit="bits"),
+    Claim(
+        TANG,
+        "the mantissa bits needed grow with log T (Adam, all components, nearest)",
+        lambda mt: mt["slope"]["Adam"],
+        "Huber slope of needed bits on log2 T (per seed)",
+        unit="bits/doubling",
+    ),
+    Claim(
+        TANG,
+        "Muon needs fewer mantissa bits than Adam (all components, nearest)",
+        _muon_minus_adam,
+        "needed bits Adam − Muon at the largest T",
+        unit="bits",
+    ),
 )
 
 
@@ -50,11 +61,17 @@ def _evals(steps: int):
     return tuple(ts)
 
 
-@register("mantissa-vs-steps", default_steps=800, quick_steps=150, full_steps=3200,
-          summary="mantissa bits needed (all components, nearest) vs steps T, fit on log T",
-          claims=CLAIMS)
-def mantissa_vs_steps(steps: int, seed: int, out: pathlib.Path, progress: Progress,
-                      size: str = "default") -> dict:
+@register(
+    "mantissa-vs-steps",
+    default_steps=800,
+    quick_steps=150,
+    full_steps=3200,
+    summary="mantissa bits needed (all components, nearest) vs steps T, fit on log T",
+    claims=CLAIMS,
+)
+def mantissa_vs_steps(
+    steps: int, seed: int, out: pathlib.Path, progress: Progress, size: str = "default"
+) -> dict:
     from ..optim import Q
     from .chartf import CharTransformer, load_text, split, torch_threads, train
     from .quantized import COMPONENTS, build, fmt, small_config
@@ -72,8 +89,9 @@ def mantissa_vs_steps(steps: int, seed: int, out: pathlib.Path, progress: Progre
             model = CharTransformer(cfg, seed)
             quant = {} if m is None else {c: Q(fmt(m), "nearest") for c in COMPONENTS}
             opt = build(o, model, quant, seed)
-            rec = train(model, opt, data, cfg, steps, seed + 7, eval_at=evals,
-                        on_step=progress.advance)
+            rec = train(
+                model, opt, data, cfg, steps, seed + 7, eval_at=evals, on_step=progress.advance
+            )
             val[(o, m)] = dict(zip(rec["eval_step"], rec["val_loss"]))
     cens = mans[-1] + 2
     needed, slope, rows = {}, {}, []
@@ -84,17 +102,24 @@ def mantissa_vs_steps(steps: int, seed: int, out: pathlib.Path, progress: Progre
             ns.append(min(ok) if ok else cens)
         needed[o] = ns
         slope[o] = huber_line([math.log2(t) for t in evals], ns)[1]
-        rows += [(o, t, val[(o, None)][t], *[val[(o, m)][t] for m in mans], n)
-                 for t, n in zip(evals, ns)]
-    csv_name = write_csv(out / "mantissa_vs_steps.csv",
-                         ["optimizer", "steps", "float32"] + [f"m{m}" for m in mans]
-                         + ["needed_bits"], rows)
+        rows += [
+            (o, t, val[(o, None)][t], *[val[(o, m)][t] for m in mans], n) for t, n in zip(evals, ns)
+        ]
+    csv_name = write_csv(
+        out / "mantissa_vs_steps.csv",
+        ["optimizer", "steps", "float32"] + [f"m{m}" for m in mans] + ["needed_bits"],
+        rows,
+    )
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for o in opts:
         ax.plot(evals, needed[o], "o-", label=f"{o} (slope {slope[o]:+.2f} bits/doubling)")
-    ax.set(xscale="log", xlabel="steps T", ylabel=f"fewest bits within {TOL:.0%} of float32",
-           title="all components e8mM, round to nearest")
+    ax.set(
+        xscale="log",
+        xlabel="steps T",
+        ylabel=f"fewest bits within {TOL:.0%} of float32",
+        title="all components e8mM, round to nearest",
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     png = save_plot(fig, out / "mantissa_vs_steps.png")
@@ -103,18 +128,29 @@ def mantissa_vs_steps(steps: int, seed: int, out: pathlib.Path, progress: Progre
         "description": (
             f"The d = {cfg.d_model} char transformer; {', '.join(opts)} (Adam lr 3e-3, Muon "
             "0.02 on matrices + AdamW 3e-3; 50 warm-up steps, clip 1.0, then constant) with "
-            "gradients, weights, m and v all rounded to e8m{" + ",".join(map(str, mans))
+            "gradients, weights, m and v all rounded to e8m{"
+            + ",".join(map(str, mans))
             + "} with round-to-nearest after every step; validation loss at T = "
-            + ", ".join(map(str, evals)) + f". Needed = fewest M within {TOL:.0%} of the same "
+            + ", ".join(map(str, evals))
+            + f". Needed = fewest M within {TOL:.0%} of the same "
             f"seed's float32 loss at T ({cens} = none of them). Slope: Huber line of needed "
-            "bits on log2 T."),
-        "tables": [{"title": "Validation loss and bits needed, by T",
-                    "columns": ["optimizer", "T", "float32"] + [f"m = {m}" for m in mans]
-                    + ["needed bits"],
-                    "rows": rows, "key": 2},
-                   {"title": "Slope of needed bits on log2 T",
-                    "columns": ["optimizer", "slope (bits per doubling of T)"],
-                    "rows": [(o, slope[o]) for o in opts]}],
+            "bits on log2 T."
+        ),
+        "tables": [
+            {
+                "title": "Validation loss and bits needed, by T",
+                "columns": ["optimizer", "T", "float32"]
+                + [f"m = {m}" for m in mans]
+                + ["needed bits"],
+                "rows": rows,
+                "key": 2,
+            },
+            {
+                "title": "Slope of needed bits on log2 T",
+                "columns": ["optimizer", "slope (bits per doubling of T)"],
+                "rows": [(o, slope[o]) for o in opts],
+            },
+        ],
         "plots": [png],
         "csv": [csv_name],
         "findings": [],
@@ -128,10 +164,15 @@ def aggregate_plot(per: list, out: pathlib.Path) -> list:
     fig, ax = plt.subplots(figsize=(6, 4))
     for o in per[0]["metrics"]["needed"]:
         ms = [mean_sd([p["metrics"]["needed"][o][i] for p in per]) for i in range(len(evals))]
-        ax.errorbar(evals, [m for m, _ in ms], yerr=[s for _, s in ms], fmt="o-", capsize=3,
-                    label=o)
-    ax.set(xscale="log", xlabel="steps T", ylabel="needed mantissa bits (mean ± sd)",
-           title=f"all components, nearest, {len(per)} seeds")
+        ax.errorbar(
+            evals, [m for m, _ in ms], yerr=[s for _, s in ms], fmt="o-", capsize=3, label=o
+        )
+    ax.set(
+        xscale="log",
+        xlabel="steps T",
+        ylabel="needed mantissa bits (mean ± sd)",
+        title=f"all components, nearest, {len(per)} seeds",
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return [save_plot(fig, out / "mantissa_vs_steps_seeds.png")]

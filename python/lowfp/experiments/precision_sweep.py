@@ -72,15 +72,28 @@ def _mean_excess(mt: dict, o: str, comps) -> float:
 
 TANG = "Tang, Li, Zou: Adam/Muon under floating-point quantization"
 CLAIMS = (
-    Claim(TANG, "Muon is more robust to quantization than Adam (stochastic rounding)",
-          lambda mt: _mean_excess(mt, "Adam", COMPONENTS) - _mean_excess(mt, "Muon", COMPONENTS),
-          "Adam − Muon mean loss excess at m = 0 over grad/weight/m/v, stochastic", unit="%"),
-    Claim(TANG, "Muon is more robust to quantization than Adam (round to nearest)",
-          lambda mt: _mean_excess(mt, "Adam", NEAREST) - _mean_excess(mt, "Muon", NEAREST),
-          "Adam − Muon mean loss excess at m = 0 over weight/v, nearest", unit="%"),
-    Claim(TANG, "Adam is sensitive to weight rounding (nearest)",
-          lambda mt: mt["excess_low"]["Adam weight/nearest"],
-          "Adam loss excess, weights e8m0 nearest", min_effect=0.01, unit="%"),
+    Claim(
+        TANG,
+        "Muon is more robust to quantization than Adam (stochastic rounding)",
+        lambda mt: _mean_excess(mt, "Adam", COMPONENTS) - _mean_excess(mt, "Muon", COMPONENTS),
+        "Adam − Muon mean loss excess at m = 0 over grad/weight/m/v, stochastic",
+        unit="%",
+    ),
+    Claim(
+        TANG,
+        "Muon is more robust to quantization than Adam (round to nearest)",
+        lambda mt: _mean_excess(mt, "Adam", NEAREST) - _mean_excess(mt, "Muon", NEAREST),
+        "Adam − Muon mean loss excess at m = 0 over weight/v, nearest",
+        unit="%",
+    ),
+    Claim(
+        TANG,
+        "Adam is sensitive to weight rounding (nearest)",
+        lambda mt: mt["excess_low"]["Adam weight/nearest"],
+        "Adam loss excess, weights e8m0 nearest",
+        min_effect=0.01,
+        unit="%",
+    ),
 )
 
 
@@ -96,11 +109,17 @@ def _evals(steps: int) -> Tuple[int, ...]:
     return tuple(sorted({max(1, steps // 4), max(1, steps // 2), steps}))
 
 
-@register("precision-sweep", default_steps=120, quick_steps=60, full_steps=480,
-          summary="Adam vs Muon: final loss vs mantissa bits of grad/weight/m/v",
-          claims=CLAIMS)
-def precision_sweep(steps: int, seed: int, out: pathlib.Path, progress: Progress,
-                    size: str = "default") -> dict:
+@register(
+    "precision-sweep",
+    default_steps=120,
+    quick_steps=60,
+    full_steps=480,
+    summary="Adam vs Muon: final loss vs mantissa bits of grad/weight/m/v",
+    claims=CLAIMS,
+)
+def precision_sweep(
+    steps: int, seed: int, out: pathlib.Path, progress: Progress, size: str = "default"
+) -> dict:
     from .chartf import CharTransformer, load_text, split, torch_threads, train
 
     global MANTISSAS
@@ -110,7 +129,8 @@ def precision_sweep(steps: int, seed: int, out: pathlib.Path, progress: Progress
     data = split(text)
     evals = _evals(steps)
     runs = [(o, None, None) for o in OPTIMIZERS] + [
-        (o, c, m) for o in OPTIMIZERS for c in components(o) for m in MANTISSAS]
+        (o, c, m) for o in OPTIMIZERS for c in components(o) for m in MANTISSAS
+    ]
     progress.add_total(steps * len(runs))
     # (optimizer, component, man) → {eval step: val loss}; component None = float32
     val: Dict[tuple, Dict[int, float]] = {}
@@ -120,19 +140,31 @@ def precision_sweep(steps: int, seed: int, out: pathlib.Path, progress: Progress
             progress(f"{o}, {'float32' if c is None else f'{c} e{EXP_BITS}m{m}'}")
             model = CharTransformer(cfg, seed)
             opt = _optimizer(o, model, c, m, seed)
-            rec = train(model, opt, data, cfg, steps, seed + 7, eval_at=evals,
-                        record_every=max(1, steps // 100), on_step=progress.advance)
+            rec = train(
+                model,
+                opt,
+                data,
+                cfg,
+                steps,
+                seed + 7,
+                eval_at=evals,
+                record_every=max(1, steps // 100),
+                on_step=progress.advance,
+            )
             val[(o, c, m)] = dict(zip(rec["eval_step"], rec["val_loss"]))
             curves += [(o, c or "fp32", _bits(m), s, v) for s, v in zip(rec["step"], rec["loss"])]
 
     base = {(o, t): val[(o, None, None)][t] for o in OPTIMIZERS for t in evals}
-    csv_runs = write_csv(out / "precision_sweep.csv",
-                         ["optimizer", "component", "mantissa_bits", "step", "val_loss"],
-                         [(o, c or "fp32", _bits(m), t, v) for (o, c, m), d in val.items()
-                          for t, v in d.items()])
-    csv_curves = write_csv(out / "precision_sweep_curves.csv",
-                           ["optimizer", "component", "mantissa_bits", "step", "train_loss"],
-                           curves)
+    csv_runs = write_csv(
+        out / "precision_sweep.csv",
+        ["optimizer", "component", "mantissa_bits", "step", "val_loss"],
+        [(o, c or "fp32", _bits(m), t, v) for (o, c, m), d in val.items() for t, v in d.items()],
+    )
+    csv_curves = write_csv(
+        out / "precision_sweep_curves.csv",
+        ["optimizer", "component", "mantissa_bits", "step", "train_loss"],
+        curves,
+    )
 
     def needed(o: str, c: str, t: int) -> Optional[int]:
         ok = [m for m in MANTISSAS if val[(o, c, m)][t] <= (1 + TOL) * base[(o, t)]]
@@ -144,8 +176,9 @@ def precision_sweep(steps: int, seed: int, out: pathlib.Path, progress: Progress
         rows.append((o, "float32", *([base[(o, steps)]] * len(MANTISSAS))))
         for c in components(o):
             finals = [val[(o, c, m)][steps] for m in MANTISSAS]
-            pts = [(m, math.log(v)) for m, v in zip(MANTISSAS, finals)
-                   if math.isfinite(v) and v > 0]
+            pts = [
+                (m, math.log(v)) for m, v in zip(MANTISSAS, finals) if math.isfinite(v) and v > 0
+            ]
             fit = fit_with_jackknife(*zip(*pts)) if len(pts) >= 3 else None
             fits[(o, c)] = fit
             rows.append((o, c, *finals))
@@ -157,18 +190,26 @@ def precision_sweep(steps: int, seed: int, out: pathlib.Path, progress: Progress
             continue
         lo, hi = f.slope_interval
         ilo, ihi = f.intercept_interval
-        fit_rows.append((o, c, f.slope, f"[{lo:.3g}, {hi:.3g}]", f.intercept,
-                         f"[{ilo:.3g}, {ihi:.3g}]"))
+        fit_rows.append(
+            (o, c, f.slope, f"[{lo:.3g}, {hi:.3g}]", f.intercept, f"[{ilo:.3g}, {ihi:.3g}]")
+        )
 
     plt = pyplot()
     fig, ax = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     for i, o in enumerate(OPTIMIZERS):
         for c in components(o):
-            ax[i].plot(MANTISSAS, [val[(o, c, m)][steps] for m in MANTISSAS],
-                       "s--" if "/" in c else "o-", label=c)
+            ax[i].plot(
+                MANTISSAS,
+                [val[(o, c, m)][steps] for m in MANTISSAS],
+                "s--" if "/" in c else "o-",
+                label=c,
+            )
         ax[i].axhline(base[(o, steps)], color="k", ls="--", lw=1, label="float32")
-        ax[i].set(xlabel=f"mantissa bits (e{EXP_BITS}mM; dashed: round to nearest)",
-                  title=f"{o}: one component quantized, {steps} steps", yscale="log")
+        ax[i].set(
+            xlabel=f"mantissa bits (e{EXP_BITS}mM; dashed: round to nearest)",
+            title=f"{o}: one component quantized, {steps} steps",
+            yscale="log",
+        )
         ax[i].grid(alpha=0.3)
         ax[i].legend(fontsize=8)
     ax[0].set_ylabel("validation loss (nats / byte)")
@@ -178,8 +219,9 @@ def precision_sweep(steps: int, seed: int, out: pathlib.Path, progress: Progress
     for i, o in enumerate(OPTIMIZERS):
         for c in components(o):
             ys = [needed(o, c, t) for t in evals]
-            ax[i].plot(evals, [top if y is None else y for y in ys],
-                       "s--" if "/" in c else "o-", label=c)
+            ax[i].plot(
+                evals, [top if y is None else y for y in ys], "s--" if "/" in c else "o-", label=c
+            )
         ax[i].set(xlabel="steps", title=f"{o}: mantissa bits within {TOL:.0%} of float32")
         ax[i].axhline(top, color="grey", lw=0.5)
         ax[i].grid(alpha=0.3)
@@ -202,29 +244,52 @@ def precision_sweep(steps: int, seed: int, out: pathlib.Path, progress: Progress
             "(rows 'weight/nearest', 'v/nearest') as a contrast. Loss = validation loss "
             "(nats/byte) over 8 fixed batches. The fit is "
             "a Huber line of ln(final loss) on mantissa bits with jackknife ±1.96·SE "
-            "intervals: a more negative slope means a more sensitive component."),
+            "intervals: a more negative slope means a more sensitive component."
+        ),
         "tables": [
-            {"title": f"Validation loss after {steps} steps, by mantissa bits",
-             "columns": ["optimizer", "quantized"] + [f"m = {m}" for m in MANTISSAS],
-             "rows": rows, "key": 2, "baseline": lambda k: (k[0], "float32")},
-            {"title": "Huber fit: ln(final loss) = intercept + slope · mantissa bits",
-             "columns": ["optimizer", "component", "slope", "slope 95% (jackknife)",
-                         "intercept", "intercept 95% (jackknife)"],
-             "rows": fit_rows, "key": 2},
-            {"title": f"Fewest mantissa bits within {TOL:.0%} of float32, by step count",
-             "columns": ["optimizer", "component"] + [f"{t} steps" for t in evals],
-             "rows": need_rows, "key": 2},
+            {
+                "title": f"Validation loss after {steps} steps, by mantissa bits",
+                "columns": ["optimizer", "quantized"] + [f"m = {m}" for m in MANTISSAS],
+                "rows": rows,
+                "key": 2,
+                "baseline": lambda k: (k[0], "float32"),
+            },
+            {
+                "title": "Huber fit: ln(final loss) = intercept + slope · mantissa bits",
+                "columns": [
+                    "optimizer",
+                    "component",
+                    "slope",
+                    "slope 95% (jackknife)",
+                    "intercept",
+                    "intercept 95% (jackknife)",
+                ],
+                "rows": fit_rows,
+                "key": 2,
+            },
+            {
+                "title": f"Fewest mantissa bits within {TOL:.0%} of float32, by step count",
+                "columns": ["optimizer", "component"] + [f"{t} steps" for t in evals],
+                "rows": need_rows,
+                "key": 2,
+            },
         ],
         "plots": [png, png2],
         "csv": [csv_runs, csv_curves],
         "findings": findings,
         "metrics": {
             "final": {f"{o} {c or 'fp32'} {_bits(m)}": d[steps] for (o, c, m), d in val.items()},
-            "excess_low": {f"{o} {c}": rel(val[(o, c, low)][steps], base[(o, steps)])
-                           for o in OPTIMIZERS for c in components(o)},
+            "excess_low": {
+                f"{o} {c}": rel(val[(o, c, low)][steps], base[(o, steps)])
+                for o in OPTIMIZERS
+                for c in components(o)
+            },
             "slope": {f"{o} {c}": (f.slope if f else float("nan")) for (o, c), f in fits.items()},
-            "needed": {f"{o} {c}": [needed(o, c, t) for t in evals]
-                       for o in OPTIMIZERS for c in components(o)},
+            "needed": {
+                f"{o} {c}": [needed(o, c, t) for t in evals]
+                for o in OPTIMIZERS
+                for c in components(o)
+            },
             "evals": list(evals),
             "noise": {o: noise_level(val, base, steps, o) for o in OPTIMIZERS},
         },
@@ -253,57 +318,92 @@ def noise_level(val, base, steps: int, o: str) -> float:
 def _findings(val, base, fits, needed, steps, evals) -> list:
     low = MANTISSAS[0]
     out = []
-    excess = {(o, c): val[(o, c, low)][steps] / base[(o, steps)] - 1
-              for o in OPTIMIZERS for c in COMPONENTS}
+    excess = {
+        (o, c): val[(o, c, low)][steps] / base[(o, steps)] - 1
+        for o in OPTIMIZERS
+        for c in COMPONENTS
+    }
     noise = {o: noise_level(val, base, steps, o) for o in OPTIMIZERS}
     judge = all(math.isfinite(v) for v in noise.values())
     for o in OPTIMIZERS:
-        order = sorted(COMPONENTS, key=lambda c: -excess[(o, c)]
-                       if math.isfinite(excess[(o, c)]) else float("-inf"))
+        order = sorted(
+            COMPONENTS,
+            key=lambda c: -excess[(o, c)] if math.isfinite(excess[(o, c)]) else float("-inf"),
+        )
         hurt = [c for c in order if not excess[(o, c)] <= 2 * noise[o]]
-        spread = (f"run-to-run spread at m = {MANTISSAS[-1]}: {noise[o]:.1%}"
-                  if math.isfinite(noise[o]) else "no within-seed spread at this size")
+        spread = (
+            f"run-to-run spread at m = {MANTISSAS[-1]}: {noise[o]:.1%}"
+            if math.isfinite(noise[o])
+            else "no within-seed spread at this size"
+        )
         out.append(
             f"{o} (float32 loss {base[(o, steps)]:.4g}; {spread}): with {low} mantissa bits "
             "the loss changes by "
             + ", ".join(f"{excess[(o, c)]:+.1%} ({c})" for c in order)
-            + ("." if not math.isfinite(noise[o]) else
-               f"; beyond twice the spread: {', '.join(hurt)}." if hurt else
-               "; none beyond twice the spread."))
-    mean = {o: sum(max(0.0, excess[(o, c)]) for c in COMPONENTS) / len(COMPONENTS)
-            for o in OPTIMIZERS}
+            + (
+                "."
+                if not math.isfinite(noise[o])
+                else f"; beyond twice the spread: {', '.join(hurt)}."
+                if hurt
+                else "; none beyond twice the spread."
+            )
+        )
+    mean = {
+        o: sum(max(0.0, excess[(o, c)]) for c in COMPONENTS) / len(COMPONENTS) for o in OPTIMIZERS
+    }
     robust = mean["Muon"] < mean["Adam"]
     out.append(
         f"Averaged over the four components, m = {low} costs Adam {mean['Adam']:+.1%} and Muon "
-        f"{mean['Muon']:+.1%} of loss: " + ("Muon is the more robust of the two here, as "
-                                            "expected." if robust else
-                                            "Muon is NOT more robust than Adam here (the "
-                                            "expected ordering does not appear at this scale)."))
+        f"{mean['Muon']:+.1%} of loss: "
+        + (
+            "Muon is the more robust of the two here, as expected."
+            if robust
+            else "Muon is NOT more robust than Adam here (the "
+            "expected ordering does not appear at this scale)."
+        )
+    )
     sens = [c for c in ("weight", "v") if not excess[("Adam", c)] <= 2 * noise["Adam"]]
     out.append(
         f"Adam's weight and second-moment excess at m = {low}: {excess[('Adam', 'weight')]:+.1%}"
         f", {excess[('Adam', 'v')]:+.1%} — "
-        + ("no within-seed spread to judge them by at this size (the verdicts over seeds "
-           "do)." if not judge else
-           "both beyond the noise: weights and v are sensitive, as expected." if len(sens) == 2
-           else (f"only {sens[0]} beyond the noise." if sens else
-                 "neither beyond the noise: with stochastic rounding and an 8-bit exponent "
-                 "Adam is not measurably sensitive to them at this scale.")))
+        + (
+            "no within-seed spread to judge them by at this size (the verdicts over seeds do)."
+            if not judge
+            else "both beyond the noise: weights and v are sensitive, as expected."
+            if len(sens) == 2
+            else (
+                f"only {sens[0]} beyond the noise."
+                if sens
+                else "neither beyond the noise: with stochastic rounding and an 8-bit exponent "
+                "Adam is not measurably sensitive to them at this scale."
+            )
+        )
+    )
     rn = {c: val[("Adam", c, low)][steps] / base[("Adam", steps)] - 1 for c in NEAREST}
     worse = [c for c in NEAREST if rn[c] > excess[("Adam", c.split("/")[0])] + 2 * noise["Adam"]]
     out.append(
         f"Round-to-nearest instead (Adam, m = {low}): weight {rn['weight/nearest']:+.1%}, v "
         f"{rn['v/nearest']:+.1%} (stochastic: {excess[('Adam', 'weight')]:+.1%}, "
         f"{excess[('Adam', 'v')]:+.1%}) — "
-        + ("no within-seed spread to judge it by at this size." if not judge else
-           f"nearest rounding is worse for {' and '.join(c.split('/')[0] for c in worse)}: "
-           "small updates are swamped, which stochastic rounding avoids." if worse else
-           "nearest rounding is not clearly worse here."))
+        + (
+            "no within-seed spread to judge it by at this size."
+            if not judge
+            else f"nearest rounding is worse for {' and '.join(c.split('/')[0] for c in worse)}: "
+            "small updates are swamped, which stochastic rounding avoids."
+            if worse
+            else "nearest rounding is not clearly worse here."
+        )
+    )
     grow = []
     for o in OPTIMIZERS:
         for c in components(o):
             ns = [needed(o, c, t) for t in evals]
             grow.append(f"{o} {c}: " + " → ".join(_need_cell(n) for n in ns))
-    out.append(f"Mantissa bits needed to stay within {TOL:.0%} of float32 at "
-               + " / ".join(map(str, evals)) + " steps: " + "; ".join(grow) + ".")
+    out.append(
+        f"Mantissa bits needed to stay within {TOL:.0%} of float32 at "
+        + " / ".join(map(str, evals))
+        + " steps: "
+        + "; ".join(grow)
+        + "."
+    )
     return out

@@ -47,10 +47,16 @@ class Progress:
     :meth:`advance` counts done units; :meth:`close` prints the final line.
     """
 
-    def __init__(self, label: str, total: int = 0, unit: str = "steps",
-                 stream: Optional[TextIO] = None, tty: Optional[bool] = None,
-                 sink: Optional[Callable[[str], None]] = None,
-                 clock: Callable[[], float] = time.perf_counter):
+    def __init__(
+        self,
+        label: str,
+        total: int = 0,
+        unit: str = "steps",
+        stream: Optional[TextIO] = None,
+        tty: Optional[bool] = None,
+        sink: Optional[Callable[[str], None]] = None,
+        clock: Callable[[], float] = time.perf_counter,
+    ):
         if not isinstance(total, int) or isinstance(total, bool) or total < 0:
             raise ValueError(f"total: expected a non-negative integer, got {total!r}")
         self.label = label
@@ -105,8 +111,7 @@ class Progress:
         if self._closed:
             return
         self._closed = True
-        msg = (f"[{self.label}] done: {self.done} {self.unit} in "
-               f"{format_seconds(self.elapsed)}")
+        msg = f"[{self.label}] done: {self.done} {self.unit} in {format_seconds(self.elapsed)}"
         if self._tty:
             self._stream.write("\r" + msg.ljust(self._width) + "\n")
             self._stream.flush()
@@ -138,8 +143,10 @@ class Progress:
             pct = f"{min(100, 100 * self.done // self.total):3d}% {self.done}/{self.total}"
         else:
             pct = f"{self.done}"
-        text = (f"[{self.label}] {pct} {self.unit}  elapsed {format_seconds(self.elapsed)}  "
-                f"ETA {format_seconds(self.eta())}")
+        text = (
+            f"[{self.label}] {pct} {self.unit}  elapsed {format_seconds(self.elapsed)}  "
+            f"ETA {format_seconds(self.eta())}"
+        )
         return text + (f"  {self.stage}" if self.stage else "")
 
     def _draw(self, force: bool = False) -> None:

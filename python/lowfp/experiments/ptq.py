@@ -54,15 +54,28 @@ def spearman(x, y) -> float:
 
 
 CLAIMS = (
-    Claim(PAPER, "MMR does not predict PTQ degradation across optimizers",
-          lambda mt: mt["rho"]["mmr"], "Spearman ρ(MMR, degradation) over 4 optimizers",
-          sign=-1, min_effect=-0.5),
-    Claim(PAPER, "kurtosis does not predict PTQ degradation across optimizers",
-          lambda mt: mt["rho"]["kurtosis"],
-          "Spearman ρ(kurtosis, degradation) over 4 optimizers", sign=-1, min_effect=-0.5),
-    Claim(PAPER, "accumulated layer error exceeds isolated layer error (AdamW model)",
-          lambda mt: mt["accumulated"]["AdamW"] - mt["isolated"]["AdamW"],
-          "mean accumulated − isolated relative error"),
+    Claim(
+        PAPER,
+        "MMR does not predict PTQ degradation across optimizers",
+        lambda mt: mt["rho"]["mmr"],
+        "Spearman ρ(MMR, degradation) over 4 optimizers",
+        sign=-1,
+        min_effect=-0.5,
+    ),
+    Claim(
+        PAPER,
+        "kurtosis does not predict PTQ degradation across optimizers",
+        lambda mt: mt["rho"]["kurtosis"],
+        "Spearman ρ(kurtosis, degradation) over 4 optimizers",
+        sign=-1,
+        min_effect=-0.5,
+    ),
+    Claim(
+        PAPER,
+        "accumulated layer error exceeds isolated layer error (AdamW model)",
+        lambda mt: mt["accumulated"]["AdamW"] - mt["isolated"]["AdamW"],
+        "mean accumulated − isolated relative error",
+    ),
 )
 
 
@@ -76,19 +89,32 @@ def _make(name: str, model, seed: int):
         return torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
     if name == "Muon":
         mats, rest = param_groups(model)
-        return Muon([{"params": mats}, {"params": rest, "use_muon": False}], lr=0.02,
-                    weight_decay=0.0, adamw_lr=3e-3, adamw_betas=(0.9, 0.999), seed=seed)
+        return Muon(
+            [{"params": mats}, {"params": rest, "use_muon": False}],
+            lr=0.02,
+            weight_decay=0.0,
+            adamw_lr=3e-3,
+            adamw_betas=(0.9, 0.999),
+            seed=seed,
+        )
     if name == "SOLO 3-bit":
-        return SOLO(model.parameters(), bits=3, lr=3e-3, weight_decay=0.0, seed=seed,
-                    min_quant_size=0)
+        return SOLO(
+            model.parameters(), bits=3, lr=3e-3, weight_decay=0.0, seed=seed, min_quant_size=0
+        )
     return torch.optim.SGD(model.parameters(), lr=0.3, momentum=0.9)
 
 
-@register("ptq", default_steps=400, quick_steps=120, full_steps=1600,
-          summary="PTQ (MXFP4) of models trained by AdamW, Muon, SOLO, SGD vs MMR/kurtosis",
-          claims=CLAIMS)
-def ptq(steps: int, seed: int, out: pathlib.Path, progress: Progress,
-        size: str = "default") -> dict:
+@register(
+    "ptq",
+    default_steps=400,
+    quick_steps=120,
+    full_steps=1600,
+    summary="PTQ (MXFP4) of models trained by AdamW, Muon, SOLO, SGD vs MMR/kurtosis",
+    claims=CLAIMS,
+)
+def ptq(
+    steps: int, seed: int, out: pathlib.Path, progress: Progress, size: str = "default"
+) -> dict:
     from .. import qat, stats
     from .chartf import CharTransformer, batches, evaluate, load_text, split, torch_threads, train
     from .quantized import small_config
@@ -102,8 +128,9 @@ def ptq(steps: int, seed: int, out: pathlib.Path, progress: Progress,
             progress(f"{name}: train, then PTQ to {FMT}")
             model = CharTransformer(cfg, seed)
             opt = _make(name, model, seed)
-            rec = train(model, opt, data, cfg, steps, seed + 7, eval_at=(steps,),
-                        on_step=progress.advance)
+            rec = train(
+                model, opt, data, cfg, steps, seed + 7, eval_at=(steps,), on_step=progress.advance
+            )
             before = rec["val_loss"][-1]
             ws = stats.weight_stats(model)
             mmr = sum(r["max_to_median"] for r in ws) / len(ws)
@@ -114,23 +141,46 @@ def ptq(steps: int, seed: int, out: pathlib.Path, progress: Progress,
             acc = sum(r["accumulated"] for r in le) / len(le)
             qat.quantize_weights(model, FMT)
             after = evaluate(model, data[1], cfg)
-            res[name] = dict(before=before, after=after, deg=rel(after, before), mmr=mmr,
-                             kurt=kurt, iso=iso, acc=acc, out=le.output_error)
-    rows = [(n, r["before"], r["after"], r["deg"], r["mmr"], r["kurt"], r["iso"], r["acc"],
-             r["out"]) for n, r in res.items()]
-    rho = {"mmr": spearman([r["mmr"] for r in res.values()], [r["deg"] for r in res.values()]),
-           "kurtosis": spearman([r["kurt"] for r in res.values()],
-                                [r["deg"] for r in res.values()])}
-    cols = ["optimizer", "val loss", f"val loss {FMT} PTQ", "degradation", "mean MMR",
-            "mean kurtosis", "isolated err", "accumulated err", "output err"]
+            res[name] = dict(
+                before=before,
+                after=after,
+                deg=rel(after, before),
+                mmr=mmr,
+                kurt=kurt,
+                iso=iso,
+                acc=acc,
+                out=le.output_error,
+            )
+    rows = [
+        (n, r["before"], r["after"], r["deg"], r["mmr"], r["kurt"], r["iso"], r["acc"], r["out"])
+        for n, r in res.items()
+    ]
+    rho = {
+        "mmr": spearman([r["mmr"] for r in res.values()], [r["deg"] for r in res.values()]),
+        "kurtosis": spearman([r["kurt"] for r in res.values()], [r["deg"] for r in res.values()]),
+    }
+    cols = [
+        "optimizer",
+        "val loss",
+        f"val loss {FMT} PTQ",
+        "degradation",
+        "mean MMR",
+        "mean kurtosis",
+        "isolated err",
+        "accumulated err",
+        "output err",
+    ]
     csv_name = write_csv(out / "ptq.csv", cols, rows)
     plt = pyplot()
     fig, ax = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for n, r in res.items():
         ax[0].scatter(r["mmr"], r["deg"], label=n)
         ax[1].scatter(r["kurt"], r["deg"], label=n)
-    ax[0].set(xlabel="mean max-to-median |w|", ylabel=f"{FMT} PTQ: val loss / before − 1",
-              title=f"ρ = {rho['mmr']:+.2f}")
+    ax[0].set(
+        xlabel="mean max-to-median |w|",
+        ylabel=f"{FMT} PTQ: val loss / before − 1",
+        title=f"ρ = {rho['mmr']:+.2f}",
+    )
     ax[1].set(xlabel="mean kurtosis (Pearson)", title=f"ρ = {rho['kurtosis']:+.2f}")
     for a in ax:
         a.grid(alpha=0.3)
@@ -147,18 +197,25 @@ def ptq(steps: int, seed: int, out: pathlib.Path, progress: Progress,
             "(lowfp.stats); isolated / accumulated = mean relative error of the layers' "
             "outputs with one / all layers quantized, output = of the logits "
             "(lowfp.stats.layer_errors, one validation batch). ρ = Spearman over the four "
-            "optimizers of a seed."),
-        "tables": [{"title": f"After {steps} steps and {FMT} PTQ", "columns": cols,
-                    "rows": rows},
-                   {"title": "Spearman ρ with the degradation, across the optimizers",
-                    "columns": ["statistic", "ρ"],
-                    "rows": [("MMR", rho["mmr"]), ("kurtosis", rho["kurtosis"])]}],
+            "optimizers of a seed."
+        ),
+        "tables": [
+            {"title": f"After {steps} steps and {FMT} PTQ", "columns": cols, "rows": rows},
+            {
+                "title": "Spearman ρ with the degradation, across the optimizers",
+                "columns": ["statistic", "ρ"],
+                "rows": [("MMR", rho["mmr"]), ("kurtosis", rho["kurtosis"])],
+            },
+        ],
         "plots": [png],
         "csv": [csv_name],
         "findings": [],
-        "metrics": {"rho": rho, "deg": {n: r["deg"] for n, r in res.items()},
-                    "isolated": {n: r["iso"] for n, r in res.items()},
-                    "accumulated": {n: r["acc"] for n, r in res.items()}},
+        "metrics": {
+            "rho": rho,
+            "deg": {n: r["deg"] for n, r in res.items()},
+            "isolated": {n: r["iso"] for n, r in res.items()},
+            "accumulated": {n: r["acc"] for n, r in res.items()},
+        },
     }
 
 

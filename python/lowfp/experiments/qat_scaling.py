@@ -20,8 +20,11 @@ from . import Claim, Progress, mean_sd, pyplot, register, save_plot, write_csv
 
 FMT = "mxfp4"
 OPTIMIZERS = ("AdamW", "Muon")
-WIDTHS = {"quick": (8, 16, 24, 32), "default": (8, 16, 24, 32, 48, 64),
-          "full": (8, 16, 24, 32, 48, 64, 96)}
+WIDTHS = {
+    "quick": (8, 16, 24, 32),
+    "default": (8, 16, 24, 32, 48, 64),
+    "full": (8, 16, 24, 32, 48, 64, 96),
+}
 PAPER = "Beyond Outliers: optimizers under PTQ/QAT"
 
 
@@ -33,13 +36,25 @@ def _flip(mt: dict) -> float:
 
 
 CLAIMS = (
-    Claim(PAPER, "QAT loss falls with model size as E + A·N^(−α), α > 0 (AdamW)",
-          lambda mt: mt["alpha"]["AdamW"], "fitted α (Huber, per seed)"),
-    Claim(PAPER, "QAT loss falls with model size as E + A·N^(−α), α > 0 (Muon)",
-          lambda mt: mt["alpha"]["Muon"], "fitted α (Huber, per seed)"),
-    Claim(PAPER, "QAT reorders optimizers (Muon vs AdamW at the widest model)", _flip,
-          "QAT loss gap Muon − AdamW, signed against the float32 gap (> 0: reordered)",
-          unit="nats"),
+    Claim(
+        PAPER,
+        "QAT loss falls with model size as E + A·N^(−α), α > 0 (AdamW)",
+        lambda mt: mt["alpha"]["AdamW"],
+        "fitted α (Huber, per seed)",
+    ),
+    Claim(
+        PAPER,
+        "QAT loss falls with model size as E + A·N^(−α), α > 0 (Muon)",
+        lambda mt: mt["alpha"]["Muon"],
+        "fitted α (Huber, per seed)",
+    ),
+    Claim(
+        PAPER,
+        "QAT reorders optimizers (Muon vs AdamW at the widest model)",
+        _flip,
+        "QAT loss gap Muon − AdamW, signed against the float32 gap (> 0: reordered)",
+        unit="nats",
+    ),
 )
 
 
@@ -52,23 +67,36 @@ def _make(name: str, model, seed: int):
     if name == "AdamW":
         return torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
     mats, rest = param_groups(model)
-    return Muon([{"params": mats}, {"params": rest, "use_muon": False}], lr=0.02,
-                weight_decay=0.0, adamw_lr=3e-3, adamw_betas=(0.9, 0.999), seed=seed)
+    return Muon(
+        [{"params": mats}, {"params": rest, "use_muon": False}],
+        lr=0.02,
+        weight_decay=0.0,
+        adamw_lr=3e-3,
+        adamw_betas=(0.9, 0.999),
+        seed=seed,
+    )
 
 
-@register("qat-scaling", default_steps=300, quick_steps=60, full_steps=1200,
-          summary="MXFP4 QAT per optimizer across widths; Huber fit of E + A·N^-alpha",
-          claims=CLAIMS)
-def qat_scaling(steps: int, seed: int, out: pathlib.Path, progress: Progress,
-                size: str = "default") -> dict:
+@register(
+    "qat-scaling",
+    default_steps=300,
+    quick_steps=60,
+    full_steps=1200,
+    summary="MXFP4 QAT per optimizer across widths; Huber fit of E + A·N^-alpha",
+    claims=CLAIMS,
+)
+def qat_scaling(
+    steps: int, seed: int, out: pathlib.Path, progress: Progress, size: str = "default"
+) -> dict:
     from .. import qat
     from .chartf import CharTransformer, Config, load_text, split, torch_threads, train
     from .fit import fit_power_law
 
     widths = WIDTHS[size]
     data = split(load_text(Config.max_bytes))
-    runs = [(o, d, True) for o in OPTIMIZERS for d in widths] + \
-        [(o, widths[-1], False) for o in OPTIMIZERS]
+    runs = [(o, d, True) for o in OPTIMIZERS for d in widths] + [
+        (o, widths[-1], False) for o in OPTIMIZERS
+    ]
     progress.add_total(steps * len(runs))
     val, numel = {}, {}
     with torch_threads(1):
@@ -80,8 +108,9 @@ def qat_scaling(steps: int, seed: int, out: pathlib.Path, progress: Progress,
             if q:
                 qat.prepare(model, weight=FMT)
             opt = _make(o, model, seed)
-            val[(o, d, q)] = train(model, opt, data, cfg, steps, seed + 7, eval_at=(steps,),
-                                   on_step=progress.advance)["val_loss"][-1]
+            val[(o, d, q)] = train(
+                model, opt, data, cfg, steps, seed + 7, eval_at=(steps,), on_step=progress.advance
+            )["val_loss"][-1]
     fits, rows, fit_rows = {}, [], []
     for o in OPTIMIZERS:
         ns = [numel[d] for d in widths]
@@ -91,15 +120,23 @@ def qat_scaling(steps: int, seed: int, out: pathlib.Path, progress: Progress,
         rows += [(o, d, numel[d], val[(o, d, True)]) for d in widths]
         f = fits[o]
         if f is not None:
-            fit_rows.append((o, f.E, f.A, f.alpha,
-                             "[{:.3g}, {:.3g}]".format(*f.interval("alpha")),
-                             "[{:.3g}, {:.3g}]".format(*f.interval("E"))))
+            fit_rows.append(
+                (
+                    o,
+                    f.E,
+                    f.A,
+                    f.alpha,
+                    "[{:.3g}, {:.3g}]".format(*f.interval("alpha")),
+                    "[{:.3g}, {:.3g}]".format(*f.interval("E")),
+                )
+            )
     wide = widths[-1]
     fp_gap = val[("Muon", wide, False)] - val[("AdamW", wide, False)]
     qat_gap = val[("Muon", wide, True)] - val[("AdamW", wide, True)]
     rank_rows = [(o, val[(o, wide, False)], val[(o, wide, True)]) for o in OPTIMIZERS]
-    csv_name = write_csv(out / "qat_scaling.csv", ["optimizer", "d_model", "params",
-                                                   "val_loss_qat"], rows)
+    csv_name = write_csv(
+        out / "qat_scaling.csv", ["optimizer", "d_model", "params", "val_loss_qat"], rows
+    )
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for o in OPTIMIZERS:
@@ -109,10 +146,13 @@ def qat_scaling(steps: int, seed: int, out: pathlib.Path, progress: Progress,
             import numpy as np
 
             grid = np.geomspace(min(ns), max(ns), 50)
-            ax.plot(grid, fits[o](grid), "-", lw=1,
-                    label=f"fit α = {fits[o].alpha:.2f}")
-    ax.set(xscale="log", xlabel="parameters N", ylabel="validation loss",
-           title=f"{FMT} QAT, {steps} steps")
+            ax.plot(grid, fits[o](grid), "-", lw=1, label=f"fit α = {fits[o].alpha:.2f}")
+    ax.set(
+        xscale="log",
+        xlabel="parameters N",
+        ylabel="validation loss",
+        title=f"{FMT} QAT, {steps} steps",
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     png = save_plot(fig, out / "qat_scaling.png")
@@ -125,24 +165,37 @@ def qat_scaling(steps: int, seed: int, out: pathlib.Path, progress: Progress,
             "during training (lowfp.qat.prepare, clipped straight-through estimator); AdamW "
             "lr 3e-3, Muon 0.02 + AdamW 3e-3. The widest model also trained in float32. Fit: "
             "L(N) = E + A·N^(−α) by Huber regression with leave-one-out ±1.96·SE intervals "
-            "(lowfp.experiments.fit.fit_power_law)."),
-        "tables": [{"title": f"Validation loss under {FMT} QAT", "columns":
-                    ["optimizer", "d_model", "parameters", "val loss (QAT)"], "rows": rows,
-                    "key": 2},
-                   {"title": "Huber fit L(N) = E + A·N^(−α) (one seed's interval is "
-                    "leave-one-out over its sizes)",
-                    "columns": ["optimizer", "E", "A", "α", "α 95% (LOO)", "E 95% (LOO)"],
-                    "rows": fit_rows},
-                   {"title": f"Widest model (d = {wide}): float32 vs QAT",
-                    "columns": ["optimizer", "val loss float32", "val loss QAT"],
-                    "rows": rank_rows}],
+            "(lowfp.experiments.fit.fit_power_law)."
+        ),
+        "tables": [
+            {
+                "title": f"Validation loss under {FMT} QAT",
+                "columns": ["optimizer", "d_model", "parameters", "val loss (QAT)"],
+                "rows": rows,
+                "key": 2,
+            },
+            {
+                "title": "Huber fit L(N) = E + A·N^(−α) (one seed's interval is "
+                "leave-one-out over its sizes)",
+                "columns": ["optimizer", "E", "A", "α", "α 95% (LOO)", "E 95% (LOO)"],
+                "rows": fit_rows,
+            },
+            {
+                "title": f"Widest model (d = {wide}): float32 vs QAT",
+                "columns": ["optimizer", "val loss float32", "val loss QAT"],
+                "rows": rank_rows,
+            },
+        ],
         "plots": [png],
         "csv": [csv_name],
         "findings": [],
-        "metrics": {"alpha": {o: (f.alpha if f else float("nan")) for o, f in fits.items()},
-                    "fp_gap": fp_gap, "qat_gap": qat_gap,
-                    "qat": {f"{o} {d}": val[(o, d, True)] for o in OPTIMIZERS for d in widths},
-                    "numel": [numel[d] for d in widths]},
+        "metrics": {
+            "alpha": {o: (f.alpha if f else float("nan")) for o, f in fits.items()},
+            "fp_gap": fp_gap,
+            "qat_gap": qat_gap,
+            "qat": {f"{o} {d}": val[(o, d, True)] for o in OPTIMIZERS for d in widths},
+            "numel": [numel[d] for d in widths],
+        },
     }
 
 
@@ -153,10 +206,15 @@ def aggregate_plot(per: list, out: pathlib.Path) -> list:
     fig, ax = plt.subplots(figsize=(6, 4))
     for o in OPTIMIZERS:
         ms = [mean_sd([p["metrics"]["qat"][f"{o} {d}"] for p in per]) for d in widths]
-        ax.errorbar(ns, [m for m, _ in ms], yerr=[s for _, s in ms], fmt="o-", capsize=3,
-                    label=f"{o} QAT")
-    ax.set(xscale="log", xlabel="parameters N", ylabel="val loss (mean ± sd)",
-           title=f"{FMT} QAT, {len(per)} seeds")
+        ax.errorbar(
+            ns, [m for m, _ in ms], yerr=[s for _, s in ms], fmt="o-", capsize=3, label=f"{o} QAT"
+        )
+    ax.set(
+        xscale="log",
+        xlabel="parameters N",
+        ylabel="val loss (mean ± sd)",
+        title=f"{FMT} QAT, {len(per)} seeds",
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return [save_plot(fig, out / "qat_scaling_seeds.png")]

@@ -19,8 +19,15 @@ MUON_LR = 0.02
 BETAS = (0.9, 0.999)
 
 
-def build(name: str, model, quant: Dict[str, object], seed: int, betas=BETAS,
-          adam_lr: float = ADAM_LR, muon_lr: float = MUON_LR):
+def build(
+    name: str,
+    model,
+    quant: Dict[str, object],
+    seed: int,
+    betas=BETAS,
+    adam_lr: float = ADAM_LR,
+    muon_lr: float = MUON_LR,
+):
     """``name`` "Adam" or "Muon"; ``quant``: component → :class:`lowfp.optim.Q` (or None);
     returns the wrapped optimizer with the initial weights already rounded."""
     import torch
@@ -33,17 +40,23 @@ def build(name: str, model, quant: Dict[str, object], seed: int, betas=BETAS,
         raise ValueError(f"quant: unknown components {sorted(bad)}; expected {COMPONENTS}")
     q = {c: quant.get(c) for c in COMPONENTS}
     if name == "Adam":
-        inner = torch.optim.AdamW(model.parameters(), lr=adam_lr, betas=tuple(betas),
-                                  weight_decay=0.0, foreach=False)
+        inner = torch.optim.AdamW(
+            model.parameters(), lr=adam_lr, betas=tuple(betas), weight_decay=0.0, foreach=False
+        )
         states = {"exp_avg": q["m"], "exp_avg_sq": q["v"]}
     elif name == "Muon":
         mats, rest = param_groups(model)
         # float32 AdamW states under their plain names (no packing) so LowPrecision sees them
-        inner = Muon([{"params": mats}, {"params": rest, "use_muon": False}], lr=muon_lr,
-                     weight_decay=0.0, adamw_lr=adam_lr, adamw_betas=tuple(betas), seed=seed,
-                     adamw_kwargs={"min_quant_size": 1 << 62})
-        part = {k: v for k, v in {"exp_avg": q["m"], "exp_avg_sq": q["v"]}.items()
-                if v is not None}
+        inner = Muon(
+            [{"params": mats}, {"params": rest, "use_muon": False}],
+            lr=muon_lr,
+            weight_decay=0.0,
+            adamw_lr=adam_lr,
+            adamw_betas=tuple(betas),
+            seed=seed,
+            adamw_kwargs={"min_quant_size": 1 << 62},
+        )
+        part = {k: v for k, v in {"exp_avg": q["m"], "exp_avg_sq": q["v"]}.items() if v is not None}
         if part:
             inner.adamw = LowPrecision(inner.adamw, states=part, seed=seed + 1)
         states = {"momentum_buffer": q["m"]}

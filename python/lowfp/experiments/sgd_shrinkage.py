@@ -35,8 +35,13 @@ LR = 0.01
 MAX_MULT = 4.0
 E2M1_MAX = 6.0
 #: (label, c): the largest scaled gradient component lands at c · 6; None = no scaling.
-REGIMES = (("c=1/10", 1 / 10), ("c=1/12", 1 / 12), ("c=1/16", 1 / 16),
-           ("c=1/24 (dead zone)", 1 / 24), ("unscaled", None))
+REGIMES = (
+    ("c=1/10", 1 / 10),
+    ("c=1/12", 1 / 12),
+    ("c=1/16", 1 / 16),
+    ("c=1/24 (dead zone)", 1 / 24),
+    ("unscaled", None),
+)
 
 YUN = "Yun et al.: SGD with low-precision gradients"
 
@@ -46,19 +51,38 @@ def _recovered(mt: dict, regime: str) -> float:
 
 
 CLAIMS = (
-    Claim(YUN, "shrinkage slows SGD (FP4 gradients scaled to c = 1/16, q̄ ≈ 0.4)",
-          lambda mt: mt["L"]["c=1/16 1x"] - mt["L"]["fp32 1x"],
-          "mean log10 risk, FP4 − float32 at η"),
-    Claim(YUN, "a step η/q̄ recovers most of the gap (c = 1/12, q̄ ≈ 0.75)",
-          lambda mt: _recovered(mt, "c=1/12"),
-          "recovered fraction of the gap", min_effect=0.5, unit="%"),
-    Claim(YUN, "a step η/q̄ recovers most of the gap (c = 1/16, q̄ ≈ 0.4)",
-          lambda mt: _recovered(mt, "c=1/16"),
-          "recovered fraction of the gap", min_effect=0.5, unit="%"),
-    Claim(YUN, "negative control: in the dead zone (c = 1/24, q_k ≈ 0) a larger step (≤ 4x) "
-          "does NOT recover",
-          lambda mt: _recovered(mt, "c=1/24 (dead zone)"),
-          "recovered fraction of the gap", sign=-1, min_effect=-0.5, unit="%"),
+    Claim(
+        YUN,
+        "shrinkage slows SGD (FP4 gradients scaled to c = 1/16, q̄ ≈ 0.4)",
+        lambda mt: mt["L"]["c=1/16 1x"] - mt["L"]["fp32 1x"],
+        "mean log10 risk, FP4 − float32 at η",
+    ),
+    Claim(
+        YUN,
+        "a step η/q̄ recovers most of the gap (c = 1/12, q̄ ≈ 0.75)",
+        lambda mt: _recovered(mt, "c=1/12"),
+        "recovered fraction of the gap",
+        min_effect=0.5,
+        unit="%",
+    ),
+    Claim(
+        YUN,
+        "a step η/q̄ recovers most of the gap (c = 1/16, q̄ ≈ 0.4)",
+        lambda mt: _recovered(mt, "c=1/16"),
+        "recovered fraction of the gap",
+        min_effect=0.5,
+        unit="%",
+    ),
+    Claim(
+        YUN,
+        "negative control: in the dead zone (c = 1/24, q_k ≈ 0) a larger step (≤ 4x) "
+        "does NOT recover",
+        lambda mt: _recovered(mt, "c=1/24 (dead zone)"),
+        "recovered fraction of the gap",
+        sign=-1,
+        min_effect=-0.5,
+        unit="%",
+    ),
 )
 
 
@@ -110,11 +134,17 @@ def _speed(risk) -> float:
     return float(np.mean(np.log10(np.maximum(risk, 1e-30))))
 
 
-@register("sgd-shrinkage", default_steps=400, quick_steps=300, full_steps=2000,
-          summary="SGD with FP4 gradients, q_k set by loss scaling: does η/q recover?",
-          claims=CLAIMS)
-def sgd_shrinkage(steps: int, seed: int, out: pathlib.Path, progress: Progress,
-                  size: str = "default") -> dict:
+@register(
+    "sgd-shrinkage",
+    default_steps=400,
+    quick_steps=300,
+    full_steps=2000,
+    summary="SGD with FP4 gradients, q_k set by loss scaling: does η/q recover?",
+    claims=CLAIMS,
+)
+def sgd_shrinkage(
+    steps: int, seed: int, out: pathlib.Path, progress: Progress, size: str = "default"
+) -> dict:
     import torch
 
     progress.add_total(steps * (2 + 2 * len(REGIMES)))
@@ -143,28 +173,40 @@ def sgd_shrinkage(steps: int, seed: int, out: pathlib.Path, progress: Progress,
         L[f"{label} 1/q"] = _speed(risk2)
         rows.append(("FP4 e2m1", label, "η/q̄", mult, q2, z2, L[f"{label} 1/q"], risk2[-1]))
         gap = L[f"{label} 1x"] - L["fp32 1x"]
-        recovered[label] = ((L[f"{label} 1x"] - L[f"{label} 1/q"]) / gap
-                            if gap > 0 and math.isfinite(L[f"{label} 1/q"]) else
-                            (-1.0 if gap > 0 else float("nan")))
-    csv_name = write_csv(out / "sgd_shrinkage.csv", ["step", "run", "excess_risk"],
-                         [(s, lab, r) for lab, rs in curves.items() for s, r in zip(pts, rs)])
+        recovered[label] = (
+            (L[f"{label} 1x"] - L[f"{label} 1/q"]) / gap
+            if gap > 0 and math.isfinite(L[f"{label} 1/q"])
+            else (-1.0 if gap > 0 else float("nan"))
+        )
+    csv_name = write_csv(
+        out / "sgd_shrinkage.csv",
+        ["step", "run", "excess_risk"],
+        [(s, lab, r) for lab, rs in curves.items() for s, r in zip(pts, rs)],
+    )
     plt = pyplot()
     fig, ax = plt.subplots(1, 2, figsize=(12, 4), sharey=True)
     for lab, rs in curves.items():
         i = 1 if lab.endswith("1/q") else 0
         ax[i].plot(pts, rs, "k-" if lab.startswith("fp32") else "-", label=lab, lw=1)
     ax[1].plot(pts, curves["fp32 1x"], "k--", lw=1, label="fp32 1x")
-    ax[0].set(xlabel="step", ylabel="excess risk ‖w − w*‖²", yscale="log",
-              title=f"SGD, FP4 gradients at η = {LR}")
+    ax[0].set(
+        xlabel="step",
+        ylabel="excess risk ‖w − w*‖²",
+        yscale="log",
+        title=f"SGD, FP4 gradients at η = {LR}",
+    )
     ax[1].set(xlabel="step", yscale="log", title="FP4 gradients at η/q̄ (≤ 4η)")
     for a in ax:
         a.grid(alpha=0.3)
         a.legend(fontsize=7)
     png = save_plot(fig, out / "sgd_shrinkage.png")
     findings = [
-        "Mean shrinkage q̄ per regime: " + ", ".join(f"{k} {v:.3f}" for k, v in qbar.items())
+        "Mean shrinkage q̄ per regime: "
+        + ", ".join(f"{k} {v:.3f}" for k, v in qbar.items())
         + "; recovered fraction of the gap to float32 with η/q̄: "
-        + ", ".join(f"{k} {v:+.0%}" for k, v in recovered.items()) + "."]
+        + ", ".join(f"{k} {v:+.0%}" for k, v in recovered.items())
+        + "."
+    ]
     return {
         "title": "SGD with FP4 gradients: shrinkage q_k set by loss scaling",
         "description": (
@@ -177,14 +219,28 @@ def sgd_shrinkage(steps: int, seed: int, out: pathlib.Path, progress: Progress,
             f"y = x·w* + {NOISE}·ε, x ~ N(0, I_{DIM}), w* ~ N(0, I), batch {BATCH}, squared "
             f"loss, η = {LR}; each regime is rerun at η/q̄ (q̄ the mean q_k of the η run, "
             f"capped at {MAX_MULT:g}η). q_k = <Q(g), g>/‖g‖² and 'flushed' (fraction of nonzero "
-            "components rounded to 0) from LowPrecision(grad=\"e2m1\", track=True)'s tracker "
+            'components rounded to 0) from LowPrecision(grad="e2m1", track=True)\'s tracker '
             "(the step divides by S_k through the learning rate η/S_k); speed = mean log10 "
-            "excess risk over the run."),
-        "tables": [{"title": f"SGD after {steps} steps",
-                    "columns": ["gradient", "scaling", "step", "lr multiple", "mean q_k",
-                                "flushed", "mean log10 risk", "final risk"],
-                    "rows": rows, "key": 3,
-                    "baseline": lambda k: ("float32", "—", "1η")}],
+            "excess risk over the run."
+        ),
+        "tables": [
+            {
+                "title": f"SGD after {steps} steps",
+                "columns": [
+                    "gradient",
+                    "scaling",
+                    "step",
+                    "lr multiple",
+                    "mean q_k",
+                    "flushed",
+                    "mean log10 risk",
+                    "final risk",
+                ],
+                "rows": rows,
+                "key": 3,
+                "baseline": lambda k: ("float32", "—", "1η"),
+            }
+        ],
         "plots": [png],
         "csv": [csv_name],
         "findings": findings,

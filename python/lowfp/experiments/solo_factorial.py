@@ -25,8 +25,11 @@ from . import Claim, Progress, mean_sd, pyplot, register, rel, save_plot, write_
 BITS = 3
 LR = 3e-3
 SOLO = "SOLO: low-bit optimizers, EMA dynamics"
-FACTORS = (("v", ("log", "linear")), ("rounding", ("stochastic", "nearest")),
-           ("beta1", ("SOLO", "0.9")))
+FACTORS = (
+    ("v", ("log", "linear")),
+    ("rounding", ("stochastic", "nearest")),
+    ("beta1", ("SOLO", "0.9")),
+)
 
 
 def _cells():
@@ -46,27 +49,48 @@ def _main_effect(mt: dict, i: int) -> float:
 
 
 CLAIMS = (
-    Claim(SOLO, "a logarithmic v code beats a linear one at 3 bits (main effect)",
-          lambda mt: _main_effect(mt, 0), "loss excess linear − log v, mean over 4 cells",
-          unit="%"),
-    Claim(SOLO, "stochastic rounding beats nearest at 3 bits (main effect)",
-          lambda mt: _main_effect(mt, 1), "loss excess nearest − stochastic, mean over 4 cells",
-          unit="%"),
-    Claim(SOLO, "SOLO's precision-specific β1 beats β1 = 0.9 at 3 bits (main effect)",
-          lambda mt: _main_effect(mt, 2), "loss excess β1 0.9 − SOLO β1, mean over 4 cells",
-          unit="%"),
-    Claim(SOLO, "the full SOLO recipe (log v, stochastic, SOLO β1) beats linear v, nearest, "
-          "β1 0.9",
-          lambda mt: mt["excess"]["linear nearest 0.9"] - mt["excess"]["log stochastic SOLO"],
-          "loss excess difference", unit="%"),
+    Claim(
+        SOLO,
+        "a logarithmic v code beats a linear one at 3 bits (main effect)",
+        lambda mt: _main_effect(mt, 0),
+        "loss excess linear − log v, mean over 4 cells",
+        unit="%",
+    ),
+    Claim(
+        SOLO,
+        "stochastic rounding beats nearest at 3 bits (main effect)",
+        lambda mt: _main_effect(mt, 1),
+        "loss excess nearest − stochastic, mean over 4 cells",
+        unit="%",
+    ),
+    Claim(
+        SOLO,
+        "SOLO's precision-specific β1 beats β1 = 0.9 at 3 bits (main effect)",
+        lambda mt: _main_effect(mt, 2),
+        "loss excess β1 0.9 − SOLO β1, mean over 4 cells",
+        unit="%",
+    ),
+    Claim(
+        SOLO,
+        "the full SOLO recipe (log v, stochastic, SOLO β1) beats linear v, nearest, β1 0.9",
+        lambda mt: mt["excess"]["linear nearest 0.9"] - mt["excess"]["log stochastic SOLO"],
+        "loss excess difference",
+        unit="%",
+    ),
 )
 
 
-@register("solo-factorial", default_steps=400, quick_steps=100, full_steps=1600,
-          summary="SOLO at 3 bits: log vs linear v × nearest vs stochastic × β1 rule",
-          claims=CLAIMS)
-def solo_factorial(steps: int, seed: int, out: pathlib.Path, progress: Progress,
-                   size: str = "default") -> dict:
+@register(
+    "solo-factorial",
+    default_steps=400,
+    quick_steps=100,
+    full_steps=1600,
+    summary="SOLO at 3 bits: log vs linear v × nearest vs stochastic × β1 rule",
+    claims=CLAIMS,
+)
+def solo_factorial(
+    steps: int, seed: int, out: pathlib.Path, progress: Progress, size: str = "default"
+) -> dict:
     import torch
 
     from .. import Linear, Log
@@ -84,25 +108,46 @@ def solo_factorial(steps: int, seed: int, out: pathlib.Path, progress: Progress,
         progress("AdamW float32")
         model = CharTransformer(cfg, seed)
         opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.0)
-        base = train(model, opt, data, cfg, steps, seed + 7, eval_at=(steps,),
-                     on_step=progress.advance)["val_loss"][-1]
+        base = train(
+            model, opt, data, cfg, steps, seed + 7, eval_at=(steps,), on_step=progress.advance
+        )["val_loss"][-1]
         for v, r, b in cells:
             progress(f"{BITS}-bit: {v} v, {r}, β1 {b}")
-            vc = (Log(BITS, zero=False, quantile=0.05) if v == "log"
-                  else Linear(BITS, signed=False, zero=False))
+            vc = (
+                Log(BITS, zero=False, quantile=0.05)
+                if v == "log"
+                else Linear(BITS, signed=False, zero=False)
+            )
             model = CharTransformer(cfg, seed)
-            opt = AdamW(model.parameters(), lr=LR, weight_decay=0.0, seed=seed,
-                        betas=(b1_solo if b == "SOLO" else 0.9, 0.999),
-                        exp_avg=Linear(BITS), exp_avg_sq=vc, rounding=r, block_size=128,
-                        min_quant_size=0)
-            val[(v, r, b)] = train(model, opt, data, cfg, steps, seed + 7, eval_at=(steps,),
-                                   on_step=progress.advance)["val_loss"][-1]
+            opt = AdamW(
+                model.parameters(),
+                lr=LR,
+                weight_decay=0.0,
+                seed=seed,
+                betas=(b1_solo if b == "SOLO" else 0.9, 0.999),
+                exp_avg=Linear(BITS),
+                exp_avg_sq=vc,
+                rounding=r,
+                block_size=128,
+                min_quant_size=0,
+            )
+            val[(v, r, b)] = train(
+                model, opt, data, cfg, steps, seed + 7, eval_at=(steps,), on_step=progress.advance
+            )["val_loss"][-1]
     excess = {" ".join(c): rel(val[c], base) for c in cells}
     rows = [("float32", "—", "0.9", base, 0.0)] + [
-        (v, r, f"{b1_solo:.3f} (SOLO)" if b == "SOLO" else b, val[(v, r, b)],
-         excess[f"{v} {r} {b}"]) for v, r, b in cells]
-    csv_name = write_csv(out / "solo_factorial.csv",
-                         ["v_code", "rounding", "beta1", "val_loss", "excess"], rows)
+        (
+            v,
+            r,
+            f"{b1_solo:.3f} (SOLO)" if b == "SOLO" else b,
+            val[(v, r, b)],
+            excess[f"{v} {r} {b}"],
+        )
+        for v, r, b in cells
+    ]
+    csv_name = write_csv(
+        out / "solo_factorial.csv", ["v_code", "rounding", "beta1", "val_loss", "excess"], rows
+    )
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     labels = [" ".join(c) for c in cells]
@@ -118,11 +163,17 @@ def solo_factorial(steps: int, seed: int, out: pathlib.Path, progress: Progress,
             f"weight decay, {steps} steps (50 warm-up, clip 1.0); m: {BITS}-bit signed linear; "
             f"v: {BITS}-bit zero-free log (quantile 0.05) or zero-free linear; both states "
             f"rounded nearest or stochastic; β1 = SOLO's {b1_solo:.3f} or 0.9; blocks of 128, "
-            "every tensor quantized. Excess = val loss / the same seed's float32 AdamW − 1."),
-        "tables": [{"title": f"After {steps} steps",
-                    "columns": ["v code", "rounding", "β1", "val loss", "val / float32 − 1"],
-                    "rows": rows, "key": 3,
-                    "baseline": lambda k: ("float32", "—", "0.9")}],
+            "every tensor quantized. Excess = val loss / the same seed's float32 AdamW − 1."
+        ),
+        "tables": [
+            {
+                "title": f"After {steps} steps",
+                "columns": ["v code", "rounding", "β1", "val loss", "val / float32 − 1"],
+                "rows": rows,
+                "key": 3,
+                "baseline": lambda k: ("float32", "—", "0.9"),
+            }
+        ],
         "plots": [png],
         "csv": [csv_name],
         "findings": [],

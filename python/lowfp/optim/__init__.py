@@ -24,5 +24,18 @@ from .lowprec import LowPrecision, Q
 from .muon import Muon, Muon8bit
 from .sgd import SGD
 
-__all__ = ["AdamW", "AdamW8bit", "AdamW4bit", "AdamWFp8", "SOLO", "solo_beta1",
-           "LowPrecision", "Q", "SGD", "Muon", "Muon8bit", "PackedOptimizer", "LAYOUT_VERSION"]
+__all__ = [
+    "AdamW",
+    "AdamW8bit",
+    "AdamW4bit",
+    "AdamWFp8",
+    "SOLO",
+    "solo_beta1",
+    "LowPrecision",
+    "Q",
+    "SGD",
+    "Muon",
+    "Muon8bit",
+    "PackedOptimizer",
+    "LAYOUT_VERSION",
+]

@@ -77,29 +77,47 @@ class AdamW(PackedOptimizer):
 
     _STATES: Tuple[str, ...] = ("exp_avg", "exp_avg_sq")
     _v_gran, _v_block = "element", 128  # (instances pickled before v_granularity)
-    _CODEC_ARGS = {"exp_avg": "exp_avg", "exp_avg_sq": "exp_avg_sq",
-                   "max_exp_avg_sq": "exp_avg_sq"}
+    _CODEC_ARGS = {"exp_avg": "exp_avg", "exp_avg_sq": "exp_avg_sq", "max_exp_avg_sq": "exp_avg_sq"}
 
-    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 1e-2, amsgrad: bool = False, *, maximize: bool = False,
-                 foreach: Optional[bool] = None, capturable: bool = False,
-                 differentiable: bool = False, fused: Optional[bool] = None,
-                 decoupled_weight_decay: bool = True, exp_avg: Any = None,
-                 exp_avg_sq: Any = None, block_size: int = 256, rounding: TableRounding = "nearest",
-                 seed: int = 0, min_quant_size: int = 4096, nonfinite: str = "skip",
-                 param_rounding: TableRounding = "stochastic", v_granularity: str = "element",
-                 v_block_size: int = 128):
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        betas=(0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        amsgrad: bool = False,
+        *,
+        maximize: bool = False,
+        foreach: Optional[bool] = None,
+        capturable: bool = False,
+        differentiable: bool = False,
+        fused: Optional[bool] = None,
+        decoupled_weight_decay: bool = True,
+        exp_avg: Any = None,
+        exp_avg_sq: Any = None,
+        block_size: int = 256,
+        rounding: TableRounding = "nearest",
+        seed: int = 0,
+        min_quant_size: int = 4096,
+        nonfinite: str = "skip",
+        param_rounding: TableRounding = "stochastic",
+        v_granularity: str = "element",
+        v_block_size: int = 128,
+    ):
         check_lr(lr)
         if v_granularity not in V_GRANULARITIES:
-            raise ValueError(f"v_granularity: expected one of {V_GRANULARITIES}, got "
-                             f"{v_granularity!r}")
-        if not isinstance(v_block_size, int) or isinstance(v_block_size, bool) \
-                or v_block_size < 1:
+            raise ValueError(
+                f"v_granularity: expected one of {V_GRANULARITIES}, got {v_granularity!r}"
+            )
+        if not isinstance(v_block_size, int) or isinstance(v_block_size, bool) or v_block_size < 1:
             raise ValueError(f"v_block_size: expected an int >= 1, got {v_block_size!r}")
         if v_granularity != "element" and exp_avg_sq is not None:
-            raise ValueError(f"exp_avg_sq: v_granularity={v_granularity!r} stores the reduced "
-                             "second moment in float32 (one value per group); leave "
-                             "exp_avg_sq=None (the first moment keeps its codec)")
+            raise ValueError(
+                f"exp_avg_sq: v_granularity={v_granularity!r} stores the reduced "
+                "second moment in float32 (one value per group); leave "
+                "exp_avg_sq=None (the first moment keeps its codec)"
+            )
         self._v_gran, self._v_block = v_granularity, v_block_size
         if not eps >= 0.0:
             raise ValueError(f"eps: expected >= 0, got {eps}")
@@ -109,21 +127,40 @@ class AdamW(PackedOptimizer):
         if not weight_decay >= 0.0:
             raise ValueError(f"weight_decay: expected >= 0, got {weight_decay}")
         if capturable:
-            raise ValueError("capturable: True is not supported (lowfp steps keep the step "
-                             "count on the host); leave it False")
+            raise ValueError(
+                "capturable: True is not supported (lowfp steps keep the step "
+                "count on the host); leave it False"
+            )
         if differentiable:
-            raise ValueError("differentiable: True is not supported (lowfp steps run outside "
-                             "autograd); leave it False")
-        self._STATES = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if amsgrad \
-            else ("exp_avg", "exp_avg_sq")
-        self._configure({"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq,
-                         "max_exp_avg_sq": exp_avg_sq}, block_size=block_size,
-                        rounding=rounding, seed=seed, min_quant_size=min_quant_size,
-                        nonfinite=nonfinite, param_rounding=param_rounding)
-        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
-                        amsgrad=bool(amsgrad), maximize=bool(maximize), foreach=foreach,
-                        capturable=False, differentiable=False, fused=fused,
-                        decoupled_weight_decay=bool(decoupled_weight_decay))
+            raise ValueError(
+                "differentiable: True is not supported (lowfp steps run outside "
+                "autograd); leave it False"
+            )
+        self._STATES = (
+            ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if amsgrad else ("exp_avg", "exp_avg_sq")
+        )
+        self._configure(
+            {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq, "max_exp_avg_sq": exp_avg_sq},
+            block_size=block_size,
+            rounding=rounding,
+            seed=seed,
+            min_quant_size=min_quant_size,
+            nonfinite=nonfinite,
+            param_rounding=param_rounding,
+        )
+        defaults = dict(
+            lr=lr,
+            betas=tuple(betas),
+            eps=eps,
+            weight_decay=weight_decay,
+            amsgrad=bool(amsgrad),
+            maximize=bool(maximize),
+            foreach=foreach,
+            capturable=False,
+            differentiable=False,
+            fused=fused,
+            decoupled_weight_decay=bool(decoupled_weight_decay),
+        )
         super().__init__(params, defaults)
 
     _PICKLED = PackedOptimizer._PICKLED + ("_STATES", "_v_gran", "_v_block")
@@ -137,20 +174,26 @@ class AdamW(PackedOptimizer):
     def _check_overrides(self, group):
         super()._check_overrides(group)
         if self._v_gran != "element" and group.get("exp_avg_sq") is not None:
-            raise ValueError(f"exp_avg_sq: v_granularity={self._v_gran!r} keeps the reduced "
-                             "second moment in float32; a param group cannot set a codec for it")
+            raise ValueError(
+                f"exp_avg_sq: v_granularity={self._v_gran!r} keeps the reduced "
+                "second moment in float32; a param group cannot set a codec for it"
+            )
         if "amsgrad" in group and bool(group["amsgrad"]) != ("max_exp_avg_sq" in self._STATES):
-            raise ValueError("amsgrad: set it for the whole optimizer (the constructor's "
-                             f"amsgrad={'max_exp_avg_sq' in self._STATES}), not per group")
+            raise ValueError(
+                "amsgrad: set it for the whole optimizer (the constructor's "
+                f"amsgrad={'max_exp_avg_sq' in self._STATES}), not per group"
+            )
 
     def _stepping(self, group: dict, plan) -> list:
         entries = super()._stepping(group, plan)
         if self._v_gran != "element":
             for e in entries:
                 if type(e.p) not in _PLAIN:
-                    raise ValueError(f"v_granularity: {self._v_gran!r} needs plain tensors "
-                                     f"(param {e.index - 1} is a {type(e.p).__name__}); use "
-                                     "'element' for sharded parameters")
+                    raise ValueError(
+                        f"v_granularity: {self._v_gran!r} needs plain tensors "
+                        f"(param {e.index - 1} is a {type(e.p).__name__}); use "
+                        "'element' for sharded parameters"
+                    )
         return entries
 
     def _legacy_group(self, g: dict) -> dict:
@@ -159,8 +202,14 @@ class AdamW(PackedOptimizer):
         g = dict(g)
         if "decoupled" in g:
             g.setdefault("decoupled_weight_decay", g.pop("decoupled"))
-        for k, v in dict(amsgrad=False, maximize=False, foreach=None, capturable=False,
-                         differentiable=False, fused=None).items():
+        for k, v in dict(
+            amsgrad=False,
+            maximize=False,
+            foreach=None,
+            capturable=False,
+            differentiable=False,
+            fused=None,
+        ).items():
             g.setdefault(k, v)
         return g
 
@@ -180,6 +229,7 @@ class AdamW(PackedOptimizer):
 
         def scalars_at(t: int) -> tuple:
             return (decay, l2, 1 - b1, b2, 1 - b2, eps, lr / (1 - b1**t), math.sqrt(1 - b2**t))
+
         for e in entries:
             w, g, kind, copy = e.views
             if copy is not None:
@@ -190,17 +240,23 @@ class AdamW(PackedOptimizer):
                 sc = scalars[t] = scalars_at(t)
             stream = (t << 32) | (e.index << 2)  # | 0: exp_avg, 1: exp_avg_sq, 2: param, 3: max
             states = e.args  # made current by _prepare
-            items.append((w, g, states[0], states[1], sc, (stream, stream | 1), stream | 2, kind)
-                         + ((states[2], stream | 3) if amsgrad else ()))
+            items.append(
+                (w, g, states[0], states[1], sc, (stream, stream | 1), stream | 2, kind)
+                + ((states[2], stream | 3) if amsgrad else ())
+            )
             offsets.append(0 if type(e.p) in _PLAIN else _dist.element_offset(e.p))
         cuda = entries[0].p.is_cuda
         core = cuda_optim() if cuda else _core
         step = core.adamw_amsgrad_step_group if amsgrad else core.adamw_step_group
-        step(items, self._opt(group, "block_size"), self._seed,
-             self._param_rounding == "stochastic", offsets,
-             **(self._step_context(entries, scalars_at) if cuda else {}))
+        step(
+            items,
+            self._opt(group, "block_size"),
+            self._seed,
+            self._param_rounding == "stochastic",
+            offsets,
+            **(self._step_context(entries, scalars_at) if cuda else {}),
+        )
         self._write_back(copies)
-
 
     # ------------------------------------------------------------ shared second moments
 
@@ -237,8 +293,7 @@ class AdamW(PackedOptimizer):
     def _spread(v: torch.Tensor, layout: tuple) -> torch.Tensor:
         """Per-group values (R * nb,) broadcast to the elements, shape (R, L)."""
         rows, length, block, nb = layout
-        return v.reshape(rows, nb, 1).expand(rows, nb, block).reshape(rows, nb * block)[
-            :, :length]
+        return v.reshape(rows, nb, 1).expand(rows, nb, block).reshape(rows, nb * block)[:, :length]
 
     def _step_group_shared_v(self, group: dict, entries: list) -> None:
         """AdamW with v shared over groups of elements, in torch (the fused step's arithmetic
@@ -278,8 +333,13 @@ class AdamW(PackedOptimizer):
                 p.detach().copy_(w.view_as(p))
             else:  # bfloat16/float16: rounded from float32 as the fused step rounds them
                 kind = "bfloat16" if p.dtype is torch.bfloat16 else "float16"
-                r = quantize(w.contiguous(), kind, rounding=self._param_rounding,
-                             seed=self._seed, stream=stream | 2)
+                r = quantize(
+                    w.contiguous(),
+                    kind,
+                    rounding=self._param_rounding,
+                    seed=self._seed,
+                    stream=stream | 2,
+                )
                 p.detach().copy_(r.view_as(p))
 
     def _read_m(self, st: dict, p: torch.Tensor) -> torch.Tensor:
@@ -297,8 +357,15 @@ class AdamW(PackedOptimizer):
         parts = [st[f"exp_avg.{k}"] for k in ("codes", "scales", "alphas")]
         host = [t if t.device.type == "cpu" else t.cpu() for t in parts]
         codes, scales, alphas = (t.numpy() for t in host)
-        _core.blockwise_quantize(np.ascontiguousarray(m.detach().cpu().numpy()), spec[2],
-                                 codes, scales, alphas, self._seed, stream)
+        _core.blockwise_quantize(
+            np.ascontiguousarray(m.detach().cpu().numpy()),
+            spec[2],
+            codes,
+            scales,
+            alphas,
+            self._seed,
+            stream,
+        )
         for t, h in zip(parts, host):
             if h is not t:
                 t.copy_(h)
@@ -317,13 +384,18 @@ class AdamW(PackedOptimizer):
     def _state_lines(self) -> list:
         lines = super()._state_lines()
         if self._v_gran != "element":
-            how = {"row": "one per row (first axis)", "tensor": "one per tensor",
-                   "block": f"one per block of {self._v_block} along each row"}[self._v_gran]
+            how = {
+                "row": "one per row (first axis)",
+                "tensor": "one per tensor",
+                "block": f"one per block of {self._v_block} along each row",
+            }[self._v_gran]
             for i, line in enumerate(lines):
                 for name in self._STATES[1:]:
                     if line.startswith(name + ":"):
-                        lines[i] = (f"{name}: float32, {how} (v_granularity="
-                                    f"{self._v_gran!r}: mean of g^2 over the group)")
+                        lines[i] = (
+                            f"{name}: float32, {how} (v_granularity="
+                            f"{self._v_gran!r}: mean of g^2 over the group)"
+                        )
         return lines
 
     def state_dict(self) -> dict:
@@ -332,8 +404,7 @@ class AdamW(PackedOptimizer):
         state dict is as before)."""
         sd = super().state_dict()
         if self._v_gran != "element" and isinstance(sd.get("lowfp"), dict):
-            sd["lowfp"] = dict(sd["lowfp"], v_granularity=self._v_gran,
-                               v_block_size=self._v_block)
+            sd["lowfp"] = dict(sd["lowfp"], v_granularity=self._v_gran, v_block_size=self._v_block)
         return sd
 
     def load_state_dict(self, state_dict: dict, *, requantize: bool = False) -> None:
@@ -345,21 +416,27 @@ class AdamW(PackedOptimizer):
         theirs = (own.get("v_granularity", "element"), own.get("v_block_size", self._v_block))
         mine = (self._v_gran, self._v_block)
         if theirs[0] != mine[0] or (mine[0] == "block" and theirs[1] != mine[1]):
-            raise ValueError(f"state_dict: saved with v_granularity={theirs[0]!r} "
-                             f"(v_block_size={theirs[1]}), this optimizer has "
-                             f"v_granularity={mine[0]!r} (v_block_size={mine[1]})")
+            raise ValueError(
+                f"state_dict: saved with v_granularity={theirs[0]!r} "
+                f"(v_block_size={theirs[1]}), this optimizer has "
+                f"v_granularity={mine[0]!r} (v_block_size={mine[1]})"
+            )
         super().load_state_dict(state_dict, requantize=requantize)
 
     def _convert(self, p, group, st, name: str, theirs: Optional[dict]) -> None:
         if self._v_gran != "element" and name in self._STATES[1:]:
-            raise ValueError(f"state_dict: {name} cannot be converted to the shared second "
-                             f"moment of v_granularity={self._v_gran!r}")
+            raise ValueError(
+                f"state_dict: {name} cannot be converted to the shared second "
+                f"moment of v_granularity={self._v_gran!r}"
+            )
         super()._convert(p, group, st, name, theirs)
 
     def _element_only(self, what: str) -> None:
         if self._v_gran != "element":
-            raise ValueError(f"{what}: torch.optim.AdamW keeps one second moment per element; "
-                             f"this optimizer has v_granularity={self._v_gran!r}")
+            raise ValueError(
+                f"{what}: torch.optim.AdamW keeps one second moment per element; "
+                f"this optimizer has v_granularity={self._v_gran!r}"
+            )
 
     # ------------------------------------------------------------ plain torch state
 
@@ -376,13 +453,17 @@ class AdamW(PackedOptimizer):
         for i, p in enumerate(params):
             st = self.state.get(p)
             if st:
-                state[i] = {"step": st["step"].clone(),
-                            **{n: self._decode(st, p, n).view_as(p).to(p.device)
-                               for n in self._STATES}}  # on p's device, as torch keeps them
+                state[i] = {
+                    "step": st["step"].clone(),
+                    **{n: self._decode(st, p, n).view_as(p).to(p.device) for n in self._STATES},
+                }  # on p's device, as torch keeps them
         groups = []
         for g in sd["param_groups"]:
-            g = {k: v for k, v in g.items()
-                 if k != "decoupled_weight_decay" and k not in self._override_keys()}
+            g = {
+                k: v
+                for k, v in g.items()
+                if k != "decoupled_weight_decay" and k not in self._override_keys()
+            }
             groups.append(g)
         return {"state": state, "param_groups": groups}
 
@@ -398,7 +479,8 @@ class AdamW(PackedOptimizer):
         self._element_only("load_torch_state_dict")
         groups = state_dict["param_groups"]
         if len(groups) != len(self.param_groups) or any(
-                len(a["params"]) != len(b["params"]) for a, b in zip(groups, self.param_groups)):
+            len(a["params"]) != len(b["params"]) for a, b in zip(groups, self.param_groups)
+        ):
             raise ValueError("state_dict: parameter groups do not match this optimizer's")
         params = [p for g in self.param_groups for p in g["params"]]
         new_states = {}
@@ -406,8 +488,7 @@ class AdamW(PackedOptimizer):
             p = params[int(i)]
             missing = [n for n in self._STATES if n not in st]
             if missing:
-                raise ValueError(f"state_dict: parameter {i} has no {missing} (amsgrad must "
-                                 "match)")
+                raise ValueError(f"state_dict: parameter {i} has no {missing} (amsgrad must match)")
             new = self._init_state(p, self._group_of(p))
             new["step"] = torch.as_tensor(st["step"], dtype=torch.float32).clone()
             for name in self._STATES:
@@ -437,12 +518,16 @@ class AdamW(PackedOptimizer):
 
         want = (Dynamic(8, True).spec(), Dynamic(8, False).spec())
         for g in self.param_groups:
-            got = tuple(_codec_spec(c) if c else None
-                        for c in (self._codec_of(n, g) for n in ("exp_avg", "exp_avg_sq")))
+            got = tuple(
+                _codec_spec(c) if c else None
+                for c in (self._codec_of(n, g) for n in ("exp_avg", "exp_avg_sq"))
+            )
             if got != want or self._opt(g, "block_size") != 256:
-                raise ValueError("bnb_optimizer: needs exp_avg=Dynamic(8), "
-                                 "exp_avg_sq=Dynamic(8, signed=False), block_size=256 "
-                                 "(AdamW8bit)")
+                raise ValueError(
+                    "bnb_optimizer: needs exp_avg=Dynamic(8), "
+                    "exp_avg_sq=Dynamic(8, signed=False), block_size=256 "
+                    "(AdamW8bit)"
+                )
         mine = [p for g in self.param_groups for p in g["params"]]
         theirs = [p for g in bnb_optimizer.param_groups for p in g["params"]]
         if len(mine) != len(theirs) or any(a.shape != b.shape for a, b in zip(mine, theirs)):
@@ -458,13 +543,17 @@ class AdamW(PackedOptimizer):
                 codes = src[f"state{k}"]
                 if codes.dtype != torch.uint8:  # bitsandbytes keeps small tensors in float32
                     if name not in st:
-                        raise ValueError(f"bnb_optimizer: float32 state for a parameter of "
-                                         f"{p.numel()} elements; set min_quant_size to match")
+                        raise ValueError(
+                            f"bnb_optimizer: float32 state for a parameter of "
+                            f"{p.numel()} elements; set min_quant_size to match"
+                        )
                     st[name] = codes.detach().float().view_as(p).clone()
                     continue
                 if name in st:
-                    raise ValueError(f"bnb_optimizer: 8-bit state for a parameter of "
-                                     f"{p.numel()} elements; set min_quant_size to match")
+                    raise ValueError(
+                        f"bnb_optimizer: 8-bit state for a parameter of "
+                        f"{p.numel()} elements; set min_quant_size to match"
+                    )
                 st[f"{name}.codes"] = codes.detach().reshape(-1).clone()
                 st[f"{name}.scales"] = src[f"absmax{k}"].detach().float().reshape(-1).clone()
             new_states[p] = st
@@ -479,12 +568,30 @@ class AdamW8bit(AdamW):
     ``seed``, ``min_quant_size``, …) pass through ``**kwargs``; the codecs are fixed.
     """
 
-    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 1e-2, amsgrad: bool = False, *, block_size: int = 256,
-                 **kwargs):
-        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, block_size=block_size,
-                         exp_avg=Dynamic(8, signed=True), exp_avg_sq=Dynamic(8, signed=False),
-                         **kwargs)
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        betas=(0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        amsgrad: bool = False,
+        *,
+        block_size: int = 256,
+        **kwargs,
+    ):
+        super().__init__(
+            params,
+            lr,
+            betas,
+            eps,
+            weight_decay,
+            amsgrad,
+            block_size=block_size,
+            exp_avg=Dynamic(8, signed=True),
+            exp_avg_sq=Dynamic(8, signed=False),
+            **kwargs,
+        )
 
 
 class AdamW4bit(AdamW):
@@ -493,12 +600,30 @@ class AdamW4bit(AdamW):
     Args: as :class:`AdamW8bit`.
     """
 
-    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 1e-2, amsgrad: bool = False, *, block_size: int = 128,
-                 **kwargs):
-        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, block_size=block_size,
-                         exp_avg=Dynamic(4, signed=True),
-                         exp_avg_sq=Linear(4, signed=False, zero=False), **kwargs)
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        betas=(0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        amsgrad: bool = False,
+        *,
+        block_size: int = 128,
+        **kwargs,
+    ):
+        super().__init__(
+            params,
+            lr,
+            betas,
+            eps,
+            weight_decay,
+            amsgrad,
+            block_size=block_size,
+            exp_avg=Dynamic(4, signed=True),
+            exp_avg_sq=Linear(4, signed=False, zero=False),
+            **kwargs,
+        )
 
 
 class AdamWFp8(AdamW):
@@ -507,11 +632,30 @@ class AdamWFp8(AdamW):
     Args: as :class:`AdamW8bit`.
     """
 
-    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 1e-2, amsgrad: bool = False, *, block_size: int = 256,
-                 **kwargs):
-        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, block_size=block_size,
-                         exp_avg="e4m3", exp_avg_sq="e4m3", **kwargs)
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        betas=(0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        amsgrad: bool = False,
+        *,
+        block_size: int = 256,
+        **kwargs,
+    ):
+        super().__init__(
+            params,
+            lr,
+            betas,
+            eps,
+            weight_decay,
+            amsgrad,
+            block_size=block_size,
+            exp_avg="e4m3",
+            exp_avg_sq="e4m3",
+            **kwargs,
+        )
 
 
 def solo_beta1(bits: int, beta_ref: float = 0.9, bits_ref: int = 8) -> float:
@@ -525,10 +669,15 @@ def solo_beta1(bits: int, beta_ref: float = 0.9, bits_ref: int = 8) -> float:
     Raises:
         ValueError: bits or bits_ref outside 2..8.
     """
-    if not (isinstance(bits, int) and isinstance(bits_ref, int)
-            and 2 <= bits <= 8 and 2 <= bits_ref <= 8):
-        raise ValueError(f"bits: expected an integer with 2 <= bits <= 8, got {bits!r} "
-                         f"(reference {bits_ref!r})")
+    if not (
+        isinstance(bits, int)
+        and isinstance(bits_ref, int)
+        and 2 <= bits <= 8
+        and 2 <= bits_ref <= 8
+    ):
+        raise ValueError(
+            f"bits: expected an integer with 2 <= bits <= 8, got {bits!r} (reference {bits_ref!r})"
+        )
     r = lambda b: 1.0 / (2 ** (b - 1) - 1)  # noqa: E731
     x = beta_ref / (1 - beta_ref) * r(bits_ref) / r(bits)
     return min(beta_ref, x / (1 + x))
@@ -557,18 +706,35 @@ class SOLO(AdamW):
         ValueError: bits or m_bits outside 2..8, and as :class:`AdamW`.
     """
 
-    def __init__(self, params, bits: int = 3, lr: float = 1e-3, betas=None, eps: float = 1e-8,
-                 weight_decay: float = 1e-2, *, m_bits: Optional[int] = None,
-                 quantile: float = 0.05, block_size: int = 128,
-                 rounding: TableRounding = "stochastic", **kwargs):
+    def __init__(
+        self,
+        params,
+        bits: int = 3,
+        lr: float = 1e-3,
+        betas=None,
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        *,
+        m_bits: Optional[int] = None,
+        quantile: float = 0.05,
+        block_size: int = 128,
+        rounding: TableRounding = "stochastic",
+        **kwargs,
+    ):
         m_bits = bits if m_bits is None else m_bits
         b1 = solo_beta1(m_bits)  # validates m_bits
         solo_beta1(bits)
-        super().__init__(params, lr, (b1, 0.999) if betas is None else betas, eps,
-                         weight_decay, block_size=block_size, rounding=rounding,
-                         exp_avg=Linear(m_bits),
-                         # the per-block quantile sets each block's base; the fixed base must
-                         # still give distinct float32 levels (0.5^255 underflows at 8 bits)
-                         exp_avg_sq=Log(bits, zero=False, quantile=quantile,
-                                        alpha=0.75 if bits == 8 else 0.5),
-                         **kwargs)
+        super().__init__(
+            params,
+            lr,
+            (b1, 0.999) if betas is None else betas,
+            eps,
+            weight_decay,
+            block_size=block_size,
+            rounding=rounding,
+            exp_avg=Linear(m_bits),
+            # the per-block quantile sets each block's base; the fixed base must
+            # still give distinct float32 levels (0.5^255 underflows at 8 bits)
+            exp_avg_sq=Log(bits, zero=False, quantile=quantile, alpha=0.75 if bits == 8 else 0.5),
+            **kwargs,
+        )

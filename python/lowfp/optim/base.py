@@ -103,8 +103,12 @@ def plain_codec(codec: Any) -> Optional[dict]:
 
 
 def check_block(block_size: Any, arg: str = "block_size") -> int:
-    if not (isinstance(block_size, int) and not isinstance(block_size, bool)
-            and 16 <= block_size <= 4096 and block_size % 8 == 0):
+    if not (
+        isinstance(block_size, int)
+        and not isinstance(block_size, bool)
+        and 16 <= block_size <= 4096
+        and block_size % 8 == 0
+    ):
         raise ValueError(f"{arg}: expected a multiple of 8 in 16..4096, got {block_size!r}")
     return block_size
 
@@ -124,8 +128,10 @@ def check_codec(codec: Any, arg: str):
         if f.bits > 8:
             raise ValueError(f"{arg}: expected a format of at most 8 bits, got {f.name}")
         return f
-    raise TypeError(f"{arg}: expected None, a format name, or a Linear/Dynamic/Log codec, "
-                    f"got {type(codec).__name__}")
+    raise TypeError(
+        f"{arg}: expected None, a format name, or a Linear/Dynamic/Log codec, "
+        f"got {type(codec).__name__}"
+    )
 
 
 def check_lr(lr: Any) -> None:
@@ -157,8 +163,7 @@ def _block_spec(codec: Any, block: int, rounding: str):
     key = (tuple(sorted(plain.items())), block, rounding)
     hit = _SPECS.get(key)
     if hit is None:
-        d: Dict[str, Any] = {"bits": 0, "signed": True, "zero": True, "alpha": 0.5,
-                             "quantile": 0.0}
+        d: Dict[str, Any] = {"bits": 0, "signed": True, "zero": True, "alpha": 0.5, "quantile": 0.0}
         d.update(_codec_spec(codec))
         d.update(block=block, scale="absmax", rounding=rounding)
         handle = _core.BlockSpec(d)
@@ -168,8 +173,12 @@ def _block_spec(codec: Any, block: int, rounding: str):
 
 def describe(codec: Any, block: int) -> dict:
     """How a quantized state's bytes are to be read, as plain data (the checkpoint contract)."""
-    return {"codec": plain_codec(codec), "block": block, "scale": "absmax",
-            "layout": LAYOUT_VERSION}
+    return {
+        "codec": plain_codec(codec),
+        "block": block,
+        "scale": "absmax",
+        "layout": LAYOUT_VERSION,
+    }
 
 
 class _Entry:
@@ -213,19 +222,38 @@ class PackedOptimizer(torch.optim.Optimizer):
     #: The constructor argument (and param-group key) naming each state's codec.
     _CODEC_ARGS: Dict[str, str] = {}
     #: Storage options a param group may override, with the attribute holding the default.
-    _STORAGE_OPTIONS = {"block_size": "_block", "rounding": "_rounding",
-                        "min_quant_size": "_min_quant"}
+    _STORAGE_OPTIONS = {
+        "block_size": "_block",
+        "rounding": "_rounding",
+        "min_quant_size": "_min_quant",
+    }
     #: Attributes beyond torch's ``defaults``/``state``/``param_groups`` that pickling and
     #: deepcopy keep (subclasses add theirs).
     _PICKLED: Tuple[str, ...] = (
-        "_codecs", "_block", "_rounding", "_seed", "_min_quant", "_nonfinite", "_param_rounding",
-        "skipped_steps", "_warned_skip")
+        "_codecs",
+        "_block",
+        "_rounding",
+        "_seed",
+        "_min_quant",
+        "_nonfinite",
+        "_param_rounding",
+        "skipped_steps",
+        "_warned_skip",
+    )
 
     # ------------------------------------------------------------ configuration
 
-    def _configure(self, codecs: Dict[str, Any], *, block_size: int, rounding: TableRounding,
-                   seed: Any, min_quant_size: Any, nonfinite: str,
-                   param_rounding: TableRounding) -> None:
+    def _configure(
+        self,
+        codecs: Dict[str, Any],
+        *,
+        block_size: int,
+        rounding: TableRounding,
+        seed: Any,
+        min_quant_size: Any,
+        nonfinite: str,
+        param_rounding: TableRounding,
+    ) -> None:
         """Validate and store the storage options and step policies (before torch's
         ``__init__`` adds the param groups)."""
         _check_choice("rounding", rounding, ("nearest", "stochastic"))
@@ -235,10 +263,8 @@ class PackedOptimizer(torch.optim.Optimizer):
         if not (isinstance(seed, int) and 0 <= seed < 1 << 64):
             raise ValueError(f"seed: expected an integer in [0, 2**64), got {seed!r}")
         if not (isinstance(min_quant_size, int) and min_quant_size >= 0):
-            raise ValueError(f"min_quant_size: expected a non-negative int, got "
-                             f"{min_quant_size!r}")
-        self._codecs = {name: check_codec(c, self._CODEC_ARGS[name])
-                        for name, c in codecs.items()}
+            raise ValueError(f"min_quant_size: expected a non-negative int, got {min_quant_size!r}")
+        self._codecs = {name: check_codec(c, self._CODEC_ARGS[name]) for name, c in codecs.items()}
         self._block, self._rounding, self._seed = block_size, rounding, seed
         self._min_quant = min_quant_size
         self._nonfinite, self._param_rounding = nonfinite, param_rounding
@@ -276,10 +302,13 @@ class PackedOptimizer(torch.optim.Optimizer):
     def _warn_skip(self) -> None:
         if not self._warned_skip:
             self._warned_skip = True
-            warnings.warn(f"{type(self).__name__}: a gradient holds NaN or inf; the step was "
-                          "skipped (nothing changed). Further skips are counted in "
-                          "skipped_steps without a warning; nonfinite='error' raises instead.",
-                          RuntimeWarning, stacklevel=5)
+            warnings.warn(
+                f"{type(self).__name__}: a gradient holds NaN or inf; the step was "
+                "skipped (nothing changed). Further skips are counted in "
+                "skipped_steps without a warning; nonfinite='error' raises instead.",
+                RuntimeWarning,
+                stacklevel=5,
+            )
 
     def __getstate__(self) -> Dict[str, Any]:
         self._sync_skips()
@@ -309,9 +338,11 @@ class PackedOptimizer(torch.optim.Optimizer):
         if "rounding" in group:
             _check_choice("rounding", group["rounding"], ("nearest", "stochastic"))
         if "min_quant_size" in group and not (
-                isinstance(group["min_quant_size"], int) and group["min_quant_size"] >= 0):
-            raise ValueError("min_quant_size: expected a non-negative int, got "
-                             f"{group['min_quant_size']!r}")
+            isinstance(group["min_quant_size"], int) and group["min_quant_size"] >= 0
+        ):
+            raise ValueError(
+                f"min_quant_size: expected a non-negative int, got {group['min_quant_size']!r}"
+            )
 
     def _override_keys(self) -> tuple:
         return tuple(dict.fromkeys((*self._CODEC_ARGS.values(), *self._STORAGE_OPTIONS)))
@@ -342,10 +373,12 @@ class PackedOptimizer(torch.optim.Optimizer):
         return _block_spec(codec, self._opt(group, "block_size"), self._opt(group, "rounding"))[0]
 
     def _quantized(self, p: torch.Tensor, name: str, group: Optional[dict] = None) -> bool:
-        return (self._codec_of(name, group) is not None
-                and p.numel() >= self._opt(group, "min_quant_size")
-                # a sharded DTensor whose rows do not hold whole blocks keeps float32 states
-                and _dist.block_aligned(p, self._opt(group, "block_size")))
+        return (
+            self._codec_of(name, group) is not None
+            and p.numel() >= self._opt(group, "min_quant_size")
+            # a sharded DTensor whose rows do not hold whole blocks keeps float32 states
+            and _dist.block_aligned(p, self._opt(group, "block_size"))
+        )
 
     def _specs(self, p: torch.Tensor, group: Optional[dict]) -> tuple:
         """Per state: None (float32) or (codec, spec dict, handle) for parameter p."""
@@ -355,20 +388,17 @@ class PackedOptimizer(torch.optim.Optimizer):
                 out.append(None)
                 continue
             codec = self._codec_of(name, group)
-            d, h = _block_spec(codec, self._opt(group, "block_size"),
-                               self._opt(group, "rounding"))
+            d, h = _block_spec(codec, self._opt(group, "block_size"), self._opt(group, "rounding"))
             out.append((codec, d, h))
         return tuple(out)
 
-    def _init_state(self, p: torch.Tensor, group: Optional[dict] = None
-                    ) -> Dict[str, torch.Tensor]:
+    def _init_state(self, p: torch.Tensor, group: Optional[dict] = None) -> Dict[str, torch.Tensor]:
         group = self._group_of(p) if group is None else group
         st: Dict[str, torch.Tensor] = {"step": torch.tensor(0.0)}
         n = _dist.local(p).numel()  # a DTensor's states live on its local shard
         for name, spec in zip(self._STATES, self._specs(p, group)):
             if spec is None:
-                st[name] = torch.zeros(_dist.local(p).shape, dtype=torch.float32,
-                                       device=p.device)
+                st[name] = torch.zeros(_dist.local(p).shape, dtype=torch.float32, device=p.device)
                 continue
             _, d, h = spec
             packed_len, nblocks, nalphas, _ = _core.blockwise_layout(h, n)
@@ -387,14 +417,18 @@ class PackedOptimizer(torch.optim.Optimizer):
         """The group's step plan, rebuilt when its parameters or storage options changed."""
         key = (*group["params"], *(group.get(k) for k in self._override_keys()))
         plan = self._plans.get(gi)
-        if plan is not None and len(plan.key) == len(key) and all(
-                a is b for a, b in zip(plan.key, key)):
+        if (
+            plan is not None
+            and len(plan.key) == len(key)
+            and all(a is b for a, b in zip(plan.key, key))
+        ):
             return plan
         base = sum(len(g["params"]) for g in self.param_groups[:gi])
         for p in group["params"]:
             _dist.check_flat(p)
-        entries = [_Entry(p, base + i + 1, self._specs(p, group))
-                   for i, p in enumerate(group["params"])]
+        entries = [
+            _Entry(p, base + i + 1, self._specs(p, group)) for i, p in enumerate(group["params"])
+        ]
         plan = self._plans[gi] = _Plan(key, entries)
         return plan
 
@@ -426,8 +460,14 @@ class PackedOptimizer(torch.optim.Optimizer):
             g = p.grad
             if g is None:
                 continue
-            if not (type(p) in _PLAIN and g.dtype is p.dtype and p.dtype in _KINDS
-                    and not g.is_sparse and g.shape == p.shape and g.device == p.device):
+            if not (
+                type(p) in _PLAIN
+                and g.dtype is p.dtype
+                and p.dtype in _KINDS
+                and not g.is_sparse
+                and g.shape == p.shape
+                and g.device == p.device
+            ):
                 self._check(p, e.index)  # raises, naming the parameter (or a DTensor passes)
             e.views = self._views(e, negate) if self._VIEWS else None
             out.append(e)
@@ -443,16 +483,16 @@ class PackedOptimizer(torch.optim.Optimizer):
         if p.is_complex() or g.is_complex():
             raise TypeError(f"{what}: complex parameters are not supported")
         if p.dtype not in _KINDS or g.dtype != p.dtype:
-            raise TypeError(f"{what}: expected float32, bfloat16 or float16 parameters with "
-                            f"gradients of the same dtype, got {p.dtype} and {g.dtype}")
+            raise TypeError(
+                f"{what}: expected float32, bfloat16 or float16 parameters with "
+                f"gradients of the same dtype, got {p.dtype} and {g.dtype}"
+            )
         if p.device.type not in ("cpu", "cuda"):
-            raise ValueError(f"{what}: on {p.device}; lowfp.optim runs on CPU and CUDA "
-                             "tensors")
+            raise ValueError(f"{what}: on {p.device}; lowfp.optim runs on CPU and CUDA tensors")
         if g.device != p.device:
             raise ValueError(f"grad of {what}: on {g.device}, its parameter on {p.device}")
         if g.shape != p.shape:
-            raise ValueError(f"grad of {what}: shape {tuple(g.shape)} differs from the "
-                             "parameter's")
+            raise ValueError(f"grad of {what}: shape {tuple(g.shape)} differs from the parameter's")
         _dist.check_param(p)  # FSDP1 flat parameters, DTensor placements
 
     def _prepare(self) -> Optional[list]:
@@ -486,8 +526,9 @@ class PackedOptimizer(torch.optim.Optimizer):
             if len(entries) == len(plan.entries):
                 plan.counts.add_(1.0)
             else:
-                plan.counts.index_add_(0, torch.tensor([e.slot for e in entries]),
-                                       torch.ones(len(entries)))
+                plan.counts.index_add_(
+                    0, torch.tensor([e.slot for e in entries]), torch.ones(len(entries))
+                )
             for e in entries:
                 e.t += 1
         return todo
@@ -523,9 +564,15 @@ class PackedOptimizer(torch.optim.Optimizer):
         one CUDA device, plain tensors, nonfinite="skip", an optimizer whose groups step in
         fused kernels only. Opens the step (the check kernel) and returns True then."""
         dev = entries[0].p.device if entries else None
-        if not (self._DEVICE_SKIP and self._nonfinite == "skip" and dev is not None
-                and dev.type == "cuda" and all(e.views is not None and type(e.p) in _PLAIN
-                                               and e.p.device == dev for e in entries)):
+        if not (
+            self._DEVICE_SKIP
+            and self._nonfinite == "skip"
+            and dev is not None
+            and dev.type == "cuda"
+            and all(
+                e.views is not None and type(e.p) in _PLAIN and e.p.device == dev for e in entries
+            )
+        ):
             if self._dskip is not None and self._dskip.pending:  # back to host checks
                 self._sync_skips()
                 self._refresh_counts(entries)
@@ -575,7 +622,8 @@ class PackedOptimizer(torch.optim.Optimizer):
                 views.append(e.views[1])
                 kinds.append(e.views[2])
         finite = _core.all_finite_many(views, kinds) and all(
-            bool(torch.isfinite(g).all()) for g in others)
+            bool(torch.isfinite(g).all()) for g in others
+        )
         if finite and gpu:  # CUDA gradients: one host synchronization for them all
             finite = bool(torch.stack([torch.isfinite(g).all() for g in gpu]).all())
         params = [e.p for e in entries]
@@ -646,8 +694,9 @@ class PackedOptimizer(torch.optim.Optimizer):
             st = sd["state"][i] = dict(st)
             for name in self._STATES:
                 if f"{name}.codes" in st:
-                    st[f"{name}.codec"] = describe(self._codec_of(name, group),
-                                                   self._opt(group, "block_size"))
+                    st[f"{name}.codec"] = describe(
+                        self._codec_of(name, group), self._opt(group, "block_size")
+                    )
         sd["lowfp"] = {"layout": LAYOUT_VERSION, "optimizer": type(self).__name__}
         return _dist.wrap_state_dict(self, sd)  # DTensor parameters: DTensor states, for DCP
 
@@ -670,10 +719,15 @@ class PackedOptimizer(torch.optim.Optimizer):
                 non-finite state, a negative second moment). Nothing is loaded then.
             TypeError: a part of the state dict has the wrong type (codes not uint8, ...).
         """
-        if not isinstance(state_dict, dict) or "state" not in state_dict \
-                or "param_groups" not in state_dict:
-            raise ValueError("state_dict: expected a dict with 'state' and 'param_groups' (as "
-                             "Optimizer.state_dict() returns)")
+        if (
+            not isinstance(state_dict, dict)
+            or "state" not in state_dict
+            or "param_groups" not in state_dict
+        ):
+            raise ValueError(
+                "state_dict: expected a dict with 'state' and 'param_groups' (as "
+                "Optimizer.state_dict() returns)"
+            )
         self._sync_skips()  # outstanding CUDA steps must not correct the loaded counters
         sd = dict(state_dict)
         sd.pop("lowfp", None)
@@ -682,8 +736,10 @@ class PackedOptimizer(torch.optim.Optimizer):
         # echoes, which torch's load would otherwise keep as states of no parameter.
         state = sd["state"]
         if not isinstance(state, dict):
-            raise TypeError(f"state_dict: state: expected a dict (parameter id -> state), got "
-                            f"{type(state).__name__}")
+            raise TypeError(
+                f"state_dict: state: expected a dict (parameter id -> state), got "
+                f"{type(state).__name__}"
+            )
         echoes = [k for k in state if isinstance(k, str) and k.isdigit() and int(k) in state]
         if echoes:
             sd["state"] = {k: v for k, v in state.items() if k not in echoes}
@@ -715,30 +771,39 @@ class PackedOptimizer(torch.optim.Optimizer):
         state_dict["state"] = dict(state_dict["state"])
         for i, saved in state_dict["state"].items():
             if i not in ids:
-                raise ValueError(f"state_dict: state: expected states of the parameter ids the "
-                                 f"param groups list, got one for id {i!r}")
+                raise ValueError(
+                    f"state_dict: state: expected states of the parameter ids the "
+                    f"param groups list, got one for id {i!r}"
+                )
             if not isinstance(saved, dict):
-                raise TypeError(f"state_dict: state {i!r}: expected a dict (state name -> "
-                                f"tensor), got {type(saved).__name__}")
+                raise TypeError(
+                    f"state_dict: state {i!r}: expected a dict (state name -> "
+                    f"tensor), got {type(saved).__name__}"
+                )
             saved = state_dict["state"][i] = dict(saved)
             p, group, pos = ids[i]
             what = f"parameter {pos} (shape {tuple(p.shape)})"
             if any(torch.is_tensor(t) for t in saved.values()) or "step" in saved:
                 if "step" not in saved:
-                    raise _validate.missing(f"state_dict: {what}", "step",
-                                            "a step counter beside the states")
+                    raise _validate.missing(
+                        f"state_dict: {what}", "step", "a step counter beside the states"
+                    )
                 saved["step"] = _validate.step(f"state_dict: {what}", saved["step"])
             for name in self._STATES:
                 quantized = self._quantized(p, name, group)
-                mine = describe(self._codec_of(name, group), self._opt(group, "block_size")) \
-                    if quantized else None
+                mine = (
+                    describe(self._codec_of(name, group), self._opt(group, "block_size"))
+                    if quantized
+                    else None
+                )
                 if f"{name}.codes" in saved:
                     theirs = saved.get(f"{name}.codec")
                     if theirs is None:  # layout 1: read with this optimizer's codecs
                         continue
                     # checked, and in its canonical form (what describe() writes)
-                    theirs = describe(*_validate.description(
-                        theirs, f"state_dict: {what} {name}", LAYOUT_VERSION))
+                    theirs = describe(
+                        *_validate.description(theirs, f"state_dict: {what} {name}", LAYOUT_VERSION)
+                    )
                 elif name in saved:
                     theirs = None  # float32
                 else:
@@ -750,19 +815,24 @@ class PackedOptimizer(torch.optim.Optimizer):
                         f"state_dict: {name} of {what} was saved as {_show(theirs)}, this "
                         f"optimizer stores it as {_show(mine)}; pass requantize=True to "
                         "convert (decode, re-encode to nearest), or build the optimizer with "
-                        "the saved codecs")
+                        "the saved codecs"
+                    )
                 convert[(i, name)] = theirs
             # the saved tensors' shapes, dtypes and values, before anything is loaded
-            tensors = {k: _dist.unwrap_state(k, t) for k, t in saved.items()
-                       if torch.is_tensor(t)}
-            self._check_layout(p, tensors, group,
-                               skip={name for (j, name) in convert if j == i})
-            self._check_values(p, group, tensors, f"state_dict: {what}",
-                               {name: convert[(j, name)] for (j, name) in convert if j == i})
+            tensors = {k: _dist.unwrap_state(k, t) for k, t in saved.items() if torch.is_tensor(t)}
+            self._check_layout(p, tensors, group, skip={name for (j, name) in convert if j == i})
+            self._check_values(
+                p,
+                group,
+                tensors,
+                f"state_dict: {what}",
+                {name: convert[(j, name)] for (j, name) in convert if j == i},
+            )
         return convert
 
-    def _check_values(self, p: torch.Tensor, group: dict, st: Dict[str, torch.Tensor],
-                      where: str, converted: dict) -> None:
+    def _check_values(
+        self, p: torch.Tensor, group: dict, st: Dict[str, torch.Tensor], where: str, converted: dict
+    ) -> None:
         """A saved state's values (its layout checked): see ``_validate.state_values``. A
         state to convert is read with its saved codec (``converted``: name -> description,
         None for float32), after its own layout is checked."""
@@ -773,8 +843,11 @@ class PackedOptimizer(torch.optim.Optimizer):
         for name, spec in zip(self._STATES, specs):
             if name in converted:
                 theirs = converted[name]
-                bs = None if theirs is None else _block_spec(
-                    check_codec(theirs["codec"], name), theirs["block"], "nearest")
+                bs = (
+                    None
+                    if theirs is None
+                    else _block_spec(check_codec(theirs["codec"], name), theirs["block"], "nearest")
+                )
                 _check_parts(where, st, name, None if bs is None else bs[1], n)
             else:
                 bs = None if spec is None else spec[1:]
@@ -785,8 +858,9 @@ class PackedOptimizer(torch.optim.Optimizer):
     def _check_saved_overrides(self, state_dict: Dict[str, Any]) -> list:
         """Each param group's storage overrides as configured; a ValueError if the saved
         groups' differ (torch's load replaces group values with the saved ones)."""
-        _validate.param_groups(state_dict["param_groups"],
-                               [len(g["params"]) for g in self.param_groups])
+        _validate.param_groups(
+            state_dict["param_groups"], [len(g["params"]) for g in self.param_groups]
+        )
         keys = self._override_keys()
         codec_args = set(self._CODEC_ARGS.values())
         overrides = [{k: g[k] for k in keys if k in g} for g in self.param_groups]
@@ -797,20 +871,24 @@ class PackedOptimizer(torch.optim.Optimizer):
                 if k in codec_args:
                     ours = ours if ours == unset else plain_codec(ours)
                     if isinstance(saved, dict):  # checked, in its canonical form
-                        saved = plain_codec(_validate.codec(
-                            saved, f"state_dict: param group {i}", k))
+                        saved = plain_codec(
+                            _validate.codec(saved, f"state_dict: param group {i}", k)
+                        )
                     elif saved != unset and saved is not None:
                         saved = plain_codec(check_codec(saved, k))
                 elif saved != unset and not isinstance(saved, (int, str)):
-                    raise TypeError(f"state_dict: param group {i}: {k}: expected an int or a "
-                                    f"str, got {type(saved).__name__}")
+                    raise TypeError(
+                        f"state_dict: param group {i}: {k}: expected an int or a "
+                        f"str, got {type(saved).__name__}"
+                    )
                 if saved != ours:
-                    raise ValueError(f"state_dict: param group {i} was saved with {k}={saved!r},"
-                                     f" this optimizer has {k}={ours!r}")
+                    raise ValueError(
+                        f"state_dict: param group {i} was saved with {k}={saved!r},"
+                        f" this optimizer has {k}={ours!r}"
+                    )
         return overrides
 
-    def _restore_loaded(self, state_dict: Dict[str, Any], overrides: list,
-                        converted: dict) -> None:
+    def _restore_loaded(self, state_dict: Dict[str, Any], overrides: list, converted: dict) -> None:
         """After torch's load_state_dict: put back each group's storage overrides (torch
         replaced them with the saved plain data), undo torch's casts, convert what was asked,
         check the layout."""
@@ -858,8 +936,13 @@ class PackedOptimizer(torch.optim.Optimizer):
         for k, t in zip(_PARTS, parts):
             st[f"{name}.{k}"] = t.to(p.device)
 
-    def _check_layout(self, p: torch.Tensor, st: Dict[str, torch.Tensor], group: dict,
-                      skip: AbstractSet[str] = frozenset()) -> None:
+    def _check_layout(
+        self,
+        p: torch.Tensor,
+        st: Dict[str, torch.Tensor],
+        group: dict,
+        skip: AbstractSet[str] = frozenset(),
+    ) -> None:
         """A saved state must have this optimizer's tensors for ``p`` (shapes, dtypes), but
         for the states named in ``skip`` (converted on load)."""
         if not st:
@@ -869,11 +952,12 @@ class PackedOptimizer(torch.optim.Optimizer):
             if k == "step" or k.split(".")[0] in skip:
                 continue
             if k not in st or st[k].shape != t.shape or (k != "step" and st[k].dtype != t.dtype):
-                got = (f"{tuple(st[k].shape)} {st[k].dtype}" if k in st else "missing")
+                got = f"{tuple(st[k].shape)} {st[k].dtype}" if k in st else "missing"
                 raise ValueError(
                     f"state_dict: state {k!r} of a parameter of shape {tuple(p.shape)} is {got}, "
                     f"expected {tuple(t.shape)} {t.dtype}: saved with a different "
-                    f"configuration ({self.summary().splitlines()[0]} …)")
+                    f"configuration ({self.summary().splitlines()[0]} …)"
+                )
 
     # ------------------------------------------------------------ plain float32 states
 
@@ -891,34 +975,49 @@ class PackedOptimizer(torch.optim.Optimizer):
             raise KeyError("p: this parameter has no state yet (no step has touched it)")
         return self._decode(st, p, name).view(_dist.local(p).shape)
 
-    def _decode(self, st: Dict[str, torch.Tensor], p: torch.Tensor, name: str,
-                handle: Any = None) -> torch.Tensor:
+    def _decode(
+        self, st: Dict[str, torch.Tensor], p: torch.Tensor, name: str, handle: Any = None
+    ) -> torch.Tensor:
         """A state as a flat float32 CPU tensor."""
         if name in st:
             return st[name].detach().float().reshape(-1).cpu().clone()
         if handle is None:
             handle = self._specs(p, self._group_of(p))[self._STATES.index(name)][2]
         out = np.empty(_dist.local(p).numel(), np.float32)
-        _core.blockwise_dequantize(st[f"{name}.codes"].cpu().numpy(),
-                                   handle, st[f"{name}.scales"].cpu().numpy(),
-                                   st[f"{name}.alphas"].cpu().numpy(), 1.0, out)
+        _core.blockwise_dequantize(
+            st[f"{name}.codes"].cpu().numpy(),
+            handle,
+            st[f"{name}.scales"].cpu().numpy(),
+            st[f"{name}.alphas"].cpu().numpy(),
+            1.0,
+            out,
+        )
         return torch.from_numpy(out)
 
     # ------------------------------------------------------------ reporting
 
     def state_nbytes(self) -> int:
         """Exact bytes of all optimizer state (the step counters included)."""
-        return sum(t.numel() * t.element_size() for st in self.state.values()
-                   for t in st.values() if torch.is_tensor(t))
+        return sum(
+            t.numel() * t.element_size()
+            for st in self.state.values()
+            for t in st.values()
+            if torch.is_tensor(t)
+        )
 
     def _state_lines(self) -> list:
         """One line per state: how it is stored."""
         lines = []
         for name in self._STATES:
             c = self._codecs[name]
-            how = "float32" if c is None else (
-                f"{c!r}, block {self._block}, fp32 absmax scales, {self._rounding} rounding"
-                + (f"; float32 below {self._min_quant} elements" if self._min_quant > 0 else ""))
+            how = (
+                "float32"
+                if c is None
+                else (
+                    f"{c!r}, block {self._block}, fp32 absmax scales, {self._rounding} rounding"
+                    + (f"; float32 below {self._min_quant} elements" if self._min_quant > 0 else "")
+                )
+            )
             lines.append(f"{name}: {how}")
         for i, g in enumerate(self.param_groups):
             own = {k: g[k] for k in self._override_keys() if k in g}
@@ -936,27 +1035,32 @@ class PackedOptimizer(torch.optim.Optimizer):
         f32 = 4 * len(self._STATES) * elems
         lines = [f"tensors with state: {len(params)} ({quant} with quantized states)"]
         if elems:
-            lines.append(f"state bytes per parameter: {nbytes / elems:.3f} (float32 states: "
-                         f"{4 * len(self._STATES)}; {nbytes / f32:.1%} of float32)")
+            lines.append(
+                f"state bytes per parameter: {nbytes / elems:.3f} (float32 states: "
+                f"{4 * len(self._STATES)}; {nbytes / f32:.1%} of float32)"
+            )
         return lines
 
     def summary(self) -> str:
         """How each state is stored; how many tensors have quantized states; bytes per
         parameter against float32 states; the bytes of all state."""
-        return "\n".join(self._state_lines() + self._count_lines()
-                         + [f"state bytes: {self.state_nbytes()}"])
+        return "\n".join(
+            self._state_lines() + self._count_lines() + [f"state bytes: {self.state_nbytes()}"]
+        )
 
 
-def _check_parts(where: str, st: Dict[str, torch.Tensor], name: str, handle: Any,
-                 n: int) -> None:
+def _check_parts(where: str, st: Dict[str, torch.Tensor], name: str, handle: Any, n: int) -> None:
     """The tensors of a saved state to convert, against its saved codec (``handle``; None:
     float32): present, 1-D, of the dtypes and lengths that codec stores ``n`` elements in."""
     if handle is None:
         want = {name: (torch.float32, n)}
     else:
         packed, blocks, alphas, _ = _core.blockwise_layout(handle, n)
-        want = {f"{name}.codes": (torch.uint8, packed), f"{name}.scales": (torch.float32, blocks),
-                f"{name}.alphas": (torch.float32, alphas)}
+        want = {
+            f"{name}.codes": (torch.uint8, packed),
+            f"{name}.scales": (torch.float32, blocks),
+            f"{name}.alphas": (torch.float32, alphas),
+        }
     for k, (dtype, size) in want.items():
         t = st.get(k)
         if t is None:
@@ -964,8 +1068,12 @@ def _check_parts(where: str, st: Dict[str, torch.Tensor], name: str, handle: Any
         if t.dtype != dtype:
             raise TypeError(f"{where}: {k}: expected dtype {dtype}, got {t.dtype}")
         if t.numel() != size or (handle is not None and t.dim() != 1):
-            raise _validate.found(where, k, f"{size} elements" + ("" if handle is None else
-                                  " in one dimension"), f"shape {tuple(t.shape)}")
+            raise _validate.found(
+                where,
+                k,
+                f"{size} elements" + ("" if handle is None else " in one dimension"),
+                f"shape {tuple(t.shape)}",
+            )
 
 
 def _show(desc: Optional[dict]) -> str:

@@ -47,8 +47,19 @@ import torch
 
 from .. import _core
 
-__all__ = ["is_dtensor", "check_param", "local", "block_aligned", "wrap_state_dict",
-           "unwrap_state", "init_state", "element_offset", "full_rows", "local_rows", "agree"]
+__all__ = [
+    "is_dtensor",
+    "check_param",
+    "local",
+    "block_aligned",
+    "wrap_state_dict",
+    "unwrap_state",
+    "init_state",
+    "element_offset",
+    "full_rows",
+    "local_rows",
+    "agree",
+]
 
 # torch.distributed.tensor is imported only once a DTensor exists (it costs ~0.5 s to import):
 # no DTensor can exist before its module is imported, so is_dtensor looks it up in sys.modules.
@@ -110,7 +121,8 @@ def check_flat(p: torch.Tensor) -> None:
         raise ValueError(
             "param: an FSDP1 flat parameter (FullyShardedDataParallel); lowfp.optim keeps "
             "per-parameter packed states, which FSDP1's flattened shards and optim_state_dict "
-            "cannot hold: use torch.distributed.fsdp.fully_shard (FSDP2) instead")
+            "cannot hold: use torch.distributed.fsdp.fully_shard (FSDP2) instead"
+        )
 
 
 def _check_placements(p: DTensor) -> None:
@@ -118,18 +130,22 @@ def _check_placements(p: DTensor) -> None:
         if t is None:
             continue
         if not is_dtensor(t):
-            raise ValueError(f"{what}: a DTensor parameter needs a DTensor gradient, got "
-                             f"{type(t).__name__}")
+            raise ValueError(
+                f"{what}: a DTensor parameter needs a DTensor gradient, got {type(t).__name__}"
+            )
         for pl in t.placements:
             if not (type(pl) is Replicate or (type(pl) is Shard and pl.dim == 0)):
                 raise ValueError(
                     f"{what}: DTensor placements {tuple(t.placements)} are not supported; "
                     "lowfp.optim steps DTensors that are replicated or sharded on dim 0 "
-                    "(FSDP2's fully_shard), where packed blocks stay inside rows")
+                    "(FSDP2's fully_shard), where packed blocks stay inside rows"
+                )
     grad = p.grad  # None or, as checked above, a DTensor
     if is_dtensor(grad) and tuple(grad.placements) != tuple(p.placements):
-        raise ValueError(f"grad: placements {tuple(grad.placements)} differ from the "
-                         f"parameter's {tuple(p.placements)}")
+        raise ValueError(
+            f"grad: placements {tuple(grad.placements)} differ from the "
+            f"parameter's {tuple(p.placements)}"
+        )
 
 
 def _rows(p: torch.Tensor):
@@ -152,9 +168,14 @@ def _as_dtensor(p: DTensor, t: torch.Tensor, per_row: int) -> DTensor:
     placed like p. Shares t's storage."""
     rows, _ = _rows(p)
     lrows = local(p).shape[0] if p.ndim else 1
-    return DTensor.from_local(t.reshape(lrows, per_row), p.device_mesh, p.placements,
-                              run_check=False, shape=torch.Size((rows, per_row)),
-                              stride=(per_row, 1))
+    return DTensor.from_local(
+        t.reshape(lrows, per_row),
+        p.device_mesh,
+        p.placements,
+        run_check=False,
+        shape=torch.Size((rows, per_row)),
+        stride=(per_row, 1),
+    )
 
 
 def wrap_state_dict(optimizer: PackedOptimizer, sd: Dict[str, Any]) -> Dict[str, Any]:
@@ -184,8 +205,14 @@ def wrap_state_dict(optimizer: PackedOptimizer, sd: Dict[str, Any]) -> Dict[str,
             if k == "step" or not torch.is_tensor(t):
                 new[k] = t
             elif "." not in k:  # float32 state: the parameter's layout
-                new[k] = DTensor.from_local(t, p.device_mesh, p.placements, run_check=False,
-                                            shape=p.shape, stride=p.stride())
+                new[k] = DTensor.from_local(
+                    t,
+                    p.device_mesh,
+                    p.placements,
+                    run_check=False,
+                    shape=p.shape,
+                    stride=p.stride(),
+                )
             else:
                 name, part = k.rsplit(".", 1)
                 spec = optimizer._spec(name, optimizer._group_of(p))
@@ -193,11 +220,9 @@ def wrap_state_dict(optimizer: PackedOptimizer, sd: Dict[str, Any]) -> Dict[str,
                 if part == "alphas" and _core.blockwise_layout(spec, spec["block"])[2] == 0:
                     new[k] = t  # this codec has no per-block bases: empty on every rank
                 elif not _sharded(p):  # replicated: the same flat tensor on every rank
-                    new[k] = DTensor.from_local(t, p.device_mesh, p.placements,
-                                                run_check=False)
+                    new[k] = DTensor.from_local(t, p.device_mesh, p.placements, run_check=False)
                 else:  # block_aligned(p): whole blocks per row
-                    per_row = (cols * spec["bits"] // 8 if part == "codes"
-                               else cols // spec["block"])
+                    per_row = cols * spec["bits"] // 8 if part == "codes" else cols // spec["block"]
                     new[k] = _as_dtensor(p, t, per_row)
         state[i] = new
     return dict(sd, state=state)
@@ -267,7 +292,7 @@ def local_rows(p: torch.Tensor, full: torch.Tensor) -> torch.Tensor:
     if not _sharded(p):
         return full
     start = _local_offset(p)
-    return full[start:start + local(p).shape[0]]
+    return full[start : start + local(p).shape[0]]
 
 
 def agree(ok: bool, params: Iterable[torch.Tensor]) -> bool:

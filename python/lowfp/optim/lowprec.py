@@ -127,11 +127,15 @@ def _as_q(spec: QuantizerLike, arg: str) -> Optional[Q]:
     if isinstance(spec, dict):
         extra = set(spec) - {"fmt", "rounding", "overflow"}
         if extra or "fmt" not in spec:
-            raise TypeError(f"{arg}: a quantizer dict takes the keys 'fmt' (required), "
-                            f"'rounding' and 'overflow'; got {sorted(spec)}")
+            raise TypeError(
+                f"{arg}: a quantizer dict takes the keys 'fmt' (required), "
+                f"'rounding' and 'overflow'; got {sorted(spec)}"
+            )
         return Q(**spec)
-    raise TypeError(f"{arg}: expected None, a format name, a lowfp.Format, a dict or a "
-                    f"lowfp.optim.Q, got {type(spec).__name__}")
+    raise TypeError(
+        f"{arg}: expected None, a format name, a lowfp.Format, a dict or a "
+        f"lowfp.optim.Q, got {type(spec).__name__}"
+    )
 
 
 def _mix64(x: int) -> int:
@@ -167,8 +171,16 @@ def _device_rounds(x: torch.Tensor) -> bool:
 
 
 #: Columns of the tracker's rows.
-TRACK_COLUMNS = ("step", "tensor", "numel", "rel_error", "shrinkage", "flushed", "unchanged",
-                 "drift")
+TRACK_COLUMNS = (
+    "step",
+    "tensor",
+    "numel",
+    "rel_error",
+    "shrinkage",
+    "flushed",
+    "unchanged",
+    "drift",
+)
 
 
 class Tracker(Table):
@@ -182,13 +194,24 @@ class Tracker(Table):
         self._numel: Dict[str, int] = {}
         self.shadow: Dict[torch.Tensor, torch.Tensor] = {}
 
-    def add(self, name: str, t: torch.Tensor, r: torch.Tensor,
-            old: Optional[torch.Tensor] = None, shadow: Optional[torch.Tensor] = None) -> None:
+    def add(
+        self,
+        name: str,
+        t: torch.Tensor,
+        r: torch.Tensor,
+        old: Optional[torch.Tensor] = None,
+        shadow: Optional[torch.Tensor] = None,
+    ) -> None:
         """Accumulate one tensor's sums for this step (float64, on the tensor's device)."""
         t64, r64 = t.detach().double(), r.detach().double()
         nz = t64 != 0
-        sums = [(r64 - t64).square().sum(), t64.square().sum(), (r64 * t64).sum(),
-                nz.sum(), (nz & (r64 == 0)).sum()]
+        sums = [
+            (r64 - t64).square().sum(),
+            t64.square().sum(),
+            (r64 * t64).sum(),
+            nz.sum(),
+            (nz & (r64 == 0)).sum(),
+        ]
         if old is not None:
             o64 = old.detach().double()
             moved = t64 != o64
@@ -196,8 +219,7 @@ class Tracker(Table):
         if shadow is not None:
             sums += [(r64 - shadow.double()).square().sum(), shadow.double().square().sum()]
         acc = self._sums.get(name)  # summed on the device; read once per step in end_step
-        self._sums[name] = sums if acc is None else [a + b.to(a.device)
-                                                      for a, b in zip(acc, sums)]
+        self._sums[name] = sums if acc is None else [a + b.to(a.device) for a, b in zip(acc, sums)]
         self._numel[name] = self._numel.get(name, 0) + t.numel()
 
     def discard(self) -> None:
@@ -207,6 +229,7 @@ class Tracker(Table):
 
     def end_step(self, step: int) -> None:
         """Turn the accumulated sums into one row per tensor kind."""
+
         def ratio(a: float, b: float) -> float:
             return a / b if b else math.nan
 
@@ -214,13 +237,20 @@ class Tracker(Table):
             v = [float(x) for x in sums]
             d2, t2, rt, nz, fl = v[:5]
             rest = v[5:]
-            unchanged = ratio(rest[1], rest[0]) if name != "grad" and len(rest) >= 2 \
-                else math.nan
+            unchanged = ratio(rest[1], rest[0]) if name != "grad" and len(rest) >= 2 else math.nan
             drift = math.sqrt(ratio(rest[-2], rest[-1])) if name == "weight" else math.nan
-            self.rows.append({"step": step, "tensor": name, "numel": self._numel[name],
-                              "rel_error": math.sqrt(ratio(d2, t2)), "shrinkage": ratio(rt, t2),
-                              "flushed": ratio(fl, nz), "unchanged": unchanged,
-                              "drift": drift})
+            self.rows.append(
+                {
+                    "step": step,
+                    "tensor": name,
+                    "numel": self._numel[name],
+                    "rel_error": math.sqrt(ratio(d2, t2)),
+                    "shrinkage": ratio(rt, t2),
+                    "flushed": ratio(fl, nz),
+                    "unchanged": unchanged,
+                    "drift": drift,
+                }
+            )
         self.discard()
 
 
@@ -254,18 +284,28 @@ class LowPrecision(torch.optim.Optimizer):
         ValueError: unknown format, rounding, overflow, nonfinite; a bad seed.
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, *, grad: QuantizerLike = None,
-                 weight: QuantizerLike = None,
-                 states: Optional[Dict[str, QuantizerLike]] = None, seed: int = 0,
-                 nonfinite: str = "skip", track: bool = False):
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        *,
+        grad: QuantizerLike = None,
+        weight: QuantizerLike = None,
+        states: Optional[Dict[str, QuantizerLike]] = None,
+        seed: int = 0,
+        nonfinite: str = "skip",
+        track: bool = False,
+    ):
         if not isinstance(optimizer, torch.optim.Optimizer):
-            raise TypeError(f"optimizer: expected a torch.optim.Optimizer instance, got "
-                            f"{type(optimizer).__name__}")
+            raise TypeError(
+                f"optimizer: expected a torch.optim.Optimizer instance, got "
+                f"{type(optimizer).__name__}"
+            )
         if states is None:
             states = {}
         if not isinstance(states, dict):
-            raise TypeError(f"states: expected a dict of state name -> quantizer, got "
-                            f"{type(states).__name__}")
+            raise TypeError(
+                f"states: expected a dict of state name -> quantizer, got {type(states).__name__}"
+            )
         for name in states:
             if not isinstance(name, str):
                 raise TypeError(f"states: names must be strings, got {name!r}")
@@ -371,10 +411,12 @@ class LowPrecision(torch.optim.Optimizer):
             return "unchanged" if q is None else str(q)
 
         inner = "\n".join("    " + line for line in repr(self.optimizer).splitlines())
-        lines = [f"LowPrecision(seed={self.seed}, nonfinite={self.nonfinite!r}, "
-                 f"steps={self._step}, skipped={self._skipped})",
-                 f"  grad:   {how(self.grad)}",
-                 f"  weight: {how(self.weight)}"]
+        lines = [
+            f"LowPrecision(seed={self.seed}, nonfinite={self.nonfinite!r}, "
+            f"steps={self._step}, skipped={self._skipped})",
+            f"  grad:   {how(self.grad)}",
+            f"  weight: {how(self.weight)}",
+        ]
         for name, q in self.states.items():
             lines.append(f"  state {name}: {how(q)}")
         if not self.states:
@@ -399,13 +441,15 @@ class LowPrecision(torch.optim.Optimizer):
         if key in self._dtype_ok:
             return
         if t.dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
-            raise TypeError(f"{what}: expected a float32/float64/float16/bfloat16 tensor, got "
-                            f"{t.dtype}")
+            raise TypeError(
+                f"{what}: expected a float32/float64/float16/bfloat16 tensor, got {t.dtype}"
+            )
         try:
             _codec.quantize(torch.zeros(1, dtype=t.dtype), q.format)
         except ValueError as e:
-            raise ValueError(f"{what}: cannot round {t.dtype} tensors to {q.format.name}: "
-                             f"{e}") from None
+            raise ValueError(
+                f"{what}: cannot round {t.dtype} tensors to {q.format.name}: {e}"
+            ) from None
         self._dtype_ok.add(key)
 
     def _round(self, t: torch.Tensor, q: Q, stream: int) -> torch.Tensor:
@@ -414,8 +458,15 @@ class LowPrecision(torch.optim.Optimizer):
         x = t.detach()
         here = x.device.type == "cpu" or _device_rounds(x)
         src = x if here else x.cpu()
-        r = _codec.quantize(src, q.format, rounding=q.rounding, overflow=q.overflow,
-                            seed=self.seed, stream=stream, nan="zero")
+        r = _codec.quantize(
+            src,
+            q.format,
+            rounding=q.rounding,
+            overflow=q.overflow,
+            seed=self.seed,
+            stream=stream,
+            nan="zero",
+        )
         finite = torch.isfinite(src)
         if src.device.type != "cpu":  # no host sync on a device: select unconditionally
             r = torch.where(finite, r, src)
@@ -430,7 +481,8 @@ class LowPrecision(torch.optim.Optimizer):
             raise ValueError(
                 f"states: {type(self.optimizer).__name__} has no state {missing[0]!r} "
                 f"(its quantizable states: {have}); the inner step of this call was applied "
-                "without rounding")
+                "without rounding"
+            )
 
     def quantize_weights(self) -> None:
         """Round every parameter to the ``weight`` format now (e.g. the initial weights);
@@ -505,8 +557,12 @@ class LowPrecision(torch.optim.Optimizer):
             seen = set()
             for _, p in self._params():
                 for k, v in self.optimizer.state.get(p, {}).items():
-                    if (k != "step" and torch.is_tensor(v) and v.is_floating_point()
-                            and v.numel() == p.numel()):
+                    if (
+                        k != "step"
+                        and torch.is_tensor(v)
+                        and v.is_floating_point()
+                        and v.numel() == p.numel()
+                    ):
                         seen.add(k)
             self._check_states(seen)
             self._states_checked = True
@@ -519,8 +575,7 @@ class LowPrecision(torch.optim.Optimizer):
                     r = self._round(v, q, _stream(i, t, _state_kind(name)))
                     if self.tracker is not None:
                         old = before.get((i, name))
-                        self.tracker.add(name, v, r, torch.zeros_like(v) if old is None
-                                         else old)
+                        self.tracker.add(name, v, r, torch.zeros_like(v) if old is None else old)
                     v.copy_(r)
             if self.weight is not None:
                 r = self._round(p, self.weight, _stream(i, t, _KIND_WEIGHT))

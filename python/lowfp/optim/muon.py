@@ -27,8 +27,9 @@ _ADAMW_GROUP_KEYS = ("lr", "betas", "eps", "weight_decay")
 _ADJUST_LR = ("original", "match_rms_adamw")
 
 
-def zeropower_via_newtonschulz(g: torch.Tensor, steps: int = 5, eps: float = 1e-7,
-                               coefficients=NS_COEFFICIENTS) -> torch.Tensor:
+def zeropower_via_newtonschulz(
+    g: torch.Tensor, steps: int = 5, eps: float = 1e-7, coefficients=NS_COEFFICIENTS
+) -> torch.Tensor:
     """Approximate orthogonalization ``U Vᵀ`` of a 2-D ``g = U S Vᵀ``, in bfloat16.
 
     Keller Jordan's quintic iteration as torch.optim.Muon computes it: ``X = g / max(‖g‖_F,
@@ -118,15 +119,30 @@ class Muon(PackedOptimizer):
     _VIEWS = False
     _PICKLED = PackedOptimizer._PICKLED + ("_adamw_defaults", "_adamw_kwargs", "adamw")
 
-    def __init__(self, params, lr: float = 1e-3, weight_decay: float = 0.1,
-                 momentum: float = 0.95, nesterov: bool = True,
-                 ns_coefficients=NS_COEFFICIENTS, eps: float = 1e-7, ns_steps: int = 5,
-                 adjust_lr_fn: Optional[str] = None, *, adamw_lr: float = 3e-4,
-                 adamw_betas=(0.9, 0.95), adamw_eps: float = 1e-8,
-                 adamw_weight_decay: float = 0.0, momentum_codec: Any = None,
-                 block_size: int = 2048, rounding: TableRounding = "nearest", seed: int = 0,
-                 adamw_kwargs: Optional[Dict[str, Any]] = None, nonfinite: str = "skip",
-                 param_rounding: TableRounding = "stochastic"):
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        weight_decay: float = 0.1,
+        momentum: float = 0.95,
+        nesterov: bool = True,
+        ns_coefficients=NS_COEFFICIENTS,
+        eps: float = 1e-7,
+        ns_steps: int = 5,
+        adjust_lr_fn: Optional[str] = None,
+        *,
+        adamw_lr: float = 3e-4,
+        adamw_betas=(0.9, 0.95),
+        adamw_eps: float = 1e-8,
+        adamw_weight_decay: float = 0.0,
+        momentum_codec: Any = None,
+        block_size: int = 2048,
+        rounding: TableRounding = "nearest",
+        seed: int = 0,
+        adamw_kwargs: Optional[Dict[str, Any]] = None,
+        nonfinite: str = "skip",
+        param_rounding: TableRounding = "stochastic",
+    ):
         check_lr(lr)
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"momentum: expected in [0, 1), got {momentum}")
@@ -139,30 +155,55 @@ class Muon(PackedOptimizer):
         if len(tuple(ns_coefficients)) != 3:
             raise ValueError(f"ns_coefficients: expected 3 values, got {ns_coefficients!r}")
         if adjust_lr_fn is not None and adjust_lr_fn not in _ADJUST_LR:
-            raise ValueError(f"adjust_lr_fn: expected None, 'original' or 'match_rms_adamw', "
-                             f"got {adjust_lr_fn!r}")
+            raise ValueError(
+                f"adjust_lr_fn: expected None, 'original' or 'match_rms_adamw', "
+                f"got {adjust_lr_fn!r}"
+            )
         kw = dict(adamw_kwargs or {})
         clash = sorted(set(kw) & {"params", *_ADAMW_GROUP_KEYS})
         if clash:
-            raise TypeError(f"adamw_kwargs: {clash} are set by adamw_lr, adamw_betas, "
-                            "adamw_eps, adamw_weight_decay")
+            raise TypeError(
+                f"adamw_kwargs: {clash} are set by adamw_lr, adamw_betas, "
+                "adamw_eps, adamw_weight_decay"
+            )
         kw.setdefault("seed", seed)
         kw.setdefault("param_rounding", param_rounding)
         kw.setdefault("nonfinite", nonfinite)
-        self._configure({"momentum_buffer": momentum_codec}, block_size=block_size,
-                        rounding=rounding, seed=seed, min_quant_size=0, nonfinite=nonfinite,
-                        param_rounding=param_rounding)
+        self._configure(
+            {"momentum_buffer": momentum_codec},
+            block_size=block_size,
+            rounding=rounding,
+            seed=seed,
+            min_quant_size=0,
+            nonfinite=nonfinite,
+            param_rounding=param_rounding,
+        )
         # validates adamw_* and adamw_kwargs now (AdamW's own checks and messages)
-        AdamW([torch.zeros(1)], lr=adamw_lr, betas=adamw_betas, eps=adamw_eps,
-              weight_decay=adamw_weight_decay, **kw)
-        self._adamw_defaults = dict(lr=adamw_lr, betas=tuple(adamw_betas), eps=adamw_eps,
-                                    weight_decay=adamw_weight_decay)
+        AdamW(
+            [torch.zeros(1)],
+            lr=adamw_lr,
+            betas=adamw_betas,
+            eps=adamw_eps,
+            weight_decay=adamw_weight_decay,
+            **kw,
+        )
+        self._adamw_defaults = dict(
+            lr=adamw_lr, betas=tuple(adamw_betas), eps=adamw_eps, weight_decay=adamw_weight_decay
+        )
         self._adamw_kwargs = kw
         #: The internal AdamW for the parameters that are not Muon's (None when there are none).
         self.adamw: Optional[AdamW] = None
-        defaults = dict(lr=lr, weight_decay=weight_decay, momentum=momentum,
-                        nesterov=bool(nesterov), ns_coefficients=tuple(ns_coefficients),
-                        eps=eps, ns_steps=ns_steps, adjust_lr_fn=adjust_lr_fn, use_muon=True)
+        defaults = dict(
+            lr=lr,
+            weight_decay=weight_decay,
+            momentum=momentum,
+            nesterov=bool(nesterov),
+            ns_coefficients=tuple(ns_coefficients),
+            eps=eps,
+            ns_steps=ns_steps,
+            adjust_lr_fn=adjust_lr_fn,
+            use_muon=True,
+        )
         super().__init__(params, defaults)
 
     def _legacy_group(self, g: dict) -> dict:
@@ -233,20 +274,34 @@ class Muon(PackedOptimizer):
             return
         lr, beta, wd = _scalar(group["lr"]), group["momentum"], group["weight_decay"]
         stream = (e.t << 32) | (1 << 31) | (e.index << 2)
-        d = _dist.local(p.grad).detach().to(torch.float32, copy=True,
-                                            memory_format=torch.contiguous_format)
+        d = (
+            _dist.local(p.grad)
+            .detach()
+            .to(torch.float32, copy=True, memory_format=torch.contiguous_format)
+        )
         core = cuda_optim() if d.is_cuda else _core  # CUDA: lowfp.cuda.optim's kernel
-        core.muon_momentum(flat(d).reshape(-1), e.args[0], beta,
-                           bool(group["nesterov"]), self._opt(group, "block_size"), self._seed,
-                           stream, _dist.element_offset(p))
+        core.muon_momentum(
+            flat(d).reshape(-1),
+            e.args[0],
+            beta,
+            bool(group["nesterov"]),
+            self._opt(group, "block_size"),
+            self._seed,
+            stream,
+            _dist.element_offset(p),
+        )
         rows = p.shape[0]
         cols = p.numel() // rows
         # FSDP2 (sharded DTensor): momentum on the local rows; Newton–Schulz needs the
         # whole matrix, so every rank gathers the direction, orthogonalizes it and keeps its
         # own rows (identity for plain tensors)
         full = _dist.full_rows(p, d).view(rows, cols)
-        o = _dist.local_rows(p, zeropower_via_newtonschulz(
-            full, group["ns_steps"], group["eps"], group["ns_coefficients"]))
+        o = _dist.local_rows(
+            p,
+            zeropower_via_newtonschulz(
+                full, group["ns_steps"], group["eps"], group["ns_coefficients"]
+            ),
+        )
         w = _dist.local(p)
         w32 = w if w.dtype == torch.float32 else w.float()
         w32.mul_(1 - lr * wd)
@@ -254,14 +309,21 @@ class Muon(PackedOptimizer):
         if w32 is not w:  # a 16-bit weight: round the float32 update back
             w.copy_(self._round_half(w32, w.dtype, stream | 2, _dist.element_offset(p)))
 
-    def _round_half(self, w32: torch.Tensor, dtype: torch.dtype, stream: int,
-                    offset: int) -> torch.Tensor:
+    def _round_half(
+        self, w32: torch.Tensor, dtype: torch.dtype, stream: int, offset: int
+    ) -> torch.Tensor:
         """float32 values rounded to bfloat16/float16 values (``param_rounding``; stochastic
         rounding keyed by the seed, the parameter's stream and the elements' global index),
         still as float32."""
         w32 = w32.contiguous()
-        q = quantize(w32 if w32.is_cuda else w32.numpy(), _KINDS[dtype],  # CUDA: its kernel
-                     rounding=self._param_rounding, seed=self._seed, stream=stream, offset=offset)
+        q = quantize(
+            w32 if w32.is_cuda else w32.numpy(),
+            _KINDS[dtype],  # CUDA: its kernel
+            rounding=self._param_rounding,
+            seed=self._seed,
+            stream=stream,
+            offset=offset,
+        )
         return torch.as_tensor(q, device=w32.device).view(w32.shape)
 
     # ------------------------------------------------------------ checkpoints
@@ -279,8 +341,10 @@ class Muon(PackedOptimizer):
         sd = dict(state_dict)
         adamw = sd.pop("adamw", None)
         if (adamw is None) != (self.adamw is None):
-            raise ValueError("state_dict: the AdamW part (parameters that are not matrices) "
-                             "does not match this optimizer's")
+            raise ValueError(
+                "state_dict: the AdamW part (parameters that are not matrices) "
+                "does not match this optimizer's"
+            )
         if self.adamw is not None:  # check the AdamW part first: it raises before any load
             a = dict(adamw)
             self.adamw._check_saved_overrides(a)
@@ -301,11 +365,13 @@ class Muon(PackedOptimizer):
         """How each state is stored, for both parts, and the state bytes."""
         nm = sum(len(g["params"]) for g in self.param_groups if g["use_muon"])
         na = sum(len(g["params"]) for g in self._adamw_groups())
-        lines = [f"Muon ({nm} matrices): " + line
-                 for line in self._state_lines() + self._count_lines()]
+        lines = [
+            f"Muon ({nm} matrices): " + line for line in self._state_lines() + self._count_lines()
+        ]
         if self.adamw is not None:
-            lines += [f"AdamW ({na} others): " + line
-                      for line in self.adamw.summary().splitlines()[:-1]]
+            lines += [
+                f"AdamW ({na} others): " + line for line in self.adamw.summary().splitlines()[:-1]
+            ]
         lines.append(f"state bytes: {self.state_nbytes()}")
         return "\n".join(lines)
 
@@ -319,10 +385,32 @@ class Muon8bit(Muon):
     Args: as :class:`Muon` (its keyword options through ``**kwargs``); the codec is fixed.
     """
 
-    def __init__(self, params, lr: float = 1e-3, weight_decay: float = 0.1,
-                 momentum: float = 0.95, nesterov: bool = True,
-                 ns_coefficients=NS_COEFFICIENTS, eps: float = 1e-7, ns_steps: int = 5,
-                 adjust_lr_fn: Optional[str] = None, *, block_size: int = 2048, **kwargs):
-        super().__init__(params, lr, weight_decay, momentum, nesterov, ns_coefficients, eps,
-                         ns_steps, adjust_lr_fn, block_size=block_size,
-                         momentum_codec=Linear(8), **kwargs)
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        weight_decay: float = 0.1,
+        momentum: float = 0.95,
+        nesterov: bool = True,
+        ns_coefficients=NS_COEFFICIENTS,
+        eps: float = 1e-7,
+        ns_steps: int = 5,
+        adjust_lr_fn: Optional[str] = None,
+        *,
+        block_size: int = 2048,
+        **kwargs,
+    ):
+        super().__init__(
+            params,
+            lr,
+            weight_decay,
+            momentum,
+            nesterov,
+            ns_coefficients,
+            eps,
+            ns_steps,
+            adjust_lr_fn,
+            block_size=block_size,
+            momentum_codec=Linear(8),
+            **kwargs,
+        )

@@ -47,37 +47,67 @@ class SGD(PackedOptimizer):
     _STATES = ("momentum_buffer",)
     _CODEC_ARGS = {"momentum_buffer": "momentum_codec"}
 
-    def __init__(self, params, lr: float = 1e-3, momentum: float = 0.0, dampening: float = 0.0,
-                 weight_decay: float = 0.0, nesterov: bool = False, *, maximize: bool = False,
-                 foreach: Optional[bool] = None, differentiable: bool = False,
-                 fused: Optional[bool] = None, momentum_codec: Any = None,
-                 block_size: int = 256, rounding: TableRounding = "nearest", seed: int = 0,
-                 min_quant_size: int = 4096, nonfinite: str = "skip",
-                 param_rounding: TableRounding = "stochastic"):
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        momentum: float = 0.0,
+        dampening: float = 0.0,
+        weight_decay: float = 0.0,
+        nesterov: bool = False,
+        *,
+        maximize: bool = False,
+        foreach: Optional[bool] = None,
+        differentiable: bool = False,
+        fused: Optional[bool] = None,
+        momentum_codec: Any = None,
+        block_size: int = 256,
+        rounding: TableRounding = "nearest",
+        seed: int = 0,
+        min_quant_size: int = 4096,
+        nonfinite: str = "skip",
+        param_rounding: TableRounding = "stochastic",
+    ):
         check_lr(lr)
         if not momentum >= 0.0:
             raise ValueError(f"momentum: expected >= 0, got {momentum}")
         if not weight_decay >= 0.0:
             raise ValueError(f"weight_decay: expected >= 0, got {weight_decay}")
         if nesterov and (momentum <= 0 or dampening != 0):
-            raise ValueError("nesterov: requires momentum > 0 and dampening = 0, got "
-                             f"momentum={momentum}, dampening={dampening}")
+            raise ValueError(
+                "nesterov: requires momentum > 0 and dampening = 0, got "
+                f"momentum={momentum}, dampening={dampening}"
+            )
         if differentiable:
-            raise ValueError("differentiable: True is not supported (lowfp steps run outside "
-                             "autograd); leave it False")
-        self._configure({"momentum_buffer": momentum_codec}, block_size=block_size,
-                        rounding=rounding, seed=seed, min_quant_size=min_quant_size,
-                        nonfinite=nonfinite, param_rounding=param_rounding)
-        defaults = dict(lr=lr, momentum=momentum, dampening=dampening,
-                        weight_decay=weight_decay, nesterov=bool(nesterov),
-                        maximize=bool(maximize), foreach=foreach, differentiable=False,
-                        fused=fused)
+            raise ValueError(
+                "differentiable: True is not supported (lowfp steps run outside "
+                "autograd); leave it False"
+            )
+        self._configure(
+            {"momentum_buffer": momentum_codec},
+            block_size=block_size,
+            rounding=rounding,
+            seed=seed,
+            min_quant_size=min_quant_size,
+            nonfinite=nonfinite,
+            param_rounding=param_rounding,
+        )
+        defaults = dict(
+            lr=lr,
+            momentum=momentum,
+            dampening=dampening,
+            weight_decay=weight_decay,
+            nesterov=bool(nesterov),
+            maximize=bool(maximize),
+            foreach=foreach,
+            differentiable=False,
+            fused=fused,
+        )
         super().__init__(params, defaults)
 
     def _legacy_group(self, g: dict) -> dict:
         g = dict(g)
-        for k, v in dict(maximize=False, foreach=None, differentiable=False,
-                         fused=None).items():
+        for k, v in dict(maximize=False, foreach=None, differentiable=False, fused=None).items():
             g.setdefault(k, v)
         return g
 
@@ -105,12 +135,28 @@ class SGD(PackedOptimizer):
             if copy is not None:
                 copies.append(copy)
             stream = (e.t << 32) | (e.index << 2)  # AdamW's rule (its first state's stream)
-            items.append((w, g, e.args[0], scalars, bool(group["nesterov"]), e.t == 1, stream,
-                          stream | 2, kind))
+            items.append(
+                (
+                    w,
+                    g,
+                    e.args[0],
+                    scalars,
+                    bool(group["nesterov"]),
+                    e.t == 1,
+                    stream,
+                    stream | 2,
+                    kind,
+                )
+            )
             offsets.append(0 if type(e.p) in _PLAIN else _dist.element_offset(e.p))
         cuda = entries[0].p.is_cuda
         core = cuda_optim() if cuda else _core
-        core.sgd_step_group(items, self._opt(group, "block_size"), self._seed,
-                            self._param_rounding == "stochastic", offsets,
-                            **(self._step_context(entries) if cuda else {}))
+        core.sgd_step_group(
+            items,
+            self._opt(group, "block_size"),
+            self._seed,
+            self._param_rounding == "stochastic",
+            offsets,
+            **(self._step_context(entries) if cuda else {}),
+        )
         self._write_back(copies)
