@@ -22,7 +22,7 @@ from .fit import huber_line
 TOL = 0.01
 MANS = {
     "quick": (4, 7, 10),
-    "default": (3, 4, 5, 6, 7, 8, 10, 12),
+    "default": (3, 4, 6, 8, 10),
     "full": (3, 4, 5, 6, 7, 8, 10, 12),
 }
 OPTS = {"quick": ("Adam", "Muon"), "default": ("Adam", "Muon"), "full": ("Adam", "Muon")}
@@ -63,7 +63,7 @@ def _evals(steps: int):
 
 @register(
     "mantissa-vs-steps",
-    default_steps=800,
+    default_steps=400,
     quick_steps=150,
     full_steps=3200,
     summary="mantissa bits needed (all components, nearest) vs steps T, fit on log T",
