@@ -789,7 +789,12 @@ fn encode_chunk_body<I: Input, C: Code, const MODE: u8>(
         let bits: &[u32] = match random {
             _ if MODE != STOCHASTIC => &buf[..xs.len()],
             Random::Philox { seed, stream, offset } => {
-                rng::fill_random_u32(seed, stream, offset + at as u64, &mut buf[..xs.len()]);
+                rng::fill_random_u32(
+                    seed,
+                    stream,
+                    offset.wrapping_add(at as u64),
+                    &mut buf[..xs.len()],
+                );
                 &buf[..xs.len()]
             }
             Random::Bits(b) => &b[at..at + xs.len()],
@@ -1350,6 +1355,24 @@ mod tests {
         for (v, &code) in vals.iter().zip(&c) {
             assert_eq!(f.decode_f64(code as u32) as f32, *v);
         }
+    }
+
+    /// Random-bit indices wrap modulo 2^64 (rng's definition): an offset near u64::MAX gives
+    /// the codes of the same elements encoded with explicit, wrapped random words (and no
+    /// overflow panic in debug builds).
+    #[test]
+    fn stochastic_offset_wraps() {
+        let e = enc("float8_e4m3fn", Rounding::Stochastic);
+        let x: Vec<f32> = (0..3000).map(|i| ((i as f32) * 0.71).sin() * 3.0).collect();
+        let offset = u64::MAX - 1500;
+        let mut a = vec![0u8; x.len()];
+        encode(&e, &x, &mut a, Random::Philox { seed: 5, stream: 2, offset }).unwrap();
+        let words: Vec<u32> = (0..x.len() as u64)
+            .map(|i| crate::rng::random_u32(5, 2, offset.wrapping_add(i)))
+            .collect();
+        let mut b = vec![0u8; x.len()];
+        encode(&e, &x, &mut b, Random::Bits(&words)).unwrap();
+        assert_eq!(a, b);
     }
 
     /// The float32 fast path equals the general element code on every format and mode.
