@@ -125,6 +125,7 @@ def test_big_endian_codes_are_converted():
         ("e4m3fnn", "e4m3"),
         ("float8_e4m3f", "float8_e4m3fn"),
         ("bfloat", "bfloat16"),
+        ("p3109k8p4se", "p3109_k8p4se"),
     ],
 )
 def test_unknown_names_get_suggestions(name, suggestion):

@@ -282,6 +282,8 @@ def _suggest(name: str) -> str:
     from .qtensor import PRESETS  # only on the error path (qtensor imports this module)
 
     words = list(_core.format_names()) + [a for a, _ in _core.format_aliases()] + list(PRESETS)
+    # the 8-bit members of the P3109 family (the grammar names any width)
+    words += [f"p3109_k8p{p}{s}{d}" for p in range(1, 8) for s in "su" for d in "ef"]
     close = difflib.get_close_matches(name.lower(), words, n=3, cutoff=0.6)
     if not close:
         return ""
