@@ -685,6 +685,39 @@ def _torch_device(entries: Sequence) -> Any:
     return getattr(p, "device", None)
 
 
+def _step_group(
+    op: str,
+    entries: Sequence,
+    block: int,
+    seed: int,
+    param_stochastic: bool,
+    offsets: Sequence[int] | None,
+    ctx: "StepContext | None",
+) -> None:
+    """One launch of the step kernel `op` over `entries`, on torch's current stream (the body
+    of adamw_step_group, adamw_amsgrad_step_group and sgd_step_group)."""
+    from ._loader import cupy
+    from .codec import _device_id, _stream
+
+    cp = cupy()
+    if not entries:
+        return
+    _check_capture()
+    with cp.cuda.Device(_device_id(entries[0][0])), _stream(entries[0][0]):
+        plan = prepare(
+            op,
+            entries,
+            block,
+            seed,
+            param_stochastic,
+            _cuda_addr(_torch_device(entries)),
+            _device_levels(cp),
+            offsets,
+            ctx,
+        )
+        _launch(op, None, block, seed, param_stochastic, cp, ctx, plan)
+
+
 def adamw_step_group(
     entries: Sequence,
     block: int,
@@ -707,26 +740,7 @@ def adamw_step_group(
         ImportError: CuPy is missing. TypeError/ValueError: host arrays, another device,
             non-contiguous tensors, lengths or block sizes that do not match.
     """
-    from ._loader import cupy
-    from .codec import _device_id, _stream
-
-    cp = cupy()
-    if not entries:
-        return
-    _check_capture()
-    with cp.cuda.Device(_device_id(entries[0][0])), _stream(entries[0][0]):
-        plan = prepare(
-            "adamw",
-            entries,
-            block,
-            seed,
-            param_stochastic,
-            _cuda_addr(_torch_device(entries)),
-            _device_levels(cp),
-            offsets,
-            ctx,
-        )
-        _launch("adamw", None, block, seed, param_stochastic, cp, ctx, plan)
+    _step_group("adamw", entries, block, seed, param_stochastic, offsets, ctx)
 
 
 def adamw_amsgrad_step_group(
@@ -749,26 +763,7 @@ def adamw_amsgrad_step_group(
     Raises:
         As adamw_step_group.
     """
-    from ._loader import cupy
-    from .codec import _device_id, _stream
-
-    cp = cupy()
-    if not entries:
-        return
-    _check_capture()
-    with cp.cuda.Device(_device_id(entries[0][0])), _stream(entries[0][0]):
-        plan = prepare(
-            "adamw_amsgrad",
-            entries,
-            block,
-            seed,
-            param_stochastic,
-            _cuda_addr(_torch_device(entries)),
-            _device_levels(cp),
-            offsets,
-            ctx,
-        )
-        _launch("adamw_amsgrad", None, block, seed, param_stochastic, cp, ctx, plan)
+    _step_group("adamw_amsgrad", entries, block, seed, param_stochastic, offsets, ctx)
 
 
 def sgd_step_group(
@@ -790,26 +785,7 @@ def sgd_step_group(
     Raises:
         As adamw_step_group.
     """
-    from ._loader import cupy
-    from .codec import _device_id, _stream
-
-    cp = cupy()
-    if not entries:
-        return
-    _check_capture()
-    with cp.cuda.Device(_device_id(entries[0][0])), _stream(entries[0][0]):
-        plan = prepare(
-            "sgd",
-            entries,
-            block,
-            seed,
-            param_stochastic,
-            _cuda_addr(_torch_device(entries)),
-            _device_levels(cp),
-            offsets,
-            ctx,
-        )
-        _launch("sgd", None, block, seed, param_stochastic, cp, ctx, plan)
+    _step_group("sgd", entries, block, seed, param_stochastic, offsets, ctx)
 
 
 def muon_momentum(
