@@ -861,15 +861,6 @@ unsafe fn encode_chunk_avx512<I: Input, C: Code, const MODE: u8>(
     encode_chunk_body::<I, C, MODE>(enc, x, out, start, random)
 }
 
-/// Whether the CPU has the AVX-512 subsets the chunk loop is compiled for.
-#[cfg(all(target_arch = "x86_64", not(feature = "portable")))]
-fn has_avx512() -> bool {
-    std::is_x86_feature_detected!("avx512f")
-        && std::is_x86_feature_detected!("avx512bw")
-        && std::is_x86_feature_detected!("avx512vl")
-        && std::is_x86_feature_detected!("avx512dq")
-}
-
 pub(crate) fn encode_chunk<I: Input, C: Code, const MODE: u8>(
     enc: &Encoder,
     x: &[I],
@@ -878,7 +869,7 @@ pub(crate) fn encode_chunk<I: Input, C: Code, const MODE: u8>(
     random: Random,
 ) -> Result<()> {
     #[cfg(all(target_arch = "x86_64", not(feature = "portable")))]
-    if has_avx512() {
+    if simd::has_avx512() {
         // SAFETY: the CPU supports these AVX-512 subsets, checked just above.
         return unsafe { encode_chunk_avx512::<I, C, MODE>(enc, x, out, start, random) };
     }
@@ -1060,6 +1051,21 @@ fn bad_code(fmt: &Format, i: usize, c: u32) -> Error {
 pub fn decode<C: Code, F: Float>(fmt: &Format, codes: &[C], out: &mut [F]) -> Result<()> {
     check_len("out", out.len(), codes.len())?;
     let limit = fmt.num_codes();
+    // a value table pays for itself only over enough codes (building 256 entries costs
+    // ~1 µs, more than decoding 16 codes directly); both give the same values
+    if fmt.bits() <= 8 && codes.len() as u64 >= limit / 4 {
+        // byte codes to float32: the table in vector registers (`simd::lut_u8`)
+        if let (CodeSlice::U8(c8), Some(o)) = (C::code_slice(codes), F::as_f32_mut(out)) {
+            let table = table_f32(fmt)?;
+            return par::try_zip_chunks(c8, CHUNK, o, CHUNK, c8.len(), |k, cs, os| {
+                if (simd::lut_u8(&table, cs, os) as u64) < limit {
+                    return Ok(());
+                }
+                let i = cs.iter().position(|&c| c as u64 >= limit).unwrap_or(0);
+                Err(bad_code(fmt, k * CHUNK + i, cs[i] as u32))
+            });
+        }
+    }
     if is_f32_prefix(fmt) || is_f16_prefix(fmt) {
         // bfloat16-like: the code is the top bits of the float32 pattern (NaNs keep payloads);
         // float16-like: the top bits of a float16 pattern, widened exactly (NaN canonical)
@@ -1092,8 +1098,6 @@ pub fn decode<C: Code, F: Float>(fmt: &Format, codes: &[C], out: &mut [F]) -> Re
             Err(bad_code(fmt, k * CHUNK + i, cs[i].to_u32()))
         });
     }
-    // a value table pays for itself only over enough codes (building 256 entries costs
-    // ~1 µs, more than decoding 16 codes directly); both give the same values
     if fmt.bits() <= 16 && codes.len() as u64 >= limit / 4 {
         let lut: Vec<F> = (0..limit as u32).map(|c| F::from_f64(fmt.decode_f64(c))).collect();
         let full = (C::BITS as u64) <= fmt.bits() as u64;

@@ -210,6 +210,123 @@ pub(crate) fn narrow_f16(x: &[f32], out: &mut [u16]) -> bool {
     false
 }
 
+/// Whether the CPU has the AVX-512 subsets (F, BW, VL, DQ) the 16-lane loops are compiled for.
+#[cfg(all(target_arch = "x86_64", not(feature = "portable")))]
+pub(crate) fn has_avx512() -> bool {
+    std::is_x86_feature_detected!("avx512f")
+        && std::is_x86_feature_detected!("avx512bw")
+        && std::is_x86_feature_detected!("avx512vl")
+        && std::is_x86_feature_detected!("avx512dq")
+}
+
+// ---------------------------------------------------------------- byte codes by table
+//
+// Design: decoding byte codes of a format of at most 8 bits is a lookup in its value table
+// (256 float32 at most: 16 vector registers). With AVX-512 the table stays in registers and
+// a lookup is `vpermi2ps` (32 entries by the low 5 bits of the code) on each pair of
+// registers, then a blend per higher code bit: 16 codes in 2^(bits−4) − 1 + (bits − 5)
+// operations, no memory access but the codes and the output (a gather would load each
+// element). Elsewhere, a scalar loop over the table padded to 256 entries (no bounds check).
+
+/// `out[i] = table[codes[i]]` for a table of at most 256 entries; returns the largest code.
+/// Where a code is ≥ `table.len()`, its output is unspecified (the caller reports the code).
+pub(crate) fn lut_u8(table: &[f32], codes: &[u8], out: &mut [f32]) -> u8 {
+    debug_assert!(table.len() <= 256 && codes.len() == out.len());
+    let mut t = [0f32; 256];
+    t[..table.len()].copy_from_slice(table);
+    #[cfg(all(target_arch = "x86_64", not(feature = "portable")))]
+    if has_avx512() {
+        // a table whose upper half is its lower half with the sign flipped (every signed
+        // format without a code −0 taken for NaN) is looked up by the low bits, and the top
+        // bit flips the sign: half the permutations
+        let bits = table.len().next_power_of_two().trailing_zeros().max(4);
+        let half = table.len() / 2;
+        let signed = bits >= 5
+            && table.len() == 1 << bits
+            && (0..half).all(|c| table[c + half].to_bits() == table[c].to_bits() ^ 0x8000_0000);
+        // SAFETY: the CPU supports these AVX-512 subsets, checked just above.
+        return unsafe {
+            match (bits - signed as u32, signed) {
+                (4, false) => avx512::lut::<4, false>(&t, codes, out),
+                (4, true) => avx512::lut::<4, true>(&t, codes, out),
+                (5, false) => avx512::lut::<5, false>(&t, codes, out),
+                (5, true) => avx512::lut::<5, true>(&t, codes, out),
+                (6, false) => avx512::lut::<6, false>(&t, codes, out),
+                (6, true) => avx512::lut::<6, true>(&t, codes, out),
+                (7, false) => avx512::lut::<7, false>(&t, codes, out),
+                (7, true) => avx512::lut::<7, true>(&t, codes, out),
+                _ => avx512::lut::<8, false>(&t, codes, out),
+            }
+        };
+    }
+    lut_scalar(&t, codes, out)
+}
+
+/// [`lut_u8`] without SIMD (also the AVX-512 loop's tail).
+fn lut_scalar(t: &[f32; 256], codes: &[u8], out: &mut [f32]) -> u8 {
+    let mut max = 0u8;
+    for (o, &c) in out.iter_mut().zip(codes) {
+        max = max.max(c);
+        *o = t[c as usize];
+    }
+    max
+}
+
+#[cfg(all(target_arch = "x86_64", not(feature = "portable")))]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    /// The entry of 16 codes (u32 lanes of `idx`) in a table of 2^B entries held in `t`.
+    #[inline(always)]
+    unsafe fn look<const B: u32>(t: &[__m512; 16], idx: __m512i) -> __m512 {
+        if B <= 4 {
+            return _mm512_permutexvar_ps(idx, t[0]);
+        }
+        // entries 32j .. 32j + 32 by the low 5 bits, then one blend per higher bit, halving
+        // the candidates
+        let mut level = [_mm512_setzero_ps(); 8];
+        for (j, l) in level.iter_mut().enumerate().take(1 << (B - 5)) {
+            *l = _mm512_permutex2var_ps(t[2 * j], idx, t[2 * j + 1]);
+        }
+        for b in 5..B {
+            let m = _mm512_test_epi32_mask(idx, _mm512_set1_epi32(1 << b));
+            for j in 0..1usize << (B - 1 - b) {
+                level[j] = _mm512_mask_blend_ps(m, level[2 * j], level[2 * j + 1]);
+            }
+        }
+        level[0]
+    }
+
+    /// The lookup of [`super::lut_u8`] in a table of 2^B entries or, with `SIGN`, of 2^(B+1)
+    /// entries whose upper half is the lower half negated (code bit B flips the sign).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq")]
+    pub(super) unsafe fn lut<const B: u32, const SIGN: bool>(
+        t: &[f32; 256],
+        codes: &[u8],
+        out: &mut [f32],
+    ) -> u8 {
+        let regs: [__m512; 16] = std::array::from_fn(|j| _mm512_loadu_ps(t.as_ptr().add(16 * j)));
+        let n = codes.len().min(out.len());
+        let mut max = _mm_setzero_si128();
+        let mut i = 0;
+        while i + 16 <= n {
+            let c = _mm_loadu_si128(codes.as_ptr().add(i) as *const _);
+            max = _mm_max_epu8(max, c);
+            let idx = _mm512_cvtepu8_epi32(c);
+            let mut v = look::<B>(&regs, idx);
+            if SIGN {
+                let neg = _mm512_test_epi32_mask(idx, _mm512_set1_epi32(1 << B));
+                v = _mm512_mask_xor_ps(v, neg, v, _mm512_set1_ps(-0.0));
+            }
+            _mm512_storeu_ps(out.as_mut_ptr().add(i), v);
+            i += 16;
+        }
+        let lanes: [u8; 16] = std::mem::transmute(max);
+        let max = lanes.iter().fold(0u8, |a, &l| a.max(l));
+        max.max(super::lut_scalar(t, &codes[i..n], &mut out[i..n]))
+    }
+}
+
 #[cfg(all(target_arch = "x86_64", not(feature = "portable")))]
 mod f16c {
     use super::CodeSlice;
@@ -358,6 +475,51 @@ mod tests {
         let mut out = [0f32; 9];
         assert_eq!(widen_f16(CodeSlice::U32(&bad), 0, &mut out) >> 16, 1);
         assert_eq!(widen_portable(CodeSlice::U32(&bad), 0, &mut out) >> 16, 1);
+    }
+
+    #[test]
+    fn f32_prefix_widening_is_the_shift_on_every_path_and_length() {
+        let codes: Vec<u16> = (0..=0xffffu16).collect();
+        for (shift, mask) in [(16u32, 0xffffu16), (19, 0x1fff)] {
+            let cs: Vec<u16> = codes.iter().map(|&c| c & mask).collect();
+            for len in [0usize, 1, 15, 16, 17, 33, cs.len()] {
+                let mut out = vec![0f32; len];
+                let any = widen_f32(CodeSlice::U16(&cs[..len]), shift, &mut out);
+                assert_eq!(any, cs[..len].iter().fold(0, |a, &c| a | c as u32));
+                for (&c, &o) in cs.iter().zip(&out) {
+                    assert_eq!(o.to_bits(), (c as u32) << shift, "shift {shift} len {len}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn byte_table_lookup_equals_indexing_for_every_size_code_and_length() {
+        let codes: Vec<u8> =
+            (0..=255u8).chain((0..300).map(|i: u32| (i * 37 % 256) as u8)).collect();
+        for size in [1usize, 2, 8, 15, 16, 17, 31, 32, 33, 64, 65, 100, 128, 129, 255, 256] {
+            let plain: Vec<f32> = (0..size).map(|i| (i as f32) * -1.5 + 0.25).collect();
+            // sign-symmetric (the upper half is the lower half negated, a NaN included), which
+            // takes the half-table path where the size is a power of two ≥ 32
+            let h = size / 2;
+            let low = |i: usize| if i + 1 == h { f32::NAN } else { i as f32 * 0.75 };
+            let sym: Vec<f32> =
+                (0..size).map(|i| if i < h || h == 0 { low(i) } else { -low(i - h) }).collect();
+            for table in [&plain, &sym] {
+                for len in [0usize, 1, 15, 16, 17, 33, codes.len()] {
+                    let cs = &codes[..len];
+                    let mut out = vec![f32::NAN; len];
+                    let max = lut_u8(table, cs, &mut out);
+                    assert_eq!(max, cs.iter().copied().max().unwrap_or(0), "size {size} len {len}");
+                    for (i, (&c, &o)) in cs.iter().zip(&out).enumerate() {
+                        if (c as usize) < size {
+                            let want = table[c as usize].to_bits();
+                            assert_eq!(o.to_bits(), want, "size {size} at {i}");
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]
