@@ -662,37 +662,71 @@ fn fast_one<const MODE: u8>(f: &Fast, bits: u32, r: u32) -> (u32, u32) {
     (if ovf != 0 { ovf_code } else { code }, special)
 }
 
-/// Constants of round to nearest by one addition (see [`rne_one`]).
+/// Constants of rounding by add-and-shift: round to nearest ([`rne_one`]) and stochastic
+/// rounding ([`sr_one`]), for formats with subnormals and 1 ≤ M ≤ 22.
 #[derive(Debug, Clone, Copy)]
-struct Rne {
+struct AddShift {
     /// Float32 bits of 2^emin, the smallest normal of the target.
     min_normal: u32,
-    /// 2^(emin − M + 23): adding it to |x| < 2^emin rounds |x| to a multiple of the target's
-    /// subnormal step 2^(emin − M), to nearest even, in one IEEE addition.
-    magic: f32,
     /// `(126 + emin) << 23`: float32 exponent field minus the target's.
     rebias: u32,
-    /// Discarded mantissa bits, 23 − M.
+    /// Discarded mantissa bits of an input at or above 2^emin, 23 − M.
     s: u32,
     /// 2^(s − 1) − 1.
     half: u32,
+    /// 2^(emin − M + 23): adding it to |x| < 2^emin rounds |x| to a multiple of the target's
+    /// subnormal step 2^(emin − M), to nearest even, in one IEEE addition.
+    magic: f32,
+    /// emin − M + 150: the discarded bits of an input below 2^emin are `c − max(e_field, 1)`.
+    c: u32,
 }
 
 impl Encoder {
-    /// [`Rne`] where it applies: formats with subnormals and a mantissa whose whole range of float32 inputs
-    /// (from 2^-126 up) lies above half their smallest subnormal (so float32 subnormals, and
-    /// whether the CPU flushes them, do not matter: they round to zero either way).
-    fn rne(&self) -> Option<Rne> {
+    fn add_shift(&self) -> AddShift {
         let (emin, m) = (self.emin, self.man as i32);
-        // with no mantissa bits, "even" is the code's last exponent bit, which the general code
-        // does not use (its significand 1 is odd): so M ≥ 1
-        (self.subnormals && emin - m >= -124 && (1..=22).contains(&m)).then(|| Rne {
+        AddShift {
             min_normal: ((emin + 127) as u32) << 23,
-            magic: f32::from_bits(((emin - m + 23 + 127) as u32) << 23),
             rebias: ((126 + emin) as u32) << 23,
             s: 23 - m as u32,
             half: (1u32 << (22 - m)) - 1,
-        })
+            magic: f32::from_bits(((emin - m + 23 + 127).max(1) as u32) << 23),
+            c: (emin - m + 150) as u32,
+        }
+    }
+
+    /// [`AddShift`] for round to nearest where it applies: formats with subnormals and a
+    /// mantissa whose whole range of float32 inputs (from 2^-126 up) lies above half their
+    /// smallest subnormal (so float32 subnormals, and whether the CPU flushes them, do not
+    /// matter: they round to zero either way).
+    fn rne(&self) -> Option<AddShift> {
+        let (emin, m) = (self.emin, self.man as i32);
+        // with no mantissa bits, "even" is the code's last exponent bit, which the general code
+        // does not use (its significand 1 is odd): so M ≥ 1
+        (self.subnormals && emin - m >= -124 && (1..=22).contains(&m)).then(|| self.add_shift())
+    }
+
+    /// [`AddShift`] for stochastic rounding where it applies: formats with subnormals,
+    /// 1 ≤ M ≤ 22 and emin ≥ −126 (every float32 input at or above 2^emin is normal).
+    fn sr(&self) -> Option<AddShift> {
+        let (emin, m) = (self.emin, self.man as i32);
+        (self.subnormals && emin >= -126 && (1..=22).contains(&m)).then(|| self.add_shift())
+    }
+}
+
+/// The code of magnitude code `mag` with the sign `neg` (1 if negative): the overflow code
+/// above the largest finite one, no sign on an unsigned format or on a zero whose −0 code is
+/// NaN.
+#[inline(always)]
+fn finish(f: &Fast, neg: u32, mag: u32) -> u32 {
+    let b = |c: bool| c as u32;
+    let ovf = b(mag > f.max_code);
+    let sign = neg & b(!f.unsigned) & (b(f.negzero) & b(mag == 0) ^ 1);
+    let code = mag | (sign.wrapping_neg() & f.sign_mask);
+    let ovf_code = if neg != 0 { f.ovf_neg } else { f.ovf_pos };
+    if ovf != 0 {
+        ovf_code
+    } else {
+        code
     }
 }
 
@@ -706,7 +740,7 @@ impl Encoder {
 /// ```
 /// a carry runs into the exponent by itself; a code above the largest finite one overflows.
 #[inline(always)]
-fn rne_one(f: &Fast, r: &Rne, bits: u32) -> (u32, u32) {
+fn rne_one(f: &Fast, r: &AddShift, bits: u32) -> (u32, u32) {
     let b = |c: bool| c as u32;
     let a = bits & 0x7fff_ffff;
     let neg = bits >> 31;
@@ -714,11 +748,171 @@ fn rne_one(f: &Fast, r: &Rne, bits: u32) -> (u32, u32) {
     let sub = (f32::from_bits(a) + r.magic).to_bits().wrapping_sub(r.magic.to_bits());
     let nrm = (a.wrapping_sub(r.rebias).wrapping_add(r.half + ((a >> r.s) & 1))) >> r.s;
     let mag = if a < r.min_normal { sub } else { nrm };
-    let ovf = b(mag > f.max_code);
-    let sign = neg & b(!f.unsigned) & (b(f.negzero) & b(mag == 0) ^ 1);
-    let code = mag | (sign.wrapping_neg() & f.sign_mask);
-    let ovf_code = if neg != 0 { f.ovf_neg } else { f.ovf_pos };
-    (if ovf != 0 { ovf_code } else { code }, special)
+    (finish(f, neg, mag), special)
+}
+
+/// Stochastic rounding from float32 bits with the random word `rnd`, the same codes as
+/// `fast_one::<STOCHASTIC>` (round up iff `rnd < rem · 2^(32 − d)` for `d` discarded bits
+/// holding `rem`) with fewer operations. That test is `(rnd >> (32 − d)) < rem`, i.e. a
+/// carry out of `rem + (!rnd >> (32 − d))`: for inputs at or above 2^emin (d = s) the
+/// add-and-shift of [`rne_one`] with the top `s` bits of `!rnd` in place of the rounding bias.
+/// Below 2^emin, the significand shifted right by `d` as a 32.32 fixed-point pair gives the
+/// kept bits (high word) and `rem · 2^(32 − d)` (low word; for d > 32 its top 32 bits, as the
+/// definition truncates).
+#[inline(always)]
+fn sr_one(f: &Fast, r: &AddShift, bits: u32, rnd: u32) -> (u32, u32) {
+    let b = |c: bool| c as u32;
+    let a = bits & 0x7fff_ffff;
+    let neg = bits >> 31;
+    let special = b(a >= 0x7f80_0000) | (neg & b(f.unsigned) & b(a != 0));
+    let nrm = (a.wrapping_sub(r.rebias).wrapping_add(!rnd >> (32 - r.s))) >> r.s;
+    let ef = a >> 23;
+    let sig = (a & 0x7f_ffff) | (b(ef != 0) << 23);
+    let d = r.c.wrapping_sub(ef.max(1)); // ≥ s + 1 below 2^emin
+    let kept = sig.checked_shr(d).unwrap_or(0);
+    let frac = sig.checked_shl(32u32.wrapping_sub(d)).unwrap_or(0)
+        | sig.checked_shr(d.wrapping_sub(32)).unwrap_or(0);
+    let sub = kept + b(rnd < frac);
+    let mag = if a < r.min_normal { sub } else { nrm };
+    (finish(f, neg, mag), special)
+}
+
+/// [`rne_one`] (`SR` false) or [`sr_one`] (`SR` true, with `rnd`) over a block of float32
+/// inputs, 16 lanes at a time with AVX-512 where the CPU has it; returns 1 if an element
+/// needs the general path (its code here is then unspecified).
+#[inline(always)]
+fn add_shift_block<C: Code, const SR: bool>(
+    f: &Fast,
+    r: &AddShift,
+    x: &[f32],
+    rnd: &[u32],
+    out: &mut [C],
+) -> u32 {
+    #[cfg(all(target_arch = "x86_64", not(feature = "portable")))]
+    if simd::has_avx512() {
+        // SAFETY: the CPU supports these AVX-512 subsets, checked just above.
+        return unsafe { avx512::add_shift::<C, SR>(f, r, x, rnd, out) };
+    }
+    add_shift_scalar::<C, SR>(f, r, x, rnd, out)
+}
+
+/// [`add_shift_block`] element by element (LLVM vectorizes it; also the AVX-512 tail).
+#[inline(always)]
+fn add_shift_scalar<C: Code, const SR: bool>(
+    f: &Fast,
+    r: &AddShift,
+    x: &[f32],
+    rnd: &[u32],
+    out: &mut [C],
+) -> u32 {
+    let mut redo = 0u32;
+    for (i, (o, &v)) in out.iter_mut().zip(x).enumerate() {
+        let (c, sp) = match SR {
+            true => sr_one(f, r, v.to_bits(), rnd[i]),
+            false => rne_one(f, r, v.to_bits()),
+        };
+        *o = C::from_u32(c);
+        redo |= sp;
+    }
+    redo
+}
+
+#[cfg(all(target_arch = "x86_64", not(feature = "portable")))]
+mod avx512 {
+    use super::{AddShift, Code, Fast};
+    use std::arch::x86_64::*;
+
+    /// [`super::add_shift_block`] with AVX-512: the same operations as [`super::rne_one`] and
+    /// [`super::sr_one`] on 16 lanes, the path below 2^emin only for vectors that have such
+    /// a lane.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq")]
+    pub(super) unsafe fn add_shift<C: Code, const SR: bool>(
+        f: &Fast,
+        r: &AddShift,
+        x: &[f32],
+        rnd: &[u32],
+        out: &mut [C],
+    ) -> u32 {
+        let n = x.len().min(out.len());
+        let n = if SR { n.min(rnd.len()) } else { n };
+        let set = |v: u32| _mm512_set1_epi32(v as i32);
+        let (abs_mask, inf, min_normal) = (set(0x7fff_ffff), set(0x7f80_0000), set(r.min_normal));
+        let (rebias, half, one) = (set(r.rebias), set(r.half), set(1));
+        let s = _mm_cvtsi32_si128(r.s as i32);
+        let ks = _mm_cvtsi32_si128(32 - r.s as i32);
+        let magic = _mm512_set1_ps(r.magic);
+        let (c, hidden, mant, n32) = (set(r.c), set(1 << 23), set(0x7f_ffff), set(32));
+        let (max_code, sign_code) = (set(f.max_code), set(f.sign_mask));
+        let (ovf_pos, ovf_neg) = (set(f.ovf_pos), set(f.ovf_neg));
+        let mut redo: __mmask16 = 0;
+        let mut i = 0;
+        while i + 16 <= n {
+            let v = _mm512_loadu_si512(x.as_ptr().add(i) as *const _);
+            let a = _mm512_and_si512(v, abs_mask);
+            let neg = _mm512_movepi32_mask(v);
+            let rn = match SR {
+                true => _mm512_loadu_si512(rnd.as_ptr().add(i) as *const _),
+                false => _mm512_setzero_si512(),
+            };
+            // at or above 2^emin: rebias, add the rounding bias, shift
+            let bias = match SR {
+                // the top s bits of !rnd
+                true => _mm512_srl_epi32(_mm512_ternarylogic_epi32::<0x55>(rn, rn, rn), ks),
+                // 2^(s−1) − 1 + the last kept bit
+                false => _mm512_add_epi32(half, _mm512_and_si512(_mm512_srl_epi32(a, s), one)),
+            };
+            let mut mag = _mm512_srl_epi32(_mm512_add_epi32(_mm512_sub_epi32(a, rebias), bias), s);
+            let small = _mm512_cmplt_epu32_mask(a, min_normal);
+            if small != 0 {
+                let sub = if SR {
+                    let ef = _mm512_srli_epi32::<23>(a);
+                    let sig = _mm512_mask_or_epi32(
+                        _mm512_and_si512(a, mant),
+                        _mm512_test_epi32_mask(ef, ef),
+                        _mm512_and_si512(a, mant),
+                        hidden,
+                    );
+                    let d = _mm512_sub_epi32(c, _mm512_max_epu32(ef, one));
+                    // shift counts of 32 and more give 0 (vpsllvd, vpsrlvd)
+                    let kept = _mm512_srlv_epi32(sig, d);
+                    let frac = _mm512_or_si512(
+                        _mm512_sllv_epi32(sig, _mm512_sub_epi32(n32, d)),
+                        _mm512_srlv_epi32(sig, _mm512_sub_epi32(d, n32)),
+                    );
+                    let up = _mm512_cmplt_epu32_mask(rn, frac);
+                    _mm512_mask_add_epi32(kept, up, kept, one)
+                } else {
+                    let sum = _mm512_add_ps(_mm512_castsi512_ps(a), magic);
+                    _mm512_sub_epi32(_mm512_castps_si512(sum), _mm512_castps_si512(magic))
+                };
+                mag = _mm512_mask_mov_epi32(mag, small, sub);
+            }
+            redo |= _mm512_cmpge_epu32_mask(a, inf);
+            // the sign: none on an unsigned format (negative inputs go the general way) or
+            // on a zero whose −0 code is NaN
+            let mut sign = neg;
+            if f.unsigned {
+                redo |= neg & _mm512_test_epi32_mask(a, a);
+                sign = 0;
+            }
+            if f.negzero {
+                sign &= _mm512_test_epi32_mask(mag, mag);
+            }
+            let code = _mm512_mask_or_epi32(mag, sign, mag, sign_code);
+            let ovf = _mm512_cmpgt_epu32_mask(mag, max_code);
+            let code =
+                _mm512_mask_mov_epi32(code, ovf, _mm512_mask_blend_epi32(neg, ovf_pos, ovf_neg));
+            let p = out.as_mut_ptr().add(i);
+            match C::BITS {
+                8 => _mm_storeu_si128(p as *mut _, _mm512_cvtepi32_epi8(code)),
+                16 => _mm256_storeu_si256(p as *mut _, _mm512_cvtepi32_epi16(code)),
+                _ => _mm512_storeu_si512(p as *mut _, code),
+            }
+            i += 16;
+        }
+        let rest = if SR { &rnd[i.min(rnd.len())..] } else { rnd };
+        (redo != 0) as u32 | super::add_shift_scalar::<C, SR>(f, r, &x[i..n], rest, &mut out[i..n])
+    }
 }
 
 /// Error for the first bad element of `x`.
@@ -783,6 +977,7 @@ fn encode_chunk_body<I: Input, C: Code, const MODE: u8>(
     let mut bad = 0u32;
     let fast = if I::F32 { enc.fast(MODE) } else { None };
     let rne = if MODE == NEAREST { enc.rne() } else { None };
+    let sr = if MODE == STOCHASTIC && fast.is_some() { enc.sr() } else { None };
     let mut buf = [0u32; 1024];
     for (k, (xs, os)) in x.chunks(1024).zip(out.chunks_mut(1024)).enumerate() {
         let at = start + k * 1024;
@@ -799,13 +994,12 @@ fn encode_chunk_body<I: Input, C: Code, const MODE: u8>(
             }
             Random::Bits(b) => &b[at..at + xs.len()],
         };
-        if let (Some(f), Some(rn)) = (&fast, &rne) {
-            let mut redo = 0u32;
-            for (o, &v) in os.iter_mut().zip(xs) {
-                let (c, sp) = rne_one(f, rn, v.f32_bits());
-                *o = C::from_u32(c);
-                redo |= sp;
-            }
+        let add_shift = if MODE == NEAREST { &rne } else { &sr };
+        if let (Some(f), Some(xf), Some(r)) = (&fast, I::as_f32(xs), add_shift) {
+            let redo = match MODE {
+                NEAREST => add_shift_block::<C, false>(f, r, xf, bits, os),
+                _ => add_shift_block::<C, true>(f, r, xf, bits, os),
+            };
             if redo == 0 {
                 continue;
             }
@@ -1381,6 +1575,97 @@ mod tests {
 
     /// The float32 fast path equals the general element code on every format and mode.
     #[test]
+    fn add_shift_blocks_equal_the_element_code() {
+        // the block loops (AVX-512 where the CPU has it, with their scalar tails) against the
+        // element code, over every format they take, both roundings and all code widths
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut x: Vec<f32> = (0..20_000).map(|_| f32::from_bits(next() as u32)).collect();
+        x.extend((0..20_000).map(|i| (i as f32 - 1e4) * 1.3e-3));
+        x.extend((0..20_000).map(|i| (i as f32 - 1e4) * 7.1e-8));
+        x.extend([0.0, -0.0, f32::INFINITY, f32::NAN, 1e-45, -1e-45, 448.0, 465.0, 1e30]);
+        // exact multiples of small powers of two (codes that must not move), with the
+        // random words 0 and 2^32 − 1 among them
+        x.extend((-3000..3000).map(|k| k as f32 * 2f32.powi(-12)));
+        x.extend((-3000..3000).map(|k| k as f32 * 2f32.powi(-20)));
+        let rnd: Vec<u32> = (0..x.len())
+            .map(|i| match i % 4 {
+                0 => 0,
+                1 => u32::MAX,
+                _ => next() as u32,
+            })
+            .collect();
+        let specs = ["e5m1", "e1m6", "e8m1", "e5m10", "e6m9", "e8m7", "e2m1fu", "e3m2fnu"];
+        let extra = specs.iter().map(|&n| (n, parse(n).unwrap()));
+        let mut checked = 0;
+        for (name, f) in crate::formats::all().into_iter().chain(extra) {
+            for mode in [Rounding::Nearest, Rounding::Stochastic] {
+                let e = Encoder::new(f, EncodeOptions { rounding: mode, ..Default::default() });
+                let m = if mode == Rounding::Nearest { NEAREST } else { STOCHASTIC };
+                let (Some(fast), Some(r)) =
+                    (e.fast(m), if m == NEAREST { e.rne() } else { e.sr() })
+                else {
+                    continue;
+                };
+                let want: Vec<(u32, u32)> = x
+                    .iter()
+                    .zip(&rnd)
+                    .map(|(&v, &w)| match m {
+                        NEAREST => e.encode_one::<f32, NEAREST>(v, 0),
+                        _ => e.encode_one::<f32, STOCHASTIC>(v, w),
+                    })
+                    .collect();
+                let special =
+                    |v: f32| v.is_nan() || v.is_infinite() || (!f.signed() && v < 0.0 && v != 0.0);
+                for len in [0usize, 1, 15, 16, 17, 1000, x.len()] {
+                    let (xs, rs) = (&x[..len], &rnd[..len]);
+                    let check = |got: Vec<u32>, redo: u32, width: u32| {
+                        assert_eq!(redo != 0, xs.iter().any(|&v| special(v)), "{name} redo");
+                        for (i, (&g, &(w, _))) in got.iter().zip(&want).enumerate() {
+                            if !special(xs[i]) {
+                                assert_eq!(
+                                    g, w,
+                                    "{name} {mode:?} u{width} len {len} at {i}: {:e}",
+                                    xs[i]
+                                );
+                            }
+                        }
+                    };
+                    let blk = |o8: &mut [u8], o16: &mut [u16], o32: &mut [u32]| match m {
+                        NEAREST => [
+                            add_shift_block::<u8, false>(&fast, &r, xs, rs, o8),
+                            add_shift_block::<u16, false>(&fast, &r, xs, rs, o16),
+                            add_shift_block::<u32, false>(&fast, &r, xs, rs, o32),
+                        ],
+                        _ => [
+                            add_shift_block::<u8, true>(&fast, &r, xs, rs, o8),
+                            add_shift_block::<u16, true>(&fast, &r, xs, rs, o16),
+                            add_shift_block::<u32, true>(&fast, &r, xs, rs, o32),
+                        ],
+                    };
+                    let (mut o8, mut o16, mut o32) =
+                        (vec![0u8; len], vec![0u16; len], vec![0u32; len]);
+                    let redo = blk(&mut o8, &mut o16, &mut o32);
+                    if f.bits() <= 8 {
+                        check(o8.iter().map(|&c| c as u32).collect(), redo[0], 8);
+                    }
+                    if f.bits() <= 16 {
+                        check(o16.iter().map(|&c| c as u32).collect(), redo[1], 16);
+                    }
+                    check(o32, redo[2], 32);
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked > 100, "{checked}");
+    }
+
+    #[test]
     fn fast_path_equals_general_path() {
         let mut state = 0x9e37_79b9_7f4a_7c15u64;
         let mut next = || {
@@ -1440,6 +1725,25 @@ mod tests {
                         );
                     }
                 }
+                if let (Rounding::Stochastic, Some(fast), Some(sr)) =
+                    (mode, e.fast(STOCHASTIC), e.sr())
+                {
+                    // random words at the ends and around the middle, and random ones
+                    let fixed = [0u32, 1, 0x7fff_ffff, 0x8000_0000, 0x8000_0001, u32::MAX];
+                    for (i, &bits) in inputs.iter().chain(&edges).enumerate() {
+                        let r = match i % 8 {
+                            k @ 0..=5 => fixed[k],
+                            _ => (next() >> 32) as u32,
+                        };
+                        let (c, redo) = sr_one(&fast, &sr, bits, r);
+                        let (g, _) = e.encode_one::<f32, STOCHASTIC>(f32::from_bits(bits), r);
+                        assert!(
+                            redo == 1 || c == g,
+                            "{name} sr input {i} r {r:#x}: {:e} {c:#x} general {g:#x}",
+                            f32::from_bits(bits)
+                        );
+                    }
+                }
                 dispatch_mode!(mode, MODE => {
                     let Some(fast) = e.fast(MODE) else { continue };
                     for (i, &bits) in inputs.iter().enumerate() {
@@ -1494,16 +1798,9 @@ mod bench {
             let dn = best(&mut || {
                 encode_chunk::<f32, u8, NEAREST>(&e, &x, &mut out, 0, Random::Bits(&[])).unwrap()
             });
-            let d2 = best(&mut || unsafe {
-                encode_chunk_avx2::<f32, u8, NEAREST>(&e, &x, &mut out, 0, Random::Bits(&[]))
-                    .unwrap()
-            });
             let random = Random::Philox { seed: 1, stream: 0, offset: 0 };
             let ds = best(&mut || {
                 encode_chunk::<f32, u8, STOCHASTIC>(&e, &x, &mut out, 0, random).unwrap()
-            });
-            let ds2 = best(&mut || unsafe {
-                encode_chunk_avx2::<f32, u8, STOCHASTIC>(&e, &x, &mut out, 0, random).unwrap()
             });
             let bits: Vec<u32> = (0..n as u32).map(|i| i.wrapping_mul(0x9e37_79b9)).collect();
             let db = best(&mut || {
@@ -1513,17 +1810,13 @@ mod bench {
             let mut words = vec![0u32; n];
             let dp = best(&mut || rng::fill_random_u32(1, 0, 0, &mut words));
             println!(
-                "{name}: stochastic avx2 loop {:.3}, given bits {:.3}, philox alone {:.3}",
-                g(ds2),
-                g(db),
-                g(dp)
-            );
-            println!(
-                "{name}: index {:.3}, nearest {:.3} (avx2 {:.3}), stochastic {:.3} G/s, one thread",
+                "{name}: index {:.3}, nearest {:.3}, stochastic {:.3} (given bits {:.3}, Philox \
+                 alone {:.3}) G/s, one thread",
                 g(di),
                 g(dn),
-                g(d2),
-                g(ds)
+                g(ds),
+                g(db),
+                g(dp)
             );
         }
     }

@@ -122,7 +122,7 @@ pub fn fill_random_u32(seed: u64, stream: u64, start: u64, out: &mut [u32]) {
 #[cfg(all(target_arch = "x86_64", not(feature = "portable")))]
 const LANES: usize = 8;
 /// Words per group of the vectorized body (a multiple of both kernels' 4·lanes).
-const GROUP: usize = 64;
+const GROUP: usize = 128;
 
 /// Fill `out` (a multiple of GROUP words) from counter index `idx` (a multiple of 4).
 fn fill_lanes(out: &mut [u32], stream: u64, idx: u64, k: [u32; 2]) {
@@ -225,11 +225,15 @@ mod avx512 {
 
     /// Philox blocks per vector: one block per 64-bit lane, its words in the low halves.
     /// `vpmuludq` multiplies the low halves into full 64-bit products, so a round needs no
-    /// blends: `hi = p >> 32` and `lo = p` (the high half of `lo` is garbage that only ever
-    /// meets the next `vpmuludq`, which ignores it, and is dropped on output).
+    /// blends: `hi` is `p` with its high halves copied down and `lo = p` (the high halves are
+    /// garbage that only ever meets the next `vpmuludq`, which ignores it, and are dropped on
+    /// output).
     const L: usize = 8;
+    /// Independent chains of 8 blocks per step (128 words): a round is a chain of dependent
+    /// multiply, shuffle and XOR, so four chains keep the multiplier busy.
+    const C: usize = 4;
 
-    /// Two vectors of blocks (16 blocks, 64 words) per step, for two independent chains.
+    /// Four vectors of blocks (32 blocks, 128 words) per step, in four independent chains.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn fill(out: &mut [u32], stream: u64, idx: u64, k: [u32; 2]) {
         let m0 = _mm512_set1_epi64(PHILOX_M0 as i64);
@@ -270,35 +274,31 @@ mod avx512 {
             _mm512_storeu_si512(p, _mm512_permutex2var_epi64(even, i0, odd));
             _mm512_storeu_si512(p.add(1), _mm512_permutex2var_epi64(even, i1, odd));
         };
-        for (j, group) in out.chunks_exact_mut(8 * L).enumerate() {
-            let first = idx.wrapping_add((j * L * 8) as u64);
-            let second = first.wrapping_add((L * 4) as u64);
-            let (a0, a1) = ctrs(first >> 2, first);
-            let (b0, b1) = ctrs(second >> 2, second);
-            let mut a = [a0, a1, s2, s3];
-            let mut b = [b0, b1, s2, s3];
+        for (j, group) in out.chunks_exact_mut(C * 4 * L).enumerate() {
+            let mut st: [[__m512i; 4]; C] = std::array::from_fn(|c| {
+                let first = idx.wrapping_add(((j * C + c) * L * 4) as u64);
+                let (c0, c1) = ctrs(first >> 2, first);
+                [c0, c1, s2, s3]
+            });
             for kr in &keys {
-                let pa0 = _mm512_mul_epu32(m0, a[0]);
-                let pa1 = _mm512_mul_epu32(m1, a[2]);
-                let pb0 = _mm512_mul_epu32(m0, b[0]);
-                let pb1 = _mm512_mul_epu32(m1, b[2]);
-                // [hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0]
-                a = [
-                    _mm512_ternarylogic_epi64::<0x96>(_mm512_srli_epi64::<32>(pa1), a[1], kr[0]),
-                    pa1,
-                    _mm512_ternarylogic_epi64::<0x96>(_mm512_srli_epi64::<32>(pa0), a[3], kr[1]),
-                    pa0,
-                ];
-                b = [
-                    _mm512_ternarylogic_epi64::<0x96>(_mm512_srli_epi64::<32>(pb1), b[1], kr[0]),
-                    pb1,
-                    _mm512_ternarylogic_epi64::<0x96>(_mm512_srli_epi64::<32>(pb0), b[3], kr[1]),
-                    pb0,
-                ];
+                for x in st.iter_mut() {
+                    let p0 = _mm512_mul_epu32(m0, x[0]);
+                    let p1 = _mm512_mul_epu32(m1, x[2]);
+                    // [hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0]; `vpshufd` moves each high
+                    // half down (port 5, beside the multiplies and shifts of port 0)
+                    let hi = |p| _mm512_shuffle_epi32::<_MM_PERM_DDBB>(p);
+                    *x = [
+                        _mm512_ternarylogic_epi64::<0x96>(hi(p1), x[1], kr[0]),
+                        p1,
+                        _mm512_ternarylogic_epi64::<0x96>(hi(p0), x[3], kr[1]),
+                        p0,
+                    ];
+                }
             }
             let p = group.as_mut_ptr() as *mut __m512i;
-            store(p, a);
-            store(p.add(2), b);
+            for (c, x) in st.into_iter().enumerate() {
+                store(p.add(2 * c), x);
+            }
         }
     }
 }
