@@ -103,11 +103,15 @@ pub fn try_for_each_mut<T: Send, E: Send>(
 }
 
 /// `f(k, a_k, b_k)` on the k-th chunks of `a` (`ca` elements each) and `b` (`cb` each,
-/// zipped: the shorter decides the count): in the pool, or on the calling thread when the
-/// call holds at most `SERIAL_MAX` elements (`elems`), without touching the pool at all
-/// (entering a one-thread pool from outside costs a cross-thread wake-up: 10–60 µs). The
-/// chunking is the same either way, so results are too; the first error in chunk order is
-/// returned serially, some chunk's error in the pool.
+/// zipped: the shorter decides the count): on the calling thread when the call holds at most
+/// `SERIAL_MAX` elements (`elems`) or the pool has one thread, without touching the pool at
+/// all (entering a pool from outside costs a cross-thread wake-up: 10–60 µs). Otherwise the
+/// calling thread and `threads − 1` jobs in the pool take chunks from a shared counter until
+/// none is left: the caller starts at once and a worker joins when it wakes up (handing the
+/// whole call to the pool made 2 threads slower than 1 up to ~512Ki float16 encodes; see
+/// docs/benchmarks_codecs.md). The chunking is the same either way, so results are too, and
+/// the error returned is the one of the first failing chunk: every chunk before it was
+/// taken (the counter only grows) and runs to its end; the chunks after it are skipped.
 pub fn try_zip_chunks<A: Sync, B: Send, E: Send>(
     a: &[A],
     ca: usize,
@@ -116,16 +120,41 @@ pub fn try_zip_chunks<A: Sync, B: Send, E: Send>(
     elems: usize,
     f: impl Fn(usize, &[A], &mut [B]) -> std::result::Result<(), E> + Sync + Send,
 ) -> std::result::Result<(), E> {
-    use rayon::prelude::*;
+    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
     if inline(elems) {
-        a.chunks(ca).zip(b.chunks_mut(cb)).enumerate().try_for_each(|(k, (x, y))| f(k, x, y))
-    } else {
-        install(|| {
-            a.par_chunks(ca)
-                .zip(b.par_chunks_mut(cb))
-                .enumerate()
-                .try_for_each(|(k, (x, y))| f(k, x, y))
-        })
+        return a
+            .chunks(ca)
+            .zip(b.chunks_mut(cb))
+            .enumerate()
+            .try_for_each(|(k, (x, y))| f(k, x, y));
+    }
+    let slots: Vec<Mutex<Option<(&[A], &mut [B])>>> =
+        a.chunks(ca).zip(b.chunks_mut(cb)).map(|p| Mutex::new(Some(p))).collect();
+    let next = AtomicUsize::new(0);
+    let first_err: Mutex<Option<(usize, E)>> = Mutex::new(None);
+    let work = || loop {
+        let k = next.fetch_add(1, Relaxed);
+        let Some(slot) = slots.get(k) else { break };
+        let taken = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let Some((x, y)) = taken else { continue };
+        if let Err(e) = f(k, x, y) {
+            let mut g = first_err.lock().unwrap_or_else(|p| p.into_inner());
+            if g.as_ref().is_none_or(|(j, _)| k < *j) {
+                *g = Some((k, e));
+            }
+            next.store(slots.len(), Relaxed);
+        }
+    };
+    let pool = pool();
+    pool.in_place_scope(|s| {
+        for _ in 1..pool.current_num_threads() {
+            s.spawn(|_| work());
+        }
+        work();
+    });
+    match first_err.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        Some((_, e)) => Err(e),
+        None => Ok(()),
     }
 }
 
@@ -143,4 +172,37 @@ pub fn install_if<R: Send>(elems: usize, f: impl FnOnce() -> R + Send) -> R {
 /// Run `f` inside the core's pool (so rayon calls inside it use that pool).
 pub fn install<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     pool().install(f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zip_chunks_visits_every_chunk_once_and_reports_the_first_error() {
+        // the core's pool (as many threads as cores unless LOWFP_NUM_THREADS says otherwise)
+        let n = 40 * CHUNK + 5;
+        let a: Vec<u32> = (0..n as u32).collect();
+        let mut b = vec![0u64; n];
+        let seen = std::sync::atomic::AtomicUsize::new(0);
+        let ok: std::result::Result<(), usize> =
+            try_zip_chunks(&a, CHUNK, &mut b, CHUNK, n, |_, x, y| {
+                seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                for (o, &v) in y.iter_mut().zip(x) {
+                    *o = v as u64 * 2;
+                }
+                Ok(())
+            });
+        assert_eq!(ok, Ok(()));
+        assert_eq!(seen.into_inner(), 41);
+        assert!(b.iter().enumerate().all(|(i, &v)| v == 2 * i as u64));
+        // chunks 7, 9 and 30 fail: always chunk 7's error, whichever thread gets there first
+        for _ in 0..20 {
+            let r = try_zip_chunks(&a, CHUNK, &mut b, CHUNK, n, |k, _, _| match k {
+                7 | 9 | 30 => Err(k),
+                _ => Ok(()),
+            });
+            assert_eq!(r, Err(7));
+        }
+    }
 }

@@ -202,6 +202,12 @@ pub(crate) fn widen_portable(codes: CodeSlice, shift: u32, out: &mut [f32]) -> u
 pub(crate) fn narrow_f16(x: &[f32], out: &mut [u16]) -> bool {
     debug_assert_eq!(x.len(), out.len());
     #[cfg(all(target_arch = "x86_64", not(feature = "portable")))]
+    if has_avx512() {
+        // SAFETY: the CPU supports these AVX-512 subsets, checked just above.
+        unsafe { avx512::narrow_f16(x, out) };
+        return true;
+    }
+    #[cfg(all(target_arch = "x86_64", not(feature = "portable")))]
     if std::is_x86_feature_detected!("f16c") && std::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU supports F16C and AVX2, checked just above.
         unsafe { f16c::narrow(x, out) };
@@ -324,6 +330,37 @@ mod avx512 {
         let lanes: [u8; 16] = std::mem::transmute(max);
         let max = lanes.iter().fold(0u8, |a, &l| a.max(l));
         max.max(super::lut_scalar(t, &codes[i..n], &mut out[i..n]))
+    }
+
+    /// [`super::narrow_f16`] 32 lanes at a time (two `vcvtps2ph`, one store; the NaN
+    /// fix-up of `f16c::narrow` only for a vector that has a NaN, found on the float16
+    /// patterns: `vcvtps2ph` turns every NaN into a float16 NaN); the tail through the AVX2
+    /// loop.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,f16c")]
+    pub(super) unsafe fn narrow_f16(x: &[f32], out: &mut [u16]) {
+        let n = x.len().min(out.len());
+        let (abs, inf) = (_mm512_set1_epi16(0x7fff), _mm512_set1_epi16(0x7c00));
+        let mut i = 0;
+        while i + 32 <= n {
+            let v0 = _mm512_loadu_ps(x.as_ptr().add(i));
+            let v1 = _mm512_loadu_ps(x.as_ptr().add(i + 16));
+            let h0 = _mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v0);
+            let h1 = _mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v1);
+            let mut h = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(h0), h1);
+            let nan = _mm512_cmpgt_epu16_mask(_mm512_and_si512(h, abs), inf);
+            if nan != 0 {
+                // sign | 0x7e00
+                let qnan = _mm512_ternarylogic_epi32::<0xea>(
+                    h,
+                    _mm512_set1_epi16(-0x8000),
+                    _mm512_set1_epi16(0x7e00),
+                );
+                h = _mm512_mask_mov_epi16(h, nan, qnan);
+            }
+            _mm512_storeu_si512(out.as_mut_ptr().add(i) as *mut _, h);
+            i += 32;
+        }
+        super::f16c::narrow(&x[i..n], &mut out[i..n]);
     }
 }
 
