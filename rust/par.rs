@@ -128,7 +128,8 @@ pub fn try_zip_chunks<A: Sync, B: Send, E: Send>(
             .enumerate()
             .try_for_each(|(k, (x, y))| f(k, x, y));
     }
-    let slots: Vec<Mutex<Option<(&[A], &mut [B])>>> =
+    // each pair of chunks, taken once
+    let slots: Vec<Mutex<Option<_>>> =
         a.chunks(ca).zip(b.chunks_mut(cb)).map(|p| Mutex::new(Some(p))).collect();
     let next = AtomicUsize::new(0);
     let first_err: Mutex<Option<(usize, E)>> = Mutex::new(None);
