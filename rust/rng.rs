@@ -115,7 +115,7 @@ pub fn fill_random_u32(seed: u64, stream: u64, start: u64, out: &mut [u32]) {
     }
 }
 
-/// Philox blocks computed 8 at a time with AVX2, or 16 at a time with AVX-512, where the CPU
+/// Philox blocks computed 8 at a time with AVX2, or 32 at a time with AVX-512, where the CPU
 /// has it: the same function as `philox4x32_10`, lane by lane (checked by the tests against
 /// the scalar code). Written with intrinsics: LLVM's auto-vectorization of this loop
 /// miscompiled (rustc 1.95).
