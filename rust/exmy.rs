@@ -1247,8 +1247,10 @@ pub fn decode<C: Code, F: Float>(fmt: &Format, codes: &[C], out: &mut [F]) -> Re
     let limit = fmt.num_codes();
     // a value table pays for itself only over enough codes (building 256 entries costs
     // ~1 µs, more than decoding 16 codes directly); both give the same values
-    if fmt.bits() <= 8 && codes.len() as u64 >= limit / 4 {
-        // byte codes to float32: the table in vector registers (`simd::lut_u8`)
+    let prefix = is_f32_prefix(fmt) || is_f16_prefix(fmt);
+    if fmt.bits() <= 8 && codes.len() as u64 >= limit / 4 && (simd::lut_in_registers() || !prefix) {
+        // byte codes to float32: the table in vector registers (`simd::lut_u8`; faster than
+        // the widening of float8_e5m2 below with AVX-512, which it needs: else the widening)
         if let (CodeSlice::U8(c8), Some(o)) = (C::code_slice(codes), F::as_f32_mut(out)) {
             let table = table_f32(fmt)?;
             return par::try_zip_chunks(c8, CHUNK, o, CHUNK, c8.len(), |k, cs, os| {
@@ -1260,7 +1262,7 @@ pub fn decode<C: Code, F: Float>(fmt: &Format, codes: &[C], out: &mut [F]) -> Re
             });
         }
     }
-    if is_f32_prefix(fmt) || is_f16_prefix(fmt) {
+    if prefix {
         // bfloat16-like: the code is the top bits of the float32 pattern (NaNs keep payloads);
         // float16-like: the top bits of a float16 pattern, widened exactly (NaN canonical)
         let (f16, shift) = match is_f16_prefix(fmt) {

@@ -241,7 +241,7 @@ pub(crate) fn lut_u8(table: &[f32], codes: &[u8], out: &mut [f32]) -> u8 {
     let mut t = [0f32; 256];
     t[..table.len()].copy_from_slice(table);
     #[cfg(all(target_arch = "x86_64", not(feature = "portable")))]
-    if has_avx512() {
+    if lut_in_registers() {
         // a table whose upper half is its lower half with the sign flipped (every signed
         // format without a code −0 taken for NaN) is looked up by the low bits, and the top
         // bit flips the sign: half the permutations
@@ -266,6 +266,16 @@ pub(crate) fn lut_u8(table: &[f32], codes: &[u8], out: &mut [f32]) -> u8 {
         };
     }
     lut_scalar(&t, codes, out)
+}
+
+/// Whether [`lut_u8`] keeps its table in vector registers here (AVX-512), rather than
+/// indexing it element by element.
+pub(crate) fn lut_in_registers() -> bool {
+    #[cfg(all(target_arch = "x86_64", not(feature = "portable")))]
+    if has_avx512() {
+        return true;
+    }
+    false
 }
 
 /// [`lut_u8`] without SIMD (also the AVX-512 loop's tail).
