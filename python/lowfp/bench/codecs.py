@@ -382,7 +382,7 @@ def run_section(title, rows_fn, ratios, x, xt, threads, repeat, notes, progress)
         return
     cols = list(dict.fromkeys(k for _, impls in rows for k in impls if k != LIMIT))
     cols.sort(key=lambda c: c.startswith("np.") or c == "torch")  # lowfp first, anchors last
-    progress.add_total(sum(len(impls) for _, impls in rows) * len(threads))
+    progress.add_total(sum(len(impls.keys() - {LIMIT}) for _, impls in rows) * len(threads))
     ratios = [(a, b) for a, b in ratios for b in ([b] if b else cols[1:])]
     names = {BEST: "best anchor", LIMIT_COL: "memory limit"}
     head = (
