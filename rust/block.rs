@@ -48,7 +48,7 @@ use crate::exmy::{EncodeOptions, Encoder, Overflow, Random, Rounding, NEAREST, S
 use crate::format::Format;
 use crate::par::{self, CHUNK};
 use crate::table::{self, Table};
-use crate::{dynamic, linear, logfmt, pack, rng};
+use crate::{dynamic, linear, logfmt, pack, rng, simd};
 use rayon::prelude::*;
 
 /// The element codec of a blockwise tensor.
@@ -207,7 +207,9 @@ pub struct Spec {
     rounding: Rounding,
     table: Option<Table>,
     encoder: Option<Encoder>,
-    exmy_lut: Vec<f32>,
+    /// The element values by code, prepared for decoding (ExMy and table elements; log
+    /// elements with quantile-fitted bases have one table per block).
+    lut: Option<simd::Lut>,
     elem_max: f32,
 }
 
@@ -232,7 +234,7 @@ impl Spec {
             rounding,
             table: None,
             encoder: None,
-            exmy_lut: vec![],
+            lut: None,
             elem_max: 1.0,
         };
         match elem {
@@ -256,7 +258,9 @@ impl Spec {
                     clamp_negative: true,
                 };
                 spec.encoder = Some(Encoder::new(f, opts));
-                spec.exmy_lut = (0..f.num_codes() as u32).map(|c| f.decode_f64(c) as f32).collect();
+                let values: Vec<f32> =
+                    (0..f.num_codes() as u32).map(|c| f.decode_f64(c) as f32).collect();
+                spec.lut = Some(simd::Lut::new(&values));
                 spec.elem_max = f.max() as f32;
             }
             Elem::Linear { bits, signed, zero } => {
@@ -275,6 +279,9 @@ impl Spec {
                 // validates bits/alpha/zero once; per-block tables come later
                 logfmt::log_levels(bits, signed, alpha, zero)?;
             }
+        }
+        if let Some(t) = &spec.table {
+            spec.lut = Some(simd::Lut::new(t.levels()));
         }
         if !matches!(rounding, Rounding::Nearest | Rounding::Stochastic) && spec.encoder.is_none() {
             return Err(Error::value(
@@ -816,33 +823,40 @@ fn decode_blocks(
 ) -> Result<()> {
     for (b, (ob, cb)) in os.chunks_mut(spec.block).zip(codes.chunks(spec.block)).enumerate() {
         let local;
-        let levels: &[f32] = match (&spec.table, spec.encoder.is_some()) {
-            (_, true) => &spec.exmy_lut,
-            (Some(t), _) => t.levels(),
-            (None, _) => {
+        let lut = match &spec.lut {
+            Some(lut) => lut,
+            None => {
                 let Elem::Log { bits, signed, zero, alpha, quantile } = spec.elem else {
                     unreachable!()
                 };
                 let a = if quantile > 0.0 { als[b] } else { alpha };
-                local = logfmt::log_levels(bits, signed, a, zero)?;
+                local = simd::Lut::new(&logfmt::log_levels(bits, signed, a, zero)?);
                 &local
             }
         };
-        decode_scaled(levels, cb, ss[b] * global, ob)?;
+        decode_scaled(lut, cb, ss[b] * global, ob)?;
     }
     Ok(())
 }
 
-/// `out[i] = levels[codes[i]] · s` (a code beyond the levels is an error), 8 at a time with
-/// AVX2 where the CPU has it.
-fn decode_scaled(levels: &[f32], codes: &[u8], s: f32, out: &mut [f32]) -> Result<()> {
+/// `out[i] = levels[codes[i]] · s` (a code beyond the levels is an error): the table in
+/// registers with AVX-512 (`simd::Lut`), else 8 at a time with AVX2 where the CPU has it.
+fn decode_scaled(lut: &simd::Lut, codes: &[u8], s: f32, out: &mut [f32]) -> Result<()> {
+    let levels = lut.values();
+    let bad = |c: u8| {
+        Error::value("packed", format!("code {c} is outside the codec's {} levels", levels.len()))
+    };
+    if simd::lut_in_registers() {
+        if (lut.apply(codes, Some(s), out) as usize) < levels.len() {
+            return Ok(());
+        }
+        let c = codes.iter().copied().find(|&c| c as usize >= levels.len()).unwrap_or(0);
+        return Err(bad(c));
+    }
     // the largest code first (vectorizes), the offending one only when there is one
     if levels.len() < 256 && codes.iter().fold(0u8, |m, &c| m.max(c)) as usize >= levels.len() {
         if let Some(&c) = codes.iter().find(|&&c| c as usize >= levels.len()) {
-            return Err(Error::value(
-                "packed",
-                format!("code {c} is outside the codec's {} levels", levels.len()),
-            ));
+            return Err(bad(c));
         }
     }
     let n = codes.len().min(out.len());

@@ -1249,12 +1249,12 @@ pub fn decode<C: Code, F: Float>(fmt: &Format, codes: &[C], out: &mut [F]) -> Re
     // ~1 µs, more than decoding 16 codes directly); both give the same values
     let prefix = is_f32_prefix(fmt) || is_f16_prefix(fmt);
     if fmt.bits() <= 8 && codes.len() as u64 >= limit / 4 && (simd::lut_in_registers() || !prefix) {
-        // byte codes to float32: the table in vector registers (`simd::lut_u8`; faster than
+        // byte codes to float32: the table in vector registers (`simd::Lut`; faster than
         // the widening of float8_e5m2 below with AVX-512, which it needs: else the widening)
         if let (CodeSlice::U8(c8), Some(o)) = (C::code_slice(codes), F::as_f32_mut(out)) {
-            let table = table_f32(fmt)?;
+            let lut = simd::Lut::new(&table_f32(fmt)?);
             return par::try_zip_chunks(c8, CHUNK, o, CHUNK, c8.len(), |k, cs, os| {
-                if (simd::lut_u8(&table, cs, os) as u64) < limit {
+                if (lut.apply(cs, None, os) as u64) < limit {
                     return Ok(());
                 }
                 let i = cs.iter().position(|&c| c as u64 >= limit).unwrap_or(0);

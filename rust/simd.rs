@@ -234,41 +234,86 @@ pub(crate) fn has_avx512() -> bool {
 // operations, no memory access but the codes and the output (a gather would load each
 // element). Elsewhere, a scalar loop over the table padded to 256 entries (no bounds check).
 
-/// `out[i] = table[codes[i]]` for a table of at most 256 entries; returns the largest code.
-/// Where a code is ≥ `table.len()`, its output is unspecified (the caller reports the code).
-pub(crate) fn lut_u8(table: &[f32], codes: &[u8], out: &mut [f32]) -> u8 {
-    debug_assert!(table.len() <= 256 && codes.len() == out.len());
-    let mut t = [0f32; 256];
-    t[..table.len()].copy_from_slice(table);
-    #[cfg(all(target_arch = "x86_64", not(feature = "portable")))]
-    if lut_in_registers() {
-        // a table whose upper half is its lower half with the sign flipped (every signed
-        // format without a code −0 taken for NaN) is looked up by the low bits, and the top
-        // bit flips the sign: half the permutations
-        let bits = table.len().next_power_of_two().trailing_zeros().max(4);
-        let half = table.len() / 2;
-        let signed = bits >= 5
-            && table.len() == 1 << bits
-            && (0..half).all(|c| table[c + half].to_bits() == table[c].to_bits() ^ 0x8000_0000);
-        // SAFETY: the CPU supports these AVX-512 subsets, checked just above.
-        return unsafe {
-            match (bits - signed as u32, signed) {
-                (4, false) => avx512::lut::<4, false>(&t, codes, out),
-                (4, true) => avx512::lut::<4, true>(&t, codes, out),
-                (5, false) => avx512::lut::<5, false>(&t, codes, out),
-                (5, true) => avx512::lut::<5, true>(&t, codes, out),
-                (6, false) => avx512::lut::<6, false>(&t, codes, out),
-                (6, true) => avx512::lut::<6, true>(&t, codes, out),
-                (7, false) => avx512::lut::<7, false>(&t, codes, out),
-                (7, true) => avx512::lut::<7, true>(&t, codes, out),
-                _ => avx512::lut::<8, false>(&t, codes, out),
-            }
-        };
-    }
-    lut_scalar(&t, codes, out)
+/// A value table of at most 256 float32 entries, prepared for lookups by byte code
+/// ([`Lut::apply`]).
+#[derive(Debug, Clone)]
+pub(crate) struct Lut {
+    /// The entries, padded with zeros to 256 (any byte indexes it).
+    t: [f32; 256],
+    len: usize,
+    /// Code bits the lookup uses (4..=8): with `signed`, the bits below the sign bit.
+    #[cfg_attr(not(all(target_arch = "x86_64", not(feature = "portable"))), allow(dead_code))]
+    bits: u32,
+    /// Whether the upper half of the table is its lower half negated (every signed format
+    /// without a code −0 taken for NaN): looked up by the low bits, the top bit flips the sign.
+    #[cfg_attr(not(all(target_arch = "x86_64", not(feature = "portable"))), allow(dead_code))]
+    signed: bool,
 }
 
-/// Whether [`lut_u8`] keeps its table in vector registers here (AVX-512), rather than
+impl Lut {
+    pub(crate) fn new(table: &[f32]) -> Lut {
+        debug_assert!(table.len() <= 256);
+        let len = table.len().min(256);
+        let mut t = [0f32; 256];
+        t[..len].copy_from_slice(&table[..len]);
+        let bits = len.next_power_of_two().trailing_zeros().max(4);
+        let half = len / 2;
+        let signed = bits >= 5
+            && len == 1 << bits
+            && (0..half).all(|c| t[c + half].to_bits() == t[c].to_bits() ^ 0x8000_0000);
+        Lut { t, len, bits: bits - signed as u32, signed }
+    }
+
+    /// The entries.
+    pub(crate) fn values(&self) -> &[f32] {
+        &self.t[..self.len]
+    }
+
+    /// `out[i] = table[codes[i]]`, times `scale` where given (one IEEE multiplication);
+    /// returns the largest code. Where a code is ≥ `len()`, its output is unspecified (the
+    /// caller reports the code).
+    pub(crate) fn apply(&self, codes: &[u8], scale: Option<f32>, out: &mut [f32]) -> u8 {
+        debug_assert_eq!(codes.len(), out.len());
+        #[cfg(all(target_arch = "x86_64", not(feature = "portable")))]
+        if lut_in_registers() {
+            // SAFETY: the CPU supports these AVX-512 subsets, checked just above.
+            return unsafe { self.apply_avx512(codes, scale, out) };
+        }
+        match scale {
+            Some(s) => lut_scalar::<true>(&self.t, codes, s, out),
+            None => lut_scalar::<false>(&self.t, codes, 1.0, out),
+        }
+    }
+
+    #[cfg(all(target_arch = "x86_64", not(feature = "portable")))]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq")]
+    unsafe fn apply_avx512(&self, codes: &[u8], scale: Option<f32>, out: &mut [f32]) -> u8 {
+        macro_rules! go {
+            ($($b:literal),*) => {
+                match (self.bits, self.signed, scale) {
+                    $(
+                        ($b, false, None) => avx512::lut::<$b, false, false>(&self.t, codes, 1.0, out),
+                        ($b, true, None) => avx512::lut::<$b, true, false>(&self.t, codes, 1.0, out),
+                        ($b, false, Some(s)) => avx512::lut::<$b, false, true>(&self.t, codes, s, out),
+                        ($b, true, Some(s)) => avx512::lut::<$b, true, true>(&self.t, codes, s, out),
+                    )*
+                    (_, _, None) => avx512::lut::<8, false, false>(&self.t, codes, 1.0, out),
+                    (_, _, Some(s)) => avx512::lut::<8, false, true>(&self.t, codes, s, out),
+                }
+            };
+        }
+        go!(4, 5, 6, 7)
+    }
+}
+
+/// `out[i] = table[codes[i]]` for a table of at most 256 entries; returns the largest code.
+/// Where a code is ≥ `table.len()`, its output is unspecified (the caller reports the code).
+#[cfg(test)]
+pub(crate) fn lut_u8(table: &[f32], codes: &[u8], out: &mut [f32]) -> u8 {
+    Lut::new(table).apply(codes, None, out)
+}
+
+/// Whether [`Lut::apply`] keeps its table in vector registers here (AVX-512), rather than
 /// indexing it element by element.
 pub(crate) fn lut_in_registers() -> bool {
     #[cfg(all(target_arch = "x86_64", not(feature = "portable")))]
@@ -278,12 +323,12 @@ pub(crate) fn lut_in_registers() -> bool {
     false
 }
 
-/// [`lut_u8`] without SIMD (also the AVX-512 loop's tail).
-fn lut_scalar(t: &[f32; 256], codes: &[u8], out: &mut [f32]) -> u8 {
+/// [`Lut::apply`] without SIMD (also the AVX-512 loop's tail).
+fn lut_scalar<const SCALE: bool>(t: &[f32; 256], codes: &[u8], s: f32, out: &mut [f32]) -> u8 {
     let mut max = 0u8;
     for (o, &c) in out.iter_mut().zip(codes) {
         max = max.max(c);
-        *o = t[c as usize];
+        *o = if SCALE { t[c as usize] * s } else { t[c as usize] };
     }
     max
 }
@@ -313,16 +358,19 @@ mod avx512 {
         level[0]
     }
 
-    /// The lookup of [`super::lut_u8`] in a table of 2^B entries or, with `SIGN`, of 2^(B+1)
-    /// entries whose upper half is the lower half negated (code bit B flips the sign).
+    /// The lookup of [`super::Lut::apply`] in a table of 2^B entries or, with `SIGN`, of
+    /// 2^(B+1) entries whose upper half is the lower half negated (code bit B flips the
+    /// sign); with `SCALE`, times `s`.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq")]
-    pub(super) unsafe fn lut<const B: u32, const SIGN: bool>(
+    pub(super) unsafe fn lut<const B: u32, const SIGN: bool, const SCALE: bool>(
         t: &[f32; 256],
         codes: &[u8],
+        s: f32,
         out: &mut [f32],
     ) -> u8 {
         let regs: [__m512; 16] = std::array::from_fn(|j| _mm512_loadu_ps(t.as_ptr().add(16 * j)));
         let n = codes.len().min(out.len());
+        let sv = _mm512_set1_ps(s);
         let mut max = _mm_setzero_si128();
         let mut i = 0;
         while i + 16 <= n {
@@ -334,12 +382,15 @@ mod avx512 {
                 let neg = _mm512_test_epi32_mask(idx, _mm512_set1_epi32(1 << B));
                 v = _mm512_mask_xor_ps(v, neg, v, _mm512_set1_ps(-0.0));
             }
+            if SCALE {
+                v = _mm512_mul_ps(v, sv);
+            }
             _mm512_storeu_ps(out.as_mut_ptr().add(i), v);
             i += 16;
         }
         let lanes: [u8; 16] = std::mem::transmute(max);
         let max = lanes.iter().fold(0u8, |a, &l| a.max(l));
-        max.max(super::lut_scalar(t, &codes[i..n], &mut out[i..n]))
+        max.max(super::lut_scalar::<SCALE>(t, &codes[i..n], s, &mut out[i..n]))
     }
 
     /// [`super::narrow_f16`] 32 lanes at a time (two `vcvtps2ph`, one store; the NaN
@@ -558,10 +609,17 @@ mod tests {
                     let mut out = vec![f32::NAN; len];
                     let max = lut_u8(table, cs, &mut out);
                     assert_eq!(max, cs.iter().copied().max().unwrap_or(0), "size {size} len {len}");
-                    for (i, (&c, &o)) in cs.iter().zip(&out).enumerate() {
+                    let mut scaled = vec![f32::NAN; len];
+                    assert_eq!(Lut::new(table).apply(cs, Some(-0.7), &mut scaled), max);
+                    for (i, (&c, (&o, &so))) in cs.iter().zip(out.iter().zip(&scaled)).enumerate() {
                         if (c as usize) < size {
-                            let want = table[c as usize].to_bits();
-                            assert_eq!(o.to_bits(), want, "size {size} at {i}");
+                            let want = table[c as usize];
+                            assert_eq!(o.to_bits(), want.to_bits(), "size {size} at {i}");
+                            assert_eq!(
+                                so.to_bits(),
+                                (want * -0.7).to_bits(),
+                                "scaled, {size} at {i}"
+                            );
                         }
                     }
                 }
