@@ -1602,7 +1602,20 @@ mod tests {
                 _ => next() as u32,
             })
             .collect();
-        let specs = ["e5m1", "e1m6", "e8m1", "e5m10", "e6m9", "e8m7", "e2m1fu", "e3m2fnu"];
+        let specs = [
+            "e5m1",
+            "e1m6",
+            "e8m1",
+            "e5m10",
+            "e6m9",
+            "e8m7",
+            "e2m1fu",
+            "e3m2fnu",
+            "p3109_k8p4se",
+            "p3109_k8p4ue",
+            "p3109_k6p3se",
+            "p3109_k8p3ue",
+        ];
         let extra = specs.iter().map(|&n| (n, parse(n).unwrap()));
         let mut checked = 0;
         for (name, f) in crate::formats::all().into_iter().chain(extra) {
