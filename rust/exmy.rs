@@ -756,9 +756,9 @@ fn rne_one(f: &Fast, r: &AddShift, bits: u32) -> (u32, u32) {
 /// holding `rem`) with fewer operations. That test is `(rnd >> (32 − d)) < rem`, i.e. a
 /// carry out of `rem + (!rnd >> (32 − d))`: for inputs at or above 2^emin (d = s) the
 /// add-and-shift of [`rne_one`] with the top `s` bits of `!rnd` in place of the rounding bias.
-/// Below 2^emin, the significand shifted right by `d` as a 32.32 fixed-point pair gives the
-/// kept bits (high word) and `rem · 2^(32 − d)` (low word; for d > 32 its top 32 bits, as the
-/// definition truncates).
+/// Below 2^emin (d > s), `sig >> d` gives the kept bits and `sig << (32 − d)` (d ≤ 32) or
+/// `sig >> (d − 32)` (d > 32: the definition truncates) the scaled remainder, a shift by 32 or
+/// more giving 0 (as `vpsllvd`/`vpsrlvd` do).
 #[inline(always)]
 fn sr_one(f: &Fast, r: &AddShift, bits: u32, rnd: u32) -> (u32, u32) {
     let b = |c: bool| c as u32;

@@ -108,8 +108,9 @@ pub fn try_for_each_mut<T: Send, E: Send>(
 /// all (entering a pool from outside costs a cross-thread wake-up: 10–60 µs). Otherwise the
 /// calling thread and `threads − 1` jobs in the pool take chunks from a shared counter until
 /// none is left: the caller starts at once and a worker joins when it wakes up (handing the
-/// whole call to the pool made 2 threads slower than 1 up to ~512Ki float16 encodes; see
-/// docs/benchmarks_codecs.md). The chunking is the same either way, so results are too, and
+/// whole call to the pool made 2 threads slower than 1 on float16 encodes of 64Ki and 256Ki
+/// elements; see docs/benchmarks_codecs.md). The chunking is the same either way, so results
+/// are too, and
 /// the error returned is the one of the first failing chunk: every chunk before it was
 /// taken (the counter only grows) and runs to its end; the chunks after it are skipped.
 pub fn try_zip_chunks<A: Sync, B: Send, E: Send>(

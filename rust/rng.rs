@@ -284,8 +284,8 @@ mod avx512 {
                 for x in st.iter_mut() {
                     let p0 = _mm512_mul_epu32(m0, x[0]);
                     let p1 = _mm512_mul_epu32(m1, x[2]);
-                    // [hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0]; `vpshufd` moves each high
-                    // half down (port 5, beside the multiplies and shifts of port 0)
+                    // [hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0]; `vpshufd` copies each high
+                    // half down (a shuffle rather than a shift beside the multiplies)
                     let hi = |p| _mm512_shuffle_epi32::<_MM_PERM_DDBB>(p);
                     *x = [
                         _mm512_ternarylogic_epi64::<0x96>(hi(p1), x[1], kr[0]),

@@ -202,8 +202,9 @@ pub(crate) fn widen_portable(codes: CodeSlice, shift: u32, out: &mut [f32]) -> u
 pub(crate) fn narrow_f16(x: &[f32], out: &mut [u16]) -> bool {
     debug_assert_eq!(x.len(), out.len());
     #[cfg(all(target_arch = "x86_64", not(feature = "portable")))]
-    if has_avx512() {
-        // SAFETY: the CPU supports these AVX-512 subsets, checked just above.
+    if has_avx512() && std::is_x86_feature_detected!("f16c") {
+        // SAFETY: the CPU supports these AVX-512 subsets and F16C (the tail's), checked just
+        // above.
         unsafe { avx512::narrow_f16(x, out) };
         return true;
     }
@@ -270,8 +271,8 @@ impl Lut {
     }
 
     /// `out[i] = table[codes[i]]`, times `scale` where given (one IEEE multiplication);
-    /// returns the largest code. Where a code is ≥ `len()`, its output is unspecified (the
-    /// caller reports the code).
+    /// returns the largest code. Where a code is ≥ the number of entries, its output is
+    /// unspecified (the caller reports the code).
     pub(crate) fn apply(&self, codes: &[u8], scale: Option<f32>, out: &mut [f32]) -> u8 {
         debug_assert_eq!(codes.len(), out.len());
         #[cfg(all(target_arch = "x86_64", not(feature = "portable")))]
