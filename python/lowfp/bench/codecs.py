@@ -137,10 +137,13 @@ def torch_cast_into(src, dst):
 def limit_rows(x, encode):
     for width in (1, 2):
         ty = np.dtype(f"uint{8 * width}")
-        # decode reads codes: random ones, written here (an untouched np.zeros array maps every
-        # page to the kernel's one zero page, which stays in cache and inflates the limit)
-        codes = np.random.default_rng(0).integers(0, 1 << (8 * width), x.size, dtype=ty)
-        src, dst = (x, ty) if encode else (codes, np.dtype(np.float32))
+        if encode:
+            src, dst = x, ty
+        else:
+            # random codes, written here (an untouched np.zeros array maps every page to the
+            # kernel's one zero page, which stays in cache and inflates the limit)
+            src = np.random.default_rng(0).integers(0, 1 << (8 * width), x.size, dtype=ty)
+            dst = np.dtype(np.float32)
         yield (
             limit_label(width, encode),
             {
