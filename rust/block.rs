@@ -839,63 +839,14 @@ fn decode_blocks(
     Ok(())
 }
 
-/// `out[i] = levels[codes[i]] · s` (a code beyond the levels is an error): the table in
-/// registers with AVX-512 (`simd::Lut`), else 8 at a time with AVX2 where the CPU has it.
+/// `out[i] = levels[codes[i]] · s` (a code beyond the levels is an error), by `simd::Lut`.
 fn decode_scaled(lut: &simd::Lut, codes: &[u8], s: f32, out: &mut [f32]) -> Result<()> {
-    let levels = lut.values();
-    let bad = |c: u8| {
-        Error::value("packed", format!("code {c} is outside the codec's {} levels", levels.len()))
-    };
-    if simd::lut_in_registers() {
-        if (lut.apply(codes, Some(s), out) as usize) < levels.len() {
-            return Ok(());
-        }
-        let c = codes.iter().copied().find(|&c| c as usize >= levels.len()).unwrap_or(0);
-        return Err(bad(c));
+    let len = lut.len();
+    if (lut.apply(codes, Some(s), out) as usize) < len {
+        return Ok(());
     }
-    // the largest code first (vectorizes), the offending one only when there is one
-    if levels.len() < 256 && codes.iter().fold(0u8, |m, &c| m.max(c)) as usize >= levels.len() {
-        if let Some(&c) = codes.iter().find(|&&c| c as usize >= levels.len()) {
-            return Err(bad(c));
-        }
-    }
-    let n = codes.len().min(out.len());
-    // mutated only by the x86 SIMD prefix, which `portable` / non-x86 builds lack
-    #[cfg_attr(not(all(target_arch = "x86_64", not(feature = "portable"))), allow(unused_mut))]
-    let mut done = 0;
-    #[cfg(all(target_arch = "x86_64", not(feature = "portable")))]
-    if std::is_x86_feature_detected!("avx2") {
-        // SAFETY: AVX2 checked just above; every code indexes `levels` (checked above, or
-        // any u8 does for 256 levels); the slices hold n elements.
-        done = unsafe { lut_avx2::decode(levels, &codes[..n], s, &mut out[..n]) };
-    }
-    for (o, &c) in out[done..n].iter_mut().zip(&codes[done..n]) {
-        *o = levels[c as usize] * s;
-    }
-    Ok(())
-}
-
-#[cfg(all(target_arch = "x86_64", not(feature = "portable")))]
-mod lut_avx2 {
-    use std::arch::x86_64::*;
-
-    /// `out[i] = levels[codes[i]] · s` over the first multiple of 8 elements; returns how
-    /// many were done. Every code must index `levels`. The 8 levels are scalar loads
-    /// (indices from one 64-bit word of codes) assembled into a vector: on Zen 3 about half
-    /// the time of a `vgatherdps`, whose microcode is the bottleneck here.
-    #[target_feature(enable = "avx2")]
-    pub unsafe fn decode(levels: &[f32], codes: &[u8], s: f32, out: &mut [f32]) -> usize {
-        let sv = _mm256_set1_ps(s);
-        let lp = levels.as_ptr();
-        let full = codes.len() / 8 * 8;
-        for j in (0..full).step_by(8) {
-            let w = (codes.as_ptr().add(j) as *const u64).read_unaligned();
-            let l = |k: u32| *lp.add(((w >> (8 * k)) & 0xff) as usize);
-            let v = _mm256_setr_ps(l(0), l(1), l(2), l(3), l(4), l(5), l(6), l(7));
-            _mm256_storeu_ps(out.as_mut_ptr().add(j), _mm256_mul_ps(v, sv));
-        }
-        full
-    }
+    let c = codes.iter().copied().find(|&c| c as usize >= len).unwrap_or(0);
+    Err(Error::value("packed", format!("code {c} is outside the codec's {len} levels")))
 }
 
 /// Encode normalized values with a table codec (nearest or stochastic), in parallel.
