@@ -283,10 +283,10 @@ impl Spec {
         if let Some(t) = &spec.table {
             spec.lut = Some(simd::Lut::new(t.levels()));
         }
-        if !matches!(rounding, Rounding::Nearest | Rounding::Stochastic) && spec.encoder.is_none() {
+        if !(rounding == Rounding::Nearest || rounding.is_stochastic()) && spec.encoder.is_none() {
             return Err(Error::value(
                 "rounding",
-                "table codecs support 'nearest' and 'stochastic'",
+                "table codecs support 'nearest', 'stochastic' and 'stochastic16'",
             ));
         }
         if scale == ScaleKind::E4m3 && spec.encoder.is_none() {
@@ -712,7 +712,7 @@ fn quantize_group_in<const MODE: u8>(
     }
     let rand = &mut scratch.rand[..];
     if MODE == STOCHASTIC {
-        rng::fill_random_u32(seed, stream, start as u64, rand);
+        rng::fill_words(spec.rounding.resolution(), seed, stream, start as u64, rand);
     }
     for (b, (yb, cb)) in ys.chunks(spec.block).zip(codes.chunks_mut(spec.block)).enumerate() {
         let rb = if MODE == STOCHASTIC { &rand[b * spec.block..b * spec.block + yb.len()] } else { &[] };
@@ -865,16 +865,20 @@ pub fn table_encode(
     }
     let stochastic = match mode {
         Rounding::Nearest => false,
-        Rounding::Stochastic => true,
+        Rounding::Stochastic | Rounding::Stochastic16 => true,
         _ => {
-            return Err(Error::value("rounding", "table codecs support 'nearest' and 'stochastic'"))
+            return Err(Error::value(
+                "rounding",
+                "table codecs support 'nearest', 'stochastic' and 'stochastic16'",
+            ))
         }
     };
     par::try_zip_chunks(x, CHUNK, out, CHUNK, x.len(), |k, xs, os| {
         if stochastic {
             let mut r = vec![0u32; xs.len()];
             // the counter wraps mod 2^64, as the keyed encoders of exmy.rs do
-            rng::fill_random_u32(seed, stream, offset.wrapping_add((k * CHUNK) as u64), &mut r);
+            let at = offset.wrapping_add((k * CHUNK) as u64);
+            rng::fill_words(mode.resolution(), seed, stream, at, &mut r);
             t.stochastic_slice(xs, &r, os);
         } else {
             t.nearest_slice(xs, os);
@@ -1055,6 +1059,21 @@ mod tests {
             assert!(back[16..32].iter().chain(&back[48..]).all(|v| v.is_nan()));
             assert!(back[..16].iter().chain(&back[32..48]).all(|v| v.is_finite()));
         }
+    }
+
+    /// `stochastic16` table encoding is the table's stochastic rounding given the words of
+    /// `rng::random_word16` (over chunk boundaries, from an odd offset).
+    #[test]
+    fn table_encode_stochastic16_takes_word16() {
+        let t = Table::new((0..16).map(|i| i as f32 / 7.5 - 1.0).collect()).unwrap();
+        let n = CHUNK * 2 + 77;
+        let x: Vec<f32> = (0..n).map(|i| ((i as f32) * 0.41).sin()).collect();
+        let mut got = vec![0u8; n];
+        table_encode(&t, &x, &mut got, Rounding::Stochastic16, 9, 4, 3).unwrap();
+        let words: Vec<u32> = (0..n as u64).map(|i| rng::random_word16(9, 4, 3 + i)).collect();
+        let mut want = vec![0u8; n];
+        t.stochastic_slice(&x, &words, &mut want);
+        assert_eq!(got, want);
     }
 
     #[test]

@@ -22,7 +22,8 @@
 //!   the overflow policy. This makes e4m3fn's 464 → 448 (ties to even) and 480 → NaN.
 //! - Stochastic rounding rounds away from zero iff `r < floor(rem · 2^32 / 2^shift)`
 //!   with `r` 32 random bits: P(away) is the discarded fraction truncated to 2^-32, and
-//!   exact inputs (`rem = 0`) never move.
+//!   exact inputs (`rem = 0`) never move. `stochastic16` feeds the same code the words of
+//!   `rng::Resolution::Bits16`, which truncates the probability to 2^-16.
 //! - Round to nearest from float32 into a format of at most 8 bits also has a direct index
 //!   (`nearest_index`: the table codec's 2^16 buckets of the top 16 bits, built from this
 //!   encoder by evaluating it at each bucket's ends and binary-searching its one transition;
@@ -47,7 +48,7 @@ use crate::table::Entries;
 use std::sync::Mutex;
 
 /// Rounding modes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Rounding {
     /// To nearest, ties to even.
     Nearest,
@@ -59,8 +60,12 @@ pub enum Rounding {
     Up,
     /// Toward −inf.
     Down,
-    /// Stochastic: away from zero with probability equal to the discarded fraction.
+    /// Stochastic: away from zero with probability equal to the discarded fraction
+    /// (truncated to 2^-32; one Philox word per element, `rng::Resolution::Bits32`).
     Stochastic,
+    /// Stochastic with 16 random bits per element (`rng::Resolution::Bits16`): the same
+    /// rounding code given its words, the probability truncated to 2^-16, half the Philox work.
+    Stochastic16,
     /// To odd: truncate, and if anything was discarded set the lowest kept significand bit
     /// (the "sticky" rounding that makes a later round to nearest at ≥ 2 fewer bits exact).
     /// Overflow as for `TowardZero`.
@@ -68,8 +73,9 @@ pub enum Rounding {
 }
 
 impl Rounding {
-    /// All modes with their names.
-    pub const ALL: [(&'static str, Rounding); 7] = [
+    /// All modes with their names (Python's `ROUNDINGS`; its positions are the CUDA mode
+    /// numbers, so a new mode goes last).
+    pub const ALL: [(&'static str, Rounding); 8] = [
         ("nearest", Rounding::Nearest),
         ("nearest_away", Rounding::NearestAway),
         ("toward_zero", Rounding::TowardZero),
@@ -77,6 +83,7 @@ impl Rounding {
         ("down", Rounding::Down),
         ("stochastic", Rounding::Stochastic),
         ("to_odd", Rounding::ToOdd),
+        ("stochastic16", Rounding::Stochastic16),
     ];
 
     /// Parse a mode name.
@@ -98,7 +105,21 @@ pub(crate) const STOCHASTIC: u8 = 5;
 pub(crate) const TO_ODD: u8 = 6;
 
 impl Rounding {
-    /// The const-generic code of the mode.
+    /// The random words of a stochastic mode (`Bits32` for the others, which use none).
+    pub const fn resolution(self) -> rng::Resolution {
+        match self {
+            Rounding::Stochastic16 => rng::Resolution::Bits16,
+            _ => rng::Resolution::Bits32,
+        }
+    }
+
+    /// Whether the mode draws random words.
+    pub const fn is_stochastic(self) -> bool {
+        matches!(self, Rounding::Stochastic | Rounding::Stochastic16)
+    }
+
+    /// The const-generic code of the mode: both stochastic modes are `STOCHASTIC` (they differ
+    /// only in their words, [`Rounding::resolution`]).
     pub const fn code(self) -> u8 {
         match self {
             Rounding::Nearest => NEAREST,
@@ -106,7 +127,7 @@ impl Rounding {
             Rounding::TowardZero => TOWARD_ZERO,
             Rounding::Up => UP,
             Rounding::Down => DOWN,
-            Rounding::Stochastic => STOCHASTIC,
+            Rounding::Stochastic | Rounding::Stochastic16 => STOCHASTIC,
             Rounding::ToOdd => TO_ODD,
         }
     }
@@ -136,7 +157,7 @@ macro_rules! dispatch_mode {
                 const $m: u8 = $crate::exmy::DOWN;
                 $body
             }
-            $crate::exmy::Rounding::Stochastic => {
+            $crate::exmy::Rounding::Stochastic | $crate::exmy::Rounding::Stochastic16 => {
                 const $m: u8 = $crate::exmy::STOCHASTIC;
                 $body
             }
@@ -984,7 +1005,10 @@ fn encode_chunk_body<I: Input, C: Code, const MODE: u8>(
         let bits: &[u32] = match random {
             _ if MODE != STOCHASTIC => &buf[..xs.len()],
             Random::Philox { seed, stream, offset } => {
-                rng::fill_random_u32(
+                // the generator computes while these lines arrive
+                simd::prefetch(xs);
+                rng::fill_words(
+                    enc.opts.rounding.resolution(),
                     seed,
                     stream,
                     offset.wrapping_add(at as u64),
@@ -1560,19 +1584,30 @@ mod tests {
     /// Random-bit indices wrap modulo 2^64 (rng's definition): an offset near u64::MAX gives
     /// the codes of the same elements encoded with explicit, wrapped random words (and no
     /// overflow panic in debug builds).
+    /// Both stochastic modes: `stochastic16` is the same rounding given the words of
+    /// `rng::random_word16` (at an odd offset, over several 1024-element chunks).
     #[test]
     fn stochastic_offset_wraps() {
-        let e = enc("float8_e4m3fn", Rounding::Stochastic);
         let x: Vec<f32> = (0..3000).map(|i| ((i as f32) * 0.71).sin() * 3.0).collect();
         let offset = u64::MAX - 1500;
-        let mut a = vec![0u8; x.len()];
-        encode(&e, &x, &mut a, Random::Philox { seed: 5, stream: 2, offset }).unwrap();
-        let words: Vec<u32> = (0..x.len() as u64)
-            .map(|i| crate::rng::random_u32(5, 2, offset.wrapping_add(i)))
-            .collect();
-        let mut b = vec![0u8; x.len()];
-        encode(&e, &x, &mut b, Random::Bits(&words)).unwrap();
-        assert_eq!(a, b);
+        type Word = fn(u64, u64, u64) -> u32;
+        let modes: [(Rounding, Word); 2] = [
+            (Rounding::Stochastic, crate::rng::random_u32),
+            (Rounding::Stochastic16, crate::rng::random_word16),
+        ];
+        let mut codes = vec![];
+        for (mode, word) in modes {
+            let e = enc("float8_e4m3fn", mode);
+            let mut a = vec![0u8; x.len()];
+            encode(&e, &x, &mut a, Random::Philox { seed: 5, stream: 2, offset }).unwrap();
+            let words: Vec<u32> =
+                (0..x.len() as u64).map(|i| word(5, 2, offset.wrapping_add(i))).collect();
+            let mut b = vec![0u8; x.len()];
+            encode(&e, &x, &mut b, Random::Bits(&words)).unwrap();
+            assert_eq!(a, b, "{mode:?}");
+            codes.push(a);
+        }
+        assert_ne!(codes[0], codes[1]);
     }
 
     /// The float32 fast path equals the general element code on every format and mode.
@@ -1817,6 +1852,13 @@ mod bench {
             let ds = best(&mut || {
                 encode_chunk::<f32, u8, STOCHASTIC>(&e, &x, &mut out, 0, random).unwrap()
             });
+            let e16 = Encoder::new(
+                crate::formats::parse(name).unwrap(),
+                EncodeOptions { rounding: Rounding::Stochastic16, ..Default::default() },
+            );
+            let d16 = best(&mut || {
+                encode_chunk::<f32, u8, STOCHASTIC>(&e16, &x, &mut out, 0, random).unwrap()
+            });
             let bits: Vec<u32> = (0..n as u32).map(|i| i.wrapping_mul(0x9e37_79b9)).collect();
             let db = best(&mut || {
                 encode_chunk::<f32, u8, STOCHASTIC>(&e, &x, &mut out, 0, Random::Bits(&bits))
@@ -1825,11 +1867,12 @@ mod bench {
             let mut words = vec![0u32; n];
             let dp = best(&mut || rng::fill_random_u32(1, 0, 0, &mut words));
             println!(
-                "{name}: index {:.3}, nearest {:.3}, stochastic {:.3} (given bits {:.3}, Philox \
-                 alone {:.3}) G/s, one thread",
+                "{name}: index {:.3}, nearest {:.3}, stochastic {:.3}, stochastic16 {:.3} (given \
+                 bits {:.3}, Philox alone {:.3}) G/s, one thread",
                 g(di),
                 g(dn),
                 g(ds),
+                g(d16),
                 g(db),
                 g(dp)
             );

@@ -89,7 +89,8 @@ fn rounding(b: u8) -> Rounding {
         Rounding::Up,
         Rounding::Down,
         Rounding::Stochastic,
-    ][b as usize % 6]
+        Rounding::Stochastic16,
+    ][b as usize % 7]
 }
 
 /// A scale rule from a byte.

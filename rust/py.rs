@@ -328,7 +328,7 @@ impl Encoder {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         self.enc.format().hash(&mut h);
         let o = self.enc.options();
-        (o.rounding.code(), o.overflow == Overflow::Saturate, o.nan_to_zero, o.clamp_negative)
+        (o.rounding, o.overflow == Overflow::Saturate, o.nan_to_zero, o.clamp_negative)
             .hash(&mut h);
         h.finish()
     }
@@ -1264,16 +1264,26 @@ fn num_threads() -> usize {
     par::num_threads()
 }
 
+/// The random words of stochastic mode `rounding` ('stochastic' or 'stochastic16').
 #[pyfunction]
 fn random_bits(
     py: Python<'_>,
     seed: u64,
     stream: u64,
     offset: u64,
+    rounding: &str,
     mut out: PyReadwriteArrayDyn<'_, u32>,
 ) -> PyResult<()> {
+    let mode = Rounding::parse(rounding)?;
+    if !mode.is_stochastic() {
+        return Err(crate::error::Error::value(
+            "rounding",
+            format!("expected 'stochastic' or 'stochastic16', got {rounding:?}"),
+        )
+        .into());
+    }
     let os = slice_mut(&mut out, "out")?;
-    detach_if(py, os.len(), || crate::rng::fill_random_u32(seed, stream, offset, os));
+    detach_if(py, os.len(), || crate::rng::fill_words(mode.resolution(), seed, stream, offset, os));
     Ok(())
 }
 

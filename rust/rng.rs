@@ -18,6 +18,15 @@
 //!   ```
 //!   Rejected: one Philox call per element (4x the work) and word-per-lane layouts tied to a
 //!   thread count (not reproducible across geometries).
+//! - Two resolutions ([`Resolution`]), each a fixed, documented definition. `Bits32` (rounding
+//!   mode `stochastic`) gives element `index` the word above. `Bits16` (`stochastic16`) gives
+//!   it 16 bits, half as many Philox calls: `h` is the low (even `index`) or high (odd) half
+//!   of word `index >> 1` of the `Bits32` stream, and the element's word is
+//!   `h << 16 | 0xFFFF`. Every stochastic rounding in lowfp rounds away iff `word < t` for
+//!   a 32-bit threshold `t`; with that word this holds iff `h < t >> 16`, so the rounding
+//!   code is the same for both and the probability is `t`'s fraction truncated to 2^-16.
+//!   Rejected for the 16-bit words: 8 or fewer bits (remainders below 1/256 of an ulp would
+//!   never round away) and Philox with fewer rounds (a third definition for a smaller gain).
 
 /// First Philox4x32 round multiplier.
 const PHILOX_M0: u32 = 0xD251_1F53;
@@ -75,6 +84,94 @@ fn key(seed: u64) -> [u32; 2] {
 #[inline]
 pub fn random_u32(seed: u64, stream: u64, index: u64) -> u32 {
     philox4x32_10(counter(stream, index), key(seed))[(index & 3) as usize]
+}
+
+/// How many random bits stochastic rounding draws per element (module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Resolution {
+    /// One 32-bit Philox word per element: `random_u32`.
+    Bits32,
+    /// 16 bits per element, as the word `h << 16 | 0xFFFF`: `random_word16`.
+    Bits16,
+}
+
+/// The 32-bit word of element `index` under resolution `Bits16`: with `w =
+/// random_u32(seed, stream, index >> 1)`, `w << 16 | 0xFFFF` for an even `index` and
+/// `w | 0xFFFF` (its high half in place) for an odd one.
+#[inline]
+pub fn random_word16(seed: u64, stream: u64, index: u64) -> u32 {
+    let w = random_u32(seed, stream, index >> 1);
+    half_word(w, index & 1 == 1)
+}
+
+/// The `Bits16` word of the low (`high = false`) or high half of `w`.
+#[inline(always)]
+fn half_word(w: u32, high: bool) -> u32 {
+    if high {
+        w | 0xFFFF
+    } else {
+        (w << 16) | 0xFFFF
+    }
+}
+
+/// Fill `out` with the words of elements `start ..` under `res`: [`fill_random_u32`] or
+/// `out[j] = random_word16(seed, stream, start + j)` (indices wrap modulo 2^64).
+pub fn fill_words(res: Resolution, seed: u64, stream: u64, start: u64, out: &mut [u32]) {
+    match res {
+        Resolution::Bits32 => fill_random_u32(seed, stream, start, out),
+        Resolution::Bits16 => fill_word16(seed, stream, start, out),
+    }
+}
+
+/// [`fill_words`] for `Bits16`: the 32-bit words of the half-length index range, split into
+/// halves, a stack buffer's worth at a time.
+fn fill_word16(seed: u64, stream: u64, start: u64, out: &mut [u32]) {
+    const W: usize = 512;
+    let mut buf = [0u32; W + 1];
+    let mut idx = start;
+    let mut rest = out;
+    while !rest.is_empty() {
+        // a piece never crosses the wrap of the element index, where word indices restart
+        let room = (u64::MAX - idx) as u128 + 1;
+        let n = (rest.len().min(2 * W) as u128).min(room) as usize;
+        let odd = (idx & 1) as usize;
+        let words = &mut buf[..(odd + n).div_ceil(2)];
+        fill_random_u32(seed, stream, idx >> 1, words);
+        let (piece, tail) = std::mem::take(&mut rest).split_at_mut(n);
+        split_halves(words, odd == 1, piece);
+        rest = tail;
+        idx = idx.wrapping_add(n as u64);
+    }
+}
+
+/// `out` from the halves of `words`, starting at the high half of `words[0]` if `odd`.
+fn split_halves(words: &[u32], odd: bool, out: &mut [u32]) {
+    let (words, out) = match (odd, out.split_first_mut()) {
+        (true, Some((first, rest))) => {
+            *first = half_word(words[0], true);
+            (&words[1..], rest)
+        }
+        _ => (words, out),
+    };
+    #[cfg(all(target_arch = "x86_64", not(feature = "portable")))]
+    let (words, out) = if std::is_x86_feature_detected!("avx512f") {
+        let m = out.len() / 32 * 32;
+        let (head, tail) = out.split_at_mut(m);
+        // SAFETY: the CPU supports AVX-512F, checked just above; `words` holds m / 2 words.
+        unsafe { avx512::split_halves(&words[..m / 2], head) };
+        (&words[m / 2..], tail)
+    } else {
+        (words, out)
+    };
+    let last_word = out.len() / 2;
+    let mut pairs = out.chunks_exact_mut(2);
+    for (o, &w) in (&mut pairs).zip(words) {
+        o[0] = half_word(w, false);
+        o[1] = half_word(w, true);
+    }
+    if let [last] = pairs.into_remainder() {
+        *last = half_word(words[last_word], false);
+    }
 }
 
 /// Fill `out` with `out[j] = random_u32(seed, stream, start + j)`, with one Philox call per
@@ -232,6 +329,21 @@ mod avx512 {
     /// Independent chains of 8 blocks per step (128 words): a round is a chain of dependent
     /// multiply, shuffle and XOR, so four chains keep the multiplier busy.
     const C: usize = 4;
+
+    /// `split_halves` for 16 words (32 outputs) per step: on little-endian x86 the 16-bit
+    /// halves lie in memory in element order (low half first), so each output is a
+    /// zero-extended half, shifted up, with the low 16 bits set.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn split_halves(words: &[u32], out: &mut [u32]) {
+        assert_eq!(out.len(), 2 * words.len());
+        assert_eq!(out.len() % 16, 0);
+        let ones = _mm512_set1_epi32(0xFFFF);
+        for (o, w) in out.chunks_exact_mut(16).zip(words.chunks_exact(8)) {
+            let h = _mm512_cvtepu16_epi32(_mm256_loadu_si256(w.as_ptr() as *const __m256i));
+            let v = _mm512_or_si512(_mm512_slli_epi32::<16>(h), ones);
+            _mm512_storeu_si512(o.as_mut_ptr() as *mut _, v);
+        }
+    }
 
     /// Four vectors of blocks (32 blocks, 128 words) per step, in four independent chains.
     #[target_feature(enable = "avx512f")]
@@ -395,6 +507,31 @@ mod tests {
         }
     }
 
+    /// `Bits16` words against their definition from `random_u32`, at odd and even starts,
+    /// lengths around the piece size, and where the element index wraps around u64.
+    #[test]
+    fn word16_matches_definition() {
+        let (seed, stream) = (0xdead_beef_u64, 5u64);
+        for start in [0u64, 1, 2, 3, 1000, 1001, (1 << 35) - 7, u64::MAX - 2, u64::MAX - 1500] {
+            for len in [0usize, 1, 2, 3, 17, 1023, 1024, 1025, 2049, 3001] {
+                let mut out = vec![0u32; len];
+                fill_words(Resolution::Bits16, seed, stream, start, &mut out);
+                for (j, &v) in out.iter().enumerate() {
+                    let i = start.wrapping_add(j as u64);
+                    let w = random_u32(seed, stream, i >> 1);
+                    let h = if i & 1 == 0 { w & 0xFFFF } else { w >> 16 };
+                    assert_eq!(v, h << 16 | 0xFFFF, "start {start} len {len} j {j}");
+                    assert_eq!(v, random_word16(seed, stream, i));
+                }
+            }
+        }
+        let mut a = vec![0u32; 9];
+        fill_words(Resolution::Bits32, 3, 4, 5, &mut a);
+        let mut b = vec![0u32; 9];
+        fill_random_u32(3, 4, 5, &mut b);
+        assert_eq!(a, b);
+    }
+
     #[test]
     fn fill_is_split_invariant() {
         let mut whole = vec![0u32; 100];
@@ -429,8 +566,18 @@ mod bench {
                 unsafe { super::avx2::fill(&mut out, 0, (r as u64) << 10, k) };
             }
             let d2 = t.elapsed().as_secs_f64();
+            let t = std::time::Instant::now();
+            for r in 0..reps {
+                super::fill_words(super::Resolution::Bits16, 1, 0, (r as u64) << 10, &mut out);
+            }
+            let d16 = t.elapsed().as_secs_f64();
             let g = |d: f64| (reps << 10) as f64 / d / 1e9;
-            println!("{round}: fill_random_u32 {:.3}, avx2 {:.3} G words/s", g(dt), g(d2));
+            println!(
+                "{round}: fill_random_u32 {:.3}, avx2 {:.3}, Bits16 {:.3} G words/s",
+                g(dt),
+                g(d2),
+                g(d16)
+            );
         }
     }
 }

@@ -217,6 +217,28 @@ pub(crate) fn narrow_f16(x: &[f32], out: &mut [u16]) -> bool {
     false
 }
 
+/// Ask for the cache lines of `s` ahead of their use (x86-64: `prefetcht0`, part of the
+/// baseline; elsewhere nothing). For a loop that computes for a while before it reads a
+/// chunk (stochastic rounding makes the chunk's random words first): the hardware prefetcher
+/// follows reads only, so without this the chunk's first lines would arrive after the
+/// compute, not during it.
+#[inline(always)]
+pub(crate) fn prefetch<T>(s: &[T]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let p = s.as_ptr() as *const i8;
+        let bytes = std::mem::size_of_val(s);
+        for off in (0..bytes).step_by(64) {
+            // SAFETY: a prefetch of an address inside `s`; it never faults or writes.
+            unsafe {
+                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.add(off))
+            };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = s;
+}
+
 /// Whether the CPU has the AVX-512 subsets (F, BW, VL, DQ) the 16-lane loops are compiled for.
 #[cfg(all(target_arch = "x86_64", not(feature = "portable")))]
 pub(crate) fn has_avx512() -> bool {

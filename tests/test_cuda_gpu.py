@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import lowfp
+from lowfp._common import STOCHASTIC, TABLE_ROUNDINGS
 from lowfp.codec import ROUNDINGS
 
 ml_dtypes = pytest.importorskip("ml_dtypes")
@@ -83,7 +84,7 @@ def test_decode_and_quantize(name):
     want = lowfp.decode(codes, f).view(np.uint32)
     got = cp.asnumpy(lowfp.decode(cp.asarray(codes), f)).view(np.uint32)
     np.testing.assert_array_equal(got, want)
-    for rounding in ("nearest", "stochastic"):
+    for rounding in TABLE_ROUNDINGS:
         w = lowfp.quantize(F32, f, rounding=rounding, nan="zero", negative="clamp", **KEY)
         g = cp.asnumpy(
             lowfp.quantize(
@@ -115,10 +116,19 @@ def test_pack_unpack(bits):
         np.testing.assert_array_equal(cp.asnumpy(lowfp.unpack(got, bits, n)), codes)
 
 
+@pytest.mark.parametrize("rounding", STOCHASTIC)
+def test_random_bits(rounding):
+    like = cp.empty(0, cp.uint8)
+    for offset in (0, 1, 2**64 - 1001):
+        key = dict(seed=KEY["seed"], stream=KEY["stream"], offset=offset, rounding=rounding)
+        got = cp.asnumpy(lowfp.random_bits(100_003, like=like, **key))
+        np.testing.assert_array_equal(got, lowfp.random_bits(100_003, **key))
+
+
 @pytest.mark.parametrize("codec", TABLES, ids=repr)
 def test_table_codecs(codec):
     x = RNG.uniform(-1.2, 1.2, 1_000_000).astype(np.float32)
-    for rounding in ("nearest", "stochastic"):
+    for rounding in TABLE_ROUNDINGS:
         want = codec.encode(x, rounding=rounding, **KEY)
         got = codec.encode(cp.asarray(x), rounding=rounding, **KEY)
         np.testing.assert_array_equal(cp.asnumpy(got), want)
@@ -131,7 +141,7 @@ def test_blockwise(codec, block, scale):
     x = (RNG.standard_normal(n) * np.exp2(RNG.integers(-20, 20, n))).astype(np.float32)
     x_dev = torch.from_numpy(x).cuda()
     table = isinstance(codec, (lowfp.Linear, lowfp.Dynamic, lowfp.Log))
-    for rounding in ("nearest", "stochastic") if table else ROUNDINGS:
+    for rounding in TABLE_ROUNDINGS if table else ROUNDINGS:
         kw = dict(block_size=block, scale=scale, rounding=rounding, seed=3, stream=1)
         q = lowfp.quantize_blockwise(x, codec, **kw)
         qd = lowfp.quantize_blockwise(x_dev, codec, **kw)
@@ -495,7 +505,7 @@ def test_quantile_log_blockwise_on_the_device(codec, block, scale):
         np.float32
     )
     for axis in (-1, 0, None):
-        for rounding in ("nearest", "stochastic"):
+        for rounding in TABLE_ROUNDINGS:
             kw = dict(block_size=block, scale=scale, rounding=rounding, seed=4, stream=2, axis=axis)
             q = lowfp.quantize_blockwise(x, codec, **kw)
             qd = lowfp.quantize_blockwise(torch.from_numpy(x).cuda(), codec, **kw)

@@ -20,6 +20,7 @@ import pytest
 import lowfp
 import lowfp._common
 from conftest import compile_host_driver, nvrtc_ptx
+from lowfp._common import STOCHASTIC, TABLE_ROUNDINGS
 from lowfp.codec import ROUNDINGS
 from lowfp.cuda._params import KINDS, MODES, SCALE_RULES, format_args
 
@@ -89,7 +90,7 @@ def _ptr(a: np.ndarray):
 def host(tmp_path_factory):
     """The driver compiled once per session and loaded with ctypes."""
     lib = compile_host_driver(tmp_path_factory.mktemp("cuda_host"), DRIVER, KERNELS)
-    lib.lf_host_random.argtypes = [U64, U64, U64, U64, P]
+    lib.lf_host_random.argtypes = [ctypes.c_int, U64, U64, U64, U64, P]
     lib.lf_host_encode.argtypes = [
         P,
         ctypes.c_int,
@@ -270,15 +271,27 @@ def _raw(x: np.ndarray, kind: str) -> np.ndarray:
 # ---------------------------------------------------------------- rng
 
 
-def test_philox_matches_rust(host):
-    for seed, stream, offset in [(0, 0, 0), (2**64 - 1, 2**63 + 5, 2**34 - 3), (42, 7, 12345)]:
+def test_mode_numbers_are_the_headers():
+    """MODES (positions in the core's ROUNDINGS) are the header's LF_<MODE> numbers."""
+    import re
+
+    text = (KERNELS / "lowfp_elem.cuh").read_text()
+    for name, number in MODES.items():
+        m = re.search(rf"#define LF_{name.upper()} (\d+)", text)
+        assert m is not None and int(m.group(1)) == number, name
+
+
+@pytest.mark.parametrize("rounding", STOCHASTIC)
+def test_philox_matches_rust(host, rounding):
+    keys = [(0, 0, 0), (2**64 - 1, 2**63 + 5, 2**34 - 3), (42, 7, 12345), (1, 2, 2**64 - 501)]
+    for seed, stream, offset in keys:
         out = np.empty(1000, np.uint32)
-        host.lf_host_random(seed, stream, offset, out.size, _ptr(out))
-        want = lowfp.random_bits(1000, seed=seed, stream=stream, offset=offset)
+        host.lf_host_random(MODES[rounding], seed, stream, offset, out.size, _ptr(out))
+        want = lowfp.random_bits(1000, seed=seed, stream=stream, offset=offset, rounding=rounding)
         np.testing.assert_array_equal(out, want)
     # Random123 known answer (seed 0, stream 0: the ctr = 0, key = 0 block)
     out = np.empty(4, np.uint32)
-    host.lf_host_random(0, 0, 0, 4, _ptr(out))
+    host.lf_host_random(MODES["stochastic"], 0, 0, 0, 4, _ptr(out))
     assert out.tolist() == [0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8]
 
 
@@ -464,7 +477,7 @@ def _table_inputs(levels: np.ndarray) -> np.ndarray:
 def test_table_codecs_match_rust(host, codec):
     levels = np.ascontiguousarray(codec.levels, np.float32)
     x = _table_inputs(levels)
-    for rounding in ("nearest", "stochastic"):
+    for rounding in TABLE_ROUNDINGS:
         want = codec.encode(x, rounding=rounding, seed=11, stream=2, offset=5)
         got = np.empty(x.size, np.uint8)
         host.lf_host_table_encode(
@@ -472,7 +485,7 @@ def test_table_codecs_match_rust(host, codec):
             x.size,
             _ptr(levels),
             levels.size,
-            rounding == "stochastic",
+            MODES[rounding],
             11,
             2,
             5,
@@ -589,7 +602,7 @@ def test_blockwise_matches_rust(host, codec, block, scale):
     x[: block or 32] = 0.0  # an all-zero block
     codec, block, scale = _resolve(codec, block, scale)
     table = isinstance(codec, (lowfp.Linear, lowfp.Dynamic, lowfp.Log))
-    roundings = ("nearest", "stochastic") if table else ROUNDINGS
+    roundings = TABLE_ROUNDINGS if table else ROUNDINGS
     for rounding in roundings:
         q = lowfp.quantize_blockwise(
             x, codec, block_size=block, scale=scale, rounding=rounding, seed=99, stream=4
@@ -636,7 +649,7 @@ def test_blockwise_nonfinite_ocp_matches_rust(host, codec, block, scale):
     n = 40 * block + 11
     x = _with_nonfinite(n, block, 23)
     table = isinstance(codec, (lowfp.Linear, lowfp.Dynamic, lowfp.Log))
-    for rounding in ("nearest", "stochastic") if table else ROUNDINGS:
+    for rounding in TABLE_ROUNDINGS if table else ROUNDINGS:
         q = lowfp.quantize_blockwise(
             x,
             codec,
@@ -678,7 +691,7 @@ def test_quantile_log_rows_and_ocp_match_rust(host, codec, scale):
     padded = np.zeros((rows, per_row * block), np.float32)
     padded[:, :row] = x
     flat = np.ascontiguousarray(padded.reshape(-1)[: (rows - 1) * per_row * block + row])
-    for rounding in ("nearest", "stochastic"):
+    for rounding in TABLE_ROUNDINGS:
         for data, r, ocp, axis in (
             (flat, row, False, -1),
             (_with_nonfinite(50 * block + 7, block, 3), 0, True, None),

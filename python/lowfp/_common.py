@@ -25,6 +25,10 @@ from ._types import NanPolicy, Negative, Overflow
 
 #: The rounding modes, in the core's code order (the CUDA mode numbers follow it).
 ROUNDINGS: Tuple[str, ...] = tuple(_core.ROUNDINGS)
+#: The modes that draw random words: 32 bits per element, or 16 (rust/rng.rs `Resolution`).
+STOCHASTIC: Tuple[str, ...] = ("stochastic", "stochastic16")
+#: The rounding modes of the table codecs (Linear, Dynamic, Log).
+TABLE_ROUNDINGS: Tuple[str, ...] = ("nearest", *STOCHASTIC)
 OVERFLOWS: Tuple[str, ...] = get_args(Overflow)
 NANS: Tuple[str, ...] = get_args(NanPolicy)
 NEGATIVES: Tuple[str, ...] = get_args(Negative)
@@ -34,6 +38,16 @@ def check_choice(arg: str, value: Any, allowed: tuple) -> None:
     """ValueError naming `arg` and the allowed values unless value is one of them."""
     if value not in allowed:
         raise ValueError(f"{arg}: expected one of {allowed}, got {value!r}")
+
+
+def check_random_bits_rounding(rounding: Any) -> None:
+    """Caller's random words are used as given, so they go with rounding='stochastic' only."""
+    if rounding != "stochastic":
+        raise ValueError(
+            f"random_bits: only used with rounding='stochastic', got rounding={rounding!r} (the "
+            "words are used as given: lowfp.random_bits(n, rounding='stochastic16') gives the "
+            "words of 'stochastic16')"
+        )
 
 
 def check_encode_options(rounding: Any, overflow: Any, nan: Any, negative: Any) -> None:

@@ -17,9 +17,11 @@ if TYPE_CHECKING:
     import torch
 
 #: Rounding modes of the ExMy codecs, in the core's code order.
-Rounding = Literal["nearest", "nearest_away", "toward_zero", "up", "down", "stochastic", "to_odd"]
+Rounding = Literal[
+    "nearest", "nearest_away", "toward_zero", "up", "down", "stochastic", "to_odd", "stochastic16"
+]
 #: Rounding modes of the table codecs (Linear, Dynamic, Log).
-TableRounding = Literal["nearest", "stochastic"]
+TableRounding = Literal["nearest", "stochastic", "stochastic16"]
 #: What a value beyond the format's range becomes.
 Overflow = Literal["nonfinite", "saturate"]
 #: What NaN becomes in a format without NaN.

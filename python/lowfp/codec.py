@@ -37,9 +37,12 @@ from . import _core, _seed
 from ._common import (
     OVERFLOWS,
     ROUNDINGS,
+    STOCHASTIC,
+    TABLE_ROUNDINGS,
     TableCodec,
     check_encode_options,
     check_exact_in,
+    check_random_bits_rounding,
 )
 from ._common import check_choice as _check_choice
 from ._types import ArrayT, NanPolicy, Negative, Overflow, PlainValues, Rounding, TableRounding
@@ -268,19 +271,18 @@ def _options(f, rounding, overflow, nan, negative, seed, stream, offset, random_
         and offset == 0
         and nan == "error"
         and negative == "error"
-        and rounding != "stochastic"
+        and rounding not in STOCHASTIC
         and rounding in _ROUNDING_SET
         and overflow in OVERFLOWS
     ):
         # deterministic rounding with default options: no key, nothing else to check
         return (f._encoder(rounding, overflow, False, False), 0, 0, 0, None)
     check_encode_options(rounding, overflow, nan, negative)
-    seed = _seed_arg(seed, rounding == "stochastic" and random_bits is None)
+    seed = _seed_arg(seed, rounding in STOCHASTIC and random_bits is None)
     stream, offset = _key("stream", stream), _key("offset", offset)
     rb = None
     if random_bits is not None:
-        if rounding != "stochastic":
-            raise ValueError("random_bits: only used with rounding='stochastic'")
+        check_random_bits_rounding(rounding)
         rb = np.ascontiguousarray(random_bits)
         if rb.dtype != np.uint32 or rb.size != n:
             raise ValueError(
@@ -446,8 +448,9 @@ def encode(
             tensor, any shape. float64 is rounded directly (no double rounding).
         fmt: format name, :class:`Format`, or a NumPy/ml_dtypes/torch dtype.
         rounding: "nearest" (ties to even), "nearest_away", "toward_zero", "up", "down",
-            "stochastic" or "to_odd" (toward zero, then the lowest kept bit set if anything
-            was discarded; overflow as toward_zero).
+            "stochastic", "stochastic16" (16 random bits per element: half the generator
+            work, probabilities truncated to 2**-16) or "to_odd" (toward zero, then the
+            lowest kept bit set if anything was discarded; overflow as toward_zero).
         overflow: "nonfinite" (inf, else NaN, else max — ml_dtypes' behaviour) or "saturate".
         seed: key of the counter-based generator for stochastic rounding; None (default)
             draws a fresh key from lowfp's global generator (see :func:`lowfp.manual_seed`),
@@ -478,7 +481,7 @@ def encode(
         from . import cuda
 
         if seed is None:
-            seed = _seed_arg(None, rounding == "stochastic" and random_bits is None)
+            seed = _seed_arg(None, rounding in STOCHASTIC and random_bits is None)
         r = cuda.encode(
             x,
             fmt,
@@ -509,7 +512,7 @@ def encode(
     else:
         o = None if out is None else _out_array(out, a.shape, f.code_dtype, (f.name,))
         try:
-            o = _run(_core.encode, a, o, f.code_dtype, (kind,), opts, rounding == "stochastic")
+            o = _run(_core.encode, a, o, f.code_dtype, (kind,), opts, rounding in STOCHASTIC)
         except ValueError as e:
             raise _core_error(e) from None
     if out is not None:
@@ -702,7 +705,7 @@ def quantize(
         from . import cuda
 
         if seed is None:
-            seed = _seed_arg(None, rounding == "stochastic" and random_bits is None)
+            seed = _seed_arg(None, rounding in STOCHASTIC and random_bits is None)
         return cuda.quantize(
             x,
             fmt,
@@ -720,7 +723,7 @@ def quantize(
     check_exact_in(f, kind)
     opts = _options(f, rounding, overflow, nan, negative, seed, stream, offset, random_bits, a.size)
     try:
-        out = _run(_core.quantize, a, None, a.dtype, (kind,), opts, rounding == "stochastic")
+        out = _run(_core.quantize, a, None, a.dtype, (kind,), opts, rounding in STOCHASTIC)
     except ValueError as e:
         raise _core_error(e) from None
     return _wrap(out, from_torch, kind)
@@ -817,34 +820,46 @@ def unpack(packed: Any, bits: int, count: int):
 
 
 def random_bits(
-    n: int, *, seed: Optional[int] = None, stream: int = 0, offset: int = 0, like: Any = None
+    n: int,
+    *,
+    seed: Optional[int] = None,
+    stream: int = 0,
+    offset: int = 0,
+    rounding: str = "stochastic",
+    like: Any = None,
 ):
-    """The uint32 random bits stochastic rounding uses for elements offset .. offset+n-1.
+    """The uint32 random words stochastic rounding uses for elements offset .. offset+n-1.
 
     Args:
         n: number of values, n >= 0.
         seed: generator key; None (default) draws a fresh key from lowfp's global generator
             (see :func:`lowfp.manual_seed`).
         stream, offset: the rest of the key and the index of the first element.
+        rounding: whose words: "stochastic" (one Philox word per element) or "stochastic16"
+            (16 bits h per element, as the word ``h << 16 | 0xFFFF``).
         like: optional array or tensor: the result is a torch tensor on like's device for a
             torch tensor, a CuPy array for a CuPy array, else a NumPy array.
 
     Returns:
-        n uint32 values.
+        n uint32 values. Passed as ``random_bits=`` with ``rounding="stochastic"``, either
+        kind gives the codes of its own mode.
 
     Raises:
-        ValueError: n, seed, stream or offset out of range.
+        ValueError: n, seed, stream, offset or rounding out of range.
     """
     if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 0:
         raise ValueError(f"n: expected an int with n >= 0, got {n!r}")
+    _check_choice("rounding", rounding, STOCHASTIC)
     seed = _seed_arg(seed, True)
     stream, offset = _key("stream", stream), _key("offset", offset)
     if like is not None and _on_cuda(like):
         from . import cuda
 
-        return cuda.random_bits(int(n), seed=seed, stream=stream, offset=offset, like=like)
+        return cuda.random_bits(
+            int(n), seed=seed, stream=stream, offset=offset, rounding=rounding, like=like
+        )
     out = np.empty(int(n), np.uint32)
-    _core.random_bits(seed, stream, offset, out)
+    _core.random_bits(seed, stream, offset, rounding, out)
     return _wrap(out, like is not None and _is_torch(like))
 
 
@@ -933,8 +948,8 @@ class _TableCodec(TableCodec):
 
         Args:
             x: float values (NumPy array or torch tensor), converted to float32.
-            rounding: "nearest" (ties to the even code) or "stochastic" (unbiased between
-                the two neighbouring levels, 2**-32 resolution).
+            rounding: "nearest" (ties to the even code), "stochastic" (unbiased between
+                the two neighbouring levels, 2**-32 resolution) or "stochastic16" (2**-16).
             seed: stochastic rounding key; None (default) draws a fresh key from lowfp's
                 global generator (see :func:`lowfp.manual_seed`).
             stream, offset: the rest of the key and the index of element 0.
@@ -946,8 +961,8 @@ class _TableCodec(TableCodec):
         Raises:
             ValueError: NaN in x, or another rounding mode.
         """
-        _check_choice("rounding", rounding, ("nearest", "stochastic"))
-        seed = _seed_arg(seed, rounding == "stochastic")
+        _check_choice("rounding", rounding, TABLE_ROUNDINGS)
+        seed = _seed_arg(seed, rounding in STOCHASTIC)
         stream, offset = _key("stream", stream), _key("offset", offset)
         if _on_cuda(x):
             from .cuda.codec import table_encode
@@ -966,7 +981,7 @@ class _TableCodec(TableCodec):
                 np.uint8,
                 (self._table,),
                 (rounding, seed, stream, offset),
-                rounding == "stochastic",
+                rounding in STOCHASTIC,
             )
         except ValueError as e:
             raise _core_error(e) from None

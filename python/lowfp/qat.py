@@ -56,7 +56,7 @@ except ImportError as e:  # pragma: no cover - torch is an optional extra
     raise ImportError("lowfp.qat needs torch: pip install 'lowfp[torch]'") from e
 
 from . import codec as _codec
-from ._common import SCALE_FORMATS
+from ._common import SCALE_FORMATS, TABLE_ROUNDINGS
 from ._table import Table
 from ._types import Overflow, Rounding
 from .formats import Format
@@ -77,7 +77,7 @@ __all__ = [
 ]
 
 _KIND_WEIGHT, _KIND_ACT, _KIND_GRAD = 0, 1, 2
-_BLOCK_ROUNDINGS = ("nearest", "stochastic")
+_BLOCK_ROUNDINGS = TABLE_ROUNDINGS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,7 +89,8 @@ class Quantizer:
             a blockwise preset (``"mxfp8"``, ``"mxfp8_e5m2"``, ``"mxfp6"``, ``"mxfp6_e3m2"``,
             ``"mxfp4"``, ``"nvfp4"``) or a :class:`lowfp.Linear`/:class:`lowfp.Dynamic`/
             :class:`lowfp.Log` codec (always blockwise).
-        rounding: ``"nearest"`` (ties to even) or ``"stochastic"`` (element formats also take
+        rounding: ``"nearest"`` (ties to even), ``"stochastic"`` or ``"stochastic16"``
+            (16 random bits per element) (element formats also take
             lowfp's other modes).
         block_size: make an element format of at most 8 bits blockwise with this block size
             (16..4096, multiple of 8); a preset's own by default.

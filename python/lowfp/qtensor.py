@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Union
 import numpy as np
 
 from . import _core, _validate
-from ._common import E8M0_SCALES, SCALE_FORMATS, block_handle
+from ._common import E8M0_SCALES, SCALE_FORMATS, STOCHASTIC, block_handle
 from .codec import (
     ROUNDINGS,
     Dynamic,
@@ -415,7 +415,7 @@ def quantize_blockwise(
             "e8m0_rceil" (2^ceil(log2(amax / max)), NVIDIA's rule) -- the last three as
             torchao's ScaleCalculationMode CEIL/EVEN/RCEIL and for float elements only; or
             "e4m3" (NVFP4). Default: the preset's, else "absmax".
-        rounding: "nearest" or "stochastic" (any mode for float formats).
+        rounding: "nearest", "stochastic" or "stochastic16" (any mode for float formats).
         seed, stream: stochastic rounding key; seed=None (default) draws a fresh key from
             lowfp's global generator (see :func:`lowfp.manual_seed`). Each element's random
             bits are keyed by its index in the stored order (below), so they do not depend on
@@ -458,7 +458,7 @@ def quantize_blockwise(
         raise ValueError(f"block_size: expected an int, got {block_size!r}")
     shape = tuple(int(d) for d in x.shape) if hasattr(x, "shape") else np.shape(x)
     ax = _axis_arg(axis, shape)
-    seed = _seed_arg(seed, rounding == "stochastic")
+    seed = _seed_arg(seed, rounding in STOCHASTIC)
     if _on_cuda(x):
         from . import _blockwise_cuda as cuda
 

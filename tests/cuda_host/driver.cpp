@@ -9,8 +9,9 @@
 
 extern "C" {
 
-void lf_host_random(lf_u64 seed, lf_u64 stream, lf_u64 offset, lf_u64 n, lf_u32* out) {
-    for (lf_u64 i = 0; i < n; ++i) out[i] = lf_random_u32(seed, stream, offset + i);
+void lf_host_random(int mode, lf_u64 seed, lf_u64 stream, lf_u64 offset, lf_u64 n,
+                    lf_u32* out) {
+    for (lf_u64 i = 0; i < n; ++i) out[i] = lf_random_word(mode, seed, stream, offset + i);
 }
 
 // Encode n elements of kind `kind`; random bits from `rbits` when non-null, else Philox at
@@ -24,7 +25,8 @@ lf_u32 lf_host_encode(const void* x, int kind, lf_u64 n, lf_u32 exp_bits, lf_u32
     *first_bad = n;
     for (lf_u64 i = 0; i < n; ++i) {
         lf_u32 r = 0;
-        if (mode == LF_STOCHASTIC) r = rbits ? rbits[i] : lf_random_u32(seed, stream, offset + i);
+        if (lf_is_stochastic(mode))
+            r = rbits ? rbits[i] : lf_random_word(mode, seed, stream, offset + i);
         lf_u32 bad = 0;
         out[i] = lf_encode_parts_dyn(f, lf_load_parts(x, i, kind), mode, r, &bad);
         if (bad && *first_bad == n) *first_bad = i;
@@ -59,7 +61,7 @@ lf_u32 lf_host_quantize(const void* x, int kind, lf_u64 n, lf_u32 exp_bits, lf_u
     lf_enc f = lf_make_enc(exp_bits, man_bits, bias, flags);
     lf_u32 all = 0;
     for (lf_u64 i = 0; i < n; ++i) {
-        lf_u32 r = mode == LF_STOCHASTIC ? lf_random_u32(seed, stream, offset + i) : 0u;
+        lf_u32 r = lf_is_stochastic(mode) ? lf_random_word(mode, seed, stream, offset + i) : 0u;
         lf_u32 c = lf_encode_parts_dyn(f, lf_load_parts(x, i, kind), mode, r, &all);
         lf_u64 v = lf_quantize_out_bits(f, c, kind);
         switch (kind) {
@@ -72,12 +74,12 @@ lf_u32 lf_host_quantize(const void* x, int kind, lf_u64 n, lf_u32 exp_bits, lf_u
 }
 
 void lf_host_table_encode(const float* x, lf_u64 n, const float* levels, int nlev,
-                          int stochastic, lf_u64 seed, lf_u64 stream, lf_u64 offset,
+                          int mode, lf_u64 seed, lf_u64 stream, lf_u64 offset,
                           lf_u8* out) {
     for (lf_u64 i = 0; i < n; ++i) {
-        out[i] = stochastic
+        out[i] = lf_is_stochastic(mode)
                      ? lf_table_stochastic(levels, nlev, x[i],
-                                           lf_random_u32(seed, stream, offset + i))
+                                           lf_random_word(mode, seed, stream, offset + i))
                      : lf_table_nearest(levels, nlev, x[i]);
     }
 }
@@ -122,14 +124,14 @@ float lf_host_blockwise(const float* x, lf_u64 n, lf_u64 block, int rule, lf_u32
         float sd = s * global;
         for (lf_u64 i = lo; i < hi; ++i) {  // lf_block_codes
             float y = lf_block_normalize(x[i], sd);
-            lf_u32 r = mode == LF_STOCHASTIC ? lf_random_u32(seed, stream, i) : 0u;
+            lf_u32 r = lf_is_stochastic(mode) ? lf_random_word(mode, seed, stream, i) : 0u;
             if (exmy) {
                 lf_u32 bad = 0;
                 codes[i] = (lf_u8)lf_encode_parts_dyn(f, lf_parts_f32(lf_f32_bits(y)), mode, r,
                                                       &bad);
             } else {
-                codes[i] = mode == LF_STOCHASTIC ? lf_table_stochastic(levels, nlev, y, r)
-                                                 : lf_table_nearest(levels, nlev, y);
+                codes[i] = lf_is_stochastic(mode) ? lf_table_stochastic(levels, nlev, y, r)
+                                                  : lf_table_nearest(levels, nlev, y);
             }
         }
     }

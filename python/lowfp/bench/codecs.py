@@ -204,18 +204,19 @@ def gfloat_sr(xs, f):
 
 
 def sr_rows(x, xt):
+    def into(f, **kw):  # encode into a preallocated code array
+        o = np.empty(x.size, code_dtype(f))
+        return lambda: lowfp.encode(x, f, out=o, **kw)
+
     for f, (e, m) in SR_FORMATS.items():
         yield (
             f,
             {
                 "lowfp SR": lambda f=f: lambda: lowfp.encode(x, f, rounding="stochastic", seed=1),
-                "lowfp SR out=": lambda f=f: (
-                    lambda o: lambda: lowfp.encode(x, f, rounding="stochastic", seed=1, out=o)
-                )(np.empty(x.size, code_dtype(f))),
+                "lowfp SR out=": lambda f=f: into(f, rounding="stochastic", seed=1),
+                "lowfp SR16 out=": lambda f=f: into(f, rounding="stochastic16", seed=1),
                 "lowfp RNE": lambda f=f: lambda: lowfp.encode(x, f),
-                "lowfp RNE out=": lambda f=f: (lambda o: lambda: lowfp.encode(x, f, out=o))(
-                    np.empty(x.size, code_dtype(f))
-                ),
+                "lowfp RNE out=": lambda f=f: into(f),
                 "qtorch": lambda e=e, m=m: qtorch_sr(xt, e, m),
                 "gfloat ‡": lambda f=f: gfloat_sr(x[:GFLOAT_N], f),
             },
@@ -317,6 +318,7 @@ SECTIONS = [  # key, title, row generator, ratio columns (numerator, denominator
             ("lowfp SR", "gfloat ‡"),
             ("lowfp SR", "lowfp RNE"),
             ("lowfp SR out=", "lowfp RNE out="),
+            ("lowfp SR16 out=", "lowfp RNE out="),
         ],
     ),
     ("pack", "Bit packing (uint8 codes ↔ packed bytes)", pack_rows, [("lowfp", None)]),

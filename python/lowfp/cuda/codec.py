@@ -23,7 +23,14 @@ from typing import Any, Optional, Tuple
 
 import numpy as np
 
-from .._common import check_encode_options, check_exact_in, packed_len
+from .._common import (
+    STOCHASTIC,
+    check_choice,
+    check_encode_options,
+    check_exact_in,
+    check_random_bits_rounding,
+    packed_len,
+)
 from ..formats import FormatLike, format
 from . import _loader
 from ._params import KINDS, MODES, SCALE_RULES, format_args
@@ -192,8 +199,7 @@ def _encode_impl(
     f = format(fmt)
     check_encode_options(rounding, overflow, nan, negative)
     if random_bits is not None:
-        if rounding != "stochastic":
-            raise ValueError("random_bits: only used with rounding='stochastic'")
+        check_random_bits_rounding(rounding)
         if not (on_device(x) and on_device(random_bits)):
             raise ValueError(
                 "random_bits: expected x and random_bits both on the CPU or both on one CUDA device"
@@ -322,13 +328,23 @@ def decode(codes: Any, fmt: FormatLike, *, dtype: Any = np.float32):
     return out
 
 
-def random_bits(n: int, *, seed: int = 0, stream: int = 0, offset: int = 0, like: Any = None):
+def random_bits(
+    n: int,
+    *,
+    seed: int = 0,
+    stream: int = 0,
+    offset: int = 0,
+    rounding: str = "stochastic",
+    like: Any = None,
+):
     """:func:`lowfp.random_bits` on the device of `like` (CuPy's current device if None)."""
+    check_choice("rounding", rounding, STOCHASTIC)
     cp = _loader.cupy()
     if like is None:
         like = cp.empty(0, cp.uint8)
     out, o = _empty(like, (int(n),), "uint32")
-    _launch("lf_random", int(n), (_u64(seed), _u64(stream), _u64(offset), _u64(n), o), like)
+    args = (np.int32(MODES[rounding]), _u64(seed), _u64(stream), _u64(offset), _u64(n), o)
+    _launch("lf_random", int(n), args, like)
     return out
 
 
@@ -396,7 +412,7 @@ def table_encode(levels: np.ndarray, x: Any, rounding: str, seed: int, stream: i
             _u64(n),
             lv,
             np.int32(lv.size),
-            np.int32(rounding == "stochastic"),
+            np.int32(MODES[rounding]),
             _u64(seed),
             _u64(stream),
             _u64(offset),

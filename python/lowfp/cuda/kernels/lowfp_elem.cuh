@@ -152,6 +152,21 @@ LF_FN lf_u32 lf_random_u32(lf_u64 seed, lf_u64 stream, lf_u64 index) {
 #define LF_DOWN 4
 #define LF_STOCHASTIC 5
 #define LF_TO_ODD 6
+// Stochastic with 16-bit words (rng::Resolution::Bits16): the element code of LF_STOCHASTIC,
+// the words of lf_random_word.
+#define LF_STOCHASTIC16 7
+
+/// Whether `mode` draws random words.
+LF_FN bool lf_is_stochastic(int mode) { return mode == LF_STOCHASTIC || mode == LF_STOCHASTIC16; }
+
+/// The random word of element `index` under stochastic mode `mode` (`rng::fill_words`):
+/// LF_STOCHASTIC16 takes the low (even index) or high half h of word index >> 1 as
+/// h << 16 | 0xFFFF; any other mode the 32-bit word.
+LF_FN lf_u32 lf_random_word(int mode, lf_u64 seed, lf_u64 stream, lf_u64 index) {
+    if (mode != LF_STOCHASTIC16) return lf_random_u32(seed, stream, index);
+    lf_u32 w = lf_random_u32(seed, stream, index >> 1);
+    return (index & 1) ? (w | 0xFFFFu) : ((w << 16) | 0xFFFFu);
+}
 
 // Bad-element flags of one encode (rust/exmy.rs BAD_NAN, BAD_NEG).
 #define LF_BAD_NAN 1u
@@ -417,7 +432,7 @@ LF_FN lf_u32 lf_encode_parts_dyn(const lf_enc& f, const lf_parts& p, int mode, l
         case LF_UP: return lf_encode_parts<LF_UP>(f, p, r, bad);
         case LF_DOWN: return lf_encode_parts<LF_DOWN>(f, p, r, bad);
         case LF_TO_ODD: return lf_encode_parts<LF_TO_ODD>(f, p, r, bad);
-        default: return lf_encode_parts<LF_STOCHASTIC>(f, p, r, bad);
+        default: return lf_encode_parts<LF_STOCHASTIC>(f, p, r, bad);  // both stochastic modes
     }
 }
 
@@ -826,8 +841,8 @@ LF_FN bool lf_logq_block(const float* xb, lf_u32 blen, lf_u32 real, bool zeroed,
     lf_i32 nlev = (lf_i32)lf_log_nlev(bits, is_signed, zero);
     for (lf_u32 j = 0; j < blen; ++j) {
         float y = zeroed ? 0.0f : lf_block_normalize(xb[j], sd);
-        codes[j] = mode == LF_STOCHASTIC
-                       ? lf_table_stochastic(lv, nlev, y, lf_random_u32(seed, stream, start + j))
+        codes[j] = lf_is_stochastic(mode)
+                       ? lf_table_stochastic(lv, nlev, y, lf_random_word(mode, seed, stream, start + j))
                        : lf_table_nearest(lv, nlev, y);
     }
     return ok;

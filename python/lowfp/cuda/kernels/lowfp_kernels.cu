@@ -44,14 +44,17 @@ __device__ __forceinline__ lf_u32 lf_load_code(const void* codes, int code_bytes
 
 // ---------------------------------------------------------------- encode / quantize
 
+// MODE: the element code's mode (LF_STOCHASTIC for both stochastic modes); `mode`: the
+// caller's, which picks the random words.
 template <int MODE>
-__device__ void lf_encode_loop(const void* x, int kind, lf_u64 n, const lf_enc& f, lf_u64 seed,
-                               lf_u64 stream, lf_u64 offset, const lf_u32* rbits, int use_rbits,
-                               void* out, int out_bytes, int quantize, lf_u32* bad,
-                               lf_u64* first_bad) {
+__device__ void lf_encode_loop(const void* x, int kind, lf_u64 n, const lf_enc& f, int mode,
+                               lf_u64 seed, lf_u64 stream, lf_u64 offset, const lf_u32* rbits,
+                               int use_rbits, void* out, int out_bytes, int quantize,
+                               lf_u32* bad, lf_u64* first_bad) {
     LF_GRID_LOOP(i, n) {
         lf_u32 r = 0;
-        if (MODE == LF_STOCHASTIC) r = use_rbits ? rbits[i] : lf_random_u32(seed, stream, offset + i);
+        if (MODE == LF_STOCHASTIC)
+            r = use_rbits ? rbits[i] : lf_random_word(mode, seed, stream, offset + i);
         lf_u32 b = 0;
         lf_u32 c = lf_encode_parts<MODE>(f, lf_load_parts(x, i, kind), r, &b);
         lf_report(b, i, bad, first_bad);
@@ -74,19 +77,20 @@ extern "C" __global__ void lf_encode(const void* x, int kind, lf_u64 n, lf_u32 e
                                      int out_bytes, int quantize, lf_u32* bad,
                                      lf_u64* first_bad) {
     lf_enc f = lf_make_enc(exp_bits, man_bits, bias, flags);
-#define LF_CASE(M)                                                                          \
-    case M:                                                                                 \
-        lf_encode_loop<M>(x, kind, n, f, seed, stream, offset, rbits, use_rbits, out,       \
+#define LF_CASE(C, M)                                                                       \
+    case C:                                                                                 \
+        lf_encode_loop<M>(x, kind, n, f, mode, seed, stream, offset, rbits, use_rbits, out, \
                           out_bytes, quantize, bad, first_bad);                             \
         break;
     switch (mode) {
-        LF_CASE(LF_NEAREST)
-        LF_CASE(LF_NEAREST_AWAY)
-        LF_CASE(LF_TOWARD_ZERO)
-        LF_CASE(LF_UP)
-        LF_CASE(LF_DOWN)
-        LF_CASE(LF_STOCHASTIC)
-        LF_CASE(LF_TO_ODD)
+        LF_CASE(LF_NEAREST, LF_NEAREST)
+        LF_CASE(LF_NEAREST_AWAY, LF_NEAREST_AWAY)
+        LF_CASE(LF_TOWARD_ZERO, LF_TOWARD_ZERO)
+        LF_CASE(LF_UP, LF_UP)
+        LF_CASE(LF_DOWN, LF_DOWN)
+        LF_CASE(LF_STOCHASTIC, LF_STOCHASTIC)
+        LF_CASE(LF_TO_ODD, LF_TO_ODD)
+        LF_CASE(LF_STOCHASTIC16, LF_STOCHASTIC)
     }
 #undef LF_CASE
 }
@@ -111,22 +115,24 @@ extern "C" __global__ void lf_decode(const void* codes, int code_bytes, lf_u64 n
 
 // ---------------------------------------------------------------- random bits
 
-extern "C" __global__ void lf_random(lf_u64 seed, lf_u64 stream, lf_u64 offset, lf_u64 n,
-                                     lf_u32* out) {
-    LF_GRID_LOOP(i, n) { out[i] = lf_random_u32(seed, stream, offset + i); }
+/// The words of stochastic mode `mode` (LF_STOCHASTIC or LF_STOCHASTIC16).
+extern "C" __global__ void lf_random(int mode, lf_u64 seed, lf_u64 stream, lf_u64 offset,
+                                     lf_u64 n, lf_u32* out) {
+    LF_GRID_LOOP(i, n) { out[i] = lf_random_word(mode, seed, stream, offset + i); }
 }
 
 // ---------------------------------------------------------------- table codecs
 
 extern "C" __global__ void lf_table_encode(const float* x, lf_u64 n, const float* levels,
-                                           int nlev, int stochastic, lf_u64 seed,
+                                           int nlev, int mode, lf_u64 seed,
                                            lf_u64 stream, lf_u64 offset, lf_u8* out,
                                            lf_u32* bad, lf_u64* first_bad) {
     LF_GRID_LOOP(i, n) {
         float v = x[i];
         lf_report(v != v ? 1u : 0u, i, bad, first_bad);
-        out[i] = stochastic
-                     ? lf_table_stochastic(levels, nlev, v, lf_random_u32(seed, stream, offset + i))
+        out[i] = lf_is_stochastic(mode)
+                     ? lf_table_stochastic(levels, nlev, v,
+                                           lf_random_word(mode, seed, stream, offset + i))
                      : lf_table_nearest(levels, nlev, v);
     }
 }
@@ -215,15 +221,16 @@ extern "C" __global__ void lf_block_scales(const lf_u32* amax, lf_u64 nb, int ru
     }
 }
 
+// MODE and `mode` as in lf_encode_loop.
 template <int MODE>
 __device__ void lf_block_codes_loop(const float* x, lf_u64 n, lf_u64 block, const float* scales,
                                     const float* g, const lf_enc& f, int exmy,
-                                    const float* levels, int nlev, lf_u64 seed, lf_u64 stream,
-                                    lf_u8* codes) {
+                                    const float* levels, int nlev, int mode, lf_u64 seed,
+                                    lf_u64 stream, lf_u8* codes) {
     float gg = *g;
     LF_GRID_LOOP(i, n) {
         float y = lf_block_normalize(x[i], scales[i / block] * gg);
-        lf_u32 r = MODE == LF_STOCHASTIC ? lf_random_u32(seed, stream, i) : 0u;
+        lf_u32 r = MODE == LF_STOCHASTIC ? lf_random_word(mode, seed, stream, i) : 0u;
         if (exmy) {
             lf_u32 b = 0;
             codes[i] = (lf_u8)lf_encode_parts<MODE>(f, lf_parts_f32(lf_f32_bits(y)), r, &b);
@@ -243,19 +250,20 @@ extern "C" __global__ void lf_block_codes(const float* x, lf_u64 n, lf_u64 block
                                           lf_u64 stream, lf_u8* codes) {
     int exmy = exp_bits > 0;
     lf_enc f = exmy ? lf_make_enc(exp_bits, man_bits, bias, flags) : lf_enc_f16();
-#define LF_CASE(M)                                                                         \
-    case M:                                                                                \
-        lf_block_codes_loop<M>(x, n, block, scales, g, f, exmy, levels, nlev, seed, stream, \
-                               codes);                                                     \
+#define LF_CASE(C, M)                                                                      \
+    case C:                                                                                \
+        lf_block_codes_loop<M>(x, n, block, scales, g, f, exmy, levels, nlev, mode, seed,   \
+                               stream, codes);                                             \
         break;
     switch (mode) {
-        LF_CASE(LF_NEAREST)
-        LF_CASE(LF_NEAREST_AWAY)
-        LF_CASE(LF_TOWARD_ZERO)
-        LF_CASE(LF_UP)
-        LF_CASE(LF_DOWN)
-        LF_CASE(LF_STOCHASTIC)
-        LF_CASE(LF_TO_ODD)
+        LF_CASE(LF_NEAREST, LF_NEAREST)
+        LF_CASE(LF_NEAREST_AWAY, LF_NEAREST_AWAY)
+        LF_CASE(LF_TOWARD_ZERO, LF_TOWARD_ZERO)
+        LF_CASE(LF_UP, LF_UP)
+        LF_CASE(LF_DOWN, LF_DOWN)
+        LF_CASE(LF_STOCHASTIC, LF_STOCHASTIC)
+        LF_CASE(LF_TO_ODD, LF_TO_ODD)
+        LF_CASE(LF_STOCHASTIC16, LF_STOCHASTIC)
     }
 #undef LF_CASE
 }
