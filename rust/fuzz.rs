@@ -321,7 +321,8 @@ pub fn optim_step(data: &[u8]) {
         k => Param::Half {
             kind: if k == 1 { optim::Half::Bf16 } else { optim::Half::F16 },
             bits: &mut p16,
-            stochastic: b.bool(),
+            rounding: [Rounding::Nearest, Rounding::Stochastic, Rounding::Stochastic16]
+                [b.u8() as usize % 3],
             stream: b.u64(),
         },
     };

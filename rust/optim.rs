@@ -17,7 +17,7 @@
 
 use crate::block::{self, Groups, Spec};
 use crate::error::{Error, Result};
-use crate::exmy::{check_len, dispatch_mode};
+use crate::exmy::{check_len, dispatch_mode, Rounding};
 use crate::par::{self, CHUNK};
 use rayon::prelude::*;
 
@@ -239,10 +239,10 @@ impl Half {
 }
 
 /// A parameter tensor: float32, or bfloat16/float16 bit patterns updated through float32 and
-/// rounded back (nearest or stochastic, keyed by `stream`).
+/// rounded back (`rounding`: nearest, stochastic or stochastic16, keyed by `stream`).
 pub enum Param<'a> {
     F32(&'a mut [f32]),
-    Half { kind: Half, bits: &'a mut [u16], stochastic: bool, stream: u64 },
+    Half { kind: Half, bits: &'a mut [u16], rounding: Rounding, stream: u64 },
 }
 
 /// A gradient: float32, or 16-bit float bit patterns (widened exactly).
@@ -292,19 +292,18 @@ impl<'a> ParamPart<'a> {
     }
 }
 
-/// Round float32 values to 16-bit float bits (nearest or stochastic; elements from `start`).
+/// Round float32 values to 16-bit float bits (elements from `start`).
 fn to_half(
     kind: Half,
     src: &[f32],
     dst: &mut [u16],
-    stochastic: bool,
+    rounding: Rounding,
     start: usize,
     seed: u64,
     stream: u64,
 ) -> Result<()> {
-    use crate::exmy::{EncodeOptions, Encoder, Random, Rounding};
+    use crate::exmy::{EncodeOptions, Encoder, Random};
     let fmt = crate::formats::parse(kind.format_name()).expect("named format");
-    let rounding = if stochastic { Rounding::Stochastic } else { Rounding::Nearest };
     let enc = Encoder::new(fmt, EncodeOptions { rounding, ..Default::default() });
     let random = Random::Philox { seed, stream, offset: start as u64 };
     dispatch_mode!(rounding, MODE => crate::exmy::encode_chunk::<f32, u16, MODE>(&enc, src, dst, 0, random))
@@ -369,9 +368,9 @@ pub fn run_items<const K: usize, T: Sync>(
         }
         let streams: [u64; K] = std::array::from_fn(|k| states[k].2);
         let mut states = states.map(|(st, _, _)| st);
-        let (pkind, pstoch, pstream) = match &param {
-            Param::Half { kind, stochastic, stream, .. } => (*kind, *stochastic, *stream),
-            Param::F32(_) => (Half::Bf16, false, 0),
+        let (pkind, pround, pstream) = match &param {
+            Param::Half { kind, rounding, stream, .. } => (*kind, *rounding, *stream),
+            Param::F32(_) => (Half::Bf16, Rounding::Nearest, 0),
         };
         let mut param = match param {
             Param::F32(p) => ParamPart::F32(p),
@@ -389,12 +388,12 @@ pub fn run_items<const K: usize, T: Sync>(
                 Grad::F32(x) => Grad::F32(&x[start..start + len]),
                 Grad::Half(k, x) => Grad::Half(k, &x[start..start + len]),
             });
-            work.push((t, offset + start, p, gr, ps, streams, (pkind, pstoch, pstream)));
+            work.push((t, offset + start, p, gr, ps, streams, (pkind, pround, pstream)));
         }
     }
     // small calls (many small tensors) stay on this thread: see `par::SERIAL_MAX`
     par::try_for_each_mut(&mut work, total, |(t, start, p, gr, ps, streams, pmeta)| {
-        let ((pkind, pstoch, pstream), ctx) = (*pmeta, &ctxs[*t]);
+        let ((pkind, pround, pstream), ctx) = (*pmeta, &ctxs[*t]);
         BUFS.with(|cell| {
             let bufs = &mut *cell.borrow_mut();
             let start = *start;
@@ -428,7 +427,7 @@ pub fn run_items<const K: usize, T: Sync>(
                     bufs.param.clear();
                     bufs.param.extend(bits.iter().map(|&b| pkind.to_f32(b)));
                     update(ctx, &mut bufs.param, gview, views);
-                    to_half(pkind, &bufs.param, bits, pstoch, start, seed, pstream)?;
+                    to_half(pkind, &bufs.param, bits, pround, start, seed, pstream)?;
                 }
             }
             for ((buf, part), &stream) in bufs.states.iter().zip(ps.iter_mut()).zip(streams.iter())

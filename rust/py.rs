@@ -961,7 +961,7 @@ fn param_len(a: &ParamArrays<'_>) -> usize {
 
 fn param_of<'a>(
     a: &'a mut ParamArrays<'_>,
-    stochastic: bool,
+    rounding: Rounding,
     stream: u64,
 ) -> PyResult<(optim::Param<'a>, optim::Grad<'a>)> {
     Ok(match a {
@@ -969,7 +969,7 @@ fn param_of<'a>(
             (optim::Param::F32(slice_mut(p, "param")?), optim::Grad::F32(slice(g, "grad")?))
         }
         ParamArrays::Half(kind, p, g) => (
-            optim::Param::Half { kind: *kind, bits: slice_mut(p, "param")?, stochastic, stream },
+            optim::Param::Half { kind: *kind, bits: slice_mut(p, "param")?, rounding, stream },
             optim::Grad::Half(*kind, slice(g, "grad")?),
         ),
     })
@@ -995,13 +995,13 @@ type SgdEntry<'py> = (
 /// `offsets`: per entry, the index of its element 0 in the keying of random bits (a shard's
 /// offset in the whole tensor; default 0).
 #[pyfunction]
-#[pyo3(signature = (entries, block, seed, param_stochastic, offsets=None))]
+#[pyo3(signature = (entries, block, seed, param_rounding, offsets=None))]
 fn sgd_step_group(
     py: Python<'_>,
     entries: Vec<SgdEntry<'_>>,
     block: usize,
     seed: u64,
-    param_stochastic: bool,
+    param_rounding: &str,
     offsets: Option<Vec<usize>>,
 ) -> PyResult<()> {
     let offsets = entry_offsets(offsets, entries.len())?;
@@ -1020,7 +1020,7 @@ fn sgd_step_group(
         let states = [state_arrays(b, SGD_STATES[0])?];
         arrays.push((param_arrays(p, g, kind)?, states, hp, [*stream], *pstream));
     }
-    run_group(py, &mut arrays, SGD_STATES, &offsets, param_stochastic, |items| {
+    run_group(py, &mut arrays, SGD_STATES, &offsets, param_rounding, |items| {
         optim::sgd_steps(items, block, seed)
     })
 }
@@ -1102,13 +1102,20 @@ fn run_group<const K: usize, T: Copy + Send>(
     arrays: &mut [StepArrays<'_, K, T>],
     names: [&'static str; K],
     offsets: &[usize],
-    param_stochastic: bool,
+    param_rounding: &str,
     steps: impl FnOnce(Vec<optim::Item<'_, K, T>>) -> crate::error::Result<()> + Send,
 ) -> PyResult<()> {
+    let rounding = Rounding::parse(param_rounding)?;
+    if !(rounding == Rounding::Nearest || rounding.is_stochastic()) {
+        return Err(wrong_value(
+            "param_rounding",
+            format!("expected 'nearest', 'stochastic' or 'stochastic16', got {param_rounding:?}"),
+        ));
+    }
     let total = arrays.iter().map(|a| param_len(&a.0)).sum();
     let mut items = Vec::with_capacity(arrays.len());
     for (pa, sts, hp, streams, pstream) in arrays.iter_mut() {
-        let (param, grad) = param_of(pa, param_stochastic, *pstream)?;
+        let (param, grad) = param_of(pa, rounding, *pstream)?;
         let mut states = Vec::with_capacity(K);
         for ((st, name), stream) in sts.iter_mut().zip(names).zip(streams) {
             states.push((state_of(st, name)?, name, *stream));
@@ -1125,13 +1132,13 @@ fn run_group<const K: usize, T: Copy + Send>(
 /// small groups on the calling thread, GIL held). States as in `sgd_step_group`.
 /// `offsets`: as in `sgd_step_group`.
 #[pyfunction]
-#[pyo3(signature = (entries, block, seed, param_stochastic, offsets=None))]
+#[pyo3(signature = (entries, block, seed, param_rounding, offsets=None))]
 fn adamw_step_group(
     py: Python<'_>,
     entries: Vec<AdamWEntry<'_>>,
     block: usize,
     seed: u64,
-    param_stochastic: bool,
+    param_rounding: &str,
     offsets: Option<Vec<usize>>,
 ) -> PyResult<()> {
     let offsets = entry_offsets(offsets, entries.len())?;
@@ -1152,7 +1159,7 @@ fn adamw_step_group(
         &mut arrays,
         [ADAMW_STATES[0], ADAMW_STATES[1]],
         &offsets,
-        param_stochastic,
+        param_rounding,
         |items| optim::adamw_steps(items, block, seed),
     )
 }
@@ -1160,13 +1167,13 @@ fn adamw_step_group(
 /// `adamw_step_group` with AMSGrad: each entry carries a third state, the running maximum of
 /// the second moment, and its stream.
 #[pyfunction]
-#[pyo3(signature = (entries, block, seed, param_stochastic, offsets=None))]
+#[pyo3(signature = (entries, block, seed, param_rounding, offsets=None))]
 fn adamw_amsgrad_step_group(
     py: Python<'_>,
     entries: Vec<AmsgradEntry<'_>>,
     block: usize,
     seed: u64,
-    param_stochastic: bool,
+    param_rounding: &str,
     offsets: Option<Vec<usize>>,
 ) -> PyResult<()> {
     let offsets = entry_offsets(offsets, entries.len())?;
@@ -1186,7 +1193,7 @@ fn adamw_amsgrad_step_group(
             *pstream,
         ));
     }
-    run_group(py, &mut arrays, ADAMW_STATES, &offsets, param_stochastic, |items| {
+    run_group(py, &mut arrays, ADAMW_STATES, &offsets, param_rounding, |items| {
         optim::adamw_amsgrad_steps(items, block, seed)
     })
 }

@@ -134,7 +134,7 @@ def test_a_blockspec_of_another_block_size_is_rejected_by_a_step():
     st = (h,) + empty_state(h, 256)
     with pytest.raises(ValueError, match="block size 128"):
         _core.sgd_step_group(
-            [(p, g, st, (0.1, 0.9, 1.0, 0.0), False, True, 1, 2, "float32")], BLOCK, 0, False
+            [(p, g, st, (0.1, 0.9, 1.0, 0.0), False, True, 1, 2, "float32")], BLOCK, 0, "nearest"
         )
 
 
@@ -209,8 +209,8 @@ def test_adamw_step_group_same_bytes(name, cm, cv, rounding, kind):
     by_handle = adamw_entries(np.random.default_rng(3), cm, cv, rounding, True, kind=kind)
     assert_same_arrays(arrays_of(by_dict), arrays_of(by_handle))
     for _ in range(3):
-        _core.adamw_step_group(by_dict, BLOCK, 5, True)
-        _core.adamw_step_group(by_handle, BLOCK, 5, True)
+        _core.adamw_step_group(by_dict, BLOCK, 5, "stochastic")
+        _core.adamw_step_group(by_handle, BLOCK, 5, "stochastic")
     assert_same_arrays(arrays_of(by_dict), arrays_of(by_handle))
 
 
@@ -236,8 +236,8 @@ def test_sgd_step_group_same_bytes(name, cm, cv, rounding):
         by_dict = sgd_entries(np.random.default_rng(4), cm, rounding, False, first)
         by_handle = sgd_entries(np.random.default_rng(4), cm, rounding, True, first)
         for _ in range(2):
-            _core.sgd_step_group(by_dict, BLOCK, 9, False)
-            _core.sgd_step_group(by_handle, BLOCK, 9, False)
+            _core.sgd_step_group(by_dict, BLOCK, 9, "nearest")
+            _core.sgd_step_group(by_handle, BLOCK, 9, "nearest")
         assert_same_arrays(arrays_of(by_dict), arrays_of(by_handle))
 
 
@@ -282,7 +282,7 @@ def test_small_calls_equal_one_big_call(name, cm, cv, rounding, restore_threads)
         lowfp.set_num_threads(threads)
         e = fresh()
         for _ in range(2):
-            _core.adamw_step_group([e], BLOCK, 13, False)
+            _core.adamw_step_group([e], BLOCK, 13, "nearest")
         results.append(arrays_of([e]))
 
     e = fresh()
@@ -306,7 +306,7 @@ def test_small_calls_equal_one_big_call(name, cm, cv, rounding, restore_threads)
                 av[k * kv : (k + 1) * kv],
             )
             _core.adamw_step_group(
-                [(p[sl], g[sl], m, v, scalars, streams, pstream, kind)], BLOCK, 13, False, [i]
+                [(p[sl], g[sl], m, v, scalars, streams, pstream, kind)], BLOCK, 13, "nearest", [i]
             )
     results.append(arrays_of([e]))
     assert_same_arrays(results[0], results[1])
@@ -324,8 +324,8 @@ def test_many_small_entries_alone_or_with_a_big_one(name, cm, cv):
         np.random.default_rng(8), cm, cv, "stochastic", True, sizes=small + [SERIAL_MAX + 1000]
     )
     for _ in range(2):
-        _core.adamw_step_group(alone, BLOCK, 2, True)
-        _core.adamw_step_group(mixed, BLOCK, 2, True)
+        _core.adamw_step_group(alone, BLOCK, 2, "stochastic")
+        _core.adamw_step_group(mixed, BLOCK, 2, "stochastic")
     assert_same_arrays(arrays_of(alone), arrays_of(mixed[: len(small)]))
 
 

@@ -300,13 +300,13 @@ def test_sgd_and_muon_momentum_kernels_equal_rust(nesterov):
                     [(p, g, (spec, *host), hp, nesterov, t == 1, stream, stream | 2, "float32")],
                     block,
                     7,
-                    True,
+                    "stochastic",
                 )
                 copt.sgd_step_group(
                     [(pd, gd, (spec, *dev), hp, nesterov, t == 1, stream, stream | 2, "float32")],
                     block,
                     7,
-                    True,
+                    "stochastic",
                 )
                 _assert_bits_equal(torch.from_numpy(p), pd, f"sgd param step {t}")
             else:

@@ -21,6 +21,7 @@ import pytest
 
 import lowfp
 from conftest import compile_host_driver, nvrtc_ptx
+from lowfp._common import TABLE_ROUNDINGS
 from lowfp.cuda import optim as copt
 from lowfp.cuda._params import MODES
 
@@ -167,7 +168,7 @@ def test_quantile_log_blockwise_matches_rust(host, codec, block):
     x[block : 2 * block] = 1.5  # a constant block (v = 1)
     x[2 * block : 3 * block : 2] = 0.0  # half zeros (quantile 0: base 2^-10)
     x[3 * block : 4 * block] *= np.float32(1e-30)  # subnormals
-    for rounding in ("nearest", "stochastic"):
+    for rounding in TABLE_ROUNDINGS:
         q = lowfp.quantize_blockwise(
             x, codec, block_size=block, scale="absmax", rounding=rounding, seed=7, stream=3
         )
@@ -254,7 +255,7 @@ class _Mirror:
                 block,
                 copt.tile_size(block),
                 seed,
-                int(stochastic),
+                copt._param_mode(stochastic),
                 None,
                 0,
                 None,
@@ -367,7 +368,7 @@ class _Mirror:
             return lv.ctypes.data
 
         descs = copt.muon_descs(out, mine, beta, nesterov, block, stream, addr, levels, offset)
-        bad = self._host_step("muon", descs, block, seed, False)
+        bad = self._host_step("muon", descs, block, seed, "nearest")
         assert bad == 0
         self.core.muon_momentum(grad, buf, beta, nesterov, block, seed, stream, offset)
         self.calls += 1
@@ -423,14 +424,20 @@ PRESETS = {
 }
 
 
-@pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
+def _param_roundings(rounding):
+    """The parameter roundings run with state rounding `rounding`: nearest, and the
+    stochastic mode of the states (stochastic16 with stochastic16 states)."""
+    return ("stochastic16" if rounding == "stochastic16" else "stochastic", "nearest")
+
+
+@pytest.mark.parametrize("rounding", TABLE_ROUNDINGS)
 @pytest.mark.parametrize("preset", list(PRESETS))
 def test_adamw_steps_match_rust(mirror, preset, rounding):
     """N AdamW steps: float32 and bfloat16 parameters (two param groups, one with L2 Adam),
-    stochastic and nearest parameter rounding."""
+    stochastic (32- or 16-bit words) and nearest parameter rounding."""
     f32, bf16 = _params(), _params(torch.bfloat16)
     groups = [{"params": f32}, {"params": bf16, "weight_decay": 0.1, "decoupled": False}]
-    for param_rounding in ("stochastic", "nearest"):
+    for param_rounding in _param_roundings(rounding):
         opt = PRESETS[preset](
             groups,
             lr=1e-2,
@@ -445,7 +452,7 @@ def test_adamw_steps_match_rust(mirror, preset, rounding):
 
 
 @pytest.mark.parametrize("launch", ["mirror", "kernel_mirror"])
-@pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
+@pytest.mark.parametrize("rounding", TABLE_ROUNDINGS)
 @pytest.mark.parametrize("preset", ["fp32", "AdamW8bit", "AdamW4bit", "SOLO3"])
 def test_adamw_amsgrad_steps_match_rust(request, launch, preset, rounding):
     """AMSGrad (a third state, the running maximum of v, with v's codec): N steps of the tile
@@ -454,7 +461,7 @@ def test_adamw_amsgrad_steps_match_rust(request, launch, preset, rounding):
     m = request.getfixturevalue(launch)
     f32, bf16 = _params(), _params(torch.bfloat16)
     groups = [{"params": f32}, {"params": bf16, "weight_decay": 0.1, "decoupled": False}]
-    for param_rounding in ("stochastic", "nearest"):
+    for param_rounding in _param_roundings(rounding):
         opt = PRESETS[preset](
             groups,
             lr=1e-2,
@@ -520,7 +527,7 @@ def test_sgd_8bit_momentum_matches_rust(mirror, nesterov, dampening):
     assert mirror.calls == STEPS
 
 
-@pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
+@pytest.mark.parametrize("rounding", TABLE_ROUNDINGS)
 def test_muon_8bit_momentum_matches_rust(mirror, rounding):
     torch.manual_seed(2)
     mats = [torch.nn.Parameter(torch.randn(s)) for s in [(64, 97), (33, 40)]]
@@ -623,12 +630,12 @@ def test_shard_offsets_key_stochastic_rounding_like_rust(mirror):
             (w, g, m, v, scalars, (7 << 32 | 4 * i, 7 << 32 | 4 * i | 1), 7 << 32 | 4 * i | 2, kind)
         )
     for _ in range(3):
-        mirror.adamw_step_group(entries, block, 11, True, offsets=[5 * block * 1000, 384])
+        mirror.adamw_step_group(entries, block, 11, "stochastic", offsets=[5 * block * 1000, 384])
     w = entries[0][0]
     b = _packed_state(lowfp.Dynamic(8), w.size, block, "stochastic", rng)
     sgd = [(w, entries[0][1], b, (0.1, 0.9, 1.0, 0.0), False, False, 99, 98, "float32")]
     mirror.mirrors.clear()  # w now steps with another optimizer's state
-    mirror.sgd_step_group(sgd, block, 11, True, offsets=[block * 77])
+    mirror.sgd_step_group(sgd, block, 11, "stochastic", offsets=[block * 77])
     mirror.muon_momentum(entries[0][1].copy(), b, 0.95, True, block, 11, 5, block * 3)
     assert mirror.calls == 5
 
@@ -651,7 +658,9 @@ def test_entry_errors_name_the_argument():
     st = (spec, np.zeros(10, np.uint8), np.zeros(1, np.float32), np.zeros(0, np.float32))
     with pytest.raises(ValueError, match="exp_avg: block size 128 differs from the step's 256"):
         copt.adamw_descs([(p, g, st, p, (0,) * 8, (0, 0), 0, "float32")], 256, addr, lv)
-    with pytest.raises(ValueError, match="rounding: expected 'nearest' or 'stochastic'"):
+    with pytest.raises(
+        ValueError, match=r"rounding: expected one of \('nearest', 'stochastic', 'stochastic16'\)"
+    ):
         copt.adamw_descs(
             [
                 (
@@ -698,9 +707,11 @@ def test_cuda_entry_points_without_cupy_or_with_host_arrays(monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "cupy", None)  # import cupy → ImportError
     p = np.zeros(4, np.float32)
     for call in (
-        lambda: copt.adamw_step_group([(p, p, p, p, (0,) * 8, (0, 0), 0, "float32")], 256, 0, True),
+        lambda: copt.adamw_step_group(
+            [(p, p, p, p, (0,) * 8, (0, 0), 0, "float32")], 256, 0, "stochastic"
+        ),
         lambda: copt.sgd_step_group(
-            [(p, p, p, (0,) * 4, False, True, 0, 0, "float32")], 256, 0, True
+            [(p, p, p, (0,) * 4, False, True, 0, 0, "float32")], 256, 0, "stochastic"
         ),
         lambda: copt.muon_momentum(p, p, 0.9, True, 256, 0, 0),
     ):
@@ -863,7 +874,7 @@ def test_device_skip_protocol_matches_rust_skipping_on_the_host(host, emu, op, l
             [e.p for e in entries], [e.t for e in entries], scalars_at if op != "sgd" else None
         )
         descs["pending"] = ctx.pending
-        plan = copt.launch_plan(op, descs, block, seed, True, ctx.tab)
+        plan = copt.launch_plan(op, descs, block, seed, "stochastic", ctx.tab)
         bad = np.zeros(1, np.uint32)
         tab_ptr = (plan["meta"].ctypes.data + plan["tab_offset"]) if ctx.tab is not None else None
         ntab = 0 if ctx.tab is None else len(ctx.tab)
@@ -919,7 +930,7 @@ def test_device_skip_protocol_matches_rust_skipping_on_the_host(host, emu, op, l
                             kinds[i],
                         )
                     )
-            getattr(lowfp._core, f"{op}_step_group")(ref, block, seed, True)
+            getattr(lowfp._core, f"{op}_step_group")(ref, block, seed, "stochastic")
         for (wr, sr), (wd, sd) in zip(rust, dev):
             np.testing.assert_array_equal(wd, wr, err_msg=f"step {s} param")
             for a, b in zip(sr, sd):
@@ -1003,7 +1014,9 @@ def test_group_plan_is_kept_until_the_group_changes():
         ]
 
     def fresh(es, block=128):  # the launch built from scratch, nothing kept
-        return copt.launch_plan("adamw", copt.adamw_descs(es, block, addr, lv), block, 3, True)
+        return copt.launch_plan(
+            "adamw", copt.adamw_descs(es, block, addr, lv), block, 3, "stochastic"
+        )
 
     def same(a, b):
         assert a["grid"] == b["grid"] and a["smem"] == b["smem"] and a["args"] == b["args"]
@@ -1015,7 +1028,7 @@ def test_group_plan_is_kept_until_the_group_changes():
     plans = []
     for t in (1, 2, 3):
         es = entries(t)
-        got = copt.prepare("adamw", es, 128, 3, True, addr, lv)
+        got = copt.prepare("adamw", es, 128, 3, "stochastic", addr, lv)
         plans.append(copt._GROUP_PLANS[key()])
         same(got, fresh(es))
     assert plans[1] is plans[0] and plans[2] is plans[0]
@@ -1023,7 +1036,7 @@ def test_group_plan_is_kept_until_the_group_changes():
     ms2 = list(ms)
     ms2[500] = state(sizes[500])
     es = entries(4, ms=ms2)
-    got = copt.prepare("adamw", es, 128, 3, True, addr, lv)
+    got = copt.prepare("adamw", es, 128, 3, "stochastic", addr, lv)
     assert copt._GROUP_PLANS[key(ms=ms2)] is not plans[0]
     same(got, fresh(es))
     d = np.frombuffer(got["meta"][8 * 1001 :].tobytes(), copt.TENSOR_DESC)
@@ -1032,7 +1045,7 @@ def test_group_plan_is_kept_until_the_group_changes():
     ps2 = list(ps)
     ps2[7] = np.zeros(sizes[7] + 1, np.float32)
     with pytest.raises(ValueError, match="exp_avg: expected"):
-        copt.prepare("adamw", entries(5, ps=ps2), 128, 3, True, addr, lv)
+        copt.prepare("adamw", entries(5, ps=ps2), 128, 3, "stochastic", addr, lv)
     # another block size: its own plan (here the states' block sizes do not match: named)
     with pytest.raises(ValueError, match="block size 128 differs from the step's 256"):
-        copt.prepare("adamw", entries(6), 256, 3, True, addr, lv)
+        copt.prepare("adamw", entries(6), 256, 3, "stochastic", addr, lv)

@@ -303,7 +303,7 @@ def test_import_bitsandbytes_8bit_states():
         lo.AdamW4bit(ps).load_bitsandbytes(theirs)
 
 
-@pytest.mark.parametrize("param_rounding", ["nearest", "stochastic"])
+@pytest.mark.parametrize("param_rounding", ["nearest", "stochastic", "stochastic16"])
 @pytest.mark.parametrize("dtype,lr", [(torch.bfloat16, 1e-3), (torch.float16, 2e-4)])
 def test_16bit_parameters_take_small_updates_stochastically(param_rounding, dtype, lr):
     """Adam moves each weight by about lr per step. At 1.5 an ulp is 2^-7 (bfloat16) or
@@ -403,7 +403,11 @@ def test_shards_with_offsets_draw_the_whole_tensors_bits(preset):
         ]
         with torch.no_grad():
             _core.adamw_step_group(
-                entries, opt_parts._opt(group, "block_size"), kw["seed"], True, offsets=[0, cut]
+                entries,
+                opt_parts._opt(group, "block_size"),
+                kw["seed"],
+                "stochastic",
+                offsets=[0, cut],
             )
     assert torch.equal(whole.detach(), torch.cat([p.detach() for p in parts]))
     for k in (
@@ -416,4 +420,6 @@ def test_shards_with_offsets_draw_the_whole_tensors_bits(preset):
         joined = torch.cat([opt_parts.state[p][k] for p in parts])
         assert torch.equal(opt_whole.state[whole][k], joined), k
     with pytest.raises(ValueError, match="offsets: expected one per entry"):
-        _core.adamw_step_group(entries, opt_parts._opt(group, "block_size"), 0, True, offsets=[0])
+        _core.adamw_step_group(
+            entries, opt_parts._opt(group, "block_size"), 0, "stochastic", offsets=[0]
+        )

@@ -202,21 +202,21 @@ def adamw_step_group(
     entries: Sequence[_AdamWEntry],
     block: int,
     seed: int,
-    param_stochastic: bool,
+    param_rounding: str,
     offsets: Optional[Sequence[int]] = None,
 ) -> None: ...
 def adamw_amsgrad_step_group(
     entries: Sequence[_AmsgradEntry],
     block: int,
     seed: int,
-    param_stochastic: bool,
+    param_rounding: str,
     offsets: Optional[Sequence[int]] = None,
 ) -> None: ...
 def sgd_step_group(
     entries: Sequence[_SgdEntry],
     block: int,
     seed: int,
-    param_stochastic: bool,
+    param_rounding: str,
     offsets: Optional[Sequence[int]] = None,
 ) -> None: ...
 def muon_momentum(

@@ -17,7 +17,7 @@ lf_u64 lf_host_tensor_desc_size() { return sizeof(lf_tensor_desc); }
 // word, bit, tab, t0, ntab: the device-skip context (lf_step_ctx; word null: none).
 // Returns the OR of the bad flags (1: log levels collided; 8: a step number outside tab).
 lf_u32 lf_host_step(int op, const lf_tensor_desc* descs, lf_u64 count, lf_u32 block,
-                    lf_u32 tile, lf_u64 seed, int param_stochastic, const lf_u32* word,
+                    lf_u32 tile, lf_u64 seed, int param_mode, const lf_u32* word,
                     lf_i64 bit, const double* tab, lf_i64 t0, lf_i64 ntab) {
     lf_step_ctx ctx = {word, bit, tab, t0, ntab};
     lf_u32 bad = 0;
@@ -40,7 +40,7 @@ lf_u32 lf_host_step(int op, const lf_tensor_desc* descs, lf_u64 count, lf_u32 bl
         if (!lf_resolve_step(descs[t], ctx, &d, &bad)) continue;
         for (lf_u64 start = 0; start < d.n; start += tile) {
             lf_u32 len = (lf_u32)(d.n - start < tile ? d.n - start : tile);
-            lf_step_tile(op, d, start, len, block, seed, param_stochastic != 0, sc, &bad);
+            lf_step_tile(op, d, start, len, block, seed, param_mode, sc, &bad);
         }
     }
     return bad;

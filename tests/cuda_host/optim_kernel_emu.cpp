@@ -45,7 +45,7 @@ extern "C" {
 // Run the grid; returns 0, or 2 when the plan's shared memory exceeds the emulated 64 KiB.
 int lf_emu_launch(unsigned long long grid, unsigned long long smem, int op,
                   const unsigned char* meta, unsigned long long count, unsigned block,
-                  unsigned tile, unsigned long long seed, int param_stochastic, unsigned nlev0,
+                  unsigned tile, unsigned long long seed, int param_mode, unsigned nlev0,
                   unsigned nlev1, unsigned nlev2, unsigned* bad, const unsigned* word,
                   long long bit, const double* tab, long long t0, long long ntab) {
     if (smem > sizeof(lf_smem)) return 2;
@@ -53,7 +53,7 @@ int lf_emu_launch(unsigned long long grid, unsigned long long smem, int op,
         blockIdx.x = (unsigned)b;
         // poison the shared memory: the kernel must not rely on leftovers
         for (unsigned long long i = 0; i < sizeof(lf_smem) / 4; ++i) lf_smem[i] = -7.25f;
-        lf_optim_step(op, meta, count, block, tile, seed, param_stochastic, nlev0, nlev1, nlev2,
+        lf_optim_step(op, meta, count, block, tile, seed, param_mode, nlev0, nlev1, nlev2,
                       bad, word, bit, tab, t0, ntab);
     }
     return 0;

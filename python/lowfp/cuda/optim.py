@@ -22,7 +22,7 @@ from typing import Any, Callable, Dict, Sequence, Tuple
 
 import numpy as np
 
-from .._common import packed_len, table_levels
+from .._common import TABLE_ROUNDINGS, check_choice, packed_len, table_levels
 from ..formats import format as _format
 from ._params import MODES, format_args
 
@@ -100,9 +100,9 @@ def _spec_static(key: Tuple) -> Tuple[Dict[str, Any], np.ndarray | None]:
         raise ValueError(
             f"scale: the fused GPU steps use 'absmax' state scales, got {spec['scale']!r}"
         )
-    if mode not in (MODES["nearest"], MODES["stochastic"]):
+    if spec["rounding"] not in TABLE_ROUNDINGS:
         raise ValueError(
-            f"rounding: expected 'nearest' or 'stochastic' state rounding, got {spec['rounding']!r}"
+            f"rounding: expected one of {TABLE_ROUNDINGS} state rounding, got {spec['rounding']!r}"
         )
     out = dict(mode=mode, elem_max=1.0)
     if codec == "exmy":
@@ -536,12 +536,18 @@ def tile_plan(ns: np.ndarray, st: np.ndarray, block: int) -> Tuple[np.ndarray, i
     return prefix, (smem + 15) // 16 * 16, nlev
 
 
+def _param_mode(param_rounding: str) -> int:
+    """The kernel's mode number of a parameter rounding (the Rust core's check)."""
+    check_choice("param_rounding", param_rounding, TABLE_ROUNDINGS)
+    return MODES[param_rounding]
+
+
 def launch_plan(
     op: str,
     descs: np.ndarray,
     block: int,
     seed: int,
-    param_stochastic: bool,
+    param_rounding: str,
     tab: np.ndarray | None = None,
     tiles: Tuple[np.ndarray, int, list] | None = None,
 ) -> Dict[str, Any]:
@@ -564,7 +570,7 @@ def launch_plan(
         block,
         tile_size(block),
         int(seed) & (2**64 - 1),
-        int(bool(param_stochastic)),
+        _param_mode(param_rounding),
         nlev[0],
         nlev[1],
         nlev[2],
@@ -577,7 +583,7 @@ def prepare(
     entries: Sequence,
     block: int,
     seed: int,
-    param_stochastic: bool,
+    param_rounding: str,
     addr,
     levels,
     offsets: Sequence[int] | None = None,
@@ -592,7 +598,7 @@ def prepare(
         descs["pending"] = ctx.pending
         tab = ctx.tab
     return launch_plan(
-        op, descs, block, seed, param_stochastic, tab, None if gp is None else gp.tiles
+        op, descs, block, seed, param_rounding, tab, None if gp is None else gp.tiles
     )
 
 
@@ -630,7 +636,7 @@ def _launch(
     descs: np.ndarray | None,
     block: int,
     seed: int,
-    param_stochastic: bool,
+    param_rounding: str,
     cp: Any,
     ctx: "StepContext | None" = None,
     plan: Dict[str, Any] | None = None,
@@ -640,7 +646,7 @@ def _launch(
         if ctx is not None:
             descs["pending"] = ctx.pending
             tab = ctx.tab
-        plan = launch_plan(op, descs, block, seed, param_stochastic, tab)
+        plan = launch_plan(op, descs, block, seed, param_rounding, tab)
     if plan["grid"] == 0:
         return
     o, count, blk, tile, sd, ps, nl0, nl1, nl2 = plan["args"]
@@ -690,7 +696,7 @@ def _step_group(
     entries: Sequence,
     block: int,
     seed: int,
-    param_stochastic: bool,
+    param_rounding: str,
     offsets: Sequence[int] | None,
     ctx: "StepContext | None",
 ) -> None:
@@ -709,20 +715,20 @@ def _step_group(
             entries,
             block,
             seed,
-            param_stochastic,
+            param_rounding,
             _cuda_addr(_torch_device(entries)),
             _device_levels(cp),
             offsets,
             ctx,
         )
-        _launch(op, None, block, seed, param_stochastic, cp, ctx, plan)
+        _launch(op, None, block, seed, param_rounding, cp, ctx, plan)
 
 
 def adamw_step_group(
     entries: Sequence,
     block: int,
     seed: int,
-    param_stochastic: bool,
+    param_rounding: str,
     offsets: Sequence[int] | None = None,
     ctx: "StepContext | None" = None,
 ) -> None:
@@ -733,21 +739,21 @@ def adamw_step_group(
             param_stream, kind): flat contiguous CUDA tensors (16-bit parameters and gradients
             as bfloat16/float16 tensors), each state a float32 tensor or (spec, packed, scales,
             alphas); scalars = (1 − lr·wd, l2, 1 − β1, β2, 1 − β2, eps, lr / bc1, sqrt(bc2)).
-        block, seed, param_stochastic, offsets: as in the Rust core.
+        block, seed, param_rounding, offsets: as in the Rust core.
         ctx: the device skip of this step (:meth:`DeviceSkip.context`), or None.
 
     Raises:
         ImportError: CuPy is missing. TypeError/ValueError: host arrays, another device,
             non-contiguous tensors, lengths or block sizes that do not match.
     """
-    _step_group("adamw", entries, block, seed, param_stochastic, offsets, ctx)
+    _step_group("adamw", entries, block, seed, param_rounding, offsets, ctx)
 
 
 def adamw_amsgrad_step_group(
     entries: Sequence,
     block: int,
     seed: int,
-    param_stochastic: bool,
+    param_rounding: str,
     offsets: Sequence[int] | None = None,
     ctx: "StepContext | None" = None,
 ) -> None:
@@ -758,19 +764,19 @@ def adamw_amsgrad_step_group(
         entries: per tensor an adamw_step_group entry, then (max_exp_avg_sq, its stream): the
             running maximum of the second moment, a float32 tensor or (spec, packed, scales,
             alphas) like the other states.
-        block, seed, param_stochastic, offsets, ctx: as adamw_step_group.
+        block, seed, param_rounding, offsets, ctx: as adamw_step_group.
 
     Raises:
         As adamw_step_group.
     """
-    _step_group("adamw_amsgrad", entries, block, seed, param_stochastic, offsets, ctx)
+    _step_group("adamw_amsgrad", entries, block, seed, param_rounding, offsets, ctx)
 
 
 def sgd_step_group(
     entries: Sequence,
     block: int,
     seed: int,
-    param_stochastic: bool,
+    param_rounding: str,
     offsets: Sequence[int] | None = None,
     ctx: "StepContext | None" = None,
 ) -> None:
@@ -779,13 +785,13 @@ def sgd_step_group(
     Args:
         entries: per tensor (param, grad, momentum_buffer, (lr, momentum, 1 − dampening,
             weight_decay), nesterov, first, stream, param_stream, kind), as adamw_step_group.
-        block, seed, param_stochastic, offsets: as in the Rust core.
+        block, seed, param_rounding, offsets: as in the Rust core.
         ctx: as adamw_step_group (the table is not used: SGD's scalars do not depend on t).
 
     Raises:
         As adamw_step_group.
     """
-    _step_group("sgd", entries, block, seed, param_stochastic, offsets, ctx)
+    _step_group("sgd", entries, block, seed, param_rounding, offsets, ctx)
 
 
 def muon_momentum(
@@ -824,7 +830,7 @@ def muon_momentum(
             _device_levels(cp),
             offset,
         )
-        _launch("muon", descs, block, seed, False, cp)
+        _launch("muon", descs, block, seed, "nearest", cp)
 
 
 # ---------------------------------------------------------------- device skip

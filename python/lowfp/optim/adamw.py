@@ -46,14 +46,18 @@ class AdamW(PackedOptimizer):
             8 bits (``"e4m3"``, …), or a :class:`lowfp.Linear`, :class:`lowfp.Dynamic` or
             :class:`lowfp.Log` codec, blockwise with float32 absmax scales.
         block_size: elements per block of the quantized states (16..4096, multiple of 8).
-        rounding: "nearest" or "stochastic" re-encoding of the states.
+        rounding: "nearest", "stochastic" or "stochastic16" (16 random bits per element)
+            re-encoding of the states.
         seed: key of the stochastic rounding (with the step, parameter and state).
         min_quant_size: parameters with fewer elements keep float32 states.
         nonfinite: what a step does when any gradient holds NaN or ±inf: "skip" (default:
             nothing is updated, ``skipped_steps`` counts it, the first skip warns) or "error"
             (ValueError).
         param_rounding: how bfloat16/float16 parameters take the float32 update: "stochastic"
-            (default, so small updates are not lost without an fp32 master copy) or "nearest".
+            (default, so small updates are not lost without an fp32 master copy),
+            "stochastic16" (half the random-bit work; bfloat16 and float16 from float32
+            discard at most 16 bits in their normal range, so the same probabilities there)
+            or "nearest".
         v_granularity: how many elements share one second moment (blockwise Adam /
             Adam-mini). "element" (default): Adam's, one per element (the fused step).
             Otherwise each group of elements keeps one v, updated with the *mean* of g² over
@@ -252,7 +256,7 @@ class AdamW(PackedOptimizer):
             items,
             self._opt(group, "block_size"),
             self._seed,
-            self._param_rounding == "stochastic",
+            self._param_rounding,
             offsets,
             **(self._step_context(entries, scalars_at) if cuda else {}),
         )

@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 from .. import _core, _validate
+from .._common import TABLE_ROUNDINGS
 from .._types import TableRounding
 from ..codec import Dynamic, Linear, Log, _check_choice
 from ..formats import format as _format
@@ -256,9 +257,9 @@ class PackedOptimizer(torch.optim.Optimizer):
     ) -> None:
         """Validate and store the storage options and step policies (before torch's
         ``__init__`` adds the param groups)."""
-        _check_choice("rounding", rounding, ("nearest", "stochastic"))
+        _check_choice("rounding", rounding, TABLE_ROUNDINGS)
         _check_choice("nonfinite", nonfinite, ("skip", "error"))
-        _check_choice("param_rounding", param_rounding, ("nearest", "stochastic"))
+        _check_choice("param_rounding", param_rounding, TABLE_ROUNDINGS)
         check_block(block_size)
         if not (isinstance(seed, int) and 0 <= seed < 1 << 64):
             raise ValueError(f"seed: expected an integer in [0, 2**64), got {seed!r}")
@@ -336,7 +337,7 @@ class PackedOptimizer(torch.optim.Optimizer):
         if "block_size" in group:
             check_block(group["block_size"])
         if "rounding" in group:
-            _check_choice("rounding", group["rounding"], ("nearest", "stochastic"))
+            _check_choice("rounding", group["rounding"], TABLE_ROUNDINGS)
         if "min_quant_size" in group and not (
             isinstance(group["min_quant_size"], int) and group["min_quant_size"] >= 0
         ):

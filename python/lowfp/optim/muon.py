@@ -99,7 +99,7 @@ class Muon(PackedOptimizer):
             most 8 bits, or a Linear/Dynamic/Log codec, blockwise with float32 absmax scales
             (every matrix is quantized, whatever its size).
         block_size: elements per block of a quantized momentum (16..4096, multiple of 8).
-        rounding: "nearest" or "stochastic" re-encoding of the momentum.
+        rounding: "nearest", "stochastic" or "stochastic16" re-encoding of the momentum.
         seed: key of the stochastic rounding; also the AdamW part's seed unless
             ``adamw_kwargs`` sets one (the Muon streams set bit 31 of the parameter field, so
             the two never draw the same bits).

@@ -32,7 +32,7 @@ class SGD(PackedOptimizer):
             most 8 bits (``"e4m3"``, …), or a :class:`lowfp.Linear`, :class:`lowfp.Dynamic`
             or :class:`lowfp.Log` codec, blockwise with float32 absmax scales.
         block_size: elements per block of a quantized buffer (16..4096, multiple of 8).
-        rounding: "nearest" or "stochastic" re-encoding of the buffer.
+        rounding: "nearest", "stochastic" or "stochastic16" re-encoding of the buffer.
         seed: key of the stochastic rounding (with the step and the parameter's index).
         min_quant_size: parameters with fewer elements keep a float32 buffer.
         nonfinite, param_rounding: as :class:`lowfp.optim.AdamW`.
@@ -155,7 +155,7 @@ class SGD(PackedOptimizer):
             items,
             self._opt(group, "block_size"),
             self._seed,
-            self._param_rounding == "stochastic",
+            self._param_rounding,
             offsets,
             **(self._step_context(entries) if cuda else {}),
         )

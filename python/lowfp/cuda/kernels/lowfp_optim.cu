@@ -46,7 +46,7 @@ extern "C" __global__ void lf_optim_check(const unsigned char* meta, lf_u64 coun
 
 extern "C" __global__ void lf_optim_step(int op, const unsigned char* meta, lf_u64 count,
                                          lf_u32 block, lf_u32 tile, lf_u64 seed,
-                                         int param_stochastic, lf_u32 nlev0, lf_u32 nlev1,
+                                         int param_mode, lf_u32 nlev0, lf_u32 nlev1,
                                          lf_u32 nlev2, lf_u32* bad, const lf_u32* word,
                                          lf_i64 bit, const double* tab, lf_i64 t0,
                                          lf_i64 ntab) {
@@ -72,5 +72,5 @@ extern "C" __global__ void lf_optim_step(int op, const unsigned char* meta, lf_u
     sc.levels[1] = sc.levels[0] + nb * nlev0;
     sc.levels[2] = sc.levels[1] + nb * nlev1;
     sc.codes = (lf_u8*)(sc.levels[2] + nb * nlev2);
-    lf_step_tile(op, t, start, len, block, seed, param_stochastic != 0, sc, bad);
+    lf_step_tile(op, t, start, len, block, seed, param_mode, sc, bad);
 }

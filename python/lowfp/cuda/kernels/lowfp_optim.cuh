@@ -142,9 +142,9 @@ LF_FN float lf_load_f32(lf_u64 addr, lf_u64 i, lf_i64 kind) {
 }
 
 /// Write the updated parameter: float32 as is, 16-bit floats rounded (`to_half`: the named
-/// bfloat16/float16 encoder, default options, Philox keyed by (seed, pstream, index)).
-LF_FN void lf_store_param(const lf_tensor_desc& t, lf_u64 i, float v, bool stochastic,
-                          lf_u64 seed) {
+/// bfloat16/float16 encoder, default options, `mode` LF_NEAREST or a stochastic mode keyed by
+/// (seed, pstream, index)).
+LF_FN void lf_store_param(const lf_tensor_desc& t, lf_u64 i, float v, int mode, lf_u64 seed) {
     if (t.pkind == LF_IN_F32) {
         ((float*)t.param)[i] = v;
         return;
@@ -152,8 +152,9 @@ LF_FN void lf_store_param(const lf_tensor_desc& t, lf_u64 i, float v, bool stoch
     lf_enc f = t.pkind == LF_IN_BF16 ? lf_enc_bf16() : lf_enc_f16();
     lf_parts p = lf_parts_f32(lf_f32_bits(v));
     lf_u32 bad = 0, c;
-    if (stochastic)
-        c = lf_encode_parts<LF_STOCHASTIC>(f, p, lf_random_u32(seed, t.pstream, t.offset + i), &bad);
+    if (lf_is_stochastic(mode))
+        c = lf_encode_parts<LF_STOCHASTIC>(f, p, lf_random_word(mode, seed, t.pstream, t.offset + i),
+                                           &bad);
     else c = lf_encode_parts<LF_NEAREST>(f, p, 0u, &bad);
     ((lf_u16*)t.param)[i] = (lf_u16)c;
 }
@@ -258,7 +259,7 @@ LF_FN void lf_tile_old_levels(const lf_state_desc& s, const lf_tile& g, float* l
 /// Phase 2: per element, decode the states, update, write the parameter and in-place float32
 /// states; keep the new values of packed states in scratch and fold |value| into block amax.
 LF_FN void lf_tile_update(int op, int nst, const lf_tensor_desc& t, const lf_tile& g,
-                          const lf_enc* enc, lf_u64 seed, bool param_stochastic,
+                          const lf_enc* enc, lf_u64 seed, int param_mode,
                           const lf_tile_scratch& sc) {
     LF_TILE_FOR(j, g.len) {
         lf_u64 i = g.start + j;
@@ -274,7 +275,7 @@ LF_FN void lf_tile_update(int op, int nst, const lf_tensor_desc& t, const lf_til
         float p = lf_load_f32(t.param, i, t.pkind);
         float gr = op == LF_OP_MUON ? 0.0f : lf_load_f32(t.grad, i, t.pkind);
         lf_update(op, t, p, gr, s);
-        lf_store_param(t, i, p, param_stochastic, seed);
+        lf_store_param(t, i, p, param_mode, seed);
         for (int k = 0; k < nst; ++k) {
             if (t.st[k].kind == LF_ST_F32) {
                 ((float*)t.st[k].data)[i] = s[k];
@@ -341,17 +342,16 @@ LF_FN void lf_tile_codes(const lf_state_desc& st, const lf_tile& g, const lf_enc
     LF_TILE_FOR(j, g.len) {
         lf_u64 i = g.start + j;
         float y = lf_block_normalize(vals[j], ((const float*)st.scales)[g.b0 + j / g.block]);
-        lf_u32 r = st.mode == LF_STOCHASTIC ? lf_random_u32(seed, st.stream, offset + i) : 0u;
+        bool sr = lf_is_stochastic(st.mode);
+        lf_u32 r = sr ? lf_random_word(st.mode, seed, st.stream, offset + i) : 0u;
         if (st.kind == LF_ST_EXMY) {
             lf_u32 b = 0;
             lf_parts pp = lf_parts_f32(lf_f32_bits(y));
-            codes[j] = (lf_u8)(st.mode == LF_STOCHASTIC
-                                   ? lf_encode_parts<LF_STOCHASTIC>(enc, pp, r, &b)
-                                   : lf_encode_parts<LF_NEAREST>(enc, pp, 0u, &b));
+            codes[j] = (lf_u8)(sr ? lf_encode_parts<LF_STOCHASTIC>(enc, pp, r, &b)
+                                  : lf_encode_parts<LF_NEAREST>(enc, pp, 0u, &b));
         } else {
             const float* lv = table ? (const float*)st.levels : lvs + (j / g.block) * nlev;
-            codes[j] = st.mode == LF_STOCHASTIC ? lf_table_stochastic(lv, nlev, y, r)
-                                                : lf_table_nearest(lv, nlev, y);
+            codes[j] = sr ? lf_table_stochastic(lv, nlev, y, r) : lf_table_nearest(lv, nlev, y);
         }
     }
 }
@@ -407,7 +407,7 @@ LF_FN bool lf_resolve_step(const lf_tensor_desc& in, const lf_step_ctx& ctx, lf_
 /// phases above separated by barriers. ORs 1 into *bad when log levels collide (where Rust
 /// raises its "alpha" error).
 LF_FN void lf_step_tile(int op, const lf_tensor_desc& t, lf_u64 start, lf_u32 len, lf_u32 block,
-                        lf_u64 seed, bool param_stochastic, const lf_tile_scratch& sc,
+                        lf_u64 seed, int param_mode, const lf_tile_scratch& sc,
                         lf_u32* bad) {
     lf_tile g;
     g.start = start;
@@ -423,7 +423,7 @@ LF_FN void lf_step_tile(int op, const lf_tensor_desc& t, lf_u64 start, lf_u32 le
     }
     LF_TILE_FOR(b, (lf_u32)nst * g.nb) sc.amax[b] = 0u;
     LF_TILE_SYNC();
-    lf_tile_update(op, nst, t, g, enc, seed, param_stochastic, sc);
+    lf_tile_update(op, nst, t, g, enc, seed, param_mode, sc);
     LF_TILE_SYNC();
     for (int k = 0; k < nst; ++k) {
         const lf_state_desc& st = t.st[k];
