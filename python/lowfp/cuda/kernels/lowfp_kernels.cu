@@ -42,6 +42,18 @@ __device__ __forceinline__ lf_u32 lf_load_code(const void* codes, int code_bytes
     return ((const lf_u32*)codes)[i];
 }
 
+// Every rounding mode with the element code it runs, as X(mode, code): both stochastic modes
+// run LF_STOCHASTIC's (they differ in their words only, lf_random_word).
+#define LF_MODES(X)                                                                          \
+    X(LF_NEAREST, LF_NEAREST)                                                                \
+    X(LF_NEAREST_AWAY, LF_NEAREST_AWAY)                                                      \
+    X(LF_TOWARD_ZERO, LF_TOWARD_ZERO)                                                        \
+    X(LF_UP, LF_UP)                                                                          \
+    X(LF_DOWN, LF_DOWN)                                                                      \
+    X(LF_STOCHASTIC, LF_STOCHASTIC)                                                          \
+    X(LF_TO_ODD, LF_TO_ODD)                                                                  \
+    X(LF_STOCHASTIC16, LF_STOCHASTIC)
+
 // ---------------------------------------------------------------- encode / quantize
 
 // MODE: the element code's mode (LF_STOCHASTIC for both stochastic modes); `mode`: the
@@ -82,16 +94,7 @@ extern "C" __global__ void lf_encode(const void* x, int kind, lf_u64 n, lf_u32 e
         lf_encode_loop<M>(x, kind, n, f, mode, seed, stream, offset, rbits, use_rbits, out, \
                           out_bytes, quantize, bad, first_bad);                             \
         break;
-    switch (mode) {
-        LF_CASE(LF_NEAREST, LF_NEAREST)
-        LF_CASE(LF_NEAREST_AWAY, LF_NEAREST_AWAY)
-        LF_CASE(LF_TOWARD_ZERO, LF_TOWARD_ZERO)
-        LF_CASE(LF_UP, LF_UP)
-        LF_CASE(LF_DOWN, LF_DOWN)
-        LF_CASE(LF_STOCHASTIC, LF_STOCHASTIC)
-        LF_CASE(LF_TO_ODD, LF_TO_ODD)
-        LF_CASE(LF_STOCHASTIC16, LF_STOCHASTIC)
-    }
+    switch (mode) { LF_MODES(LF_CASE) }
 #undef LF_CASE
 }
 
@@ -255,16 +258,7 @@ extern "C" __global__ void lf_block_codes(const float* x, lf_u64 n, lf_u64 block
         lf_block_codes_loop<M>(x, n, block, scales, g, f, exmy, levels, nlev, mode, seed,   \
                                stream, codes);                                             \
         break;
-    switch (mode) {
-        LF_CASE(LF_NEAREST, LF_NEAREST)
-        LF_CASE(LF_NEAREST_AWAY, LF_NEAREST_AWAY)
-        LF_CASE(LF_TOWARD_ZERO, LF_TOWARD_ZERO)
-        LF_CASE(LF_UP, LF_UP)
-        LF_CASE(LF_DOWN, LF_DOWN)
-        LF_CASE(LF_STOCHASTIC, LF_STOCHASTIC)
-        LF_CASE(LF_TO_ODD, LF_TO_ODD)
-        LF_CASE(LF_STOCHASTIC16, LF_STOCHASTIC)
-    }
+    switch (mode) { LF_MODES(LF_CASE) }
 #undef LF_CASE
 }
 
