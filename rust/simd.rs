@@ -176,9 +176,19 @@ pub(crate) fn widen_f32(codes: CodeSlice, shift: u32, out: &mut [f32]) -> u32 {
 
 /// `out[i]` = the float32 value of the float16 pattern `codes[i] << shift` (NaN
 /// canonicalized), for codes of a format that is a float16 prefix (`shift` = 10 − mantissa
-/// bits); returns the OR of all codes so that the caller can check their range.
+/// bits); returns the OR of all codes so that the caller can check their range. u16 codes
+/// take 16 lanes per step with AVX-512: at 2 threads (16Mi float16 codes, 3 A/B rounds) the
+/// 8-lane F16C loop made 4.8–5.3 G/s and this one 5.8–6.0, against a uint16 → float32 cast
+/// of 6.5–7.1 (at 1 thread both were within noise of the cast).
 pub(crate) fn widen_f16(codes: CodeSlice, shift: u32, out: &mut [f32]) -> u32 {
     debug_assert_eq!(codes.len(), out.len());
+    #[cfg(all(target_arch = "x86_64", not(feature = "portable")))]
+    if has_avx512() && std::is_x86_feature_detected!("f16c") {
+        if let CodeSlice::U16(c) = codes {
+            // SAFETY: the CPU supports these AVX-512 subsets and F16C, checked just above.
+            return unsafe { avx512::widen_f16(c, shift, out) };
+        }
+    }
     #[cfg(all(target_arch = "x86_64", not(feature = "portable")))]
     if std::is_x86_feature_detected!("f16c") && std::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU supports F16C and AVX2, checked just above.
@@ -405,6 +415,35 @@ mod avx2 {
 mod avx512 {
     use std::arch::x86_64::*;
 
+    /// [`super::widen_f16`] of u16 codes, 16 per step (`vcvtph2ps` on 512 bits); the NaN
+    /// canonicalization runs only for a vector that holds a NaN (found on the float16
+    /// patterns). The tail goes through the F16C loop.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,f16c,avx2")]
+    pub(super) unsafe fn widen_f16(codes: &[u16], shift: u32, out: &mut [f32]) -> u32 {
+        let n = codes.len().min(out.len());
+        let count = _mm_cvtsi32_si128(shift as i32);
+        let (abs, inf) = (_mm256_set1_epi16(0x7fff), _mm256_set1_epi16(0x7c00));
+        let (sign, qnan) = (_mm512_set1_epi32(i32::MIN), _mm512_set1_epi32(0x7fc0_0000));
+        let mut any = _mm256_setzero_si256();
+        let mut i = 0;
+        while i + 16 <= n {
+            let c = _mm256_loadu_si256(codes.as_ptr().add(i) as *const _);
+            any = _mm256_or_si256(any, c);
+            let h = _mm256_sll_epi16(c, count);
+            let mut v = _mm512_castps_si512(_mm512_cvtph_ps(h));
+            let nan = _mm256_cmpgt_epu16_mask(_mm256_and_si256(h, abs), inf);
+            if nan != 0 {
+                let q = _mm512_ternarylogic_epi32::<0xea>(v, sign, qnan); // (v & sign) | qnan
+                v = _mm512_mask_mov_epi32(v, nan, q);
+            }
+            _mm512_storeu_si512(out.as_mut_ptr().add(i) as *mut _, v);
+            i += 16;
+        }
+        let lanes: [u16; 16] = std::mem::transmute(any);
+        let or = lanes.iter().fold(0u32, |a, &l| a | l as u32);
+        or | super::f16c::widen(super::CodeSlice::U16(&codes[i..n]), shift, &mut out[i..n])
+    }
+
     /// The entry of 16 codes (u32 lanes of `idx`) in a table of 2^B entries held in `t`.
     #[inline(always)]
     unsafe fn look<const B: u32>(t: &[__m512; 16], idx: __m512i) -> __m512 {
@@ -623,14 +662,32 @@ mod tests {
                     slices.push(CodeSlice::U8(&u8s));
                 }
                 for s in slices {
-                    for portable in [false, true] {
+                    // the dispatched path (AVX-512 for u16 codes where the CPU has it), the
+                    // F16C loop on its own, and the portable code
+                    for path in ["dispatch", "f16c", "portable"] {
                         let mut out = vec![0f32; n];
-                        let any = match portable {
-                            true => widen_portable(s, shift, &mut out),
-                            false => widen_f16(s, shift, &mut out),
+                        let any = match path {
+                            "portable" => widen_portable(s, shift, &mut out),
+                            "f16c" => {
+                                #[cfg(all(target_arch = "x86_64", not(feature = "portable")))]
+                                if std::is_x86_feature_detected!("f16c")
+                                    && std::is_x86_feature_detected!("avx2")
+                                {
+                                    // SAFETY: the CPU supports F16C and AVX2 (checked).
+                                    unsafe { f16c::widen(s, shift, &mut out) }
+                                } else {
+                                    widen_portable(s, shift, &mut out)
+                                }
+                                #[cfg(not(all(
+                                    target_arch = "x86_64",
+                                    not(feature = "portable")
+                                )))]
+                                widen_portable(s, shift, &mut out)
+                            }
+                            _ => widen_f16(s, shift, &mut out),
                         };
                         let got: Vec<u32> = out.iter().map(|v| v.to_bits()).collect();
-                        assert_eq!(got, want, "{name} len {len} portable {portable}");
+                        assert_eq!(got, want, "{name} len {len} path {path}");
                         assert_eq!(any, cs.iter().fold(0, |a, &c| a | c));
                     }
                 }
