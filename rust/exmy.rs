@@ -1589,6 +1589,7 @@ mod tests {
     /// Random-bit indices wrap modulo 2^64 (rng's definition): an offset near u64::MAX gives
     /// the codes of the same elements encoded with explicit, wrapped random words (and no
     /// overflow panic in debug builds).
+    ///
     /// Both stochastic modes: `stochastic16` is the same rounding given the words of
     /// `rng::random_word16` (at an odd offset, over several steps of the encode loop).
     #[test]
