@@ -1393,6 +1393,23 @@ mod tests {
     use super::*;
     use crate::formats::parse;
 
+    /// A xorshift64 generator from `seed` (test inputs and random words).
+    fn xorshift(mut state: u64) -> impl FnMut() -> u64 {
+        move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        }
+    }
+
+    /// Every named format, then the formats of `specs`.
+    fn named_and<'a>(specs: &[&'a str]) -> Vec<(&'a str, Format)> {
+        let mut all = crate::formats::all();
+        all.extend(specs.iter().map(|&n| (n, parse(n).unwrap())));
+        all
+    }
+
     fn enc(name: &str, rounding: Rounding) -> Encoder {
         Encoder::new(parse(name).unwrap(), EncodeOptions { rounding, ..Default::default() })
     }
@@ -1621,13 +1638,7 @@ mod tests {
     fn add_shift_blocks_equal_the_element_code() {
         // the block loops (AVX-512 where the CPU has it, with their scalar tails) against the
         // element code, over every format they take, both roundings and all code widths
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = xorshift(0x2545_f491_4f6c_dd1d);
         let mut x: Vec<f32> = (0..20_000).map(|_| f32::from_bits(next() as u32)).collect();
         x.extend((0..20_000).map(|i| (i as f32 - 1e4) * 1.3e-3));
         x.extend((0..20_000).map(|i| (i as f32 - 1e4) * 7.1e-8));
@@ -1657,9 +1668,8 @@ mod tests {
             "p3109_k6p3se",
             "p3109_k8p3ue",
         ];
-        let extra = specs.iter().map(|&n| (n, parse(n).unwrap()));
         let mut checked = 0;
-        for (name, f) in crate::formats::all().into_iter().chain(extra) {
+        for (name, f) in named_and(&specs) {
             for mode in [Rounding::Nearest, Rounding::Stochastic] {
                 let e = Encoder::new(f, EncodeOptions { rounding: mode, ..Default::default() });
                 let m = if mode == Rounding::Nearest { NEAREST } else { STOCHASTIC };
@@ -1723,13 +1733,7 @@ mod tests {
 
     #[test]
     fn fast_path_equals_general_path() {
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = xorshift(0x9e37_79b9_7f4a_7c15);
         let mut inputs: Vec<u32> = (0..200_000).map(|_| next() as u32).collect();
         // values in the ranges of small formats, and their neighbours
         inputs.extend((0..200_000).map(|i| ((i as f32 - 1e5) * 3.1e-3).to_bits()));
@@ -1748,8 +1752,7 @@ mod tests {
             }
         }
         let specs = ["e2m0fu", "e3m0fn", "e2m1fu", "e5m1", "e1m6", "e8m1", "e5m10", "e6m9"];
-        let extra = specs.iter().map(|&n| (n, parse(n).unwrap()));
-        for (name, f) in crate::formats::all().into_iter().chain(extra) {
+        for (name, f) in named_and(&specs) {
             for (_, mode) in Rounding::ALL {
                 let e = Encoder::new(
                     f,
