@@ -353,13 +353,6 @@ impl Lut {
     }
 }
 
-/// `out[i] = table[codes[i]]` for a table of at most 256 entries; returns the largest code.
-/// Where a code is ≥ `table.len()`, its output is unspecified (the caller reports the code).
-#[cfg(test)]
-pub(crate) fn lut_u8(table: &[f32], codes: &[u8], out: &mut [f32]) -> u8 {
-    Lut::new(table).apply(codes, None, out)
-}
-
 /// Whether [`Lut::apply`] keeps its table in vector registers here (AVX-512), rather than
 /// loading its entries one by one.
 pub(crate) fn lut_in_registers() -> bool {
@@ -732,7 +725,7 @@ mod tests {
                 for len in [0usize, 1, 15, 16, 17, 33, codes.len()] {
                     let cs = &codes[..len];
                     let mut out = vec![f32::NAN; len];
-                    let max = lut_u8(table, cs, &mut out);
+                    let max = Lut::new(table).apply(cs, None, &mut out);
                     assert_eq!(max, cs.iter().copied().max().unwrap_or(0), "size {size} len {len}");
                     let mut scaled = vec![f32::NAN; len];
                     assert_eq!(Lut::new(table).apply(cs, Some(-0.7), &mut scaled), max);
