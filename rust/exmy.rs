@@ -626,15 +626,29 @@ impl Encoder {
 #[inline(always)]
 fn truncate_nearest<I: Input, C: Code>(enc: &Encoder, x: &[I], out: &mut [C]) {
     let shift = 23 - enc.man;
-    let half = if shift == 0 { 0 } else { (1u32 << (shift - 1)) - 1 };
-    let (qnan_pos, qnan_neg) = (enc.fmt.nan_code(false), enc.fmt.nan_code(true));
-    for (o, &v) in out.iter_mut().zip(x) {
-        let bits = v.f32_bits();
-        let rounded = bits.wrapping_add(half + ((bits >> shift) & (shift != 0) as u32)) >> shift;
-        let nan = (bits & 0x7fff_ffff) > 0x7f80_0000;
-        let qnan = if bits >> 31 != 0 { qnan_neg } else { qnan_pos };
-        *o = C::from_u32(if nan { qnan } else { rounded });
+    let t = simd::Truncate {
+        shift,
+        half: if shift == 0 { 0 } else { (1u32 << (shift - 1)) - 1 },
+        lsb: (shift != 0) as u32,
+        qnan: [enc.fmt.nan_code(false), enc.fmt.nan_code(true)],
+    };
+    let scalar = |x: &[I], out: &mut [C]| {
+        for (o, &v) in out.iter_mut().zip(x) {
+            let bits = v.f32_bits();
+            let rounded = bits.wrapping_add(t.half + ((bits >> t.shift) & t.lsb)) >> t.shift;
+            let nan = (bits & 0x7fff_ffff) > 0x7f80_0000;
+            *o = C::from_u32(if nan { t.qnan[(bits >> 31) as usize] } else { rounded });
+        }
+    };
+    // float32 into u16 codes (bfloat16 and narrower prefixes): 32 per step with AVX-512,
+    // from the first cache line of the output on
+    let mut vec = 0..0;
+    if let (Some(xf), Some(o)) = (I::as_f32(x), C::as_u16(&mut *out)) {
+        let head = simd::unaligned_head(o).min(xf.len());
+        vec = head..head + simd::truncate_u16(&t, &xf[head..], &mut o[head..]);
     }
+    scalar(&x[..vec.start], &mut out[..vec.start]);
+    scalar(&x[vec.end..], &mut out[vec.end..]);
 }
 
 /// Encode float32 bits; returns (code, 1 where the general path must redo it).
@@ -1764,12 +1778,26 @@ mod tests {
                     },
                 );
                 if mode == Rounding::Nearest && e.truncates() {
-                    let x: Vec<f32> = inputs.iter().map(|&b| f32::from_bits(b)).collect();
+                    let x: Vec<f32> =
+                        inputs.iter().chain(&edges).map(|&b| f32::from_bits(b)).collect();
+                    let want: Vec<u32> =
+                        x.iter().map(|&v| e.encode_one::<f32, NEAREST>(v, 0).0).collect();
                     let mut t = vec![0u32; x.len()];
                     truncate_nearest(&e, &x, &mut t);
-                    for (i, (&c, &v)) in t.iter().zip(&x).enumerate() {
-                        let (g, _) = e.encode_one::<f32, NEAREST>(v, 0);
-                        assert_eq!(c, g, "{name} add-and-shift, input {i}: {v:e}");
+                    for (i, (&c, &g)) in t.iter().zip(&want).enumerate() {
+                        assert_eq!(c, g, "{name} add-and-shift, input {i}: {:e}", x[i]);
+                    }
+                    // u16 codes take the AVX-512 loop where the CPU has it, from the first
+                    // cache line of the output on: every position of the output in a line
+                    if f.bits() <= 16 {
+                        for off in 0..32 {
+                            let len = if off == 0 { x.len() } else { 100 + off };
+                            let mut buf = vec![0u16; len + 32];
+                            truncate_nearest(&e, &x[..len], &mut buf[off..off + len]);
+                            for (i, (&c, &g)) in buf[off..off + len].iter().zip(&want).enumerate() {
+                                assert_eq!(c as u32, g, "{name} u16 off {off}, input {i}");
+                            }
+                        }
                     }
                 }
                 if let (Rounding::Nearest, Some(fast), Some(rn)) = (mode, e.fast(NEAREST), e.rne())
