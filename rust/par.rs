@@ -106,13 +106,16 @@ pub fn try_for_each_mut<T: Send, E: Send>(
 /// zipped: the shorter decides the count): on the calling thread when the call holds at most
 /// `SERIAL_MAX` elements (`elems`) or the pool has one thread, without touching the pool at
 /// all (entering a pool from outside costs a cross-thread wake-up: 10–60 µs). Otherwise the
-/// calling thread and `threads − 1` jobs in the pool take chunks from a shared counter until
-/// none is left: the caller starts at once and a worker joins when it wakes up (handing the
-/// whole call to the pool made 2 threads slower than 1 on float16 encodes of 64Ki and 256Ki
-/// elements; see docs/benchmarks_codecs.md). The chunking is the same either way, so results
-/// are too, and
-/// the error returned is the one of the first failing chunk: every chunk before it was
-/// taken (the counter only grows) and runs to its end; the chunks after it are skipped.
+/// calling thread and `threads − 1` jobs in the pool each take the chunks of one contiguous
+/// range, then help with the others' ranges until none is left: the caller starts at once
+/// and a worker joins when it wakes up (handing the whole call to the pool made 2 threads
+/// slower than 1 on float16 encodes of 64Ki and 256Ki elements; see
+/// docs/benchmarks_codecs.md). One range per thread rather than one shared counter: at 1Mi
+/// elements, 2 threads, repeated calls (float16 encode and float8_e4m3fn decode, 3 A/B
+/// rounds) made 6.3–8.4 and 7.2–11.9 G/s against 5.3–6.3 and 5.9–7.8; at 4Mi and 16Mi the
+/// same within noise. The chunking is the same either way, so results are too, and the
+/// error returned is the one of the first failing chunk: a failure stops the chunks after
+/// it, and every chunk before it still runs to its end.
 pub fn try_zip_chunks<A: Sync, B: Send, E: Send>(
     a: &[A],
     ca: usize,
@@ -132,27 +135,45 @@ pub fn try_zip_chunks<A: Sync, B: Send, E: Send>(
     // each pair of chunks, taken once
     let slots: Vec<Mutex<Option<_>>> =
         a.chunks(ca).zip(b.chunks_mut(cb)).map(|p| Mutex::new(Some(p))).collect();
-    let next = AtomicUsize::new(0);
+    let pool = pool();
+    let parts = pool.current_num_threads().min(slots.len()).max(1);
+    // participant p's own chunks are the p-th of `parts` contiguous ranges, taken from the
+    // front by `next[p]`; when its range is done it helps with the others'. A contiguous
+    // range per thread keeps each thread's part of an input that fits in the caches in
+    // that thread's own caches from call to call.
+    let bounds: Vec<usize> = (0..=parts).map(|p| p * slots.len() / parts).collect();
+    let next: Vec<AtomicUsize> = bounds[..parts].iter().map(|&b| AtomicUsize::new(b)).collect();
+    // chunks from `limit` on are skipped: the first failing chunk lowers it, and every chunk
+    // below it still runs, so the error returned is the first failing chunk's whatever the
+    // timing
+    let limit = AtomicUsize::new(slots.len());
     let first_err: Mutex<Option<(usize, E)>> = Mutex::new(None);
-    let work = || loop {
-        let k = next.fetch_add(1, Relaxed);
-        let Some(slot) = slots.get(k) else { break };
-        let taken = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
-        let Some((x, y)) = taken else { continue };
-        if let Err(e) = f(k, x, y) {
-            let mut g = first_err.lock().unwrap_or_else(|p| p.into_inner());
-            if g.as_ref().is_none_or(|(j, _)| k < *j) {
-                *g = Some((k, e));
+    let work = |me: usize| {
+        for p in (me..parts).chain(0..me) {
+            loop {
+                let k = next[p].fetch_add(1, Relaxed);
+                if k >= bounds[p + 1] || k >= limit.load(Relaxed) {
+                    break;
+                }
+                let taken = slots[k].lock().unwrap_or_else(|p| p.into_inner()).take();
+                let Some((x, y)) = taken else { continue };
+                if let Err(e) = f(k, x, y) {
+                    limit.fetch_min(k, Relaxed);
+                    let mut g = first_err.lock().unwrap_or_else(|p| p.into_inner());
+                    if g.as_ref().is_none_or(|(j, _)| k < *j) {
+                        *g = Some((k, e));
+                    }
+                }
             }
-            next.store(slots.len(), Relaxed);
         }
     };
-    let pool = pool();
+    // the caller is participant 0 and starts at once; a helper takes the next free number
+    let joined = AtomicUsize::new(1);
     pool.in_place_scope(|s| {
-        for _ in 1..pool.current_num_threads() {
-            s.spawn(|_| work());
+        for _ in 1..parts {
+            s.spawn(|_| work(joined.fetch_add(1, Relaxed) % parts));
         }
-        work();
+        work(0);
     });
     match first_err.into_inner().unwrap_or_else(|p| p.into_inner()) {
         Some((_, e)) => Err(e),
@@ -198,13 +219,22 @@ mod tests {
         assert_eq!(ok, Ok(()));
         assert_eq!(seen.into_inner(), 41);
         assert!(b.iter().enumerate().all(|(i, &v)| v == 2 * i as u64));
-        // chunks 7, 9 and 30 fail: always chunk 7's error, whichever thread gets there first
-        for _ in 0..20 {
-            let r = try_zip_chunks(&a, CHUNK, &mut b, CHUNK, n, |k, _, _| match k {
-                7 | 9 | 30 => Err(k),
-                _ => Ok(()),
-            });
-            assert_eq!(r, Err(7));
+        // always the first failing chunk's error, whichever thread gets to a failure first
+        // (with 2 or more threads, 25 and 30 lie in a later thread's range than 3, 7 and 9;
+        // chunks 0..3 are slowed down in one case so that 25 fails first)
+        for (fail, first) in [(&[7, 9, 30][..], 7), (&[3, 25], 3), (&[30], 30), (&[40], 40)] {
+            for _ in 0..20 {
+                let r = try_zip_chunks(&a, CHUNK, &mut b, CHUNK, n, |k, _, _| {
+                    if first == 3 && k < 3 {
+                        std::thread::sleep(std::time::Duration::from_millis(1));
+                    }
+                    if fail.contains(&k) {
+                        return Err(k);
+                    }
+                    Ok(())
+                });
+                assert_eq!(r, Err(first));
+            }
         }
     }
 }
