@@ -814,9 +814,11 @@ fn sr_one(f: &Fast, r: &AddShift, bits: u32, rnd: u32) -> (u32, u32) {
 
 /// [`rne_one`] (`SR` false) or [`sr_one`] (`SR` true, with `rnd`) over a block of float32
 /// inputs, 16 lanes at a time with AVX-512 where the CPU has it; returns 1 if an element
-/// needs the general path (its code here is then unspecified).
+/// needs the general path (its code here is then unspecified). With `HALVES`, `rnd` holds
+/// the raw words of a range that starts at an even element index, and element i's word is
+/// `rng::word16_at(rnd, i)` (`stochastic16`, without a pass that writes the words out).
 #[inline(always)]
-fn add_shift_block<C: Code, const SR: bool>(
+fn add_shift_block<C: Code, const SR: bool, const HALVES: bool>(
     f: &Fast,
     r: &AddShift,
     x: &[f32],
@@ -826,25 +828,28 @@ fn add_shift_block<C: Code, const SR: bool>(
     #[cfg(all(target_arch = "x86_64", not(feature = "portable")))]
     if simd::has_avx512() {
         // SAFETY: the CPU supports these AVX-512 subsets, checked just above.
-        return unsafe { avx512::add_shift::<C, SR>(f, r, x, rnd, out) };
+        return unsafe { avx512::add_shift::<C, SR, HALVES>(f, r, x, rnd, out) };
     }
-    add_shift_scalar::<C, SR>(f, r, x, rnd, out)
+    add_shift_scalar::<C, SR, HALVES>(f, r, x, rnd, 0, out)
 }
 
-/// [`add_shift_block`] element by element (LLVM vectorizes it; also the AVX-512 tail).
+/// [`add_shift_block`] element by element (LLVM vectorizes it; also the AVX-512 tail, whose
+/// first element is element `at` of `rnd`'s range).
 #[inline(always)]
-fn add_shift_scalar<C: Code, const SR: bool>(
+fn add_shift_scalar<C: Code, const SR: bool, const HALVES: bool>(
     f: &Fast,
     r: &AddShift,
     x: &[f32],
     rnd: &[u32],
+    at: usize,
     out: &mut [C],
 ) -> u32 {
     let mut redo = 0u32;
     for (i, (o, &v)) in out.iter_mut().zip(x).enumerate() {
-        let (c, sp) = match SR {
-            true => sr_one(f, r, v.to_bits(), rnd[i]),
-            false => rne_one(f, r, v.to_bits()),
+        let (c, sp) = match (SR, HALVES) {
+            (true, true) => sr_one(f, r, v.to_bits(), rng::word16_at(rnd, at + i)),
+            (true, false) => sr_one(f, r, v.to_bits(), rnd[at + i]),
+            (false, _) => rne_one(f, r, v.to_bits()),
         };
         *o = C::from_u32(c);
         redo |= sp;
@@ -861,7 +866,7 @@ mod avx512 {
     /// [`super::sr_one`] on 16 lanes, the path below 2^emin only for vectors that have such
     /// a lane.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq")]
-    pub(super) unsafe fn add_shift<C: Code, const SR: bool>(
+    pub(super) unsafe fn add_shift<C: Code, const SR: bool, const HALVES: bool>(
         f: &Fast,
         r: &AddShift,
         x: &[f32],
@@ -869,7 +874,11 @@ mod avx512 {
         out: &mut [C],
     ) -> u32 {
         let n = x.len().min(out.len());
-        let n = if SR { n.min(rnd.len()) } else { n };
+        let n = match (SR, HALVES) {
+            (true, true) => n.min(2 * rnd.len()),
+            (true, false) => n.min(rnd.len()),
+            (false, _) => n,
+        };
         let set = |v: u32| _mm512_set1_epi32(v as i32);
         let (abs_mask, inf, min_normal) = (set(0x7fff_ffff), set(0x7f80_0000), set(r.min_normal));
         let (rebias, half, one) = (set(r.rebias), set(r.half), set(1));
@@ -885,9 +894,10 @@ mod avx512 {
             let v = _mm512_loadu_si512(x.as_ptr().add(i) as *const _);
             let a = _mm512_and_si512(v, abs_mask);
             let neg = _mm512_movepi32_mask(v);
-            let rn = match SR {
-                true => _mm512_loadu_si512(rnd.as_ptr().add(i) as *const _),
-                false => _mm512_setzero_si512(),
+            let rn = match (SR, HALVES) {
+                (true, true) => crate::rng::avx512::words16(rnd.as_ptr().add(i / 2)),
+                (true, false) => _mm512_loadu_si512(rnd.as_ptr().add(i) as *const _),
+                (false, _) => _mm512_setzero_si512(),
             };
             // at or above 2^emin: rebias, add the rounding bias, shift
             let bias = match SR {
@@ -945,8 +955,8 @@ mod avx512 {
             }
             i += 16;
         }
-        let rest = if SR { &rnd[i.min(rnd.len())..] } else { rnd };
-        (redo != 0) as u32 | super::add_shift_scalar::<C, SR>(f, r, &x[i..n], rest, &mut out[i..n])
+        let tail = super::add_shift_scalar::<C, SR, HALVES>(f, r, &x[i..n], rnd, i, &mut out[i..n]);
+        (redo != 0) as u32 | tail
     }
 }
 
@@ -1019,8 +1029,30 @@ fn encode_chunk_body<I: Input, C: Code, const MODE: u8>(
     // `stochastic16` and round to nearest the same within noise).
     const STEP: usize = 512;
     let mut buf = [0u32; STEP];
+    let add_shift = if MODE == NEAREST { &rne } else { &sr };
     for (k, (xs, os)) in x.chunks(STEP).zip(out.chunks_mut(STEP)).enumerate() {
         let at = start + k * STEP;
+        if let (Random::Philox { seed, stream, offset }, Some(f), Some(xf), Some(r)) =
+            (random, &fast, I::as_f32(xs), add_shift)
+        {
+            // `stochastic16` from an even element index, with no wrap of the index inside
+            // the step: the add-and-shift loop takes the halves of the raw words in place
+            let first = offset.wrapping_add(at as u64);
+            let words = xs.len().div_ceil(2);
+            if MODE == STOCHASTIC
+                && enc.opts.rounding.resolution() == rng::Resolution::Bits16
+                && first & 1 == 0
+                && first.checked_add(xs.len() as u64).is_some()
+            {
+                simd::prefetch(xs);
+                rng::fill_random_u32(seed, stream, first >> 1, &mut buf[..words]);
+                if add_shift_block::<C, true, true>(f, r, xf, &buf[..words], os) == 0 {
+                    continue;
+                }
+                // a special element (NaN, inf, negative into unsigned): the step again below,
+                // with the words written out
+            }
+        }
         let bits: &[u32] = match random {
             _ if MODE != STOCHASTIC => &buf[..xs.len()],
             Random::Philox { seed, stream, offset } => {
@@ -1037,11 +1069,10 @@ fn encode_chunk_body<I: Input, C: Code, const MODE: u8>(
             }
             Random::Bits(b) => &b[at..at + xs.len()],
         };
-        let add_shift = if MODE == NEAREST { &rne } else { &sr };
         if let (Some(f), Some(xf), Some(r)) = (&fast, I::as_f32(xs), add_shift) {
             let redo = match MODE {
-                NEAREST => add_shift_block::<C, false>(f, r, xf, bits, os),
-                _ => add_shift_block::<C, true>(f, r, xf, bits, os),
+                NEAREST => add_shift_block::<C, false, false>(f, r, xf, bits, os),
+                _ => add_shift_block::<C, true, false>(f, r, xf, bits, os),
             };
             if redo == 0 {
                 continue;
@@ -1647,6 +1678,42 @@ mod tests {
         assert_ne!(codes[0], codes[1]);
     }
 
+    /// `stochastic16` from Philox equals the same rounding given the words of
+    /// `rng::random_word16`, on the path that reads the halves in place (even offsets) and
+    /// the one that writes the words out (odd offsets, a wrap of the index inside a step,
+    /// steps with NaN or inf), over several steps and chunks, for byte and u16 codes.
+    #[test]
+    fn stochastic16_in_place_halves_equal_the_definition() {
+        let mut x: Vec<f32> =
+            (0..2 * CHUNK + 1000).map(|i| ((i as f32) * 0.37).sin() * 5.0).collect();
+        x[700] = f32::NAN;
+        x[1501] = f32::NEG_INFINITY;
+        x[CHUNK + 3] = 1e-7; // below 2^emin of the FP8 formats
+        let offsets = [0u64, 1, 2, 1001, 4096, u64::MAX - 1500, u64::MAX - 1501];
+        for name in ["float8_e4m3fn", "float8_e5m2", "bfloat16", "float16"] {
+            let e = enc(name, Rounding::Stochastic16);
+            for offset in offsets {
+                for len in [1usize, 17, 3000, x.len()] {
+                    let xs = &x[..len];
+                    let words: Vec<u32> = (0..len as u64)
+                        .map(|i| crate::rng::random_word16(7, 3, offset.wrapping_add(i)))
+                        .collect();
+                    let philox = Random::Philox { seed: 7, stream: 3, offset };
+                    let (mut a, mut b) = (vec![0u16; len], vec![0u16; len]);
+                    encode(&e, xs, &mut a, philox).unwrap();
+                    encode(&e, xs, &mut b, Random::Bits(&words)).unwrap();
+                    assert_eq!(a, b, "{name} offset {offset} len {len}");
+                    if e.fmt.bits() <= 8 {
+                        let (mut a8, mut b8) = (vec![0u8; len], vec![0u8; len]);
+                        encode(&e, xs, &mut a8, philox).unwrap();
+                        encode(&e, xs, &mut b8, Random::Bits(&words)).unwrap();
+                        assert_eq!(a8, b8, "{name} u8 offset {offset} len {len}");
+                    }
+                }
+            }
+        }
+    }
+
     /// The float32 fast path equals the general element code on every format and mode.
     #[test]
     fn add_shift_blocks_equal_the_element_code() {
@@ -1682,9 +1749,16 @@ mod tests {
             "p3109_k6p3se",
             "p3109_k8p3ue",
         ];
+        // `stochastic16`'s loop reads the halves of raw words in place: element i's word is
+        // `word16_at(&rnd, i)`
+        let w16: Vec<u32> = (0..x.len()).map(|i| crate::rng::word16_at(&rnd, i)).collect();
         let mut checked = 0;
         for (name, f) in named_and(&specs) {
-            for mode in [Rounding::Nearest, Rounding::Stochastic] {
+            for (mode, halves) in [
+                (Rounding::Nearest, false),
+                (Rounding::Stochastic, false),
+                (Rounding::Stochastic16, true),
+            ] {
                 let e = Encoder::new(f, EncodeOptions { rounding: mode, ..Default::default() });
                 let m = if mode == Rounding::Nearest { NEAREST } else { STOCHASTIC };
                 let (Some(fast), Some(r)) =
@@ -1694,7 +1768,7 @@ mod tests {
                 };
                 let want: Vec<(u32, u32)> = x
                     .iter()
-                    .zip(&rnd)
+                    .zip(if halves { &w16 } else { &rnd })
                     .map(|(&v, &w)| match m {
                         NEAREST => e.encode_one::<f32, NEAREST>(v, 0),
                         _ => e.encode_one::<f32, STOCHASTIC>(v, w),
@@ -1703,7 +1777,8 @@ mod tests {
                 let special =
                     |v: f32| v.is_nan() || v.is_infinite() || (!f.signed() && v < 0.0 && v != 0.0);
                 for len in [0usize, 1, 15, 16, 17, 1000, x.len()] {
-                    let (xs, rs) = (&x[..len], &rnd[..len]);
+                    let xs = &x[..len];
+                    let rs = &rnd[..if halves { len.div_ceil(2) } else { len }];
                     let check = |got: Vec<u32>, redo: u32, width: u32| {
                         assert_eq!(redo != 0, xs.iter().any(|&v| special(v)), "{name} redo");
                         for (i, (&g, &(w, _))) in got.iter().zip(&want).enumerate() {
@@ -1716,16 +1791,21 @@ mod tests {
                             }
                         }
                     };
-                    let blk = |o8: &mut [u8], o16: &mut [u16], o32: &mut [u32]| match m {
-                        NEAREST => [
-                            add_shift_block::<u8, false>(&fast, &r, xs, rs, o8),
-                            add_shift_block::<u16, false>(&fast, &r, xs, rs, o16),
-                            add_shift_block::<u32, false>(&fast, &r, xs, rs, o32),
+                    let blk = |o8: &mut [u8], o16: &mut [u16], o32: &mut [u32]| match (m, halves) {
+                        (NEAREST, _) => [
+                            add_shift_block::<u8, false, false>(&fast, &r, xs, rs, o8),
+                            add_shift_block::<u16, false, false>(&fast, &r, xs, rs, o16),
+                            add_shift_block::<u32, false, false>(&fast, &r, xs, rs, o32),
                         ],
-                        _ => [
-                            add_shift_block::<u8, true>(&fast, &r, xs, rs, o8),
-                            add_shift_block::<u16, true>(&fast, &r, xs, rs, o16),
-                            add_shift_block::<u32, true>(&fast, &r, xs, rs, o32),
+                        (_, false) => [
+                            add_shift_block::<u8, true, false>(&fast, &r, xs, rs, o8),
+                            add_shift_block::<u16, true, false>(&fast, &r, xs, rs, o16),
+                            add_shift_block::<u32, true, false>(&fast, &r, xs, rs, o32),
+                        ],
+                        (_, true) => [
+                            add_shift_block::<u8, true, true>(&fast, &r, xs, rs, o8),
+                            add_shift_block::<u16, true, true>(&fast, &r, xs, rs, o16),
+                            add_shift_block::<u32, true, true>(&fast, &r, xs, rs, o32),
                         ],
                     };
                     let (mut o8, mut o16, mut o32) =

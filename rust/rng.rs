@@ -144,6 +144,13 @@ fn fill_word16(seed: u64, stream: u64, start: u64, out: &mut [u32]) {
     }
 }
 
+/// The `Bits16` word of element `i` of a range that starts at an even element index, from
+/// the raw words of that range (`words[j]` = the 32-bit word of elements 2j and 2j + 1).
+#[inline(always)]
+pub(crate) fn word16_at(words: &[u32], i: usize) -> u32 {
+    half_word(words[i / 2], i & 1 == 1)
+}
+
 /// `out` from the halves of `words`, starting at the high half of `words[0]` if `odd`.
 fn split_halves(words: &[u32], odd: bool, out: &mut [u32]) {
     let (words, out) = match (odd, out.split_first_mut()) {
@@ -316,7 +323,7 @@ mod avx2 {
 }
 
 #[cfg(all(target_arch = "x86_64", not(feature = "portable")))]
-mod avx512 {
+pub(crate) mod avx512 {
     use super::{counter, PHILOX_M0, PHILOX_M1, PHILOX_W0, PHILOX_W1};
     use std::arch::x86_64::*;
 
@@ -330,18 +337,25 @@ mod avx512 {
     /// multiply, shuffle and XOR, so four chains keep the multiplier busy.
     const C: usize = 4;
 
-    /// `split_halves` for 16 words (32 outputs) per step: on little-endian x86 the 16-bit
-    /// halves lie in memory in element order (low half first), so each output is a
-    /// zero-extended half, shifted up, with the low 16 bits set.
+    /// The `Bits16` words of the 16 elements whose raw words are the 8 at `w`: on
+    /// little-endian x86 the 16-bit halves lie in memory in element order (low half first),
+    /// so each is a zero-extended half, shifted up, with the low 16 bits set.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; `w` points to 8 readable words.
+    #[inline(always)]
+    pub(crate) unsafe fn words16(w: *const u32) -> __m512i {
+        let h = _mm512_cvtepu16_epi32(_mm256_loadu_si256(w as *const __m256i));
+        _mm512_or_si512(_mm512_slli_epi32::<16>(h), _mm512_set1_epi32(0xFFFF))
+    }
+
+    /// `split_halves` for 16 words (32 outputs) per step ([`words16`]).
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn split_halves(words: &[u32], out: &mut [u32]) {
         assert_eq!(out.len(), 2 * words.len());
         assert_eq!(out.len() % 16, 0);
-        let ones = _mm512_set1_epi32(0xFFFF);
         for (o, w) in out.chunks_exact_mut(16).zip(words.chunks_exact(8)) {
-            let h = _mm512_cvtepu16_epi32(_mm256_loadu_si256(w.as_ptr() as *const __m256i));
-            let v = _mm512_or_si512(_mm512_slli_epi32::<16>(h), ones);
-            _mm512_storeu_si512(o.as_mut_ptr() as *mut _, v);
+            _mm512_storeu_si512(o.as_mut_ptr() as *mut _, words16(w.as_ptr()));
         }
     }
 
