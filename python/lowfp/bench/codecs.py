@@ -1,8 +1,8 @@
 """Throughput of lowfp's codecs against ml_dtypes, torch, qtorch, gfloat and bitsandbytes.
 
 Usage: lowfp bench codecs [--quick]   or   python3 benches/bench_codecs.py [--n N]
-[--threads 1,2] [--repeat 5] [--quick]. Prints Markdown tables on stdout (best-of-repeat wall
-time, G elem/s, lowfp/anchor ratios) and a progress line (measurements done, ETA) on stderr.
+[--threads 1,2] [--repeat 5] [--quick]. Prints Markdown tables on stdout (best wall time
+of the timed calls, G elem/s, lowfp/anchor ratios) and a progress line (rounds done, ETA) on stderr.
 """
 
 import argparse
@@ -32,16 +32,6 @@ GFLOAT_N = 1 << 20  # gfloat is timed on this many elements only; its rate is ex
 
 class NA(Exception):
     """An anchor that does not have the operation (reported as n/a, not as a failure)."""
-
-
-def best_time(fn, repeat):
-    fn()  # warm-up (allocations, JIT, caches)
-    best = float("inf")
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
 
 
 @contextmanager
@@ -74,19 +64,12 @@ def mld_dtype(name):
     return np.dtype(getattr(ml_dtypes, name))
 
 
-def torch_empty(n, name):
+def torch_view(a, name=None):
+    """`a` as a torch tensor on the same memory (uint16 as int16), viewed as format `name`."""
     import torch
 
-    return torch.empty(
-        n, dtype=getattr(torch, name) if name.startswith("uint") else torch_dtype(name)
-    )
-
-
-def torch_codes(codes, name):
-    import torch
-
-    raw = codes.view(np.int16) if codes.dtype == np.uint16 else codes
-    return torch.from_numpy(raw).view(torch_dtype(name))
+    t = torch.from_numpy(a.view(np.int16) if a.dtype == np.uint16 else a)
+    return t.view(torch_dtype(name)) if name else t
 
 
 def qtorch_sr(xt, exp, man):
@@ -99,9 +82,8 @@ def cast(a, dtype):
     return lambda: a.astype(dtype)
 
 
-def cast_into(a, dtype):
-    out = np.empty(a.shape, dtype)
-    return lambda: np.copyto(out, a, casting="unsafe")
+def cast_into(out, src):
+    return lambda: np.copyto(out, src, casting="unsafe")
 
 
 def copy_into(out, src):
@@ -113,82 +95,52 @@ def copy_into(out, src):
 
 # Like for like: every implementation is timed both allocating its result ("lowfp",
 # "ml_dtypes") and writing into a preallocated one ("lowfp out=", "ml_dtypes into" = np.copyto,
-# "torch" = out.copy_(src)). The cast rows give the memory limit: a plain widening or
-# narrowing cast between float32 and uint8/uint16 codes of the same width, into a
-# preallocated array, the best of NumPy and torch.
+# "torch" = out.copy_(src)). The writing ones of a row share one output array and read the
+# same input, so they meet the same caches. A codec row's LIMIT entry gives the memory limit:
+# a plain cast of that input to unsigned integers of the codes' width (encode) or of the codes
+# as unsigned integers to float32 (decode), into the same output, by NumPy and by torch.
 
 
 def code_dtype(f):
     return lowfp.format(f).code_dtype
 
 
-def limit_label(width, encode):
-    ty = f"uint{8 * width}"
-    return f"f32 → {ty} cast (memory limit)" if encode else f"{ty} → f32 cast (memory limit)"
-
-
-def torch_cast_into(src, dst):
-    import torch
-
-    t = torch.from_numpy(src.view(np.int16) if src.dtype == np.uint16 else src)
-    return copy_into(torch.from_numpy(np.empty(src.size, dst)), t)
-
-
-def limit_rows(x, encode):
-    for width in (1, 2):
-        ty = np.dtype(f"uint{8 * width}")
-        if encode:
-            src, dst = x, ty
-        else:
-            # random codes, written here (an untouched np.zeros array maps every page to the
-            # kernel's one zero page, which stays in cache and inflates the limit)
-            src = np.random.default_rng(0).integers(0, 1 << (8 * width), x.size, dtype=ty)
-            dst = np.dtype(np.float32)
-        yield (
-            limit_label(width, encode),
-            {
-                "np.copyto": lambda s=src, d=dst: cast_into(s, d),
-                "torch": lambda s=src, d=dst: torch_cast_into(s, d),
-            },
-        )
+def limit_casts(src, out):
+    """The memory-limit casts of `src` into `out` (one of them integers of the codes' width)."""
+    return {
+        "np.copyto cast": lambda: cast_into(out, src),
+        "torch cast": lambda: copy_into(torch_view(out), torch_view(src)),
+    }
 
 
 def enc_rows(x, xt):
-    yield from limit_rows(x, True)
     for f in FORMATS:
-        lim = limit_label(np.dtype(code_dtype(f)).itemsize, True)
+        out = np.empty(x.size, code_dtype(f))
         yield (
             f,
             {
                 "lowfp": lambda f=f: lambda: lowfp.encode(x, f),
-                "lowfp out=": lambda f=f: (lambda o: lambda: lowfp.encode(x, f, out=o))(
-                    np.empty(x.size, code_dtype(f))
-                ),
+                "lowfp out=": lambda f=f, o=out: lambda: lowfp.encode(x, f, out=o),
                 "ml_dtypes": lambda f=f: cast(x, mld_dtype(f)),
-                "ml_dtypes into": lambda f=f: cast_into(x, mld_dtype(f)),
-                "torch": lambda f=f: copy_into(torch_empty(x.size, f), xt),
-                LIMIT: lim,
+                "ml_dtypes into": lambda f=f, o=out: cast_into(o.view(mld_dtype(f)), x),
+                "torch": lambda f=f, o=out: copy_into(torch_view(o, f), xt),
+                LIMIT: limit_casts(x, out),
             },
         )
 
 
 def dec_rows(x, xt):
-    yield from limit_rows(x, False)
     for f in FORMATS:
-        c = lowfp.encode(x, f)
+        c, out = lowfp.encode(x, f), np.empty(x.size, np.float32)
         yield (
             f,
             {
                 "lowfp": lambda f=f, c=c: lambda: lowfp.decode(c, f),
-                "lowfp out=": lambda f=f, c=c: (lambda o: lambda: lowfp.decode(c, f, out=o))(
-                    np.empty(x.size, np.float32)
-                ),
+                "lowfp out=": lambda f=f, c=c, o=out: lambda: lowfp.decode(c, f, out=o),
                 "ml_dtypes": lambda f=f, c=c: cast(c.view(mld_dtype(f)), np.float32),
-                "ml_dtypes into": lambda f=f, c=c: cast_into(c.view(mld_dtype(f)), np.float32),
-                "torch": lambda f=f, c=c: copy_into(
-                    torch_empty(x.size, "float32"), torch_codes(c, f)
-                ),
-                LIMIT: limit_label(c.dtype.itemsize, False),
+                "ml_dtypes into": lambda f=f, c=c, o=out: cast_into(o, c.view(mld_dtype(f))),
+                "torch": lambda f=f, c=c, o=out: copy_into(torch_view(o), torch_view(c, f)),
+                LIMIT: limit_casts(c, out),
             },
         )
 
@@ -204,19 +156,20 @@ def gfloat_sr(xs, f):
 
 
 def sr_rows(x, xt):
-    def into(f, **kw):  # encode into a preallocated code array
-        o = np.empty(x.size, code_dtype(f))
+    def into(f, o, **kw):  # encode into the preallocated code array o
         return lambda: lowfp.encode(x, f, out=o, **kw)
 
     for f, (e, m) in SR_FORMATS.items():
+        o = np.empty(x.size, code_dtype(f))  # shared by the out= implementations
+
         yield (
             f,
             {
                 "lowfp SR": lambda f=f: lambda: lowfp.encode(x, f, rounding="stochastic", seed=1),
-                "lowfp SR out=": lambda f=f: into(f, rounding="stochastic", seed=1),
-                "lowfp SR16 out=": lambda f=f: into(f, rounding="stochastic16", seed=1),
+                "lowfp SR out=": lambda f=f, o=o: into(f, o, rounding="stochastic", seed=1),
+                "lowfp SR16 out=": lambda f=f, o=o: into(f, o, rounding="stochastic16", seed=1),
                 "lowfp RNE": lambda f=f: lambda: lowfp.encode(x, f),
-                "lowfp RNE out=": lambda f=f: into(f),
+                "lowfp RNE out=": lambda f=f, o=o: into(f, o),
                 "qtorch": lambda e=e, m=m: qtorch_sr(xt, e, m),
                 "gfloat ‡": lambda f=f: gfloat_sr(x[:GFLOAT_N], f),
             },
@@ -299,12 +252,12 @@ def blockwise_rows(x, xt):
         )
 
 
-LIMIT = "memory limit row"  # key of a row's cast-limit row (not an implementation)
+# a row's memory-limit casts (not shown one by one); also its column: the fastest of them,
+# and a ratio denominator
+LIMIT = "memory limit"
 BEST = "best anchor"  # ratio denominator: the fastest of ANCHORS in the same row
 ANCHORS = ("ml_dtypes", "ml_dtypes into", "torch")
-# ratio denominator: the row named by the row's LIMIT key, its fastest implementation
-LIMIT_COL = "memory limit"
-CODEC_RATIOS = [("lowfp", "ml_dtypes"), ("lowfp out=", BEST), ("lowfp out=", LIMIT_COL)]
+CODEC_RATIOS = [("lowfp", "ml_dtypes"), ("lowfp out=", BEST), ("lowfp out=", LIMIT)]
 
 SECTIONS = [  # key, title, row generator, ratio columns (numerator, denominator)
     ("encode", "Encode f32 → format (codes)", enc_rows, CODEC_RATIOS),
@@ -351,34 +304,64 @@ def set_threads(t):
         pass
 
 
-def measure(factory, name, n, repeat, label, progress):
-    progress(f"{label} {name}")
-    try:
-        fn = factory()
-        secs = best_time(fn, repeat)
-    except NA as e:
-        return None, str(e)
-    except Exception as e:  # noqa: BLE001 - any anchor failure is reported, not fatal
-        return None, f"{name}: {type(e).__name__}: {str(e).splitlines()[0][:160]}"
-    finally:
+def failure(name, e):
+    if isinstance(e, NA):
+        return str(e)
+    return f"{name}: {type(e).__name__}: {str(e).splitlines()[0][:160]}"
+
+
+WARM_S = 0.05  # untimed calls at the start of each turn, for at least this long
+TIMED = 2  # timed calls per turn
+
+
+def measure_row(factories, n, repeat, warm, label, progress):
+    """Time a row's implementations in turns, `repeat` rounds; the best time of each.
+
+    A turn is untimed calls for at least `warm` seconds, then TIMED timed calls. Taking turns
+    spreads every implementation over the same stretch of time, so that a change in the host's
+    load reaches them all alike. The untimed calls bring the turn's buffers back into cache and
+    let the machine settle: on the 2-core VM of docs/benchmarks_codecs.md, a two-thread call
+    right after an allocating call or a long single-threaded NumPy loop ran up to 2× slower,
+    for tens of milliseconds (one untimed call was not enough; 20 ms of them were). Returns
+    ({name: G elements/s}, {name: why it has none}); a failing anchor is reported, not fatal.
+    """
+    fns, why, best = {}, {}, {}
+    for name, factory in factories.items():
+        try:
+            fns[name] = factory()
+        except Exception as e:  # noqa: BLE001
+            why[name] = failure(name, e)
+    for r in range(repeat):
+        progress(f"{label} round {r + 1}/{repeat}")
+        for name, fn in list(fns.items()):
+            try:
+                start = time.perf_counter()
+                fn()
+                while time.perf_counter() - start < warm:
+                    fn()
+                for _ in range(TIMED):
+                    t = time.perf_counter()
+                    fn()
+                    best[name] = min(best.get(name, float("inf")), time.perf_counter() - t)
+            except Exception as e:  # noqa: BLE001
+                why[name] = failure(name, e)
+                del fns[name]
+                best.pop(name, None)
         progress.advance()
-    m = GFLOAT_N if "gfloat" in name else n
-    rate = min(m, n) / secs / 1e9
-    return rate, None
+    rate = {k: min(GFLOAT_N if "gfloat" in k else n, n) / v / 1e9 for k, v in best.items()}
+    return rate, why
 
 
-def ratio_cell(a, b, rate, row, limits):
+def ratio_cell(a, b, rate):
     """`rate[a] / denominator` as text, or — when either side is missing."""
     if b == BEST:
         den = max((rate[c] for c in ANCHORS if rate.get(c)), default=None)
-    elif b == LIMIT_COL:
-        den = limits.get(row.get(LIMIT))
     else:
         den = rate.get(b)
     return f"{rate[a] / den:.2f}×" if rate.get(a) and den else "—"
 
 
-def run_section(title, rows_fn, ratios, x, xt, threads, repeat, notes, progress):
+def run_section(title, rows_fn, ratios, x, xt, threads, repeat, warm, notes, progress):
     progress(title)
     try:
         rows = list(rows_fn(x, xt))
@@ -387,29 +370,34 @@ def run_section(title, rows_fn, ratios, x, xt, threads, repeat, notes, progress)
         return
     cols = list(dict.fromkeys(k for _, impls in rows for k in impls if k != LIMIT))
     cols.sort(key=lambda c: c.startswith("np.") or c == "torch")  # lowfp first, anchors last
-    progress.add_total(sum(len(impls.keys() - {LIMIT}) for _, impls in rows) * len(threads))
     ratios = [(a, b) for a, b in ratios for b in ([b] if b else cols[1:])]
-    names = {BEST: "best anchor", LIMIT_COL: "memory limit"}
+    if any(LIMIT in impls for _, impls in rows):
+        cols.append(LIMIT)
+    progress.add_total(len(rows) * len(threads) * repeat)
+    names = {BEST: "best anchor"}
     head = (
         ["operation", "threads"]
         + [f"{c} G/s" for c in cols]
         + [f"{a} / {names.get(b, b)}" for a, b in ratios]
     )
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    limits = {}  # (label, threads) -> fastest rate of a memory-limit row
     for label, impls in rows:
+        casts = impls.get(LIMIT, {})
+        factories = {c: impls[c] for c in cols if c in impls and c != LIMIT} | casts
         for t in threads:
             set_threads(t)
-            rate, cells = {}, []
+            rate, why = measure_row(factories, x.size, repeat, warm, f"{label} t={t}", progress)
+            if casts:
+                rate[LIMIT] = max((rate[c] for c in casts if c in rate), default=None)
+                if rate[LIMIT] is None:
+                    why[LIMIT] = "; ".join(why[c] for c in casts)
+            cells = []
             for c in cols:
-                if c not in impls:
-                    cells.append("—")
-                    continue
-                rate[c], why = measure(impls[c], c, x.size, repeat, f"{label} t={t}", progress)
-                cells.append(f"{rate[c]:.3f}" if why is None else notes.ref(why))
-            limits[label, t] = max((r for r in rate.values() if r), default=None)
-            row = {LIMIT: (impls[LIMIT], t)} if LIMIT in impls else {}
-            cells += [ratio_cell(a, b, rate, row, limits) for a, b in ratios]
+                if rate.get(c):
+                    cells.append(f"{rate[c]:.3f}")
+                else:
+                    cells.append(notes.ref(why[c]) if c in why else "—")
+            cells += [ratio_cell(a, b, rate) for a, b in ratios]
             lines.append(f"| {label} | {t} | " + " | ".join(cells) + " |")
     print(f"## {title}\n\n" + "\n".join(lines) + "\n", flush=True)
 
@@ -486,7 +474,9 @@ def main(argv=None):
     ap = argparse.ArgumentParser(prog="lowfp bench codecs", description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=1 << 24, help="elements (default 2^24)")
     ap.add_argument("--threads", default="1,2", help="comma-separated thread counts")
-    ap.add_argument("--repeat", type=int, default=5, help="timed runs; the best is kept")
+    ap.add_argument(
+        "--repeat", type=int, default=5, help=f"rounds; each times every implementation {TIMED}×"
+    )
     ap.add_argument("--quick", action="store_true", help="tiny run (2^16 elements, 2 repeats)")
     ap.add_argument(
         "--sections",
@@ -495,7 +485,7 @@ def main(argv=None):
     )
     args = ap.parse_args(argv)
     sections = args.sections.split(",")
-    n, repeat = (1 << 16, 2) if args.quick else (args.n, args.repeat)
+    n, repeat, warm = (1 << 16, 2, 0.0) if args.quick else (args.n, args.repeat, WARM_S)
     threads = [int(t) for t in args.threads.split(",")]
     x = np.random.default_rng(0).standard_normal(n, dtype=np.float32) * 4
     try:
@@ -507,14 +497,14 @@ def main(argv=None):
 
     print(
         f"# lowfp codec throughput\n\n{n:,} float32 elements (standard normal × 4, seed 0), "
-        f"best of {repeat}; G/s = 10^9 elements per second.\n"
+        f"best of {repeat * TIMED} timed calls ({repeat} rounds); G/s = 10^9 elements per second.\n"
     )
     notes = Notes()
-    with Progress("bench codecs", unit="measurements") as progress:
+    with Progress("bench codecs", unit="rounds") as progress:
         for key, title, rows_fn, ratios in SECTIONS:
             if key not in sections:
                 continue
-            run_section(title, rows_fn, ratios, x, xt, threads, repeat, notes, progress)
+            run_section(title, rows_fn, ratios, x, xt, threads, repeat, warm, notes, progress)
 
     if "small" in sections:
         small_calls(threads)
@@ -525,8 +515,11 @@ def main(argv=None):
         "lowfp and ml_dtypes are timed both allocating their output and writing into a "
         "preallocated one (`out=`, `np.copyto`).\n- best anchor: the fastest of ml_dtypes, "
         "ml_dtypes into and torch in the same row; memory limit: the fastest plain cast "
-        "between float32 and unsigned codes of the same width (the cast rows), into a "
-        "preallocated array, at the same thread count.\n- Stochastic rounding: lowfp returns "
+        "between float32 and unsigned integers of the codes' width (NumPy's np.copyto and "
+        "torch's copy_), into a preallocated array, timed in the same rounds as the row.\n"
+        f"- Each row's implementations take turns, {repeat} rounds: in each turn, untimed calls "
+        f"for at least {warm * 1000:.0f} ms, then {TIMED} timed ones; the best time is "
+        "kept.\n- Stochastic rounding: lowfp returns "
         "codes; qtorch and gfloat return rounded floats (gfloat's time includes drawing its "
         f"23-bit random numbers with NumPy).\n- ‡ gfloat (`round_ndarray`, vectorized NumPy) "
         f"is timed on the first {GFLOAT_N:,} elements; its rate is extrapolated.\n"
