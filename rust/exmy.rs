@@ -642,13 +642,13 @@ fn truncate_nearest<I: Input, C: Code>(enc: &Encoder, x: &[I], out: &mut [C]) {
     };
     // float32 into u16 codes (bfloat16 and narrower prefixes): 32 per step with AVX-512,
     // from the first cache line of the output on
-    let mut vec = 0..0;
+    let mut done = 0..0; // the elements the vector loop did
     if let (Some(xf), Some(o)) = (I::as_f32(x), C::as_u16(&mut *out)) {
         let head = simd::unaligned_head(o).min(xf.len());
-        vec = head..head + simd::truncate_u16(&t, &xf[head..], &mut o[head..]);
+        done = head..head + simd::truncate_u16(&t, &xf[head..], &mut o[head..]);
     }
-    scalar(&x[..vec.start], &mut out[..vec.start]);
-    scalar(&x[vec.end..], &mut out[vec.end..]);
+    scalar(&x[..done.start], &mut out[..done.start]);
+    scalar(&x[done.end..], &mut out[done.end..]);
 }
 
 /// Encode float32 bits; returns (code, 1 where the general path must redo it).
