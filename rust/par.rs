@@ -120,9 +120,9 @@ pub fn try_for_each_mut<T: Send, E: Send>(
 /// 22–32 µs on one thread and 20 µs this way). One range per thread rather than one shared
 /// counter: at 1Mi elements, 2 threads, repeated calls (float16 encode and float8_e4m3fn
 /// decode, 3 A/B rounds) made 6.3–8.4 and 7.2–11.9 G/s against 5.3–6.3 and 5.9–7.8; at 4Mi
-/// and 16Mi the same within noise. The chunking is the same either way, so results are too, and the
-/// error returned is the one of the first failing chunk: a failure stops the chunks after
-/// it, and every chunk before it still runs to its end.
+/// and 16Mi the same within noise. The chunking is the same either way, so results are too,
+/// and the error returned is the one of the first failing chunk: a failure stops the chunks
+/// after it, and every chunk before it still runs to its end.
 pub fn try_zip_chunks<A: Sync, B: Send, E: Send>(
     a: &[A],
     ca: usize,
