@@ -1036,13 +1036,16 @@ fn encode_chunk_body<I: Input, C: Code, const MODE: u8>(
             (random, &fast, I::as_f32(xs), add_shift)
         {
             // `stochastic16` from an even element index, with no wrap of the index inside
-            // the step: the add-and-shift loop takes the halves of the raw words in place
+            // the step: the AVX-512 add-and-shift loop takes the halves of the raw words in
+            // place (without AVX-512 the words are written out, as before: the scalar loop
+            // on halves was not measured against that)
             let first = offset.wrapping_add(at as u64);
             let words = xs.len().div_ceil(2);
             if MODE == STOCHASTIC
                 && enc.opts.rounding.resolution() == rng::Resolution::Bits16
                 && first & 1 == 0
                 && first.checked_add(xs.len() as u64).is_some()
+                && simd::avx512_loops()
             {
                 simd::prefetch(xs);
                 rng::fill_random_u32(seed, stream, first >> 1, &mut buf[..words]);
@@ -1322,7 +1325,7 @@ pub fn decode<C: Code, F: Float>(fmt: &Format, codes: &[C], out: &mut [F]) -> Re
     // a value table pays for itself only over enough codes (building 256 entries costs
     // ~1 µs, more than decoding 16 codes directly); both give the same values
     let prefix = is_f32_prefix(fmt) || is_f16_prefix(fmt);
-    if fmt.bits() <= 8 && codes.len() as u64 >= limit / 4 && (simd::lut_in_registers() || !prefix) {
+    if fmt.bits() <= 8 && codes.len() as u64 >= limit / 4 && (simd::avx512_loops() || !prefix) {
         // byte codes to float32: the table in vector registers (`simd::Lut`; faster than
         // the widening of float8_e5m2 below with AVX-512, which it needs: else the widening)
         if let (CodeSlice::U8(c8), Some(o)) = (C::code_slice(codes), F::as_f32_mut(out)) {

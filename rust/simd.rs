@@ -356,7 +356,7 @@ impl Lut {
     pub(crate) fn apply(&self, codes: &[u8], scale: Option<f32>, out: &mut [f32]) -> u8 {
         debug_assert_eq!(codes.len(), out.len());
         #[cfg(all(target_arch = "x86_64", not(feature = "portable")))]
-        if lut_in_registers() {
+        if avx512_loops() {
             // SAFETY: the CPU supports these AVX-512 subsets, checked just above.
             return unsafe { self.apply_avx512(codes, scale, out) };
         }
@@ -400,9 +400,10 @@ impl Lut {
     }
 }
 
-/// Whether [`Lut::apply`] keeps its table in vector registers here (AVX-512), rather than
-/// loading its entries one by one.
-pub(crate) fn lut_in_registers() -> bool {
+/// Whether the AVX-512 loops run here (an x86-64 CPU with the subsets of `has_avx512`, and
+/// not the portable build): [`Lut::apply`] then keeps its table in vector registers rather
+/// than loading its entries one by one, and `stochastic16` reads its halves in place.
+pub(crate) fn avx512_loops() -> bool {
     #[cfg(all(target_arch = "x86_64", not(feature = "portable")))]
     if has_avx512() {
         return true;
