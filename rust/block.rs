@@ -283,11 +283,8 @@ impl Spec {
         if let Some(t) = &spec.table {
             spec.lut = Some(simd::Lut::new(t.levels()));
         }
-        if !(rounding == Rounding::Nearest || rounding.is_stochastic()) && spec.encoder.is_none() {
-            return Err(Error::value(
-                "rounding",
-                "table codecs support 'nearest', 'stochastic' and 'stochastic16'",
-            ));
+        if spec.encoder.is_none() {
+            table_stochastic(rounding)?;
         }
         if scale == ScaleKind::E4m3 && spec.encoder.is_none() {
             return Err(Error::value("scale", "'e4m3' scales are for ExMy elements (NVFP4)"));
@@ -849,6 +846,19 @@ fn decode_scaled(lut: &simd::Lut, codes: &[u8], s: f32, out: &mut [f32]) -> Resu
     Err(Error::value("packed", format!("code {c} is outside the codec's {len} levels")))
 }
 
+/// Whether table-codec rounding `mode` is stochastic: table codecs round to nearest or
+/// stochastically (either resolution), and reject every other mode.
+fn table_stochastic(mode: Rounding) -> Result<bool> {
+    match mode {
+        Rounding::Nearest => Ok(false),
+        m if m.is_stochastic() => Ok(true),
+        _ => Err(Error::value(
+            "rounding",
+            "table codecs support 'nearest', 'stochastic' and 'stochastic16'",
+        )),
+    }
+}
+
 /// Encode normalized values with a table codec (nearest or stochastic), in parallel.
 pub fn table_encode(
     t: &Table,
@@ -863,16 +873,7 @@ pub fn table_encode(
     if let Some(i) = x.iter().position(|v| v.is_nan()) {
         return Err(Error::value("x", format!("element {i} is NaN")));
     }
-    let stochastic = match mode {
-        Rounding::Nearest => false,
-        Rounding::Stochastic | Rounding::Stochastic16 => true,
-        _ => {
-            return Err(Error::value(
-                "rounding",
-                "table codecs support 'nearest', 'stochastic' and 'stochastic16'",
-            ))
-        }
-    };
+    let stochastic = table_stochastic(mode)?;
     par::try_zip_chunks(x, CHUNK, out, CHUNK, x.len(), |k, xs, os| {
         if stochastic {
             let mut r = vec![0u32; xs.len()];

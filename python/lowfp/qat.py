@@ -77,7 +77,6 @@ __all__ = [
 ]
 
 _KIND_WEIGHT, _KIND_ACT, _KIND_GRAD = 0, 1, 2
-_BLOCK_ROUNDINGS = TABLE_ROUNDINGS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,8 +89,7 @@ class Quantizer:
             ``"mxfp4"``, ``"nvfp4"``) or a :class:`lowfp.Linear`/:class:`lowfp.Dynamic`/
             :class:`lowfp.Log` codec (always blockwise).
         rounding: ``"nearest"`` (ties to even), ``"stochastic"`` or ``"stochastic16"``
-            (16 random bits per element) (element formats also take
-            lowfp's other modes).
+            (16 random bits per element); element formats also take lowfp's other modes.
         block_size: make an element format of at most 8 bits blockwise with this block size
             (16..4096, multiple of 8); a preset's own by default.
         scale: the blockwise scale rule (``"absmax"``, ``"e8m0"``, …, as
@@ -129,7 +127,7 @@ class Quantizer:
             _format(self.fmt)  # ValueError naming the format
         blockwise = preset or table or self.block_size is not None or self.scale is not None
         _codec._check_choice(
-            "rounding", self.rounding, _BLOCK_ROUNDINGS if blockwise else _codec.ROUNDINGS
+            "rounding", self.rounding, TABLE_ROUNDINGS if blockwise else _codec.ROUNDINGS
         )
         _codec._check_choice("overflow", self.overflow, _codec.OVERFLOWS)
         if self.scale is not None:
