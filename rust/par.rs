@@ -1,4 +1,4 @@
-//! The thread pool the core runs on, and the fixed chunking it uses.
+//! The thread pools the core runs on, and the fixed chunking it uses.
 //!
 //! Results never depend on the number of threads: work is split into chunks of a
 //! fixed size (`CHUNK` elements, independent of the pool), and anything random is keyed
@@ -16,15 +16,29 @@ use std::sync::{Arc, Mutex, OnceLock};
 /// boundaries for every bit width) and of 4 (one Philox call per 4 elements).
 pub const CHUNK: usize = 1 << 15;
 
-static POOL: OnceLock<Mutex<Arc<ThreadPool>>> = OnceLock::new();
+/// The core's pools: `main` (`n` threads) runs rayon calls ([`install`]); `helpers` (`n − 1`,
+/// none for one thread) join the calling thread in [`try_zip_chunks`]. Separate so that every
+/// helper takes part in every such call, and so stays awake between calls ([`linger`]).
+#[derive(Clone)]
+struct Pools {
+    main: Arc<ThreadPool>,
+    helpers: Option<Arc<ThreadPool>>,
+}
 
-fn build(n: usize) -> Result<Arc<ThreadPool>> {
+static POOLS: OnceLock<Mutex<Pools>> = OnceLock::new();
+
+fn build(n: usize, name: &'static str) -> Result<Arc<ThreadPool>> {
     ThreadPoolBuilder::new()
         .num_threads(n)
-        .thread_name(|i| format!("lowfp-{i}"))
+        .thread_name(move |i| format!("lowfp-{name}{i}"))
         .build()
         .map(Arc::new)
         .map_err(|e| Error::value("n", format!("could not start {n} threads: {e}")))
+}
+
+fn build_pools(n: usize) -> Result<Pools> {
+    let helpers = if n > 1 { Some(build(n - 1, "helper-")?) } else { None };
+    Ok(Pools { main: build(n, "")?, helpers })
 }
 
 fn default_threads() -> usize {
@@ -35,11 +49,12 @@ fn default_threads() -> usize {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
-fn pool() -> Arc<ThreadPool> {
-    let cell = POOL.get_or_init(|| {
-        Mutex::new(build(default_threads()).unwrap_or_else(|_| build(1).expect("one thread")))
+fn pools<R>(f: impl FnOnce(&Pools) -> R) -> R {
+    let cell = POOLS.get_or_init(|| {
+        let n = default_threads();
+        Mutex::new(build_pools(n).unwrap_or_else(|_| build_pools(1).expect("one thread")))
     });
-    cell.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    f(&cell.lock().unwrap_or_else(|p| p.into_inner()))
 }
 
 /// Use `n` threads from now on (`0` = all available cores).
@@ -48,15 +63,15 @@ pub fn set_num_threads(n: usize) -> Result<()> {
         return Err(Error::value("n", format!("expected 0..=4096 threads, got {n}")));
     }
     let n = if n == 0 { default_threads() } else { n };
-    let new = build(n)?;
-    let cell = POOL.get_or_init(|| Mutex::new(new.clone()));
+    let new = build_pools(n)?;
+    let cell = POOLS.get_or_init(|| Mutex::new(new.clone()));
     *cell.lock().unwrap_or_else(|p| p.into_inner()) = new;
     Ok(())
 }
 
 /// Number of threads the core uses.
 pub fn num_threads() -> usize {
-    pool().current_num_threads()
+    pools(|p| p.main.current_num_threads())
 }
 
 /// Calls whose work totals at most this many elements run on the calling thread.
@@ -79,6 +94,34 @@ pub const SERIAL_MAX: usize = CHUNK;
 /// → 96–117 µs, 16Mi the same within 2% (torch's cast: 3.5, 10.2–10.5, 97–130 µs, and
 /// within 1% of lowfp at 16Mi).
 const SPIN: std::time::Duration = std::time::Duration::from_micros(200);
+
+/// How long a helper of [`try_zip_chunks`] stays awake after a call for the next one. A
+/// helper that has gone to sleep is woken by the caller, which costs the caller ~30 µs in
+/// the system call on this VM and the helper ~30 µs more before it starts (traced at 16Mi
+/// float16 encodes, 2 threads), out of ~2 ms. Measured (float32 → float16, 16Mi, 2 threads,
+/// 550 calls back to back, one process per build, 2 runs): 10th percentile / median /
+/// 90th percentile 1890–1936 / 1954–2009 / 2042–2103 µs lingering against 1927–1957 /
+/// 2001–2035 / 2167–4151 µs without (at the 90th percentile of one run the helper missed
+/// whole calls); 256Ki and 1Mi elements the same within noise (there rayon's own idle
+/// rounds keep the helper awake between calls). OpenMP runtimes do the same
+/// (`OMP_WAIT_POLICY`, `KMP_BLOCKTIME`).
+const LINGER: std::time::Duration = std::time::Duration::from_micros(200);
+
+/// Counts the calls that enter a pool ([`try_zip_chunks`] and [`install`]): a lingering
+/// helper leaves when it changes, so that it neither delays the next call's start nor takes
+/// a core from [`install`]'s threads.
+static ENTERED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Spin until a call enters a pool (`ENTERED` is no longer `seen`) or `limit` has passed.
+fn linger(seen: u64, limit: std::time::Duration) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let t = std::time::Instant::now();
+    while ENTERED.load(Relaxed) == seen && t.elapsed() < limit {
+        for _ in 0..64 {
+            std::hint::spin_loop();
+        }
+    }
+}
 
 /// Whether a call over `elems` elements in all runs on the calling thread.
 pub fn serial(elems: usize) -> bool {
@@ -132,18 +175,18 @@ pub fn try_zip_chunks<A: Sync, B: Send, E: Send>(
     f: impl Fn(usize, &[A], &mut [B]) -> std::result::Result<(), E> + Sync + Send,
 ) -> std::result::Result<(), E> {
     use std::sync::atomic::{AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
-    if inline(elems) {
+    let helpers = if serial(elems) { None } else { pools(|p| p.helpers.clone()) };
+    let Some(pool) = helpers else {
         return a
             .chunks(ca)
             .zip(b.chunks_mut(cb))
             .enumerate()
             .try_for_each(|(k, (x, y))| f(k, x, y));
-    }
+    };
     // each pair of chunks, taken once
     let slots: Vec<Mutex<Option<_>>> =
         a.chunks(ca).zip(b.chunks_mut(cb)).map(|p| Mutex::new(Some(p))).collect();
-    let pool = pool();
-    let parts = pool.current_num_threads().min(slots.len()).max(1);
+    let parts = (pool.current_num_threads() + 1).min(slots.len()).max(1);
     // participant p's own chunks are the p-th of `parts` contiguous ranges, taken from the
     // front by `next[p]`; when its range is done it helps with the others'. A contiguous
     // range per thread keeps each thread's part of an input that fits in the caches in
@@ -174,15 +217,18 @@ pub fn try_zip_chunks<A: Sync, B: Send, E: Send>(
             }
         }
     };
-    // the caller is participant 0 and starts at once; a helper takes the next free number.
-    // When its work is done the caller spins (at most SPIN) until every helper that joined
-    // has left, before the scope's own wait, which sleeps: a sleeping caller is woken by the
-    // last helper, a cross-thread wake-up
+    // the caller is participant 0 and starts at once; a helper takes the next free number,
+    // and when done queues a linger for itself (it runs next on that thread, once the job
+    // has left). When its work is done the caller spins (at most SPIN) until every helper
+    // that joined has left, before the scope's own wait, which sleeps: a sleeping caller is
+    // woken by the last helper, a cross-thread wake-up
     let (joined, left) = (AtomicUsize::new(1), AtomicUsize::new(1));
+    let call = ENTERED.fetch_add(1, SeqCst) + 1;
     pool.in_place_scope(|s| {
         for _ in 1..parts {
             s.spawn(|_| {
                 work(joined.fetch_add(1, SeqCst) % parts);
+                rayon::spawn(move || linger(call, LINGER));
                 left.fetch_add(1, SeqCst);
             });
         }
@@ -211,12 +257,25 @@ pub fn install_if<R: Send>(elems: usize, f: impl FnOnce() -> R + Send) -> R {
 
 /// Run `f` inside the core's pool (so rayon calls inside it use that pool).
 pub fn install<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    pool().install(f)
+    ENTERED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    pools(|p| p.main.clone()).install(f)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lingering_helper_leaves_when_a_call_enters_a_pool() {
+        use std::time::{Duration, Instant};
+        let seen = ENTERED.load(std::sync::atomic::Ordering::SeqCst);
+        let t = Instant::now();
+        let h = std::thread::spawn(move || linger(seen, Duration::from_secs(30)));
+        std::thread::sleep(Duration::from_millis(20));
+        install(|| ());
+        h.join().unwrap();
+        assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    }
 
     #[test]
     fn zip_chunks_visits_every_chunk_once_and_reports_the_first_error() {
