@@ -99,12 +99,12 @@ const SPIN: std::time::Duration = std::time::Duration::from_micros(200);
 /// helper that has gone to sleep is woken by the caller, which costs the caller ~30 µs in
 /// the system call on this VM and the helper ~30 µs more before it starts (traced at 16Mi
 /// float16 encodes, 2 threads), out of ~2 ms. Measured (float32 → float16, 16Mi, 2 threads,
-/// 550 calls back to back, one process per build, 2 runs): 10th percentile / median /
-/// 90th percentile 1890–1936 / 1954–2009 / 2042–2103 µs lingering against 1927–1957 /
-/// 2001–2035 / 2167–4151 µs without (at the 90th percentile of one run the helper missed
-/// whole calls); 256Ki and 1Mi elements the same within noise (there rayon's own idle
-/// rounds keep the helper awake between calls). OpenMP runtimes do the same
-/// (`OMP_WAIT_POLICY`, `KMP_BLOCKTIME`).
+/// 550 calls back to back, one process per build, 3 runs): 10th percentile / median / 90th
+/// percentile 1966–2006 / 2037–2095 / 2171–2226 µs lingering against 2007–2091 / 2101–2190 /
+/// 2440–4219 µs without (at the 90th percentile of two runs the helper missed whole calls;
+/// torch's cast: 2061–2121 / 2154–2220 / 2295–2382); 256Ki and 1Mi elements the same within
+/// noise (there rayon's own idle rounds keep the helper awake between calls). OpenMP runtimes
+/// do the same (`OMP_WAIT_POLICY`, `KMP_BLOCKTIME`).
 const LINGER: std::time::Duration = std::time::Duration::from_micros(200);
 
 /// Counts the calls that enter a pool ([`try_zip_chunks`] and [`install`]): a lingering
