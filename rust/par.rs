@@ -49,12 +49,30 @@ fn default_threads() -> usize {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
+/// Set in a child process after `fork` (lowfp's `os.register_at_fork` hook calls
+/// [`forked`]): the pools' threads did not survive it, so a call that entered them would
+/// wait for ever. The next use builds new pools of the same size instead.
+static FORKED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Note that this process is the child of a `fork`; only sets a flag (no lock, no allocation).
+pub fn forked() {
+    FORKED.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+fn init_pools(n: usize) -> Pools {
+    build_pools(n).unwrap_or_else(|_| build_pools(1).expect("one thread"))
+}
+
 fn pools<R>(f: impl FnOnce(&Pools) -> R) -> R {
-    let cell = POOLS.get_or_init(|| {
-        let n = default_threads();
-        Mutex::new(build_pools(n).unwrap_or_else(|_| build_pools(1).expect("one thread")))
-    });
-    f(&cell.lock().unwrap_or_else(|p| p.into_inner()))
+    let cell = POOLS.get_or_init(|| Mutex::new(init_pools(default_threads())));
+    let mut pools = cell.lock().unwrap_or_else(|p| p.into_inner());
+    if FORKED.swap(false, std::sync::atomic::Ordering::SeqCst) {
+        let n = pools.main.current_num_threads();
+        // the old pools are forgotten, not dropped: dropping signals threads that do not
+        // exist here, through locks the parent's threads may have held at the fork
+        std::mem::forget(std::mem::replace(&mut *pools, init_pools(n)));
+    }
+    f(&pools)
 }
 
 /// Use `n` threads from now on (`0` = all available cores).
@@ -65,7 +83,10 @@ pub fn set_num_threads(n: usize) -> Result<()> {
     let n = if n == 0 { default_threads() } else { n };
     let new = build_pools(n)?;
     let cell = POOLS.get_or_init(|| Mutex::new(new.clone()));
-    *cell.lock().unwrap_or_else(|p| p.into_inner()) = new;
+    let old = std::mem::replace(&mut *cell.lock().unwrap_or_else(|p| p.into_inner()), new);
+    if FORKED.swap(false, std::sync::atomic::Ordering::SeqCst) {
+        std::mem::forget(old); // as in `pools`
+    }
     Ok(())
 }
 

@@ -1271,6 +1271,12 @@ fn num_threads() -> usize {
     par::num_threads()
 }
 
+/// The child side of `fork` (registered with `os.register_at_fork`): new threads on next use.
+#[pyfunction]
+fn _forked() {
+    par::forked()
+}
+
 /// The random words of stochastic mode `rounding` ('stochastic' or 'stochastic16').
 #[pyfunction]
 fn random_bits(
@@ -1323,6 +1329,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(muon_momentum, m)?)?;
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(num_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(_forked, m)?)?;
     m.add_function(wrap_pyfunction!(random_bits, m)?)?;
     // the option names the core accepts, in the order of their codes (the CUDA mirror's too)
     m.add("ROUNDINGS", Rounding::ALL.map(|(n, _)| n).to_vec())?;

@@ -37,6 +37,14 @@ def threads(request):
     lowfp.set_num_threads(old)
 
 
+@pytest.fixture
+def restore_threads():
+    """Put the thread count back after a test that changes it."""
+    old = lowfp.num_threads()
+    yield
+    lowfp.set_num_threads(old)
+
+
 def nvrtc_ptx(source: str, name: str, options) -> str:
     """The PTX of a CUDA source compiled by NVRTC (no GPU needed), or skip without libnvrtc.
 

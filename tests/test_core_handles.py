@@ -259,13 +259,6 @@ def test_muon_momentum_same_bytes(name, cm, cv):
 # ---------------------------------------------------------------- small calls vs the pool
 
 
-@pytest.fixture
-def restore_threads():
-    old = lowfp.num_threads()
-    yield
-    lowfp.set_num_threads(old)
-
-
 @pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
 @pytest.mark.parametrize("name,cm,cv", CODECS, ids=IDS)
 def test_small_calls_equal_one_big_call(name, cm, cv, rounding, restore_threads):

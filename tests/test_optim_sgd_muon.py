@@ -36,13 +36,6 @@ def muon_params(seed=0):
     ]
 
 
-@pytest.fixture
-def restore_threads():
-    old = lowfp.num_threads()
-    yield
-    lowfp.set_num_threads(old)
-
-
 # ---------------------------------------------------------------- SGD
 
 

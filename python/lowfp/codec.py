@@ -29,6 +29,7 @@ Design notes
 from __future__ import annotations
 
 import functools
+import os
 from typing import Any, Optional, Tuple, overload
 
 import numpy as np
@@ -1188,3 +1189,9 @@ def set_num_threads(n: int) -> None:
 def num_threads() -> int:
     """Threads used for Rust work."""
     return _core.num_threads()
+
+
+# A child of fork (DataLoader workers, multiprocessing's "fork" start method) has none of the
+# parent's threads: the Rust pools are rebuilt there on their next use.
+if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
+    os.register_at_fork(after_in_child=_core._forked)
