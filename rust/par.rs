@@ -63,14 +63,22 @@ fn init_pools(n: usize) -> Pools {
     build_pools(n).unwrap_or_else(|_| build_pools(1).expect("one thread"))
 }
 
+/// Put `new` in place of `pools`. After a fork the old pools are forgotten, not dropped:
+/// dropping signals threads that do not exist in the child, through locks the parent's
+/// threads may have held at the fork.
+fn replace_pools(pools: &mut Pools, new: Pools) {
+    let old = std::mem::replace(pools, new);
+    if FORKED.swap(false, std::sync::atomic::Ordering::SeqCst) {
+        std::mem::forget(old);
+    }
+}
+
 fn pools<R>(f: impl FnOnce(&Pools) -> R) -> R {
     let cell = POOLS.get_or_init(|| Mutex::new(init_pools(default_threads())));
     let mut pools = cell.lock().unwrap_or_else(|p| p.into_inner());
-    if FORKED.swap(false, std::sync::atomic::Ordering::SeqCst) {
+    if FORKED.load(std::sync::atomic::Ordering::SeqCst) {
         let n = pools.main.current_num_threads();
-        // the old pools are forgotten, not dropped: dropping signals threads that do not
-        // exist here, through locks the parent's threads may have held at the fork
-        std::mem::forget(std::mem::replace(&mut *pools, init_pools(n)));
+        replace_pools(&mut pools, init_pools(n));
     }
     f(&pools)
 }
@@ -83,10 +91,7 @@ pub fn set_num_threads(n: usize) -> Result<()> {
     let n = if n == 0 { default_threads() } else { n };
     let new = build_pools(n)?;
     let cell = POOLS.get_or_init(|| Mutex::new(new.clone()));
-    let old = std::mem::replace(&mut *cell.lock().unwrap_or_else(|p| p.into_inner()), new);
-    if FORKED.swap(false, std::sync::atomic::Ordering::SeqCst) {
-        std::mem::forget(old); // as in `pools`
-    }
+    replace_pools(&mut cell.lock().unwrap_or_else(|p| p.into_inner()), new);
     Ok(())
 }
 
