@@ -828,7 +828,14 @@ fn add_shift_block<C: Code, const SR: bool, const HALVES: bool>(
     #[cfg(all(target_arch = "x86_64", not(feature = "portable")))]
     if simd::has_avx512() {
         // SAFETY: the CPU supports these AVX-512 subsets, checked just above.
-        return unsafe { avx512::add_shift::<C, SR, HALVES>(f, r, x, rnd, out) };
+        return unsafe {
+            match (avx512::clamps(f), f.unsigned) {
+                (true, false) => avx512::add_shift::<C, SR, HALVES, false>(f, r, x, rnd, out),
+                (true, true) => avx512::add_shift::<C, SR, HALVES, true>(f, r, x, rnd, out),
+                // no format of the registry (the tests check): element by element
+                (false, _) => add_shift_scalar::<C, SR, HALVES>(f, r, x, rnd, 0, out),
+            }
+        };
     }
     add_shift_scalar::<C, SR, HALVES>(f, r, x, rnd, 0, out)
 }
@@ -862,11 +869,25 @@ mod avx512 {
     use super::{AddShift, Code, Fast};
     use std::arch::x86_64::*;
 
+    /// Whether [`add_shift`] takes the format: overflow is a minimum (the overflow code is the
+    /// largest finite magnitude or the one above it, and on a signed format a negative
+    /// overflow is the positive one with the sign).
+    pub(super) fn clamps(f: &Fast) -> bool {
+        (f.ovf_pos == f.max_code || f.ovf_pos == f.max_code + 1)
+            && (f.unsigned || f.ovf_neg == f.ovf_pos | f.sign_mask)
+    }
+
     /// [`super::add_shift_block`] with AVX-512: the same operations as [`super::rne_one`] and
     /// [`super::sr_one`] on 16 lanes, the path below 2^emin only for vectors that have such
     /// a lane.
+    /// `UNSIGNED` is the format's; the format is one that [`clamps`].
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq")]
-    pub(super) unsafe fn add_shift<C: Code, const SR: bool, const HALVES: bool>(
+    pub(super) unsafe fn add_shift<
+        C: Code,
+        const SR: bool,
+        const HALVES: bool,
+        const UNSIGNED: bool,
+    >(
         f: &Fast,
         r: &AddShift,
         x: &[f32],
@@ -886,30 +907,56 @@ mod avx512 {
         let ks = _mm_cvtsi32_si128(32 - r.s as i32);
         let magic = _mm512_set1_ps(r.magic);
         let (c, hidden, mant, n32) = (set(r.c), set(1 << 23), set(0x7f_ffff), set(32));
-        let (max_code, sign_code) = (set(f.max_code), set(f.sign_mask));
-        let (ovf_pos, ovf_neg) = (set(f.ovf_pos), set(f.ovf_neg));
+        // overflow: the least of the magnitude and the overflow code ([`clamps`])
+        let (ovf, sign_code) = (set(f.ovf_pos), set(f.sign_mask));
+        // the sign bit of the input moved to the code's (`sign_code` is 0 on an unsigned
+        // format), for lanes whose magnitude is at least `signed_from` (1 where −0 is NaN)
+        let to_sign = _mm_cvtsi32_si128(31 - f.sign_mask.trailing_zeros().min(31) as i32);
+        let signed_from = set(f.negzero as u32);
+        // `stochastic16`: the top s bits of the complemented word `h << 16 | 0xFFFF` of a
+        // zero-extended half h are `(h ^ 0xFFFF) << (s − 16)`, or `>> (16 − s)` for s < 16
+        let (shl, hs) = (r.s >= 16, _mm_cvtsi32_si128(r.s.abs_diff(16) as i32));
+        let low16 = set(0xFFFF);
         let mut redo: __mmask16 = 0;
+        // the largest |x| seen: a NaN or an infinity makes it reach `inf`
+        let mut top = _mm512_setzero_si512();
         let mut i = 0;
         while i + 16 <= n {
             let v = _mm512_loadu_si512(x.as_ptr().add(i) as *const _);
             let a = _mm512_and_si512(v, abs_mask);
-            let neg = _mm512_movepi32_mask(v);
-            let rn = match (SR, HALVES) {
-                (true, true) => crate::rng::avx512::words16(rnd.as_ptr().add(i / 2)),
-                (true, false) => _mm512_loadu_si512(rnd.as_ptr().add(i) as *const _),
-                (false, _) => _mm512_setzero_si512(),
+            // `rn`: the random word (SR) or the zero-extended half (`stochastic16`); `bias`:
+            // what is added before the shift at or above 2^emin
+            let (rn, bias) = match (SR, HALVES) {
+                (true, true) => {
+                    let w = _mm256_loadu_si256(rnd.as_ptr().add(i / 2) as *const _);
+                    let h = _mm512_cvtepu16_epi32(w);
+                    let nh = _mm512_xor_si512(h, low16);
+                    let bias = match shl {
+                        true => _mm512_sll_epi32(nh, hs),
+                        false => _mm512_srl_epi32(nh, hs),
+                    };
+                    (h, bias)
+                }
+                (true, false) => {
+                    let rn = _mm512_loadu_si512(rnd.as_ptr().add(i) as *const _);
+                    // the top s bits of !rnd
+                    (rn, _mm512_srl_epi32(_mm512_ternarylogic_epi32::<0x55>(rn, rn, rn), ks))
+                }
+                // 2^(s−1) − 1 + the last kept bit
+                (false, _) => (
+                    _mm512_setzero_si512(),
+                    _mm512_add_epi32(half, _mm512_and_si512(_mm512_srl_epi32(a, s), one)),
+                ),
             };
             // at or above 2^emin: rebias, add the rounding bias, shift
-            let bias = match SR {
-                // the top s bits of !rnd
-                true => _mm512_srl_epi32(_mm512_ternarylogic_epi32::<0x55>(rn, rn, rn), ks),
-                // 2^(s−1) − 1 + the last kept bit
-                false => _mm512_add_epi32(half, _mm512_and_si512(_mm512_srl_epi32(a, s), one)),
-            };
             let mut mag = _mm512_srl_epi32(_mm512_add_epi32(_mm512_sub_epi32(a, rebias), bias), s);
             let small = _mm512_cmplt_epu32_mask(a, min_normal);
             if small != 0 {
                 let sub = if SR {
+                    let rn = match HALVES {
+                        true => _mm512_or_si512(_mm512_slli_epi32::<16>(rn), low16),
+                        false => rn,
+                    };
                     let ef = _mm512_srli_epi32::<23>(a);
                     let sig = _mm512_mask_or_epi32(
                         _mm512_and_si512(a, mant),
@@ -932,21 +979,16 @@ mod avx512 {
                 };
                 mag = _mm512_mask_mov_epi32(mag, small, sub);
             }
-            redo |= _mm512_cmpge_epu32_mask(a, inf);
-            // the sign: none on an unsigned format (negative inputs go the general way) or
-            // on a zero whose −0 code is NaN
-            let mut sign = neg;
-            if f.unsigned {
-                redo |= neg & _mm512_test_epi32_mask(a, a);
-                sign = 0;
+            top = _mm512_max_epu32(top, a);
+            mag = _mm512_min_epu32(mag, ovf);
+            if UNSIGNED {
+                // negative inputs go the general way
+                redo |= _mm512_movepi32_mask(v) & _mm512_test_epi32_mask(a, a);
             }
-            if f.negzero {
-                sign &= _mm512_test_epi32_mask(mag, mag);
-            }
-            let code = _mm512_mask_or_epi32(mag, sign, mag, sign_code);
-            let ovf = _mm512_cmpgt_epu32_mask(mag, max_code);
-            let code =
-                _mm512_mask_mov_epi32(code, ovf, _mm512_mask_blend_epi32(neg, ovf_pos, ovf_neg));
+            let signed = _mm512_cmpge_epu32_mask(mag, signed_from);
+            // mag | (the sign bit moved & sign_code), in the lanes of `signed`
+            let sign = _mm512_srl_epi32(v, to_sign);
+            let code = _mm512_mask_ternarylogic_epi32::<0xF8>(mag, signed, sign, sign_code);
             let p = out.as_mut_ptr().add(i);
             match C::BITS {
                 8 => _mm_storeu_si128(p as *mut _, _mm512_cvtepi32_epi8(code)),
@@ -955,6 +997,7 @@ mod avx512 {
             }
             i += 16;
         }
+        redo |= _mm512_cmpge_epu32_mask(top, inf);
         let tail = super::add_shift_scalar::<C, SR, HALVES>(f, r, &x[i..n], rnd, i, &mut out[i..n]);
         (redo != 0) as u32 | tail
     }
@@ -1756,19 +1799,34 @@ mod tests {
         // `word16_at(&rnd, i)`
         let w16: Vec<u32> = (0..x.len()).map(|i| crate::rng::word16_at(&rnd, i)).collect();
         let mut checked = 0;
+        // how many cases the AVX-512 loop took, unsigned and signed formats
+        #[cfg(all(target_arch = "x86_64", not(feature = "portable")))]
+        let mut taken = [0; 2];
+        let cases = [
+            (Rounding::Nearest, false),
+            (Rounding::Stochastic, false),
+            (Rounding::Stochastic16, true),
+        ];
+        let overflows = [Overflow::NonFinite, Overflow::Saturate];
         for (name, f) in named_and(&specs) {
-            for (mode, halves) in [
-                (Rounding::Nearest, false),
-                (Rounding::Stochastic, false),
-                (Rounding::Stochastic16, true),
-            ] {
-                let e = Encoder::new(f, EncodeOptions { rounding: mode, ..Default::default() });
+            for ((mode, halves), overflow) in
+                cases.into_iter().flat_map(|c| overflows.map(|o| (c, o)))
+            {
+                let e = Encoder::new(
+                    f,
+                    EncodeOptions { rounding: mode, overflow, ..Default::default() },
+                );
                 let m = if mode == Rounding::Nearest { NEAREST } else { STOCHASTIC };
                 let (Some(fast), Some(r)) =
                     (e.fast(m), if m == NEAREST { e.rne() } else { e.sr() })
                 else {
                     continue;
                 };
+                #[cfg(all(target_arch = "x86_64", not(feature = "portable")))]
+                {
+                    assert!(avx512::clamps(&fast), "{name} {mode:?} {overflow:?}");
+                    taken[fast.unsigned as usize] += 1;
+                }
                 let want: Vec<(u32, u32)> = x
                     .iter()
                     .zip(if halves { &w16 } else { &rnd })
@@ -1826,6 +1884,8 @@ mod tests {
             }
         }
         assert!(checked > 100, "{checked}");
+        #[cfg(all(target_arch = "x86_64", not(feature = "portable")))]
+        assert!(taken.iter().all(|&k| k > 10), "{taken:?}");
     }
 
     #[test]
