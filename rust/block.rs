@@ -258,8 +258,7 @@ impl Spec {
                     clamp_negative: true,
                 };
                 spec.encoder = Some(Encoder::new(f, opts));
-                let values: Vec<f32> =
-                    (0..f.num_codes() as u32).map(|c| f.decode_f64(c) as f32).collect();
+                let values: Vec<f32> = (0..f.num_codes() as u32).map(|c| f.decode_f32(c)).collect();
                 spec.lut = Some(simd::Lut::new(&values));
                 spec.elem_max = f.max() as f32;
             }
@@ -383,7 +382,7 @@ impl Spec {
                     Encoder::new(e4m3, opts)
                 });
                 let c = enc.encode_one_dyn(amax / self.elem_max / global, Rounding::Nearest, 0).0;
-                enc.format().decode_f64(c) as f32
+                enc.format().decode_f32(c)
             }
         }
     }

@@ -1302,7 +1302,7 @@ pub trait Float: Copy + Send + Sync {
 impl Float for f32 {
     #[inline(always)]
     fn from_f64(v: f64) -> Self {
-        v as f32
+        crate::format::f32_exact(v)
     }
     #[inline(always)]
     fn from_f32(v: f32) -> Self {
@@ -1347,7 +1347,7 @@ pub fn table_f32(fmt: &Format) -> Result<Vec<f32>> {
             format!("a value table needs a format of at most 16 bits, got {}", fmt.bits()),
         ));
     }
-    Ok((0..fmt.num_codes() as u32).map(|c| fmt.decode_f64(c) as f32).collect())
+    Ok((0..fmt.num_codes() as u32).map(|c| fmt.decode_f32(c)).collect())
 }
 
 fn bad_code(fmt: &Format, i: usize, c: u32) -> Error {

@@ -28,6 +28,20 @@
 
 use crate::error::{Error, Result};
 
+/// `v as f32` for a value that float32 holds exactly, with a float32 subnormal built from its
+/// bits: the conversion instruction gives 0 there when MXCSR's flush-to-zero flag is set
+/// (`torch.set_flush_denormal(True)` sets it), which would decode e8m0's 2^-127 as 0.
+pub fn f32_exact(v: f64) -> f32 {
+    let a = v.abs();
+    if a != 0.0 && a < f32::MIN_POSITIVE as f64 {
+        // a multiple of 2^-149 below 2^-126: the significand field, exact in f64
+        let field = (a * 2f64.powi(149)) as u32;
+        f32::from_bits(((v.is_sign_negative() as u32) << 31) | field)
+    } else {
+        v as f32
+    }
+}
+
 /// Where a format keeps its NaN codes (see the module docs for the bit pictures).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum NanKind {
@@ -286,6 +300,11 @@ impl Format {
             NanKind::NegZero => code == self.sign_mask(),
             NanKind::None => false,
         }
+    }
+
+    /// Exact value of a code as f32 ([`f32_exact`] of [`Format::decode_f64`]).
+    pub fn decode_f32(&self, code: u32) -> f32 {
+        f32_exact(self.decode_f64(code))
     }
 
     /// Exact value of a code as f64 (every value is exact in float32 too).

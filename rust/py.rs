@@ -532,13 +532,13 @@ fn quantize(
         match kind {
             "float32" => {
                 let lut = if small {
-                    Some(lut_once(&e.lut32, || Ok((0..f.num_codes() as u32).map(|c| values(c) as f32).collect()))?)
+                    Some(lut_once(&e.lut32, || Ok((0..f.num_codes() as u32).map(|c| f.decode_f32(c)).collect()))?)
                 } else {
                     None
                 };
                 let mut o = rw::<f32>(out, "out")?;
                 let os = slice_mut(&mut o, "out")?;
-                Ok(detach_if(py, xs.len(), || exmy::quantize(enc, xs, os, random, lut, |v| v as f32))?)
+                Ok(detach_if(py, xs.len(), || exmy::quantize(enc, xs, os, random, lut, crate::format::f32_exact))?)
             }
             "float64" => {
                 let lut = if small {

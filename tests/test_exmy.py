@@ -400,3 +400,45 @@ def test_direct_index_leaves_errors_and_nan_options_to_the_encoder():
     )
     with pytest.raises(ValueError, match="negative"):
         lowfp.encode(np.abs(x[ok]) * -1 - 1, "float8_e8m0fnu")
+
+
+def test_flush_to_zero_changes_no_bits():
+    """`torch.set_flush_denormal(True)` sets the CPU's flush-to-zero and denormals-are-zero
+    flags for the whole thread. Codecs are bit operations, exact either way: every encode,
+    decode and quantize gives the same bits as without the flags (e8m0's 2^-127 decoded to
+    0 before its float32 value was built from bits)."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(7)
+    x = rng.integers(0, 2**32, 1 << 16, dtype=np.uint64).astype(np.uint32)
+    # float32 subnormals of both signs, and the smallest normals
+    x = np.concatenate(
+        [x, np.arange(1 << 16, dtype=np.uint32), np.arange(1 << 16, dtype=np.uint32) | 0x8000_0000]
+    )
+    x = x.view(np.float32)
+    x = np.where(np.isnan(x), np.float32(0), x)
+
+    def run() -> dict:
+        got = {}
+        for f in lowfp.formats():
+            opts = {"nan": "zero", "negative": "clamp"}
+            for rounding in ("nearest", "stochastic16"):
+                got[f.name, rounding] = lowfp.encode(x, f, rounding=rounding, seed=1, **opts)
+            if f.bits <= 16:
+                got[f.name, "quantize"] = lowfp.quantize(x, f, **opts).view(np.uint32)
+            if f.bits <= 8:
+                codes = np.arange(1 << f.bits, dtype=np.uint8)
+                for dtype in ("float32", "bfloat16"):
+                    got[f.name, dtype] = lowfp.decode(np.tile(codes, 256), f, dtype=dtype).view(
+                        np.uint8
+                    )
+        return got
+
+    want = run()
+    torch.set_flush_denormal(True)
+    try:
+        got = run()
+    finally:
+        torch.set_flush_denormal(False)
+    assert want.keys() == got.keys()
+    differ = [k for k in want if not np.array_equal(want[k], got[k])]
+    assert not differ, differ
