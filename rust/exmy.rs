@@ -880,6 +880,7 @@ mod avx512 {
     /// [`super::add_shift_block`] with AVX-512: the same operations as [`super::rne_one`] and
     /// [`super::sr_one`] on 16 lanes, the path below 2^emin only for vectors that have such
     /// a lane.
+    ///
     /// `UNSIGNED` is the format's; the format is one that [`clamps`].
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq")]
     pub(super) unsafe fn add_shift<

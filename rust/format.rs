@@ -28,14 +28,15 @@
 
 use crate::error::{Error, Result};
 
-/// `v as f32` for a value that float32 holds exactly, with a float32 subnormal built from its
+/// `v as f32` (round to nearest even), with a result in float32's subnormal range built from
 /// bits: the conversion instruction gives 0 there when MXCSR's flush-to-zero flag is set
-/// (`torch.set_flush_denormal(True)` sets it), which would decode e8m0's 2^-127 as 0.
+/// (`torch.set_flush_denormal(True)` sets it), which decoded e8m0's 2^-127 as 0.
 pub fn f32_exact(v: f64) -> f32 {
     let a = v.abs();
     if a != 0.0 && a < f32::MIN_POSITIVE as f64 {
-        // a multiple of 2^-149 below 2^-126: the significand field, exact in f64
-        let field = (a * 2f64.powi(149)) as u32;
+        // the significand field in units of 2^-149 (scaling by a power of two is exact; 2^23
+        // after rounding is the smallest normal's pattern)
+        let field = (a * 2f64.powi(149)).round_ties_even() as u32;
         f32::from_bits(((v.is_sign_negative() as u32) << 31) | field)
     } else {
         v as f32
@@ -360,6 +361,25 @@ pub(crate) fn pow2(e: i32) -> f64 {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn f32_exact_is_the_conversion() {
+        // below, at and around float32's subnormal range, ties included (this test runs
+        // without flush-to-zero, where `as f32` gives the rounded value)
+        let mut vs = vec![0.0, -0.0, 1.0, f64::INFINITY, f64::MIN_POSITIVE, 1e-300];
+        for k in 0..=(1u32 << 12) {
+            for e in [-160, -151, -150, -149, -140, -127, -126, -125] {
+                let base = 2f64.powi(e);
+                vs.extend([base * (1.0 + k as f64 / 4096.0), base * k as f64 / 3.0]);
+            }
+        }
+        vs.extend((0..2000).map(|k| (k as f64 + 0.5) * 2f64.powi(-149))); // ties
+        for v in vs {
+            for v in [v, -v] {
+                assert_eq!(f32_exact(v).to_bits(), (v as f32).to_bits(), "{v:e}");
+            }
+        }
+    }
     use super::*;
 
     fn e4m3fn() -> Format {

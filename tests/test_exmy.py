@@ -410,7 +410,7 @@ def test_flush_to_zero_changes_no_bits():
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(7)
     x = rng.integers(0, 2**32, 1 << 16, dtype=np.uint64).astype(np.uint32)
-    # float32 subnormals of both signs, and the smallest normals
+    # the lowest 2^16 float32 subnormal patterns, of both signs
     x = np.concatenate(
         [x, np.arange(1 << 16, dtype=np.uint32), np.arange(1 << 16, dtype=np.uint32) | 0x8000_0000]
     )
