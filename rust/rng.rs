@@ -323,7 +323,7 @@ mod avx2 {
 }
 
 #[cfg(all(target_arch = "x86_64", not(feature = "portable")))]
-pub(crate) mod avx512 {
+mod avx512 {
     use super::{counter, PHILOX_M0, PHILOX_M1, PHILOX_W0, PHILOX_W1};
     use std::arch::x86_64::*;
 
@@ -344,7 +344,7 @@ pub(crate) mod avx512 {
     /// # Safety
     /// The CPU has AVX-512F; `w` points to 8 readable words.
     #[inline(always)]
-    pub(crate) unsafe fn words16(w: *const u32) -> __m512i {
+    unsafe fn words16(w: *const u32) -> __m512i {
         let h = _mm512_cvtepu16_epi32(_mm256_loadu_si256(w as *const __m256i));
         _mm512_or_si512(_mm512_slli_epi32::<16>(h), _mm512_set1_epi32(0xFFFF))
     }

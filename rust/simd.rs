@@ -594,22 +594,28 @@ mod avx512 {
         _mm512_cvtepi32_epi16(r)
     }
 
+    /// The codes of [`super::Truncate`] of 32 float32 values at `p`, as u16 lanes.
+    #[inline(always)]
+    unsafe fn truncate32(t: &super::Truncate, p: *const f32) -> __m512i {
+        _mm512_inserti64x4::<1>(_mm512_castsi256_si512(truncate16(t, p)), truncate16(t, p.add(16)))
+    }
+
     /// [`super::truncate_u16`]: 32 elements per step, one 64-byte store.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq")]
     pub(super) unsafe fn truncate_u16(t: &super::Truncate, x: &[f32], out: &mut [u16]) -> usize {
         let n = x.len().min(out.len()) / 32 * 32;
         for i in (0..n).step_by(32) {
-            let lo = truncate16(t, x.as_ptr().add(i));
-            let hi = truncate16(t, x.as_ptr().add(i + 16));
-            let h = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
-            _mm512_storeu_si512(out.as_mut_ptr().add(i) as *mut _, h);
+            _mm512_storeu_si512(
+                out.as_mut_ptr().add(i) as *mut _,
+                truncate32(t, x.as_ptr().add(i)),
+            );
         }
         n
     }
 
     /// [`truncate_u16`] into bfloat16 (`t.shift` 16) with `vcvtne2ps2bf16`: the same round to
     /// nearest even, 32 elements per instruction. It reads a subnormal input as zero and
-    /// quiets a NaN by its own rule, so 32 elements with either go through [`truncate16`];
+    /// quiets a NaN by its own rule, so 32 elements with either go through [`truncate32`];
     /// the test is on the bits, not `vfpclassps`, which MXCSR's DAZ flag (set by
     /// `torch.set_flush_denormal(True)`) blinds to subnormals.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")]
@@ -630,19 +636,12 @@ mod avx512 {
         for i in (0..n).step_by(32) {
             let p = x.as_ptr().add(i);
             let (lo, hi) = (_mm512_loadu_ps(p), _mm512_loadu_ps(p.add(16)));
-            let o = out.as_mut_ptr().add(i) as *mut __m512i;
-            if odd(_mm512_castps_si512(lo)) | odd(_mm512_castps_si512(hi)) == 0 {
-                _mm512_storeu_si512(
-                    o,
-                    std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo)),
-                );
+            let h = if odd(_mm512_castps_si512(lo)) | odd(_mm512_castps_si512(hi)) == 0 {
+                std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo))
             } else {
-                let h = _mm512_inserti64x4::<1>(
-                    _mm512_castsi256_si512(truncate16(t, p)),
-                    truncate16(t, p.add(16)),
-                );
-                _mm512_storeu_si512(o, h);
-            }
+                truncate32(t, p)
+            };
+            _mm512_storeu_si512(out.as_mut_ptr().add(i) as *mut _, h);
         }
         n
     }

@@ -45,6 +45,7 @@ def test_a_forked_child_uses_new_threads(restore_threads, threads):
     want = pooled_work(x)  # the parent's pools exist and have run
     pid = os.fork()
     if pid == 0:  # the child: exit code 0 if its results are the parent's
+        ok = False  # and 3 if anything raises: the child must never return into pytest
         try:
             ok = lowfp.num_threads() == threads
             got = pooled_work(x)
